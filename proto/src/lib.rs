@@ -1,0 +1,65 @@
+//! Berth's API bindings: re-exports containerd's shim protos and adds what they lack.
+//!
+//! `containerd-shim-protos` ships the task API v3 service, events, runc options and the
+//! 2.3 bootstrap params. The v2 task service has byte-identical messages under another
+//! package name, so it is served by registering the same handlers twice
+//! ([`task_services`]). `runtimeoptions.v1.Options` is generated here at build time.
+
+pub use containerd_shim_protos::{
+    api, bootstrap_api, cgroups, cgroups_v2, events, protobuf, shim, shim_async, topics, ttrpc,
+    types,
+};
+
+/// `runtimeoptions.v1.Options`, sent by containerd's CRI for non-runc runtime types.
+#[allow(clippy::all, unused_mut, unused_qualifications, missing_docs, unused_attributes)]
+pub mod runtimeoptions {
+    include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
+}
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Service name containerd 1.6–2.x dials for a shim that printed a plain address.
+pub const TASK_V2: &str = "containerd.task.v2.Task";
+/// Service name containerd 2.x uses once a shim reports version 3.
+pub const TASK_V3: &str = "containerd.task.v3.Task";
+
+/// Builds the ttrpc service table serving one task implementation as both
+/// `containerd.task.v2.Task` and `containerd.task.v3.Task` (identical messages).
+pub fn task_services<T>(task: Arc<T>) -> HashMap<String, ttrpc::r#async::Service>
+where
+    T: shim_async::Task + Send + Sync + 'static,
+{
+    let mut out = shim_async::create_task(task.clone());
+    let mut v2 = shim_async::create_task(task);
+    if let Some(svc) = v2.remove(TASK_V3) {
+        out.insert(TASK_V2.to_string(), svc);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    struct Nop;
+    impl shim_async::Task for Nop {}
+
+    #[test]
+    fn both_task_versions_are_registered() {
+        let s = task_services(Arc::new(Nop));
+        assert!(s.contains_key(TASK_V2), "{:?}", s.keys());
+        assert!(s.contains_key(TASK_V3), "{:?}", s.keys());
+    }
+
+    #[test]
+    fn runtimeoptions_round_trip() {
+        let mut o = runtimeoptions::Options::new();
+        o.type_url = "x".into();
+        o.config_body = b"BinaryName = \"crun\"".to_vec();
+        let b = o.write_to_bytes().unwrap();
+        let back = runtimeoptions::Options::parse_from_bytes(&b).unwrap();
+        assert_eq!(back.config_body, o.config_body);
+    }
+}

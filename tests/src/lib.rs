@@ -1,0 +1,1 @@
+//! Shared harness for Berth black-box tests.
