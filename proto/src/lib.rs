@@ -11,7 +11,14 @@ pub use containerd_shim_protos::{
 };
 
 /// `runtimeoptions.v1.Options`, sent by containerd's CRI for non-runc runtime types.
-#[allow(clippy::all, unused_mut, unused_qualifications, missing_docs, unused_attributes)]
+#[allow(
+    clippy::all,
+    unused_mut,
+    unused_qualifications,
+    missing_docs,
+    unused_attributes,
+    nonstandard_style
+)]
 pub mod runtimeoptions {
     include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
 }

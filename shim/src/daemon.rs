@@ -1,0 +1,132 @@
+//! The long-running shim daemon: process setup that must happen before tokio starts
+//! (subreaper, signals, log FIFO), then the ttrpc server until Shutdown or SIGTERM.
+
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::ttrpc::r#async::transport::Listener;
+use berth_proto::ttrpc::r#async::Server;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::args::Args;
+use crate::error::{Error, Result};
+use crate::events::Publisher;
+use crate::reaper::Reaper;
+use crate::task::Service;
+
+/// Runs the daemon to completion. Called from `main` before any runtime or thread exists.
+pub fn run(args: &Args) -> Result<()> {
+    // Why before tokio: container inits re-parent to us after runc exits, and a
+    // subreaper flag or signal disposition set after threads exist would race them.
+    // SAFETY: plain prctl/signal calls on our own single-threaded process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+        // Writes to a FIFO whose reader (containerd) is gone must fail with EPIPE, not
+        // kill the shim.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    redirect_stderr_to_log_fifo();
+    init_tracing(args.debug);
+    let address = std::env::var("BERTH_SHIM_SOCKET")
+        .ok()
+        .or_else(|| std::fs::read_to_string("address").ok())
+        .unwrap_or_default();
+    let listener = if !args.socket.is_empty() {
+        let p = crate::socket::socket_path(&args.socket);
+        UnixListener::bind(&p).map_err(|e| Error::io(format!("bind {}", p.display()), e))?
+    } else {
+        // SAFETY: `start` passes the bound, listening socket as fd 3 and nothing else
+        // owns fd 3 in this fresh process.
+        unsafe { UnixListener::from_raw_fd(3) }
+    };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("listener", e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    let res = rt.block_on(serve(args, listener));
+    let _ = std::fs::remove_file(crate::socket::socket_path(&address));
+    tracing::info!("shim exited");
+    res
+}
+
+async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
+    let reaper = Reaper::start().map_err(|e| Error::io("SIGCHLD handler", e))?;
+    let exits = reaper.subscribe();
+    let ttrpc = std::env::var("TTRPC_ADDRESS").ok();
+    let (events, forwarder) = Publisher::start(ttrpc, args.namespace.clone());
+    let service = Arc::new(Service::new(
+        events.clone(),
+        reaper.clone(),
+        args.namespace.clone(),
+    ));
+    let exit_loop = tokio::spawn(crate::task::run_exit_loop(
+        service.table.clone(),
+        events.clone(),
+        exits,
+    ));
+    let listener = Listener::try_from(listener).map_err(|e| Error::io("ttrpc listener", e))?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(berth_proto::task_services(service.clone()));
+    server
+        .start()
+        .await
+        .map_err(|e| Error::Runtime(format!("ttrpc server: {e}")))?;
+    tracing::info!(pid = std::process::id(), namespace = %args.namespace, "shim serving");
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let shutdown = service.shutdown.clone();
+    tokio::select! {
+        _ = shutdown.notified() => tracing::info!("shutdown requested"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    // Give the Shutdown reply a moment to leave before connections close.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+    exit_loop.abort();
+    events.close();
+    drop(service);
+    drop(events);
+    forwarder.drain().await;
+    Ok(())
+}
+
+/// The Go shim writes its log into `./log`, a FIFO containerd reads. Opened non-blocking
+/// so a missing reader (our own daemon may start us without one) is not fatal; without
+/// the FIFO, logs go nowhere.
+fn redirect_stderr_to_log_fifo() {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log");
+    if let Ok(f) = f {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2 of our own process; `f` stays valid for the call.
+        unsafe {
+            libc::dup2(f.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn init_tracing(debug: bool) {
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        // Why: on a write error (no reader on the log FIFO while containerd is down) the
+        // default reports through eprintln!, which panics when stderr itself is broken.
+        .log_internal_errors(false)
+        .try_init();
+}

@@ -1,0 +1,505 @@
+//! Rootfs mounts applied by the shim: containerd's `Mount` list stacked onto `<bundle>/rootfs`.
+#![allow(dead_code)]
+
+use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use berth_proto::types::mount::Mount;
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use crate::error::{Error, Result};
+
+/// Mounts every entry, in order, onto `rootfs` (containerd 1.6 semantics: `Mount.target` is
+/// ignored and the mounts stack). On failure, whatever was mounted here is unmounted again.
+pub fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o711).create(rootfs) {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+            return Err(Error::io(format!("mkdir {}", rootfs.display()), e))
+        }
+        _ => {}
+    }
+    // Absolute, because an overlay mount may run with another working directory.
+    let target = std::path::absolute(rootfs).map_err(|e| Error::io("resolve rootfs path", e))?;
+    for (done, m) in mounts.iter().enumerate() {
+        if let Err(e) = mount_one(m, &target) {
+            // Only our own layers come off: a rootfs that was already a mount point stays.
+            for _ in 0..done {
+                if let Err(u) = umount2(&target, MntFlags::MNT_DETACH) {
+                    tracing::warn!(error = %u, rootfs = %target.display(), "rollback unmount");
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything stacked on `target` (lazily); a missing path or no mount is Ok.
+pub fn unmount_all(target: &Path) -> Result<()> {
+    if let Err(e) = std::fs::symlink_metadata(target) {
+        if e.kind() == ErrorKind::NotFound {
+            return Ok(());
+        }
+    }
+    // Bounded so a path that keeps getting remounted cannot spin us forever.
+    for _ in 0..4096 {
+        match umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(Error::sys(format!("unmount {}", target.display()), e)),
+        }
+    }
+    Err(Error::State(format!(
+        "{} is still mounted after 4096 unmounts",
+        target.display()
+    )))
+}
+
+/// The result of containerd's `parseMountOptions`.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedOptions {
+    flags: MsFlags,
+    data: String,
+    losetup: bool,
+}
+
+/// containerd's flag-word table: (clear?, flag). "defaults" is in the table with flag 0,
+/// which containerd treats as "not a flag", so it falls through into the data string.
+fn flag_word(word: &str) -> Option<(bool, MsFlags)> {
+    use MsFlags as F;
+    Some(match word {
+        "async" => (true, F::MS_SYNCHRONOUS),
+        "atime" => (true, F::MS_NOATIME),
+        "bind" => (false, F::MS_BIND),
+        "dev" => (true, F::MS_NODEV),
+        "diratime" => (true, F::MS_NODIRATIME),
+        "dirsync" => (false, F::MS_DIRSYNC),
+        "exec" => (true, F::MS_NOEXEC),
+        "mand" => (false, F::MS_MANDLOCK),
+        "noatime" => (false, F::MS_NOATIME),
+        "nodev" => (false, F::MS_NODEV),
+        "nodiratime" => (false, F::MS_NODIRATIME),
+        "noexec" => (false, F::MS_NOEXEC),
+        "nomand" => (true, F::MS_MANDLOCK),
+        "norelatime" => (true, F::MS_RELATIME),
+        "nostrictatime" => (true, F::MS_STRICTATIME),
+        "nosuid" => (false, F::MS_NOSUID),
+        "rbind" => (false, F::MS_BIND | F::MS_REC),
+        "relatime" => (false, F::MS_RELATIME),
+        "remount" => (false, F::MS_REMOUNT),
+        "ro" => (false, F::MS_RDONLY),
+        "rw" => (true, F::MS_RDONLY),
+        "strictatime" => (false, F::MS_STRICTATIME),
+        "suid" => (true, F::MS_NOSUID),
+        "sync" => (false, F::MS_SYNCHRONOUS),
+        _ => return None,
+    })
+}
+
+fn parse_mount_options(options: &[String]) -> ParsedOptions {
+    let mut p = ParsedOptions {
+        flags: MsFlags::empty(),
+        data: String::new(),
+        losetup: false,
+    };
+    let mut data: Vec<&str> = Vec::new();
+    for o in options {
+        match flag_word(o) {
+            Some((true, f)) => p.flags.remove(f),
+            Some((false, f)) => p.flags.insert(f),
+            None if o == "loop" => p.losetup = true,
+            None => data.push(o),
+        }
+    }
+    p.data = data.join(",");
+    p
+}
+
+/// containerd's `compactLowerdirOption`: the common parent of all lowerdirs (with a trailing
+/// '/') and the options with `lowerdir=` rewritten relative to it, moved to the end.
+fn compact_lowerdir_option(opts: &[String]) -> Option<(String, Vec<String>)> {
+    let idx = opts.iter().position(|o| o.starts_with("lowerdir="))?;
+    let dirs: Vec<&str> = opts[idx]["lowerdir=".len()..].split(':').collect();
+    if dirs.len() == 1 {
+        return None;
+    }
+    let common = longest_common_prefix(&dirs);
+    if common.is_empty() {
+        return None;
+    }
+    // Snapshot ids are digits ("snapshots/1", "snapshots/10"): back off to the parent dir.
+    let common = match common.rfind('/') {
+        Some(0) | None => return None,
+        Some(i) => format!("{}/", &common[..i]),
+    };
+    let rel: Vec<&str> = dirs.iter().map(|d| &d[common.len()..]).collect();
+    let mut out: Vec<String> = opts.to_vec();
+    out.remove(idx);
+    out.push(format!("lowerdir={}", rel.join(":")));
+    Some((common, out))
+}
+
+fn longest_common_prefix<'a>(strs: &[&'a str]) -> &'a str {
+    let (Some(min), Some(max)) = (strs.iter().min(), strs.iter().max()) else {
+        return "";
+    };
+    let mut n = min
+        .bytes()
+        .zip(max.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    while !min.is_char_boundary(n) {
+        n -= 1;
+    }
+    &min[..n]
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a configuration value; it has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+}
+
+fn mount_one(m: &Mount, target: &Path) -> Result<()> {
+    if m.type_.starts_with("fuse.") || m.type_.starts_with("fuse3.") {
+        return Err(Error::Unimplemented(format!(
+            "mount helper for {} mounts",
+            m.type_
+        )));
+    }
+    let pagesize = page_size();
+    let mut chdir = None;
+    let mut options = m.options.clone();
+    let size: usize = options.iter().map(String::len).sum();
+    if m.type_ == "overlay" && size >= pagesize - 512 {
+        if let Some((dir, compacted)) = compact_lowerdir_option(&options) {
+            chdir = Some(PathBuf::from(dir));
+            options = compacted;
+        }
+    }
+    let p = parse_mount_options(&options);
+    if p.losetup {
+        return Err(Error::Unimplemented("loop mounts are not supported".into()));
+    }
+    if p.data.len() > pagesize {
+        return Err(Error::InvalidArgument("mount options is too long".into()));
+    }
+    // The option table has no propagation words, so containerd's propagation mount(2) is
+    // unreachable and left out here.
+    let mounted = !p.flags.contains(MsFlags::MS_REMOUNT) || !p.data.is_empty();
+    if mounted {
+        let data = (!p.data.is_empty()).then_some(p.data.as_str());
+        let (src, fstype) = (m.source.as_str(), m.type_.as_str());
+        match chdir {
+            None => mount(Some(src), target, Some(fstype), p.flags, data),
+            Some(dir) => mount_in_dir(dir, src, target, fstype, p.flags, data),
+        }
+        .map_err(|e| {
+            Error::sys(
+                format!("mount {} {:?} on {}", m.type_, m.source, target.display()),
+                e,
+            )
+        })?;
+    }
+    let ro_bind = MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    if p.flags.contains(ro_bind) {
+        // MS_RDONLY is ignored on the initial bind; it only takes effect on a remount.
+        let flags = p.flags | MsFlags::MS_REMOUNT;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            if mounted {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+            }
+            return Err(Error::sys(
+                format!("remount {} read-only", target.display()),
+                e,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// mount(2) with relative lowerdirs, resolved against `dir`.
+///
+/// Why a dedicated thread: the kernel resolves relative overlay lowerdirs against the cwd,
+/// and the cwd is process-wide. `unshare(CLONE_FS)` gives this one thread a private cwd, so
+/// the chdir cannot race with the rest of the shim. A fork is avoided because the daemon's
+/// SIGCHLD reaper (`wait4(-1)`) would steal the child's exit status. The thread must not be a
+/// pooled one (e.g. tokio's blocking pool): its fs state cannot be undone, so it has to exit.
+fn mount_in_dir(
+    dir: PathBuf,
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> nix::Result<()> {
+    let (src, target, fstype) = (src.to_owned(), target.to_owned(), fstype.to_owned());
+    let data = data.map(str::to_owned);
+    let worker = std::thread::Builder::new()
+        .name("berth-mount".into())
+        .spawn(move || {
+            unshare(CloneFlags::CLONE_FS)?;
+            nix::unistd::chdir(&dir)?;
+            mount(
+                Some(src.as_str()),
+                &target,
+                Some(fstype.as_str()),
+                flags,
+                data.as_deref(),
+            )
+        });
+    match worker {
+        Ok(handle) => handle.join().unwrap_or(Err(Errno::EIO)),
+        Err(e) => Err(e.raw_os_error().map_or(Errno::EAGAIN, Errno::from_raw)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn opts(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    fn mnt(type_: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            type_: type_.into(),
+            source: source.into(),
+            options: opts(options),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parse_mount_options_table() {
+        use MsFlags as F;
+        let cases: &[(&[&str], MsFlags, &str, bool)] = &[
+            (
+                &["ro", "nosuid", "nodev"],
+                F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV,
+                "",
+                false,
+            ),
+            (&["ro", "rw"], F::empty(), "", false),
+            (
+                &["rbind", "ro"],
+                F::MS_BIND | F::MS_REC | F::MS_RDONLY,
+                "",
+                false,
+            ),
+            (
+                &["noexec", "exec", "nosuid", "suid", "sync", "async"],
+                F::empty(),
+                "",
+                false,
+            ),
+            (
+                &["noatime", "atime", "relatime", "strictatime"],
+                F::MS_RELATIME | F::MS_STRICTATIME,
+                "",
+                false,
+            ),
+            (
+                &["norelatime", "nostrictatime", "dirsync", "mand", "nomand"],
+                F::MS_DIRSYNC,
+                "",
+                false,
+            ),
+            (
+                &["nodiratime", "remount"],
+                F::MS_NODIRATIME | F::MS_REMOUNT,
+                "",
+                false,
+            ),
+            (&["dev", "diratime"], F::empty(), "", false),
+            (&["defaults"], F::empty(), "defaults", false),
+            (&["loop", "ro"], F::MS_RDONLY, "", true),
+            (
+                &[
+                    "index=off",
+                    "workdir=/w",
+                    "upperdir=/u",
+                    "lowerdir=/a:/b",
+                    "shared",
+                ],
+                F::empty(),
+                "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b,shared",
+                false,
+            ),
+        ];
+        for (words, flags, data, losetup) in cases {
+            let want = ParsedOptions {
+                flags: *flags,
+                data: data.to_string(),
+                losetup: *losetup,
+            };
+            assert_eq!(parse_mount_options(&opts(words)), want, "{words:?}");
+        }
+    }
+
+    #[test]
+    fn compact_lowerdirs() {
+        let o = opts(&[
+            "workdir=a",
+            "lowerdir=/s/snapshots/1/fs:/s/snapshots/10/fs",
+            "upperdir=b",
+        ]);
+        let (dir, out) = compact_lowerdir_option(&o).expect("compacted");
+        assert_eq!(dir, "/s/snapshots/");
+        assert_eq!(
+            out,
+            opts(&["workdir=a", "upperdir=b", "lowerdir=1/fs:10/fs"])
+        );
+        let o = opts(&["lowerdir=/s/snapshots/2/fs:/s/snapshots/3/fs:/s/snapshots/1/fs"]);
+        let (dir, out) = compact_lowerdir_option(&o).expect("compacted");
+        assert_eq!(
+            (dir.as_str(), out),
+            ("/s/snapshots/", opts(&["lowerdir=2/fs:3/fs:1/fs"]))
+        );
+        assert_eq!(compact_lowerdir_option(&opts(&["lowerdir=/s/1/fs"])), None);
+        assert_eq!(
+            compact_lowerdir_option(&opts(&["lowerdir=/a/1:/b/1"])),
+            None
+        );
+        assert_eq!(compact_lowerdir_option(&opts(&["upperdir=/a"])), None);
+        assert_eq!(longest_common_prefix(&["/x/é1", "/x/é2"]), "/x/é");
+        assert_eq!(longest_common_prefix(&["/x/\u{e9}", "/x/\u{e8}"]), "/x/");
+    }
+
+    fn is_root() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: needs root");
+        }
+        root
+    }
+
+    fn mounted(path: &Path) -> bool {
+        let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let p = path.to_string_lossy();
+        info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+    }
+
+    /// Unmounts on drop, so a failed assertion leaves no mount behind.
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = unmount_all(&self.0);
+        }
+    }
+
+    fn layer(base: &Path, name: &str, files: &[(&str, &str)]) -> String {
+        let d = base.join(name);
+        fs::create_dir_all(&d).expect("mkdir layer");
+        for (f, body) in files {
+            fs::write(d.join(f), body).expect("write layer file");
+        }
+        d.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn overlay_two_lowerdirs_and_unmount_all() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let top = layer(t.path(), "l1", &[("f", "top")]);
+        let bottom = layer(t.path(), "l2", &[("f", "bottom"), ("only-bottom", "b")]);
+        let (up, work) = (layer(t.path(), "up", &[]), layer(t.path(), "work", &[]));
+        let rootfs = t.path().join("rootfs");
+        let _c = Cleanup(rootfs.clone());
+        let o = [
+            "index=off".to_string(),
+            format!("workdir={work}"),
+            format!("upperdir={up}"),
+            format!("lowerdir={top}:{bottom}"),
+        ];
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        mount_rootfs(&[mnt("overlay", "overlay", &o)], &rootfs).expect("mount overlay");
+        assert_eq!(fs::read_to_string(rootfs.join("f")).expect("read f"), "top");
+        assert!(rootfs.join("only-bottom").exists());
+        fs::write(rootfs.join("new"), "x").expect("write to upper");
+        assert!(Path::new(&up).join("new").exists());
+        unmount_all(&rootfs).expect("unmount_all");
+        assert!(!mounted(&rootfs));
+        unmount_all(&rootfs).expect("second unmount_all is a no-op");
+        unmount_all(&t.path().join("missing")).expect("missing path is ok");
+    }
+
+    #[test]
+    fn readonly_bind_refuses_writes() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let src = layer(t.path(), "src", &[("f", "data")]);
+        let rootfs = t.path().join("rootfs");
+        let _c = Cleanup(rootfs.clone());
+        mount_rootfs(&[mnt("bind", &src, &["rbind", "ro"])], &rootfs).expect("mount bind");
+        assert_eq!(fs::read_to_string(rootfs.join("f")).expect("read"), "data");
+        let err = fs::write(rootfs.join("g"), "x").expect_err("write must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        unmount_all(&rootfs).expect("unmount_all");
+        assert!(!mounted(&rootfs));
+    }
+
+    #[test]
+    fn long_lowerdir_list_is_compacted() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let snaps = t
+            .path()
+            .join("io.containerd.snapshotter.v1.overlayfs")
+            .join("snapshots");
+        let pad = "p".repeat(40);
+        let dirs: Vec<String> = (0..60)
+            .map(|i| {
+                let files: &[(&str, &str)] = if i == 59 { &[("lowest", "yes")] } else { &[] };
+                layer(&snaps, &format!("{i}{pad}/fs"), files)
+            })
+            .collect();
+        let lower = format!("lowerdir={}", dirs.join(":"));
+        assert!(
+            lower.len() > page_size() - 512,
+            "test data too short: {}",
+            lower.len()
+        );
+        let rootfs = t.path().join("rootfs");
+        let _c = Cleanup(rootfs.clone());
+        mount_rootfs(&[mnt("overlay", "overlay", &[&lower])], &rootfs).expect("mount overlay");
+        assert_eq!(
+            fs::read_to_string(rootfs.join("lowest")).expect("read"),
+            "yes"
+        );
+        unmount_all(&rootfs).expect("unmount_all");
+        assert!(!mounted(&rootfs));
+    }
+
+    #[test]
+    fn failure_unmounts_earlier_layers() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let src = layer(t.path(), "src", &[]);
+        let rootfs = t.path().join("rootfs");
+        let _c = Cleanup(rootfs.clone());
+        let bad = mnt(
+            "overlay",
+            "overlay",
+            &["lowerdir=/nonexistent/berth/a:/nonexistent/b"],
+        );
+        let e = mount_rootfs(&[mnt("bind", &src, &["bind"]), bad], &rootfs).unwrap_err();
+        assert!(matches!(e, Error::Sys { .. }), "{e}");
+        assert!(!mounted(&rootfs));
+        let e = mount_rootfs(&[mnt("ext4", "/x.img", &["loop"])], &rootfs).unwrap_err();
+        assert!(matches!(e, Error::Unimplemented(_)), "{e}");
+    }
+}
