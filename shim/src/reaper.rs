@@ -139,6 +139,7 @@ mod tests {
         assert!(st.success());
     }
 
+    #[allow(clippy::zombie_processes)] // the reaper under test collects them
     fn child_body() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,1 +1,42 @@
-//! Shared harness for Berth black-box tests.
+//! Shared harness for Berth black-box tests: private containerd instances driving the shim under test.
+//!
+//! Set `BERTH_TEST_REFERENCE=1` to run the same tests against Debian's Go `containerd-shim-runc-v2`
+//! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
+
+pub mod cleanup;
+pub mod cmd;
+pub mod config;
+pub mod containerd;
+pub mod cri;
+pub mod ctr;
+pub mod events;
+pub mod image;
+pub mod leaks;
+pub mod procs;
+pub mod shim;
+pub mod task_api;
+
+pub use containerd::{Instance, Setup};
+pub use shim::{Oci, Runtime};
+
+/// Every runtime set-up the `ctr` suites run against: berth.v2, and the drop-in with runc and crun.
+pub const ALL_RUNTIMES: [Runtime; 3] = [
+    Runtime::Berth,
+    Runtime::DropIn(Oci::Runc),
+    Runtime::DropIn(Oci::Crun),
+];
+
+/// Mounts the v1 hugetlb hierarchy crun 1.8 needs when hugetlb sits on cgroup2 (idempotent).
+pub fn ensure_hugetlb_v1() {
+    let d = std::path::Path::new("/sys/fs/cgroup/hugetlb");
+    if d.join("cgroup.procs").exists() {
+        return;
+    }
+    let _ = std::fs::create_dir_all(d);
+    let _ = cmd::run(
+        std::process::Command::new("mount")
+            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup"])
+            .arg(d),
+        std::time::Duration::from_secs(10),
+    );
+}

@@ -168,3 +168,108 @@ fn publish_exit(events: &Publisher, cid: &str, id: &str, e: Exit) {
     ev.exited_at = Some(timestamp(e.at)).into();
     events.publish(TASK_EXIT_EVENT_TOPIC, &ev);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::StdioSpec;
+    use crate::options::RuncOptions;
+    use crate::reaper::Reaper;
+    use crate::runc::Runc;
+    use crate::task::state::{Container, Process};
+    use berth_proto::protobuf::Message;
+    use std::path::PathBuf;
+    use std::time::SystemTime;
+
+    fn container(id: &str, init_pid: i32) -> Container {
+        let mut init = Process::new(id, StdioSpec::default());
+        init.pid = init_pid;
+        init.status = Status::Running;
+        let opts = RuncOptions::default();
+        Container {
+            id: id.into(),
+            bundle: PathBuf::from("/nonexistent"),
+            runc: Runc::new(&opts, "ns", &PathBuf::from("/nonexistent"), Arc::new(Reaper::default())),
+            opts,
+            init,
+            execs: Default::default(),
+            running_execs: 0,
+            pending_init_exit: None,
+            kill_all_on_exit: false,
+            cgroup: None,
+            rootfs_mounted: false,
+            checkpoint: None,
+        }
+    }
+
+    fn exit(pid: i32, status: u32) -> Exit {
+        Exit { pid, status, at: SystemTime::now() }
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::events::Envelope_>) -> Vec<(String, u32)> {
+        let mut out = vec![];
+        while let Ok(e) = rx.try_recv() {
+            let ex = TaskExit::parse_from_bytes(&e.event.value).unwrap();
+            out.push((ex.id, ex.exit_status));
+        }
+        out
+    }
+
+    #[test]
+    fn init_exit_waits_for_running_execs() {
+        let (events, mut rx) = Publisher::channel();
+        let mut t = Table::default();
+        let mut c = container("c", 100);
+        let mut x = Process::new("x", StdioSpec::default());
+        x.pid = 101;
+        x.status = Status::Running;
+        c.execs.insert("x".into(), x);
+        c.running_execs = 1;
+        t.containers.insert("c".into(), c);
+        // The init dies first: nothing is published and Wait(init) is not released.
+        assert!(deliver(&mut t, &events, exit(100, 137)).is_none());
+        assert!(drain(&mut rx).is_empty());
+        assert!(t.containers["c"].init.exit.is_none());
+        // The exec's exit releases both, exec first.
+        deliver(&mut t, &events, exit(101, 0));
+        assert_eq!(drain(&mut rx), [("x".to_string(), 0), ("c".to_string(), 137)]);
+        assert_eq!(t.containers["c"].init.exit.map(|e| e.0), Some(137));
+        assert_eq!(t.containers["c"].init.status, Status::Stopped);
+    }
+
+    #[test]
+    fn exits_of_starting_processes_are_buffered() {
+        let (events, mut rx) = Publisher::channel();
+        let mut t = Table::default();
+        let mut c = container("c", 200);
+        c.init.starting = true;
+        t.containers.insert("c".into(), c);
+        t.in_flight = 1;
+        assert!(matches!(classify(&t, &exit(200, 0)), Match::Buffer));
+        // Unknown pids are buffered only while something is in flight.
+        assert!(matches!(classify(&t, &exit(999, 0)), Match::Buffer));
+        t.early_exits.push(exit(200, 0));
+        t.containers.get_mut("c").unwrap().init.starting = false;
+        let e = t.take_early_exit(200).unwrap();
+        deliver(&mut t, &events, e);
+        assert_eq!(drain(&mut rx), [("c".to_string(), 0)]);
+        t.end_in_flight();
+        assert!(t.early_exits.is_empty());
+        assert!(matches!(classify(&t, &exit(999, 0)), Match::Ignore));
+    }
+
+    #[test]
+    fn kill_all_defers_the_init_exit() {
+        let (events, mut rx) = Publisher::channel();
+        let mut t = Table::default();
+        let mut c = container("c", 300);
+        c.kill_all_on_exit = true;
+        t.containers.insert("c".into(), c);
+        assert!(deliver(&mut t, &events, exit(300, 0)).is_some());
+        assert!(drain(&mut rx).is_empty());
+        finish_after_kill_all(&mut t, &events, "c");
+        assert_eq!(drain(&mut rx), [("c".to_string(), 0)]);
+        // A second exit for a reused pid of a stopped init is not delivered again.
+        assert!(matches!(classify(&t, &exit(300, 1)), Match::Ignore));
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Berth's whole test command: run as root on a fresh Debian 12 from the repository root.
+# Installs what the black-box suites need, then fmt check, clippy -D warnings, build, test.
+# BERTH_TEST_REFERENCE=1 runs the suites against Debian's Go shim instead of ours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: must run as root (it starts containerd and containers)" >&2
+    exit 1
+fi
+
+pkgs=(containerd runc crun containernetworking-plugins busybox-static criu skopeo
+      protobuf-compiler iproute2 util-linux mount ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "tests/run.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}"
+fi
+
+# crun 1.8 wants a v1 hugetlb hierarchy when the host is cgroup v1 with hugetlb left on v2.
+if [ ! -e /sys/fs/cgroup/cgroup.controllers ]; then
+    mkdir -p /sys/fs/cgroup/hugetlb
+    mountpoint -q /sys/fs/cgroup/hugetlb || mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || true
+fi
+
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install rustup)" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace
+# Each test starts its own containerd; two at a time suit a 2-core machine.
+threads="${BERTH_TEST_THREADS:-2}"
+start=$(date +%s)
+if cargo test --workspace -- --test-threads="$threads"; then
+    echo "tests/run.sh: SUMMARY: all tests passed in $(( $(date +%s) - start ))s"
+else
+    echo "tests/run.sh: SUMMARY: FAILED after $(( $(date +%s) - start ))s" >&2
+    exit 1
+fi

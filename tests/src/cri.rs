@@ -1,0 +1,89 @@
+//! A CRI v1 client (k8s-cri over tonic) on containerd's socket, plus pod/container config builders.
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use std::path::Path;
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use k8s_cri::v1::image_service_client::ImageServiceClient;
+pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+
+/// Bound for one CRI call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects both CRI services to the containerd socket at `address`.
+pub async fn connect(
+    address: &str,
+) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>)> {
+    let path = address.to_string();
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .timeout(CALL_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .with_context(|| format!("CRI connect {address}"))?;
+    Ok((
+        RuntimeServiceClient::new(channel.clone()),
+        ImageServiceClient::new(channel),
+    ))
+}
+
+/// A host-network pod (no CNI involved) logging under `log_dir`.
+pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "berth-test".into(),
+            attempt: 0,
+        }),
+        // Host network shares the host UTS namespace, so no hostname may be set.
+        hostname: String::new(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container running `command` from `image`, logging to `<pod log dir>/<name>.log`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Runs `f` on a fresh multi-thread tokio runtime (tonic needs a reactor).
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f))
+}

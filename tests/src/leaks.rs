@@ -1,0 +1,81 @@
+//! Leak checks run at teardown: shim processes, mounts, shim sockets and bundle directories.
+
+use crate::procs;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The shim socket containerd's runc.v2 scheme derives: `/run/containerd/s/<sha256(join(address, ns, key))>`.
+pub fn shim_socket(address: &str, namespace: &str, group_key: &str) -> PathBuf {
+    let joined = format!(
+        "{}/{}/{}",
+        address.trim_end_matches('/'),
+        namespace,
+        group_key
+    );
+    PathBuf::from(format!(
+        "/run/containerd/s/{:x}",
+        Sha256::digest(joined.as_bytes())
+    ))
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+/// Entries left in a per-namespace bundle or work directory.
+pub fn leftover_entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Every leak found for one containerd instance, as human-readable lines.
+pub struct Scope<'a> {
+    pub address: &'a str,
+    pub namespace: &'a str,
+    pub dir: &'a Path,
+    pub state: &'a Path,
+    pub root: &'a Path,
+    pub group_keys: &'a [String],
+}
+
+impl Scope<'_> {
+    pub fn find(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in procs::shims_of(self.address) {
+            out.push(format!("leaked shim process {} {:?}", p.pid, p.argv));
+        }
+        for m in mounts_under(self.dir) {
+            out.push(format!("leaked mount {}", m.display()));
+        }
+        for k in self.group_keys {
+            let s = shim_socket(self.address, self.namespace, k);
+            if s.exists() {
+                out.push(format!(
+                    "leaked shim socket {} (group key {k})",
+                    s.display()
+                ));
+            }
+        }
+        for base in [self.state, self.root] {
+            let d = base
+                .join("io.containerd.runtime.v2.task")
+                .join(self.namespace);
+            for e in leftover_entries(&d) {
+                out.push(format!("leaked bundle/work dir {}", e.display()));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,111 @@
+//! Which shim binary is under test, and the two ways containerd is made to run it.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Debian's Go shim, used to validate the tests themselves (`BERTH_TEST_REFERENCE=1`).
+pub const REFERENCE_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
+
+/// True when the suite runs against Debian's Go shim instead of ours.
+pub fn is_reference() -> bool {
+    std::env::var("BERTH_TEST_REFERENCE").is_ok_and(|v| v == "1")
+}
+
+/// The shim binary under test: `$BERTH_SHIM`, else `<target>/debug/containerd-shim-berth-v2`
+/// next to this test binary, or the Go shim in reference mode. Fails clearly when missing.
+pub fn binary() -> Result<PathBuf> {
+    if is_reference() {
+        return checked(PathBuf::from(REFERENCE_SHIM), "BERTH_TEST_REFERENCE=1");
+    }
+    if let Some(p) = std::env::var_os("BERTH_SHIM") {
+        return checked(PathBuf::from(p), "$BERTH_SHIM");
+    }
+    // The test binary lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().context("current_exe")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no <target>/<profile> parent")?;
+    checked(
+        profile_dir.join("containerd-shim-berth-v2"),
+        "default location (run `cargo build --workspace` first)",
+    )
+}
+
+fn checked(p: PathBuf, from: &str) -> Result<PathBuf> {
+    let meta = std::fs::metadata(&p).with_context(|| {
+        format!(
+            "shim binary under test not found at {} ({from})",
+            p.display()
+        )
+    })?;
+    if !meta.is_file() || meta.len() == 0 {
+        bail!(
+            "shim binary under test at {} ({from}) is not a usable file",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The low-level OCI runtime the Go-compatible options name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oci {
+    Runc,
+    Crun,
+}
+
+impl Oci {
+    pub fn name(self) -> &'static str {
+        match self {
+            Oci::Runc => "runc",
+            Oci::Crun => "crun",
+        }
+    }
+}
+
+/// How containerd finds and configures the shim under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// Runtime `io.containerd.berth.v2`: `containerd-shim-berth-v2` first in containerd's PATH.
+    Berth,
+    /// Installed as `containerd-shim-runc-v2` in containerd's cwd and first in its PATH,
+    /// runtime `io.containerd.runc.v2` with runc options naming `Oci`.
+    DropIn(Oci),
+}
+
+impl Runtime {
+    /// The runtime name given to `ctr run --runtime` / CRI `runtime_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Berth => "io.containerd.berth.v2",
+            Runtime::DropIn(_) => "io.containerd.runc.v2",
+        }
+    }
+
+    /// The file name containerd resolves for this runtime.
+    pub fn link_name(self) -> &'static str {
+        match self {
+            Runtime::Berth => "containerd-shim-berth-v2",
+            Runtime::DropIn(_) => "containerd-shim-runc-v2",
+        }
+    }
+
+    /// `ctr run` flags selecting this runtime (and the OCI binary for the drop-in).
+    pub fn ctr_run_flags(self) -> Vec<String> {
+        let mut v = vec!["--runtime".to_string(), self.name().to_string()];
+        if let Runtime::DropIn(oci) = self {
+            v.push("--runc-binary".into());
+            v.push(oci.name().into());
+        }
+        v
+    }
+
+    /// The OCI runtime binary that will run containers.
+    pub fn oci(self) -> Oci {
+        match self {
+            Runtime::Berth => Oci::Runc,
+            Runtime::DropIn(o) => o,
+        }
+    }
+}
