@@ -6,10 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use berth_proto::protobuf::well_known_types::any::Any;
 use berth_proto::protobuf::well_known_types::timestamp::Timestamp;
-use berth_proto::protobuf::MessageFull;
+use berth_proto::protobuf::Message;
 use berth_proto::shim::event::Envelope;
 use berth_proto::shim::events::ForwardRequest;
 use berth_proto::shim_async::{Client, EventsClient};
+use berth_proto::topics::*;
 use berth_proto::ttrpc::context;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
@@ -48,12 +49,31 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     ts
 }
 
-/// Packs a message with the bare type url containerd's typeurl registry expects.
-pub fn pack<M: MessageFull>(m: &M) -> Any {
+/// Packs a message under the bare type url containerd's typeurl registry expects. The url
+/// is given, not looked up through protobuf reflection, which would build descriptor
+/// tables in every shim process.
+pub fn pack<M: Message>(type_url: &str, m: &M) -> Any {
     let mut a = Any::new();
-    a.type_url = M::descriptor().full_name().to_string();
+    a.type_url = type_url.to_string();
     a.value = m.write_to_bytes().unwrap_or_default();
     a
+}
+
+/// The event message type published under each task topic.
+pub fn event_type(topic: &str) -> &'static str {
+    match topic {
+        TASK_CREATE_EVENT_TOPIC => "containerd.events.TaskCreate",
+        TASK_START_EVENT_TOPIC => "containerd.events.TaskStart",
+        TASK_EXIT_EVENT_TOPIC => "containerd.events.TaskExit",
+        TASK_DELETE_EVENT_TOPIC => "containerd.events.TaskDelete",
+        TASK_EXEC_ADDED_EVENT_TOPIC => "containerd.events.TaskExecAdded",
+        TASK_EXEC_STARTED_EVENT_TOPIC => "containerd.events.TaskExecStarted",
+        TASK_OOM_EVENT_TOPIC => "containerd.events.TaskOOM",
+        TASK_PAUSED_EVENT_TOPIC => "containerd.events.TaskPaused",
+        TASK_RESUMED_EVENT_TOPIC => "containerd.events.TaskResumed",
+        TASK_CHECKPOINTED_EVENT_TOPIC => "containerd.events.TaskCheckpointed",
+        _ => "",
+    }
 }
 
 impl Publisher {
@@ -74,10 +94,11 @@ impl Publisher {
         });
     }
 
-    pub fn publish<M: MessageFull>(&self, topic: &'static str, m: &M) {
+    pub fn publish<M: Message>(&self, topic: &'static str, m: &M) {
+        let event = pack(event_type(topic), m);
         let _ = self.tx.send(Envelope_ {
             topic,
-            event: pack(m),
+            event,
             at: SystemTime::now(),
         });
     }
@@ -181,4 +202,42 @@ async fn send(client: &mut Option<EventsClient>, address: &str, ns: &str, e: &En
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::events::task::{TaskExit, TaskOOM};
+    use berth_proto::protobuf::MessageFull;
+
+    #[test]
+    fn event_type_urls_match_the_proto_names() {
+        assert_eq!(
+            event_type(TASK_EXIT_EVENT_TOPIC),
+            TaskExit::descriptor().full_name()
+        );
+        assert_eq!(
+            event_type(TASK_OOM_EVENT_TOPIC),
+            TaskOOM::descriptor().full_name()
+        );
+        for t in [
+            TASK_CREATE_EVENT_TOPIC,
+            TASK_START_EVENT_TOPIC,
+            TASK_DELETE_EVENT_TOPIC,
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            TASK_EXEC_STARTED_EVENT_TOPIC,
+            TASK_PAUSED_EVENT_TOPIC,
+            TASK_RESUMED_EVENT_TOPIC,
+            TASK_CHECKPOINTED_EVENT_TOPIC,
+        ] {
+            let name = event_type(t);
+            assert!(name.starts_with("containerd.events.Task"), "{t}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_never_zero() {
+        let t = timestamp(SystemTime::now());
+        assert!(t.seconds > 1_700_000_000);
+    }
 }

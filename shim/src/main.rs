@@ -17,6 +17,7 @@ mod options;
 mod reaper;
 mod runc;
 mod socket;
+mod spec;
 mod start;
 mod task;
 

@@ -20,14 +20,7 @@ const GROUP_LABELS: [&str; 2] = [
 
 /// The grouping key: the group annotation, else the CRI sandbox id, else the id.
 pub fn group_key(bundle: &Path, id: &str) -> String {
-    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
-        return id.to_string();
-    };
-    let ann = spec.annotations().clone().unwrap_or_default();
-    GROUP_LABELS
-        .iter()
-        .find_map(|k| ann.get(*k).filter(|v| !v.is_empty()).cloned())
-        .unwrap_or_else(|| id.to_string())
+    crate::spec::annotation(bundle, &GROUP_LABELS).unwrap_or_else(|| id.to_string())
 }
 
 /// Runs `start`; returns the address to print.

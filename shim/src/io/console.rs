@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
+/// Copy tasks of one direction.
+type Handles = Vec<JoinHandle<()>>;
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temporary listening socket passed as `--console-socket`; removed on drop.
@@ -120,15 +123,16 @@ fn dup_nonblocking(fd: &OwnedFd) -> Result<OwnedFd> {
     Ok(d)
 }
 
-/// Starts master→stdout and stdin→master copies. `out_fd` (a logger pipe or log file)
-/// takes precedence over the stdout FIFO.
+/// Starts master→stdout and stdin→master copies; returns (outputs, inputs). `out_fd` (a
+/// logger pipe or log file) takes precedence over the stdout FIFO.
 pub fn copy_loops(
     master: Arc<OwnedFd>,
     stdin: Option<String>,
     stdout: Option<String>,
     out_fd: Option<OwnedFd>,
-) -> Result<Vec<JoinHandle<()>>> {
+) -> Result<(Handles, Handles)> {
     let mut handles = Vec::new();
+    let mut inputs = Vec::new();
     let out: Option<Box<dyn AsyncWrite + Unpin + Send>> = match (out_fd, stdout) {
         (Some(fd), _) => Some(writer_for(fd)?),
         (None, Some(fifo)) => Some(Box::new(
@@ -155,11 +159,11 @@ pub fn copy_loops(
             .map_err(|e| Error::io(format!("open {fifo}"), e))?;
         let mut w = pipe::Sender::from_owned_fd_unchecked(dup_nonblocking(&master)?)
             .map_err(|e| Error::io("pty master", e))?;
-        handles.push(tokio::spawn(async move {
+        inputs.push(tokio::spawn(async move {
             let _ = tokio::io::copy(&mut src, &mut w).await;
         }));
     }
-    Ok(handles)
+    Ok((handles, inputs))
 }
 
 fn writer_for(fd: OwnedFd) -> Result<Box<dyn AsyncWrite + Unpin + Send>> {

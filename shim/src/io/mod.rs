@@ -45,7 +45,11 @@ pub struct IoOwner {
 /// The shim-side half of a process's stdio, alive for the process's lifetime.
 #[derive(Default)]
 pub struct ProcessIo {
+    /// Output copies (container → client): Delete waits for them to drain.
     copiers: Vec<JoinHandle<()>>,
+    /// Input copies (client → container): they end only when the client closes stdin, so
+    /// they are cancelled, never waited for.
+    inputs: Vec<JoinHandle<()>>,
     /// Shim-held write end of the stdin FIFO; CloseIO drops it (§7.3 step 6).
     stdin_closer: Option<OwnedFd>,
     /// The pty master, for resize.
@@ -149,7 +153,7 @@ impl Prepared {
             chown_fd(&r, owner)?;
             p.stdio.stdin = Some(r);
             p.io.stdin_closer = Some(fifo::open_stdin_closer(path)?);
-            p.io.copiers.push(fifo::copy_fifo_to_pipe(path.clone(), w)?);
+            p.io.inputs.push(fifo::copy_fifo_to_pipe(path.clone(), w)?);
         }
         match sch {
             Scheme::Fifo => {
@@ -199,9 +203,9 @@ impl Prepared {
             let master = Arc::new(master);
             let stdin = (!spec.stdin.is_empty()).then(|| fifo_path(&spec.stdin).to_string());
             let stdout = (!spec.stdout.is_empty()).then(|| fifo_path(&spec.stdout).to_string());
-            self.io
-                .copiers
-                .extend(console::copy_loops(master.clone(), stdin, stdout, out_fd)?);
+            let (outputs, inputs) = console::copy_loops(master.clone(), stdin, stdout, out_fd)?;
+            self.io.copiers.extend(outputs);
+            self.io.inputs.extend(inputs);
             self.io.console = Some(master);
             self.io.logger = logger;
         }
@@ -226,6 +230,9 @@ impl ProcessIo {
     /// Waits (bounded) for the copy loops to drain, then tears everything down.
     pub async fn close(&mut self, drain: Duration) {
         self.stdin_closer = None;
+        for i in self.inputs.drain(..) {
+            i.abort();
+        }
         let copiers = std::mem::take(&mut self.copiers);
         let wait_all = async {
             for c in copiers.iter() {
@@ -247,7 +254,7 @@ impl ProcessIo {
 
 impl Drop for ProcessIo {
     fn drop(&mut self) {
-        for c in &self.copiers {
+        for c in self.copiers.iter().chain(self.inputs.iter()) {
             c.abort();
         }
         if let Some(lg) = self.logger.take() {

@@ -189,7 +189,12 @@ mod tests {
         Container {
             id: id.into(),
             bundle: PathBuf::from("/nonexistent"),
-            runc: Runc::new(&opts, "ns", &PathBuf::from("/nonexistent"), Arc::new(Reaper::default())),
+            runc: Runc::new(
+                &opts,
+                "ns",
+                &PathBuf::from("/nonexistent"),
+                Arc::new(Reaper::default()),
+            ),
             opts,
             init,
             execs: Default::default(),
@@ -203,10 +208,16 @@ mod tests {
     }
 
     fn exit(pid: i32, status: u32) -> Exit {
-        Exit { pid, status, at: SystemTime::now() }
+        Exit {
+            pid,
+            status,
+            at: SystemTime::now(),
+        }
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::events::Envelope_>) -> Vec<(String, u32)> {
+    fn drain(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::events::Envelope_>,
+    ) -> Vec<(String, u32)> {
         let mut out = vec![];
         while let Ok(e) = rx.try_recv() {
             let ex = TaskExit::parse_from_bytes(&e.event.value).unwrap();
@@ -232,7 +243,10 @@ mod tests {
         assert!(t.containers["c"].init.exit.is_none());
         // The exec's exit releases both, exec first.
         deliver(&mut t, &events, exit(101, 0));
-        assert_eq!(drain(&mut rx), [("x".to_string(), 0), ("c".to_string(), 137)]);
+        assert_eq!(
+            drain(&mut rx),
+            [("x".to_string(), 0), ("c".to_string(), 137)]
+        );
         assert_eq!(t.containers["c"].init.exit.map(|e| e.0), Some(137));
         assert_eq!(t.containers["c"].init.status, Status::Stopped);
     }

@@ -26,25 +26,6 @@ use super::Service;
 /// How long Delete waits for the stdio copies to drain (containerd 2.x uses 10 s).
 const IO_DRAIN: Duration = Duration::from_secs(10);
 
-/// True unless config.json gives the container its own new PID namespace (§7.4).
-fn should_kill_all_on_exit(bundle: &Path) -> bool {
-    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
-        return true;
-    };
-    let own_ns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .map(|ns| {
-            ns.iter().any(|n| {
-                n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid
-                    && n.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
-            })
-        })
-        .unwrap_or(false);
-    !own_ns
-}
-
 impl Service {
     pub async fn create(&self, req: CreateTaskRequest) -> Result<u32> {
         validate_component("container id", &req.id)?;
@@ -96,7 +77,7 @@ impl Service {
         let c = Container {
             id: req.id.clone(),
             bundle: bundle.clone(),
-            kill_all_on_exit: should_kill_all_on_exit(&bundle),
+            kill_all_on_exit: crate::spec::should_kill_all_on_exit(&bundle),
             opts,
             runc,
             init,

@@ -84,7 +84,7 @@ impl Service {
             if let Some(x) = c.execs.values().find(|x| x.pid == pid && pid > 0) {
                 let mut d = ProcessDetails::new();
                 d.exec_id = x.id.clone();
-                pi.info = Some(pack(&d)).into();
+                pi.info = Some(pack("containerd.runc.v1.ProcessDetails", &d)).into();
             }
             r.processes.push(pi);
         }
