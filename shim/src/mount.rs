@@ -1,5 +1,4 @@
 //! Rootfs mounts applied by the shim: containerd's `Mount` list stacked onto `<bundle>/rootfs`.
-#![allow(dead_code)]
 
 use std::io::ErrorKind;
 use std::os::unix::fs::DirBuilderExt;

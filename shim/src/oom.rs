@@ -1,5 +1,4 @@
 //! OOM watchers (cgroup v1 eventfd, v2 inotify): call back on each OOM kill in a cgroup.
-#![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -44,6 +44,12 @@ impl Instance {
     /// Creates the dirs, links the shim under test, starts containerd and imports the busybox
     /// image (and the pause image with CRI) into the instance's namespace.
     pub fn start(setup: Setup) -> Result<Instance> {
+        Self::start_with_config(setup, "")
+    }
+
+    /// Like [`Instance::start`], with `extra_toml` appended to the rendered config (e.g. a
+    /// second CRI runtime handler, so one containerd drives two shims side by side).
+    pub fn start_with_config(setup: Setup, extra_toml: &str) -> Result<Instance> {
         let shim = shim::binary()?;
         let tmp = tempfile::Builder::new()
             .prefix("berth-t")
@@ -70,7 +76,7 @@ impl Instance {
         let address = dir.join("containerd.sock").display().to_string();
         std::fs::write(
             dir.join("config.toml"),
-            config::render(&dir, &address, setup.runtime, setup.cri),
+            config::render(&dir, &address, setup.runtime, setup.cri) + extra_toml,
         )?;
         let mut inst = Instance {
             tmp: Some(tmp),

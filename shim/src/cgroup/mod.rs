@@ -1,5 +1,4 @@
 //! A container's cgroup, located from its init pid, and its metrics.
-#![allow(dead_code)]
 
 mod v1;
 mod v2;
