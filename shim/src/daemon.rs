@@ -7,7 +7,6 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::ttrpc::r#async::transport::Listener;
 use berth_proto::ttrpc::r#async::Server;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -70,10 +69,17 @@ async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
         events.clone(),
         exits,
     ));
-    let listener = Listener::try_from(listener).map_err(|e| Error::io("ttrpc listener", e))?;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).map_err(|e| Error::io("ttrpc listener", e))?;
+    let mut services = berth_proto::task_services(service.clone());
+    let known: Vec<String> = services.keys().cloned().collect();
+    services.insert(
+        crate::transport::UNKNOWN_SERVICE.to_string(),
+        crate::transport::unknown_service(),
+    );
     let mut server = Server::new()
-        .add_listener(listener)
-        .register_service(berth_proto::task_services(service.clone()));
+        .add_listener(crate::transport::listener(listener, known))
+        .register_service(services);
     server
         .start()
         .await

@@ -20,6 +20,7 @@ mod socket;
 mod spec;
 mod start;
 mod task;
+mod transport;
 
 use std::io::Write;
 

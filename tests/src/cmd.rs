@@ -103,7 +103,29 @@ fn join_bounded(h: JoinHandle<String>) -> String {
 /// Runs `program args` with a fresh pseudo-terminal as stdin/stdout/stderr (for `ctr ... -t`).
 /// The terminal output is returned as `stdout`.
 pub fn run_pty(program: &str, args: &[String], timeout: Duration) -> Result<Output> {
+    run_pty_sized(program, args, timeout, None)
+}
+
+/// [`run_pty`] with the terminal set to `size` = (rows, cols) before the program starts.
+pub fn run_pty_sized(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+    size: Option<(u16, u16)>,
+) -> Result<Output> {
     let (master, slave) = open_pty()?;
+    if let Some((rows, cols)) = size {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ on a pty master we own, with a valid winsize.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+            bail!("TIOCSWINSZ: {}", std::io::Error::last_os_error());
+        }
+    }
     let mut child = {
         let mut cmd = Command::new(program);
         cmd.args(args)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod containerd;
 pub mod cri;
 pub mod ctr;
+pub mod direct;
 pub mod events;
 pub mod image;
 pub mod leaks;
