@@ -1,7 +1,130 @@
-//! berthd: the CRI manager daemon. The CRI RuntimeService arrives with a later issue;
-//! until then this binary only reports that it is a placeholder.
+//! berthd: Berth's CRI manager daemon. `main` parses the command line, loads the
+//! configuration and runs the CRI server; `berthd config default` prints the defaults.
+
+mod config;
+mod cri;
+mod error;
+mod runtime;
+mod server;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "Berth: a CRI runtime for Kubernetes nodes"
+)]
+struct Cli {
+    /// Configuration file (default /etc/berth/config.toml if it exists, else built-in defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// CRI socket, overriding server.socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Persistent root, overriding paths.root.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Runtime state dir, overriding paths.state.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log level, overriding log.level.
+    #[arg(long)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the built-in default configuration (every key, documented).
+    Default,
+    /// Print the effective configuration after the file and flags are applied.
+    Check,
+}
 
 fn main() {
-    eprintln!("berthd: the CRI daemon is not implemented yet; see the README");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", config::DEFAULT_TOML);
+        return;
+    }
+    let mut cfg = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => fail(&e),
+    };
+    if let Some(s) = cli.socket {
+        cfg.server.socket = s;
+    }
+    if let Some(r) = cli.root {
+        cfg.paths.root = r;
+    }
+    if let Some(s) = cli.state {
+        cfg.paths.state = s;
+    }
+    if let Some(l) = cli.log_level {
+        cfg.log.level = l;
+    }
+    if let Some(Command::Config {
+        what: ConfigCommand::Check,
+    }) = cli.command
+    {
+        println!("{cfg:#?}");
+        return;
+    }
+    init_tracing(&cfg.log.level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(&error::Error::io("tokio runtime", e)),
+    };
+    let socket = cfg.server.socket.clone();
+    let res = rt.block_on(async move {
+        // The socket first: a live one means another berthd owns this node's state.
+        let listener = server::bind(&cfg.server.socket, &cfg.server.socket_group)?;
+        let runtime = match runtime::Runtime::open(cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        };
+        server::serve(runtime, listener).await
+    });
+    if let Err(e) = res {
+        tracing::error!(error = %e, "berthd failed");
+        fail(&e);
+    }
+}
+
+fn init_tracing(level: &str) {
+    let level = level.parse().unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn fail(e: &error::Error) -> ! {
+    eprintln!("berthd: {e}");
+    std::process::exit(1);
 }

@@ -3,6 +3,7 @@
 //! Set `BERTH_TEST_REFERENCE=1` to run the same tests against Debian's Go `containerd-shim-runc-v2`
 //! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
 
+pub mod berthd;
 pub mod cleanup;
 pub mod cmd;
 pub mod config;

@@ -1,0 +1,4 @@
+//! The CRI v1 gRPC face of berthd: thin tonic services that decode, open a span, call the
+//! domain core and encode. Conversions live next to the service that needs them.
+
+pub mod runtime_service;

@@ -1,0 +1,260 @@
+//! `runtime.v1.RuntimeService`: node-level calls answered by the domain core; the pod
+//! and container calls answer Unimplemented until their implementation lands (issue 3 is
+//! being delivered in steps; each step replaces its stubs here).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use k8s_cri::v1::*;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::runtime::{Runtime, RUNTIME_API_VERSION, RUNTIME_NAME};
+
+pub struct Service {
+    pub rt: Arc<Runtime>,
+}
+
+fn not_yet(method: &str) -> Status {
+    Status::unimplemented(format!("{method} is not implemented by berthd yet"))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for Service {
+    type GetContainerEventsStream = EventStream;
+
+    async fn version(
+        &self,
+        _: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: self.rt.version().into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let net = self.rt.network_condition();
+        let conditions = vec![
+            RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: net.ready,
+                reason: net.reason,
+                message: net.message,
+            },
+        ];
+        Ok(Response::new(StatusResponse {
+            status: Some(RuntimeStatus { conditions }),
+            ..Default::default()
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        let driver = match self.rt.config.runtime.cgroup_driver.as_str() {
+            "systemd" => CgroupDriver::Systemd,
+            _ => CgroupDriver::Cgroupfs,
+        };
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.rt.set_pod_cidr(&cidr)?;
+        Ok(Response::new(UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn get_container_events(
+        &self,
+        _: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("get_container_events"))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        Err(not_yet("run_pod_sandbox"))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        Err(not_yet("stop_pod_sandbox"))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        Err(not_yet("remove_pod_sandbox"))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        Err(not_yet("pod_sandbox_status"))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        Err(not_yet("list_pod_sandbox"))
+    }
+
+    async fn create_container(
+        &self,
+        _: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        Err(not_yet("create_container"))
+    }
+
+    async fn start_container(
+        &self,
+        _: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        Err(not_yet("start_container"))
+    }
+
+    async fn stop_container(
+        &self,
+        _: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        Err(not_yet("stop_container"))
+    }
+
+    async fn remove_container(
+        &self,
+        _: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        Err(not_yet("remove_container"))
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Err(not_yet("list_containers"))
+    }
+
+    async fn container_status(
+        &self,
+        _: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        Err(not_yet("container_status"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet("update_container_resources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        Err(not_yet("reopen_container_log"))
+    }
+
+    async fn exec_sync(
+        &self,
+        _: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        Err(not_yet("exec_sync"))
+    }
+
+    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        Err(not_yet("exec"))
+    }
+
+    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        Err(not_yet("attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        Err(not_yet("port_forward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        Err(not_yet("container_stats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        Err(not_yet("list_container_stats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        Err(not_yet("pod_sandbox_stats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("list_pod_sandbox_stats"))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        Err(not_yet("checkpoint_container"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("list_metric_descriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("list_pod_sandbox_metrics"))
+    }
+}

@@ -1,0 +1,126 @@
+//! The runtime's domain core: configuration, the state store and the node-level answers
+//! (version, status, runtime config). The CRI layer (`cri/`) calls into it.
+
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::store::Store;
+
+/// The name and API version berthd reports.
+pub const RUNTIME_NAME: &str = "berth";
+pub const RUNTIME_API_VERSION: &str = "v1";
+
+/// One network condition as kubelet reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+pub struct Runtime {
+    pub config: Config,
+    pub store: Store,
+    /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
+    pod_cidr: RwLock<String>,
+}
+
+impl Runtime {
+    pub fn open(config: Config) -> Result<Arc<Runtime>> {
+        for dir in [&config.paths.root, &config.paths.state] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::error::Error::io(format!("mkdir {}", dir.display()), e))?;
+        }
+        let store = Store::open(&config.store_path())?;
+        Ok(Arc::new(Runtime {
+            config,
+            store,
+            pod_cidr: RwLock::new(String::new()),
+        }))
+    }
+
+    pub fn version(&self) -> &'static str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    /// NetworkReady: a CNI network configuration exists in the configured directory.
+    pub fn network_condition(&self) -> Condition {
+        let dir = &self.config.cni.conf_dir;
+        let found = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.ends_with(".conflist") || n.ends_with(".conf") || n.ends_with(".json")
+                })
+            })
+            .unwrap_or(false);
+        if found {
+            Condition {
+                ready: true,
+                reason: String::new(),
+                message: String::new(),
+            }
+        } else {
+            Condition {
+                ready: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("no network config found in {}", dir.display()),
+            }
+        }
+    }
+
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
+        if !cidr.is_empty() && !cidr.contains('/') {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "pod CIDR {cidr:?} is not a CIDR"
+            )));
+        }
+        if let Ok(mut c) = self.pod_cidr.write() {
+            *c = cidr.to_string();
+        }
+        tracing::info!(pod_cidr = cidr, "runtime config updated");
+        Ok(())
+    }
+
+    pub fn pod_cidr(&self) -> String {
+        self.pod_cidr.read().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(conf_dir: &std::path::Path, root: &std::path::Path) -> Arc<Runtime> {
+        let text = format!(
+            "[paths]\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[cni]\nconf_dir = \"{1}\"\n",
+            root.display(),
+            conf_dir.display()
+        );
+        Runtime::open(Config::from_toml(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn network_ready_follows_the_conf_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("net.d");
+        std::fs::create_dir(&conf).unwrap();
+        let rt = runtime(&conf, d.path());
+        let c = rt.network_condition();
+        assert!(!c.ready);
+        assert_eq!(c.reason, "NetworkPluginNotReady");
+        std::fs::write(conf.join("10-test.conflist"), "{}").unwrap();
+        assert!(rt.network_condition().ready);
+    }
+
+    #[test]
+    fn pod_cidr_is_validated() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = runtime(d.path(), d.path());
+        rt.set_pod_cidr("10.1.0.0/16").unwrap();
+        assert_eq!(rt.pod_cidr(), "10.1.0.0/16");
+        assert!(rt.set_pod_cidr("bogus").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The crash-safe state store (redb): pod and container records and name reservations.
+//! Every change is one committed write transaction before it is acknowledged, so a
+//! kill -9 leaves either the old or the new state, never half of it.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// id → JSON record.
+pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+pub const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// Reserved name (pod or container, kubelet's unique name) → owning id.
+pub const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+
+pub struct Store {
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::FailedPrecondition(format!(
+                "state store {} is in use by another berthd",
+                path.display()
+            )),
+            e => err(e),
+        })?;
+        // Create the tables once so that reads never see "table does not exist".
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(PODS).map_err(err)?;
+        tx.open_table(CONTAINERS).map_err(err)?;
+        tx.open_table(NAMES).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Store { db })
+    }
+
+    /// Inserts a new record under a name that must be free, both in one transaction.
+    /// A taken name is AlreadyExists naming its owner, as kubelet expects.
+    pub fn create<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        name: &str,
+        rec: &T,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(rec).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut names = tx.open_table(NAMES).map_err(err)?;
+            if let Some(owner) = names.get(name).map_err(err)? {
+                return Err(Error::AlreadyExists(format!(
+                    "name {name:?} is reserved for {:?}",
+                    owner.value()
+                )));
+            }
+            names.insert(name, id).map_err(err)?;
+            let mut t = tx.open_table(table).map_err(err)?;
+            if t.get(id).map_err(err)?.is_some() {
+                return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
+            }
+            t.insert(id, bytes.as_slice()).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Replaces an existing record.
+    pub fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        rec: &T,
+    ) -> Result<()> {
+        let bytes = serde_json::to_vec(rec).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(table)
+            .map_err(err)?
+            .insert(id, bytes.as_slice())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+    ) -> Result<Option<T>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        match t.get(id).map_err(err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(err)? {
+            let (_, v) = item.map_err(err)?;
+            out.push(serde_json::from_slice(v.value()).map_err(err)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes a record and releases its name, atomically. Missing is not an error.
+    pub fn remove(&self, table: TableDefinition<&str, &[u8]>, id: &str, name: &str) -> Result<()> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            tx.open_table(table).map_err(err)?.remove(id).map_err(err)?;
+            let mut names = tx.open_table(NAMES).map_err(err)?;
+            let owned = names
+                .get(name)
+                .map_err(err)?
+                .map(|o| o.value() == id)
+                .unwrap_or(false);
+            if owned {
+                names.remove(name).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Rec {
+        id: String,
+        n: u32,
+    }
+
+    #[test]
+    fn create_get_list_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("s.redb")).unwrap();
+        let a = Rec {
+            id: "a".into(),
+            n: 1,
+        };
+        s.create(PODS, "a", "pod_a", &a).unwrap();
+        assert_eq!(s.get::<Rec>(PODS, "a").unwrap(), Some(a));
+        assert!(matches!(
+            s.create(
+                PODS,
+                "b",
+                "pod_a",
+                &Rec {
+                    id: "b".into(),
+                    n: 2
+                }
+            ),
+            Err(Error::AlreadyExists(_))
+        ));
+        // A refused create left nothing behind.
+        assert_eq!(s.get::<Rec>(PODS, "b").unwrap(), None);
+        s.put(
+            PODS,
+            "a",
+            &Rec {
+                id: "a".into(),
+                n: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.list::<Rec>(PODS).unwrap().len(), 1);
+        s.remove(PODS, "a", "pod_a").unwrap();
+        assert!(s.list::<Rec>(PODS).unwrap().is_empty());
+        // The name is free again.
+        s.create(
+            PODS,
+            "c",
+            "pod_a",
+            &Rec {
+                id: "c".into(),
+                n: 4,
+            },
+        )
+        .unwrap();
+        s.remove(PODS, "missing", "nobody").unwrap();
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.redb");
+        {
+            let s = Store::open(&p).unwrap();
+            s.create(
+                CONTAINERS,
+                "x",
+                "ctr_x",
+                &Rec {
+                    id: "x".into(),
+                    n: 9,
+                },
+            )
+            .unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.get::<Rec>(CONTAINERS, "x").unwrap().unwrap().n, 9);
+    }
+}

@@ -1,0 +1,159 @@
+//! berthd's node-level CRI calls and daemon behaviour: Version, Status (NetworkReady follows
+//! the CNI conf dir), RuntimeConfig, UpdateRuntimeConfig, the socket's mode, config errors,
+//! `berthd config default`, graceful SIGTERM, and a second berthd refused on a live socket.
+
+use anyhow::{ensure, Context, Result};
+use berth_tests::berthd::{binary, Berthd};
+use k8s_cri::v1 as cri;
+use std::os::unix::fs::PermissionsExt;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+#[test]
+fn version_status_and_runtime_config() -> Result<()> {
+    let d = Berthd::configure("")?.start()?;
+    let mode = std::fs::metadata(&d.socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o660, "socket mode {mode:o}, want 660");
+    rt().block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let v = rs
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            v.runtime_name == "berth" && v.runtime_api_version == "v1",
+            "{v:?}"
+        );
+        ensure!(!v.runtime_version.is_empty(), "{v:?}");
+
+        let cond = |s: &cri::StatusResponse, t: &str| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.r#type == t).cloned())
+        };
+        let s = rs
+            .status(cri::StatusRequest { verbose: false })
+            .await?
+            .into_inner();
+        ensure!(cond(&s, "RuntimeReady").is_some_and(|c| c.status), "{s:?}");
+        let net = cond(&s, "NetworkReady").context("no NetworkReady")?;
+        ensure!(
+            !net.status && net.reason == "NetworkPluginNotReady",
+            "{net:?}"
+        );
+        ensure!(
+            net.message.contains(&d.cni_dir.display().to_string()),
+            "{net:?}"
+        );
+
+        std::fs::write(
+            d.cni_dir.join("10-test.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"t","plugins":[]}"#,
+        )?;
+        let s = rs
+            .status(cri::StatusRequest { verbose: false })
+            .await?
+            .into_inner();
+        ensure!(cond(&s, "NetworkReady").is_some_and(|c| c.status), "{s:?}");
+
+        let rc = rs
+            .runtime_config(cri::RuntimeConfigRequest {})
+            .await?
+            .into_inner();
+        ensure!(rc.linux.map(|l| l.cgroup_driver) == Some(cri::CgroupDriver::Cgroupfs as i32));
+
+        let upd = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig {
+                    pod_cidr: cidr.into(),
+                }),
+            }),
+        };
+        rs.update_runtime_config(upd("10.244.0.0/24")).await?;
+        let bad = rs.update_runtime_config(upd("not-a-cidr")).await;
+        ensure!(
+            matches!(&bad, Err(s) if s.code() == tonic::Code::InvalidArgument),
+            "bad CIDR: {bad:?}"
+        );
+        Ok(())
+    })?;
+    d.finish()
+}
+
+#[test]
+fn sigterm_stops_serving_and_removes_the_socket() -> Result<()> {
+    let mut d = Berthd::configure("")?.start()?;
+    let code = d.stop()?;
+    ensure!(
+        code == 0,
+        "berthd exit code {code} after SIGTERM; log:\n{}",
+        d.log()
+    );
+    ensure!(!d.socket.exists(), "socket left after SIGTERM");
+    d.finish()
+}
+
+#[test]
+fn a_second_berthd_on_a_live_socket_is_refused() -> Result<()> {
+    let d = Berthd::configure("")?.start()?;
+    let out = std::process::Command::new(binary()?)
+        .arg("--config")
+        .arg(&d.config)
+        .output()?;
+    ensure!(!out.status.success(), "second berthd started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(err.contains("served by another process"), "stderr: {err}");
+    ensure!(d.socket.exists(), "the first berthd lost its socket");
+    d.finish()
+}
+
+#[test]
+fn config_default_parses_and_bad_configs_are_refused() -> Result<()> {
+    let out = std::process::Command::new(binary()?)
+        .args(["config", "default"])
+        .output()?;
+    ensure!(out.status.success());
+    let text = String::from_utf8(out.stdout)?;
+    ensure!(
+        text.contains("socket = \"/run/berth/berth.sock\""),
+        "{text}"
+    );
+    let dir = tempfile::tempdir()?;
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, &text)?;
+    let ok = std::process::Command::new(binary()?)
+        .arg("--config")
+        .arg(&f)
+        .args(["config", "check"])
+        .output()?;
+    ensure!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (bad, needle) in [
+        ("[runtime]\nbinnary = \"crun\"\n", "binnary"),
+        ("[paths]\nroot = \"relative\"\n", "absolute"),
+        ("[runtime]\ncgroup_driver = \"v3\"\n", "cgroup_driver"),
+    ] {
+        std::fs::write(&f, bad)?;
+        let out = std::process::Command::new(binary()?)
+            .arg("--config")
+            .arg(&f)
+            .args(["config", "check"])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains(needle),
+            "{bad:?}: {err}"
+        );
+    }
+    Ok(())
+}
