@@ -4,8 +4,11 @@
 mod config;
 mod cri;
 mod error;
+mod network;
+mod pod;
 mod runtime;
 mod server;
+mod spec;
 mod store;
 
 use std::path::PathBuf;

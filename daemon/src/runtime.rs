@@ -1,10 +1,14 @@
 //! The runtime's domain core: configuration, the state store and the node-level answers
 //! (version, status, runtime config). The CRI layer (`cri/`) calls into it.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::network::Cni;
+use crate::pod::shim::Shim;
 use crate::store::Store;
 
 /// The name and API version berthd reports.
@@ -22,6 +26,13 @@ pub struct Condition {
 pub struct Runtime {
     pub config: Config,
     pub store: Store,
+    pub cni: Cni,
+    /// containerd-shim-berth-v2, started once per pod.
+    pub shim_binary: PathBuf,
+    /// The read-only rootfs of every sandbox's berth-pause.
+    pub pause_rootfs: PathBuf,
+    /// Connected pod shims by pod id.
+    pub shims: tokio::sync::Mutex<HashMap<String, Shim>>,
     /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
     pod_cidr: RwLock<String>,
 }
@@ -33,9 +44,16 @@ impl Runtime {
                 .map_err(|e| crate::error::Error::io(format!("mkdir {}", dir.display()), e))?;
         }
         let store = Store::open(&config.store_path())?;
+        let shim_binary = crate::pod::shim::locate(&config.runtime.shim)?;
+        let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
+        let cni = Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone());
         Ok(Arc::new(Runtime {
             config,
             store,
+            cni,
+            shim_binary,
+            pause_rootfs,
+            shims: Default::default(),
             pod_cidr: RwLock::new(String::new()),
         }))
     }

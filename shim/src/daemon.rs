@@ -95,7 +95,8 @@ async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
     }
     // Give the Shutdown reply a moment to leave before connections close.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+    // Clients (containerd, berthd) close their connections after Shutdown; don't wait long.
+    let _ = tokio::time::timeout(Duration::from_millis(500), server.shutdown()).await;
     exit_loop.abort();
     events.close();
     drop(service);

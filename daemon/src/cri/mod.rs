@@ -1,4 +1,5 @@
 //! The CRI v1 gRPC face of berthd: thin tonic services that decode, open a span, call the
 //! domain core and encode. Conversions live next to the service that needs them.
 
+mod pod;
 pub mod runtime_service;

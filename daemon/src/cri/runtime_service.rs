@@ -89,46 +89,76 @@ impl RuntimeService for Service {
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let r = req.into_inner();
+        let cfg = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("sandbox config is required"))?;
+        let id = self.rt.run_pod_sandbox(cfg, r.runtime_handler).await?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        self.rt
+            .stop_pod_sandbox(&req.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        self.rt
+            .remove_pod_sandbox(&req.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let r = req.into_inner();
+        let rec = self.rt.pod_live(&r.pod_sandbox_id).await?;
+        let status = super::pod::status(&rec);
+        let mut info = std::collections::HashMap::new();
+        if r.verbose {
+            info.insert("info".to_string(), super::pod::verbose_info(&rec));
+        }
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = req.into_inner().filter;
+        let items = self
+            .rt
+            .pods()?
+            .iter()
+            .filter(|p| super::pod::matches(p, filter.as_ref()))
+            .map(super::pod::summary)
+            .collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("get_container_events"))
-    }
-
-    async fn run_pod_sandbox(
-        &self,
-        _: Request<RunPodSandboxRequest>,
-    ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(not_yet("run_pod_sandbox"))
-    }
-
-    async fn stop_pod_sandbox(
-        &self,
-        _: Request<StopPodSandboxRequest>,
-    ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(not_yet("stop_pod_sandbox"))
-    }
-
-    async fn remove_pod_sandbox(
-        &self,
-        _: Request<RemovePodSandboxRequest>,
-    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(not_yet("remove_pod_sandbox"))
-    }
-
-    async fn pod_sandbox_status(
-        &self,
-        _: Request<PodSandboxStatusRequest>,
-    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(not_yet("pod_sandbox_status"))
-    }
-
-    async fn list_pod_sandbox(
-        &self,
-        _: Request<ListPodSandboxRequest>,
-    ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(not_yet("list_pod_sandbox"))
     }
 
     async fn create_container(

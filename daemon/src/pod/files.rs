@@ -1,0 +1,109 @@
+//! The per-pod files every container of the pod mounts: /etc/hostname, /etc/hosts and
+//! /etc/resolv.conf, generated from the PodSandboxConfig.
+
+use std::path::Path;
+
+use k8s_cri::v1::PodSandboxConfig;
+
+use crate::error::{Error, Result};
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    std::fs::write(dir.join(name), text).map_err(|e| Error::io(format!("write {name}"), e))
+}
+
+/// The hostname a pod gets: its configured hostname, else the host's for host-network pods.
+pub fn hostname(cfg: &PodSandboxConfig, host_network: bool) -> String {
+    if host_network {
+        return std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+    }
+    cfg.hostname.clone()
+}
+
+/// Writes hostname, hosts and resolv.conf into `dir`.
+pub fn write_all(dir: &Path, cfg: &PodSandboxConfig, host_network: bool) -> Result<()> {
+    let host = hostname(cfg, host_network);
+    write(dir, "hostname", &format!("{host}\n"))?;
+    let hosts = if host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n".to_string()
+    };
+    write(dir, "hosts", &hosts)?;
+    write(dir, "resolv.conf", &resolv_conf(cfg)?)
+}
+
+/// resolv.conf from the pod's DNSConfig, or the host's when it has none.
+pub fn resolv_conf(cfg: &PodSandboxConfig) -> Result<String> {
+    let Some(dns) = cfg
+        .dns_config
+        .as_ref()
+        .filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
+    else {
+        return Ok(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    };
+    let mut out = String::new();
+    if !dns.searches.is_empty() {
+        out.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for s in &dns.servers {
+        if s.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "DNS server {s:?} is not an IP address"
+            )));
+        }
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !dns.options.is_empty() {
+        out.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::DnsConfig;
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let cfg = PodSandboxConfig {
+            dns_config: Some(DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf(&cfg).unwrap(),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        let bad = PodSandboxConfig {
+            dns_config: Some(DnsConfig {
+                servers: vec!["nope".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(resolv_conf(&bad).is_err());
+    }
+
+    #[test]
+    fn files_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = PodSandboxConfig {
+            hostname: "web-1".into(),
+            ..Default::default()
+        };
+        write_all(d.path(), &cfg, false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("hostname")).unwrap(),
+            "web-1\n"
+        );
+        assert!(std::fs::read_to_string(d.path().join("hosts"))
+            .unwrap()
+            .contains("localhost"));
+    }
+}

@@ -1,0 +1,84 @@
+//! Pod sandboxes: their stored record, lifecycle (run, stop, remove) and status. Each
+//! pod runs in one shim; its infra process (berth-pause) holds the pod's namespaces.
+
+mod files;
+mod sandbox;
+pub mod shim;
+
+use std::path::PathBuf;
+
+use k8s_cri::v1::PodSandboxConfig;
+use serde::{Deserialize, Serialize};
+
+pub use sandbox::pause_rootfs;
+
+/// CRI sandbox states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    Ready,
+    NotReady,
+}
+
+/// What the store keeps about a pod (committed before any RPC is acknowledged).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    /// kubelet's unique pod name: name_namespace_uid_attempt (the reserved name).
+    pub name_key: String,
+    pub config: PodSandboxConfig,
+    pub runtime_handler: String,
+    pub state: PodState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub bundle: PathBuf,
+    /// Per-pod files shared with its containers (hostname, hosts, resolv.conf).
+    pub files: PathBuf,
+    pub netns: Option<PathBuf>,
+    pub ips: Vec<String>,
+    pub pid: u32,
+    pub shim_address: String,
+}
+
+impl PodRecord {
+    pub fn host_network(&self) -> bool {
+        use k8s_cri::v1::NamespaceMode;
+        self.config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .is_some_and(|n| n.network == NamespaceMode::Node as i32)
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A fresh 64-hex-digit id, as kubelet expects from containerd.
+pub fn new_id() -> crate::error::Result<String> {
+    let mut b = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| crate::error::Error::io("read /dev/urandom", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Checks a CRI-given name that becomes part of a path or key.
+pub fn validate_name(what: &str, v: &str) -> crate::error::Result<()> {
+    if v.is_empty() {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "{what} must not be empty"
+        )));
+    }
+    if v.contains('/') || v.contains('\0') || v == "." || v == ".." || v.len() > 253 {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "invalid {what} {v:?}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox: each step records its state in the
+//! store and undoes what it made when a later step fails, so nothing is left half-made.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::PodSandboxConfig;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::network::{NetNs, PodNetArgs, PortMapping};
+use crate::runtime::Runtime;
+use crate::store::PODS;
+
+use super::shim::Shim;
+use super::{files, new_id, now_ns, validate_name, PodRecord, PodState};
+
+/// How long Stop waits for the infra process to die after SIGKILL.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// The read-only rootfs every sandbox runs berth-pause from: one file plus the mount
+/// points runc needs. Rebuilt at startup from the berth-pause next to berthd.
+pub fn pause_rootfs(root: &Path) -> Result<PathBuf> {
+    let rootfs = root.join("pause").join("rootfs");
+    for d in ["proc", "dev", "sys", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d))
+            .map_err(|e| Error::io(format!("mkdir pause rootfs {d}"), e))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", e))?;
+    let src = exe.with_file_name("berth-pause");
+    let dst = rootfs.join("pause");
+    let tmp = rootfs.join(".pause.tmp");
+    std::fs::copy(&src, &tmp).map_err(|e| Error::io(format!("copy {}", src.display()), e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| Error::io("install pause", e))?;
+    Ok(rootfs)
+}
+
+fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArgs {
+    let md = cfg.metadata.clone().unwrap_or_default();
+    PodNetArgs {
+        sandbox_id: id.to_string(),
+        pod_name: md.name,
+        pod_namespace: md.namespace,
+        pod_uid: md.uid,
+        ifname: "eth0".into(),
+        port_mappings: cfg
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: match p.protocol {
+                    1 => "udp".into(),
+                    2 => "sctp".into(),
+                    _ => "tcp".into(),
+                },
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        dns: cfg.dns_config.as_ref().map(|d| crate::network::DnsArgs {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        pod_cidr,
+    }
+}
+
+/// Undo steps collected while a RunPodSandbox progresses.
+#[derive(Default)]
+struct Undo {
+    netns: Option<NetNs>,
+    cni: Option<(crate::network::NetworkConfigList, PodNetArgs)>,
+    dirs: Vec<PathBuf>,
+    shim: Option<(Shim, String)>,
+}
+
+impl Undo {
+    async fn run(self, rt: &Runtime) {
+        if let Some((shim, id)) = self.shim {
+            let _ = shim.kill(&id, libc::SIGKILL as u32, true).await;
+            let _ = shim.wait(&id, STOP_WAIT).await;
+            let _ = shim.delete(&id).await;
+            shim.shutdown().await;
+        }
+        if let Some((list, args)) = self.cni {
+            let netns = self.netns.as_ref().map(|n| n.path.clone());
+            if let Err(e) = rt.cni.del(&list, netns.as_deref(), &args).await {
+                tracing::warn!(error = %e, "rollback: CNI DEL");
+            }
+        }
+        if let Some(n) = self.netns {
+            let _ = n.remove();
+        }
+        for d in self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Runtime {
+    pub async fn run_pod_sandbox(
+        self: &Arc<Self>,
+        cfg: PodSandboxConfig,
+        handler: String,
+    ) -> Result<String> {
+        let md = cfg
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("sandbox metadata is required".into()))?;
+        validate_name("sandbox name", &md.name)?;
+        validate_name("sandbox namespace", &md.namespace)?;
+        validate_name("sandbox uid", &md.uid)?;
+        if !handler.is_empty() && handler != "berth" {
+            return Err(Error::NotFound(format!(
+                "no runtime handler {handler:?} is configured"
+            )));
+        }
+        let id = new_id()?;
+        let span = tracing::info_span!("run_pod_sandbox", pod_id = %id, pod = %md.name, namespace = %md.namespace);
+        async {
+            let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
+            let rec = PodRecord {
+                id: id.clone(),
+                name_key: name_key.clone(),
+                config: cfg.clone(),
+                runtime_handler: handler.clone(),
+                state: PodState::NotReady,
+                created_at: now_ns(),
+                bundle: self.config.paths.state.join("pods").join(&id),
+                files: self.config.paths.root.join("pods").join(&id),
+                netns: None,
+                ips: vec![],
+                pid: 0,
+                shim_address: String::new(),
+            };
+            // The name is reserved first: a duplicate fails here with nothing made.
+            self.store.create(PODS, &id, &name_key, &rec)?;
+            let mut undo = Undo::default();
+            match self.run_steps(rec, &mut undo).await {
+                Ok(rec) => {
+                    tracing::info!(ips = ?rec.ips, pid = rec.pid, "pod ready");
+                    Ok(rec.id)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "RunPodSandbox failed; rolling back");
+                    undo.run(self).await;
+                    let _ = self.store.remove(PODS, &id, &name_key);
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_steps(self: &Arc<Self>, mut rec: PodRecord, undo: &mut Undo) -> Result<PodRecord> {
+        for d in [&rec.bundle, &rec.files] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+            undo.dirs.push(d.clone());
+        }
+        let host_network = rec.host_network();
+        files::write_all(&rec.files, &rec.config, host_network)?;
+        if !host_network {
+            let list = self.cni.load()?.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "network not ready: no CNI config in {}",
+                    self.config.cni.conf_dir.display()
+                ))
+            })?;
+            let ns = NetNs::create(&self.config.paths.state.join("netns"), &rec.id)?;
+            rec.netns = Some(ns.path.clone());
+            let nsp = ns.path.clone();
+            undo.netns = Some(ns);
+            let args = net_args(&rec.id, &rec.config, self.pod_cidr());
+            let net = self.cni.add(&list, &nsp, &args).await?;
+            undo.cni = Some((list, args));
+            rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
+        }
+        let spec = crate::spec::sandbox_spec(
+            &rec.config,
+            &crate::spec::SandboxOpts {
+                id: rec.id.clone(),
+                netns_path: rec.netns.clone(),
+                rootfs: self.pause_rootfs.clone(),
+                args: vec!["/pause".into()],
+                cgroup_parent: self.cgroup_parent(&rec.config),
+                systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
+                // A host-network pod shares the host's UTS namespace: no hostname to set.
+                hostname: if host_network {
+                    String::new()
+                } else {
+                    files::hostname(&rec.config, false)
+                },
+                resolv_conf: Some(rec.files.join("resolv.conf")),
+                hosts: Some(rec.files.join("hosts")),
+                hostname_file: Some(rec.files.join("hostname")),
+                shm: None,
+                oom_score_adj: None,
+                localhost_profile: None,
+            },
+        )?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
+        std::fs::write(rec.bundle.join("config.json"), json)
+            .map_err(|e| Error::io("write config.json", e))?;
+        let shim = Shim::start(
+            &self.shim_binary,
+            &rec.bundle,
+            &rec.id,
+            &self.config.server.socket,
+        )
+        .await?;
+        undo.shim = Some((shim.clone(), rec.id.clone()));
+        shim.create(&rec.id, &rec.bundle, "", "").await?;
+        rec.pid = shim.start_task(&rec.id).await?;
+        rec.shim_address = shim.address.clone();
+        rec.state = PodState::Ready;
+        self.store.put(PODS, &rec.id, &rec)?;
+        self.shims.lock().await.insert(rec.id.clone(), shim);
+        Ok(rec)
+    }
+
+    /// The cgroup parent for a pod: its own, else the configured default.
+    fn cgroup_parent(&self, cfg: &PodSandboxConfig) -> String {
+        cfg.linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| self.config.runtime.cgroup_parent.clone())
+    }
+
+    /// The pod's shim client, reconnecting from the stored address after a restart.
+    pub async fn shim_of(&self, rec: &PodRecord) -> Result<Shim> {
+        if let Some(s) = self.shims.lock().await.get(&rec.id) {
+            return Ok(s.clone());
+        }
+        if rec.shim_address.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "pod {} has no shim",
+                rec.id
+            )));
+        }
+        let s = Shim::connect(&rec.shim_address).await?;
+        self.shims.lock().await.insert(rec.id.clone(), s.clone());
+        Ok(s)
+    }
+
+    /// Stops the pod: kills its infra process, tears down its network. Idempotent; an
+    /// unknown id succeeds (kubelet retries stops of pods it no longer knows).
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let Some(mut rec) = self.store.get::<PodRecord>(PODS, id)? else {
+            return Ok(());
+        };
+        let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
+        async {
+            if rec.pid != 0 {
+                if let Ok(shim) = self.shim_of(&rec).await {
+                    match shim.kill(id, libc::SIGKILL as u32, true).await {
+                        Ok(()) | Err(Error::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                    let _ = shim.wait(id, STOP_WAIT).await;
+                    shim.delete(id).await?;
+                    self.shims.lock().await.remove(id);
+                    shim.shutdown().await;
+                }
+                self.shims.lock().await.remove(id);
+            }
+            if let Some(ns) = rec.netns.clone() {
+                if let Some(list) = self.cni.load()? {
+                    let args = net_args(id, &rec.config, self.pod_cidr());
+                    let present = ns.exists().then_some(ns.as_path());
+                    self.cni.del(&list, present, &args).await?;
+                }
+                NetNs { path: ns }.remove()?;
+            }
+            rec.state = PodState::NotReady;
+            rec.pid = 0;
+            rec.netns = None;
+            rec.shim_address.clear();
+            self.store.put(PODS, id, &rec)?;
+            tracing::info!("pod stopped");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.store.get::<PodRecord>(PODS, id)? else {
+            return Ok(());
+        };
+        self.stop_pod_sandbox(id).await?;
+        for d in [&rec.bundle, &rec.files] {
+            if let Err(e) = std::fs::remove_dir_all(d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::io(format!("remove {}", d.display()), e));
+                }
+            }
+        }
+        self.store.remove(PODS, id, &rec.name_key)?;
+        tracing::info!(pod_id = %id, "pod removed");
+        Ok(())
+    }
+
+    pub fn pod(&self, id: &str) -> Result<PodRecord> {
+        self.store
+            .get(PODS, id)?
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    /// The pod's record with its state checked against the shim: a Ready pod whose
+    /// infra process has exited (or whose shim is gone) is NotReady from then on.
+    pub async fn pod_live(&self, id: &str) -> Result<PodRecord> {
+        let mut rec = self.pod(id)?;
+        if rec.state != PodState::Ready {
+            return Ok(rec);
+        }
+        let running = match self.shim_of(&rec).await {
+            Ok(shim) => shim
+                .state(id)
+                .await
+                .map(|s| s.status.value() == 2)
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !running {
+            tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
+            rec.state = PodState::NotReady;
+            self.store.put(PODS, id, &rec)?;
+        }
+        Ok(rec)
+    }
+
+    pub fn pods(&self) -> Result<Vec<PodRecord>> {
+        self.store.list(PODS)
+    }
+}

@@ -1,0 +1,232 @@
+//! A pod's shim: starting `containerd-shim-berth-v2` for the pod (its `start` action) and
+//! the ttrpc task client berthd drives it with.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_proto::api;
+use berth_proto::shim_async::{Client, TaskClient};
+use berth_proto::ttrpc::context;
+
+use crate::error::{Error, Result};
+
+/// The containerd namespace berthd's shims run in (it names their runc root subdir).
+pub const NAMESPACE: &str = "berth";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds the shim binary: the configured path, else next to berthd, else on $PATH.
+pub fn locate(configured: &str) -> Result<PathBuf> {
+    if !configured.is_empty() {
+        let p = PathBuf::from(configured);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Config(format!("shim {configured} does not exist")))
+        };
+    }
+    let name = "containerd-shim-berth-v2";
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| Error::Config(format!("{name} not found next to berthd or on $PATH")))
+}
+
+/// A connected shim.
+#[derive(Clone)]
+pub struct Shim {
+    pub address: String,
+    client: TaskClient,
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+fn rpc(what: &str, e: berth_proto::ttrpc::Error) -> Error {
+    use berth_proto::ttrpc::{Code, Error as T};
+    match e {
+        T::RpcStatus(s) if s.code() == Code::NOT_FOUND => {
+            Error::NotFound(format!("{what}: {}", s.message()))
+        }
+        T::RpcStatus(s) if s.code() == Code::FAILED_PRECONDITION => {
+            Error::FailedPrecondition(format!("{what}: {}", s.message()))
+        }
+        T::RpcStatus(s) if s.code() == Code::ALREADY_EXISTS => {
+            Error::AlreadyExists(format!("{what}: {}", s.message()))
+        }
+        T::RpcStatus(s) => Error::Internal(format!("{what}: {}", s.message())),
+        other => Error::Internal(format!("{what}: {other}")),
+    }
+}
+
+impl Shim {
+    /// Runs the shim's `start` action in `bundle` (grouping by the config's sandbox-id
+    /// annotation makes every container of a pod share one shim) and connects to it.
+    /// `grpc_address` must be the same for every container of a pod: the socket name
+    /// is derived from it.
+    pub async fn start(
+        binary: &Path,
+        bundle: &Path,
+        id: &str,
+        grpc_address: &Path,
+    ) -> Result<Shim> {
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(["-namespace", NAMESPACE, "-id", id, "-address"])
+            .arg(grpc_address)
+            .arg("start")
+            .current_dir(bundle)
+            // No TTRPC_ADDRESS: berthd learns of exits through Wait, not forwarded events.
+            .env_remove("TTRPC_ADDRESS")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(START_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| Error::Internal(format!("shim start for {id} timed out")))?
+            .map_err(|e| Error::io(format!("run {}", binary.display()), e))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(Error::Internal(format!(
+                "shim start for {id} failed: {} {}",
+                text,
+                err.trim()
+            )));
+        }
+        Shim::connect(&text).await
+    }
+
+    pub async fn connect(address: &str) -> Result<Shim> {
+        let c = tokio::time::timeout(Duration::from_secs(5), Client::connect(address))
+            .await
+            .map_err(|_| Error::Internal(format!("connect {address}: timed out")))?
+            .map_err(|e| Error::Internal(format!("connect {address}: {e}")))?;
+        Ok(Shim {
+            address: address.to_string(),
+            client: TaskClient::new(c),
+        })
+    }
+
+    /// Creates a task with null IO (the sandbox's infra process) or the given stdio.
+    pub async fn create(&self, id: &str, bundle: &Path, stdout: &str, stderr: &str) -> Result<u32> {
+        let req = api::CreateTaskRequest {
+            id: id.to_string(),
+            bundle: bundle.display().to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .create(ctx(), &req)
+            .await
+            .map_err(|e| rpc("create task", e))?
+            .pid)
+    }
+
+    pub async fn start_task(&self, id: &str) -> Result<u32> {
+        let req = api::StartRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .start(ctx(), &req)
+            .await
+            .map_err(|e| rpc("start task", e))?
+            .pid)
+    }
+
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = api::KillRequest {
+            id: id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.client
+            .kill(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("kill task", e))
+    }
+
+    /// Waits for the task's exit; `limit` bounds the wait.
+    pub async fn wait(&self, id: &str, limit: Duration) -> Result<(u32, i64)> {
+        let req = api::WaitRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let ctx = context::with_timeout(limit.as_nanos() as i64);
+        let r = self
+            .client
+            .wait(ctx, &req)
+            .await
+            .map_err(|e| rpc("wait task", e))?;
+        Ok((
+            r.exit_status,
+            r.exited_at.seconds * 1_000_000_000 + r.exited_at.nanos as i64,
+        ))
+    }
+
+    pub async fn state(&self, id: &str) -> Result<api::StateResponse> {
+        let req = api::StateRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .state(ctx(), &req)
+            .await
+            .map_err(|e| rpc("task state", e))
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let req = api::DeleteRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        match self.client.delete(ctx(), &req).await {
+            Ok(_) => Ok(()),
+            Err(e) => match rpc("delete task", e) {
+                Error::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Asks the shim to exit (it does only once it serves no container) and, if it
+    /// agreed, waits (bounded) until its socket is gone, so callers never return with a
+    /// shim still winding down.
+    pub async fn shutdown(self) {
+        let req = api::ShutdownRequest::default();
+        let _ = self.client.shutdown(ctx(), &req).await;
+        let path = PathBuf::from(
+            self.address
+                .strip_prefix("unix://")
+                .unwrap_or(&self.address),
+        );
+        drop(self.client);
+        for _ in 0..150 {
+            if !path.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

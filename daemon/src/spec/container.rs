@@ -1,0 +1,329 @@
+//! The app container spec, as containerd 1.6's `containerSpec`: process from the CRI config
+//! and the image config, the pod's namespaces, mounts, devices, security context,
+//! resources, cgroups path and the `io.kubernetes.cri.*` container annotations.
+
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxDevice, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use super::caps::{capability_set, linux_capabilities};
+use super::devices::{self, DeviceLookup};
+use super::mounts::{container_mounts, Bind};
+use super::resources::{linux_resources, oom_score_adj};
+use super::security::{apparmor_profile, masked_and_readonly, seccomp_choice, seccomp_spec};
+use super::{
+    annotations as a, cgroups_path, clean_abs_path, invalid, merge_env, namespace, nofile_rlimit,
+    ns_mode, oci, user, DEFAULT_PATH_ENV, OCI_VERSION,
+};
+use crate::error::{Error, Result};
+
+/// The parts of the OCI image config that shape a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+}
+
+/// What the daemon knows about the container beyond its CRI config.
+#[derive(Debug, Clone)]
+pub struct ContainerOpts {
+    pub id: String,
+    pub sandbox_id: String,
+    /// The infra process; the container joins its namespaces.
+    pub sandbox_pid: u32,
+    /// The target container's init pid for the TARGET pid namespace mode.
+    pub target_pid: Option<u32>,
+    pub rootfs: PathBuf,
+    pub cgroup_parent: String,
+    pub systemd_cgroup: bool,
+    /// Give the container a private cgroup namespace (cgroup v2 hosts, as containerd).
+    pub cgroupns: bool,
+    /// Contents of the image's /etc/passwd and /etc/group.
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+    /// HOSTNAME when the pod has none (host network).
+    pub node_hostname: String,
+    /// The pod's /etc/hostname, /etc/resolv.conf, /etc/hosts and /dev/shm.
+    pub sandbox_hostname: Option<PathBuf>,
+    pub sandbox_resolv: Option<PathBuf>,
+    pub sandbox_hosts: Option<PathBuf>,
+    pub sandbox_shm: Option<PathBuf>,
+    pub apparmor_available: bool,
+    /// The loaded profile RuntimeDefault maps to (e.g. [`super::APPARMOR_DEFAULT_PROFILE`]).
+    pub apparmor_default: Option<String>,
+    pub image_name: String,
+    /// A Localhost seccomp profile's contents (see [`super::seccomp_localhost_path`]).
+    pub localhost_profile: Option<String>,
+    /// Privileged containers get these device nodes (from [`super::host_devices`]).
+    pub host_devices: Option<Vec<LinuxDevice>>,
+    /// Resolves CRI device host paths.
+    pub device_lookup: DeviceLookup,
+}
+
+impl Default for ContainerOpts {
+    fn default() -> Self {
+        ContainerOpts {
+            id: String::new(),
+            sandbox_id: String::new(),
+            sandbox_pid: 0,
+            target_pid: None,
+            rootfs: PathBuf::new(),
+            cgroup_parent: String::new(),
+            systemd_cgroup: false,
+            cgroupns: false,
+            passwd: None,
+            group: None,
+            node_hostname: String::new(),
+            sandbox_hostname: None,
+            sandbox_resolv: None,
+            sandbox_hosts: None,
+            sandbox_shm: None,
+            apparmor_available: false,
+            apparmor_default: None,
+            image_name: String::new(),
+            localhost_profile: None,
+            host_devices: None,
+            device_lookup: devices::device_from_path,
+        }
+    }
+}
+
+/// Kubernetes' rules: `command` replaces the entrypoint and drops the image cmd; `args`
+/// replace the cmd. An entrypoint of `[""]` means none.
+pub(crate) fn process_args(c: &ContainerConfig, image: &ImageConfig) -> Result<Vec<String>> {
+    let mut command = c.command.clone();
+    let mut args = c.args.clone();
+    if command.is_empty() {
+        if args.is_empty() {
+            args = image.cmd.clone();
+        }
+        if !(image.entrypoint.len() == 1 && image.entrypoint[0].is_empty()) {
+            command = image.entrypoint.clone();
+        }
+    }
+    command.extend(args);
+    if command.is_empty() || command[0].is_empty() {
+        return Err(invalid("no command specified"));
+    }
+    Ok(command)
+}
+
+pub fn container_spec(
+    c: &ContainerConfig,
+    pod: &PodSandboxConfig,
+    image: &ImageConfig,
+    o: &ContainerOpts,
+) -> Result<Spec> {
+    let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    if name.is_empty() {
+        return Err(invalid("container name is empty"));
+    }
+    if o.id.is_empty() || o.sandbox_id.is_empty() {
+        return Err(invalid("container or sandbox id is empty"));
+    }
+    if o.sandbox_pid == 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "sandbox {} has no running infra process",
+            o.sandbox_id
+        )));
+    }
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let lc = c.linux.clone().unwrap_or_default();
+    let sc = lc.security_context.clone().unwrap_or_default();
+    let privileged = sc.privileged;
+    let pod_privileged = pod
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if privileged && !pod_privileged {
+        return Err(invalid(
+            "no privileged container allowed in a non-privileged sandbox",
+        ));
+    }
+    if sc
+        .namespace_options
+        .as_ref()
+        .and_then(|n| n.userns_options.as_ref())
+        .is_some_and(|u| u.mode != NamespaceMode::Node as i32)
+    {
+        return Err(Error::Unimplemented(
+            "user namespaces are not supported".into(),
+        ));
+    }
+
+    // Process.
+    let args = process_args(c, image)?;
+    let hostname = if pod.hostname.is_empty() {
+        &o.node_hostname
+    } else {
+        &pod.hostname
+    };
+    let mut env = vec![DEFAULT_PATH_ENV.to_string()];
+    merge_env(&mut env, [format!("HOSTNAME={hostname}")]);
+    merge_env(&mut env, image.env.iter().cloned());
+    for kv in &c.envs {
+        if kv.key.is_empty() {
+            return Err(invalid("environment variable with an empty name"));
+        }
+        merge_env(&mut env, [format!("{}={}", kv.key, kv.value)]);
+    }
+    let cwd = if !c.working_dir.is_empty() {
+        clean_abs_path("working_dir", &c.working_dir)?
+    } else if !image.working_dir.is_empty() {
+        Path::new("/").join(&image.working_dir)
+    } else {
+        PathBuf::from("/")
+    };
+    let id = user::resolve(
+        Some(&sc),
+        &image.user,
+        o.passwd.as_deref(),
+        o.group.as_deref(),
+    )?;
+    let caps = capability_set(sc.capabilities.as_ref(), privileged)?;
+    #[allow(deprecated)]
+    let seccomp = seccomp_spec(
+        &seccomp_choice(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?,
+        privileged,
+        &caps,
+        o.localhost_profile.as_deref(),
+    )?;
+    #[allow(deprecated)]
+    let apparmor = apparmor_profile(
+        sc.apparmor.as_ref(),
+        &sc.apparmor_profile,
+        privileged,
+        o.apparmor_available,
+        o.apparmor_default.as_deref(),
+    )?;
+    let mut process = ProcessBuilder::default()
+        .terminal(c.tty)
+        .user(oci(UserBuilder::default()
+            .uid(id.uid)
+            .gid(id.gid)
+            .additional_gids(id.additional_gids)
+            .build())?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(linux_capabilities(&caps)?)
+        .rlimits(nofile_rlimit()?)
+        .no_new_privileges(sc.no_new_privs);
+    if let Some(p) = apparmor {
+        process = process.apparmor_profile(p);
+    }
+    if let Some(adj) = oom_score_adj(lc.resources.as_ref())? {
+        process = process.oom_score_adj(adj);
+    }
+
+    // Namespaces: the pod's network, IPC and UTS; PID per mode.
+    let nso = sc.namespace_options.clone().unwrap_or_default();
+    let proc_ns = |pid: u32, ns: &str| Some(PathBuf::from(format!("/proc/{pid}/ns/{ns}")));
+    let sp = o.sandbox_pid;
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Pid, None)?,
+        namespace(LinuxNamespaceType::Ipc, proc_ns(sp, "ipc"))?,
+        namespace(LinuxNamespaceType::Uts, proc_ns(sp, "uts"))?,
+        namespace(LinuxNamespaceType::Mount, None)?,
+        namespace(LinuxNamespaceType::Network, proc_ns(sp, "net"))?,
+    ];
+    let pid_path = match ns_mode(nso.pid)? {
+        NamespaceMode::Container => None,
+        // NODE: the sandbox itself lives in the host PID namespace.
+        NamespaceMode::Pod | NamespaceMode::Node => proc_ns(sp, "pid"),
+        NamespaceMode::Target => {
+            let t = o.target_pid.ok_or_else(|| {
+                invalid(format!(
+                    "TARGET pid namespace {:?} is not running",
+                    nso.target_id
+                ))
+            })?;
+            proc_ns(t, "pid")
+        }
+    };
+    namespaces[0] = namespace(LinuxNamespaceType::Pid, pid_path)?;
+    if o.cgroupns && !privileged {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
+    }
+
+    // Mounts, with the pod's files unless the container mounts over them.
+    let ro = sc.readonly_rootfs;
+    let shm = if ns_mode(nso.ipc)? == NamespaceMode::Node {
+        Some(PathBuf::from("/dev/shm"))
+    } else {
+        o.sandbox_shm.clone()
+    };
+    let files: Vec<Bind> = [
+        ("/etc/hostname", o.sandbox_hostname.as_deref(), ro),
+        ("/etc/hosts", o.sandbox_hosts.as_deref(), ro),
+        ("/etc/resolv.conf", o.sandbox_resolv.as_deref(), ro),
+        ("/dev/shm", shm.as_deref(), false),
+    ]
+    .into_iter()
+    .filter_map(|(dst, src, ro)| src.map(|s| Bind::private(dst, s, ro)))
+    .collect();
+    let (mounts, rootfs_propagation) = container_mounts(&c.mounts, files, privileged)?;
+
+    // Devices and resources.
+    let (mut nodes, mut rules) = devices::cri_devices(&c.devices, o.device_lookup)?;
+    if privileged {
+        if let Some(host) = &o.host_devices {
+            nodes = host.clone();
+        }
+        rules = vec![devices::allow_all()?];
+    } else {
+        rules.insert(0, devices::deny_all()?);
+    }
+    let resources = linux_resources(lc.resources.as_ref(), rules)?;
+
+    let (masked, readonly) = masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, privileged)?;
+    let mut lb = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .devices(nodes)
+        .masked_paths(masked)
+        .readonly_paths(readonly);
+    if let Some(p) = cgroups_path(&o.cgroup_parent, &o.id, o.systemd_cgroup)? {
+        lb = lb.cgroups_path(p);
+    }
+    if let Some(s) = seccomp {
+        lb = lb.seccomp(s);
+    }
+    if let Some(p) = rootfs_propagation {
+        lb = lb.rootfs_propagation(p);
+    }
+
+    let ann = super::string_map(&[
+        (a::CONTAINER_TYPE, a::CONTAINER_TYPE_CONTAINER),
+        (a::SANDBOX_ID, &o.sandbox_id),
+        (a::SANDBOX_NAME, &meta.name),
+        (a::SANDBOX_NAMESPACE, &meta.namespace),
+        (a::SANDBOX_UID, &meta.uid),
+        (a::CONTAINER_NAME, name),
+        (a::IMAGE_NAME, &o.image_name),
+    ]);
+    let mut spec = oci(SpecBuilder::default()
+        .version(OCI_VERSION)
+        .root(oci(RootBuilder::default()
+            .path(&o.rootfs)
+            .readonly(ro)
+            .build())?)
+        .process(oci(process.build())?)
+        .mounts(mounts)
+        .annotations(ann)
+        .linux(oci(lb.build())?)
+        .build())?;
+    // The builder fills unset fields from `Spec::default()`, hostname included; the
+    // container shares the pod's UTS namespace and must not set one.
+    spec.set_hostname(None);
+    Ok(spec)
+}
