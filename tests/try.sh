@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Starts Berth on its defaults, for a first look: builds the release shim, installs it as
-# /usr/local/bin/containerd-shim-berth-v2, starts a private containerd 1.6 (its own
-# socket, root and state under /run/berth-try and /var/lib/berth-try) whose runtime is
-# io.containerd.berth.v2, and runs a busybox container through it.
+# Starts Berth on its defaults, for a first look: builds the release binaries, starts
+# berthd on its embedded defaults (CRI socket /run/berth/berth.sock, root /var/lib/berth,
+# state /run/berth), and, because berthd cannot run app containers yet, also starts a
+# private containerd 1.6 (socket /run/berth-try/containerd.sock) whose runtime is Berth's
+# shim (io.containerd.berth.v2) and runs a busybox container through it.
 #   bash tests/try.sh         start (idempotent) and run a hello container
 #   bash tests/try.sh stop    stop that containerd and remove its tasks and dirs
 set -euo pipefail
@@ -13,6 +14,10 @@ sock=$run/containerd.sock
 ctr=(ctr -a "$sock")
 
 stop() {
+    if [ -f "$run/berthd.pid" ]; then
+        kill -TERM "$(cat "$run/berthd.pid")" 2>/dev/null || true
+        sleep 1
+    fi
     if [ -f "$run/containerd.pid" ]; then
         for c in $("${ctr[@]}" containers ls -q 2>/dev/null); do
             "${ctr[@]}" task kill -s KILL "$c" >/dev/null 2>&1 || true
@@ -34,8 +39,17 @@ for p in containerd runc busybox-static; do
 done
 [ "${#need[@]}" -eq 0 ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; }
 
+cargo build --release --workspace
 cargo shim-release
 install -m 0755 target/release/containerd-shim-berth-v2 /usr/local/bin/containerd-shim-berth-v2
+
+mkdir -p "$run"
+if ! [ -S /run/berth/berth.sock ]; then
+    nohup target/release/berthd >"$run/berthd.log" 2>&1 &
+    echo $! >"$run/berthd.pid"
+    for _ in $(seq 50); do [ -S /run/berth/berth.sock ] && break; sleep 0.1; done
+fi
+[ -S /run/berth/berth.sock ] && echo "berth-try: berthd serves CRI on unix:///run/berth/berth.sock (log $run/berthd.log)"
 
 mkdir -p "$run" "$lib/rootfs/bin" "$lib/rootfs/proc" "$lib/rootfs/dev" "$lib/rootfs/sys" "$lib/rootfs/tmp"
 cp /bin/busybox "$lib/rootfs/bin/busybox"
@@ -58,7 +72,8 @@ fi
 "${ctr[@]}" run --rm --runtime io.containerd.berth.v2 --rootfs "$lib/rootfs" "hello-$$" \
     /bin/sh -c 'echo "hello from pid $$ in a container run by Berth"'
 cat <<TXT
-berth-try: containerd is running with Berth's shim as runtime io.containerd.berth.v2.
+berth-try: berthd is up (crictl --runtime-endpoint unix:///run/berth/berth.sock runp/pods/stopp/rmp),
+and containerd is running with Berth's shim as runtime io.containerd.berth.v2:
   ${ctr[*]} run -d --runtime io.containerd.berth.v2 --rootfs $lib/rootfs demo /bin/sh -c 'while sleep 1; do date; done'
   ${ctr[*]} task ls
   bash tests/try.sh stop

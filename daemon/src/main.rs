@@ -110,6 +110,7 @@ fn main() {
                 return Err(e);
             }
         };
+        runtime.recover().await?;
         server::serve(runtime, listener).await
     });
     if let Err(e) = res {

@@ -43,9 +43,22 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| crate::error::Error::io(format!("mkdir {}", dir.display()), e))?;
         }
-        let store = Store::open(&config.store_path())?;
         let shim_binary = crate::pod::shim::locate(&config.runtime.shim)?;
         let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
+        Runtime::with_parts(config, shim_binary, pause_rootfs)
+    }
+
+    /// Builds the runtime from already-located parts (the shim binary, the pause rootfs).
+    pub fn with_parts(
+        config: Config,
+        shim_binary: PathBuf,
+        pause_rootfs: PathBuf,
+    ) -> Result<Arc<Runtime>> {
+        for dir in [&config.paths.root, &config.paths.state] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::error::Error::io(format!("mkdir {}", dir.display()), e))?;
+        }
+        let store = Store::open(&config.store_path())?;
         let cni = Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone());
         Ok(Arc::new(Runtime {
             config,
@@ -117,7 +130,8 @@ mod tests {
             root.display(),
             conf_dir.display()
         );
-        Runtime::open(Config::from_toml(&text).unwrap()).unwrap()
+        let cfg = Config::from_toml(&text).unwrap();
+        Runtime::with_parts(cfg, PathBuf::from("/nonexistent/shim"), root.join("pause")).unwrap()
     }
 
     #[test]

@@ -389,3 +389,127 @@ fn pod_network_through_cni_bridge() -> Result<()> {
     drop(bridge);
     Ok(())
 }
+
+#[test]
+fn pods_survive_a_berthd_kill9_and_orphans_are_cleaned() -> Result<()> {
+    let mut d = Berthd::configure("")?.start()?;
+    let logs = d.dir.path().join("logs");
+    let sock = d.socket.display().to_string();
+    let (id, pid) = block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let id = rs
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config("survivor", &logs)),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let st = rs
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(st.info.get("info").context("info")?)?;
+        Ok::<_, anyhow::Error>((id, info["pid"].as_i64().context("pid")? as i32))
+    })??;
+    d.kill9()?;
+    ensure!(procs::alive(pid), "the infra process died with berthd");
+    ensure!(
+        procs::shims_of(&sock).len() == 1,
+        "the pod's shim died with berthd"
+    );
+    // Leftovers no record owns, as a cut RunPodSandbox would leave them.
+    let orphan_bundle = d.dir.path().join("state/pods/orphan0");
+    std::fs::create_dir_all(&orphan_bundle)?;
+    d.restart()?;
+    ensure!(
+        !orphan_bundle.exists(),
+        "orphan bundle not removed at startup; log:\n{}",
+        d.log()
+    );
+    block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let st = rs
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let s = st.status.context("status")?;
+        ensure!(
+            s.state == cri::PodSandboxState::SandboxReady as i32,
+            "after restart: {s:?}\n{}",
+            d.log()
+        );
+        let info: serde_json::Value = serde_json::from_str(st.info.get("info").context("info")?)?;
+        ensure!(
+            info["pid"].as_i64() == Some(pid as i64),
+            "pid changed: {info}"
+        );
+        ensure!(procs::shims_of(&sock).len() == 1, "a second shim appeared");
+        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        ensure!(!procs::alive(pid), "infra still alive after stop");
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        Ok(())
+    })??;
+    d.finish()
+}
+
+#[test]
+fn a_pod_whose_infra_died_while_berthd_was_down_is_not_ready() -> Result<()> {
+    let mut d = Berthd::configure("")?.start()?;
+    let logs = d.dir.path().join("logs");
+    let id = block_on(async {
+        let (mut rs, _) = d.client().await?;
+        Ok::<_, anyhow::Error>(
+            rs.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config("victim", &logs)),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id,
+        )
+    })??;
+    d.kill9()?;
+    procs::poll(std::time::Duration::from_secs(5), "infra pid", || {
+        infra_pids(&d).first().copied()
+    })
+    .and_then(|p| procs::signal(p, libc::SIGKILL))?;
+    d.restart()?;
+    block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let s = rs
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            s.status.map(|s| s.state) == Some(cri::PodSandboxState::SandboxNotready as i32),
+            "log:\n{}",
+            d.log()
+        );
+        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        Ok(())
+    })??;
+    d.finish()
+}

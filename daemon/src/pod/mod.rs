@@ -2,6 +2,7 @@
 //! pod runs in one shim; its infra process (berth-pause) holds the pod's namespaces.
 
 mod files;
+mod recover;
 mod sandbox;
 pub mod shim;
 
@@ -79,6 +80,23 @@ pub fn validate_name(what: &str, v: &str) -> crate::error::Result<()> {
         return Err(crate::error::Error::InvalidArgument(format!(
             "invalid {what} {v:?}"
         )));
+    }
+    Ok(())
+}
+
+/// Lazily unmounts everything mounted at or below `dir` (deepest first).
+pub fn unmount_under(dir: &std::path::Path) -> crate::error::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| crate::error::Error::io("read mountinfo", e))?;
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| std::path::Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
     Ok(())
 }

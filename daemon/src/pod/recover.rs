@@ -1,0 +1,90 @@
+//! Startup: reconnect the shims of recorded pods (in parallel, each bounded, so a wedged
+//! shim never blocks startup) and remove leftovers that no record owns (netns pins and
+//! bundles of pods whose RunPodSandbox never completed or whose record is gone).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::network::NetNs;
+use crate::runtime::Runtime;
+use crate::store::PODS;
+
+use super::shim::Shim;
+use super::{PodRecord, PodState};
+
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Runtime {
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let pods: Vec<PodRecord> = self.store.list(PODS)?;
+        let mut tasks = Vec::new();
+        for rec in pods.iter().filter(|p| p.state == PodState::Ready).cloned() {
+            let rt = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let res = tokio::time::timeout(RECONNECT_TIMEOUT, async {
+                    let shim = Shim::connect(&rec.shim_address).await?;
+                    let st = shim.state(&rec.id).await?;
+                    Ok::<_, crate::error::Error>((shim, st.status.value() == 2))
+                })
+                .await;
+                match res {
+                    Ok(Ok((shim, true))) => {
+                        rt.shims.lock().await.insert(rec.id.clone(), shim);
+                        tracing::info!(pod_id = %rec.id, "shim reconnected");
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(Ok(_)) => "infra process exited while berthd was down".to_string(),
+                            Ok(Err(e)) => format!("shim unreachable: {e}"),
+                            Err(_) => "shim did not answer in time".to_string(),
+                        };
+                        tracing::warn!(pod_id = %rec.id, reason = %why, "pod is NotReady");
+                        let mut rec = rec;
+                        rec.state = PodState::NotReady;
+                        let _ = rt.store.put(PODS, &rec.id.clone(), &rec);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.remove_orphans(&pods);
+        Ok(())
+    }
+
+    /// Netns pins and bundles under our state dir that no pod record owns.
+    fn remove_orphans(&self, pods: &[PodRecord]) {
+        let owned: HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+        let netns_dir = self.config.paths.state.join("netns");
+        for e in std::fs::read_dir(&netns_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let in_use = pods
+                .iter()
+                .any(|p| p.netns.as_deref() == Some(e.path().as_path()));
+            if !in_use {
+                tracing::warn!(netns = %name, "removing a network namespace no pod owns");
+                let _ = (NetNs { path: e.path() }).remove();
+            }
+        }
+        for dir in [
+            self.config.paths.state.join("pods"),
+            self.config.paths.root.join("pods"),
+        ] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !owned.contains(name.as_str()) {
+                    tracing::warn!(dir = %e.path().display(), "removing a pod directory no pod owns");
+                    let _ = crate::pod::unmount_under(&e.path());
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
