@@ -3,6 +3,7 @@
 
 mod binary;
 mod console;
+mod crilog;
 mod fifo;
 
 use std::os::fd::OwnedFd;
@@ -86,6 +87,8 @@ enum Scheme {
     Fifo,
     Binary,
     File(PathBuf),
+    /// Berth's own: CRI-format log lines, timestamped by the shim.
+    CriLog(PathBuf),
 }
 
 fn scheme(stdout: &str) -> Result<Scheme> {
@@ -94,6 +97,7 @@ fn scheme(stdout: &str) -> Result<Scheme> {
         Some(("fifo", _)) => Ok(Scheme::Fifo),
         Some(("binary", _)) => Ok(Scheme::Binary),
         Some(("file", rest)) => Ok(Scheme::File(PathBuf::from(rest))),
+        Some(("cri-log", rest)) => Ok(Scheme::CriLog(PathBuf::from(rest))),
         Some((other, _)) => Err(Error::InvalidArgument(format!(
             "unknown STDIO scheme {other}"
         ))),
@@ -139,6 +143,15 @@ impl Prepared {
                     (Some(lg), Some(w_out))
                 }
                 Scheme::File(path) => (None, Some(fifo::open_log_file(path)?)),
+                Scheme::CriLog(path) => {
+                    // The pty's output is copied into a pipe whose read end feeds the log.
+                    let (r, w) = pipe()?;
+                    let log = crilog::LogFile::open(path)?;
+                    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+                        .map_err(|e| Error::io("log pipe", e))?;
+                    p.io.copiers.push(crilog::copy(rx, "stdout", log));
+                    (None, Some(w))
+                }
                 Scheme::Fifo => (None, None),
             };
             if let Some(path) = &stdin_fifo {
@@ -180,6 +193,21 @@ impl Prepared {
                 p.stdio.stdout = Some(w_out);
                 p.stdio.stderr = Some(w_err);
                 p.io.logger = Some(lg);
+            }
+            Scheme::CriLog(path) => {
+                let log = crilog::LogFile::open(&path)?;
+                for (slot, stream) in [(1, "stdout"), (2, "stderr")] {
+                    let (r, w) = pipe()?;
+                    chown_fd(&w, owner)?;
+                    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+                        .map_err(|e| Error::io("log pipe", e))?;
+                    p.io.copiers.push(crilog::copy(rx, stream, log.clone()));
+                    if slot == 1 {
+                        p.stdio.stdout = Some(w);
+                    } else {
+                        p.stdio.stderr = Some(w);
+                    }
+                }
             }
             Scheme::File(path) => {
                 // The container writes straight into the file: no copy, so nothing is lost
@@ -280,5 +308,9 @@ mod tests {
             _ => panic!(),
         }
         assert!(matches!(scheme("ftp://x"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            scheme("cri-log:///var/log/pods/x/0.log").unwrap(),
+            Scheme::CriLog(_)
+        ));
     }
 }
