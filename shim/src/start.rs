@@ -59,9 +59,14 @@ pub fn run(args: &Args) -> Result<String> {
     drop(listener);
     let pid = child.id() as i32;
     if !opts.shim_cgroup.is_empty() {
+        // As the Go shim: a shim that cannot join the cgroup it was given is an error, and
+        // the daemon just spawned must not outlive it.
         if let Err(e) = move_to_cgroup(pid, &opts.shim_cgroup) {
-            // Report, but the daemon serves anyway: a misplaced shim beats no shim.
-            let _ = e;
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(socket::socket_path(&address));
+            return Err(e);
         }
     }
     adjust_oom_score(pid);
@@ -131,9 +136,14 @@ fn move_to_cgroup(pid: i32, path: &str) -> Result<()> {
             .map(|e| e.path().join(rel))
             .collect()
     };
+    if targets.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no cgroup hierarchy for shim cgroup {path}"
+        )));
+    }
     for dir in targets {
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(dir.join("cgroup.procs"), pid.to_string());
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| Error::io(format!("failed to join cgroup {}", dir.display()), e))?;
     }
     Ok(())
 }

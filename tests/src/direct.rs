@@ -199,7 +199,20 @@ impl Direct {
     }
 
     fn base_command(&self, cwd: &Path) -> Command {
-        let mut c = Command::new(&self.shim);
+        self.launched_command(cwd, &[])
+    }
+
+    /// `launcher... <shim>` (just `<shim>` when `launcher` is empty) with the session's
+    /// cwd and environment scrubbing; the launcher may set variables again (`env K=V`).
+    fn launched_command(&self, cwd: &Path, launcher: &[&str]) -> Command {
+        let mut c = match launcher.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&self.shim);
+                c
+            }
+            None => Command::new(&self.shim),
+        };
         c.current_dir(cwd)
             // Our own daemon starts the shim without containerd's event socket.
             .env_remove("TTRPC_ADDRESS")
@@ -214,8 +227,21 @@ impl Direct {
     /// `stdin` as the options input. stdout and stderr share one pipe; waits at most
     /// `eof_bound` for EOF on it (a daemon holding it would keep it open forever).
     pub fn start(&self, id: &str, stdin: &[u8], eof_bound: Duration) -> Result<Started> {
+        self.start_via(id, &[], stdin, eof_bound)
+    }
+
+    /// [`Direct::start`] run as `launcher... <shim> -namespace ... start`: e.g.
+    /// `["env", "K=V"]` to give `start` (and so the daemon) a variable, or
+    /// `sh -c '...; "$@"; exit $?' sh` to control the start process's parent.
+    pub fn start_via(
+        &self,
+        id: &str,
+        launcher: &[&str],
+        stdin: &[u8],
+        eof_bound: Duration,
+    ) -> Result<Started> {
         let (r, w) = pipe()?;
-        let mut cmd = self.base_command(&self.bundle_path(id));
+        let mut cmd = self.launched_command(&self.bundle_path(id), launcher);
         cmd.args([
             "-namespace",
             &self.namespace,
@@ -482,6 +508,16 @@ pub fn exec_req(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessReque
         }),
         ..Default::default()
     }
+}
+
+/// `containerd.runc.v1.Options` in an Any, as containerd puts it on `start`'s stdin and
+/// into `CreateTaskRequest.options` (type_url without the googleapis prefix).
+pub fn runc_options(o: &berth_proto::shim::oci::Options) -> Result<Any> {
+    Ok(Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: o.write_to_bytes().context("encode runc options")?,
+        ..Default::default()
+    })
 }
 
 /// Request builders for the common id/exec_id messages.
