@@ -2,8 +2,10 @@
 //! configuration and runs the CRI server; `berthd config default` prints the defaults.
 
 mod config;
+mod container;
 mod cri;
 mod error;
+mod image;
 mod network;
 mod pod;
 mod runtime;
@@ -48,6 +50,17 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Offline image handling (for air-gapped nodes and tests).
+    Image {
+        #[command(subcommand)]
+        what: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import the images of OCI image-layout archives (run while berthd is stopped).
+    Import { files: Vec<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +104,15 @@ fn main() {
         return;
     }
     init_tracing(&cfg.log.level);
+    if let Some(Command::Image {
+        what: ImageCommand::Import { files },
+    }) = cli.command
+    {
+        if let Err(e) = import_images(&cfg, &files) {
+            fail(&e);
+        }
+        return;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -117,6 +139,17 @@ fn main() {
         tracing::error!(error = %e, "berthd failed");
         fail(&e);
     }
+}
+
+fn import_images(cfg: &config::Config, files: &[PathBuf]) -> error::Result<()> {
+    let store = std::sync::Arc::new(store::Store::open(&cfg.store_path())?);
+    let images = image::ImageStore::open(&cfg.paths.root, store)?;
+    for f in files {
+        for rec in images.import_oci_archive(f)? {
+            println!("{} {}", rec.id, rec.repo_tags.join(","));
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing(level: &str) {

@@ -25,7 +25,8 @@ pub struct Condition {
 
 pub struct Runtime {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub images: crate::image::ImageStore,
     pub cni: Cni,
     /// containerd-shim-berth-v2, started once per pod.
     pub shim_binary: PathBuf,
@@ -58,11 +59,13 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| crate::error::Error::io(format!("mkdir {}", dir.display()), e))?;
         }
-        let store = Store::open(&config.store_path())?;
+        let store = Arc::new(Store::open(&config.store_path())?);
+        let images = crate::image::ImageStore::open(&config.paths.root, store.clone())?;
         let cni = Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone());
         Ok(Arc::new(Runtime {
             config,
             store,
+            images,
             cni,
             shim_binary,
             pause_rootfs,

@@ -5,6 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -60,8 +61,10 @@ pub async fn serve(rt: Arc<Runtime>, listener: UnixListener) -> Result<()> {
     let path = rt.config.server.socket.clone();
     tracing::info!(socket = %path.display(), "serving CRI");
     let runtime = crate::cri::runtime_service::Service { rt: rt.clone() };
+    let images = crate::cri::image_service::Service { rt: rt.clone() };
     let res = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime))
+        .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     let _ = std::fs::remove_file(&path);

@@ -15,6 +15,10 @@ pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 pub const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 /// Reserved name (pod or container, kubelet's unique name) → owning id.
 pub const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+/// Image id (config digest) → JSON image record.
+pub const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+/// Layer chain id → JSON snapshot record (its directory, parent chain id, size).
+pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 
 pub struct Store {
     db: Database,
@@ -42,6 +46,8 @@ impl Store {
         tx.open_table(PODS).map_err(err)?;
         tx.open_table(CONTAINERS).map_err(err)?;
         tx.open_table(NAMES).map_err(err)?;
+        tx.open_table(IMAGES).map_err(err)?;
+        tx.open_table(SNAPSHOTS).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -113,6 +119,46 @@ impl Store {
             out.push(serde_json::from_slice(v.value()).map_err(err)?);
         }
         Ok(out)
+    }
+
+    /// Every record with its key.
+    pub fn entries<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, T)>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            out.push((
+                k.value().to_string(),
+                serde_json::from_slice(v.value()).map_err(err)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Writes and deletes several records of one table in one transaction, so that a
+    /// change spanning records (a tag moving between images) is all or nothing.
+    pub fn batch<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        puts: &[(&str, &T)],
+        deletes: &[&str],
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(table).map_err(err)?;
+            for (id, rec) in puts {
+                let bytes = serde_json::to_vec(rec).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(err)?;
+            }
+            for id in deletes {
+                t.remove(*id).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     /// Removes a record and releases its name, atomically. Missing is not an error.

@@ -1,5 +1,7 @@
 //! The CRI v1 gRPC face of berthd: thin tonic services that decode, open a span, call the
 //! domain core and encode. Conversions live next to the service that needs them.
 
+mod container;
+pub mod image_service;
 mod pod;
 pub mod runtime_service;

@@ -154,53 +154,81 @@ impl RuntimeService for Service {
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
 
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let r = req.into_inner();
+        let cfg = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("container config is required"))?;
+        let id = self
+            .rt
+            .create_container(&r.pod_sandbox_id, cfg, r.sandbox_config)
+            .await?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        self.rt
+            .start_container(&req.into_inner().container_id)
+            .await?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let r = req.into_inner();
+        self.rt.stop_container(&r.container_id, r.timeout).await?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.rt
+            .remove_container(&req.into_inner().container_id)
+            .await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = req.into_inner().filter;
+        let containers = self
+            .rt
+            .containers()?
+            .iter()
+            .filter(|c| super::container::matches(c, filter.as_ref()))
+            .map(super::container::summary)
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let rec = self.rt.container(&req.into_inner().container_id)?;
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(super::container::status(&rec)),
+            ..Default::default()
+        }))
+    }
+
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("get_container_events"))
-    }
-
-    async fn create_container(
-        &self,
-        _: Request<CreateContainerRequest>,
-    ) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(not_yet("create_container"))
-    }
-
-    async fn start_container(
-        &self,
-        _: Request<StartContainerRequest>,
-    ) -> Result<Response<StartContainerResponse>, Status> {
-        Err(not_yet("start_container"))
-    }
-
-    async fn stop_container(
-        &self,
-        _: Request<StopContainerRequest>,
-    ) -> Result<Response<StopContainerResponse>, Status> {
-        Err(not_yet("stop_container"))
-    }
-
-    async fn remove_container(
-        &self,
-        _: Request<RemoveContainerRequest>,
-    ) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(not_yet("remove_container"))
-    }
-
-    async fn list_containers(
-        &self,
-        _: Request<ListContainersRequest>,
-    ) -> Result<Response<ListContainersResponse>, Status> {
-        Err(not_yet("list_containers"))
-    }
-
-    async fn container_status(
-        &self,
-        _: Request<ContainerStatusRequest>,
-    ) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(not_yet("container_status"))
     }
 
     async fn update_container_resources(

@@ -83,7 +83,7 @@ impl Undo {
             let _ = shim.kill(&id, libc::SIGKILL as u32, true).await;
             let _ = shim.wait(&id, STOP_WAIT).await;
             let _ = shim.delete(&id).await;
-            shim.shutdown().await;
+            shim.shutdown(true).await;
         }
         if let Some((list, args)) = self.cni {
             let netns = self.netns.as_ref().map(|n| n.path.clone());
@@ -257,6 +257,9 @@ impl Runtime {
         };
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
         async {
+            for c in self.containers_of(id)? {
+                self.stop_container(&c.id, 0).await?;
+            }
             if rec.pid != 0 {
                 if let Ok(shim) = self.shim_of(&rec).await {
                     match shim.kill(id, libc::SIGKILL as u32, true).await {
@@ -266,7 +269,7 @@ impl Runtime {
                     let _ = shim.wait(id, STOP_WAIT).await;
                     shim.delete(id).await?;
                     self.shims.lock().await.remove(id);
-                    shim.shutdown().await;
+                    shim.shutdown(self.containers_of(id)?.is_empty()).await;
                 }
                 self.shims.lock().await.remove(id);
             }
@@ -281,7 +284,6 @@ impl Runtime {
             rec.state = PodState::NotReady;
             rec.pid = 0;
             rec.netns = None;
-            rec.shim_address.clear();
             self.store.put(PODS, id, &rec)?;
             tracing::info!("pod stopped");
             Ok(())
@@ -295,7 +297,17 @@ impl Runtime {
         let Some(rec) = self.store.get::<PodRecord>(PODS, id)? else {
             return Ok(());
         };
+        for c in self.containers_of(id)? {
+            self.remove_container(&c.id).await?;
+        }
         self.stop_pod_sandbox(id).await?;
+        // The shim stayed up while containers were recorded; with none left it may go.
+        if !rec.shim_address.is_empty() {
+            if let Ok(shim) = super::shim::Shim::connect(&rec.shim_address).await {
+                shim.shutdown(true).await;
+            }
+        }
+        self.shims.lock().await.remove(id);
         for d in [&rec.bundle, &rec.files] {
             if let Err(e) = std::fs::remove_dir_all(d) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -140,6 +140,31 @@ impl Shim {
             .pid)
     }
 
+    /// Creates a task whose rootfs the shim mounts (an app container's overlay).
+    pub async fn create_with_rootfs(
+        &self,
+        id: &str,
+        bundle: &Path,
+        rootfs: Vec<api::Mount>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<u32> {
+        let req = api::CreateTaskRequest {
+            id: id.to_string(),
+            bundle: bundle.display().to_string(),
+            rootfs,
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .create(ctx(), &req)
+            .await
+            .map_err(|e| rpc("create task", e))?
+            .pid)
+    }
+
     pub async fn start_task(&self, id: &str) -> Result<u32> {
         let req = api::StartRequest {
             id: id.to_string(),
@@ -210,10 +235,10 @@ impl Shim {
         }
     }
 
-    /// Asks the shim to exit (it does only once it serves no container) and, if it
-    /// agreed, waits (bounded) until its socket is gone, so callers never return with a
-    /// shim still winding down.
-    pub async fn shutdown(self) {
+    /// Asks the shim to exit (it does only once it serves no container). With `wait`
+    /// (the caller knows no task is left), waits (bounded) until its socket is gone, so
+    /// callers never return with a shim still winding down.
+    pub async fn shutdown(self, wait: bool) {
         let req = api::ShutdownRequest::default();
         let _ = self.client.shutdown(ctx(), &req).await;
         let path = PathBuf::from(
@@ -222,6 +247,9 @@ impl Shim {
                 .unwrap_or(&self.address),
         );
         drop(self.client);
+        if !wait {
+            return;
+        }
         for _ in 0..150 {
             if !path.exists() {
                 return;

@@ -1,0 +1,342 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer: each records its state
+//! before answering and undoes what it made when a later step fails.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+
+use crate::error::{Error, Result};
+use crate::pod::{new_id, now_ns, validate_name, PodRecord, PodState};
+use crate::runtime::Runtime;
+use crate::store::CONTAINERS;
+
+use super::{ContainerRecord, CtrState};
+
+fn signal_number(name: &str) -> u32 {
+    let n = name.trim_start_matches("SIG");
+    match n {
+        "" | "TERM" => 15,
+        "KILL" => 9,
+        "INT" => 2,
+        "QUIT" => 3,
+        "HUP" => 1,
+        "USR1" => 10,
+        "USR2" => 12,
+        "WINCH" => 28,
+        other => other.parse().unwrap_or(15),
+    }
+}
+
+/// Reads a file of the image, searching its layers from the top.
+fn image_file(lowers: &[PathBuf], rel: &str) -> Option<String> {
+    lowers
+        .iter()
+        .find_map(|l| std::fs::read_to_string(l.join(rel)).ok())
+}
+
+impl Runtime {
+    pub async fn create_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        cfg: ContainerConfig,
+        _pod_cfg: Option<PodSandboxConfig>,
+    ) -> Result<String> {
+        let pod: PodRecord = self.pod(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {pod_id} is not ready"
+            )));
+        }
+        let md = cfg
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("container metadata is required".into()))?;
+        validate_name("container name", &md.name)?;
+        let image_name = cfg
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::InvalidArgument("container image is required".into()));
+        }
+        let log_rel = cfg.log_path.clone();
+        let pod_log_dir = pod.config.log_directory.clone();
+        let log_path = if log_rel.is_empty() || pod_log_dir.is_empty() {
+            String::new()
+        } else {
+            if log_rel.starts_with('/') || log_rel.split('/').any(|c| c == "..") {
+                return Err(Error::InvalidArgument(format!(
+                    "log path {log_rel:?} must be relative without '..'"
+                )));
+            }
+            format!("{}/{}", pod_log_dir.trim_end_matches('/'), log_rel)
+        };
+        let image = self.images.get(&image_name)?;
+        let pmd = pod.config.metadata.clone().unwrap_or_default();
+        let name_key = format!(
+            "{}_{}_{}_{}_{}",
+            md.name, pmd.name, pmd.namespace, pmd.uid, md.attempt
+        );
+        let id = new_id()?;
+        let rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod_id.to_string(),
+            name_key: name_key.clone(),
+            config: cfg.clone(),
+            image_name: image_name.clone(),
+            image_id: image.id.clone(),
+            state: CtrState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            pid: 0,
+            bundle: self.config.paths.state.join("containers").join(&id),
+            dir: self.config.paths.root.join("containers").join(&id),
+            log_path,
+            stop_signal: image.config.stop_signal.clone(),
+        };
+        self.store.create(CONTAINERS, &id, &name_key, &rec)?;
+        match self.create_steps(&pod, rec, &image).await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e, "CreateContainer failed; rolling back");
+                let _ =
+                    std::fs::remove_dir_all(self.config.paths.state.join("containers").join(&id));
+                let _ =
+                    std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
+                let _ = self.store.remove(CONTAINERS, &id, &name_key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_steps(
+        &self,
+        pod: &PodRecord,
+        mut rec: ContainerRecord,
+        image: &crate::image::ImageRecord,
+    ) -> Result<()> {
+        let upper = rec.dir.join("upper");
+        let work = rec.dir.join("work");
+        for d in [&rec.bundle, &upper, &work] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+        }
+        let lowers = self.images.lower_dirs(image)?;
+        let ic = &image.config;
+        let spec = crate::spec::container_spec(
+            &rec.config,
+            &pod.config,
+            &crate::spec::ImageConfig {
+                entrypoint: ic.entrypoint.clone(),
+                cmd: ic.cmd.clone(),
+                env: ic.env.clone(),
+                working_dir: ic.working_dir.clone(),
+                user: ic.user.clone(),
+                stop_signal: ic.stop_signal.clone(),
+            },
+            &crate::spec::ContainerOpts {
+                id: rec.id.clone(),
+                sandbox_id: pod.id.clone(),
+                sandbox_pid: pod.pid,
+                rootfs: rec.bundle.join("rootfs"),
+                cgroup_parent: self.config.runtime.cgroup_parent.clone(),
+                systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
+                passwd: image_file(&lowers, "etc/passwd"),
+                group: image_file(&lowers, "etc/group"),
+                node_hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                sandbox_hostname: Some(pod.files.join("hostname")),
+                sandbox_resolv: Some(pod.files.join("resolv.conf")),
+                sandbox_hosts: Some(pod.files.join("hosts")),
+                image_name: rec.image_name.clone(),
+                ..Default::default()
+            },
+        )?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
+        std::fs::write(rec.bundle.join("config.json"), json)
+            .map_err(|e| Error::io("write config.json", e))?;
+        let lowerdir = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mount = berth_proto::api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={lowerdir}"),
+            ],
+            ..Default::default()
+        };
+        let io = if rec.log_path.is_empty() {
+            String::new()
+        } else {
+            format!("cri-log://{}", rec.log_path)
+        };
+        let shim = self.shim_of(pod).await?;
+        rec.pid = shim
+            .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &io)
+            .await?;
+        self.store.put(CONTAINERS, &rec.id, &rec)?;
+        tracing::info!(container_id = %rec.id, pod_id = %pod.id, "container created");
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.store
+            .get(CONTAINERS, id)?
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>> {
+        self.store.list(CONTAINERS)
+    }
+
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let mut rec = self.container(id)?;
+        if rec.state != CtrState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is {:?}, not created",
+                rec.state
+            )));
+        }
+        let pod = self.pod(&rec.pod_id)?;
+        let shim = self.shim_of(&pod).await?;
+        rec.pid = shim.start_task(id).await?;
+        rec.state = CtrState::Running;
+        rec.started_at = now_ns();
+        self.store.put(CONTAINERS, id, &rec)?;
+        self.watch_exit(id.to_string(), shim);
+        tracing::info!(container_id = %id, pid = rec.pid, "container started");
+        Ok(())
+    }
+
+    /// Records the container's exit when its Wait returns.
+    pub fn watch_exit(self: &Arc<Self>, id: String, shim: crate::pod::shim::Shim) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            // Wait may outlive any bound; a broken connection ends it (berthd restarts reconnect).
+            let Ok((code, at)) = shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await else {
+                return;
+            };
+            if let Ok(mut rec) = rt.container(&id) {
+                if rec.state == CtrState::Running {
+                    rec.state = CtrState::Exited;
+                    rec.exit_code = code as i32;
+                    rec.finished_at = at;
+                    rec.reason = if code == 0 {
+                        "Completed".into()
+                    } else {
+                        "Error".into()
+                    };
+                    let _ = rt.store.put(CONTAINERS, &id, &rec);
+                    tracing::info!(container_id = %id, exit_code = code, "container exited");
+                }
+            }
+        });
+    }
+
+    /// Stop signal, then SIGKILL after `timeout` seconds. Idempotent.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let rec = self.container(id)?;
+        if rec.state != CtrState::Running {
+            return Ok(());
+        }
+        let pod = self.pod(&rec.pod_id)?;
+        let shim = self.shim_of(&pod).await?;
+        if timeout > 0 {
+            match shim.kill(id, signal_number(&rec.stop_signal), false).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if shim
+                .wait(id, Duration::from_secs(timeout as u64))
+                .await
+                .is_ok()
+            {
+                return self.mark_exited(id, &shim).await;
+            }
+        }
+        match shim.kill(id, 9, true).await {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let _ = shim.wait(id, Duration::from_secs(10)).await;
+        self.mark_exited(id, &shim).await
+    }
+
+    async fn mark_exited(&self, id: &str, shim: &crate::pod::shim::Shim) -> Result<()> {
+        let mut rec = self.container(id)?;
+        if rec.state == CtrState::Running {
+            let st = shim.state(id).await?;
+            rec.state = CtrState::Exited;
+            rec.exit_code = st.exit_status as i32;
+            rec.finished_at = st.exited_at.seconds * 1_000_000_000 + st.exited_at.nanos as i64;
+            rec.reason = if rec.exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+            self.store.put(CONTAINERS, id, &rec)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the container (stopping it first). Idempotent; unknown ids succeed.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.store.get::<ContainerRecord>(CONTAINERS, id)? else {
+            return Ok(());
+        };
+        self.stop_container(id, 0).await?;
+        if let Ok(pod) = self.pod(&rec.pod_id) {
+            if let Ok(shim) = self.shim_of(&pod).await {
+                shim.delete(id).await?;
+            }
+        }
+        let _ = crate::pod::unmount_under(&rec.bundle);
+        for d in [&rec.bundle, &rec.dir] {
+            if let Err(e) = std::fs::remove_dir_all(d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::io(format!("remove {}", d.display()), e));
+                }
+            }
+        }
+        self.store.remove(CONTAINERS, id, &rec.name_key)?;
+        tracing::info!(container_id = %id, "container removed");
+        Ok(())
+    }
+
+    /// Every container of a pod.
+    pub fn containers_of(&self, pod_id: &str) -> Result<Vec<ContainerRecord>> {
+        Ok(self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pod_id == pod_id)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(signal_number(""), 15);
+        assert_eq!(signal_number("SIGKILL"), 9);
+        assert_eq!(signal_number("SIGQUIT"), 3);
+        assert_eq!(signal_number("2"), 2);
+    }
+}

@@ -1,0 +1,73 @@
+//! Container records ↔ CRI container messages (status, list items, filters).
+
+use k8s_cri::v1::*;
+
+use crate::container::{ContainerRecord, CtrState};
+
+fn state(rec: &ContainerRecord) -> i32 {
+    match rec.state {
+        CtrState::Created => ContainerState::ContainerCreated as i32,
+        CtrState::Running => ContainerState::ContainerRunning as i32,
+        CtrState::Exited => ContainerState::ContainerExited as i32,
+    }
+}
+
+pub fn summary(rec: &ContainerRecord) -> Container {
+    Container {
+        id: rec.id.clone(),
+        pod_sandbox_id: rec.pod_id.clone(),
+        metadata: rec.config.metadata.clone(),
+        image: Some(ImageSpec {
+            image: rec.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: rec.image_id.clone(),
+        state: state(rec),
+        created_at: rec.created_at,
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn status(rec: &ContainerRecord) -> ContainerStatus {
+    ContainerStatus {
+        id: rec.id.clone(),
+        metadata: rec.config.metadata.clone(),
+        state: state(rec),
+        created_at: rec.created_at,
+        started_at: rec.started_at,
+        finished_at: rec.finished_at,
+        exit_code: rec.exit_code,
+        image: Some(ImageSpec {
+            image: rec.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: rec.image_id.clone(),
+        reason: rec.reason.clone(),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        mounts: rec.config.mounts.clone(),
+        log_path: rec.log_path.clone(),
+        ..Default::default()
+    }
+}
+
+/// ListContainers' filter: id prefix, state, pod id, labels.
+pub fn matches(rec: &ContainerRecord, f: Option<&ContainerFilter>) -> bool {
+    let Some(f) = f else { return true };
+    if !f.id.is_empty() && !rec.id.starts_with(&f.id) {
+        return false;
+    }
+    if !f.pod_sandbox_id.is_empty() && !rec.pod_id.starts_with(&f.pod_sandbox_id) {
+        return false;
+    }
+    if let Some(s) = &f.state {
+        if s.state != state(rec) {
+            return false;
+        }
+    }
+    f.label_selector
+        .iter()
+        .all(|(k, v)| rec.config.labels.get(k) == Some(v))
+}

@@ -1,0 +1,146 @@
+//! `runtime.v1.ImageService` over the local image store: list, status, remove and
+//! filesystem usage. PullImage arrives with the registry client; until then images come
+//! from `berthd image import` (OCI archives).
+
+use std::sync::Arc;
+
+use k8s_cri::v1::image_service_server::ImageService;
+use k8s_cri::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::image::ImageRecord;
+use crate::runtime::Runtime;
+
+pub struct Service {
+    pub rt: Arc<Runtime>,
+}
+
+/// uid (numeric user) or username, from the image config's `user` ("uid[:gid]" or "name").
+fn user_of(rec: &ImageRecord) -> (Option<Int64Value>, String) {
+    let user = rec.config.user.split(':').next().unwrap_or("");
+    match user.parse::<i64>() {
+        Ok(uid) => (Some(Int64Value { value: uid }), String::new()),
+        Err(_) => (None, user.to_string()),
+    }
+}
+
+fn image(rec: &ImageRecord) -> Image {
+    let (uid, username) = user_of(rec);
+    Image {
+        id: rec.id.clone(),
+        repo_tags: rec.repo_tags.clone(),
+        repo_digests: rec.repo_digests.clone(),
+        size: rec.size,
+        uid,
+        username,
+        spec: Some(ImageSpec {
+            image: rec.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Service {
+    async fn list_images(
+        &self,
+        req: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let wanted = req
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|i| i.image)
+            .filter(|s| !s.is_empty());
+        let images = match wanted {
+            Some(r) => match self.rt.images.get(&r) {
+                Ok(rec) => vec![image(&rec)],
+                Err(Error::NotFound(_)) => vec![],
+                Err(e) => return Err(e.into()),
+            },
+            None => self.rt.images.list()?.iter().map(image).collect(),
+        };
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn image_status(
+        &self,
+        req: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        let r = req.into_inner();
+        let reference = r.image.map(|i| i.image).unwrap_or_default();
+        if reference.is_empty() {
+            return Err(Status::invalid_argument("image reference is required"));
+        }
+        // An unknown image is not an error for ImageStatus: kubelet expects an empty reply.
+        match self.rt.images.get(&reference) {
+            Ok(rec) => {
+                let mut info = std::collections::HashMap::new();
+                if r.verbose {
+                    info.insert(
+                        "info".to_string(),
+                        serde_json::json!({ "config": rec.config, "chainIds": rec.chain_ids })
+                            .to_string(),
+                    );
+                }
+                Ok(Response::new(ImageStatusResponse {
+                    image: Some(image(&rec)),
+                    info,
+                }))
+            }
+            Err(Error::NotFound(_)) => Ok(Response::new(ImageStatusResponse::default())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pull_image(
+        &self,
+        _: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        Err(Status::unimplemented(
+            "PullImage is not implemented yet; import OCI archives with `berthd image import`",
+        ))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let reference = req.into_inner().image.map(|i| i.image).unwrap_or_default();
+        if reference.is_empty() {
+            return Err(Status::invalid_argument("image reference is required"));
+        }
+        match self.rt.images.remove(&reference) {
+            Ok(()) | Err(Error::NotFound(_)) => Ok(Response::new(RemoveImageResponse {})),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn image_fs_info(
+        &self,
+        _: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        let (bytes, inodes) = self.rt.images.fs_usage()?;
+        let usage = FilesystemUsage {
+            timestamp: crate::pod::now_ns(),
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: self
+                    .rt
+                    .config
+                    .paths
+                    .root
+                    .join("snapshots")
+                    .display()
+                    .to_string(),
+            }),
+            used_bytes: Some(UInt64Value { value: bytes }),
+            inodes_used: Some(UInt64Value { value: inodes }),
+        };
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![usage],
+            container_filesystems: vec![],
+        }))
+    }
+}

@@ -1,0 +1,58 @@
+//! Extended attributes on paths without following symlinks (nix has no xattr calls,
+//! so this is the one place the image code touches libc directly).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+fn cstr(what: &str, b: &[u8]) -> Result<CString> {
+    CString::new(b).map_err(|_| Error::InvalidArgument(format!("{what} contains a NUL byte")))
+}
+
+/// lsetxattr(2): sets `name` on `path` itself, never on a symlink's target.
+pub fn set(path: &Path, name: &str, value: &[u8]) -> Result<()> {
+    let p = cstr("path", path.as_os_str().as_bytes())?;
+    let n = cstr("xattr name", name.as_bytes())?;
+    // SAFETY: p and n are valid NUL-terminated strings and value a valid slice, all
+    // alive for the duration of the call; the kernel only reads them.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            format!("set xattr {name} on {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// lgetxattr(2); None when the attribute is absent.
+pub fn get(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let p = cstr("path", path.as_os_str().as_bytes())?;
+    let n = cstr("xattr name", name.as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: p and n are valid NUL-terminated strings; buf is writable for buf.len()
+    // bytes and the kernel writes at most that many.
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODATA) {
+            return Ok(None);
+        }
+        return Err(Error::io(
+            format!("get xattr {name} on {}", path.display()),
+            e,
+        ));
+    }
+    buf.truncate(rc as usize);
+    Ok(Some(buf))
+}

@@ -1,0 +1,280 @@
+//! berthd containers: images imported from an OCI archive (`berthd image import`), then
+//! CreateContainer/StartContainer/StopContainer/RemoveContainer in a pod's shim, exit codes
+//! and reasons in ContainerStatus, CRI-format logs written by the shim, list filters, and
+//! the error codes for bad input.
+
+use anyhow::{ensure, Context, Result};
+use berth_tests::berthd::{binary, Berthd};
+use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::{image, procs};
+use k8s_cri::v1 as cri;
+use std::time::Duration;
+use tonic::Code;
+
+fn import(d: &Berthd) -> Result<()> {
+    let tar = image::busybox(d.dir.path())?;
+    let out = std::process::Command::new(binary()?)
+        .arg("--config")
+        .arg(&d.config)
+        .args(["image", "import"])
+        .arg(&tar.path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains(image::BUSYBOX_IMAGE),
+        "import output"
+    );
+    Ok(())
+}
+
+#[test]
+fn containers_run_exit_log_and_are_removed() -> Result<()> {
+    let d = Berthd::configure("")?;
+    import(&d)?;
+    let d = d.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (mut rs, mut is) = d.client().await?;
+        let imgs = is
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images;
+        ensure!(
+            imgs.iter()
+                .any(|i| i.repo_tags.iter().any(|t| t == image::BUSYBOX_IMAGE)),
+            "{imgs:?}"
+        );
+        let st = is
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: image::BUSYBOX_IMAGE.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            st.image
+                .as_ref()
+                .is_some_and(|i| i.id.starts_with("sha256:")),
+            "{st:?}"
+        );
+
+        let pod_cfg = pod_config("app", &logs);
+        let pod = rs
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let creator = rs.clone();
+        let create = |cfg: cri::ContainerConfig| {
+            let (mut rs, pod, pod_cfg) = (creator.clone(), pod.clone(), pod_cfg.clone());
+            async move {
+                rs.create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(cfg),
+                    sandbox_config: Some(pod_cfg),
+                })
+                .await
+            }
+        };
+        let short = create(container_config(
+            "short",
+            image::BUSYBOX_IMAGE,
+            &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        ))
+        .await
+        .with_context(|| format!("CreateContainer; log:\n{}", d.log()))?
+        .into_inner()
+        .container_id;
+        let st = rs
+            .container_status(cri::ContainerStatusRequest {
+                container_id: short.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            st.status.as_ref().map(|s| s.state)
+                == Some(cri::ContainerState::ContainerCreated as i32),
+            "{st:?}"
+        );
+        rs.start_container(cri::StartContainerRequest {
+            container_id: short.clone(),
+        })
+        .await?;
+        let mut exited = None;
+        for _ in 0..100 {
+            let s = rs
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: short.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner();
+            let s = s.status.context("no status")?;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                exited = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = exited.context("container never exited")?;
+        ensure!(s.exit_code == 3 && s.reason == "Error", "{s:?}");
+        ensure!(s.started_at > 0 && s.finished_at >= s.started_at, "{s:?}");
+        let log = std::fs::read_to_string(logs.join("short.log")).context("container log")?;
+        ensure!(
+            log.contains(" stdout F hello\n") && log.contains(" stderr F oops\n"),
+            "log:\n{log}"
+        );
+
+        // A long-running one, stopped with a grace period.
+        let long = create(container_config(
+            "long",
+            image::BUSYBOX_IMAGE,
+            &["sleep", "600"],
+        ))
+        .await?
+        .into_inner()
+        .container_id;
+        rs.start_container(cri::StartContainerRequest {
+            container_id: long.clone(),
+        })
+        .await?;
+        let again = rs
+            .start_container(cri::StartContainerRequest {
+                container_id: long.clone(),
+            })
+            .await;
+        ensure!(
+            matches!(&again, Err(s) if s.code() == Code::FailedPrecondition),
+            "second start: {again:?}"
+        );
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        };
+        let list = rs
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(running),
+            })
+            .await?
+            .into_inner()
+            .containers;
+        ensure!(list.len() == 1 && list[0].id == long, "running: {list:?}");
+        let by_pod = cri::ContainerFilter {
+            pod_sandbox_id: pod.clone(),
+            ..Default::default()
+        };
+        ensure!(
+            rs.list_containers(cri::ListContainersRequest {
+                filter: Some(by_pod)
+            })
+            .await?
+            .into_inner()
+            .containers
+            .len()
+                == 2
+        );
+        rs.stop_container(cri::StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 2,
+        })
+        .await?;
+        let s = rs
+            .container_status(cri::ContainerStatusRequest {
+                container_id: long.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .context("status")?;
+        ensure!(
+            s.state == cri::ContainerState::ContainerExited as i32 && s.exit_code != 0,
+            "after stop: {s:?}"
+        );
+        // Both containers ran in the pod's one shim.
+        ensure!(
+            procs::shims_of(&d.socket.display().to_string()).len() == 1,
+            "one shim per pod"
+        );
+
+        // Bad input: unknown image and pod, duplicate name, escaping log path.
+        let r = create(container_config("ghost", "berth.test/nope:1", &["true"])).await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == Code::NotFound),
+            "unknown image: {r:?}"
+        );
+        let r = create(container_config("short", image::BUSYBOX_IMAGE, &["true"])).await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == Code::AlreadyExists),
+            "duplicate name: {r:?}"
+        );
+        let mut bad_log = container_config("badlog", image::BUSYBOX_IMAGE, &["true"]);
+        bad_log.log_path = "../../etc/x.log".into();
+        let r = create(bad_log).await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == Code::InvalidArgument),
+            "bad log path: {r:?}"
+        );
+        let r = rs
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: "nope".into(),
+                config: Some(container_config("x", image::BUSYBOX_IMAGE, &["true"])),
+                sandbox_config: None,
+            })
+            .await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == Code::NotFound),
+            "unknown pod: {r:?}"
+        );
+
+        rs.remove_container(cri::RemoveContainerRequest {
+            container_id: short.clone(),
+        })
+        .await?;
+        rs.remove_container(cri::RemoveContainerRequest {
+            container_id: short.clone(),
+        })
+        .await?;
+        let gone = rs
+            .container_status(cri::ContainerStatusRequest {
+                container_id: short.clone(),
+                verbose: false,
+            })
+            .await;
+        ensure!(
+            matches!(&gone, Err(s) if s.code() == Code::NotFound),
+            "{gone:?}"
+        );
+        // Removing the pod removes its remaining container and its shim.
+        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?;
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?;
+        let left = rs
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await?
+            .into_inner()
+            .containers;
+        ensure!(left.is_empty(), "containers left: {left:?}");
+        Ok(())
+    })??;
+    d.finish()
+}
