@@ -278,3 +278,139 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
     })??;
     d.finish()
 }
+
+fn container_pid(d: &Berthd, name: &str) -> Option<i32> {
+    // The container's process runs `sleep <name-specific seconds>` under this berthd's shim.
+    let shims = procs::shims_of(&d.socket.display().to_string());
+    procs::all().into_iter().find_map(|p| {
+        let is = p.argv.len() == 2 && p.argv[0] == "sleep" && p.argv[1] == name;
+        let ppid = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    .and_then(|x| x.parse::<i32>().ok())
+            });
+        (is && ppid.is_some_and(|pp| shims.iter().any(|s| s.pid == pp))).then_some(p.pid)
+    })
+}
+
+#[test]
+fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()> {
+    let mut d = Berthd::configure("")?;
+    import(&d)?;
+    let mut d = d.start()?;
+    let logs = d.dir.path().join("logs");
+    let (pod, survivor, victim) = block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let pod_cfg = pod_config("restart", &logs);
+        let pod = rs
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let mut ids = vec![];
+        for (name, secs) in [("survivor", "601"), ("victim", "602")] {
+            let id = rs
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(container_config(
+                        name,
+                        image::BUSYBOX_IMAGE,
+                        &["sleep", secs],
+                    )),
+                    sandbox_config: Some(pod_cfg.clone()),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rs.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            ids.push(id);
+        }
+        Ok::<_, anyhow::Error>((pod, ids[0].clone(), ids[1].clone()))
+    })??;
+    let survivor_pid = procs::poll(Duration::from_secs(5), "survivor pid", || {
+        container_pid(&d, "601")
+    })?;
+    let victim_pid = procs::poll(Duration::from_secs(5), "victim pid", || {
+        container_pid(&d, "602")
+    })?;
+    d.kill9()?;
+    procs::signal(victim_pid, libc::SIGKILL)?;
+    procs::poll(Duration::from_secs(5), "victim exit", || {
+        (!procs::alive(victim_pid)).then_some(())
+    })?;
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as i64;
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart()?;
+    block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let status_client = rs.clone();
+        let st = |id: String| {
+            let mut rs = status_client.clone();
+            async move {
+                Ok::<_, anyhow::Error>(
+                    rs.container_status(cri::ContainerStatusRequest {
+                        container_id: id,
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .status
+                    .context("status")?,
+                )
+            }
+        };
+        let mut v = st(victim.clone()).await?;
+        for _ in 0..50 {
+            if v.state == cri::ContainerState::ContainerExited as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            v = st(victim.clone()).await?;
+        }
+        ensure!(
+            v.state == cri::ContainerState::ContainerExited as i32 && v.exit_code == 137,
+            "victim after restart: {v:?}\n{}",
+            d.log()
+        );
+        ensure!(
+            v.finished_at <= killed_at,
+            "finish time {} is the restart time, not the exit time ({killed_at})",
+            v.finished_at
+        );
+        let s = st(survivor.clone()).await?;
+        ensure!(
+            s.state == cri::ContainerState::ContainerRunning as i32,
+            "survivor: {s:?}"
+        );
+        ensure!(
+            container_pid(&d, "601") == Some(survivor_pid),
+            "survivor pid changed"
+        );
+        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?;
+        let s = st(survivor.clone()).await?;
+        ensure!(
+            s.state == cri::ContainerState::ContainerExited as i32,
+            "survivor after pod stop: {s:?}"
+        );
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+        Ok(())
+    })??;
+    d.finish()
+}

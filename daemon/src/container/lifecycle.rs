@@ -214,9 +214,12 @@ impl Runtime {
         }
         let pod = self.pod(&rec.pod_id)?;
         let shim = self.shim_of(&pod).await?;
+        // Stamped before the start: a fast process can exit (and be timed by the shim)
+        // before the start call even returns.
+        let started = now_ns();
         rec.pid = shim.start_task(id).await?;
         rec.state = CtrState::Running;
-        rec.started_at = now_ns();
+        rec.started_at = started;
         self.store.put(CONTAINERS, id, &rec)?;
         self.watch_exit(id.to_string(), shim);
         tracing::info!(container_id = %id, pid = rec.pid, "container started");

@@ -112,6 +112,20 @@ impl ImageService for Service {
         if reference.is_empty() {
             return Err(Status::invalid_argument("image reference is required"));
         }
+        // A container's rootfs is built from the image's snapshots: keep them while used.
+        if let Ok(img) = self.rt.images.get(&reference) {
+            if let Some(c) = self
+                .rt
+                .containers()?
+                .into_iter()
+                .find(|c| c.image_id == img.id)
+            {
+                return Err(Status::failed_precondition(format!(
+                    "image {reference} is in use by container {}",
+                    c.id
+                )));
+            }
+        }
         match self.rt.images.remove(&reference) {
             Ok(()) | Err(Error::NotFound(_)) => Ok(Response::new(RemoveImageResponse {})),
             Err(e) => Err(e.into()),

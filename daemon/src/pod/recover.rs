@@ -51,7 +51,35 @@ impl Runtime {
         for t in tasks {
             let _ = t.await;
         }
+        self.recover_containers().await?;
         self.remove_orphans(&pods);
+        Ok(())
+    }
+
+    /// Running containers get their exit watch back; Wait answers at once for those that
+    /// exited while berthd was down, with their real status and time. A container whose
+    /// pod shim is gone is marked exited with reason Unknown.
+    async fn recover_containers(self: &Arc<Self>) -> Result<()> {
+        use crate::container::CtrState;
+        for c in self.containers()? {
+            if c.state != CtrState::Running {
+                continue;
+            }
+            let shim = self.shims.lock().await.get(&c.pod_id).cloned();
+            match shim {
+                Some(shim) => self.watch_exit(c.id.clone(), shim),
+                None => {
+                    tracing::warn!(container_id = %c.id, "pod shim is gone; container state unknown");
+                    let mut c = c;
+                    c.state = CtrState::Exited;
+                    c.exit_code = 255;
+                    c.reason = "Unknown".into();
+                    c.finished_at = crate::pod::now_ns();
+                    self.store
+                        .put(crate::store::CONTAINERS, &c.id.clone(), &c)?;
+                }
+            }
+        }
         Ok(())
     }
 
