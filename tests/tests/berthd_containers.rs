@@ -298,7 +298,7 @@ fn container_pid(d: &Berthd, name: &str) -> Option<i32> {
 
 #[test]
 fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()> {
-    let mut d = Berthd::configure("")?;
+    let d = Berthd::configure("")?;
     import(&d)?;
     let mut d = d.start()?;
     let logs = d.dir.path().join("logs");
@@ -358,16 +358,14 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
         let st = |id: String| {
             let mut rs = status_client.clone();
             async move {
-                Ok::<_, anyhow::Error>(
-                    rs.container_status(cri::ContainerStatusRequest {
-                        container_id: id,
-                        verbose: false,
-                    })
-                    .await?
-                    .into_inner()
-                    .status
-                    .context("status")?,
-                )
+                rs.container_status(cri::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .context("status")
             }
         };
         let mut v = st(victim.clone()).await?;
