@@ -412,3 +412,160 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
     })??;
     d.finish()
 }
+
+#[test]
+fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
+    let d = Berthd::configure("")?;
+    import(&d)?;
+    let d = d.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let pod_cfg = pod_config("ops", &logs);
+        let pod = rs
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
+        let id = rs
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config(
+                    "ops",
+                    image::BUSYBOX_IMAGE,
+                    &["sh", "-c", script],
+                )),
+                sandbox_config: Some(pod_cfg),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        rs.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+
+        let exec_client = rs.clone();
+        let ex = |cmd: &[&str], timeout: i64| {
+            let mut rs = exec_client.clone();
+            let req = cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            };
+            async move { rs.exec_sync(req).await }
+        };
+        let r = ex(&["sh", "-c", "echo out; echo err >&2; exit 7"], 10)
+            .await?
+            .into_inner();
+        ensure!(
+            r.stdout == b"out\n" && r.stderr == b"err\n" && r.exit_code == 7,
+            "{r:?}"
+        );
+        let r = ex(&["sleep", "30"], 1).await;
+        ensure!(r.is_err(), "an exec past its timeout must fail: {r:?}");
+        let r = ex(&[], 1).await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == Code::InvalidArgument),
+            "empty cmd: {r:?}"
+        );
+
+        // UpdateContainerResources reaches the container's cgroup.
+        rs.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+        let r = ex(&["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], 10)
+            .await?
+            .into_inner();
+        let in_ctr = String::from_utf8_lossy(&r.stdout).trim().to_string();
+        if !in_ctr.is_empty() && r.exit_code == 0 {
+            ensure!(
+                in_ctr == (96u64 << 20).to_string(),
+                "limit seen inside: {in_ctr}"
+            );
+        }
+
+        // Stats: memory in use, and the writable layer grows with a file written into it.
+        ex(&["sh", "-c", "head -c 200000 /dev/zero > /big"], 10).await?;
+        let s = rs
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await?
+            .into_inner()
+            .stats
+            .context("stats")?;
+        let mem = s
+            .memory
+            .and_then(|m| m.usage_bytes)
+            .map(|u| u.value)
+            .unwrap_or(0);
+        ensure!(mem > 0, "memory usage {mem}");
+        let wl = s
+            .writable_layer
+            .and_then(|w| w.used_bytes)
+            .map(|u| u.value)
+            .unwrap_or(0);
+        ensure!(wl >= 200_000, "writable layer {wl}");
+        let all = rs
+            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+            .await?
+            .into_inner()
+            .stats;
+        ensure!(all.len() == 1, "{all:?}");
+
+        // kubelet's rotation: rename, ReopenContainerLog, new lines land in a new file.
+        let log = logs.join("ops.log");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::rename(&log, logs.join("ops.log.1"))?;
+        rs.reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let old = std::fs::read_to_string(logs.join("ops.log.1"))?;
+        let new = std::fs::read_to_string(&log).context("no log after rotation")?;
+        let n = |l: &str| {
+            l.rsplit("line-")
+                .next()
+                .and_then(|x| x.trim().parse::<u64>().ok())
+        };
+        let last_old = old.lines().filter_map(n).max().context("old log empty")?;
+        let first_new = new.lines().filter_map(n).min().context("new log empty")?;
+        ensure!(
+            first_new == last_old + 1,
+            "gap across rotation: old ends at {last_old}, new starts at {first_new}"
+        );
+
+        rs.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await?;
+        let r = rs
+            .reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        ensure!(
+            matches!(&r, Err(s) if s.code() == Code::FailedPrecondition),
+            "reopen on a stopped container: {r:?}"
+        );
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+        Ok(())
+    })??;
+    d.finish()
+}

@@ -2,7 +2,9 @@
 //! A container runs in its pod's shim; its rootfs is an overlay of the image's layer
 //! snapshots mounted by the shim, and its log is written by the shim (`cri-log://`).
 
+mod exec;
 mod lifecycle;
+mod resources;
 
 use std::path::PathBuf;
 

@@ -224,32 +224,76 @@ impl RuntimeService for Service {
         }))
     }
 
+    async fn exec_sync(
+        &self,
+        req: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let r = req.into_inner();
+        let (stdout, stderr, exit_code) =
+            self.rt.exec_sync(&r.container_id, r.cmd, r.timeout).await?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let r = req.into_inner();
+        let linux = r.linux.unwrap_or_default();
+        self.rt
+            .update_container_resources(&r.container_id, &linux)
+            .await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        self.rt
+            .reopen_container_log(&req.into_inner().container_id)?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let rec = self.rt.container(&req.into_inner().container_id)?;
+        let stats = self.rt.container_stats(&rec).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let f = req.into_inner().filter;
+        let mut stats = Vec::new();
+        for c in self.rt.containers()? {
+            let keep = f.as_ref().is_none_or(|f| {
+                (f.id.is_empty() || c.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                    && f.label_selector
+                        .iter()
+                        .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            });
+            if keep {
+                stats.push(self.rt.container_stats(&c).await?);
+            }
+        }
+        Ok(Response::new(ListContainerStatsResponse { stats }))
+    }
+
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(not_yet("get_container_events"))
-    }
-
-    async fn update_container_resources(
-        &self,
-        _: Request<UpdateContainerResourcesRequest>,
-    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("update_container_resources"))
-    }
-
-    async fn reopen_container_log(
-        &self,
-        _: Request<ReopenContainerLogRequest>,
-    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(not_yet("reopen_container_log"))
-    }
-
-    async fn exec_sync(
-        &self,
-        _: Request<ExecSyncRequest>,
-    ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(not_yet("exec_sync"))
     }
 
     async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -265,20 +309,6 @@ impl RuntimeService for Service {
         _: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
         Err(not_yet("port_forward"))
-    }
-
-    async fn container_stats(
-        &self,
-        _: Request<ContainerStatsRequest>,
-    ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(not_yet("container_stats"))
-    }
-
-    async fn list_container_stats(
-        &self,
-        _: Request<ListContainerStatsRequest>,
-    ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(not_yet("list_container_stats"))
     }
 
     async fn pod_sandbox_stats(

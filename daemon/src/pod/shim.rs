@@ -235,6 +235,125 @@ impl Shim {
         }
     }
 
+    /// Registers an exec process (`spec` = the OCI Process as JSON).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: Vec<u8>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<()> {
+        let mut any = berth_proto::protobuf::well_known_types::any::Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        any.value = spec;
+        let req = api::ExecProcessRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            spec: Some(any).into(),
+            ..Default::default()
+        };
+        self.client
+            .exec(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("exec", e))
+    }
+
+    pub async fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let req = api::StartRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .start(ctx(), &req)
+            .await
+            .map_err(|e| rpc("start exec", e))?
+            .pid)
+    }
+
+    pub async fn wait_exec(&self, id: &str, exec_id: &str, limit: Duration) -> Result<u32> {
+        let req = api::WaitRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        let ctx = context::with_timeout(limit.as_nanos() as i64);
+        Ok(self
+            .client
+            .wait(ctx, &req)
+            .await
+            .map_err(|e| rpc("wait exec", e))?
+            .exit_status)
+    }
+
+    pub async fn kill_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        let req = api::KillRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            ..Default::default()
+        };
+        self.client
+            .kill(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("kill exec", e))
+    }
+
+    pub async fn delete_exec(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = api::DeleteRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .delete(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("delete exec", e))
+    }
+
+    /// The task's cgroup metrics (an Any of containerd's cgroups v1 or v2 Metrics).
+    pub async fn stats(
+        &self,
+        id: &str,
+    ) -> Result<berth_proto::protobuf::well_known_types::any::Any> {
+        let req = api::StatsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .stats(ctx(), &req)
+            .await
+            .map_err(|e| rpc("stats", e))?;
+        r.stats
+            .into_option()
+            .ok_or_else(|| Error::Internal("shim returned no stats".into()))
+    }
+
+    /// Applies new resources (OCI LinuxResources JSON) to a running task.
+    pub async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let mut any = berth_proto::protobuf::well_known_types::any::Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = resources_json;
+        let req = api::UpdateTaskRequest {
+            id: id.to_string(),
+            resources: Some(any).into(),
+            ..Default::default()
+        };
+        self.client
+            .update(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("update", e))
+    }
+
     /// Asks the shim to exit (it does only once it serves no container). With `wait`
     /// (the caller knows no task is left), waits (bounded) until its socket is gone, so
     /// callers never return with a shim still winding down.
