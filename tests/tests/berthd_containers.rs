@@ -569,3 +569,75 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
     })??;
     d.finish()
 }
+
+#[test]
+fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
+    let d = Berthd::configure("")?;
+    import(&d)?;
+    let d = d.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (mut rs, _) = d.client().await?;
+        let pod_cfg = pod_config("oom", &logs);
+        let pod = rs
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let mut cfg = container_config(
+            "hog",
+            image::BUSYBOX_IMAGE,
+            &["sh", "-c", "head -c 209715200 /dev/zero | tail"],
+        );
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 16 << 20,
+                memory_swap_limit_in_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = rs
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        rs.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        let mut last = None;
+        for _ in 0..200 {
+            let s = rs
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status;
+            if s.as_ref()
+                .is_some_and(|s| s.state == cri::ContainerState::ContainerExited as i32)
+            {
+                last = s;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = last.context("the memory hog never exited")?;
+        ensure!(s.reason == "OOMKilled" && s.exit_code == 137, "{s:?}");
+        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+        Ok(())
+    })??;
+    d.finish()
+}

@@ -29,6 +29,28 @@ fn signal_number(name: &str) -> u32 {
     }
 }
 
+/// True when the cgroup (v1 `memory.oom_control` or v2 `memory.events`) counted an OOM kill.
+fn oom_killed(parent: &str, id: &str) -> bool {
+    let rel = format!("{}/{id}", parent.trim_matches('/'));
+    let v1 = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(&rel)
+        .join("memory.oom_control");
+    let v2 = PathBuf::from("/sys/fs/cgroup")
+        .join(&rel)
+        .join("memory.events");
+    [v1, v2].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+            })
+            .is_some_and(|n| n > 0)
+    })
+}
+
 /// Reads a file of the image, searching its layers from the top.
 fn image_file(lowers: &[PathBuf], rel: &str) -> Option<String> {
     lowers
@@ -145,7 +167,7 @@ impl Runtime {
                 sandbox_id: pod.id.clone(),
                 sandbox_pid: pod.pid,
                 rootfs: rec.bundle.join("rootfs"),
-                cgroup_parent: self.config.runtime.cgroup_parent.clone(),
+                cgroup_parent: self.cgroup_parent(&pod.config),
                 systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
                 passwd: image_file(&lowers, "etc/passwd"),
                 group: image_file(&lowers, "etc/group"),
@@ -239,16 +261,29 @@ impl Runtime {
                     rec.state = CtrState::Exited;
                     rec.exit_code = code as i32;
                     rec.finished_at = at;
-                    rec.reason = if code == 0 {
-                        "Completed".into()
-                    } else {
-                        "Error".into()
-                    };
+                    rec.reason = rt.exit_reason(&rec, code);
                     let _ = rt.store.put(CONTAINERS, &id, &rec);
                     tracing::info!(container_id = %id, exit_code = code, "container exited");
                 }
             }
         });
+    }
+
+    /// Completed, Error, or OOMKilled when the kernel's OOM killer fired in the
+    /// container's memory cgroup (read while the task, and so its cgroup, still exists).
+    pub(crate) fn exit_reason(&self, rec: &ContainerRecord, code: u32) -> String {
+        let pod_parent = self
+            .pod(&rec.pod_id)
+            .map(|p| self.cgroup_parent(&p.config))
+            .unwrap_or_default();
+        if code != 0 && oom_killed(&pod_parent, &rec.id) {
+            return "OOMKilled".into();
+        }
+        if code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        }
     }
 
     /// Stop signal, then SIGKILL after `timeout` seconds. Idempotent.
@@ -287,11 +322,7 @@ impl Runtime {
             rec.state = CtrState::Exited;
             rec.exit_code = st.exit_status as i32;
             rec.finished_at = st.exited_at.seconds * 1_000_000_000 + st.exited_at.nanos as i64;
-            rec.reason = if rec.exit_code == 0 {
-                "Completed".into()
-            } else {
-                "Error".into()
-            };
+            rec.reason = self.exit_reason(&rec, st.exit_status);
             self.store.put(CONTAINERS, id, &rec)?;
         }
         Ok(())

@@ -225,7 +225,7 @@ impl Runtime {
     }
 
     /// The cgroup parent for a pod: its own, else the configured default.
-    fn cgroup_parent(&self, cfg: &PodSandboxConfig) -> String {
+    pub(crate) fn cgroup_parent(&self, cfg: &PodSandboxConfig) -> String {
         cfg.linux
             .as_ref()
             .map(|l| l.cgroup_parent.clone())
