@@ -32,6 +32,11 @@ pub fn busybox(dir: &Path) -> Result<ImageTar> {
     build(dir, BUSYBOX_IMAGE, cfg)
 }
 
+/// The busybox layer under a caller-chosen image config (Entrypoint, Cmd, Env, WorkingDir...).
+pub fn busybox_with(dir: &Path, name: &'static str, config: serde_json::Value) -> Result<ImageTar> {
+    build(dir, name, config)
+}
+
 /// A pause image whose entrypoint sleeps forever, written into `dir`.
 pub fn pause(dir: &Path) -> Result<ImageTar> {
     let cfg = json!({"Entrypoint": ["/bin/sleep", "2147483647"], "Env": [PATH_ENV]});

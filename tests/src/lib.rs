@@ -4,6 +4,8 @@
 //! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
 
 pub mod berthd;
+pub mod berthd_cri;
+pub mod berthd_feat;
 pub mod cleanup;
 pub mod cmd;
 pub mod config;

@@ -51,6 +51,28 @@ fn oom_killed(parent: &str, id: &str) -> bool {
     })
 }
 
+/// Reads a Localhost seccomp profile named by the security context, if any. A missing
+/// file is NotFound, naming it.
+pub(crate) fn load_localhost_profile(
+    sp: Option<&k8s_cri::v1::SecurityProfile>,
+    deprecated: &str,
+) -> Result<Option<String>> {
+    let Some(path) = crate::spec::seccomp_localhost_path(sp, deprecated)? else {
+        return Ok(None);
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!(
+            "seccomp profile {} does not exist",
+            path.display()
+        ))),
+        Err(e) => Err(Error::io(
+            format!("read seccomp profile {}", path.display()),
+            e,
+        )),
+    }
+}
+
 /// Reads a file of the image, searching its layers from the top.
 fn image_file(lowers: &[PathBuf], rel: &str) -> Option<String> {
     lowers
@@ -150,6 +172,21 @@ impl Runtime {
                 .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
         }
         let lowers = self.images.lower_dirs(image)?;
+        let sc = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let host_devices = if sc.privileged {
+            Some(crate::spec::host_devices()?)
+        } else {
+            None
+        };
+        // Older kubelets still send the deprecated string form.
+        #[allow(deprecated)]
+        let localhost_profile =
+            load_localhost_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
         let ic = &image.config;
         let spec = crate::spec::container_spec(
             &rec.config,
@@ -179,6 +216,8 @@ impl Runtime {
                 sandbox_resolv: Some(pod.files.join("resolv.conf")),
                 sandbox_hosts: Some(pod.files.join("hosts")),
                 image_name: rec.image_name.clone(),
+                host_devices,
+                localhost_profile,
                 ..Default::default()
             },
         )?;

@@ -4,6 +4,8 @@
 
 mod exec;
 mod lifecycle;
+
+pub(crate) use lifecycle::load_localhost_profile;
 mod resources;
 
 use std::path::PathBuf;

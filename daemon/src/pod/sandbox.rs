@@ -180,6 +180,18 @@ impl Runtime {
             undo.cni = Some((list, args));
             rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
         }
+        let sc = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        // Older kubelets still send the deprecated string form.
+        #[allow(deprecated)]
+        let localhost_profile = crate::container::load_localhost_profile(
+            sc.seccomp.as_ref(),
+            &sc.seccomp_profile_path,
+        )?;
         let spec = crate::spec::sandbox_spec(
             &rec.config,
             &crate::spec::SandboxOpts {
@@ -200,7 +212,7 @@ impl Runtime {
                 hostname_file: Some(rec.files.join("hostname")),
                 shm: None,
                 oom_score_adj: None,
-                localhost_profile: None,
+                localhost_profile,
             },
         )?;
         let json = serde_json::to_vec_pretty(&spec)

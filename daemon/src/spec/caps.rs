@@ -87,8 +87,25 @@ pub(crate) fn default_caps() -> Capabilities {
     set_of(&DEFAULT_CAPABILITIES)
 }
 
+/// Every capability berthd itself can grant: the kernel's list limited to berthd's own
+/// bounding set, as containerd's `WithAllCurrentCapabilities` (a node without, say,
+/// CAP_SYS_RESOURCE cannot hand it to a privileged container).
 pub(crate) fn all_caps() -> Capabilities {
-    set_of(&ALL_CAPABILITIES)
+    let bounding = current_bounding_set();
+    let names: Vec<&str> = ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding.is_none_or(|b| b & (1u64 << bit) != 0))
+        .map(|(_, n)| *n)
+        .collect();
+    set_of(&names)
+}
+
+/// `CapBnd` of this process (ALL_CAPABILITIES is in kernel bit order).
+fn current_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// The effective capability set: all caps when privileged (add/drop ignored, as
