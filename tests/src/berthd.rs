@@ -172,8 +172,17 @@ impl Berthd {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for p in procs::shims_of(&self.socket.display().to_string()) {
-            let _ = procs::signal(p.pid, libc::SIGKILL);
+        // The pods' processes are the shims' children (the shim is their subreaper): kill
+        // them first, or they would outlive a failed test under pid 1.
+        let shims: Vec<i32> = procs::shims_of(&self.socket.display().to_string())
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        for pid in descendants(&shims) {
+            let _ = procs::signal(pid, libc::SIGKILL);
+        }
+        for pid in shims {
+            let _ = procs::signal(pid, libc::SIGKILL);
         }
         let mut mounts = leaks::mounts_under(self.dir.path());
         mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
@@ -181,6 +190,35 @@ impl Berthd {
             let _ = nix_umount(&m);
         }
     }
+}
+
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every process below `roots` in the process tree.
+fn descendants(roots: &[i32]) -> Vec<i32> {
+    let all: Vec<(i32, i32)> = procs::all()
+        .iter()
+        .filter_map(|p| Some((p.pid, ppid_of(p.pid)?)))
+        .collect();
+    let mut out: Vec<i32> = Vec::new();
+    let mut frontier: Vec<i32> = roots.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in all.iter().filter(|(_, pp)| *pp == parent) {
+            if !out.contains(pid) {
+                out.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
 }
 
 fn nix_umount(p: &Path) -> std::io::Result<()> {

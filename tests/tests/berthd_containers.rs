@@ -4,7 +4,7 @@
 //! the error codes for bad input.
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::{binary, Berthd};
+use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
@@ -12,23 +12,7 @@ use std::time::Duration;
 use tonic::Code;
 
 fn import(d: &Berthd) -> Result<()> {
-    let tar = image::busybox(d.dir.path())?;
-    let out = std::process::Command::new(binary()?)
-        .arg("--config")
-        .arg(&d.config)
-        .args(["image", "import"])
-        .arg(&tar.path)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        String::from_utf8_lossy(&out.stdout).contains(image::BUSYBOX_IMAGE),
-        "import output"
-    );
-    Ok(())
+    berth_tests::berthd_cri::import_busybox(d)
 }
 
 #[test]

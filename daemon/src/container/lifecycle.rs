@@ -51,6 +51,61 @@ fn oom_killed(parent: &str, id: &str) -> bool {
     })
 }
 
+/// The optional fields of the mount holding `path` ("shared:N", "master:N"), from
+/// /proc/self/mountinfo: the longest mount point that is a prefix of the path.
+fn propagation_of(path: &std::path::Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.replace("\\040", " ");
+            let sep = f.iter().position(|x| *x == "-")?;
+            path.starts_with(&point)
+                .then(|| (point.len(), f[6..sep].join(" ")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, opt)| opt)
+        .unwrap_or_default()
+}
+
+/// As containerd: a missing host path of a bind mount is created (0755); bidirectional
+/// propagation needs a shared source mount, host-to-container needs shared or slave,
+/// otherwise it could never work and the user is told so.
+fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
+    use k8s_cri::v1::MountPropagation as P;
+    for m in mounts {
+        let host = std::path::Path::new(&m.host_path);
+        if !host.is_absolute()
+            || host
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "mount host path {:?} must be absolute without '..'",
+                m.host_path
+            )));
+        }
+        if std::fs::symlink_metadata(host).is_err() {
+            std::fs::create_dir_all(host)
+                .map_err(|e| Error::io(format!("create host path {}", host.display()), e))?;
+        }
+        let prop = propagation_of(host);
+        if m.propagation == P::PropagationBidirectional as i32 && !prop.contains("shared:") {
+            return Err(Error::FailedPrecondition(format!(
+                "path {} is not on a shared mount: bidirectional propagation is impossible",
+                host.display()
+            )));
+        }
+        if m.propagation == P::PropagationHostToContainer as i32
+            && !prop.contains("shared:")
+            && !prop.contains("master:")
+        {
+            return Err(Error::FailedPrecondition(format!("path {} is not on a shared or slave mount: host-to-container propagation is impossible", host.display())));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a Localhost seccomp profile named by the security context, if any. A missing
 /// file is NotFound, naming it.
 pub(crate) fn load_localhost_profile(
@@ -171,6 +226,7 @@ impl Runtime {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
         }
+        prepare_host_paths(&rec.config.mounts)?;
         let lowers = self.images.lower_dirs(image)?;
         let sc = rec
             .config
