@@ -165,13 +165,23 @@ mod tests {
     #[test]
     fn constant_lists_all_parse() {
         assert_eq!(default_caps().len(), DEFAULT_CAPABILITIES.len());
-        assert_eq!(all_caps().len(), ALL_CAPABILITIES.len());
+        assert_eq!(set_of(&ALL_CAPABILITIES).len(), ALL_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn all_is_limited_to_our_bounding_set() {
+        let bnd = current_bounding_set().expect("CapBnd readable");
+        let expect = (0..ALL_CAPABILITIES.len())
+            .filter(|b| bnd & (1u64 << b) != 0)
+            .count();
+        assert_eq!(all_caps().len(), expect);
+        assert!(all_caps().is_subset(&set_of(&ALL_CAPABILITIES)));
     }
 
     #[test]
     fn capability_table() {
         let n_default = DEFAULT_CAPABILITIES.len();
-        let n_all = ALL_CAPABILITIES.len();
+        let n_all = all_caps().len();
         type Check = fn(&Capabilities) -> bool;
         let cases: Vec<(&str, Option<CriCapability>, bool, usize, Check)> = vec![
             ("none", None, false, n_default, |s| {
