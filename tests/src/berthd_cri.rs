@@ -8,25 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-use crate::berthd::{binary, Berthd};
+use crate::berthd::Berthd;
 use crate::cri::{pod_config, RuntimeServiceClient};
 use crate::image;
 
 /// Imports the busybox test image into a configured (not yet started) berthd.
 pub fn import_busybox(d: &Berthd) -> Result<()> {
-    let tar = image::busybox(d.dir.path())?;
-    let out = std::process::Command::new(binary()?)
-        .arg("--config")
-        .arg(&d.config)
-        .args(["image", "import"])
-        .arg(&tar.path)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    crate::berthd_feat::import(d, &image::busybox(d.dir.path())?)
 }
 
 /// The text a container wrote, from its CRI log (`<time> <stream> <P|F> <text>` lines):

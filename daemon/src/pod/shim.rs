@@ -125,19 +125,8 @@ impl Shim {
 
     /// Creates a task with null IO (the sandbox's infra process) or the given stdio.
     pub async fn create(&self, id: &str, bundle: &Path, stdout: &str, stderr: &str) -> Result<u32> {
-        let req = api::CreateTaskRequest {
-            id: id.to_string(),
-            bundle: bundle.display().to_string(),
-            stdout: stdout.to_string(),
-            stderr: stderr.to_string(),
-            ..Default::default()
-        };
-        Ok(self
-            .client
-            .create(ctx(), &req)
+        self.create_with_rootfs(id, bundle, Vec::new(), stdout, stderr)
             .await
-            .map_err(|e| rpc("create task", e))?
-            .pid)
     }
 
     /// Creates a task whose rootfs the shim mounts (an app container's overlay).
@@ -166,44 +155,16 @@ impl Shim {
     }
 
     pub async fn start_task(&self, id: &str) -> Result<u32> {
-        let req = api::StartRequest {
-            id: id.to_string(),
-            ..Default::default()
-        };
-        Ok(self
-            .client
-            .start(ctx(), &req)
-            .await
-            .map_err(|e| rpc("start task", e))?
-            .pid)
+        self.start_exec(id, "").await
     }
 
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let req = api::KillRequest {
-            id: id.to_string(),
-            signal,
-            all,
-            ..Default::default()
-        };
-        self.client
-            .kill(ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(|e| rpc("kill task", e))
+        self.kill_process(id, "", signal, all).await
     }
 
-    /// Waits for the task's exit; `limit` bounds the wait.
+    /// Waits for the task's exit; `limit` bounds the wait. Returns (status, exit time ns).
     pub async fn wait(&self, id: &str, limit: Duration) -> Result<(u32, i64)> {
-        let req = api::WaitRequest {
-            id: id.to_string(),
-            ..Default::default()
-        };
-        let ctx = context::with_timeout(limit.as_nanos() as i64);
-        let r = self
-            .client
-            .wait(ctx, &req)
-            .await
-            .map_err(|e| rpc("wait task", e))?;
+        let r = self.wait_process(id, "", limit).await?;
         Ok((
             r.exit_status,
             r.exited_at.seconds * 1_000_000_000 + r.exited_at.nanos as i64,
@@ -272,37 +233,67 @@ impl Shim {
             .client
             .start(ctx(), &req)
             .await
-            .map_err(|e| rpc("start exec", e))?
+            .map_err(|e| {
+                rpc(
+                    if exec_id.is_empty() {
+                        "start task"
+                    } else {
+                        "start exec"
+                    },
+                    e,
+                )
+            })?
             .pid)
     }
 
     pub async fn wait_exec(&self, id: &str, exec_id: &str, limit: Duration) -> Result<u32> {
+        Ok(self.wait_process(id, exec_id, limit).await?.exit_status)
+    }
+
+    /// Wait for the init (`exec_id` "") or an exec, bounded by `limit`.
+    async fn wait_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        limit: Duration,
+    ) -> Result<api::WaitResponse> {
         let req = api::WaitRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
         let ctx = context::with_timeout(limit.as_nanos() as i64);
-        Ok(self
-            .client
-            .wait(ctx, &req)
-            .await
-            .map_err(|e| rpc("wait exec", e))?
-            .exit_status)
+        let what = if exec_id.is_empty() {
+            "wait task"
+        } else {
+            "wait exec"
+        };
+        self.client.wait(ctx, &req).await.map_err(|e| rpc(what, e))
     }
 
     pub async fn kill_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        self.kill_process(id, exec_id, signal, false).await
+    }
+
+    /// Kill for the init (`exec_id` "", optionally every process) or an exec.
+    async fn kill_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let req = api::KillRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
             signal,
+            all,
             ..Default::default()
+        };
+        let what = if exec_id.is_empty() {
+            "kill task"
+        } else {
+            "kill exec"
         };
         self.client
             .kill(ctx(), &req)
             .await
             .map(drop)
-            .map_err(|e| rpc("kill exec", e))
+            .map_err(|e| rpc(what, e))
     }
 
     pub async fn delete_exec(&self, id: &str, exec_id: &str) -> Result<()> {
