@@ -5,6 +5,7 @@ mod config;
 mod container;
 mod cri;
 mod error;
+mod events;
 mod image;
 mod network;
 mod pod;

@@ -34,6 +34,8 @@ pub struct Runtime {
     pub pause_rootfs: PathBuf,
     /// Connected pod shims by pod id.
     pub shims: tokio::sync::Mutex<HashMap<String, Shim>>,
+    /// Lifecycle events for GetContainerEvents.
+    pub events: crate::events::EventHub,
     /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
     pod_cidr: RwLock<String>,
 }
@@ -70,6 +72,7 @@ impl Runtime {
             shim_binary,
             pause_rootfs,
             shims: Default::default(),
+            events: Default::default(),
             pod_cidr: RwLock::new(String::new()),
         }))
     }

@@ -97,6 +97,39 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// Read-modify-write of one record in one write transaction. Write transactions are
+    /// serialized, so of two racing updaters only one sees the old value. `f` says whether
+    /// to write; the written record is returned (None: no record, or `f` declined).
+    pub fn update<T: Serialize + DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        f: impl FnOnce(&mut T) -> bool,
+    ) -> Result<Option<T>> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let out = {
+            let mut t = tx.open_table(table).map_err(err)?;
+            let current: Option<T> = match t.get(id).map_err(err)? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+                None => None,
+            };
+            match current {
+                Some(mut rec) => {
+                    if f(&mut rec) {
+                        let bytes = serde_json::to_vec(&rec).map_err(err)?;
+                        t.insert(id, bytes.as_slice()).map_err(err)?;
+                        Some(rec)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
     pub fn get<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 
 use crate::error::{Error, Result};
+use crate::events::Kind;
 use crate::pod::{new_id, now_ns, validate_name, PodRecord, PodState};
 use crate::runtime::Runtime;
 use crate::store::CONTAINERS;
@@ -307,6 +308,8 @@ impl Runtime {
             .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &io)
             .await?;
         self.store.put(CONTAINERS, &rec.id, &rec)?;
+        self.events
+            .emit(Kind::Created, &rec.id, &pod.id, rec.created_at);
         tracing::info!(container_id = %rec.id, pod_id = %pod.id, "container created");
         Ok(())
     }
@@ -338,6 +341,7 @@ impl Runtime {
         rec.state = CtrState::Running;
         rec.started_at = started;
         self.store.put(CONTAINERS, id, &rec)?;
+        self.events.emit(Kind::Started, id, &rec.pod_id, started);
         self.watch_exit(id.to_string(), shim);
         tracing::info!(container_id = %id, pid = rec.pid, "container started");
         Ok(())
@@ -351,17 +355,37 @@ impl Runtime {
             let Ok((code, at)) = shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await else {
                 return;
             };
-            if let Ok(mut rec) = rt.container(&id) {
-                if rec.state == CtrState::Running {
-                    rec.state = CtrState::Exited;
-                    rec.exit_code = code as i32;
-                    rec.finished_at = at;
-                    rec.reason = rt.exit_reason(&rec, code);
-                    let _ = rt.store.put(CONTAINERS, &id, &rec);
-                    tracing::info!(container_id = %id, exit_code = code, "container exited");
-                }
+            if let Err(e) = rt.record_exit(&id, code, at) {
+                tracing::warn!(container_id = %id, error = %e, "recording the exit failed");
             }
         });
+    }
+
+    /// Records a Running container's exit once: the exit watcher and StopContainer may
+    /// both learn of it, and only the first records it and emits STOPPED.
+    pub(crate) fn record_exit(&self, id: &str, code: u32, at: i64) -> Result<()> {
+        let rec = self.container(id)?;
+        if rec.state != CtrState::Running {
+            return Ok(());
+        }
+        let reason = self.exit_reason(&rec, code);
+        let updated = self
+            .store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                if r.state != CtrState::Running {
+                    return false;
+                }
+                r.state = CtrState::Exited;
+                r.exit_code = code as i32;
+                r.finished_at = at;
+                r.reason = reason;
+                true
+            })?;
+        if let Some(r) = updated {
+            self.events.emit(Kind::Stopped, id, &r.pod_id, at);
+            tracing::info!(container_id = %id, exit_code = code, "container exited");
+        }
+        Ok(())
     }
 
     /// Completed, Error, or OOMKilled when the kernel's OOM killer fired in the
@@ -411,14 +435,10 @@ impl Runtime {
     }
 
     async fn mark_exited(&self, id: &str, shim: &crate::pod::shim::Shim) -> Result<()> {
-        let mut rec = self.container(id)?;
-        if rec.state == CtrState::Running {
+        if self.container(id)?.state == CtrState::Running {
             let st = shim.state(id).await?;
-            rec.state = CtrState::Exited;
-            rec.exit_code = st.exit_status as i32;
-            rec.finished_at = st.exited_at.seconds * 1_000_000_000 + st.exited_at.nanos as i64;
-            rec.reason = self.exit_reason(&rec, st.exit_status);
-            self.store.put(CONTAINERS, id, &rec)?;
+            let at = st.exited_at.seconds * 1_000_000_000 + st.exited_at.nanos as i64;
+            self.record_exit(id, st.exit_status, at)?;
         }
         Ok(())
     }
@@ -443,6 +463,7 @@ impl Runtime {
             }
         }
         self.store.remove(CONTAINERS, id, &rec.name_key)?;
+        self.events.emit(Kind::Deleted, id, &rec.pod_id, now_ns());
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }

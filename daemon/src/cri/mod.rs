@@ -2,6 +2,8 @@
 //! domain core and encode. Conversions live next to the service that needs them.
 
 mod container;
+mod events;
 pub mod image_service;
+mod metrics;
 mod pod;
 pub mod runtime_service;

@@ -1,6 +1,6 @@
-//! `runtime.v1.RuntimeService`: node-level calls answered by the domain core; the pod
-//! and container calls answer Unimplemented until their implementation lands (issue 3 is
-//! being delivered in steps; each step replaces its stubs here).
+//! `runtime.v1.RuntimeService`: each call decodes, asks the domain core and encodes.
+//! Exec/Attach/PortForward (streaming) and CheckpointContainer answer Unimplemented: they
+//! are not built yet.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -293,7 +293,10 @@ impl RuntimeService for Service {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("get_container_events"))
+        let rx = super::events::subscribe(self.rt.clone());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -313,16 +316,38 @@ impl RuntimeService for Service {
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(not_yet("pod_sandbox_stats"))
+        let rec = self.rt.pod_live(&req.into_inner().pod_sandbox_id).await?;
+        let stats = self.rt.pod_stats(&rec).await?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("list_pod_sandbox_stats"))
+        let f = req.into_inner().filter;
+        let mut stats = Vec::new();
+        for p in self.rt.pods()? {
+            let keep = f.as_ref().is_none_or(|f| {
+                (f.id.is_empty() || p.id.starts_with(&f.id))
+                    && f.label_selector
+                        .iter()
+                        .all(|(k, v)| p.config.labels.get(k) == Some(v))
+            });
+            if !keep {
+                continue;
+            }
+            // A pod that goes away between the listing and its sampling is left out.
+            match self.rt.pod_stats(&p).await {
+                Ok(s) => stats.push(s),
+                Err(e) => tracing::debug!(pod_id = %p.id, error = %e, "no stats"),
+            }
+        }
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
     async fn checkpoint_container(
@@ -336,13 +361,29 @@ impl RuntimeService for Service {
         &self,
         _: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("list_metric_descriptors"))
+        Ok(Response::new(ListMetricDescriptorsResponse {
+            descriptors: super::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("list_pod_sandbox_metrics"))
+        let now = crate::pod::now_ns();
+        let mut pod_metrics = Vec::new();
+        for p in self.rt.pods()? {
+            let Ok(sample) = self.rt.pod_sample(&p).await else {
+                continue;
+            };
+            let images: Vec<(String, String)> = self
+                .rt
+                .containers_of(&p.id)?
+                .into_iter()
+                .map(|c| (c.id, c.image_name))
+                .collect();
+            pod_metrics.push(super::metrics::pod_metrics(&p, &sample, &images, now));
+        }
+        Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 }

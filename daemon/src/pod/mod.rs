@@ -5,6 +5,7 @@ mod files;
 mod recover;
 mod sandbox;
 pub mod shim;
+pub mod stats;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::events::Kind;
 use crate::network::NetNs;
 use crate::runtime::Runtime;
 use crate::store::PODS;
@@ -43,7 +44,10 @@ impl Runtime {
                         tracing::warn!(pod_id = %rec.id, reason = %why, "pod is NotReady");
                         let mut rec = rec;
                         rec.state = PodState::NotReady;
-                        let _ = rt.store.put(PODS, &rec.id.clone(), &rec);
+                        if rt.store.put(PODS, &rec.id.clone(), &rec).is_ok() {
+                            let at = crate::pod::now_ns();
+                            rt.events.emit(Kind::Stopped, &rec.id, &rec.id, at);
+                        }
                     }
                 }
             }));
@@ -77,6 +81,8 @@ impl Runtime {
                     c.finished_at = crate::pod::now_ns();
                     self.store
                         .put(crate::store::CONTAINERS, &c.id.clone(), &c)?;
+                    self.events
+                        .emit(Kind::Stopped, &c.id, &c.pod_id, c.finished_at);
                 }
             }
         }

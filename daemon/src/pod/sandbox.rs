@@ -9,6 +9,7 @@ use k8s_cri::v1::PodSandboxConfig;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::events::Kind;
 use crate::network::{NetNs, PodNetArgs, PortMapping};
 use crate::runtime::Runtime;
 use crate::store::PODS;
@@ -142,6 +143,9 @@ impl Runtime {
             match self.run_steps(rec, &mut undo).await {
                 Ok(rec) => {
                     tracing::info!(ips = ?rec.ips, pid = rec.pid, "pod ready");
+                    self.events
+                        .emit(Kind::Created, &rec.id, &rec.id, rec.created_at);
+                    self.events.emit(Kind::Started, &rec.id, &rec.id, now_ns());
                     Ok(rec.id)
                 }
                 Err(e) => {
@@ -293,10 +297,14 @@ impl Runtime {
                 }
                 NetNs { path: ns }.remove()?;
             }
+            let was_ready = rec.state == PodState::Ready;
             rec.state = PodState::NotReady;
             rec.pid = 0;
             rec.netns = None;
             self.store.put(PODS, id, &rec)?;
+            if was_ready {
+                self.events.emit(Kind::Stopped, id, id, now_ns());
+            }
             tracing::info!("pod stopped");
             Ok(())
         }
@@ -328,6 +336,7 @@ impl Runtime {
             }
         }
         self.store.remove(PODS, id, &rec.name_key)?;
+        self.events.emit(Kind::Deleted, id, id, now_ns());
         tracing::info!(pod_id = %id, "pod removed");
         Ok(())
     }
@@ -357,6 +366,7 @@ impl Runtime {
             tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
             rec.state = PodState::NotReady;
             self.store.put(PODS, id, &rec)?;
+            self.events.emit(Kind::Stopped, id, id, now_ns());
         }
         Ok(rec)
     }

@@ -1,0 +1,385 @@
+//! What kubelet observes of berthd besides status calls: GetContainerEvents (in order, with
+//! the statuses, and exits that happened while berthd was down delivered after it is back),
+//! PodSandboxStats / ListPodSandboxStats, ListMetricDescriptors and ListPodSandboxMetrics.
+
+use anyhow::{bail, ensure, Context, Result};
+use berth_tests::berthd::Berthd;
+use berth_tests::berthd_feat::{cni_bridge, import, pod_network, remove_all_pods, Pod};
+use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::image;
+use k8s_cri::v1 as cri;
+use std::time::Duration;
+use tonic::Streaming;
+
+type EventType = cri::ContainerEventType;
+
+fn berthd() -> Result<Berthd> {
+    let d = Berthd::configure("")?;
+    import(&d, &image::busybox(d.dir.path())?)?;
+    Ok(d)
+}
+
+fn sh(name: &str, script: &str) -> cri::ContainerConfig {
+    container_config(name, image::BUSYBOX_IMAGE, &["sh", "-c", script])
+}
+
+async fn subscribe(
+    rs: &cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+) -> Result<Streaming<cri::ContainerEventResponse>> {
+    Ok(rs
+        .clone()
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner())
+}
+
+/// The next event, bounded by `limit`.
+async fn next(
+    s: &mut Streaming<cri::ContainerEventResponse>,
+    limit: Duration,
+) -> Result<cri::ContainerEventResponse> {
+    match tokio::time::timeout(limit, s.message()).await {
+        Ok(Ok(Some(e))) => Ok(e),
+        Ok(Ok(None)) => bail!("the event stream ended"),
+        Ok(Err(e)) => bail!("the event stream failed: {e}"),
+        Err(_) => bail!("no event within {limit:?}"),
+    }
+}
+
+fn kind(e: &cri::ContainerEventResponse) -> EventType {
+    EventType::try_from(e.container_event_type).unwrap_or(EventType::ContainerCreatedEvent)
+}
+
+/// Collects events until `count` of them concern `ids`; others are ignored.
+async fn collect(
+    s: &mut Streaming<cri::ContainerEventResponse>,
+    ids: &[&str],
+    count: usize,
+) -> Result<Vec<cri::ContainerEventResponse>> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let e = next(s, Duration::from_secs(20))
+            .await
+            .with_context(|| format!("after {:?}", summary(&out)))?;
+        if ids.contains(&e.container_id.as_str()) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+fn summary(events: &[cri::ContainerEventResponse]) -> Vec<(String, EventType)> {
+    events
+        .iter()
+        .map(|e| (e.container_id.chars().take(8).collect(), kind(e)))
+        .collect()
+}
+
+#[test]
+fn container_events_arrive_in_order_with_the_pod_and_container_statuses() -> Result<()> {
+    let d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let mut events = subscribe(&rs).await?;
+        let r: Result<()> = async {
+            let pod = Pod::run(&d, &rs, pod_config("ev", &logs.join("ev"))).await?;
+            let got = collect(&mut events, &[&pod.id], 2).await?;
+            ensure!(
+                summary(&got).iter().map(|(_, k)| *k).collect::<Vec<_>>()
+                    == [
+                        EventType::ContainerCreatedEvent,
+                        EventType::ContainerStartedEvent
+                    ],
+                "pod events: {:?}",
+                summary(&got)
+            );
+            let ps = got[1]
+                .pod_sandbox_status
+                .as_ref()
+                .context("no pod status")?;
+            ensure!(ps.id == pod.id && ps.state == cri::PodSandboxState::SandboxReady as i32);
+
+            let id = pod.start(&d, sh("worker", "sleep 1000")).await?;
+            let mut rs2 = rs.clone();
+            rs2.stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await?;
+            rs2.remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            let got = collect(&mut events, &[&id], 4).await?;
+            let kinds: Vec<EventType> = got.iter().map(kind).collect();
+            ensure!(
+                kinds
+                    == [
+                        EventType::ContainerCreatedEvent,
+                        EventType::ContainerStartedEvent,
+                        EventType::ContainerStoppedEvent,
+                        EventType::ContainerDeletedEvent
+                    ],
+                "container events: {:?}",
+                summary(&got)
+            );
+            for e in &got {
+                ensure!(
+                    e.pod_sandbox_status.as_ref().map(|p| p.id.as_str()) == Some(pod.id.as_str()),
+                    "event without its pod status: {:?}",
+                    summary(std::slice::from_ref(e))
+                );
+                ensure!(e.created_at > 0, "event without a time");
+            }
+            // The STOPPED event carries the exited container's status; DELETED no longer lists it.
+            let stopped = got[2]
+                .containers_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .context("STOPPED without the container's status")?;
+            ensure!(
+                stopped.state == cri::ContainerState::ContainerExited as i32
+                    && stopped.exit_code == 137,
+                "stopped status: state {} exit {}",
+                stopped.state,
+                stopped.exit_code
+            );
+            ensure!(
+                got[2].created_at == stopped.finished_at,
+                "STOPPED is timed by the exit"
+            );
+            ensure!(got[3].containers_statuses.iter().all(|s| s.id != id));
+
+            let pod_id = pod.id.clone();
+            pod.remove().await?;
+            let got = collect(&mut events, &[&pod_id], 2).await?;
+            ensure!(
+                got.iter().map(kind).collect::<Vec<_>>()
+                    == [
+                        EventType::ContainerStoppedEvent,
+                        EventType::ContainerDeletedEvent
+                    ],
+                "pod teardown events: {:?}",
+                summary(&got)
+            );
+            Ok(())
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}
+
+#[test]
+fn an_exit_while_berthd_is_down_is_delivered_after_the_restart() -> Result<()> {
+    let mut d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let pod = Pod::run(&d, &rs, pod_config("down", &logs.join("down"))).await?;
+        let id = pod.start(&d, sh("brief", "sleep 2; exit 7")).await?;
+        d.kill9()?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        d.restart()?;
+        let (rs, _) = d.client().await?;
+        let r: Result<()> = async {
+            let mut events = subscribe(&rs).await?;
+            let got = collect(&mut events, &[&id], 1).await?;
+            ensure!(
+                kind(&got[0]) == EventType::ContainerStoppedEvent,
+                "{:?}",
+                summary(&got)
+            );
+            let st = got[0]
+                .containers_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .context("no status")?;
+            ensure!(st.exit_code == 7, "exit code {}", st.exit_code);
+            // Timed when it happened (while berthd was down), not when it was delivered.
+            ensure!(got[0].created_at == st.finished_at && st.finished_at > st.started_at);
+            Ok(())
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}
+
+#[test]
+fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
+    let d = berthd()?;
+    let bridge = cni_bridge(&d, 0)?;
+    let d = d.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let mut rs2 = rs.clone();
+        let r: Result<()> = async {
+            let mut cfg = pod_config("stats", &logs.join("stats"));
+            cfg.labels.insert("tier".into(), "stats".into());
+            pod_network(&mut cfg);
+            let pod = Pod::run(&d, &rs, cfg).await?;
+            let ip = pod.ip().await?;
+            // 3 MB in the writable layer, some cpu, two processes (sh + sleep) besides pause.
+            let id = pod
+                .start(
+                    &d,
+                    sh(
+                        "busy",
+                        "dd if=/dev/zero of=/blob bs=1000 count=3000 2>/dev/null; \
+                         i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; \
+                         touch /done; sleep 1000 & wait",
+                    ),
+                )
+                .await?;
+            let mut done = false;
+            for _ in 0..200 {
+                let r = rs2
+                    .exec_sync(cri::ExecSyncRequest {
+                        container_id: id.clone(),
+                        cmd: vec!["test".into(), "-e".into(), "/done".into()],
+                        timeout: 5,
+                    })
+                    .await?
+                    .into_inner();
+                if r.exit_code == 0 {
+                    done = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ensure!(done, "the container never finished its work");
+            // Traffic into the pod: TCP attempts to a closed port reach its eth0.
+            for _ in 0..5 {
+                let _ = std::net::TcpStream::connect_timeout(
+                    &format!("{ip}:9").parse()?,
+                    Duration::from_millis(200),
+                );
+            }
+
+            let st = rs2
+                .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                })
+                .await?
+                .into_inner()
+                .stats
+                .context("no stats")?;
+            ensure!(st.attributes.as_ref().map(|a| a.id.as_str()) == Some(pod.id.as_str()));
+            let linux = st.linux.context("no linux stats")?;
+            let v = |x: Option<&cri::UInt64Value>| x.map(|v| v.value).unwrap_or(0);
+            let cpu = v(linux
+                .cpu
+                .as_ref()
+                .and_then(|c| c.usage_core_nano_seconds.as_ref()));
+            let mem = v(linux
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref()));
+            let procs = v(linux
+                .process
+                .as_ref()
+                .and_then(|p| p.process_count.as_ref()));
+            ensure!(cpu > 1_000_000, "pod cpu {cpu} ns");
+            ensure!(mem > 0, "pod working set {mem}");
+            ensure!(procs >= 3, "pod processes {procs} (pause, sh, sleep)");
+            let net = linux.network.context("no network stats")?;
+            let eth0 = net.default_interface.context("no default interface")?;
+            ensure!(eth0.name == "eth0", "default interface {}", eth0.name);
+            ensure!(v(eth0.rx_bytes.as_ref()) > 0, "eth0 received nothing");
+            ensure!(
+                linux.containers.len() == 1,
+                "{} container stats",
+                linux.containers.len()
+            );
+            let c = &linux.containers[0];
+            ensure!(c.attributes.as_ref().map(|a| a.id.as_str()) == Some(id.as_str()));
+            let wl = v(c
+                .writable_layer
+                .as_ref()
+                .and_then(|w| w.used_bytes.as_ref()));
+            ensure!(wl >= 3_000_000, "writable layer {wl} bytes");
+
+            let list = |filter| {
+                let mut rs = rs.clone();
+                async move {
+                    Ok::<_, anyhow::Error>(
+                        rs.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter })
+                            .await?
+                            .into_inner()
+                            .stats,
+                    )
+                }
+            };
+            ensure!(list(None).await?.len() == 1);
+            let by_label = |k: &str, v: &str| cri::PodSandboxStatsFilter {
+                id: String::new(),
+                label_selector: [(k.to_string(), v.to_string())].into(),
+            };
+            ensure!(list(Some(by_label("tier", "stats"))).await?.len() == 1);
+            ensure!(list(Some(by_label("tier", "other"))).await?.is_empty());
+            let unknown = rs2
+                .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                    pod_sandbox_id: "nope".into(),
+                })
+                .await
+                .err()
+                .context("stats of an unknown pod succeeded")?;
+            ensure!(unknown.code() == tonic::Code::NotFound, "{unknown}");
+
+            let desc = rs2
+                .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+                .await?
+                .into_inner()
+                .descriptors;
+            let m = rs2
+                .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+                .await?
+                .into_inner()
+                .pod_metrics;
+            let pm = m
+                .iter()
+                .find(|p| p.pod_sandbox_id == pod.id)
+                .context("pod not in metrics")?;
+            let cm = pm
+                .container_metrics
+                .iter()
+                .find(|c| c.container_id == id)
+                .context("container not in metrics")?;
+            let cpu_metric = cm
+                .metrics
+                .iter()
+                .find(|m| m.name == "container_cpu_usage_seconds_total")
+                .context("no cpu metric")?;
+            ensure!(v(cpu_metric.value.as_ref()) > 0);
+            ensure!(cpu_metric.label_values.contains(&"busy".to_string()));
+            for metric in pm.metrics.iter().chain(&cm.metrics) {
+                let d = desc
+                    .iter()
+                    .find(|d| d.name == metric.name)
+                    .with_context(|| format!("{} has no descriptor", metric.name))?;
+                ensure!(
+                    d.label_keys.len() == metric.label_values.len(),
+                    "{}",
+                    metric.name
+                );
+            }
+            ensure!(pm
+                .metrics
+                .iter()
+                .any(|m| m.name == "container_network_receive_bytes_total"
+                    && m.label_values.first().map(String::as_str) == Some("eth0")
+                    && v(m.value.as_ref()) > 0));
+            pod.remove().await
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    drop(bridge);
+    d.finish()
+}
