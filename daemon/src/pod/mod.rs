@@ -2,6 +2,7 @@
 //! pod runs in one shim; its infra process (berth-pause) holds the pod's namespaces.
 
 mod files;
+mod orphans;
 mod recover;
 mod sandbox;
 pub mod shim;

@@ -1,14 +1,12 @@
 //! Startup: reconnect the shims of recorded pods (in parallel, each bounded, so a wedged
-//! shim never blocks startup) and remove leftovers that no record owns (netns pins and
-//! bundles of pods whose RunPodSandbox never completed or whose record is gone).
+//! shim never blocks startup), give running containers their exit watch back, then
+//! remove leftovers that no record owns (`orphans`).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Result;
 use crate::events::Kind;
-use crate::network::NetNs;
 use crate::runtime::Runtime;
 use crate::store::PODS;
 
@@ -56,7 +54,7 @@ impl Runtime {
             let _ = t.await;
         }
         self.recover_containers().await?;
-        self.remove_orphans(&pods);
+        self.remove_orphans().await?;
         Ok(())
     }
 
@@ -87,38 +85,5 @@ impl Runtime {
             }
         }
         Ok(())
-    }
-
-    /// Netns pins and bundles under our state dir that no pod record owns.
-    fn remove_orphans(&self, pods: &[PodRecord]) {
-        let owned: HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
-        let netns_dir = self.config.paths.state.join("netns");
-        for e in std::fs::read_dir(&netns_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let in_use = pods
-                .iter()
-                .any(|p| p.netns.as_deref() == Some(e.path().as_path()));
-            if !in_use {
-                tracing::warn!(netns = %name, "removing a network namespace no pod owns");
-                let _ = (NetNs { path: e.path() }).remove();
-            }
-        }
-        for dir in [
-            self.config.paths.state.join("pods"),
-            self.config.paths.root.join("pods"),
-        ] {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !owned.contains(name.as_str()) {
-                    tracing::warn!(dir = %e.path().display(), "removing a pod directory no pod owns");
-                    let _ = crate::pod::unmount_under(&e.path());
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
     }
 }

@@ -37,7 +37,7 @@ pub fn pause_rootfs(root: &Path) -> Result<PathBuf> {
     Ok(rootfs)
 }
 
-fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArgs {
+pub(super) fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArgs {
     let md = cfg.metadata.clone().unwrap_or_default();
     PodNetArgs {
         sandbox_id: id.to_string(),
@@ -276,18 +276,28 @@ impl Runtime {
             for c in self.containers_of(id)? {
                 self.stop_container(&c.id, 0).await?;
             }
-            if rec.pid != 0 {
-                if let Ok(shim) = self.shim_of(&rec).await {
-                    match shim.kill(id, libc::SIGKILL as u32, true).await {
-                        Ok(()) | Err(Error::NotFound(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                    let _ = shim.wait(id, STOP_WAIT).await;
-                    shim.delete(id).await?;
-                    self.shims.lock().await.remove(id);
-                    shim.shutdown(self.containers_of(id)?.is_empty()).await;
+            // A RunPodSandbox cut by a crash may have started the shim and the infra
+            // process without recording them: find them through the bundle's address.
+            let shim = if rec.pid != 0 || !rec.shim_address.is_empty() {
+                self.shim_of(&rec).await.ok()
+            } else {
+                self.leftover_shim(&rec.bundle).await
+            };
+            if let Some(shim) = shim {
+                match shim.kill(id, libc::SIGKILL as u32, true).await {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
                 }
+                let _ = shim.wait(id, STOP_WAIT).await;
+                shim.delete(id).await?;
                 self.shims.lock().await.remove(id);
+                shim.shutdown(self.containers_of(id)?.is_empty()).await;
+            }
+            self.shims.lock().await.remove(id);
+            // The pin's path is fixed by the pod id, so a cut run's netns is found too.
+            let pinned = self.config.paths.state.join("netns").join(id);
+            if rec.netns.is_none() && pinned.exists() {
+                rec.netns = Some(pinned);
             }
             if let Some(ns) = rec.netns.clone() {
                 if let Some(list) = self.cni.load()? {
@@ -322,10 +332,12 @@ impl Runtime {
         }
         self.stop_pod_sandbox(id).await?;
         // The shim stayed up while containers were recorded; with none left it may go.
-        if !rec.shim_address.is_empty() {
-            if let Ok(shim) = super::shim::Shim::connect(&rec.shim_address).await {
-                shim.shutdown(true).await;
-            }
+        let shim = match rec.shim_address.as_str() {
+            "" => self.leftover_shim(&rec.bundle).await,
+            a => super::shim::Shim::connect(a).await.ok(),
+        };
+        if let Some(shim) = shim {
+            shim.shutdown(true).await;
         }
         self.shims.lock().await.remove(id);
         for d in [&rec.bundle, &rec.files] {

@@ -1,0 +1,238 @@
+//! Startup cleanup of leftovers that no record in the store owns: pod and container
+//! bundles (with their shim, tasks, rootfs mounts, cgroups and runc state), network
+//! namespace pins (with their CNI allocation) and per-pod/per-container directories.
+//! Recorded workloads are never touched here. Such leftovers come from an operation cut
+//! by a crash before its record was written, or from a lost or replaced state store.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::network::NetNs;
+use crate::runtime::Runtime;
+
+use super::shim::{Shim, NAMESPACE};
+
+const SHIM_CONNECT: Duration = Duration::from_secs(1);
+const TASK_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// A bundle under the state dir: its id, its pod (a pod bundle is its own pod) and the
+/// cgroups path its config.json gave the task.
+#[derive(Debug)]
+struct Leftover {
+    id: String,
+    pod_id: String,
+    bundle: PathBuf,
+    cgroups_path: Option<String>,
+}
+
+fn read_leftover(bundle: &Path, is_pod: bool) -> Leftover {
+    let id = bundle
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let pod_id = if is_pod {
+        id.clone()
+    } else {
+        spec["annotations"][crate::spec::annotations::SANDBOX_ID]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    Leftover {
+        id,
+        pod_id,
+        bundle: bundle.to_path_buf(),
+        cgroups_path: spec["linux"]["cgroupsPath"].as_str().map(str::to_string),
+    }
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Kills every process left in a cgroupfs path (each v1 controller, or the v2 tree) and
+/// removes the cgroup. Only a task's own leaf cgroup is ever passed here.
+fn kill_cgroup(path: &str) {
+    if path.contains(':') || path.split('/').any(|c| c == "..") {
+        tracing::warn!(cgroup = path, "not a cgroupfs path; left alone");
+        return;
+    }
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let base = Path::new("/sys/fs/cgroup");
+    let mut dirs: Vec<PathBuf> = if base.join("cgroup.controllers").exists() {
+        vec![base.join(rel)]
+    } else {
+        subdirs(base).into_iter().map(|c| c.join(rel)).collect()
+    };
+    dirs.retain(|d| d.is_dir());
+    for d in &dirs {
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                tracing::warn!(pid, cgroup = %d.display(), "killing a process no record owns");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Err(e) = std::fs::remove_dir(d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove cgroup");
+            }
+        }
+    }
+}
+
+/// `runc delete --force` of a task whose shim is gone (its state dir would leak).
+async fn runc_delete(id: &str) {
+    let root = format!("/run/containerd/runc/{NAMESPACE}");
+    if !Path::new(&root).join(id).exists() {
+        return;
+    }
+    let _ = tokio::process::Command::new("runc")
+        .args(["--root", &root, "delete", "--force", id])
+        .output()
+        .await;
+}
+
+impl Runtime {
+    /// Removes every leftover that no pod or container record owns.
+    pub(super) async fn remove_orphans(&self) -> Result<()> {
+        let pods: HashMap<String, super::PodRecord> = self
+            .pods()?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let ctrs: HashSet<String> = self.containers()?.into_iter().map(|c| c.id).collect();
+        let state = &self.config.paths.state;
+        let root = &self.config.paths.root;
+
+        let orphan_ctrs: Vec<Leftover> = subdirs(&state.join("containers"))
+            .iter()
+            .map(|b| read_leftover(b, false))
+            .filter(|l| !ctrs.contains(&l.id))
+            .collect();
+        let orphan_pods: Vec<Leftover> = subdirs(&state.join("pods"))
+            .iter()
+            .map(|b| read_leftover(b, true))
+            .filter(|l| !pods.contains_key(&l.id))
+            .collect();
+
+        // Containers first (in their pod's shim, recorded or not), then the pods.
+        let mut shims: HashMap<String, Option<Shim>> = HashMap::new();
+        for l in orphan_ctrs.iter().chain(&orphan_pods) {
+            if !shims.contains_key(&l.pod_id) {
+                let shim = match pods.get(&l.pod_id) {
+                    Some(rec) => self.shim_of(rec).await.ok(),
+                    None => {
+                        self.leftover_shim(&state.join("pods").join(&l.pod_id))
+                            .await
+                    }
+                };
+                shims.insert(l.pod_id.clone(), shim);
+            }
+            tracing::warn!(id = %l.id, pod_id = %l.pod_id, "removing a task no record owns");
+            if let Some(shim) = shims.get(&l.pod_id).and_then(Option::as_ref) {
+                let _ = shim.kill(&l.id, libc::SIGKILL as u32, true).await;
+                let _ = shim.wait(&l.id, TASK_EXIT_WAIT).await;
+                let _ = shim.delete(&l.id).await;
+            } else {
+                runc_delete(&l.id).await;
+            }
+            if let Some(cg) = l.cgroups_path.clone() {
+                // Sleeps while processes die: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || kill_cgroup(&cg)).await;
+            }
+            let _ = super::unmount_under(&l.bundle);
+            let _ = std::fs::remove_dir_all(&l.bundle);
+        }
+        // The shims of unrecorded pods have no task left: let them go.
+        for (pod_id, shim) in shims {
+            if let (false, Some(shim)) = (pods.contains_key(&pod_id), shim) {
+                tracing::warn!(pod_id = %pod_id, "stopping a shim no record owns");
+                shim.shutdown(true).await;
+            }
+        }
+        for (dir, owned) in [
+            (root.join("containers"), &ctrs),
+            (root.join("pods"), &pods.keys().cloned().collect()),
+        ] {
+            for d in subdirs(&dir) {
+                let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
+                if name.is_some_and(|n| !owned.contains(&n)) {
+                    tracing::warn!(dir = %d.display(), "removing a directory no record owns");
+                    let _ = super::unmount_under(&d);
+                    let _ = std::fs::remove_dir_all(&d);
+                }
+            }
+        }
+        self.remove_orphan_netns(&pods).await;
+        Ok(())
+    }
+
+    pub(super) async fn leftover_shim(&self, pod_bundle: &Path) -> Option<Shim> {
+        let address = std::fs::read_to_string(pod_bundle.join("address")).ok()?;
+        tokio::time::timeout(SHIM_CONNECT, Shim::connect(address.trim()))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Netns pins no pod record names: CNI DEL (releasing the IP) then unpin.
+    async fn remove_orphan_netns(&self, pods: &HashMap<String, super::PodRecord>) {
+        let list = self.cni.load().ok().flatten();
+        for ns in subdirs_and_files(&self.config.paths.state.join("netns")) {
+            let in_use = pods
+                .values()
+                .any(|p| p.netns.as_deref() == Some(ns.as_path()));
+            if in_use {
+                continue;
+            }
+            let id = ns
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            tracing::warn!(netns = %ns.display(), "removing a network namespace no pod owns");
+            if let Some(list) = &list {
+                let args = super::sandbox::net_args(&id, &Default::default(), self.pod_cidr());
+                if let Err(e) = self.cni.del(list, Some(&ns), &args).await {
+                    tracing::warn!(netns = %ns.display(), error = %e, "CNI DEL failed");
+                }
+            }
+            let _ = (NetNs { path: ns }).remove();
+        }
+    }
+}
+
+fn subdirs_and_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
