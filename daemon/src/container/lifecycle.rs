@@ -162,6 +162,15 @@ impl Runtime {
         if image_name.is_empty() {
             return Err(Error::InvalidArgument("container image is required".into()));
         }
+        if cfg
+            .mounts
+            .iter()
+            .any(|m| m.image.as_ref().is_some_and(|i| !i.image.is_empty()))
+        {
+            return Err(Error::Unimplemented(
+                "image volumes (mounts of an image) are not supported yet".into(),
+            ));
+        }
         let log_rel = cfg.log_path.clone();
         let pod_log_dir = pod.config.log_directory.clone();
         let log_path = if log_rel.is_empty() || pod_log_dir.is_empty() {
@@ -405,9 +414,12 @@ impl Runtime {
         }
     }
 
-    /// Stop signal, then SIGKILL after `timeout` seconds. Idempotent.
+    /// Stop signal, then SIGKILL after `timeout` seconds. Idempotent: an unknown id
+    /// succeeds (kubelet retries stops of containers that are already gone).
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let rec = self.container(id)?;
+        let Some(rec) = self.store.get::<ContainerRecord>(CONTAINERS, id)? else {
+            return Ok(());
+        };
         if rec.state != CtrState::Running {
             return Ok(());
         }

@@ -7,6 +7,7 @@ mod lifecycle;
 
 pub(crate) use lifecycle::load_localhost_profile;
 mod resources;
+pub mod sample;
 pub mod stats;
 
 use std::path::PathBuf;

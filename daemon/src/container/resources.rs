@@ -61,15 +61,26 @@ impl Runtime {
         self.shim_of(&pod).await?.update(id, json).await
     }
 
-    /// kubelet calls this after renaming the log for rotation. The shim's CRI log writer
-    /// notices the rename on its next line and opens a new file, so nothing else is due;
-    /// as containerd, it is refused for a container that is not running.
+    /// kubelet calls this after renaming the log for rotation, and expects the log path
+    /// to exist again when it returns. berthd creates the new file (as the shim would:
+    /// append, 0640); the shim's CRI log writer sees on its next line that the path is no
+    /// longer the file it holds and reopens it. As containerd, refused for a container
+    /// that is not running.
     pub fn reopen_container_log(&self, id: &str) -> Result<()> {
         let rec = self.container(id)?;
         if rec.state != CtrState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is not running"
             )));
+        }
+        if !rec.log_path.is_empty() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(&rec.log_path)
+                .map_err(|e| Error::io(format!("reopen log {}", rec.log_path), e))?;
         }
         Ok(())
     }

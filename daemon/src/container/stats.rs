@@ -1,80 +1,19 @@
-//! Container statistics: one cgroup sample from the pod's shim (cgroup v1 or v2 metrics),
-//! the writable layer's usage, and the CRI ContainerStats built from them.
+//! Container statistics: a task's cgroup sample (through the pod's shim), the writable
+//! layer's usage, the container's processes and open files, and the CRI ContainerStats
+//! built from them.
 
-use berth_proto::protobuf::Message;
 use k8s_cri::v1::{
     ContainerAttributes, ContainerStats, CpuUsage, FilesystemIdentifier, FilesystemUsage,
     MemoryUsage, UInt64Value,
 };
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::Runtime;
 
+use super::sample::Sample;
 use super::{ContainerRecord, CtrState};
 
-/// What one cgroup reported, in cgroup-version-neutral units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sample {
-    pub cpu_ns: u64,
-    pub memory_usage: u64,
-    /// usage minus inactive file pages (what the kubelet evicts on).
-    pub working_set: u64,
-    pub rss: u64,
-    pub page_faults: u64,
-    pub major_page_faults: u64,
-    pub pids: u64,
-}
-
 impl Sample {
-    /// Decodes the `Any` a shim's Stats call returns.
-    pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Sample> {
-        let bad = |e: berth_proto::protobuf::Error| Error::Internal(format!("decode metrics: {e}"));
-        if type_url.ends_with("io.containerd.cgroups.v1.Metrics") {
-            let m = berth_proto::cgroups::metrics::Metrics::parse_from_bytes(bytes).map_err(bad)?;
-            let mut s = Sample::default();
-            if let Some(cpu) = m.cpu.as_ref() {
-                s.cpu_ns = cpu.usage.total;
-            }
-            if let Some(mem) = m.memory.as_ref() {
-                s.memory_usage = mem.usage.usage;
-                s.working_set = mem.usage.usage.saturating_sub(mem.total_inactive_file);
-                s.rss = mem.total_rss;
-                s.page_faults = mem.total_pg_fault;
-                s.major_page_faults = mem.total_pg_maj_fault;
-            }
-            s.pids = m.pids.as_ref().map(|p| p.current).unwrap_or(0);
-            Ok(s)
-        } else if type_url.ends_with("io.containerd.cgroups.v2.Metrics") {
-            let m =
-                berth_proto::cgroups_v2::metrics::Metrics::parse_from_bytes(bytes).map_err(bad)?;
-            let mut s = Sample::default();
-            if let Some(cpu) = m.cpu.as_ref() {
-                s.cpu_ns = cpu.usage_usec * 1000;
-            }
-            if let Some(mem) = m.memory.as_ref() {
-                s.memory_usage = mem.usage;
-                s.working_set = mem.usage.saturating_sub(mem.inactive_file);
-                s.rss = mem.anon;
-                s.page_faults = mem.pgfault;
-                s.major_page_faults = mem.pgmajfault;
-            }
-            s.pids = m.pids.as_ref().map(|p| p.current).unwrap_or(0);
-            Ok(s)
-        } else {
-            Err(Error::Internal(format!("unknown metrics type {type_url}")))
-        }
-    }
-
-    pub fn add(&mut self, o: &Sample) {
-        self.cpu_ns += o.cpu_ns;
-        self.memory_usage += o.memory_usage;
-        self.working_set += o.working_set;
-        self.rss += o.rss;
-        self.page_faults += o.page_faults;
-        self.major_page_faults += o.major_page_faults;
-        self.pids += o.pids;
-    }
-
     pub fn cpu(&self, now: i64) -> CpuUsage {
         CpuUsage {
             timestamp: now,
@@ -160,5 +99,89 @@ impl Runtime {
         stats.cpu = Some(s.cpu(now));
         stats.memory = Some(s.memory(now));
         Ok((stats, Some(s)))
+    }
+}
+
+/// What the host sees of a running container besides its cgroup figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub processes: u64,
+    pub fds: u64,
+    pub sockets: u64,
+    /// The writable layer: bytes used, and its filesystem's size and inodes.
+    pub fs_usage: u64,
+    pub fs_limit: u64,
+    pub fs_inodes_total: u64,
+    pub fs_inodes_free: u64,
+}
+
+/// The processes in the same cgroup as `pid` (its pids cgroup, or the v2 tree).
+fn cgroup_procs(pid: u32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let dir = text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let rel = path.trim_start_matches('/');
+        if ctrls.split(',').any(|c| c == "pids") {
+            Some(base.join("pids").join(rel))
+        } else if ctrls.is_empty() && base.join("cgroup.controllers").exists() {
+            Some(base.join(rel))
+        } else {
+            None
+        }
+    });
+    dir.and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// (open fds, of which sockets) of the given processes.
+fn open_files(pids: &[u32]) -> (u64, u64) {
+    let (mut fds, mut sockets) = (0, 0);
+    for pid in pids {
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            fds += 1;
+            if std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+            {
+                sockets += 1;
+            }
+        }
+    }
+    (fds, sockets)
+}
+
+impl Runtime {
+    /// Processes, open files and writable-layer figures of a running container.
+    pub fn container_extras(&self, rec: &ContainerRecord) -> Extras {
+        let procs = if rec.state == CtrState::Running && rec.pid != 0 {
+            cgroup_procs(rec.pid)
+        } else {
+            Vec::new()
+        };
+        let (fds, sockets) = open_files(&procs);
+        let (fs_usage, _) = dir_usage(&rec.dir.join("upper"));
+        let mut x = Extras {
+            processes: procs.len() as u64,
+            fds,
+            sockets,
+            fs_usage,
+            ..Default::default()
+        };
+        // statvfs field types differ between platforms (u32 on some 32-bit ones).
+        #[allow(clippy::unnecessary_cast)]
+        if let Ok(v) = nix::sys::statvfs::statvfs(&rec.dir) {
+            x.fs_limit = v.blocks() as u64 * v.fragment_size() as u64;
+            x.fs_inodes_total = v.files() as u64;
+            x.fs_inodes_free = v.files_free() as u64;
+        }
+        x
     }
 }

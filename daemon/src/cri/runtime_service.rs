@@ -371,18 +371,29 @@ impl RuntimeService for Service {
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         let now = crate::pod::now_ns();
+        let now_s = (now / 1_000_000_000) as u64;
         let mut pod_metrics = Vec::new();
         for p in self.rt.pods()? {
-            let Ok(sample) = self.rt.pod_sample(&p).await else {
-                continue;
-            };
-            let images: Vec<(String, String)> = self
-                .rt
-                .containers_of(&p.id)?
-                .into_iter()
-                .map(|c| (c.id, c.image_name))
-                .collect();
-            pod_metrics.push(super::metrics::pod_metrics(&p, &sample, &images, now));
+            let mut containers = Vec::new();
+            for c in self.rt.containers_of(&p.id)? {
+                if c.state != crate::container::CtrState::Running {
+                    continue;
+                }
+                // A container that exits between the listing and its sampling is left out.
+                let Ok(s) = self.rt.sample(&p.id, &c.id).await else {
+                    continue;
+                };
+                let x = self.rt.container_extras(&c);
+                let v = super::metrics::View {
+                    rec: &c,
+                    s: &s,
+                    x: &x,
+                    now_s,
+                };
+                containers.push(super::metrics::container_metrics(&p, &v, now));
+            }
+            let ifaces = crate::pod::stats::pod_ifaces(&p);
+            pod_metrics.push(super::metrics::pod_metrics(&p, &ifaces, containers, now));
         }
         Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }

@@ -7,20 +7,24 @@ use k8s_cri::v1::{
     PodSandboxAttributes, PodSandboxStats, ProcessUsage, UInt64Value,
 };
 
-use crate::container::stats::Sample;
+use crate::container::sample::Sample;
 use crate::error::Result;
 use crate::runtime::Runtime;
 
 use super::{PodRecord, PodState};
 
 /// One interface's counters from `/proc/<pid>/net/dev`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IfaceCounters {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// Parses `/proc/net/dev` text, leaving out the loopback interface.
@@ -36,12 +40,28 @@ pub fn parse_net_dev(text: &str) -> Vec<IfaceCounters> {
             (f.len() >= 16 && name.trim() != "lo").then(|| IfaceCounters {
                 name: name.trim().to_string(),
                 rx_bytes: f[0],
+                rx_packets: f[1],
                 rx_errors: f[2],
+                rx_dropped: f[3],
                 tx_bytes: f[8],
+                tx_packets: f[9],
                 tx_errors: f[10],
+                tx_dropped: f[11],
             })
         })
         .collect()
+}
+
+/// The pod's interfaces. The infra process lives in the pod's network namespace: its
+/// view of net/dev is the pod's. Host-network and stopped pods report none (a
+/// host-network pod's traffic is the node's).
+pub fn pod_ifaces(rec: &PodRecord) -> Vec<IfaceCounters> {
+    if rec.host_network() || rec.state != PodState::Ready || rec.pid == 0 {
+        return Vec::new();
+    }
+    std::fs::read_to_string(format!("/proc/{}/net/dev", rec.pid))
+        .map(|t| parse_net_dev(&t))
+        .unwrap_or_default()
 }
 
 /// The pod's sample, its network counters and each container's stats.
@@ -68,15 +88,7 @@ impl Runtime {
         for s in containers.iter().filter_map(|(_, s)| s.as_ref()) {
             total.add(s);
         }
-        // The infra process lives in the pod's network namespace: its view of net/dev
-        // is the pod's. Host-network pods report none (their traffic is the node's).
-        let ifaces = if rec.host_network() {
-            Vec::new()
-        } else {
-            std::fs::read_to_string(format!("/proc/{}/net/dev", rec.pid))
-                .map(|t| parse_net_dev(&t))
-                .unwrap_or_default()
-        };
+        let ifaces = pod_ifaces(rec);
         Ok(PodSample {
             total: Some(total),
             ifaces,
@@ -140,9 +152,12 @@ mod tests {
             [IfaceCounters {
                 name: "eth0".into(),
                 rx_bytes: 4242,
+                rx_packets: 17,
                 rx_errors: 3,
                 tx_bytes: 2121,
+                tx_packets: 12,
                 tx_errors: 5,
+                ..Default::default()
             }]
         );
     }
