@@ -18,6 +18,7 @@ pub struct Config {
     pub paths: Paths,
     pub runtime: Runtime,
     pub cni: Cni,
+    pub registry: Registry,
     pub log: Log,
 }
 
@@ -50,6 +51,20 @@ pub struct Runtime {
 pub struct Cni {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Hosts (`host[:port]`) spoken to over plain HTTP.
+    pub plain_http: Vec<String>,
+    /// Hosts whose TLS certificate is not verified.
+    pub skip_verify: Vec<String>,
+    /// Registry host → mirror endpoints (`http[s]://host[:port]`), tried in order before
+    /// the registry itself; the repository path is kept.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long one registry request may stall (seconds).
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -112,6 +127,19 @@ impl Config {
                     "{what} must be an absolute path without '..': {}",
                     p.display()
                 )));
+            }
+        }
+        for (host, endpoints) in &self.registry.mirrors {
+            for e in endpoints {
+                let rest = e
+                    .strip_prefix("http://")
+                    .or_else(|| e.strip_prefix("https://"))
+                    .unwrap_or("");
+                if rest.is_empty() || rest.contains('/') {
+                    return Err(Error::Config(format!(
+                        "registry.mirrors.{host:?}: {e:?} is not http[s]://host[:port]"
+                    )));
+                }
             }
         }
         if !matches!(self.runtime.cgroup_driver.as_str(), "cgroupfs" | "systemd") {

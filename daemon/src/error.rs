@@ -24,6 +24,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A registry refused the credentials (or asked for some): the message names it.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A registry could not be reached or answered with an error.
+    #[error("{0}")]
+    Registry(String),
     /// A CNI plugin or network namespace operation failed (the message names the plugin).
     #[error("network: {0}")]
     Network(String),
@@ -52,6 +58,8 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Registry(_) => Code::Unknown,
             Error::Config(_)
             | Error::Store(_)
             | Error::Io { .. }

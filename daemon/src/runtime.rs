@@ -27,6 +27,8 @@ pub struct Runtime {
     pub config: Config,
     pub store: Arc<Store>,
     pub images: crate::image::ImageStore,
+    /// Registry access for PullImage (mirrors, plain-HTTP hosts, clients).
+    pub puller: crate::image::Puller,
     pub cni: Cni,
     /// containerd-shim-berth-v2, started once per pod.
     pub shim_binary: PathBuf,
@@ -64,10 +66,12 @@ impl Runtime {
         let store = Arc::new(Store::open(&config.store_path())?);
         let images = crate::image::ImageStore::open(&config.paths.root, store.clone())?;
         let cni = Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone());
+        let puller = crate::image::Puller::new(config.registry.clone());
         Ok(Arc::new(Runtime {
             config,
             store,
             images,
+            puller,
             cni,
             shim_binary,
             pause_rootfs,

@@ -1,12 +1,12 @@
-//! `runtime.v1.ImageService` over the local image store: list, status, remove and
-//! filesystem usage. PullImage arrives with the registry client; until then images come
-//! from `berthd image import` (OCI archives).
+//! `runtime.v1.ImageService` over the local image store: pull, list, status, remove and
+//! filesystem usage (`berthd image import` is the offline path).
 
 use std::sync::Arc;
 
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::image::ImageRecord;
@@ -97,11 +97,26 @@ impl ImageService for Service {
 
     async fn pull_image(
         &self,
-        _: Request<PullImageRequest>,
+        req: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        Err(Status::unimplemented(
-            "PullImage is not implemented yet; import OCI archives with `berthd image import`",
-        ))
+        let r = req.into_inner();
+        let reference = r.image.map(|i| i.image).unwrap_or_default();
+        if reference.is_empty() {
+            return Err(Status::invalid_argument("image reference is required"));
+        }
+        let creds = match &r.auth {
+            Some(a) => crate::image::Credentials::from_cri(a)?,
+            None => Default::default(),
+        };
+        let span = tracing::info_span!("pull_image", image = %reference);
+        let rec = self
+            .rt
+            .images
+            .pull(&self.rt.puller, &reference, &creds)
+            .instrument(span)
+            .await?;
+        tracing::info!(image = %reference, id = %rec.id, "image pulled");
+        Ok(Response::new(PullImageResponse { image_ref: rec.id }))
     }
 
     async fn remove_image(

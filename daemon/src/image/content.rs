@@ -87,7 +87,7 @@ impl ContentStore {
         Ok(s)
     }
 
-    /// Only called with the image lock held or at open: nothing else is ingesting then.
+    /// Only called at open: nothing is ingesting then.
     pub fn clean_ingest(&self) -> Result<()> {
         let rd = fs::read_dir(&self.ingest).map_err(ioe("read content/ingest"))?;
         for e in rd.flatten() {
@@ -131,6 +131,33 @@ impl ContentStore {
         guard.disarm();
         fsync_dir(&self.blobs)?;
         Ok(true)
+    }
+
+    /// A fresh ingest file for a blob downloaded elsewhere (pulls write it asynchronously);
+    /// the guard removes it unless [`ContentStore::commit`] publishes it.
+    pub fn new_ingest(&self) -> (PathBuf, RemoveOnDrop) {
+        let tmp = self.ingest.join(unique_name("pull"));
+        (tmp.clone(), RemoveOnDrop::file(tmp))
+    }
+
+    /// Publishes a complete, fsynced ingest file as `digest`, once the bytes written to
+    /// it hashed to `computed`: a mismatch names both digests and publishes nothing.
+    pub fn commit(
+        &self,
+        tmp: &Path,
+        guard: RemoveOnDrop,
+        digest: &str,
+        computed: &str,
+    ) -> Result<()> {
+        let dst = self.path(digest)?;
+        if computed != digest {
+            return Err(Error::InvalidArgument(format!(
+                "digest mismatch for blob {digest}: content hashes to {computed}"
+            )));
+        }
+        fs::rename(tmp, &dst).map_err(ioe(format!("commit blob {digest}")))?;
+        guard.disarm();
+        fsync_dir(&self.blobs)
     }
 
     pub fn open_blob(&self, digest: &str) -> Result<File> {

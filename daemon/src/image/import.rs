@@ -10,7 +10,7 @@ use std::path::Path;
 use flate2::read::MultiGzDecoder;
 
 use super::content::{parse_digest, ContentStore, MAX_JSON_BLOB};
-use super::oci::{self, Descriptor, ImageJson, Index, LayerKind, Manifest, Platform, RunConfig};
+use super::oci::{self, Descriptor, ImageJson, Index, Manifest, Platform, RunConfig};
 use super::reference::{self, Reference};
 use super::unpack::{clean_path, unpack_layer};
 use super::{ImageConfig, ImageRecord, ImageStore};
@@ -146,7 +146,7 @@ fn image_names(desc: &Descriptor) -> Vec<Reference> {
 }
 
 /// The blob must be in the store (so verified) and have the size its descriptor claims.
-fn check_blob(content: &ContentStore, d: &Descriptor) -> Result<()> {
+pub(super) fn check_blob(content: &ContentStore, d: &Descriptor) -> Result<()> {
     if !content.contains(&d.digest)? {
         return Err(bad(format!(
             "blob {} is missing from the archive",
@@ -190,7 +190,7 @@ fn resolve_manifest(
 
 /// Reads manifest and config, unpacks the layers (each verified against its diff id)
 /// and returns the unnamed record.
-fn build_record(s: &ImageStore, mdesc: &Descriptor) -> Result<ImageRecord> {
+pub(super) fn build_record(s: &ImageStore, mdesc: &Descriptor) -> Result<ImageRecord> {
     let m: Manifest = oci::parse(
         "manifest",
         &mdesc.digest,
@@ -225,14 +225,7 @@ fn build_record(s: &ImageStore, mdesc: &Descriptor) -> Result<ImageRecord> {
     for (l, d) in m.layers.iter().zip(diff_ids) {
         check_blob(&s.content, l)?;
         parse_digest(d)?;
-        let kind = oci::layer_kind(&l.media_type)?;
-        if kind == LayerKind::Zstd {
-            return Err(Error::Unimplemented(format!(
-                "layer {}: zstd-compressed layers are not supported yet",
-                l.digest
-            )));
-        }
-        kinds.push(kind);
+        kinds.push(oci::layer_kind(&l.media_type)?);
     }
     let chains = oci::chain_ids(diff_ids);
     for (i, layer) in m.layers.iter().enumerate() {
@@ -282,7 +275,7 @@ fn image_config(c: RunConfig) -> ImageConfig {
 
 /// Merges `rec` with its stored names, adds `names` (tags move away from other images,
 /// which keep their id), and commits all changed records in one transaction.
-fn name_record(
+pub(super) fn name_record(
     s: &ImageStore,
     mut rec: ImageRecord,
     names: &[Reference],

@@ -8,8 +8,11 @@
 mod content;
 mod import;
 mod oci;
+mod pull;
 pub mod reference;
+pub use pull::{Credentials, Puller};
 mod snapshot;
+mod streams;
 mod unpack;
 mod util;
 mod xattr;
@@ -82,6 +85,11 @@ pub struct ImageStore {
     /// Serialises everything that writes content, snapshots or records, so that a
     /// sweep never sees an import's not-yet-referenced blobs as garbage.
     lock: Mutex<()>,
+    /// Blobs in-flight pulls have fetched but no record references yet (digest → holders).
+    leases: Mutex<std::collections::HashMap<String, usize>>,
+    /// Pulls in flight, by image reference and by blob digest: a second pull of the same
+    /// image or layer waits for the first instead of fetching it again.
+    inflight: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ImageStore {
@@ -94,6 +102,8 @@ impl ImageStore {
             snapshots: Snapshots::open(root, store.clone())?,
             store,
             lock: Mutex::new(()),
+            leases: Mutex::new(Default::default()),
+            inflight: Mutex::new(Default::default()),
         };
         s.gc()?;
         Ok(s)
@@ -233,8 +243,10 @@ impl ImageStore {
         self.sweep()
     }
 
-    /// Deletes every blob and snapshot no image record references, then leftovers of
-    /// interrupted writes. Caller holds the lock.
+    /// Deletes every blob and snapshot no image record references (blobs an in-flight
+    /// pull holds a lease on are kept), then snapshot leftovers of interrupted writes.
+    /// Ingest files are only cleared at open: a pull may be writing one now. Caller
+    /// holds the lock.
     // TODO(CreateContainer): containers' snapshots must become roots here too, so an
     // image in use keeps its layers after RemoveImage.
     fn sweep(&self) -> Result<()> {
@@ -247,8 +259,13 @@ impl ImageStore {
             .iter()
             .flat_map(|i| i.chain_ids.iter().map(String::as_str))
             .collect();
+        let leased = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for d in self.content.list()? {
-            if !blobs.contains(d.as_str()) {
+            if !blobs.contains(d.as_str()) && !leased.contains_key(&d) {
                 self.content.delete(&d)?;
             }
         }
@@ -257,7 +274,6 @@ impl ImageStore {
                 self.snapshots.remove(&chain)?;
             }
         }
-        self.content.clean_ingest()?;
         self.snapshots.sweep_orphans()
     }
 }

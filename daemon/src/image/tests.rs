@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::testutil::{archive, image, LayerTar, TestImage, Top};
+use super::testutil::{self, archive, image, LayerTar, TestImage, Top};
 use super::*;
 use crate::store::SNAPSHOTS;
 
@@ -410,26 +410,17 @@ fn removing_the_last_tag_frees_snapshots_and_blobs() {
 }
 
 #[test]
-fn zstd_layers_are_unimplemented() {
+fn zstd_layers_are_unpacked() {
     let e = env();
-    let mut img = image(&[top_layer()], false, false);
-    // Relabel the layer as zstd: refused before anything is unpacked.
-    let m = String::from_utf8(img.manifest.clone())
-        .expect("utf8")
-        .replace(
-            "application/vnd.oci.image.layer.v1.tar\"",
-            "application/vnd.oci.image.layer.v1.tar+zstd\"",
-        );
-    img.blobs.remove(&img.manifest_digest);
-    img.manifest = m.into_bytes();
-    img.manifest_digest = content::sha256_digest(&img.manifest);
-    img.blobs
-        .insert(img.manifest_digest.clone(), img.manifest.clone());
+    let img = testutil::image_with(&[top_layer()], testutil::zstd, false);
     let (bytes, _) = archive(&img, Top::Manifest(BUSYBOX1), None);
-    let err = e
+    let recs = e
         .images
         .import_oci_archive(&e.write("z.tar", &bytes))
-        .expect_err("zstd");
-    assert!(matches!(err, Error::Unimplemented(_)), "{err}");
-    e.assert_empty();
+        .expect("zstd import");
+    let lowers = e.images.lower_dirs(&recs[0]).expect("lowers");
+    assert_eq!(
+        fs::read_to_string(lowers[0].join("opq/new")).expect("opq/new"),
+        "new"
+    );
 }

@@ -123,16 +123,42 @@ pub struct TestImage {
 /// Builds an image from uncompressed layer tars (gzip-compressed when `gz`), with
 /// `diff_ids` from the tars unless `bad_diff` replaces the first.
 pub fn image(layers: &[Vec<u8>], gz: bool, bad_diff: bool) -> TestImage {
+    if gz {
+        image_with(
+            layers,
+            |t| (gzip(t), "application/vnd.oci.image.layer.v1.tar+gzip"),
+            bad_diff,
+        )
+    } else {
+        image_with(
+            layers,
+            |t| (t.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+            bad_diff,
+        )
+    }
+}
+
+/// zstd-compressed layers (two frames each, as chunked writers produce).
+pub fn zstd(data: &[u8]) -> (Vec<u8>, &'static str) {
+    use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+    let (a, b) = data.split_at(data.len() / 2);
+    let mut out = compress_to_vec(a, CompressionLevel::Fastest);
+    out.extend(compress_to_vec(b, CompressionLevel::Fastest));
+    (out, "application/vnd.oci.image.layer.v1.tar+zstd")
+}
+
+/// Builds an image whose layer blobs `compress` makes (body and media type).
+pub fn image_with(
+    layers: &[Vec<u8>],
+    compress: fn(&[u8]) -> (Vec<u8>, &'static str),
+    bad_diff: bool,
+) -> TestImage {
     let mut blobs = BTreeMap::new();
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for tar in layers {
         diff_ids.push(sha256_digest(tar));
-        let (body, mt) = if gz {
-            (gzip(tar), "application/vnd.oci.image.layer.v1.tar+gzip")
-        } else {
-            (tar.clone(), "application/vnd.oci.image.layer.v1.tar")
-        };
+        let (body, mt) = compress(tar);
         let d = sha256_digest(&body);
         descs.push(json!({"mediaType": mt, "digest": d, "size": body.len()}));
         blobs.insert(d, body);

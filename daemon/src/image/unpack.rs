@@ -14,6 +14,7 @@ use tar::{Archive, EntryType};
 
 use super::content::HashingReader;
 use super::oci::LayerKind;
+use super::streams::{TarTail, ZstdFrames};
 use super::xattr;
 use crate::error::{Error, Result};
 
@@ -44,17 +45,16 @@ pub fn unpack_layer(blob: impl Read, kind: LayerKind, dest: &Path) -> Result<Str
     // The compression is detected from the bytes, as registries sometimes label a
     // gzip layer as plain tar and the reverse; the media type only names zstd.
     let zstd = magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    if kind == LayerKind::Zstd || zstd {
-        return Err(Error::Unimplemented(
-            "zstd-compressed layers are not supported yet".into(),
-        ));
-    }
-    let stream: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(MultiGzDecoder::new(buf))
-    } else {
-        Box::new(buf)
-    };
-    let mut archive = Archive::new(HashingReader::new(stream));
+    let stream: Box<dyn Read> =
+        if zstd || (kind == LayerKind::Zstd && !magic.starts_with(&[0x1f, 0x8b])) {
+            Box::new(ZstdFrames::new(buf))
+        } else if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(MultiGzDecoder::new(buf))
+        } else {
+            Box::new(buf)
+        };
+    // The diff id is hashed under the tail filler: it covers exactly the layer's bytes.
+    let mut archive = Archive::new(TarTail::new(HashingReader::new(stream)));
     let mut dir_times = Vec::new();
     for entry in archive
         .entries()
@@ -66,7 +66,7 @@ pub fn unpack_layer(blob: impl Read, kind: LayerKind, dest: &Path) -> Result<Str
         }
     }
     // The diff id covers the whole stream, including the tar's trailing padding.
-    let mut rest = archive.into_inner();
+    let mut rest = archive.into_inner().into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(io_at("read layer tar for", dest))?;
     let (diff_id, _) = rest.finish();
     // Directory times last: creating their children changed them.

@@ -1,0 +1,353 @@
+//! PullImage: a reference is resolved through its registry's mirrors, then the registry
+//! itself; the manifest (the host platform's, from an index), the config and the layers
+//! go into the content store, each verified against its digest, layers streamed to disk
+//! (memory stays flat whatever their size). The image is then unpacked and recorded
+//! exactly as an import is. Pulls of the same image, and fetches of the same layer, are
+//! coalesced; blobs of a pull in flight are leased so no sweep removes them.
+
+mod registry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, RegistryOperation};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+pub use registry::Credentials;
+use registry::{map_err, Endpoint};
+
+use super::content::{hex, sha256_digest, MAX_JSON_BLOB};
+use super::oci::{self, Descriptor, Index, Manifest};
+use super::reference::{self, Reference};
+use super::{import, ImageRecord, ImageStore};
+use crate::config::Registry as RegistryConfig;
+use crate::error::{Error, Result};
+
+const ACCEPT: [&str; 4] = [
+    oci::OCI_MANIFEST,
+    oci::OCI_INDEX,
+    oci::DOCKER_MANIFEST,
+    oci::DOCKER_LIST,
+];
+
+/// Registry access for pulls: the configured endpoints and their clients.
+pub struct Puller {
+    cfg: RegistryConfig,
+    clients: registry::Clients,
+}
+
+impl Puller {
+    pub fn new(cfg: RegistryConfig) -> Puller {
+        Puller {
+            cfg,
+            clients: Default::default(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.timeout.max(1))
+    }
+}
+
+/// Keeps blobs from being swept until the pull that fetched them has recorded its image.
+struct Lease<'a> {
+    leases: &'a Mutex<HashMap<String, usize>>,
+    digests: Vec<String>,
+}
+
+impl Lease<'_> {
+    fn add(&mut self, digest: &str) {
+        *self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.to_string())
+            .or_default() += 1;
+        self.digests.push(digest.to_string());
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut m = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &self.digests {
+            if let Some(n) = m.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(d);
+                }
+            }
+        }
+    }
+}
+
+/// Where one pull reads from: an endpoint's client and the image's name there.
+struct Source<'a> {
+    client: Client,
+    auth: &'a RegistryAuth,
+    host: &'a str,
+    path: &'a str,
+    /// The reference as asked for, for messages.
+    image: &'a str,
+}
+
+impl Source<'_> {
+    fn by_digest(&self, digest: &str) -> oci_client::Reference {
+        oci_client::Reference::with_digest(
+            self.host.to_string(),
+            self.path.to_string(),
+            digest.to_string(),
+        )
+    }
+
+    /// A manifest or index by tag or digest: its bytes and their (checked) digest.
+    async fn manifest(
+        &self,
+        r: &oci_client::Reference,
+        want: Option<&str>,
+    ) -> Result<(Vec<u8>, String)> {
+        let what = format!("manifest of {}", self.image);
+        let (body, _) = self
+            .client
+            .pull_manifest_raw(r, self.auth, &ACCEPT)
+            .await
+            .map_err(|e| map_err(self.host, &what, e))?;
+        if body.len() as u64 > MAX_JSON_BLOB {
+            return Err(Error::InvalidArgument(format!("{what} is too large")));
+        }
+        let got = sha256_digest(&body);
+        if let Some(want) = want {
+            if got != want {
+                return Err(Error::InvalidArgument(format!(
+                    "digest mismatch for manifest {want} from {}: content hashes to {got}",
+                    self.host
+                )));
+            }
+        }
+        Ok((body.to_vec(), got))
+    }
+}
+
+impl ImageStore {
+    /// Pulls `reference` and records it (tagged, and with its repo digest).
+    pub async fn pull(
+        &self,
+        puller: &Puller,
+        reference: &str,
+        creds: &Credentials,
+    ) -> Result<ImageRecord> {
+        let r = reference::parse(reference)?;
+        let key = format!("image:{r}");
+        let gate = self.gate(&key);
+        let res = {
+            let _turn = gate.lock().await;
+            self.pull_endpoints(puller, &r, &creds.registry_auth())
+                .await
+        };
+        self.release_gate(&key, gate);
+        res
+    }
+
+    async fn pull_endpoints(
+        &self,
+        puller: &Puller,
+        r: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<ImageRecord> {
+        let mut errors = Vec::new();
+        for ep in registry::endpoints(&puller.cfg, &r.domain) {
+            match self.pull_from(puller, &ep, r, auth).await {
+                Ok(rec) => return Ok(rec),
+                Err(e) => {
+                    tracing::warn!(image = %r, endpoint = %ep.host, mirror = ep.mirror, error = %e, "pull attempt failed");
+                    errors.push(e);
+                }
+            }
+        }
+        // A definite answer (not found, refused credentials, bad content) from any
+        // endpoint says more than an unreachable one.
+        let definite = errors.iter().position(|e| !matches!(e, Error::Registry(_)));
+        Err(match definite {
+            Some(i) => errors.swap_remove(i),
+            None => errors
+                .pop()
+                .unwrap_or_else(|| Error::Internal("no registry endpoint".into())),
+        })
+    }
+
+    async fn pull_from(
+        &self,
+        puller: &Puller,
+        ep: &Endpoint,
+        r: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<ImageRecord> {
+        let image = r.to_string();
+        let src = Source {
+            client: puller.clients.get(ep, puller.timeout()),
+            auth,
+            host: &ep.host,
+            path: &r.path,
+            image: &image,
+        };
+        let top_ref = match (&r.digest, &r.tag) {
+            (Some(d), _) => src.by_digest(d),
+            (None, tag) => oci_client::Reference::with_tag(
+                ep.host.clone(),
+                r.path.clone(),
+                tag.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        };
+        src.client
+            .auth(&top_ref, auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| map_err(&ep.host, "authorization", e))?;
+        let mut lease = Lease {
+            leases: &self.leases,
+            digests: Vec::new(),
+        };
+        let (body, top_digest) = src.manifest(&top_ref, r.digest.as_deref()).await?;
+        self.store_small(&mut lease, &top_digest, &body)?;
+        let mut mdesc = Descriptor {
+            media_type: String::new(),
+            digest: top_digest.clone(),
+            size: body.len() as u64,
+            platform: None,
+            annotations: Default::default(),
+        };
+        let declared = |b: &[u8]| -> String {
+            serde_json::from_slice::<serde_json::Value>(b)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let mut body = body;
+        for _ in 0..4 {
+            if !oci::is_index(&declared(&body), &body)? {
+                break;
+            }
+            let idx: Index = oci::parse("index", &mdesc.digest, &body)?;
+            let host = oci::host_platform();
+            let pick = oci::pick_platform(&idx.manifests, &host).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "image {r} has no manifest for {}/{}",
+                    host.os, host.architecture
+                ))
+            })?;
+            let (b, d) = src
+                .manifest(&src.by_digest(&pick.digest), Some(&pick.digest))
+                .await?;
+            self.store_small(&mut lease, &d, &b)?;
+            mdesc = pick.clone();
+            body = b;
+        }
+        if oci::is_index(&declared(&body), &body)? {
+            return Err(Error::InvalidArgument(format!(
+                "image {r}: indexes nested too deeply"
+            )));
+        }
+        let m: Manifest = oci::parse("manifest", &mdesc.digest, &body)?;
+        self.fetch_blob(&src, &m.config, &mut lease).await?;
+        for l in &m.layers {
+            oci::layer_kind(&l.media_type)?;
+            self.fetch_blob(&src, l, &mut lease).await?;
+        }
+        let names = [r.clone()];
+        tokio::task::block_in_place(|| {
+            let _g = self.locked();
+            let rec = import::build_record(self, &mdesc)?;
+            import::name_record(self, rec, &names, &top_digest)
+        })
+    }
+
+    fn store_small(&self, lease: &mut Lease<'_>, digest: &str, body: &[u8]) -> Result<()> {
+        lease.add(digest);
+        tokio::task::block_in_place(|| self.content.ingest(digest, body))?;
+        Ok(())
+    }
+
+    /// Fetches one blob into the content store unless it is there; another pull fetching
+    /// the same digest is waited for, not repeated.
+    async fn fetch_blob(
+        &self,
+        src: &Source<'_>,
+        d: &Descriptor,
+        lease: &mut Lease<'_>,
+    ) -> Result<()> {
+        super::content::parse_digest(&d.digest)?;
+        lease.add(&d.digest);
+        let key = format!("blob:{}", d.digest);
+        let gate = self.gate(&key);
+        let res = async {
+            let _turn = gate.lock().await;
+            if self.content.contains(&d.digest)? {
+                return Ok(());
+            }
+            self.download(src, d).await
+        }
+        .await;
+        self.release_gate(&key, gate);
+        res
+    }
+
+    async fn download(&self, src: &Source<'_>, d: &Descriptor) -> Result<()> {
+        let what = format!("blob {}", d.digest);
+        let (tmp, guard) = self.content.new_ingest();
+        let io = |e: std::io::Error| Error::io(format!("write {what}"), e);
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut stream = src
+            .client
+            .pull_blob_stream(&src.by_digest(&d.digest), d.digest.as_str())
+            .await
+            .map_err(|e| map_err(src.host, &what, e))?;
+        let mut h = Sha256::new();
+        let mut n: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| Error::Registry(format!("{what} from {}: {e}", src.host)))?;
+            n += chunk.len() as u64;
+            if n > d.size {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} from {} is larger than its descriptor's {} bytes",
+                    src.host, d.size
+                )));
+            }
+            h.update(&chunk);
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+        if n != d.size {
+            return Err(Error::Registry(format!(
+                "{what} from {}: got {n} of {} bytes",
+                src.host, d.size
+            )));
+        }
+        f.sync_all().await.map_err(io)?;
+        drop(f);
+        let computed = format!("sha256:{}", hex(&h.finalize()));
+        self.content.commit(&tmp, guard, &d.digest, &computed)?;
+        tracing::debug!(digest = %d.digest, bytes = n, host = %src.host, "blob fetched");
+        Ok(())
+    }
+
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops the gate's map entry once nobody else holds or waits on it.
+    fn release_gate(&self, key: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else is waiting.
+        if Arc::strong_count(&gate) == 2 {
+            m.remove(key);
+        }
+    }
+}
