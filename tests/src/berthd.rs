@@ -77,6 +77,27 @@ impl Berthd {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        self.spawn_nowait()?;
+        let sock = self.socket.clone();
+        procs::poll(Duration::from_secs(20), "berthd socket", || {
+            std::os::unix::net::UnixStream::connect(&sock)
+                .ok()
+                .map(|_| ())
+        })
+        .with_context(|| format!("berthd did not come up; log:\n{}", self.log()))?;
+        Ok(())
+    }
+
+    /// Starts berthd (after `kill9`/`stop`) and returns once it is exec'd, without waiting
+    /// for its socket: for callers that time the way to readiness themselves.
+    pub fn respawn_nowait(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("berthd is still running (pid {})", self.pid());
+        }
+        self.spawn_nowait()
+    }
+
+    fn spawn_nowait(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -90,13 +111,6 @@ impl Berthd {
             .spawn()
             .context("spawn berthd")?;
         self.child = Some(child);
-        let sock = self.socket.clone();
-        procs::poll(Duration::from_secs(20), "berthd socket", || {
-            std::os::unix::net::UnixStream::connect(&sock)
-                .ok()
-                .map(|_| ())
-        })
-        .with_context(|| format!("berthd did not come up; log:\n{}", self.log()))?;
         Ok(())
     }
 

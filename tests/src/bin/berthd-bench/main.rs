@@ -1,0 +1,229 @@
+//! `berthd-bench`: berthd side by side with the reference containerd 1.6, in one run, both
+//! driven by the same gRPC CRI client (k8s-cri over tonic).
+//!
+//! Figures (printed, never asserted): RunPodSandbox, CreateContainer+StartContainer and
+//! StopPodSandbox+RemovePodSandbox medians (one pod-network pod with one busybox
+//! `sleep 3600` per round), daemon VmRSS idle and with 50 pods running, and restart to
+//! ready (kill -9, start again, time from exec until Status says RuntimeReady and
+//! ListPodSandbox lists every pod READY) with 5 and with 100 pods.
+//!
+//! ```text
+//! cargo build --release -p berthd && cargo shim-release
+//! cargo run --release -p berth-tests --bin berthd-bench -- [--quick] [--berthd-only]
+//! ```
+//!
+//! berthd: `target/release/berthd` (or `$BERTHD`) with the shim beside it, on a private
+//! root/state/socket in a temp dir, pods on its own bridge `bbench0` (10.231.7.0/24, no
+//! masquerading, deleted at the end), busybox built and imported offline.
+//! containerd: the one of `../shared/tools/cri-reference-env.sh` (`$BERTH_CRI_REFERENCE_ENV`)
+//! at `/run/anchor-containerd/containerd.sock`; when that socket does not answer, the bench
+//! runs `cri-reference-env.sh up` itself and leaves it up. Its restarts reuse the killed
+//! daemon's /proc cmdline, environment and cwd and update the script's pid file.
+//! Every pod the bench creates is removed at the end, also after an error.
+
+mod daemon;
+mod phases;
+mod ready;
+mod reference;
+mod report;
+mod side;
+
+use anyhow::{bail, ensure, Context, Result};
+use berth_tests::cri::{connect, container_config, pod_config};
+use berth_tests::image::BUSYBOX_IMAGE;
+use berth_tests::{berthd_feat, cmd, procs};
+use daemon::Daemon;
+use k8s_cri::v1 as cri;
+use ready::{rss_kb, Ready};
+use report::Col;
+use side::{list_run_pods, Figures, Side};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub(crate) type Rt = berth_tests::cri::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Report columns; a side's `col` indexes this.
+pub(crate) const COLUMNS: [&str; 2] = ["berthd", "containerd 1.6"];
+
+/// How many of everything.
+pub(crate) struct Plan {
+    pub(crate) rounds: usize,
+    pub(crate) small: usize,
+    pub(crate) many: usize,
+    pub(crate) big: usize,
+    berthd_only: bool,
+}
+
+const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only]\n\
+  --quick        5 rounds, 10 pods for the 50- and 100-pod figures\n\
+  --berthd-only  leave the reference containerd alone";
+
+fn parse_args() -> Result<Plan> {
+    let mut p = Plan {
+        rounds: 20,
+        small: 5,
+        many: 50,
+        big: 100,
+        berthd_only: false,
+    };
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--quick" => (p.rounds, p.many, p.big) = (5, 10, 10),
+            "--berthd-only" => p.berthd_only = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(p)
+}
+
+fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    eprintln!("[bench] {name} ...");
+    let t0 = Instant::now();
+    let r = f();
+    eprintln!("[bench] {name}: {:.1}s", t0.elapsed().as_secs_f64());
+    r
+}
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    match cmd::run(Command::new(program).args(args), Duration::from_secs(10)) {
+        Ok(o) => o.stdout.lines().next().unwrap_or("").trim().to_string(),
+        Err(e) => format!("unavailable ({e})"),
+    }
+}
+
+fn main() -> Result<()> {
+    let plan = parse_args()?;
+    let t_start = Instant::now();
+    let (bin, shim) = daemon::check_binaries()?;
+    println!("berthd-bench: berthd vs containerd 1.6, one CRI client");
+    println!(
+        "command:    {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "machine:    nproc {}, kernel {}, cgroup {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        first_line("uname", &["-r"]),
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "v2"
+        } else {
+            "v1"
+        }
+    );
+    println!(
+        "berthd:     {} ({})",
+        bin.display(),
+        daemon::berthd_version()
+    );
+    println!("shim:       {}", shim.display());
+    println!("containerd: {}", first_line("containerd", &["--version"]));
+    println!("runc:       {}", first_line("runc", &["--version"]));
+    println!(
+        "plan:       {} rounds; RSS idle and with {} pods; restarts with {} and {} pods",
+        plan.rounds, plan.many, plan.small, plan.big
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("berthd-bench-")
+        .tempdir_in("/tmp")?;
+    let run = format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() % 100_000)
+    );
+
+    let mut sides: Vec<Side> = Vec::new();
+    let mut setup_err: [Option<anyhow::Error>; 2] = [None, None];
+    let mut bridge = None;
+    let berthd = phase("start berthd", || -> Result<Side> {
+        let (d, b) = daemon::start_berthd()?;
+        bridge = Some(b);
+        let sock = d.socket.display().to_string();
+        let (rs, _) = rt.block_on(d.client())?;
+        Ok(Side::new(
+            0,
+            &sock,
+            rs,
+            BUSYBOX_IMAGE,
+            Daemon::Berthd(Box::new(d)),
+        ))
+    });
+    match berthd {
+        Ok(s) => sides.push(s),
+        Err(e) => setup_err[0] = Some(e),
+    }
+    if !plan.berthd_only {
+        match phase("reference containerd", || rt.block_on(reference::open())) {
+            Ok((rs, c)) => {
+                let mut s = Side::new(
+                    1,
+                    reference::SOCKET,
+                    rs,
+                    reference::IMAGE,
+                    Daemon::Reference(c),
+                );
+                let all =
+                    rt.block_on(s.rs.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }));
+                println!(
+                    "reference:  containerd pid {}, {} pod(s) of others present",
+                    s.daemon.pid(),
+                    all.map_or(0, |r| r.into_inner().items.len())
+                );
+                sides.push(s);
+            }
+            Err(e) => setup_err[1] = Some(e),
+        }
+    }
+    for s in &mut sides {
+        s.logs = tmp.path().join(format!("logs-{}", s.col));
+        s.run.clone_from(&run);
+    }
+
+    rt.block_on(phases::measure(&mut sides, &plan));
+
+    // Teardown on every path: this run's pods on both runtimes, then berthd (leak-checked).
+    for s in &mut sides {
+        let r = phase(&format!("teardown ({})", s.name()), || {
+            rt.block_on(s.teardown())
+        });
+        if let Ok(n) = r {
+            eprintln!("[bench] {}: removed {n} pod(s)", s.name());
+        }
+        s.note("teardown", r);
+        if let Daemon::Berthd(d) = std::mem::replace(&mut s.daemon, Daemon::Gone) {
+            let r = d.finish();
+            s.note("berthd finish (leak check)", r);
+        }
+    }
+    drop(bridge);
+
+    let cols: [Col; 2] = std::array::from_fn(|i| {
+        if let Some(s) = sides.iter().find(|s| s.col == i) {
+            Col::Ran(&s.fig, s.error.as_ref())
+        } else if let Some(e) = &setup_err[i] {
+            Col::Failed(e)
+        } else {
+            Col::Skipped("skipped")
+        }
+    });
+    report::print_table(&cols, &plan);
+    report::print_details(&cols);
+    println!(
+        "\ntotal bench time: {:.1}s",
+        t_start.elapsed().as_secs_f64()
+    );
+    if sides.iter().any(|s| s.error.is_some()) || setup_err.iter().any(Option::is_some) {
+        bail!("some measurements failed (see ERRORS above)");
+    }
+    Ok(())
+}

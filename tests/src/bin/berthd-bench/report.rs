@@ -1,0 +1,164 @@
+//! The printed report: a markdown table (berthd | containerd 1.6 | target), the spread
+//! behind each median, the restart breakdown and any errors.
+
+use super::*;
+
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
+    quantile(v, 0.5)
+}
+
+/// Linear-interpolated quantile of `v` (None when empty).
+fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return None;
+    }
+    let pos = q * (n - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
+}
+
+fn dur(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn rss(kb: u64) -> String {
+    format!(
+        "{:.1} MiB ({:.1} MB)",
+        kb as f64 / 1024.0,
+        kb as f64 * 1.024 / 1000.0
+    )
+}
+
+/// What one column shows: figures, or why there are none.
+pub(crate) enum Col<'a> {
+    Ran(&'a Figures, Option<&'a anyhow::Error>),
+    Skipped(&'static str),
+    Failed(&'a anyhow::Error),
+}
+
+impl Col<'_> {
+    fn cell(&self, f: impl Fn(&Figures) -> Option<String>) -> String {
+        match self {
+            Col::Ran(fig, err) => {
+                f(fig).unwrap_or_else(|| if err.is_some() { "ERROR" } else { "—" }.into())
+            }
+            Col::Skipped(why) => (*why).into(),
+            Col::Failed(_) => "ERROR".into(),
+        }
+    }
+}
+
+/// How one row's cell is drawn from a column's figures.
+type CellFn<'a> = &'a dyn Fn(&Figures) -> Option<String>;
+
+pub(crate) fn print_table(cols: &[Col; 2], plan: &Plan) {
+    let n = plan.rounds;
+    let rows: [(String, CellFn, &str); 7] = [
+        (
+            format!("RunPodSandbox, median of {n}"),
+            &|f| median(&f.run_pod).map(dur),
+            "≤ 25 ms (containerd here: 63 ms)",
+        ),
+        (
+            format!("CreateContainer + StartContainer, median of {n}"),
+            &|f| median(&f.create_start).map(dur),
+            "≤ 18 ms (47 ms)",
+        ),
+        (
+            format!("StopPodSandbox + RemovePodSandbox, median of {n}"),
+            &|f| median(&f.stop_remove).map(dur),
+            "≤ 25 ms (66 ms)",
+        ),
+        (
+            "daemon RSS, idle".into(),
+            &|f| f.rss_idle.map(rss),
+            "≤ 12 MB (54 MB)",
+        ),
+        (
+            format!("daemon RSS, {} pods running", plan.many),
+            &|f| f.rss_many.map(rss),
+            "≤ 20 MB (88 MB)",
+        ),
+        (
+            format!("restart to ready, {} pods", plan.small),
+            &|f| {
+                f.restart_small
+                    .map(|r| dur(r.all_ready.as_secs_f64() * 1e3))
+            },
+            "≤ 50 ms (0.49 s)",
+        ),
+        (
+            format!("restart to ready, {} pods", plan.big),
+            &|f| f.restart_big.map(|r| dur(r.all_ready.as_secs_f64() * 1e3)),
+            "",
+        ),
+    ];
+    println!();
+    println!("| | {} | {} | target |", COLUMNS[0], COLUMNS[1]);
+    println!("|---|---|---|---|");
+    for (label, f, target) in rows {
+        println!(
+            "| {label} | {} | {} | {target} |",
+            cols[0].cell(f),
+            cols[1].cell(f)
+        );
+    }
+}
+
+pub(crate) fn print_details(cols: &[Col; 2]) {
+    println!();
+    println!(
+        "Details (min / p90 / max of each median; restarts: RuntimeReady, then all pods READY):"
+    );
+    for (i, c) in cols.iter().enumerate() {
+        let Col::Ran(f, _) = c else { continue };
+        for (what, v) in [
+            ("RunPodSandbox", &f.run_pod),
+            ("create+start", &f.create_start),
+            ("stop+remove", &f.stop_remove),
+        ] {
+            if let (Some(lo), Some(p90), Some(hi)) =
+                (quantile(v, 0.0), quantile(v, 0.9), quantile(v, 1.0))
+            {
+                println!(
+                    "  {:<15} {what:<14} {} / {} / {}  (n={})",
+                    COLUMNS[i],
+                    dur(lo),
+                    dur(p90),
+                    dur(hi),
+                    v.len()
+                );
+            }
+        }
+        for r in [f.restart_small, f.restart_big].into_iter().flatten() {
+            println!(
+                "  {:<15} restart, {:>3} pods  RuntimeReady {}, all READY {}",
+                COLUMNS[i],
+                r.pods,
+                dur(r.runtime_ready.as_secs_f64() * 1e3),
+                dur(r.all_ready.as_secs_f64() * 1e3)
+            );
+        }
+    }
+    let errors: Vec<(usize, &anyhow::Error)> = cols
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            Col::Ran(_, Some(e)) | Col::Failed(e) => Some((i, *e)),
+            _ => None,
+        })
+        .collect();
+    if !errors.is_empty() {
+        println!("\nERRORS:");
+        for (i, e) in errors {
+            println!("  {}: {e:#}", COLUMNS[i]);
+        }
+    }
+}
