@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 pkgs=(containerd runc crun containernetworking-plugins busybox-static criu skopeo
-      protobuf-compiler iproute2 util-linux mount ca-certificates)
+      docker-registry apache2-utils protobuf-compiler libssl-dev pkg-config
+      iproute2 util-linux mount ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
