@@ -56,8 +56,22 @@ impl Cni {
         let bins = self.find_all(list)?;
         let lo_call = self.call("ADD", Some(netns), "lo", args, &cni_args);
         let call = self.call("ADD", Some(netns), &args.ifname, args, &cni_args);
-        self.add_list(&lo, &lo_bins, &lo_call, args).await?;
-        let failure = match self.add_list(list, &bins, &call, args).await {
+        // Loopback and the pod network touch different interfaces: wired side by side.
+        let (lo_res, res) = tokio::join!(
+            self.add_list(&lo, &lo_bins, &lo_call, args),
+            self.add_list(list, &bins, &call, args)
+        );
+        let res = match (lo_res, res) {
+            (Ok(_), r) => r,
+            (Err(e), Ok(result)) => {
+                let del = self.call("DEL", Some(netns), &args.ifname, args, &cni_args);
+                let n = list.plugins.len();
+                let _ = self.del_list(list, n, &del, Some(&result), args).await;
+                Err(e)
+            }
+            (Err(e), Err(_)) => Err(e),
+        };
+        let failure = match res {
             Ok(result) => match PodNetwork::from_result(result.clone(), &args.ifname) {
                 Ok(net) => return Ok(net),
                 Err(e) => {

@@ -168,6 +168,7 @@ impl Runtime {
         }
         let host_network = rec.host_network();
         files::write_all(&rec.files, &rec.config, host_network)?;
+        let mut cni_job = None;
         if !host_network {
             let list = self.cni.load()?.ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -180,9 +181,9 @@ impl Runtime {
             let nsp = ns.path.clone();
             undo.netns = Some(ns);
             let args = net_args(&rec.id, &rec.config, self.pod_cidr());
-            let net = self.cni.add(&list, &nsp, &args).await?;
-            undo.cni = Some((list, args));
-            rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
+            // Registered before the ADD: a half-done ADD is undone too (DEL is idempotent).
+            undo.cni = Some((list.clone(), args.clone()));
+            cni_job = Some((list, nsp, args));
         }
         let sc = rec
             .config
@@ -223,16 +224,39 @@ impl Runtime {
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
         std::fs::write(rec.bundle.join("config.json"), json)
             .map_err(|e| Error::io("write config.json", e))?;
-        let shim = Shim::start(
-            &self.shim_binary,
-            &rec.bundle,
-            &rec.id,
-            &self.config.server.socket,
-        )
-        .await?;
+        // CNI wires the pinned netns while the shim starts the infra process in it: the
+        // two only share the netns path, and a pod's start takes the longer of the two.
+        let network = async {
+            match &cni_job {
+                Some((list, nsp, args)) => self.cni.add(list, nsp, args).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let infra = async {
+            let shim = Shim::start(
+                &self.shim_binary,
+                &rec.bundle,
+                &rec.id,
+                &self.config.server.socket,
+            )
+            .await?;
+            let pid = async {
+                shim.create(&rec.id, &rec.bundle, "", "").await?;
+                shim.start_task(&rec.id).await
+            }
+            .await;
+            Ok::<_, Error>((shim, pid))
+        };
+        let (net, started) = tokio::join!(network, infra);
+        let (shim, pid) = match started {
+            Ok(s) => s,
+            Err(e) => return Err(e),
+        };
         undo.shim = Some((shim.clone(), rec.id.clone()));
-        shim.create(&rec.id, &rec.bundle, "", "").await?;
-        rec.pid = shim.start_task(&rec.id).await?;
+        rec.pid = pid?;
+        if let Some(net) = net? {
+            rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
+        }
         rec.shim_address = shim.address.clone();
         rec.state = PodState::Ready;
         self.store.put(PODS, &rec.id, &rec)?;
@@ -273,40 +297,23 @@ impl Runtime {
         };
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
         async {
-            for c in self.containers_of(id)? {
-                self.stop_container(&c.id, 0).await?;
+            // Containers are killed side by side, not one after another.
+            let stops = self
+                .containers_of(id)?
+                .into_iter()
+                .map(|c| async move { self.stop_container(&c.id, 0).await });
+            for r in futures_util::future::join_all(stops).await {
+                r?;
             }
-            // A RunPodSandbox cut by a crash may have started the shim and the infra
-            // process without recording them: find them through the bundle's address.
-            let shim = if rec.pid != 0 || !rec.shim_address.is_empty() {
-                self.shim_of(&rec).await.ok()
-            } else {
-                self.leftover_shim(&rec.bundle).await
-            };
-            if let Some(shim) = shim {
-                match shim.kill(id, libc::SIGKILL as u32, true).await {
-                    Ok(()) | Err(Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                let _ = shim.wait(id, STOP_WAIT).await;
-                shim.delete(id).await?;
-                self.shims.lock().await.remove(id);
-                shim.shutdown(self.containers_of(id)?.is_empty()).await;
-            }
-            self.shims.lock().await.remove(id);
             // The pin's path is fixed by the pod id, so a cut run's netns is found too.
             let pinned = self.config.paths.state.join("netns").join(id);
             if rec.netns.is_none() && pinned.exists() {
                 rec.netns = Some(pinned);
             }
-            if let Some(ns) = rec.netns.clone() {
-                if let Some(list) = self.cni.load()? {
-                    let args = net_args(id, &rec.config, self.pod_cidr());
-                    let present = ns.exists().then_some(ns.as_path());
-                    self.cni.del(&list, present, &args).await?;
-                }
-                NetNs { path: ns }.remove()?;
-            }
+            // The infra process goes while CNI unwires its netns: independent steps.
+            let (infra, network) = tokio::join!(self.stop_infra(&rec), self.unwire(&rec));
+            infra?;
+            network?;
             let was_ready = rec.state == PodState::Ready;
             rec.state = PodState::NotReady;
             rec.pid = 0;
@@ -320,6 +327,43 @@ impl Runtime {
         }
         .instrument(span)
         .await
+    }
+
+    /// Kills and deletes the infra task. A RunPodSandbox cut by a crash may have started
+    /// the shim and the infra process without recording them: they are found through the
+    /// bundle's address.
+    async fn stop_infra(&self, rec: &PodRecord) -> Result<()> {
+        let id = rec.id.as_str();
+        let shim = if rec.pid != 0 || !rec.shim_address.is_empty() {
+            self.shim_of(rec).await.ok()
+        } else {
+            self.leftover_shim(&rec.bundle).await
+        };
+        if let Some(shim) = shim {
+            match shim.kill(id, libc::SIGKILL as u32, true).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let _ = shim.wait(id, STOP_WAIT).await;
+            shim.delete(id).await?;
+            self.shims.lock().await.remove(id);
+            shim.shutdown(self.containers_of(id)?.is_empty()).await;
+        }
+        self.shims.lock().await.remove(id);
+        Ok(())
+    }
+
+    /// CNI DEL and the netns pin's removal.
+    async fn unwire(&self, rec: &PodRecord) -> Result<()> {
+        if let Some(ns) = rec.netns.clone() {
+            if let Some(list) = self.cni.load()? {
+                let args = net_args(&rec.id, &rec.config, self.pod_cidr());
+                let present = ns.exists().then_some(ns.as_path());
+                self.cni.del(&list, present, &args).await?;
+            }
+            NetNs { path: ns }.remove()?;
+        }
+        Ok(())
     }
 
     /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.

@@ -360,11 +360,13 @@ impl Shim {
         if !wait {
             return;
         }
-        for _ in 0..150 {
+        // The shim removes its socket as it exits; callers wait for that so no shim
+        // outlives the pod's removal. Fine-grained: an idle shim goes in a few ms.
+        for _ in 0..1500 {
             if !path.exists() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
