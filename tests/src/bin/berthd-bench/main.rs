@@ -55,9 +55,10 @@ pub(crate) struct Plan {
     berthd_only: bool,
 }
 
-const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only]\n\
+const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--runtime runc|crun]\n\
   --quick        5 rounds, 10 pods for the 50- and 100-pod figures\n\
-  --berthd-only  leave the reference containerd alone";
+  --berthd-only  leave the reference containerd alone\n\
+  --runtime R    the OCI runtime berthd's shims run (berthd's runtime.binary; default runc)";
 
 fn parse_args() -> Result<Plan> {
     let mut p = Plan {
@@ -67,8 +68,14 @@ fn parse_args() -> Result<Plan> {
         big: 100,
         berthd_only: false,
     };
-    for a in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
         match a.as_str() {
+            "--runtime" => {
+                let r = args.next().unwrap_or_default();
+                ensure!(matches!(r.as_str(), "runc" | "crun"), "--runtime runc|crun\n{USAGE}");
+                std::env::set_var("BERTHD_BENCH_RUNTIME", r);
+            }
             "--quick" => (p.rounds, p.many, p.big) = (5, 10, 10),
             "--berthd-only" => p.berthd_only = true,
             "-h" | "--help" => {
