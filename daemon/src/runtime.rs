@@ -38,6 +38,8 @@ pub struct Runtime {
     pub shims: tokio::sync::Mutex<HashMap<String, Shim>>,
     /// Lifecycle events for GetContainerEvents.
     pub events: crate::events::EventHub,
+    /// Whether recursive read-only mounts work (kernel and OCI runtime), probed once.
+    rro: std::sync::OnceLock<bool>,
     /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
     pod_cidr: RwLock<String>,
 }
@@ -77,6 +79,7 @@ impl Runtime {
             pause_rootfs,
             shims: Default::default(),
             events: Default::default(),
+            rro: Default::default(),
             pod_cidr: RwLock::new(String::new()),
         }))
     }
@@ -110,6 +113,29 @@ impl Runtime {
                 message: format!("no network config found in {}", dir.display()),
             }
         }
+    }
+
+    /// Recursive read-only mounts need `mount_setattr` (Linux 5.12) and an OCI runtime
+    /// whose `features` lists the "rro" mount option (runc 1.1+; crun 1.8 has none).
+    pub fn rro_supported(&self) -> bool {
+        *self.rro.get_or_init(|| {
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let mut v = kernel
+                .trim()
+                .split(['.', '-'])
+                .map(|x| x.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+            if (major, minor) < (5, 12) {
+                return false;
+            }
+            std::process::Command::new(&self.config.runtime.binary)
+                .arg("features")
+                .output()
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|v| v["mountOptions"].as_array().cloned())
+                .is_some_and(|opts| opts.iter().any(|o| o == "rro"))
+        })
     }
 
     pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {

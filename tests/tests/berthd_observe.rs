@@ -383,3 +383,93 @@ fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
     drop(bridge);
     d.finish()
 }
+
+#[test]
+fn status_reports_features_and_container_status_the_process_identity_and_resources() -> Result<()> {
+    let d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let mut rs2 = rs.clone();
+        let r: Result<()> = async {
+            let st = rs2
+                .status(cri::StatusRequest { verbose: false })
+                .await?
+                .into_inner();
+            ensure!(
+                st.features
+                    .as_ref()
+                    .is_some_and(|f| f.supplemental_groups_policy),
+                "features: {:?}",
+                st.features
+            );
+            let handlers: Vec<(&str, bool)> = st
+                .runtime_handlers
+                .iter()
+                .map(|h| {
+                    let rro = h
+                        .features
+                        .as_ref()
+                        .is_some_and(|f| f.recursive_read_only_mounts);
+                    (h.name.as_str(), rro)
+                })
+                .collect();
+            // runc 1.1 lists "rro" in `runc features`; the kernel here is newer than 5.12.
+            ensure!(
+                handlers == [("", true), ("berth", true)],
+                "runtime handlers: {handlers:?}"
+            );
+
+            let pod = Pod::run(&d, &rs, pod_config("who", &logs.join("who"))).await?;
+            let mut c = sh("who", "id -G; sleep 1000");
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    run_as_user: Some(cri::Int64Value { value: 1234 }),
+                    run_as_group: Some(cri::Int64Value { value: 2345 }),
+                    supplemental_groups: vec![3456],
+                    ..Default::default()
+                }),
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    ..Default::default()
+                }),
+            });
+            let id = pod.start(&d, c).await?;
+            let s = pod.container_status(&id).await?;
+            let user = s.user.clone().and_then(|u| u.linux).context("no user in status")?;
+            ensure!(
+                (user.uid, user.gid, user.supplemental_groups.as_slice())
+                    == (1234, 2345, &[2345, 3456][..]),
+                "user {user:?}"
+            );
+            ensure!(
+                s.image_id.starts_with("sha256:") && s.image_id == s.image_ref,
+                "image id {:?}",
+                s.image_id
+            );
+            let mem = |s: &cri::ContainerStatus| {
+                s.resources
+                    .as_ref()
+                    .and_then(|r| r.linux.as_ref())
+                    .map(|l| l.memory_limit_in_bytes)
+            };
+            ensure!(mem(&s) == Some(64 << 20), "resources {:?}", s.resources);
+            rs2.update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: id.clone(),
+                linux: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 96 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+            let s = pod.container_status(&id).await?;
+            ensure!(mem(&s) == Some(96 << 20), "after update: {:?}", s.resources);
+            pod.remove().await
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}

@@ -162,6 +162,12 @@ impl Runtime {
         if image_name.is_empty() {
             return Err(Error::InvalidArgument("container image is required".into()));
         }
+        if cfg.mounts.iter().any(|m| m.recursive_read_only) && !self.rro_supported() {
+            return Err(Error::InvalidArgument(format!(
+                "recursive read-only mounts need kernel 5.12 and an OCI runtime with \"rro\" ({} has none)",
+                self.config.runtime.binary
+            )));
+        }
         if cfg
             .mounts
             .iter()
@@ -208,6 +214,7 @@ impl Runtime {
             dir: self.config.paths.root.join("containers").join(&id),
             log_path,
             stop_signal: image.config.stop_signal.clone(),
+            user: None,
         };
         self.store.create(CONTAINERS, &id, &name_key, &rec)?;
         match self.create_steps(&pod, rec, &image).await {
@@ -287,6 +294,11 @@ impl Runtime {
                 ..Default::default()
             },
         )?;
+        rec.user = spec.process().as_ref().map(|p| super::ProcessUser {
+            uid: p.user().uid(),
+            gid: p.user().gid(),
+            additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        });
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
         std::fs::write(rec.bundle.join("config.json"), json)

@@ -46,4 +46,14 @@ pub struct ContainerRecord {
     /// Absolute log path ("" = no log).
     pub log_path: String,
     pub stop_signal: String,
+    /// The identity the process runs as (from the generated spec), for ContainerStatus.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
 }

@@ -6,7 +6,8 @@ use k8s_cri::v1::LinuxContainerResources;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
-use super::CtrState;
+use super::{ContainerRecord, CtrState};
+use crate::store::CONTAINERS;
 
 /// CRI resources → OCI LinuxResources JSON (what `runc update --resources -` reads).
 pub fn oci_resources(r: &LinuxContainerResources) -> serde_json::Value {
@@ -58,7 +59,17 @@ impl Runtime {
         let pod = self.pod(&rec.pod_id)?;
         let json =
             serde_json::to_vec(&oci_resources(r)).map_err(|e| Error::Internal(e.to_string()))?;
-        self.shim_of(&pod).await?.update(id, json).await
+        self.shim_of(&pod).await?.update(id, json).await?;
+        // ContainerStatus reports the resources in force (kubelet's in-place resize).
+        self.store
+            .update(CONTAINERS, id, |c: &mut ContainerRecord| {
+                c.config
+                    .linux
+                    .get_or_insert_with(Default::default)
+                    .resources = Some(r.clone());
+                true
+            })?;
+        Ok(())
     }
 
     /// kubelet calls this after renaming the log for rotation, and expects the log path

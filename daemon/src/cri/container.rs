@@ -49,6 +49,32 @@ pub fn status(rec: &ContainerRecord) -> ContainerStatus {
         annotations: rec.config.annotations.clone(),
         mounts: rec.config.mounts.clone(),
         log_path: rec.log_path.clone(),
+        image_id: rec.image_id.clone(),
+        user: rec.user.as_ref().map(|u| ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                // As containerd reports them: the primary group among the groups, once each.
+                supplemental_groups: {
+                    let mut g: Vec<i64> = std::iter::once(u.gid)
+                        .chain(u.additional_gids.iter().copied())
+                        .map(i64::from)
+                        .collect();
+                    g.sort_unstable();
+                    g.dedup();
+                    g
+                },
+            }),
+        }),
+        resources: rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|r| ContainerResources {
+                linux: Some(r),
+                ..Default::default()
+            }),
         ..Default::default()
     }
 }

@@ -450,6 +450,7 @@ mod tests {
             dir: "/d".into(),
             log_path: String::new(),
             stop_signal: String::new(),
+            user: None,
         };
         let s = Sample {
             cpu_ns: 5,

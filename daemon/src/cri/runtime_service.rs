@@ -54,8 +54,24 @@ impl RuntimeService for Service {
                 message: net.message,
             },
         ];
+        let features = RuntimeHandlerFeatures {
+            recursive_read_only_mounts: self.rt.rro_supported(),
+            user_namespaces: false,
+        };
+        // The default handler ("") and its name: both run the configured OCI runtime.
+        let runtime_handlers = ["", RUNTIME_NAME]
+            .into_iter()
+            .map(|name| RuntimeHandler {
+                name: name.to_string(),
+                features: Some(features),
+            })
+            .collect();
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
+            runtime_handlers,
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
             ..Default::default()
         }))
     }
