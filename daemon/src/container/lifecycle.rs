@@ -74,7 +74,7 @@ fn propagation_of(path: &std::path::Path) -> String {
 /// otherwise it could never work and the user is told so.
 fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
     use k8s_cri::v1::MountPropagation as P;
-    for m in mounts {
+    for m in mounts.iter().filter(|m| m.image.is_none()) {
         let host = std::path::Path::new(&m.host_path);
         if !host.is_absolute()
             || host
@@ -168,15 +168,6 @@ impl Runtime {
                 self.config.runtime.binary
             )));
         }
-        if cfg
-            .mounts
-            .iter()
-            .any(|m| m.image.as_ref().is_some_and(|i| !i.image.is_empty()))
-        {
-            return Err(Error::Unimplemented(
-                "image volumes (mounts of an image) are not supported yet".into(),
-            ));
-        }
         let log_rel = cfg.log_path.clone();
         let pod_log_dir = pod.config.log_directory.clone();
         let log_path = if log_rel.is_empty() || pod_log_dir.is_empty() {
@@ -221,8 +212,9 @@ impl Runtime {
             Ok(()) => Ok(id),
             Err(e) => {
                 tracing::warn!(container_id = %id, error = %e, "CreateContainer failed; rolling back");
-                let _ =
-                    std::fs::remove_dir_all(self.config.paths.state.join("containers").join(&id));
+                let bundle = self.config.paths.state.join("containers").join(&id);
+                let _ = crate::pod::unmount_under(&bundle);
+                let _ = std::fs::remove_dir_all(bundle);
                 let _ =
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
                 let _ = self.store.remove(CONTAINERS, &id, &name_key);
@@ -245,6 +237,9 @@ impl Runtime {
         }
         prepare_host_paths(&rec.config.mounts)?;
         let lowers = self.images.lower_dirs(image)?;
+        // The spec sees image volumes as read-only binds of the images mounted here.
+        let mut spec_cfg = rec.config.clone();
+        spec_cfg.mounts = self.mount_image_volumes(&rec.bundle, &rec.config.mounts)?;
         let sc = rec
             .config
             .linux
@@ -262,7 +257,7 @@ impl Runtime {
             load_localhost_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
         let ic = &image.config;
         let spec = crate::spec::container_spec(
-            &rec.config,
+            &spec_cfg,
             &pod.config,
             &crate::spec::ImageConfig {
                 entrypoint: ic.entrypoint.clone(),

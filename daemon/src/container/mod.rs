@@ -9,6 +9,7 @@ pub(crate) use lifecycle::load_localhost_profile;
 mod resources;
 pub mod sample;
 pub mod stats;
+mod volumes;
 
 use std::path::PathBuf;
 

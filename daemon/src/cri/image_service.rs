@@ -127,14 +127,18 @@ impl ImageService for Service {
         if reference.is_empty() {
             return Err(Status::invalid_argument("image reference is required"));
         }
-        // A container's rootfs is built from the image's snapshots: keep them while used.
+        // A container's rootfs and its image volumes are built from images' snapshots:
+        // keep them while used.
         if let Ok(img) = self.rt.images.get(&reference) {
-            if let Some(c) = self
-                .rt
-                .containers()?
-                .into_iter()
-                .find(|c| c.image_id == img.id)
-            {
+            let uses = |c: &crate::container::ContainerRecord| {
+                c.image_id == img.id
+                    || c.config.mounts.iter().any(|m| {
+                        m.image.as_ref().is_some_and(|i| {
+                            self.rt.images.get(&i.image).is_ok_and(|v| v.id == img.id)
+                        })
+                    })
+            };
+            if let Some(c) = self.rt.containers()?.into_iter().find(|c| uses(c)) {
                 return Err(Status::failed_precondition(format!(
                     "image {reference} is in use by container {}",
                     c.id

@@ -108,8 +108,8 @@ impl Bind {
             ))
         })?;
         if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            return Err(Error::Unimplemented(format!(
-                "mount {:?}: image volumes are not supported",
+            return Err(Error::Internal(format!(
+                "mount {:?}: an image volume reached spec generation unmounted",
                 m.container_path
             )));
         }

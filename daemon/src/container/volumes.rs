@@ -1,0 +1,78 @@
+//! Image volumes: a CRI mount that names an image (kubelet's `image` volume source). The
+//! image's layers are mounted read-only (overlay) under the container's bundle, where
+//! removal and startup cleanup unmount everything, and bind-mounted read-only into the
+//! container.
+
+use std::path::Path;
+
+use k8s_cri::v1::{Mount as CriMount, MountPropagation};
+use nix::mount::{mount, MsFlags};
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+fn is_image_volume(m: &CriMount) -> bool {
+    m.image.as_ref().is_some_and(|i| !i.image.is_empty())
+}
+
+impl Runtime {
+    /// Mounts the image volumes among `mounts` and returns the mounts the spec is built
+    /// from: each image volume replaced by a read-only bind of its mounted image.
+    pub(super) fn mount_image_volumes(
+        &self,
+        bundle: &Path,
+        mounts: &[CriMount],
+    ) -> Result<Vec<CriMount>> {
+        let mut out = Vec::with_capacity(mounts.len());
+        for (n, m) in mounts.iter().enumerate() {
+            let Some(spec) = m.image.as_ref().filter(|_| is_image_volume(m)) else {
+                out.push(m.clone());
+                continue;
+            };
+            if !m.readonly {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {:?}: image volumes are read-only; readonly must be set",
+                    m.container_path
+                )));
+            }
+            let image = self.images.get(&spec.image)?;
+            let mut lowers: Vec<String> = self
+                .images
+                .lower_dirs(&image)?
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let dir = bundle.join("imagevol");
+            let target = dir.join(n.to_string());
+            // A read-only overlay needs two lower layers: an empty one makes up a
+            // single-layer image.
+            let empty = dir.join("empty");
+            for d in [&target, &empty] {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+            }
+            lowers.push(empty.display().to_string());
+            let data = format!("lowerdir={}", lowers.join(":"));
+            mount(
+                Some("overlay"),
+                &target,
+                Some("overlay"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                Some(data.as_str()),
+            )
+            .map_err(|e| {
+                Error::Internal(format!("mount image volume {:?}: {e}", m.container_path))
+            })?;
+            tracing::info!(image = %image.id, path = %m.container_path, "image volume mounted");
+            out.push(CriMount {
+                container_path: m.container_path.clone(),
+                host_path: target.display().to_string(),
+                readonly: true,
+                propagation: MountPropagation::PropagationPrivate as i32,
+                image: None,
+                ..Default::default()
+            });
+        }
+        Ok(out)
+    }
+}
