@@ -22,6 +22,7 @@ pub fn summary(rec: &ContainerRecord) -> Container {
             ..Default::default()
         }),
         image_ref: rec.image_id.clone(),
+        image_id: rec.image_id.clone(),
         state: state(rec),
         created_at: rec.created_at,
         labels: rec.config.labels.clone(),
