@@ -436,7 +436,11 @@ fn status_reports_features_and_container_status_the_process_identity_and_resourc
             });
             let id = pod.start(&d, c).await?;
             let s = pod.container_status(&id).await?;
-            let user = s.user.clone().and_then(|u| u.linux).context("no user in status")?;
+            let user = s
+                .user
+                .clone()
+                .and_then(|u| u.linux)
+                .context("no user in status")?;
             ensure!(
                 (user.uid, user.gid, user.supplemental_groups.as_slice())
                     == (1234, 2345, &[2345, 3456][..]),

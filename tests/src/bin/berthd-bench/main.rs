@@ -73,7 +73,10 @@ fn parse_args() -> Result<Plan> {
         match a.as_str() {
             "--runtime" => {
                 let r = args.next().unwrap_or_default();
-                ensure!(matches!(r.as_str(), "runc" | "crun"), "--runtime runc|crun\n{USAGE}");
+                ensure!(
+                    matches!(r.as_str(), "runc" | "crun"),
+                    "--runtime runc|crun\n{USAGE}"
+                );
                 std::env::set_var("BERTHD_BENCH_RUNTIME", r);
             }
             "--quick" => (p.rounds, p.many, p.big) = (5, 10, 10),
