@@ -138,6 +138,14 @@ impl Runtime {
         })
     }
 
+    /// The options every task is created with (OCI runtime binary, cgroup driver).
+    pub fn task_options(&self) -> crate::pod::shim::TaskOptions {
+        crate::pod::shim::TaskOptions {
+            binary: self.config.runtime.binary.clone(),
+            systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
+        }
+    }
+
     pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
         if !cidr.is_empty() && !cidr.contains('/') {
             return Err(crate::error::Error::InvalidArgument(format!(

@@ -157,3 +157,51 @@ fn config_default_parses_and_bad_configs_are_refused() -> Result<()> {
     }
     Ok(())
 }
+
+/// `runtime.binary` names the OCI runtime every task runs with: here crun behind a
+/// wrapper that records its arguments, for the pod's infra process and its container.
+#[test]
+fn the_configured_oci_runtime_runs_pods_and_containers() -> Result<()> {
+    use berth_tests::berthd_feat::{import, remove_all_pods, Pod};
+    use berth_tests::cri::{block_on, container_config, pod_config};
+    let dir = tempfile::Builder::new()
+        .prefix("berth-crun-")
+        .tempdir_in("/tmp")?;
+    let calls = dir.path().join("calls");
+    let wrapper = dir.path().join("crun-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nexec crun \"$@\"\n",
+            calls.display()
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let d = Berthd::configure(&format!("[runtime]\nbinary = \"{}\"\n", wrapper.display()))?;
+    import(&d, &berth_tests::image::busybox(d.dir.path())?)?;
+    let d = d.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let r: Result<()> = async {
+            let pod = Pod::run(&d, &rs, pod_config("crun", &logs.join("crun"))).await?;
+            let c = container_config("hello", berth_tests::image::BUSYBOX_IMAGE, &["echo", "hi"]);
+            let e = pod.run_to_exit(&d, c).await?;
+            ensure!(e.status.exit_code == 0 && e.stdout == "hi\n", "{e:?}");
+            let text = std::fs::read_to_string(&calls).context("the wrapper never ran")?;
+            let creates: Vec<&str> = text.lines().filter(|l| l.contains(" create ")).collect();
+            ensure!(
+                creates.iter().any(|l| l.contains(&pod.id))
+                    && creates.iter().any(|l| l.contains(&e.id)),
+                "crun did not create both the infra ({}) and the container ({}):\n{text}",
+                pod.id,
+                e.id
+            );
+            pod.remove().await
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}

@@ -321,7 +321,7 @@ impl Runtime {
         };
         let shim = self.shim_of(pod).await?;
         rec.pid = shim
-            .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &io)
+            .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &self.task_options())
             .await?;
         self.store.put(CONTAINERS, &rec.id, &rec)?;
         self.events

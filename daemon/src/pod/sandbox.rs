@@ -241,7 +241,8 @@ impl Runtime {
             )
             .await?;
             let pid = async {
-                shim.create(&rec.id, &rec.bundle, "", "").await?;
+                shim.create(&rec.id, &rec.bundle, &self.task_options())
+                    .await?;
                 shim.start_task(&rec.id).await
             }
             .await;

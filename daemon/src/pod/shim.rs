@@ -45,6 +45,30 @@ pub fn locate(configured: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::Config(format!("{name} not found next to berthd or on $PATH")))
 }
 
+/// What every task of berthd's runs with: the OCI runtime binary and cgroup driver
+/// (sent as `containerd.runc.v1.Options`, as containerd's CRI does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    pub binary: String,
+    pub systemd_cgroup: bool,
+}
+
+impl TaskOptions {
+    fn to_any(&self) -> berth_proto::protobuf::well_known_types::any::Any {
+        use berth_proto::protobuf::Message;
+        let o = berth_proto::shim::oci::Options {
+            binary_name: self.binary.clone(),
+            systemd_cgroup: self.systemd_cgroup,
+            ..Default::default()
+        };
+        berth_proto::protobuf::well_known_types::any::Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: o.write_to_bytes().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A connected shim.
 #[derive(Clone)]
 pub struct Shim {
@@ -123,9 +147,9 @@ impl Shim {
         })
     }
 
-    /// Creates a task with null IO (the sandbox's infra process) or the given stdio.
-    pub async fn create(&self, id: &str, bundle: &Path, stdout: &str, stderr: &str) -> Result<u32> {
-        self.create_with_rootfs(id, bundle, Vec::new(), stdout, stderr)
+    /// Creates a task with null IO (the sandbox's infra process).
+    pub async fn create(&self, id: &str, bundle: &Path, opts: &TaskOptions) -> Result<u32> {
+        self.create_with_rootfs(id, bundle, Vec::new(), "", opts)
             .await
     }
 
@@ -135,15 +159,16 @@ impl Shim {
         id: &str,
         bundle: &Path,
         rootfs: Vec<api::Mount>,
-        stdout: &str,
-        stderr: &str,
+        io: &str,
+        opts: &TaskOptions,
     ) -> Result<u32> {
         let req = api::CreateTaskRequest {
             id: id.to_string(),
             bundle: bundle.display().to_string(),
             rootfs,
-            stdout: stdout.to_string(),
-            stderr: stderr.to_string(),
+            stdout: io.to_string(),
+            stderr: io.to_string(),
+            options: Some(opts.to_any()).into(),
             ..Default::default()
         };
         Ok(self
