@@ -27,7 +27,6 @@ pub fn summary(rec: &ContainerRecord) -> Container {
         created_at: rec.created_at,
         labels: rec.config.labels.clone(),
         annotations: rec.config.annotations.clone(),
-        ..Default::default()
     }
 }
 
