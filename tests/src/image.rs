@@ -143,3 +143,298 @@ fn build(dir: &Path, name: &'static str, config: serde_json::Value) -> Result<Im
     std::fs::write(&path, t.into_inner()?).with_context(|| format!("write {}", path.display()))?;
     Ok(ImageTar { path, name })
 }
+
+/// `PATH` as the test images set it.
+pub const PATH: &str = PATH_ENV;
+
+/// The GOARCH name of the host (`amd64`, `arm64`): the platform berthd pulls.
+pub fn host_arch() -> &'static str {
+    goarch()
+}
+
+/// The busybox layer every test image starts from (uncompressed tar).
+pub fn busybox_layer() -> Result<Vec<u8>> {
+    layer()
+}
+
+/// Deterministic incompressible bytes (xorshift64*), e.g. for a layer too big to pull at once.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// One layer's tar built entry by entry (root-owned unless said otherwise, mtime 1).
+/// Whiteouts and opaque markers are written as the OCI layer format spells them.
+pub struct LayerTar(tar::Builder<Vec<u8>>);
+
+impl Default for LayerTar {
+    fn default() -> Self {
+        LayerTar(tar::Builder::new(Vec::new()))
+    }
+}
+
+impl LayerTar {
+    pub fn new() -> LayerTar {
+        LayerTar::default()
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> Result<&mut Self> {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        self.0.append_data(
+            &mut h,
+            format!("{}/", path.trim_end_matches('/')),
+            std::io::empty(),
+        )?;
+        Ok(self)
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, body: &[u8]) -> Result<&mut Self> {
+        self.owned_file(path, mode, 0, 0, body)
+    }
+
+    pub fn owned_file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        body: &[u8],
+    ) -> Result<&mut Self> {
+        let mut h = header(tar::EntryType::Regular, mode, body.len() as u64);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        self.0.append_data(&mut h, path, body)?;
+        Ok(self)
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        self.0.append_link(&mut h, path, target)?;
+        Ok(self)
+    }
+
+    /// A hard link to `target`, an earlier entry of this same layer.
+    pub fn hardlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
+        let mut h = header(tar::EntryType::Link, 0o644, 0);
+        self.0.append_link(&mut h, path, target)?;
+        Ok(self)
+    }
+
+    /// Deletes `path` (from the layers below) with a `.wh.<name>` entry.
+    pub fn whiteout(&mut self, path: &str) -> Result<&mut Self> {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), path),
+        };
+        self.file(&format!("{dir}.wh.{name}"), 0o644, b"")
+    }
+
+    /// Hides everything the layers below have in `dir` (`.wh..wh..opq`).
+    pub fn opaque(&mut self, dir: &str) -> Result<&mut Self> {
+        self.file(
+            &format!("{}/.wh..wh..opq", dir.trim_end_matches('/')),
+            0o644,
+            b"",
+        )
+    }
+
+    pub fn finish(self) -> Result<Vec<u8>> {
+        Ok(self.0.into_inner()?)
+    }
+}
+
+/// How [`layout`] stores its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerCompression {
+    Gzip,
+    /// gzip framing with stored blocks: quick to write for big incompressible layers.
+    GzipStored,
+    Uncompressed,
+}
+
+/// One image of a [`layout`]: its platform, the config's `config` object and its layers
+/// (uncompressed tars, bottom first).
+pub struct ImageDef {
+    pub arch: String,
+    pub config: serde_json::Value,
+    pub layers: Vec<Vec<u8>>,
+}
+
+impl ImageDef {
+    /// An image for the host's platform.
+    pub fn new(config: serde_json::Value, layers: Vec<Vec<u8>>) -> ImageDef {
+        ImageDef {
+            arch: goarch().to_string(),
+            config,
+            layers,
+        }
+    }
+}
+
+/// The digests of one image written by [`layout`].
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    pub arch: String,
+    pub manifest: String,
+    /// The config digest: the image id a runtime reports.
+    pub config: String,
+    /// Layer blob digests (as stored, compressed), bottom first.
+    pub layers: Vec<String>,
+    /// Sizes of those blobs.
+    pub layer_sizes: Vec<u64>,
+}
+
+/// An OCI image-layout tar written by [`layout`].
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub path: PathBuf,
+    /// What index.json points at: the manifest, or the image index for several images.
+    pub digest: String,
+    pub images: Vec<BuiltImage>,
+}
+
+impl Layout {
+    /// The image for the host's platform.
+    pub fn host(&self) -> &BuiltImage {
+        self.images
+            .iter()
+            .find(|i| i.arch == goarch())
+            .unwrap_or(&self.images[0])
+    }
+}
+
+/// Writes `images` as an OCI image-layout tar `dir/<stem>.tar` (skopeo's `oci-archive:`),
+/// tagged `tag`: one image is a plain manifest, several become an image index with a
+/// linux/<arch> platform per manifest.
+pub fn layout(
+    dir: &Path,
+    stem: &str,
+    tag: &str,
+    images: &[ImageDef],
+    compression: LayerCompression,
+) -> Result<Layout> {
+    anyhow::ensure!(!images.is_empty(), "a layout needs an image");
+    let path = dir.join(format!("{stem}.tar"));
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    let mut t = tar::Builder::new(std::io::BufWriter::new(file));
+    let mut add = |body: &[u8]| -> Result<String> {
+        let d = sha(body);
+        let mut h = header(tar::EntryType::Regular, 0o644, body.len() as u64);
+        t.append_data(&mut h, format!("blobs/sha256/{}", &d[7..]), body)?;
+        Ok(d)
+    };
+    let (layer_type, level) = match compression {
+        LayerCompression::Gzip => (
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Some(Compression::fast()),
+        ),
+        LayerCompression::GzipStored => (
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Some(Compression::none()),
+        ),
+        LayerCompression::Uncompressed => ("application/vnd.oci.image.layer.v1.tar", None),
+    };
+    let mut built = Vec::new();
+    let mut descs = Vec::new();
+    for img in images {
+        let mut diff_ids = Vec::new();
+        let mut layers = Vec::new();
+        let mut layer_descs = Vec::new();
+        let mut layer_sizes = Vec::new();
+        for raw in &img.layers {
+            diff_ids.push(sha(raw));
+            let blob = match level {
+                Some(l) => {
+                    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 2), l);
+                    std::io::Write::write_all(&mut gz, raw)?;
+                    gz.finish()?
+                }
+                None => raw.clone(),
+            };
+            let d = add(&blob)?;
+            layer_descs.push(json!({"mediaType": layer_type, "digest": d, "size": blob.len()}));
+            layers.push(d);
+            layer_sizes.push(blob.len() as u64);
+        }
+        let cfg = serde_json::to_vec(&json!({
+            "architecture": img.arch, "os": "linux", "config": img.config,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))?;
+        let cfg_digest = add(&cfg)?;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_digest, "size": cfg.len()},
+            "layers": layer_descs,
+        }))?;
+        let m_digest = add(&manifest)?;
+        descs.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m_digest, "size": manifest.len(),
+            "platform": {"os": "linux", "architecture": img.arch},
+        }));
+        built.push(BuiltImage {
+            arch: img.arch.clone(),
+            manifest: m_digest,
+            config: cfg_digest,
+            layers,
+            layer_sizes,
+        });
+    }
+    let top = if images.len() == 1 {
+        let mut d = descs.remove(0);
+        d.as_object_mut().map(|o| o.remove("platform"));
+        d
+    } else {
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": descs,
+        }))?;
+        let d = add(&index)?;
+        json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": index.len()})
+    };
+    let digest = top["digest"].as_str().unwrap_or_default().to_string();
+    let mut top = top;
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [top]}))?;
+    for (name, body) in [
+        ("oci-layout", &br#"{"imageLayoutVersion":"1.0.0"}"#[..]),
+        ("index.json", &index[..]),
+    ] {
+        let mut h = header(tar::EntryType::Regular, 0o644, body.len() as u64);
+        t.append_data(&mut h, name, body)?;
+    }
+    let mut w = t.into_inner()?;
+    std::io::Write::flush(&mut w)?;
+    Ok(Layout {
+        path,
+        digest,
+        images: built,
+    })
+}
+
+/// The busybox image (`Cmd ["sh"]`, gzip layer) as an OCI layout `dir/<stem>.tar`, with
+/// `extra` merged into its config (e.g. `{"User": "1234"}`).
+pub fn busybox_layout(dir: &Path, stem: &str, extra: serde_json::Value) -> Result<Layout> {
+    let mut cfg = json!({"Cmd": ["sh"], "Env": [PATH_ENV]});
+    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    layout(
+        dir,
+        stem,
+        "1",
+        &[ImageDef::new(cfg, vec![layer()?])],
+        LayerCompression::Gzip,
+    )
+}

@@ -17,6 +17,7 @@ pub mod events;
 pub mod image;
 pub mod leaks;
 pub mod procs;
+pub mod registry;
 pub mod shim;
 pub mod task_api;
 

@@ -145,10 +145,15 @@ impl ImageStore {
         let gate = self.gate(&key);
         let res = {
             let _turn = gate.lock().await;
-            self.pull_endpoints(puller, &r, &creds.registry_auth())
-                .await
+            self.pull_endpoints(puller, &r, creds).await
         };
         self.release_gate(&key, gate);
+        if res.is_err() {
+            // What a failed pull fetched (its leases are gone now) is not kept.
+            if let Err(e) = tokio::task::block_in_place(|| self.gc()) {
+                tracing::warn!(error = %e, "sweep after a failed pull");
+            }
+        }
         res
     }
 
@@ -156,11 +161,11 @@ impl ImageStore {
         &self,
         puller: &Puller,
         r: &Reference,
-        auth: &RegistryAuth,
+        creds: &Credentials,
     ) -> Result<ImageRecord> {
         let mut errors = Vec::new();
         for ep in registry::endpoints(&puller.cfg, &r.domain) {
-            match self.pull_from(puller, &ep, r, auth).await {
+            match self.pull_from(puller, &ep, r, creds).await {
                 Ok(rec) => return Ok(rec),
                 Err(e) => {
                     tracing::warn!(image = %r, endpoint = %ep.host, mirror = ep.mirror, error = %e, "pull attempt failed");
@@ -184,11 +189,12 @@ impl ImageStore {
         puller: &Puller,
         ep: &Endpoint,
         r: &Reference,
-        auth: &RegistryAuth,
+        creds: &Credentials,
     ) -> Result<ImageRecord> {
+        let auth = &creds.registry_auth();
         let image = r.to_string();
         let src = Source {
-            client: puller.clients.get(ep, puller.timeout()),
+            client: puller.clients.get(ep, creds, puller.timeout()),
             auth,
             host: &ep.host,
             path: &r.path,
@@ -307,8 +313,20 @@ impl ImageStore {
         let mut h = Sha256::new();
         let mut n: u64 = 0;
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| Error::Registry(format!("{what} from {}: {e}", src.host)))?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                // The client checks the digest itself as the stream ends.
+                Err(e)
+                    if e.get_ref()
+                        .is_some_and(|x| x.is::<oci_client::errors::DigestError>()) =>
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "digest mismatch for {what} from {}: {e}",
+                        src.host
+                    )));
+                }
+                Err(e) => return Err(Error::Registry(format!("{what} from {}: {e}", src.host))),
+            };
             n += chunk.len() as u64;
             if n > d.size {
                 return Err(Error::InvalidArgument(format!(

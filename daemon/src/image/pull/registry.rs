@@ -115,17 +115,36 @@ impl Credentials {
             RegistryAuth::Anonymous
         }
     }
+
+    /// Identifies the credentials without holding them: clients are kept per
+    /// credentials, so a pull never rides on tokens another pull's secret obtained.
+    fn key(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        for part in [&self.username, &self.password, &self.token] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
 }
 
-/// Clients by endpoint, so bearer tokens are reused across pulls.
+/// Clients by endpoint and credentials, so tokens are reused across pulls that present
+/// the same credentials, and only by those.
 #[derive(Default)]
 pub struct Clients {
     by_endpoint: Mutex<HashMap<String, Client>>,
 }
 
 impl Clients {
-    pub fn get(&self, e: &Endpoint, timeout: Duration) -> Client {
-        let key = format!("{}|{}|{}", e.host, e.plain_http, e.skip_verify);
+    pub fn get(&self, e: &Endpoint, creds: &Credentials, timeout: Duration) -> Client {
+        let key = format!(
+            "{}|{}|{}|{}",
+            e.host,
+            e.plain_http,
+            e.skip_verify,
+            creds.key()
+        );
         let mut m = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(key)
             .or_insert_with(|| {
