@@ -25,7 +25,7 @@ fn user_of(rec: &ImageRecord) -> (Option<Int64Value>, String) {
     }
 }
 
-fn image(rec: &ImageRecord) -> Image {
+fn image(rec: &ImageRecord, pinned: bool) -> Image {
     let (uid, username) = user_of(rec);
     Image {
         id: rec.id.clone(),
@@ -38,7 +38,22 @@ fn image(rec: &ImageRecord) -> Image {
             image: rec.id.clone(),
             ..Default::default()
         }),
-        pinned: false,
+        pinned,
+    }
+}
+
+impl Service {
+    /// The configured sandbox image is pinned: kubelet's image GC leaves it alone.
+    fn pinned(&self, rec: &ImageRecord) -> bool {
+        let name = &self.rt.config.runtime.sandbox_image;
+        !name.is_empty()
+            && crate::image::reference::parse(name).is_ok_and(|r| {
+                rec.repo_tags.contains(&r.to_string())
+                    || rec
+                        .repo_digests
+                        .iter()
+                        .any(|d| Some(d) == r.repo_digest().as_ref())
+            })
     }
 }
 
@@ -56,11 +71,17 @@ impl ImageService for Service {
             .filter(|s| !s.is_empty());
         let images = match wanted {
             Some(r) => match self.rt.images.get(&r) {
-                Ok(rec) => vec![image(&rec)],
+                Ok(rec) => vec![image(&rec, self.pinned(&rec))],
                 Err(Error::NotFound(_)) => vec![],
                 Err(e) => return Err(e.into()),
             },
-            None => self.rt.images.list()?.iter().map(image).collect(),
+            None => self
+                .rt
+                .images
+                .list()?
+                .iter()
+                .map(|r| image(r, self.pinned(r)))
+                .collect(),
         };
         Ok(Response::new(ListImagesResponse { images }))
     }
@@ -86,7 +107,7 @@ impl ImageService for Service {
                     );
                 }
                 Ok(Response::new(ImageStatusResponse {
-                    image: Some(image(&rec)),
+                    image: Some(image(&rec, self.pinned(&rec))),
                     info,
                 }))
             }

@@ -197,13 +197,14 @@ impl Runtime {
             sc.seccomp.as_ref(),
             &sc.seccomp_profile_path,
         )?;
+        let (rootfs, args, rootfs_mounts) = self.infra_root(&rec).await?;
         let spec = crate::spec::sandbox_spec(
             &rec.config,
             &crate::spec::SandboxOpts {
                 id: rec.id.clone(),
                 netns_path: rec.netns.clone(),
-                rootfs: self.pause_rootfs.clone(),
-                args: vec!["/pause".into()],
+                rootfs,
+                args,
                 cgroup_parent: self.cgroup_parent(&rec.config),
                 systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
                 // A host-network pod shares the host's UTS namespace: no hostname to set.
@@ -241,8 +242,14 @@ impl Runtime {
             )
             .await?;
             let pid = async {
-                shim.create(&rec.id, &rec.bundle, &self.task_options())
-                    .await?;
+                shim.create_with_rootfs(
+                    &rec.id,
+                    &rec.bundle,
+                    rootfs_mounts,
+                    "",
+                    &self.task_options(),
+                )
+                .await?;
                 shim.start_task(&rec.id).await
             }
             .await;
@@ -263,6 +270,64 @@ impl Runtime {
         self.store.put(PODS, &rec.id, &rec)?;
         self.shims.lock().await.insert(rec.id.clone(), shim);
         Ok(rec)
+    }
+
+    /// The infra process' root, command and rootfs mounts: Berth's own pause program, or
+    /// the configured sandbox image (pulled when absent) as an overlay of its layers that
+    /// the shim mounts at the bundle's rootfs.
+    async fn infra_root(
+        &self,
+        rec: &PodRecord,
+    ) -> Result<(PathBuf, Vec<String>, Vec<berth_proto::api::Mount>)> {
+        let name = &self.config.runtime.sandbox_image;
+        if name.is_empty() {
+            return Ok((self.pause_rootfs.clone(), vec!["/pause".into()], Vec::new()));
+        }
+        let image = match self.images.get(name) {
+            Ok(i) => i,
+            Err(Error::NotFound(_)) => {
+                self.images
+                    .pull(&self.puller, name, &Default::default())
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        let args: Vec<String> = image
+            .config
+            .entrypoint
+            .iter()
+            .chain(&image.config.cmd)
+            .cloned()
+            .collect();
+        if args.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox image {name} has neither entrypoint nor cmd"
+            )));
+        }
+        let lowers: Vec<String> = self
+            .images
+            .lower_dirs(&image)?
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        // A private upper layer lets the OCI runtime create the mount points of the
+        // pod's hosts/resolv.conf files; the root is read-only for the process itself.
+        let (upper, work) = (rec.files.join("upper"), rec.files.join("work"));
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+        }
+        let mount = berth_proto::api::Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lowers.join(":")),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+            ],
+            ..Default::default()
+        };
+        Ok((rec.bundle.join("rootfs"), args, vec![mount]))
     }
 
     /// The cgroup parent for a pod: its own, else the configured default.
@@ -385,6 +450,8 @@ impl Runtime {
             shim.shutdown(true).await;
         }
         self.shims.lock().await.remove(id);
+        // A sandbox image's rootfs the shim did not get to unmount goes first.
+        let _ = super::unmount_under(&rec.bundle);
         for d in [&rec.bundle, &rec.files] {
             if let Err(e) = std::fs::remove_dir_all(d) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -147,13 +147,8 @@ impl Shim {
         })
     }
 
-    /// Creates a task with null IO (the sandbox's infra process).
-    pub async fn create(&self, id: &str, bundle: &Path, opts: &TaskOptions) -> Result<u32> {
-        self.create_with_rootfs(id, bundle, Vec::new(), "", opts)
-            .await
-    }
-
-    /// Creates a task whose rootfs the shim mounts (an app container's overlay).
+    /// Creates a task; the shim mounts `rootfs` (if any) at the bundle's rootfs, and `io`
+    /// ("" = null IO) takes both stdout and stderr.
     pub async fn create_with_rootfs(
         &self,
         id: &str,
