@@ -19,6 +19,8 @@ pub const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 pub const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Layer chain id → JSON snapshot record (its directory, parent chain id, size).
 pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// Lease owner (a container id) → JSON list of the layer chain ids it holds.
+pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 
 pub struct Store {
     db: Database,
@@ -48,6 +50,7 @@ impl Store {
         tx.open_table(NAMES).map_err(err)?;
         tx.open_table(IMAGES).map_err(err)?;
         tx.open_table(SNAPSHOTS).map_err(err)?;
+        tx.open_table(LEASES).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }

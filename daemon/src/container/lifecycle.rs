@@ -180,13 +180,14 @@ impl Runtime {
             }
             format!("{}/{}", pod_log_dir.trim_end_matches('/'), log_rel)
         };
-        let image = self.images.get(&image_name)?;
+        let id = new_id()?;
+        // The image's snapshots are held for this container from here on.
+        let image = self.images.lease_image(&id, &image_name)?;
         let pmd = pod.config.metadata.clone().unwrap_or_default();
         let name_key = format!(
             "{}_{}_{}_{}_{}",
             md.name, pmd.name, pmd.namespace, pmd.uid, md.attempt
         );
-        let id = new_id()?;
         let rec = ContainerRecord {
             id: id.clone(),
             pod_id: pod_id.to_string(),
@@ -207,7 +208,10 @@ impl Runtime {
             stop_signal: image.config.stop_signal.clone(),
             user: None,
         };
-        self.store.create(CONTAINERS, &id, &name_key, &rec)?;
+        if let Err(e) = self.store.create(CONTAINERS, &id, &name_key, &rec) {
+            let _ = self.images.release(&id);
+            return Err(e);
+        }
         match self.create_steps(&pod, rec, &image).await {
             Ok(()) => Ok(id),
             Err(e) => {
@@ -218,6 +222,7 @@ impl Runtime {
                 let _ =
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
                 let _ = self.store.remove(CONTAINERS, &id, &name_key);
+                let _ = self.images.release(&id);
                 Err(e)
             }
         }
@@ -239,7 +244,7 @@ impl Runtime {
         let lowers = self.images.lower_dirs(image)?;
         // The spec sees image volumes as read-only binds of the images mounted here.
         let mut spec_cfg = rec.config.clone();
-        spec_cfg.mounts = self.mount_image_volumes(&rec.bundle, &rec.config.mounts)?;
+        spec_cfg.mounts = self.mount_image_volumes(&rec.id, &rec.bundle, &rec.config.mounts)?;
         let sc = rec
             .config
             .linux
@@ -482,6 +487,10 @@ impl Runtime {
             }
         }
         self.store.remove(CONTAINERS, id, &rec.name_key)?;
+        // Snapshots of images removed while this container used them go now.
+        if let Err(e) = self.images.release(id) {
+            tracing::warn!(container_id = %id, error = %e, "releasing the container's snapshots");
+        }
         self.events.emit(Kind::Deleted, id, &rec.pod_id, now_ns());
         tracing::info!(container_id = %id, "container removed");
         Ok(())

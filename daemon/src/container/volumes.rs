@@ -1,7 +1,7 @@
 //! Image volumes: a CRI mount that names an image (kubelet's `image` volume source). The
 //! image's layers are mounted read-only (overlay) under the container's bundle, where
 //! removal and startup cleanup unmount everything, and bind-mounted read-only into the
-//! container.
+//! container. The container's lease holds the image's snapshots while it exists.
 
 use std::path::Path;
 
@@ -20,6 +20,7 @@ impl Runtime {
     /// from: each image volume replaced by a read-only bind of its mounted image.
     pub(super) fn mount_image_volumes(
         &self,
+        owner: &str,
         bundle: &Path,
         mounts: &[CriMount],
     ) -> Result<Vec<CriMount>> {
@@ -35,7 +36,8 @@ impl Runtime {
                     m.container_path
                 )));
             }
-            let image = self.images.get(&spec.image)?;
+            // Held by the container's lease, like its rootfs' image.
+            let image = self.images.lease_image(owner, &spec.image)?;
             let mut lowers: Vec<String> = self
                 .images
                 .lower_dirs(&image)?

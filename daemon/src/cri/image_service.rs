@@ -148,24 +148,8 @@ impl ImageService for Service {
         if reference.is_empty() {
             return Err(Status::invalid_argument("image reference is required"));
         }
-        // A container's rootfs and its image volumes are built from images' snapshots:
-        // keep them while used.
-        if let Ok(img) = self.rt.images.get(&reference) {
-            let uses = |c: &crate::container::ContainerRecord| {
-                c.image_id == img.id
-                    || c.config.mounts.iter().any(|m| {
-                        m.image.as_ref().is_some_and(|i| {
-                            self.rt.images.get(&i.image).is_ok_and(|v| v.id == img.id)
-                        })
-                    })
-            };
-            if let Some(c) = self.rt.containers()?.into_iter().find(|c| uses(c)) {
-                return Err(Status::failed_precondition(format!(
-                    "image {reference} is in use by container {}",
-                    c.id
-                )));
-            }
-        }
+        // An image a container uses is untagged like any other: the container's lease
+        // keeps the snapshots it runs on until it is removed.
         match self.rt.images.remove(&reference) {
             Ok(()) | Err(Error::NotFound(_)) => Ok(Response::new(RemoveImageResponse {})),
             Err(e) => Err(e.into()),

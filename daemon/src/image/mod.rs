@@ -7,6 +7,7 @@
 
 mod content;
 mod import;
+mod lease;
 mod oci;
 mod pull;
 pub mod reference;
@@ -247,17 +248,17 @@ impl ImageStore {
     /// pull holds a lease on are kept), then snapshot leftovers of interrupted writes.
     /// Ingest files are only cleared at open: a pull may be writing one now. Caller
     /// holds the lock.
-    // TODO(CreateContainer): containers' snapshots must become roots here too, so an
-    // image in use keeps its layers after RemoveImage.
     fn sweep(&self) -> Result<()> {
         let images = self.list()?;
         let blobs: HashSet<&str> = images
             .iter()
             .flat_map(|i| i.blobs.iter().map(String::as_str))
             .collect();
+        let leased = self.leased_chains()?;
         let chains: HashSet<&str> = images
             .iter()
             .flat_map(|i| i.chain_ids.iter().map(String::as_str))
+            .chain(leased.iter().map(String::as_str))
             .collect();
         let leased = self
             .leases

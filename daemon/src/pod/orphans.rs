@@ -191,6 +191,12 @@ impl Runtime {
             }
         }
         self.remove_orphan_netns(&pods).await;
+        for owner in self.images.lease_owners()? {
+            if !ctrs.contains(&owner) {
+                tracing::warn!(owner = %owner, "releasing snapshots no container holds");
+                self.images.release(&owner)?;
+            }
+        }
         Ok(())
     }
 
