@@ -62,6 +62,14 @@ enum Command {
 enum ImageCommand {
     /// Import the images of OCI image-layout archives (run while berthd is stopped).
     Import { files: Vec<PathBuf> },
+    /// Export images (by tag, digest or id) as one OCI image-layout archive (run while
+    /// berthd is stopped).
+    Export {
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        images: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,11 +113,12 @@ fn main() {
         return;
     }
     init_tracing(&cfg.log.level);
-    if let Some(Command::Image {
-        what: ImageCommand::Import { files },
-    }) = cli.command
-    {
-        if let Err(e) = import_images(&cfg, &files) {
+    if let Some(Command::Image { what }) = cli.command {
+        let res = match what {
+            ImageCommand::Import { files } => import_images(&cfg, &files),
+            ImageCommand::Export { output, images } => export_images(&cfg, &images, &output),
+        };
+        if let Err(e) = res {
             fail(&e);
         }
         return;
@@ -149,6 +158,19 @@ fn import_images(cfg: &config::Config, files: &[PathBuf]) -> error::Result<()> {
         for rec in images.import_oci_archive(f)? {
             println!("{} {}", rec.id, rec.repo_tags.join(","));
         }
+    }
+    Ok(())
+}
+
+fn export_images(
+    cfg: &config::Config,
+    refs: &[String],
+    out: &std::path::Path,
+) -> error::Result<()> {
+    let store = std::sync::Arc::new(store::Store::open(&cfg.store_path())?);
+    let images = image::ImageStore::open(&cfg.paths.root, store)?;
+    for rec in images.export_oci_archive(refs, out)? {
+        println!("{} {}", rec.id, rec.repo_tags.join(","));
     }
     Ok(())
 }

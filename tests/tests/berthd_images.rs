@@ -541,3 +541,91 @@ fn an_imported_image_and_a_pull_of_it_share_one_copy_of_its_content() -> Result<
     })??;
     d.finish()
 }
+
+/// The offline path both ways: a pulled image exported with `berthd image export` on one
+/// node and imported with `berthd image import` on another runs there, same id and tag.
+#[test]
+fn an_exported_image_imports_and_runs_on_another_node() -> Result<()> {
+    let reg = Registry::start()?;
+    let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
+    reg.push(&img.path, "export/busybox:1")?;
+    let name = reg.image("export/busybox:1");
+    let mut a = Berthd::configure("")?.start()?;
+    let id = block_on(async {
+        let (_, is) = a.client().await?;
+        pull_ok(&a, &is, &name, None).await
+    })??;
+    a.stop()?;
+    // Outside both nodes' dirs: the first node is gone when the second imports.
+    let archive = reg.dir.path().join("exported.tar");
+    let cli = |d: &Berthd, args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(berth_tests::berthd::binary()?)
+            .arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "berthd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let printed = cli(
+        &a,
+        &[
+            "image",
+            "export",
+            "-o",
+            &archive.display().to_string(),
+            &name,
+        ],
+    )?;
+    ensure!(printed.contains(&id), "export printed {printed:?}");
+    let missing = a.dir.path().join("missing.tar");
+    ensure!(
+        cli(
+            &a,
+            &[
+                "image",
+                "export",
+                "-o",
+                &missing.display().to_string(),
+                "nope:1"
+            ]
+        )
+        .is_err()
+            && !missing.exists(),
+        "exporting an unknown image made a file"
+    );
+    a.restart()?;
+    a.finish()?;
+
+    let b = Berthd::configure("")?;
+    let printed = cli(&b, &["image", "import", &archive.display().to_string()])?;
+    ensure!(
+        printed.contains(&id) && printed.contains(&name),
+        "import printed {printed:?}"
+    );
+    let b = b.start()?;
+    let logs = b.dir.path().join("logs");
+    block_on(async {
+        let (rs, is) = b.client().await?;
+        let r: Result<()> = async {
+            let st = status(&is, &name)
+                .await?
+                .context("imported image not found")?;
+            ensure!(st.id == id && st.repo_tags == [name.as_str()], "{st:?}");
+            let pod = Pod::run(&b, &rs, pod_config("exported", &logs)).await?;
+            let e = pod
+                .run_to_exit(&b, container_config("c", &name, &["echo", "moved"]))
+                .await?;
+            ensure!(e.stdout == "moved\n", "{e:?}");
+            pod.remove().await
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    b.finish()
+}

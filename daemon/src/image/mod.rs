@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod content;
+mod export;
 mod import;
 mod lease;
 mod oci;

@@ -424,3 +424,39 @@ fn zstd_layers_are_unpacked() {
         "new"
     );
 }
+
+#[test]
+fn export_then_import_elsewhere_gives_the_same_image() {
+    let e = env();
+    let img = image(&[top_layer()], true, false);
+    let (bytes, _) = archive(&img, Top::Manifest(BUSYBOX1), None);
+    let recs = e
+        .images
+        .import_oci_archive(&e.write("in.tar", &bytes))
+        .expect("import");
+    let out = e.root.parent().expect("parent").join("out.tar");
+    let exported = e
+        .images
+        .export_oci_archive(&["busybox:1".to_string()], &out)
+        .expect("export");
+    assert_eq!(exported[0].id, recs[0].id);
+    // Unknown names fail and leave no file.
+    let bad = e.root.parent().expect("parent").join("bad.tar");
+    assert!(matches!(
+        e.images.export_oci_archive(&["nope:1".to_string()], &bad),
+        Err(Error::NotFound(_))
+    ));
+    assert!(!bad.exists() && !bad.with_extension("partial").exists());
+
+    let other = env();
+    let again = other.images.import_oci_archive(&out).expect("re-import");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, recs[0].id);
+    assert_eq!(again[0].repo_tags, recs[0].repo_tags);
+    assert_eq!(again[0].chain_ids, recs[0].chain_ids);
+    let lowers = other.images.lower_dirs(&again[0]).expect("lowers");
+    assert_eq!(
+        fs::read_to_string(lowers[0].join("opq/new")).expect("opq/new"),
+        "new"
+    );
+}
