@@ -216,7 +216,7 @@ fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
     let d = d.start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
+        let (rs, is) = d.client().await?;
         let mut rs2 = rs.clone();
         let r: Result<()> = async {
             let mut cfg = pod_config("stats", &logs.join("stats"));
@@ -303,6 +303,18 @@ fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
                 .as_ref()
                 .and_then(|w| w.used_bytes.as_ref()));
             ensure!(wl >= 3_000_000, "writable layer {wl} bytes");
+            // ImageFsInfo counts the writable layers as the containers' filesystem.
+            let fs = is
+                .clone()
+                .image_fs_info(cri::ImageFsInfoRequest {})
+                .await?
+                .into_inner();
+            let cfs = fs
+                .container_filesystems
+                .first()
+                .context("no container filesystem")?;
+            let used = v(cfs.used_bytes.as_ref());
+            ensure!(used >= 3_000_000, "container filesystem {used} bytes");
 
             let list = |filter| {
                 let mut rs = rs.clone();

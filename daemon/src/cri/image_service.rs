@@ -176,9 +176,20 @@ impl ImageService for Service {
             used_bytes: Some(UInt64Value { value: bytes }),
             inodes_used: Some(UInt64Value { value: inodes }),
         };
+        // The containers' writable layers (upper and work dirs), on the same filesystem.
+        let dir = self.rt.config.paths.root.join("containers");
+        let (cbytes, cinodes) = crate::container::stats::dir_usage(&dir);
+        let containers = FilesystemUsage {
+            timestamp: usage.timestamp,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: dir.display().to_string(),
+            }),
+            used_bytes: Some(UInt64Value { value: cbytes }),
+            inodes_used: Some(UInt64Value { value: cinodes }),
+        };
         Ok(Response::new(ImageFsInfoResponse {
             image_filesystems: vec![usage],
-            container_filesystems: vec![],
+            container_filesystems: vec![containers],
         }))
     }
 }
