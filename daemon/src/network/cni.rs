@@ -115,14 +115,13 @@ impl Cni {
         let cni_args = cni_args(args)?;
         let netns = netns.filter(|p| p.exists());
         let call = self.call("DEL", netns, &args.ifname, args, &cni_args);
-        let listed = self
-            .del_list(list, list.plugins.len(), &call, prev_result, args)
-            .await;
         let lo = loopback_list();
         let lo_call = self.call("DEL", netns, "lo", args, &cni_args);
-        let looped = self
-            .del_list(&lo, lo.plugins.len(), &lo_call, None, args)
-            .await;
+        // As for ADD: two interfaces, unwired side by side.
+        let (listed, looped) = tokio::join!(
+            self.del_list(list, list.plugins.len(), &call, prev_result, args),
+            self.del_list(&lo, lo.plugins.len(), &lo_call, None, args)
+        );
         listed.and(looped)
     }
 
