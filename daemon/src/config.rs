@@ -19,6 +19,7 @@ pub struct Config {
     pub runtime: Runtime,
     pub cni: Cni,
     pub registry: Registry,
+    pub streaming: Streaming,
     pub log: Log,
 }
 
@@ -65,6 +66,15 @@ pub struct Registry {
     pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// How long one registry request may stall (seconds).
     pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Streaming {
+    /// Address the exec/attach/port-forward server listens on.
+    pub address: String,
+    /// Its port (0: any free port).
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -141,6 +151,12 @@ impl Config {
                     )));
                 }
             }
+        }
+        if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::Config(format!(
+                "streaming.address {:?} is not an IP address",
+                self.streaming.address
+            )));
         }
         if !matches!(self.runtime.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
             return Err(Error::Config(format!(

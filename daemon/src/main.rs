@@ -13,6 +13,7 @@ mod runtime;
 mod server;
 mod spec;
 mod store;
+mod stream;
 
 use std::path::PathBuf;
 
@@ -143,6 +144,12 @@ fn main() {
             }
         };
         runtime.recover().await?;
+        let streaming = runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stream::serve(streaming).await {
+                tracing::error!(error = %e, "streaming server stopped");
+            }
+        });
         server::serve(runtime, listener).await
     });
     if let Err(e) = res {

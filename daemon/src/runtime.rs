@@ -36,6 +36,8 @@ pub struct Runtime {
     pub pause_rootfs: PathBuf,
     /// Connected pod shims by pod id.
     pub shims: tokio::sync::Mutex<HashMap<String, Shim>>,
+    /// The exec/attach/port-forward server (bound at open, served from `stream::serve`).
+    pub streaming: crate::stream::Streaming,
     /// Lifecycle events for GetContainerEvents.
     pub events: crate::events::EventHub,
     /// Whether recursive read-only mounts work (kernel and OCI runtime), probed once.
@@ -69,6 +71,7 @@ impl Runtime {
         let images = crate::image::ImageStore::open(&config.paths.root, store.clone())?;
         let cni = Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone());
         let puller = crate::image::Puller::new(config.registry.clone());
+        let streaming = crate::stream::Streaming::bind(&config.streaming)?;
         Ok(Arc::new(Runtime {
             config,
             store,
@@ -78,6 +81,7 @@ impl Runtime {
             shim_binary,
             pause_rootfs,
             shims: Default::default(),
+            streaming,
             events: Default::default(),
             rro: Default::default(),
             pod_cidr: RwLock::new(String::new()),

@@ -16,7 +16,7 @@ use super::CtrState;
 const MAX_OUTPUT: usize = 16 << 20;
 
 /// The container's process spec with `cmd` as its args (same env, cwd, user, caps).
-fn exec_spec(bundle: &Path, cmd: &[String]) -> Result<Vec<u8>> {
+pub(crate) fn exec_spec(bundle: &Path, cmd: &[String], tty: bool) -> Result<Vec<u8>> {
     let bytes =
         std::fs::read(bundle.join("config.json")).map_err(|e| Error::io("read config.json", e))?;
     let spec: serde_json::Value =
@@ -26,7 +26,7 @@ fn exec_spec(bundle: &Path, cmd: &[String]) -> Result<Vec<u8>> {
         .cloned()
         .ok_or_else(|| Error::Internal("config.json has no process".into()))?;
     process["args"] = serde_json::json!(cmd);
-    process["terminal"] = serde_json::Value::Bool(false);
+    process["terminal"] = serde_json::Value::Bool(tty);
     serde_json::to_vec(&process).map_err(|e| Error::Internal(format!("exec spec: {e}")))
 }
 
@@ -82,7 +82,7 @@ impl Runtime {
             let err_r = pipe::OpenOptions::new()
                 .open_receiver(&err_path)
                 .map_err(|e| Error::io("open stderr fifo", e))?;
-            let spec = exec_spec(&rec.bundle, &cmd)?;
+            let spec = exec_spec(&rec.bundle, &cmd, false)?;
             shim.exec(
                 id,
                 &exec_id,

@@ -5,10 +5,12 @@
 mod exec;
 mod lifecycle;
 
+pub(crate) use exec::exec_spec;
 pub(crate) use lifecycle::load_localhost_profile;
 mod resources;
 pub mod sample;
 pub mod stats;
+mod streaming;
 mod volumes;
 
 use std::path::PathBuf;

@@ -315,8 +315,17 @@ impl RuntimeService for Service {
         )))
     }
 
-    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(not_yet("exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let r = req.into_inner();
+        let url = self.rt.exec_url(crate::stream::ExecReq {
+            container_id: r.container_id,
+            cmd: r.cmd,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        })?;
+        Ok(Response::new(ExecResponse { url }))
     }
 
     async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
@@ -325,9 +334,13 @@ impl RuntimeService for Service {
 
     async fn port_forward(
         &self,
-        _: Request<PortForwardRequest>,
+        req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(not_yet("port_forward"))
+        let url = self
+            .rt
+            .port_forward_url(&req.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn pod_sandbox_stats(

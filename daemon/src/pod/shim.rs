@@ -69,6 +69,15 @@ impl TaskOptions {
     }
 }
 
+/// An exec process's stdio: FIFO paths ("" = none) and whether it has a terminal.
+#[derive(Debug, Clone, Default)]
+pub struct ExecIo {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
 /// A connected shim.
 #[derive(Clone)]
 pub struct Shim {
@@ -225,14 +234,31 @@ impl Shim {
         stdout: &str,
         stderr: &str,
     ) -> Result<()> {
+        self.exec_io(
+            id,
+            exec_id,
+            spec,
+            &ExecIo {
+                stdout: stdout.to_string(),
+                stderr: stderr.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Registers an exec process with all of its stdio (FIFO paths, "" = none) and tty.
+    pub async fn exec_io(&self, id: &str, exec_id: &str, spec: Vec<u8>, io: &ExecIo) -> Result<()> {
         let mut any = berth_proto::protobuf::well_known_types::any::Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         any.value = spec;
         let req = api::ExecProcessRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
-            stdout: stdout.to_string(),
-            stderr: stderr.to_string(),
+            stdin: io.stdin.clone(),
+            stdout: io.stdout.clone(),
+            stderr: io.stderr.clone(),
+            terminal: io.terminal,
             spec: Some(any).into(),
             ..Default::default()
         };
@@ -241,6 +267,37 @@ impl Shim {
             .await
             .map(drop)
             .map_err(|e| rpc("exec", e))
+    }
+
+    /// Closes a process's stdin (the shim holds the FIFO open until told).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = api::CloseIORequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.client
+            .close_io(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("close stdin", e))
+    }
+
+    /// Resizes an exec process's terminal.
+    pub async fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizePtyRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.client
+            .resize_pty(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("resize", e))
     }
 
     pub async fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {

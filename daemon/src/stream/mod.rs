@@ -1,0 +1,136 @@
+//! The CRI streaming server. Exec, Attach and PortForward answer with a URL on it that
+//! holds a random single-use token (valid for a minute, as kubelet's); the client (kubelet
+//! on behalf of the API server, or crictl) upgrades an HTTP/1.1 connection there to
+//! SPDY/3.1 (`http`), and the session runs over its streams (`exec`, `portforward`).
+
+mod exec;
+mod http;
+mod portforward;
+mod spdy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+pub use exec::ExecReq;
+
+/// How long a URL handed out by Exec/Attach/PortForward stays usable.
+const TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// What a token stands for.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    Exec(ExecReq),
+    PortForward { pod_id: String },
+}
+
+impl Pending {
+    fn kind(&self) -> &'static str {
+        match self {
+            Pending::Exec(_) => "exec",
+            Pending::PortForward { .. } => "portforward",
+        }
+    }
+}
+
+pub struct Streaming {
+    pub addr: SocketAddr,
+    listener: Mutex<Option<std::net::TcpListener>>,
+    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+}
+
+impl Streaming {
+    /// Binds the server's socket (serving starts with [`serve`]).
+    pub fn bind(cfg: &crate::config::Streaming) -> Result<Streaming> {
+        let ip: std::net::IpAddr = cfg
+            .address
+            .parse()
+            .map_err(|_| Error::Config(format!("streaming.address {:?}", cfg.address)))?;
+        let l = std::net::TcpListener::bind((ip, cfg.port))
+            .map_err(|e| Error::io(format!("bind streaming server {ip}:{}", cfg.port), e))?;
+        l.set_nonblocking(true)
+            .map_err(|e| Error::io("streaming socket", e))?;
+        let addr = l
+            .local_addr()
+            .map_err(|e| Error::io("streaming socket", e))?;
+        Ok(Streaming {
+            addr,
+            listener: Mutex::new(Some(l)),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A single-use URL for `p`.
+    pub fn url(&self, p: Pending) -> Result<String> {
+        let token = crate::pod::new_id()?;
+        let kind = p.kind();
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        t.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
+        t.insert(token.clone(), (p, now));
+        Ok(format!("http://{}/{kind}/{token}", self.addr))
+    }
+
+    /// Redeems a token once; an unknown, used, expired or mismatched one is None (404).
+    fn take(&self, kind: &str, token: &str) -> Option<Pending> {
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let (p, at) = t.remove(token)?;
+        (at.elapsed() < TOKEN_TTL && p.kind() == kind).then_some(p)
+    }
+}
+
+/// Accepts streaming connections until berthd stops.
+pub async fn serve(rt: Arc<Runtime>) -> Result<()> {
+    let std_listener = rt
+        .streaming
+        .listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .ok_or_else(|| Error::Internal("streaming server already serving".into()))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| Error::io("streaming listener", e))?;
+    tracing::info!(addr = %rt.streaming.addr, "streaming server");
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "streaming accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(http::connection(rt.clone(), sock, peer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streaming() -> Streaming {
+        Streaming::bind(&crate::config::Streaming {
+            address: "127.0.0.1".into(),
+            port: 0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_kind_bound() {
+        let s = streaming();
+        let url = s.url(Pending::PortForward { pod_id: "p".into() }).unwrap();
+        let token = url.rsplit('/').next().unwrap().to_string();
+        assert!(url.starts_with(&format!("http://{}/portforward/", s.addr)));
+        assert!(s.take("exec", &token).is_none(), "wrong kind");
+        let url = s.url(Pending::PortForward { pod_id: "p".into() }).unwrap();
+        let token = url.rsplit('/').next().unwrap().to_string();
+        assert!(s.take("portforward", &token).is_some());
+        assert!(s.take("portforward", &token).is_none(), "reused");
+    }
+}
