@@ -1,5 +1,5 @@
-//! Exec over a SPDY session (remotecommand v2–v4): the client opens its error, stdin,
-//! stdout, stderr and resize streams; the command runs as an exec process in the pod's
+//! Exec sessions (remotecommand). Over SPDY (v2–v4) the client opens its error, stdin,
+//! stdout, stderr and resize streams; over WebSocket (v4, v5) they are channels (`ws`); the command runs as an exec process in the pod's
 //! shim with FIFOs berthd holds (a terminal when asked); on exit the error stream gets the
 //! status (v4: a Status object, with the exit code on failure) and the session closes.
 //!
@@ -32,20 +32,39 @@ pub struct ExecReq {
     pub stderr: bool,
 }
 
-/// The client's streams, by type.
+/// Bytes towards the client on one stream; dropping it ends (closes) the stream.
+pub type Sink = mpsc::Sender<Vec<u8>>;
+
+/// The client's streams by type, whatever carries them (SPDY streams, WebSocket channels).
 #[derive(Default)]
-struct Streams {
-    error: Option<StreamTx>,
-    stdin: Option<mpsc::Receiver<Vec<u8>>>,
-    stdout: Option<StreamTx>,
-    stderr: Option<StreamTx>,
-    resize: Option<mpsc::Receiver<Vec<u8>>>,
+pub struct Streams {
+    pub error: Option<Sink>,
+    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    pub stdout: Option<Sink>,
+    pub stderr: Option<Sink>,
+    pub resize: Option<mpsc::Receiver<Vec<u8>>>,
+}
+
+/// A sink that writes to a SPDY stream and half-closes it when dropped; the handle ends
+/// once everything sent has been queued on the session.
+fn spdy_sink(tx: StreamTx, done: &mut Vec<tokio::task::JoinHandle<()>>) -> Sink {
+    let (s, mut r) = mpsc::channel::<Vec<u8>>(16);
+    done.push(tokio::spawn(async move {
+        while let Some(b) = r.recv().await {
+            if !tx.send(&b).await {
+                break;
+            }
+        }
+        tx.close().await;
+    }));
+    s
 }
 
 async fn collect(
     req: &ExecReq,
     protocol: &str,
     incoming: &mut mpsc::Receiver<Incoming>,
+    done: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Streams> {
     // v3 and later clients open a resize stream for a terminal.
     let resize = req.tty && matches!(protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
@@ -68,10 +87,10 @@ async fn collect(
             })?;
         got += 1;
         match header(&inc.headers, "streamtype").unwrap_or("") {
-            "error" => s.error = Some(inc.tx),
+            "error" => s.error = Some(spdy_sink(inc.tx, done)),
             "stdin" => s.stdin = Some(inc.rx),
-            "stdout" => s.stdout = Some(inc.tx),
-            "stderr" => s.stderr = Some(inc.tx),
+            "stdout" => s.stdout = Some(spdy_sink(inc.tx, done)),
+            "stderr" => s.stderr = Some(spdy_sink(inc.tx, done)),
             "resize" => s.resize = Some(inc.rx),
             other => {
                 return Err(Error::InvalidArgument(format!(
@@ -83,7 +102,8 @@ async fn collect(
     Ok(s)
 }
 
-/// The status the error stream carries for an exit code (v4: JSON; older: text on error).
+/// The status the error stream carries for an exit code (v4 and later: JSON; older: text
+/// on error only).
 fn status(protocol: &str, code: Option<i32>, err: Option<&str>) -> Option<Vec<u8>> {
     let v = match (code, err) {
         (Some(0), None) => serde_json::json!({"metadata": {}, "status": "Success"}),
@@ -102,7 +122,7 @@ fn status(protocol: &str, code: Option<i32>, err: Option<&str>) -> Option<Vec<u8
             "code": 500,
         }),
     };
-    if protocol == "v4.channel.k8s.io" {
+    if matches!(protocol, "v4.channel.k8s.io" | "v5.channel.k8s.io") {
         return serde_json::to_vec(&v).ok();
     }
     (v["status"] != "Success").then(|| v["message"].as_str().unwrap_or("").as_bytes().to_vec())
@@ -115,48 +135,46 @@ pub async fn serve_spdy(
     mut incoming: mpsc::Receiver<Incoming>,
     session: Session,
 ) {
-    let streams = match collect(&req, protocol, &mut incoming).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(container_id = %req.container_id, error = %e, "exec session");
-            session.close().await;
-            return;
-        }
-    };
-    let error = streams.error.clone();
-    let outcome = run(&rt, &req, streams).await;
+    let mut done = Vec::new();
+    match collect(&req, protocol, &mut incoming, &mut done).await {
+        Ok(streams) => serve(rt, &req, protocol, streams).await,
+        Err(e) => tracing::warn!(container_id = %req.container_id, error = %e, "exec session"),
+    }
+    // Every stream's last bytes are queued before the session says goodbye.
+    for d in done {
+        let _ = d.await;
+    }
+    session.close().await;
+}
+
+/// Runs the exec for a session's streams and reports its outcome on the error stream.
+pub async fn serve(rt: Arc<Runtime>, req: &ExecReq, protocol: &str, mut streams: Streams) {
+    let error = streams.error.take();
+    let outcome = run(&rt, req, streams).await;
     let msg = match &outcome {
         Ok(code) => status(protocol, Some(*code), None),
         Err(e) => status(protocol, None, Some(&e.to_string())),
     };
-    if let Some(err) = error {
-        if let Some(m) = msg {
-            err.send(&m).await;
-        }
-        err.close().await;
+    if let (Some(err), Some(m)) = (error, msg) {
+        let _ = err.send(m).await;
     }
-    session.close().await;
     tracing::info!(container_id = %req.container_id, result = ?outcome.as_ref().map_err(|e| e.to_string()), "exec session ended");
 }
 
 /// Copies a FIFO to a stream; keeps draining (and dropping) once the client is gone.
-async fn pump_out(mut r: pipe::Receiver, tx: Option<StreamTx>) {
+async fn pump_out(mut r: pipe::Receiver, mut tx: Option<Sink>) {
     let mut buf = vec![0u8; 32 << 10];
-    let mut live = tx.is_some();
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if live {
-                    if let Some(t) = &tx {
-                        live = t.send(&buf[..n]).await;
+                if let Some(t) = &tx {
+                    if t.send(buf[..n].to_vec()).await.is_err() {
+                        tx = None;
                     }
                 }
             }
         }
-    }
-    if let Some(t) = tx {
-        t.close().await;
     }
 }
 
@@ -242,9 +260,10 @@ async fn run(rt: &Arc<Runtime>, req: &ExecReq, s: Streams) -> Result<i32> {
             None
         };
         let mut outs = Vec::new();
+        let (stdout, stderr) = (s.stdout, s.stderr);
         for (name, want, tx) in [
-            ("stdout", req.stdout, s.stdout.clone()),
-            ("stderr", req.stderr && !req.tty, s.stderr.clone()),
+            ("stdout", req.stdout, stdout),
+            ("stderr", req.stderr && !req.tty, stderr),
         ] {
             if !want {
                 continue;

@@ -1,7 +1,7 @@
 //! One HTTP/1.1 connection to the streaming server: the token in the path is redeemed
 //! (unknown, used or expired → 404), the stream protocol is negotiated from the client's
-//! `X-Stream-Protocol-Version` list as kubelet does (the client's first that we speak),
-//! and the connection is upgraded to SPDY/3.1 for the session.
+//! `X-Stream-Protocol-Version` (SPDY) or `Sec-WebSocket-Protocol` (WebSocket) list as
+//! kubelet does (the client's first that we speak), and the connection is upgraded.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{exec, portforward, spdy, Pending};
+use super::{exec, portforward, spdy, ws, Pending};
 use crate::runtime::Runtime;
 
 /// Remote command protocols, newest first.
@@ -40,6 +40,78 @@ fn negotiate(req: &Request<Incoming>, ours: &[&'static str]) -> Option<&'static 
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .find_map(|offer| ours.iter().find(|p| **p == offer).copied())
+}
+
+/// The WebSocket upgrade: subprotocol from `Sec-WebSocket-Protocol` (the client's first
+/// that we speak), accept key, then the session on the upgraded connection.
+fn websocket(
+    rt: Arc<Runtime>,
+    mut req: Request<Incoming>,
+    pending: Pending,
+) -> Response<Full<Bytes>> {
+    use hyper::header::HeaderValue;
+    let ours: &[&'static str] = match pending {
+        Pending::Exec(_) => &ws::EXEC,
+        Pending::PortForward { .. } => &ws::PORTFORWARD,
+    };
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect();
+    let Some(protocol) = offered
+        .iter()
+        .find_map(|o| ours.iter().find(|p| **p == o).copied())
+    else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            &format!("unable to upgrade: unable to negotiate protocol: supported {ours:?}"),
+        );
+    };
+    let Some(key) = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned() else {
+        return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let socket = ws::socket(io).await;
+        match pending {
+            Pending::Exec(e) => ws::serve_exec(rt, e, protocol, socket).await,
+            Pending::PortForward { pod_id } => {
+                let (streams, session) = spdy::conn::start(ws::Bytes::new(socket));
+                portforward::serve_spdy(rt, pod_id, streams, session).await
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        hyper::header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
 }
 
 pub async fn connection(rt: Arc<Runtime>, sock: tokio::net::TcpStream, peer: SocketAddr) {
@@ -71,10 +143,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
+    if upgrade == "websocket" {
+        return Ok(websocket(rt, req, pending));
+    }
     if upgrade != "spdy/3.1" {
         return Ok(reply(
             StatusCode::BAD_REQUEST,
-            "streaming needs an HTTP upgrade to SPDY/3.1",
+            "streaming needs an HTTP upgrade to SPDY/3.1 or WebSocket",
         ));
     }
     let ours: &[&'static str] = match pending {

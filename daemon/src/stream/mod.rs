@@ -1,12 +1,14 @@
 //! The CRI streaming server. Exec, Attach and PortForward answer with a URL on it that
 //! holds a random single-use token (valid for a minute, as kubelet's); the client (kubelet
 //! on behalf of the API server, or crictl) upgrades an HTTP/1.1 connection there to
-//! SPDY/3.1 (`http`), and the session runs over its streams (`exec`, `portforward`).
+//! SPDY/3.1 or WebSocket (`http`, `spdy`, `ws`), and the session runs over its streams
+//! (`exec`, `portforward`).
 
 mod exec;
 mod http;
 mod portforward;
 mod spdy;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,208 @@
+//! WebSocket sessions on the streaming server (`tokio-tungstenite` frames the messages;
+//! hyper did the HTTP upgrade).
+//!
+//! - Exec, `v5.channel.k8s.io` / `v4.channel.k8s.io`: each binary message starts with its
+//!   channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize); v5 adds 255 = "the client
+//!   closed channel N" (stdin EOF). As kubelet, an empty message on the lowest writable
+//!   channel tells the client the session is up.
+//! - PortForward, `SPDY/3.1+portforward.k8s.io` (kubectl's tunnel): the messages carry a
+//!   SPDY byte stream, served by the same SPDY session code as a plain upgrade.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink as _, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::exec::{self, ExecReq, Streams};
+use crate::runtime::Runtime;
+
+pub const EXEC: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub const PORTFORWARD: [&str; 1] = ["SPDY/3.1+portforward.k8s.io"];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+pub async fn socket<IO>(io: IO) -> WebSocketStream<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    WebSocketStream::from_raw_socket(io, Role::Server, None).await
+}
+
+pub async fn serve_exec<IO>(
+    rt: Arc<Runtime>,
+    req: ExecReq,
+    protocol: &'static str,
+    ws: WebSocketStream<IO>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, mut rx) = ws.split();
+    let (out, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+    let writer = tokio::spawn(async move {
+        while let Some((ch, data)) = out_rx.recv().await {
+            let mut m = Vec::with_capacity(data.len() + 1);
+            m.push(ch);
+            m.extend_from_slice(&data);
+            if tx.send(Message::Binary(m.into())).await.is_err() {
+                return;
+            }
+        }
+        // A normal closure (1000): clients take a close without a code (1005) as an
+        // error even after the status arrived.
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = tx.send(Message::Close(Some(bye))).await;
+        let _ = tx.close().await;
+    });
+    // One sink per writable channel, each prefixing its channel byte.
+    let mut forwarders = Vec::new();
+    let mut sink = |ch: u8| -> exec::Sink {
+        let (s, mut r) = mpsc::channel::<Vec<u8>>(16);
+        let out = out.clone();
+        forwarders.push(tokio::spawn(async move {
+            while let Some(b) = r.recv().await {
+                if out.send((ch, b)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        s
+    };
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (resize_tx, resize_rx) = mpsc::channel::<Vec<u8>>(8);
+    let streams = Streams {
+        error: Some(sink(ERROR)),
+        stdin: req.stdin.then_some(stdin_rx),
+        stdout: req.stdout.then(|| sink(STDOUT)),
+        stderr: (req.stderr && !req.tty).then(|| sink(STDERR)),
+        resize: req.tty.then_some(resize_rx),
+    };
+    let first = if req.stdout {
+        STDOUT
+    } else if req.stderr {
+        STDERR
+    } else {
+        ERROR
+    };
+    let _ = out.send((first, Vec::new())).await;
+    drop(out);
+    let reader = tokio::spawn(async move {
+        let mut stdin = Some(stdin_tx);
+        while let Some(Ok(m)) = rx.next().await {
+            let data = match m {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&ch, payload)) = data.split_first() else {
+                continue;
+            };
+            match ch {
+                STDIN => {
+                    if let Some(s) = &stdin {
+                        if !payload.is_empty() && s.send(payload.to_vec()).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                RESIZE => {
+                    let _ = resize_tx.send(payload.to_vec()).await;
+                }
+                CLOSE if payload.first() == Some(&STDIN) => stdin = None,
+                _ => {}
+            }
+        }
+    });
+    exec::serve(rt, &req, protocol, streams).await;
+    for f in forwarders {
+        let _ = f.await;
+    }
+    let _ = writer.await;
+    reader.abort();
+}
+
+/// WebSocket binary messages as a byte stream (for the SPDY tunnel).
+pub struct Bytes<IO> {
+    ws: WebSocketStream<IO>,
+    pending: Vec<u8>,
+}
+
+impl<IO> Bytes<IO> {
+    pub fn new(ws: WebSocketStream<IO>) -> Self {
+        Bytes {
+            ws,
+            pending: Vec::new(),
+        }
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Bytes<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.drain(..n);
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(Message::Binary(b)))) => self.pending.extend_from_slice(&b),
+                Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Bytes<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.ws).poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(io_err(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(data.to_vec().into()))
+            .map_err(io_err)?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(io_err)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(io_err)
+    }
+}
