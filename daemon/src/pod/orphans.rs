@@ -190,6 +190,10 @@ impl Runtime {
                 }
             }
         }
+        // Exec sessions end with the berthd that served them: their FIFO dirs go.
+        for d in subdirs(&state.join("exec")) {
+            let _ = std::fs::remove_dir_all(&d);
+        }
         self.remove_orphan_netns(&pods).await;
         for owner in self.images.lease_owners()? {
             if !ctrs.contains(&owner) {
