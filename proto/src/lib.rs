@@ -23,6 +23,8 @@ pub mod runtimeoptions {
     include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
 }
 
+pub mod spdy;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

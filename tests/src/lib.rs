@@ -19,6 +19,7 @@ pub mod leaks;
 pub mod procs;
 pub mod registry;
 pub mod shim;
+pub mod spdy;
 pub mod task_api;
 
 pub use containerd::{Instance, Setup};

@@ -285,10 +285,12 @@ async fn run(rt: &Arc<Runtime>, req: &ExecReq, s: Streams) -> Result<i32> {
             let _ = shim.delete_exec(&req.container_id, &exec_id).await;
             return Err(e);
         }
-        if let (Some(rx), Some(w)) = (s.stdin, stdin_w) {
+        let stdin_pump = if let (Some(rx), Some(w)) = (s.stdin, stdin_w) {
             let (id, eid) = (req.container_id.clone(), exec_id.clone());
-            tokio::spawn(pump_in(rx, w, shim.clone(), id, eid));
-        }
+            Some(tokio::spawn(pump_in(rx, w, shim.clone(), id, eid)))
+        } else {
+            None
+        };
         if let Some(rx) = s.resize {
             let (id, eid) = (req.container_id.clone(), exec_id.clone());
             tokio::spawn(pump_resize(rx, shim.clone(), id, eid));
@@ -299,7 +301,13 @@ async fn run(rt: &Arc<Runtime>, req: &ExecReq, s: Streams) -> Result<i32> {
                 &exec_id,
                 Duration::from_secs(10 * 365 * 24 * 3600),
             )
-            .await?;
+            .await;
+        // Stdin nobody will read any more: stop copying it (the pump may be blocked on a
+        // full FIFO) and let the client's unread data go with its receiver.
+        if let Some(p) = stdin_pump {
+            p.abort();
+        }
+        let code = code?;
         // The shim closes the output FIFOs once the process's output ends; what is
         // still in flight reaches the client before the status does.
         let drained = async {

@@ -74,9 +74,14 @@ async fn forward(netns: Option<PathBuf>, port: u16, data: Incoming, error: Optio
     };
     let down = async move {
         let mut buf = vec![0u8; 32 << 10];
+        let mut failed = None;
         loop {
             match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
                 Ok(n) => {
                     if !tx.send(&buf[..n]).await {
                         break;
@@ -85,9 +90,16 @@ async fn forward(netns: Option<PathBuf>, port: u16, data: Incoming, error: Optio
             }
         }
         tx.close().await;
+        failed
     };
-    tokio::join!(up, down);
+    let (_, failed) = tokio::join!(up, down);
     if let Some(err) = error {
+        // A reset by the pod's server is not a clean end: the client is told, as kubelet
+        // tells it, instead of seeing a truncated reply as complete.
+        if let Some(e) = failed {
+            let msg = format!("error forwarding port {port} to pod: {e}");
+            err.send(msg.as_bytes()).await;
+        }
         err.close().await;
     }
 }
