@@ -20,6 +20,7 @@ pub mod procs;
 pub mod registry;
 pub mod shim;
 pub mod spdy;
+pub mod streaming;
 pub mod task_api;
 
 pub use containerd::{Instance, Setup};

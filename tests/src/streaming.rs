@@ -1,0 +1,129 @@
+//! Helpers the berthd streaming suites (`berthd_exec`, `berthd_portforward`) share: a berthd
+//! with busybox imported, a pod's PortForward URL, sha256 for reports, and berthd's open fds
+//! for judging leaks.
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+use crate::berthd::Berthd;
+use crate::berthd_feat::import;
+use crate::cri::RuntimeServiceClient;
+use crate::image;
+use k8s_cri::v1 as cri;
+
+/// The CRI runtime service client the suites use.
+pub type Rs = RuntimeServiceClient<Channel>;
+
+/// A configured (not yet started) berthd with busybox imported.
+pub fn berthd() -> Result<Berthd> {
+    let d = Berthd::configure("")?;
+    import(&d, &image::busybox(d.dir.path())?)?;
+    Ok(d)
+}
+
+/// PortForward's URL for the pod `pod_id`.
+pub async fn port_forward_url(rs: &Rs, pod_id: &str) -> Result<String> {
+    let url = rs
+        .clone()
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.into(),
+            port: vec![],
+        })
+        .await
+        .context("PortForward")?
+        .into_inner()
+        .url;
+    ensure!(
+        url.starts_with("http://127.0.0.1:") && url.contains("/portforward/"),
+        "PortForward URL {url:?}"
+    );
+    Ok(url)
+}
+
+/// Lower-case hex sha256 of `b`.
+pub fn sha(b: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(b))
+}
+
+/// The targets of `pid`'s open fds, sorted.
+pub fn open_fds(pid: i32) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let e = e?;
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        v.push(target);
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// berthd's open fds once their count has held still for half a second (the sockets and
+/// FIFOs of sessions that just ended are closed by then).
+pub async fn settled_fds(d: &Berthd) -> Result<Vec<String>> {
+    let mut last = open_fds(d.pid())?;
+    let mut still = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = open_fds(d.pid())?;
+        still = if now.len() == last.len() {
+            still + 1
+        } else {
+            0
+        };
+        last = now;
+        if still >= 5 {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+/// Polls `cond` every 100 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// berthd's open fds (waiting up to `within` for them to settle at most `slack` above
+/// `before`): Err naming what was added.
+pub async fn ensure_fds_settle(
+    d: &Berthd,
+    before: &[String],
+    slack: usize,
+    within: Duration,
+) -> Result<()> {
+    let pid = d.pid();
+    let ok = eventually(within, || {
+        open_fds(pid)
+            .map(|f| f.len() <= before.len() + slack)
+            .unwrap_or(false)
+    })
+    .await;
+    if !ok {
+        let now = open_fds(pid)?;
+        let mut added = now.clone();
+        for b in before {
+            if let Some(i) = added.iter().position(|a| a == b) {
+                added.remove(i);
+            }
+        }
+        bail!(
+            "berthd holds {} fds, {} before; added: {added:?}",
+            now.len(),
+            before.len()
+        );
+    }
+    Ok(())
+}
