@@ -257,7 +257,56 @@ pub enum LayerCompression {
     Gzip,
     /// gzip framing with stored blocks: quick to write for big incompressible layers.
     GzipStored,
+    /// gzip with stored deflate blocks (what zlib and Go's gzip write for incompressible
+    /// data) framed here, not by flate2: the bytes, hence the digests, are the same whatever
+    /// compression backend flate2 is built with.
+    GzipPortable,
     Uncompressed,
+}
+
+/// The CRC-32 (IEEE) of `data`, as gzip's trailer carries it.
+fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    });
+    !data.iter().fold(!0u32, |c, &b| {
+        t[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+/// `raw` as a gzip member of stored deflate blocks (see [`LayerCompression::GzipPortable`]).
+fn gzip_stored(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 0xffff * 5 + 32);
+    // Magic, deflate, no flags, mtime 0, no extra flags, OS unknown.
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut chunks = raw.chunks(0xffff).peekable();
+    if raw.is_empty() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(c) = chunks.next() {
+        // BFINAL on the last block, BTYPE 00 (stored), then LEN and its complement.
+        out.push(u8::from(chunks.peek().is_none()));
+        let n = c.len() as u16;
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&(!n).to_le_bytes());
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(&crc32(raw).to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out
 }
 
 /// One image of a [`layout`]: its platform, the config's `config` object and its layers
@@ -341,6 +390,7 @@ pub fn layout(
             "application/vnd.oci.image.layer.v1.tar+gzip",
             Some(Compression::none()),
         ),
+        LayerCompression::GzipPortable => ("application/vnd.oci.image.layer.v1.tar+gzip", None),
         LayerCompression::Uncompressed => ("application/vnd.oci.image.layer.v1.tar", None),
     };
     let mut built = Vec::new();
@@ -358,6 +408,7 @@ pub fn layout(
                     std::io::Write::write_all(&mut gz, raw)?;
                     gz.finish()?
                 }
+                None if compression == LayerCompression::GzipPortable => gzip_stored(raw),
                 None => raw.clone(),
             };
             let d = add(&blob)?;

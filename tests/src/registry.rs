@@ -241,28 +241,15 @@ impl Registry {
 
     /// `skopeo copy` with extra flags (e.g. `--dest-compress-format zstd`).
     pub fn push_with(&self, archive: &Path, repo_tag: &str, flags: &[&str]) -> Result<String> {
-        let digest_file = self.dir.path().join("pushed.digest");
-        let _ = std::fs::remove_file(&digest_file);
-        let mut c = Command::new("skopeo");
-        c.args([
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-        ])
-        .args(flags)
-        .arg("--digestfile")
-        .arg(&digest_file);
-        match &self.creds {
-            Some((u, p)) => c.arg("--dest-creds").arg(format!("{u}:{p}")),
-            None => c.arg("--dest-no-creds"),
-        };
-        c.arg(format!("oci-archive:{}", archive.display()))
-            .arg(format!("docker://{}", self.image(repo_tag)))
+        skopeo_push(
+            &self.host(),
+            self.creds.as_ref(),
+            archive,
+            repo_tag,
+            flags,
             // Keep skopeo's temp files (a big layer is buffered) next to the test's.
-            .env("TMPDIR", self.dir.path());
-        cmd::run(&mut c, Duration::from_secs(180))?.ok(&format!("skopeo push {repo_tag}"))?;
-        Ok(std::fs::read_to_string(&digest_file)?.trim().to_string())
+            self.dir.path(),
+        )
     }
 
     /// A manifest as the registry serves it (any OCI or Docker type), parsed.
@@ -282,6 +269,40 @@ impl Registry {
         }
         Ok(serde_json::from_slice(&body)?)
     }
+}
+
+/// `skopeo copy --quiet` (plain HTTP, no TLS verification) of the OCI archive `archive` to
+/// `<host>/<repo_tag>`, with `creds` or none and extra `flags`; skopeo's temp files and
+/// the digest file go into `tmp`. Returns the pushed manifest (or index) digest.
+pub fn skopeo_push(
+    host: &str,
+    creds: Option<&(String, String)>,
+    archive: &Path,
+    repo_tag: &str,
+    flags: &[&str],
+    tmp: &Path,
+) -> Result<String> {
+    let digest_file = tmp.join("pushed.digest");
+    let _ = std::fs::remove_file(&digest_file);
+    let mut c = Command::new("skopeo");
+    c.args([
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+    ])
+    .args(flags)
+    .arg("--digestfile")
+    .arg(&digest_file);
+    match creds {
+        Some((u, p)) => c.arg("--dest-creds").arg(format!("{u}:{p}")),
+        None => c.arg("--dest-no-creds"),
+    };
+    c.arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{host}/{repo_tag}"))
+        .env("TMPDIR", tmp);
+    cmd::run(&mut c, Duration::from_secs(180))?.ok(&format!("skopeo push {repo_tag}"))?;
+    Ok(std::fs::read_to_string(&digest_file)?.trim().to_string())
 }
 
 impl Drop for Registry {

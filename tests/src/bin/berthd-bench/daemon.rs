@@ -99,7 +99,7 @@ pub(crate) fn start_berthd() -> Result<(Berthd, Bridge)> {
         "bridge {BRIDGE} already exists (another berthd-bench running, or a leftover: \
          `ip link del {BRIDGE}`)"
     );
-    let oci = std::env::var("BERTHD_BENCH_RUNTIME").unwrap_or_else(|_| "runc".into());
+    let oci = oci_runtime();
     let d = Berthd::configure(&format!("[runtime]\nbinary = \"{oci}\"\n"))?;
     // Owned from here: deleted on every path, once berthd's pods are gone.
     let bridge = Bridge {

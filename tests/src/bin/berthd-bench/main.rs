@@ -5,11 +5,15 @@
 //! StopPodSandbox+RemovePodSandbox medians (one pod-network pod with one busybox
 //! `sleep 3600` per round), daemon VmRSS idle and with 50 pods running, and restart to
 //! ready (kill -9, start again, time from exec until Status says RuntimeReady and
-//! ListPodSandbox lists every pod READY) with 5 and with 100 pods.
+//! ListPodSandbox lists every pod READY) with 5 and with 100 pods. Then the pull phase
+//! (`pull.rs`): PullImage of a ~1 MB busybox image (median of 20) and of a 200 MiB image in
+//! 20 layers (median of 3, with the daemon's peak VmRSS during the pull), both built here
+//! and pushed once to the reference env's registry at 127.0.0.1:5000.
 //!
 //! ```text
 //! cargo build --release -p berthd && cargo shim-release
 //! cargo run --release -p berth-tests --bin berthd-bench -- [--quick] [--berthd-only]
+//!     [--pull-only | --no-pull] [--runtime runc|crun]
 //! ```
 //!
 //! berthd: `target/release/berthd` (or `$BERTHD`) with the shim beside it, on a private
@@ -19,10 +23,12 @@
 //! at `/run/anchor-containerd/containerd.sock`; when that socket does not answer, the bench
 //! runs `cri-reference-env.sh up` itself and leaves it up. Its restarts reuse the killed
 //! daemon's /proc cmdline, environment and cwd and update the script's pid file.
-//! Every pod the bench creates is removed at the end, also after an error.
+//! Every pod and image the bench creates is removed at the end, also after an error (the
+//! images pushed to the registry stay there, under `berth-bench/`).
 
 mod daemon;
 mod phases;
+mod pull;
 mod ready;
 mod reference;
 mod report;
@@ -43,8 +49,19 @@ use std::time::{Duration, Instant};
 
 pub(crate) type Rt = berth_tests::cri::RuntimeServiceClient<tonic::transport::Channel>;
 
-/// Report columns; a side's `col` indexes this.
-pub(crate) const COLUMNS: [&str; 2] = ["berthd", "containerd 1.6"];
+/// The OCI runtime berthd's shims run (`--runtime`).
+pub(crate) fn oci_runtime() -> String {
+    std::env::var("BERTHD_BENCH_RUNTIME").unwrap_or_else(|_| "runc".into())
+}
+
+/// Report column `i`'s name (0 berthd, 1 containerd); a side's `col` indexes it.
+pub(crate) fn column(i: usize) -> &'static str {
+    match (i, oci_runtime().as_str()) {
+        (0, "crun") => "berthd (crun)",
+        (0, _) => "berthd",
+        _ => "containerd 1.6",
+    }
+}
 
 /// How many of everything.
 pub(crate) struct Plan {
@@ -52,12 +69,21 @@ pub(crate) struct Plan {
     pub(crate) small: usize,
     pub(crate) many: usize,
     pub(crate) big: usize,
+    /// PullImage of the small image, and of the big one.
+    pub(crate) pulls: usize,
+    pub(crate) big_pulls: usize,
+    /// Run the pod phases, the pull phase.
+    pub(crate) pods: bool,
+    pub(crate) pull: bool,
     berthd_only: bool,
 }
 
-const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--runtime runc|crun]\n\
-  --quick        5 rounds, 10 pods for the 50- and 100-pod figures\n\
+const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only | --no-pull] \
+  [--runtime runc|crun]\n\
+  --quick        5 rounds, 10 pods for the 50- and 100-pod figures, 5 + 1 pulls\n\
   --berthd-only  leave the reference containerd alone\n\
+  --pull-only    only the pull phase (busybox and the 200 MiB image)\n\
+  --no-pull      no pull phase\n\
   --runtime R    the OCI runtime berthd's shims run (berthd's runtime.binary; default runc)";
 
 fn parse_args() -> Result<Plan> {
@@ -66,6 +92,10 @@ fn parse_args() -> Result<Plan> {
         small: 5,
         many: 50,
         big: 100,
+        pulls: 20,
+        big_pulls: 3,
+        pods: true,
+        pull: true,
         berthd_only: false,
     };
     let mut args = std::env::args().skip(1);
@@ -79,7 +109,9 @@ fn parse_args() -> Result<Plan> {
                 );
                 std::env::set_var("BERTHD_BENCH_RUNTIME", r);
             }
-            "--quick" => (p.rounds, p.many, p.big) = (5, 10, 10),
+            "--quick" => (p.rounds, p.many, p.big, p.pulls, p.big_pulls) = (5, 10, 10, 5, 1),
+            "--pull-only" => p.pods = false,
+            "--no-pull" => p.pull = false,
             "--berthd-only" => p.berthd_only = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -88,6 +120,10 @@ fn parse_args() -> Result<Plan> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
+    ensure!(
+        p.pods || p.pull,
+        "--pull-only and --no-pull leave nothing to run"
+    );
     Ok(p)
 }
 
@@ -133,10 +169,25 @@ fn main() -> Result<()> {
     println!("shim:       {}", shim.display());
     println!("containerd: {}", first_line("containerd", &["--version"]));
     println!("runc:       {}", first_line("runc", &["--version"]));
-    println!(
-        "plan:       {} rounds; RSS idle and with {} pods; restarts with {} and {} pods",
-        plan.rounds, plan.many, plan.small, plan.big
-    );
+    if oci_runtime() != "runc" {
+        println!("berthd OCI: {}", first_line(&oci_runtime(), &["--version"]));
+    }
+    if plan.pods {
+        println!(
+            "plan:       {} rounds; RSS idle and with {} pods; restarts with {} and {} pods",
+            plan.rounds, plan.many, plan.small, plan.big
+        );
+    }
+    if plan.pull {
+        println!(
+            "pulls:      {} x {}, {} x {} ({} layers), from 127.0.0.1:5000",
+            plan.pulls,
+            pull::small_ref(),
+            plan.big_pulls,
+            pull::big_ref(),
+            pull::BIG_LAYERS
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -199,9 +250,12 @@ fn main() -> Result<()> {
         s.run.clone_from(&run);
     }
 
-    rt.block_on(phases::measure(&mut sides, &plan));
+    if plan.pods {
+        rt.block_on(phases::measure(&mut sides, &plan));
+    }
 
-    // Teardown on every path: this run's pods on both runtimes, then berthd (leak-checked).
+    // Teardown on every path: this run's pods on both runtimes (before the pull phase, which
+    // measures the daemons without pods), the pulled images, then berthd (leak-checked).
     for s in &mut sides {
         let r = phase(&format!("teardown ({})", s.name()), || {
             rt.block_on(s.teardown())
@@ -210,6 +264,14 @@ fn main() -> Result<()> {
             eprintln!("[bench] {}: removed {n} pod(s)", s.name());
         }
         s.note("teardown", r);
+    }
+    if plan.pull {
+        rt.block_on(pull::measure(&mut sides, &plan, tmp.path()));
+        phase("remove the pulled images", || {
+            rt.block_on(pull::cleanup(&mut sides))
+        });
+    }
+    for s in &mut sides {
         if let Daemon::Berthd(d) = std::mem::replace(&mut s.daemon, Daemon::Gone) {
             let r = d.finish();
             s.note("berthd finish (leak check)", r);

@@ -7,7 +7,7 @@ use super::*;
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// Live sides in the order of round `r` (alternating who goes first).
-fn order(r: usize, n: usize) -> Vec<usize> {
+pub(crate) fn order(r: usize, n: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     if r % 2 == 1 {
         v.reverse();

@@ -33,26 +33,31 @@ async fn answers() -> bool {
     }
 }
 
-/// Connects, running `cri-reference-env.sh up` first when the socket does not answer
-/// (what that starts stays up; `cri-reference-env.sh down` stops it). Pulls the image.
+/// `cri-reference-env.sh up` (what that starts stays up; `cri-reference-env.sh down` stops
+/// it): containerd and the registry at 127.0.0.1:5000.
+pub(crate) fn env_up() -> Result<()> {
+    let script = env_script();
+    eprintln!("[bench] bash {} up", script.display());
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .arg("up")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("run {}", script.display()))?;
+    // Package installs and the image build make a first `up` slow; bound it anyway.
+    match cmd::wait_bounded(&mut child, UP_TIMEOUT)? {
+        Some(st) => ensure!(st.success(), "{} up: {st}", script.display()),
+        None => bail!("{} up: no result within {UP_TIMEOUT:?}", script.display()),
+    }
+    Ok(())
+}
+
+/// Connects, running `cri-reference-env.sh up` first when the socket does not answer.
+/// Pulls the image.
 pub(crate) async fn open() -> Result<(Rt, RefContainerd)> {
     if !answers().await {
-        let script = env_script();
-        eprintln!(
-            "[bench] {SOCKET} does not answer: bash {} up",
-            script.display()
-        );
-        let mut child = Command::new("bash")
-            .arg(&script)
-            .arg("up")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("run {}", script.display()))?;
-        // Package installs and the image build make a first `up` slow; bound it anyway.
-        match cmd::wait_bounded(&mut child, UP_TIMEOUT)? {
-            Some(st) => ensure!(st.success(), "{} up: {st}", script.display()),
-            None => bail!("{} up: no result within {UP_TIMEOUT:?}", script.display()),
-        }
+        eprintln!("[bench] {SOCKET} does not answer");
+        env_up()?;
     }
     let (rs, mut is) = connect(SOCKET).await?;
     is.pull_image(cri::PullImageRequest {

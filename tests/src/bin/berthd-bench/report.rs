@@ -58,50 +58,137 @@ impl Col<'_> {
 /// How one row's cell is drawn from a column's figures.
 type CellFn<'a> = &'a dyn Fn(&Figures) -> Option<String>;
 
+fn mib(kb: u64) -> String {
+    format!("{:.1}", kb as f64 / 1024.0)
+}
+
+fn mb(bytes: u64) -> String {
+    if bytes >= 10 << 20 {
+        format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.2} MB", bytes as f64 / 1e6)
+    }
+}
+
+/// The big pull with the largest RSS growth: "+G MiB (B → P MiB)".
+fn growth_cell(f: &Figures) -> Option<String> {
+    let b = f.pull_big.iter().max_by_key(|b| b.growth())?;
+    Some(format!(
+        "+{} MiB ({} → {} MiB)",
+        mib(b.growth()),
+        mib(b.before.rss),
+        mib(b.peak.rss)
+    ))
+}
+
+/// The highest peak of the big pulls over the daemon's idle RSS at the bench's start.
+fn peak_over_idle_cell(f: &Figures) -> Option<String> {
+    let peak = f.pull_big.iter().map(|b| b.peak.rss).max()?;
+    let idle = f.rss_idle?;
+    Some(format!(
+        "+{} MiB ({} → {} MiB)",
+        mib(peak.saturating_sub(idle)),
+        mib(idle),
+        mib(peak)
+    ))
+}
+
 pub(crate) fn print_table(cols: &[Col; 2], plan: &Plan) {
     let n = plan.rounds;
-    let rows: [(String, CellFn, &str); 7] = [
-        (
-            format!("RunPodSandbox, median of {n}"),
-            &|f| median(&f.run_pod).map(dur),
-            "≤ 25 ms (containerd here: 63 ms)",
-        ),
-        (
-            format!("CreateContainer + StartContainer, median of {n}"),
-            &|f| median(&f.create_start).map(dur),
-            "≤ 18 ms (47 ms)",
-        ),
-        (
-            format!("StopPodSandbox + RemovePodSandbox, median of {n}"),
-            &|f| median(&f.stop_remove).map(dur),
-            "≤ 25 ms (66 ms)",
-        ),
-        (
-            "daemon RSS, idle".into(),
-            &|f| f.rss_idle.map(rss),
-            "≤ 12 MB (54 MB)",
-        ),
-        (
-            format!("daemon RSS, {} pods running", plan.many),
-            &|f| f.rss_many.map(rss),
-            "≤ 20 MB (88 MB)",
-        ),
-        (
-            format!("restart to ready, {} pods", plan.small),
-            &|f| {
-                f.restart_small
-                    .map(|r| dur(r.all_ready.as_secs_f64() * 1e3))
-            },
-            "≤ 50 ms (0.49 s)",
-        ),
-        (
-            format!("restart to ready, {} pods", plan.big),
-            &|f| f.restart_big.map(|r| dur(r.all_ready.as_secs_f64() * 1e3)),
-            "",
-        ),
-    ];
+    let mut rows: Vec<(String, CellFn, &str)> = Vec::new();
+    if plan.pods {
+        rows.extend::<[(String, CellFn, &str); 7]>([
+            (
+                format!("RunPodSandbox, median of {n}"),
+                &|f| median(&f.run_pod).map(dur),
+                "≤ 25 ms (containerd here: 63 ms)",
+            ),
+            (
+                format!("CreateContainer + StartContainer, median of {n}"),
+                &|f| median(&f.create_start).map(dur),
+                "≤ 18 ms (47 ms)",
+            ),
+            (
+                format!("StopPodSandbox + RemovePodSandbox, median of {n}"),
+                &|f| median(&f.stop_remove).map(dur),
+                "≤ 25 ms (66 ms)",
+            ),
+            (
+                "daemon RSS, idle".into(),
+                &|f| f.rss_idle.map(rss),
+                "≤ 12 MB (54 MB)",
+            ),
+            (
+                format!("daemon RSS, {} pods running", plan.many),
+                &|f| f.rss_many.map(rss),
+                "≤ 20 MB (88 MB)",
+            ),
+            (
+                format!("restart to ready, {} pods", plan.small),
+                &|f| {
+                    f.restart_small
+                        .map(|r| dur(r.all_ready.as_secs_f64() * 1e3))
+                },
+                "≤ 50 ms (0.49 s)",
+            ),
+            (
+                format!("restart to ready, {} pods", plan.big),
+                &|f| f.restart_big.map(|r| dur(r.all_ready.as_secs_f64() * 1e3)),
+                "",
+            ),
+        ]);
+    }
+    if plan.pull {
+        let (small, big) = pull::SIZES.get().copied().unwrap_or_default();
+        rows.extend::<[(String, CellFn, &str); 5]>([
+            (
+                format!(
+                    "PullImage busybox ({} gzip, 1 layer), median of {}",
+                    mb(small),
+                    plan.pulls
+                ),
+                &|f| median(&f.pull_small).map(dur),
+                "faster than containerd (containerd here: 14 ms)",
+            ),
+            (
+                format!(
+                    "PullImage busybox, image already present, median of {}",
+                    plan.pulls
+                ),
+                &|f| median(&f.pull_present).map(dur),
+                "",
+            ),
+            (
+                format!(
+                    "PullImage {} in {} gzip layers (pull + unpack), median of {}",
+                    mb(big),
+                    pull::BIG_LAYERS,
+                    plan.big_pulls
+                ),
+                &|f| {
+                    let v: Vec<f64> = f.pull_big.iter().map(|b| b.ms).collect();
+                    median(&v).map(dur)
+                },
+                "faster than containerd",
+            ),
+            (
+                format!(
+                    "daemon RSS growth during that pull (idle → peak VmRSS, 5 ms samples; \
+                     largest of {})",
+                    plan.big_pulls
+                ),
+                &growth_cell,
+                "≤ 32 MB (berthd)",
+            ),
+            (
+                "highest VmRSS during those pulls, over the daemon's idle RSS at start".into(),
+                &peak_over_idle_cell,
+                "",
+            ),
+        ]);
+    }
     println!();
-    println!("| | {} | {} | target |", COLUMNS[0], COLUMNS[1]);
+    println!("| | {} | {} | target |", column(0), column(1));
     println!("|---|---|---|---|");
     for (label, f, target) in rows {
         println!(
@@ -129,7 +216,7 @@ pub(crate) fn print_details(cols: &[Col; 2]) {
             {
                 println!(
                     "  {:<15} {what:<14} {} / {} / {}  (n={})",
-                    COLUMNS[i],
+                    column(i),
                     dur(lo),
                     dur(p90),
                     dur(hi),
@@ -137,10 +224,48 @@ pub(crate) fn print_details(cols: &[Col; 2]) {
                 );
             }
         }
+        for (what, v) in [
+            ("pull busybox", &f.pull_small),
+            ("pull, present", &f.pull_present),
+        ] {
+            if let (Some(lo), Some(p90), Some(hi)) =
+                (quantile(v, 0.0), quantile(v, 0.9), quantile(v, 1.0))
+            {
+                println!(
+                    "  {:<15} {what:<14} {} / {} / {}  (n={})",
+                    column(i),
+                    dur(lo),
+                    dur(p90),
+                    dur(hi),
+                    v.len()
+                );
+            }
+        }
+        for (k, b) in f.pull_big.iter().enumerate() {
+            println!(
+                "  {:<15} big pull #{}    {}, daemon CPU {}; VmRSS {} → {} MiB (+{}; anon {} → {}, file {} → {}), \
+                 {} samples{}",
+                column(i),
+                k + 1,
+                dur(b.ms),
+                dur(b.cpu_ms),
+                mib(b.before.rss),
+                mib(b.peak.rss),
+                mib(b.growth()),
+                mib(b.before.anon),
+                mib(b.peak.anon),
+                mib(b.before.file),
+                mib(b.peak.file),
+                b.samples,
+                b.hwm
+                    .map(|h| format!(", VmHWM during the pull {} MiB", mib(h)))
+                    .unwrap_or_default()
+            );
+        }
         for r in [f.restart_small, f.restart_big].into_iter().flatten() {
             println!(
                 "  {:<15} restart, {:>3} pods  RuntimeReady {}, all READY {}",
-                COLUMNS[i],
+                column(i),
                 r.pods,
                 dur(r.runtime_ready.as_secs_f64() * 1e3),
                 dur(r.all_ready.as_secs_f64() * 1e3)
@@ -158,7 +283,7 @@ pub(crate) fn print_details(cols: &[Col; 2]) {
     if !errors.is_empty() {
         println!("\nERRORS:");
         for (i, e) in errors {
-            println!("  {}: {e:#}", COLUMNS[i]);
+            println!("  {}: {e:#}", column(i));
         }
     }
 }

@@ -18,6 +18,12 @@ pub(crate) struct Figures {
     pub(crate) rss_many: Option<u64>,
     pub(crate) restart_small: Option<Ready>,
     pub(crate) restart_big: Option<Ready>,
+    /// PullImage of the small image, ms each.
+    pub(crate) pull_small: Vec<f64>,
+    /// PullImage of the small image while it is present, ms each.
+    pub(crate) pull_present: Vec<f64>,
+    /// PullImage of the big image, with the daemon's memory during it.
+    pub(crate) pull_big: Vec<pull::BigPull>,
 }
 
 /// One runtime: a CRI client on its socket, the daemon behind it and its pods.
@@ -61,7 +67,7 @@ impl Side {
     }
 
     pub(crate) fn name(&self) -> &'static str {
-        COLUMNS[self.col]
+        column(self.col)
     }
 
     pub(crate) fn ok(&self) -> bool {
