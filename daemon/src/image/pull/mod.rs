@@ -34,6 +34,9 @@ const ACCEPT: [&str; 4] = [
     oci::DOCKER_LIST,
 ];
 
+/// Layer blobs fetched at once by one pull.
+const PARALLEL_FETCHES: usize = 3;
+
 /// Registry access for pulls: the configured endpoints and their clients.
 pub struct Puller {
     cfg: RegistryConfig,
@@ -260,8 +263,22 @@ impl ImageStore {
         self.fetch_blob(&src, &m.config, &mut lease).await?;
         for l in &m.layers {
             oci::layer_kind(&l.media_type)?;
-            self.fetch_blob(&src, l, &mut lease).await?;
+            super::content::parse_digest(&l.digest)?;
+            lease.add(&l.digest);
         }
+        // Layers come down a few at a time, as containerd fetches them.
+        type Fetch<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+        let jobs: Vec<Fetch<'_>> = m
+            .layers
+            .iter()
+            .map(|l| Box::pin(self.fetch_leased(&src, l)) as Fetch<'_>)
+            .collect();
+        let mut fetches = futures_util::stream::iter(jobs).buffer_unordered(PARALLEL_FETCHES);
+        while let Some(r) = fetches.next().await {
+            r?;
+        }
+        drop(fetches);
         let names = [r.clone()];
         tokio::task::block_in_place(|| {
             let _g = self.locked();
@@ -286,6 +303,11 @@ impl ImageStore {
     ) -> Result<()> {
         super::content::parse_digest(&d.digest)?;
         lease.add(&d.digest);
+        self.fetch_leased(src, d).await
+    }
+
+    /// Fetches a blob the caller has already leased.
+    async fn fetch_leased(&self, src: &Source<'_>, d: &Descriptor) -> Result<()> {
         let key = format!("blob:{}", d.digest);
         let gate = self.gate(&key);
         let res = async {
