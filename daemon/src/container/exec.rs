@@ -83,14 +83,12 @@ impl Runtime {
                 .open_receiver(&err_path)
                 .map_err(|e| Error::io("open stderr fifo", e))?;
             let spec = exec_spec(&rec.bundle, &cmd, false)?;
-            shim.exec(
-                id,
-                &exec_id,
-                spec,
-                &out_path.display().to_string(),
-                &err_path.display().to_string(),
-            )
-            .await?;
+            let io = crate::pod::shim::ExecIo {
+                stdout: out_path.display().to_string(),
+                stderr: err_path.display().to_string(),
+                ..Default::default()
+            };
+            shim.exec_io(id, &exec_id, spec, &io).await?;
             let started = shim.start_exec(id, &exec_id).await;
             if let Err(e) = started {
                 let _ = shim.delete_exec(id, &exec_id).await;

@@ -52,14 +52,19 @@ fn read_leftover(bundle: &Path, is_pod: bool) -> Leftover {
     }
 }
 
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
+/// The entries of `dir` (none when it is missing), only directories when `dirs_only`.
+fn entries(dir: &Path, dirs_only: bool) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| !dirs_only || e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
         .collect()
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    entries(dir, true)
 }
 
 /// Kills every process left in a cgroupfs path (each v1 controller, or the v2 tree) and
@@ -215,7 +220,7 @@ impl Runtime {
     /// Netns pins no pod record names: CNI DEL (releasing the IP) then unpin.
     async fn remove_orphan_netns(&self, pods: &HashMap<String, super::PodRecord>) {
         let list = self.cni.load().ok().flatten();
-        for ns in subdirs_and_files(&self.config.paths.state.join("netns")) {
+        for ns in entries(&self.config.paths.state.join("netns"), false) {
             let in_use = pods
                 .values()
                 .any(|p| p.netns.as_deref() == Some(ns.as_path()));
@@ -236,13 +241,4 @@ impl Runtime {
             let _ = (NetNs { path: ns }).remove();
         }
     }
-}
-
-fn subdirs_and_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect()
 }

@@ -225,28 +225,6 @@ impl Shim {
         }
     }
 
-    /// Registers an exec process (`spec` = the OCI Process as JSON).
-    pub async fn exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-        spec: Vec<u8>,
-        stdout: &str,
-        stderr: &str,
-    ) -> Result<()> {
-        self.exec_io(
-            id,
-            exec_id,
-            spec,
-            &ExecIo {
-                stdout: stdout.to_string(),
-                stderr: stderr.to_string(),
-                ..Default::default()
-            },
-        )
-        .await
-    }
-
     /// Registers an exec process with all of its stdio (FIFO paths, "" = none) and tty.
     pub async fn exec_io(&self, id: &str, exec_id: &str, spec: Vec<u8>, io: &ExecIo) -> Result<()> {
         let mut any = berth_proto::protobuf::well_known_types::any::Any::new();
