@@ -78,11 +78,11 @@ impl Berthd {
 
     fn spawn(&mut self) -> Result<()> {
         self.spawn_nowait()?;
-        let sock = self.socket.clone();
-        procs::poll(Duration::from_secs(20), "berthd socket", || {
-            std::os::unix::net::UnixStream::connect(&sock)
-                .ok()
-                .map(|_| ())
+        let sock = self.socket.display().to_string();
+        // The socket is bound (and accepts) before berthd has opened its stores and run
+        // its startup recovery: up means a Version call is answered.
+        procs::poll(Duration::from_secs(20), "berthd answering Version", || {
+            answers_version(&sock).then_some(())
         })
         .with_context(|| format!("berthd did not come up; log:\n{}", self.log()))?;
         Ok(())
@@ -252,4 +252,28 @@ impl Drop for Berthd {
             self.force_cleanup();
         }
     }
+}
+
+/// One Version call on a runtime of its own, on a thread of its own, so callers inside
+/// an async test (which may restart berthd from within `block_on`) can wait on it too.
+fn answers_version(socket: &str) -> bool {
+    let socket = socket.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let (mut rs, _) = crate::cri::connect(&socket).await.ok()?;
+            let req = k8s_cri::v1::VersionRequest::default();
+            tokio::time::timeout(Duration::from_secs(5), rs.version(req))
+                .await
+                .ok()?
+                .ok()
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+    .is_some()
 }
