@@ -23,6 +23,40 @@ pub mod runtimeoptions {
     include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
 }
 
+/// Berth's shim extension (`berth.shim.v1`): attaching to a running process's output.
+/// Served beside the task service; containerd never calls it.
+pub mod berth_shim {
+    #[allow(
+        clippy::all,
+        unused_mut,
+        unused_qualifications,
+        unused_imports,
+        missing_docs,
+        unused_attributes,
+        nonstandard_style
+    )]
+    pub mod attach {
+        include!(concat!(env!("OUT_DIR"), "/attach.rs"));
+    }
+    #[allow(
+        clippy::all,
+        unused_mut,
+        unused_qualifications,
+        unused_imports,
+        missing_docs,
+        unused_attributes,
+        nonstandard_style
+    )]
+    pub mod attach_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/attach_ttrpc.rs"));
+    }
+    pub use attach::{AttachRequest, AttachResponse};
+    pub use attach_ttrpc::{create_attach, Attach, AttachClient};
+
+    /// The service name the shim registers.
+    pub const ATTACH: &str = "berth.shim.v1.Attach";
+}
+
 pub mod spdy;
 
 use std::collections::HashMap;

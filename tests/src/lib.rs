@@ -22,6 +22,7 @@ pub mod shim;
 pub mod spdy;
 pub mod streaming;
 pub mod task_api;
+pub mod ws;
 
 pub use containerd::{Instance, Setup};
 pub use shim::{Oci, Runtime};

@@ -319,11 +319,7 @@ impl Runtime {
             ],
             ..Default::default()
         };
-        let io = if rec.log_path.is_empty() {
-            String::new()
-        } else {
-            format!("cri-log://{}", rec.log_path)
-        };
+        let io = self.container_io(&rec)?;
         let shim = self.shim_of(pod).await?;
         rec.pid = shim
             .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &self.task_options())

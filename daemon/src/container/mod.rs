@@ -7,9 +7,11 @@ mod lifecycle;
 
 pub(crate) use exec::exec_spec;
 pub(crate) use lifecycle::load_localhost_profile;
+pub(crate) use stdio::stdin_fifo;
 mod resources;
 pub mod sample;
 pub mod stats;
+mod stdio;
 mod streaming;
 mod volumes;
 

@@ -1,9 +1,9 @@
-//! Exec and PortForward requests: checked here, then answered with a single-use URL on
+//! Exec, Attach and PortForward requests: checked here, then answered with a single-use URL on
 //! the streaming server where the session itself runs (`stream`).
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::stream::{ExecReq, Pending};
+use crate::stream::{AttachReq, ExecReq, Pending};
 
 use super::CtrState;
 
@@ -32,6 +32,27 @@ impl Runtime {
             )));
         }
         self.streaming.url(Pending::Exec(req))
+    }
+
+    pub fn attach_url(&self, req: AttachReq) -> Result<String> {
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Error::InvalidArgument(
+                "one of stdin, stdout and stderr must be set".into(),
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(Error::InvalidArgument(
+                "tty and stderr cannot both be set (a terminal merges them)".into(),
+            ));
+        }
+        let rec = self.container(&req.container_id)?;
+        if rec.state != CtrState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                req.container_id
+            )));
+        }
+        self.streaming.url(Pending::Attach(req))
     }
 
     pub async fn port_forward_url(&self, pod_id: &str) -> Result<String> {

@@ -1,6 +1,6 @@
 //! `runtime.v1.RuntimeService`: each call decodes, asks the domain core and encodes.
-//! Exec/Attach/PortForward (streaming) and CheckpointContainer answer Unimplemented: they
-//! are not built yet.
+//! Exec/Attach/PortForward answer with a streaming URL (`stream`); CheckpointContainer
+//! answers Unimplemented (criu cannot checkpoint on this kernel).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -328,8 +328,19 @@ impl RuntimeService for Service {
         Ok(Response::new(ExecResponse { url }))
     }
 
-    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        Err(not_yet("attach"))
+    async fn attach(
+        &self,
+        req: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let r = req.into_inner();
+        let url = self.rt.attach_url(crate::stream::AttachReq {
+            container_id: r.container_id,
+            tty: r.tty,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        })?;
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(

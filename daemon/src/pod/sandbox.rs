@@ -246,7 +246,7 @@ impl Runtime {
                     &rec.id,
                     &rec.bundle,
                     rootfs_mounts,
-                    "",
+                    &Default::default(),
                     &self.task_options(),
                 )
                 .await?;

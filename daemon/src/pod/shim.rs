@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use berth_proto::api;
+use berth_proto::berth_shim::{AttachClient, AttachRequest};
 use berth_proto::shim_async::{Client, TaskClient};
 use berth_proto::ttrpc::context;
 
@@ -69,7 +70,8 @@ impl TaskOptions {
     }
 }
 
-/// An exec process's stdio: FIFO paths ("" = none) and whether it has a terminal.
+/// A process's stdio as the shim takes it: stdin a FIFO path, stdout/stderr FIFO paths
+/// or a `cri-log://` URI ("" = none), and whether it has a terminal.
 #[derive(Debug, Clone, Default)]
 pub struct ExecIo {
     pub stdin: String,
@@ -83,6 +85,8 @@ pub struct ExecIo {
 pub struct Shim {
     pub address: String,
     client: TaskClient,
+    /// Berth's extension service on the same connection (`berth.shim.v1.Attach`).
+    attach: AttachClient,
 }
 
 fn ctx() -> context::Context {
@@ -152,26 +156,29 @@ impl Shim {
             .map_err(|e| Error::Internal(format!("connect {address}: {e}")))?;
         Ok(Shim {
             address: address.to_string(),
-            client: TaskClient::new(c),
+            client: TaskClient::new(c.clone()),
+            attach: AttachClient::new(c),
         })
     }
 
-    /// Creates a task; the shim mounts `rootfs` (if any) at the bundle's rootfs, and `io`
-    /// ("" = null IO) takes both stdout and stderr.
+    /// Creates a task; the shim mounts `rootfs` (if any) at the bundle's rootfs and wires
+    /// its stdio as `io` says (all empty = null IO).
     pub async fn create_with_rootfs(
         &self,
         id: &str,
         bundle: &Path,
         rootfs: Vec<api::Mount>,
-        io: &str,
+        io: &ExecIo,
         opts: &TaskOptions,
     ) -> Result<u32> {
         let req = api::CreateTaskRequest {
             id: id.to_string(),
             bundle: bundle.display().to_string(),
             rootfs,
-            stdout: io.to_string(),
-            stderr: io.to_string(),
+            stdin: io.stdin.clone(),
+            stdout: io.stdout.clone(),
+            stderr: io.stderr.clone(),
+            terminal: io.terminal,
             options: Some(opts.to_any()).into(),
             ..Default::default()
         };
@@ -181,6 +188,23 @@ impl Shim {
             .await
             .map_err(|e| rpc("create task", e))?
             .pid)
+    }
+
+    /// Adds FIFOs (read ends open, "" = none) that get a copy of a running process's
+    /// output from now on; the shim closes them when the output ends.
+    pub async fn attach(&self, id: &str, exec_id: &str, stdout: &str, stderr: &str) -> Result<()> {
+        let req = AttachRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            ..Default::default()
+        };
+        self.attach
+            .attach(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(|e| rpc("attach", e))
     }
 
     pub async fn start_task(&self, id: &str) -> Result<u32> {

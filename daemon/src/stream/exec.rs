@@ -32,6 +32,26 @@ pub struct ExecReq {
     pub stderr: bool,
 }
 
+/// Which streams a remote command session has (exec and attach alike).
+#[derive(Debug, Clone, Copy)]
+pub struct Flags {
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl ExecReq {
+    pub fn flags(&self) -> Flags {
+        Flags {
+            tty: self.tty,
+            stdin: self.stdin,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
 /// Bytes towards the client on one stream; dropping it ends (closes) the stream.
 pub type Sink = mpsc::Sender<Vec<u8>>;
 
@@ -47,7 +67,7 @@ pub struct Streams {
 
 /// A sink that writes to a SPDY stream and half-closes it when dropped; the handle ends
 /// once everything sent has been queued on the session.
-fn spdy_sink(tx: StreamTx, done: &mut Vec<tokio::task::JoinHandle<()>>) -> Sink {
+pub(super) fn spdy_sink(tx: StreamTx, done: &mut Vec<tokio::task::JoinHandle<()>>) -> Sink {
     let (s, mut r) = mpsc::channel::<Vec<u8>>(16);
     done.push(tokio::spawn(async move {
         while let Some(b) = r.recv().await {
@@ -60,8 +80,8 @@ fn spdy_sink(tx: StreamTx, done: &mut Vec<tokio::task::JoinHandle<()>>) -> Sink 
     s
 }
 
-async fn collect(
-    req: &ExecReq,
+pub(super) async fn collect(
+    req: Flags,
     protocol: &str,
     incoming: &mut mpsc::Receiver<Incoming>,
     done: &mut Vec<tokio::task::JoinHandle<()>>,
@@ -104,7 +124,7 @@ async fn collect(
 
 /// The status the error stream carries for an exit code (v4 and later: JSON; older: text
 /// on error only).
-fn status(protocol: &str, code: Option<i32>, err: Option<&str>) -> Option<Vec<u8>> {
+pub(super) fn status(protocol: &str, code: Option<i32>, err: Option<&str>) -> Option<Vec<u8>> {
     let v = match (code, err) {
         (Some(0), None) => serde_json::json!({"metadata": {}, "status": "Success"}),
         (Some(c), None) => serde_json::json!({
@@ -136,7 +156,7 @@ pub async fn serve_spdy(
     session: Session,
 ) {
     let mut done = Vec::new();
-    match collect(&req, protocol, &mut incoming, &mut done).await {
+    match collect(req.flags(), protocol, &mut incoming, &mut done).await {
         Ok(streams) => serve(rt, &req, protocol, streams).await,
         Err(e) => tracing::warn!(container_id = %req.container_id, error = %e, "exec session"),
     }
@@ -206,7 +226,7 @@ struct TermSize {
 }
 
 /// Terminal sizes arrive as a run of JSON objects.
-async fn pump_resize(
+pub(super) async fn pump_resize(
     mut rx: mpsc::Receiver<Vec<u8>>,
     shim: crate::pod::shim::Shim,
     id: String,

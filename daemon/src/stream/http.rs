@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{exec, portforward, spdy, ws, Pending};
+use super::{attach, exec, portforward, spdy, ws, Pending};
 use crate::runtime::Runtime;
 
 /// Remote command protocols, newest first.
@@ -51,7 +51,7 @@ fn websocket(
 ) -> Response<Full<Bytes>> {
     use hyper::header::HeaderValue;
     let ours: &[&'static str] = match pending {
-        Pending::Exec(_) => &ws::EXEC,
+        Pending::Exec(_) | Pending::Attach(_) => &ws::EXEC,
         Pending::PortForward { .. } => &ws::PORTFORWARD,
     };
     let offered: Vec<String> = req
@@ -86,7 +86,12 @@ fn websocket(
         };
         let socket = ws::socket(io).await;
         match pending {
-            Pending::Exec(e) => ws::serve_exec(rt, e, protocol, socket).await,
+            Pending::Exec(e) => {
+                ws::serve_remotecommand(rt, ws::Remote::Exec(e), protocol, socket).await
+            }
+            Pending::Attach(a) => {
+                ws::serve_remotecommand(rt, ws::Remote::Attach(a), protocol, socket).await
+            }
             Pending::PortForward { pod_id } => {
                 let (streams, session) = spdy::conn::start(ws::Bytes::new(socket));
                 portforward::serve_spdy(rt, pod_id, streams, session).await
@@ -153,7 +158,7 @@ async fn handle(
         ));
     }
     let ours: &[&'static str] = match pending {
-        Pending::Exec(_) => &REMOTECOMMAND,
+        Pending::Exec(_) | Pending::Attach(_) => &REMOTECOMMAND,
         Pending::PortForward { .. } => &PORTFORWARD,
     };
     let Some(protocol) = negotiate(&req, ours) else {
@@ -174,6 +179,7 @@ async fn handle(
         let (streams, session) = spdy::conn::start(io);
         match pending {
             Pending::Exec(e) => exec::serve_spdy(rt, e, protocol, streams, session).await,
+            Pending::Attach(a) => attach::serve_spdy(rt, a, protocol, streams, session).await,
             Pending::PortForward { pod_id } => {
                 portforward::serve_spdy(rt, pod_id, streams, session).await
             }

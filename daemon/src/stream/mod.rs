@@ -2,8 +2,9 @@
 //! holds a random single-use token (valid for a minute, as kubelet's); the client (kubelet
 //! on behalf of the API server, or crictl) upgrades an HTTP/1.1 connection there to
 //! SPDY/3.1 or WebSocket (`http`, `spdy`, `ws`), and the session runs over its streams
-//! (`exec`, `portforward`).
+//! (`exec`, `attach`, `portforward`).
 
+mod attach;
 mod exec;
 mod http;
 mod portforward;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
+pub use attach::AttachReq;
 pub use exec::ExecReq;
 
 /// How long a URL handed out by Exec/Attach/PortForward stays usable.
@@ -27,6 +29,7 @@ const TOKEN_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub enum Pending {
     Exec(ExecReq),
+    Attach(AttachReq),
     PortForward { pod_id: String },
 }
 
@@ -34,6 +37,7 @@ impl Pending {
     fn kind(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
             Pending::PortForward { .. } => "portforward",
         }
     }

@@ -1,7 +1,7 @@
 //! WebSocket sessions on the streaming server (`tokio-tungstenite` frames the messages;
 //! hyper did the HTTP upgrade).
 //!
-//! - Exec, `v5.channel.k8s.io` / `v4.channel.k8s.io`: each binary message starts with its
+//! - Exec and Attach, `v5.channel.k8s.io` / `v4.channel.k8s.io`: each binary message starts with its
 //!   channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize); v5 adds 255 = "the client
 //!   closed channel N" (stdin EOF). As kubelet, an empty message on the lowest writable
 //!   channel tells the client the session is up.
@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::attach::{self, AttachReq};
 use super::exec::{self, ExecReq, Streams};
 use crate::runtime::Runtime;
 
@@ -40,14 +41,24 @@ where
     WebSocketStream::from_raw_socket(io, Role::Server, None).await
 }
 
-pub async fn serve_exec<IO>(
+/// A remote command over WebSocket channels.
+pub enum Remote {
+    Exec(ExecReq),
+    Attach(AttachReq),
+}
+
+pub async fn serve_remotecommand<IO>(
     rt: Arc<Runtime>,
-    req: ExecReq,
+    remote: Remote,
     protocol: &'static str,
     ws: WebSocketStream<IO>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let req = match &remote {
+        Remote::Exec(e) => e.flags(),
+        Remote::Attach(a) => a.flags(),
+    };
     let (mut tx, mut rx) = ws.split();
     let (out, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
     let writer = tokio::spawn(async move {
@@ -128,12 +139,31 @@ pub async fn serve_exec<IO>(
             }
         }
     });
-    exec::serve(rt, &req, protocol, streams).await;
+    match remote {
+        Remote::Exec(e) => {
+            exec::serve(rt, &e, protocol, streams).await;
+            reader.abort();
+        }
+        Remote::Attach(a) => {
+            // The reader ends when the client's connection does.
+            let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+            let stop_reader = reader.abort_handle();
+            let watch = tokio::spawn(async move {
+                let _ = reader.await;
+                let _ = gone_tx.send(());
+            });
+            let gone = Box::pin(async move {
+                let _ = gone_rx.await;
+            });
+            attach::serve(rt, &a, protocol, streams, gone).await;
+            stop_reader.abort();
+            watch.abort();
+        }
+    }
     for f in forwarders {
         let _ = f.await;
     }
     let _ = writer.await;
-    reader.abort();
 }
 
 /// WebSocket binary messages as a byte stream (for the SPDY tunnel).

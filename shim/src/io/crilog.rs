@@ -2,7 +2,9 @@
 //! line carries the time it was produced and nothing depends on the manager being up.
 //! Each line is `<RFC 3339 time> <stdout|stderr> <F|P> <content>\n`; lines longer than
 //! 16 KiB are split into `P` (partial) chunks ending with an `F` one, as kubelet expects.
-//! A Berth extension: containerd never sends this scheme.
+//! A Berth extension: containerd never sends this scheme. `cri-log://` without a path
+//! keeps no log (the container's CRI config has no log path); either way the output is
+//! also handed to attachers (`fanout`).
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -14,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
+use super::fanout::Fanout;
 use crate::error::{Error, Result};
 
 /// kubelet's and containerd's default maximum line size.
@@ -135,11 +138,12 @@ pub fn split(buf: &mut Vec<u8>, eof: bool) -> Vec<(bool, Vec<u8>)> {
     out
 }
 
-/// Copies one stream of the process into the log until EOF.
+/// Copies one stream of the process into the log (if any) and to its attachers until EOF.
 pub fn copy(
     mut src: pipe::Receiver,
     stream: &'static str,
-    log: Arc<Mutex<LogFile>>,
+    log: Option<Arc<Mutex<LogFile>>>,
+    attachers: Arc<Fanout>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = Vec::with_capacity(8192);
@@ -147,12 +151,19 @@ pub fn copy(
         loop {
             let n = src.read(&mut chunk).await.unwrap_or(0);
             let at = SystemTime::now();
-            buf.extend_from_slice(&chunk[..n]);
-            let recs = split(&mut buf, n == 0);
-            if !recs.is_empty() {
-                let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
-                for (partial, content) in recs {
-                    f.write_line(&record(at, stream, partial, &content));
+            if n == 0 {
+                attachers.end();
+            } else {
+                attachers.send(&chunk[..n]);
+            }
+            if let Some(log) = &log {
+                buf.extend_from_slice(&chunk[..n]);
+                let recs = split(&mut buf, n == 0);
+                if !recs.is_empty() {
+                    let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+                    for (partial, content) in recs {
+                        f.write_line(&record(at, stream, partial, &content));
+                    }
                 }
             }
             if n == 0 {
@@ -212,12 +223,14 @@ mod tests {
         let h1 = copy(
             pipe::Receiver::from_owned_fd(r1).unwrap(),
             "stdout",
-            log.clone(),
+            Some(log.clone()),
+            Default::default(),
         );
         let h2 = copy(
             pipe::Receiver::from_owned_fd(r2).unwrap(),
             "stderr",
-            log.clone(),
+            Some(log.clone()),
+            Default::default(),
         );
         let mut w1 = std::fs::File::from(w1);
         let mut w2 = std::fs::File::from(w2);

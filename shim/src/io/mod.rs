@@ -4,6 +4,7 @@
 mod binary;
 mod console;
 mod crilog;
+mod fanout;
 mod fifo;
 
 use std::os::fd::OwnedFd;
@@ -56,6 +57,8 @@ pub struct ProcessIo {
     /// The pty master, for resize.
     console: Option<Arc<OwnedFd>>,
     logger: Option<binary::Logger>,
+    /// Attachers of stdout and stderr (cri-log:// only: the shim copies that output).
+    attach: Option<(Arc<fanout::Fanout>, Option<Arc<fanout::Fanout>>)>,
 }
 
 /// What `prepare` hands to the runtime for create/exec.
@@ -146,10 +149,13 @@ impl Prepared {
                 Scheme::CriLog(path) => {
                     // The pty's output is copied into a pipe whose read end feeds the log.
                     let (r, w) = pipe()?;
-                    let log = crilog::LogFile::open(path)?;
+                    let log = open_cri_log(path)?;
                     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
                         .map_err(|e| Error::io("log pipe", e))?;
-                    p.io.copiers.push(crilog::copy(rx, "stdout", log));
+                    let fan = Arc::new(fanout::Fanout::default());
+                    p.io.copiers
+                        .push(crilog::copy(rx, "stdout", log, fan.clone()));
+                    p.io.attach = Some((fan, None));
                     (None, Some(w))
                 }
                 Scheme::Fifo => (None, None),
@@ -195,19 +201,27 @@ impl Prepared {
                 p.io.logger = Some(lg);
             }
             Scheme::CriLog(path) => {
-                let log = crilog::LogFile::open(&path)?;
+                let log = open_cri_log(&path)?;
+                let fans = [
+                    Arc::new(fanout::Fanout::default()),
+                    Arc::new(fanout::Fanout::default()),
+                ];
                 for (slot, stream) in [(1, "stdout"), (2, "stderr")] {
                     let (r, w) = pipe()?;
                     chown_fd(&w, owner)?;
                     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
                         .map_err(|e| Error::io("log pipe", e))?;
-                    p.io.copiers.push(crilog::copy(rx, stream, log.clone()));
+                    let fan = fans[slot - 1].clone();
+                    p.io.copiers
+                        .push(crilog::copy(rx, stream, log.clone(), fan));
                     if slot == 1 {
                         p.stdio.stdout = Some(w);
                     } else {
                         p.stdio.stderr = Some(w);
                     }
                 }
+                let [out, err] = fans;
+                p.io.attach = Some((out, Some(err)));
             }
             Scheme::File(path) => {
                 // The container writes straight into the file: no copy, so nothing is lost
@@ -241,7 +255,32 @@ impl Prepared {
     }
 }
 
+/// `cri-log://PATH`, or no log file for an empty path.
+fn open_cri_log(path: &std::path::Path) -> Result<Option<Arc<std::sync::Mutex<crilog::LogFile>>>> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    crilog::LogFile::open(path).map(Some)
+}
+
 impl ProcessIo {
+    /// Adds attachers: FIFOs (read ends already open, "" = not wanted) that get a copy of
+    /// the output from now on. A terminal has only stdout.
+    pub fn attach(&self, stdout: &str, stderr: &str) -> Result<()> {
+        let Some((out, err)) = &self.attach else {
+            return Err(Error::FailedPrecondition(
+                "attach needs output the shim copies itself (cri-log:// stdio)".into(),
+            ));
+        };
+        if !stdout.is_empty() {
+            out.add(std::path::Path::new(stdout))?;
+        }
+        if let (false, Some(err)) = (stderr.is_empty(), err) {
+            err.add(std::path::Path::new(stderr))?;
+        }
+        Ok(())
+    }
+
     /// Closes the shim-held stdin writer (CloseIO).
     pub fn close_stdin(&mut self) {
         self.stdin_closer = None;
@@ -274,6 +313,12 @@ impl ProcessIo {
             c.abort();
         }
         self.console = None;
+        if let Some((out, err)) = self.attach.take() {
+            out.end();
+            if let Some(e) = err {
+                e.end();
+            }
+        }
         if let Some(lg) = self.logger.take() {
             lg.stop();
         }

@@ -1,6 +1,7 @@
 //! The task service: the plain domain operations behind `containerd.task.v2/v3.Task`.
 //! `service.rs` is the thin ttrpc layer; the operations live in `lifecycle.rs` and `ops.rs`.
 
+mod attach;
 mod exits;
 mod lifecycle;
 mod ops;

@@ -1,0 +1,234 @@
+//! Attach sessions (remotecommand, the same streams as exec): the pod's shim hands a copy
+//! of the container's output to FIFOs this session reads (`berth.shim.v1.Attach`), and
+//! the client's stdin goes into the container's stdin FIFO, which the shim holds open.
+//!
+//! As with containerd: the session ends when the container's output ends (it exited),
+//! when the client goes away, or when the client's stdin ends — then, for a StdinOnce
+//! container without a terminal, the container's stdin is closed and the output keeps
+//! flowing until the container exits; otherwise the client is detached. Several
+//! sessions can be attached at once; none of them can stall the container or its log.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use super::exec::{self, Flags, Sink, Streams};
+use super::spdy::conn::{Incoming, Session};
+use crate::container::CtrState;
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+#[derive(Debug, Clone)]
+pub struct AttachReq {
+    pub container_id: String,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl AttachReq {
+    pub fn flags(&self) -> Flags {
+        Flags {
+            tty: self.tty,
+            stdin: self.stdin,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}
+
+/// Resolves when the client's connection is gone.
+pub type Gone = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+pub async fn serve_spdy(
+    rt: Arc<Runtime>,
+    req: AttachReq,
+    protocol: &'static str,
+    mut incoming: mpsc::Receiver<Incoming>,
+    session: Session,
+) {
+    let mut done = Vec::new();
+    match exec::collect(req.flags(), protocol, &mut incoming, &mut done).await {
+        Ok(streams) => {
+            // The stream receiver ends with the connection's read side.
+            let gone = Box::pin(async move { while incoming.recv().await.is_some() {} });
+            serve(rt, &req, protocol, streams, gone).await
+        }
+        Err(e) => tracing::warn!(container_id = %req.container_id, error = %e, "attach session"),
+    }
+    for d in done {
+        let _ = d.await;
+    }
+    session.close().await;
+}
+
+/// Runs an attach for a session's streams and reports how it ended on the error stream.
+pub async fn serve(
+    rt: Arc<Runtime>,
+    req: &AttachReq,
+    protocol: &str,
+    mut streams: Streams,
+    gone: Gone,
+) {
+    let error = streams.error.take();
+    let outcome = run(&rt, req, streams, gone).await;
+    let msg = match &outcome {
+        Ok(()) => exec::status(protocol, Some(0), None),
+        Err(e) => exec::status(protocol, None, Some(&e.to_string())),
+    };
+    if let (Some(err), Some(m)) = (error, msg) {
+        let _ = err.send(m).await;
+    }
+    tracing::info!(container_id = %req.container_id, result = ?outcome.as_ref().map_err(|e| e.to_string()), "attach session ended");
+}
+
+/// Copies an attach FIFO to the client until the shim closes it (the output ended) or
+/// the client's stream is gone; dropping the FIFO then detaches us in the shim.
+async fn forward(mut r: pipe::Receiver, tx: Sink) {
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        tokio::select! {
+            n = r.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Copies the client's stdin into the container's stdin FIFO until the client's stdin
+/// ends (or the container stops reading it).
+async fn stdin_in(mut rx: mpsc::Receiver<Vec<u8>>, mut w: pipe::Sender) {
+    while let Some(b) = rx.recv().await {
+        if w.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Result<()> {
+    let rec = rt.container(&req.container_id)?;
+    if rec.state != CtrState::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running",
+            req.container_id
+        )));
+    }
+    let pod = rt.pod(&rec.pod_id)?;
+    let shim = rt.shim_of(&pod).await?;
+    let id = rec.id.clone();
+    let ctty = rec.config.tty;
+    // Under the exec dir: startup cleanup removes what a crashed berthd left there.
+    let dir = rt
+        .config
+        .paths
+        .state
+        .join("exec")
+        .join(format!("attach-{}", &crate::pod::new_id()?[..16]));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir attach dir", e))?;
+    let res = async {
+        let mut fifos = Vec::new();
+        let mut paths = [String::new(), String::new()];
+        // A terminal's output is all on stdout.
+        let wanted = [("stdout", s.stdout), ("stderr", s.stderr.filter(|_| !ctty))];
+        for (i, (name, sink)) in wanted.into_iter().enumerate() {
+            let Some(tx) = sink else { continue };
+            let p = dir.join(name);
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| Error::Internal(format!("mkfifo: {e}")))?;
+            let r = pipe::OpenOptions::new()
+                .open_receiver(&p)
+                .map_err(|e| Error::io("open attach fifo", e))?;
+            paths[i] = p.display().to_string();
+            fifos.push((r, tx));
+        }
+        shim.attach(&id, "", &paths[0], &paths[1]).await?;
+        let mut outs: Vec<_> = fifos
+            .into_iter()
+            .map(|(r, tx)| tokio::spawn(forward(r, tx)))
+            .collect();
+        // Every pump ends with the session: a dropped handle would leave it running.
+        let mut pumps: Vec<_> = outs.iter().map(|h| h.abort_handle()).collect();
+        // The client's stdin reaches the container only if it was created with one.
+        let stdin = match (s.stdin, rec.config.stdin) {
+            (Some(rx), true) => {
+                let w = pipe::OpenOptions::new()
+                    .open_sender(crate::container::stdin_fifo(&rec.bundle))
+                    .map_err(|e| Error::io("open the container's stdin", e))?;
+                let h = tokio::spawn(stdin_in(rx, w));
+                pumps.push(h.abort_handle());
+                Some(h)
+            }
+            _ => None,
+        };
+        if let Some(rx) = s.resize.filter(|_| ctty) {
+            let h = tokio::spawn(exec::pump_resize(
+                rx,
+                shim.clone(),
+                id.clone(),
+                String::new(),
+            ));
+            pumps.push(h.abort_handle());
+        }
+        let has_outs = !outs.is_empty();
+        let outputs = async {
+            for o in outs.iter_mut() {
+                let _ = o.await;
+            }
+        };
+        // Without output streams, the container's exit ends the session.
+        let exited = async {
+            if has_outs {
+                std::future::pending::<()>().await
+            }
+            let _ = shim
+                .wait(&id, Duration::from_secs(10 * 365 * 24 * 3600))
+                .await;
+        };
+        let stdin_ended = async {
+            match stdin {
+                Some(h) => {
+                    let _ = h.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(outputs, exited, gone);
+        tokio::select! {
+            _ = &mut outputs => {}
+            _ = &mut exited => {}
+            _ = &mut gone => {}
+            _ = stdin_ended => {
+                if rec.config.stdin_once && !ctty {
+                    if let Err(e) = shim.close_stdin(&id, "").await {
+                        tracing::debug!(container_id = %id, error = %e, "close stdin");
+                    }
+                    tokio::select! {
+                        _ = &mut outputs => {}
+                        _ = &mut exited => {}
+                        _ = &mut gone => {}
+                    }
+                }
+            }
+        }
+        for p in pumps {
+            p.abort();
+        }
+        Ok(())
+    }
+    .await;
+    // Dropping the pumps closes our FIFO ends: the shim drops those attachers at once.
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}

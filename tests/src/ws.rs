@@ -1,0 +1,167 @@
+//! A WebSocket client for remote commands (exec, attach) on the CRI streaming server, as
+//! kubectl 1.30+ speaks it: `v5.channel.k8s.io` (or `v4`), every binary message prefixed
+//! with its channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize); v5 adds 255 + channel
+//! = "I closed this channel". The framing is tokio-tungstenite's; the channel protocol is
+//! written here apart from berthd's so each checks the other.
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub const STDIN: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+pub const ERROR: u8 = 3;
+pub const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// What a session delivered, by channel.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub error: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The error channel's Status object.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.error).with_context(|| {
+            format!(
+                "error channel is not a Status: {:?}",
+                String::from_utf8_lossy(&self.error)
+            )
+        })
+    }
+}
+
+pub struct WsSession {
+    pub protocol: String,
+    tx: SplitSink<WebSocketStream<TcpStream>, Message>,
+    rx: SplitStream<WebSocketStream<TcpStream>>,
+    pub out: Output,
+}
+
+impl WsSession {
+    /// Upgrades a streaming URL (`http://…`) offering `protocols` in order.
+    pub async fn connect(url: &str, protocols: &[&str]) -> Result<WsSession> {
+        let ws_url = url.replacen("http://", "ws://", 1);
+        let mut req = ws_url.as_str().into_client_request()?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(&protocols.join(", "))?,
+        );
+        let host = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .context("no host in URL")?
+            .to_string();
+        let tcp = TcpStream::connect(&host).await?;
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .with_context(|| format!("WebSocket upgrade of {url}"))?;
+        let protocol = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let (tx, rx) = ws.split();
+        Ok(WsSession {
+            protocol,
+            tx,
+            rx,
+            out: Output::default(),
+        })
+    }
+
+    pub async fn send(&mut self, channel: u8, data: &[u8]) -> Result<()> {
+        let mut m = vec![channel];
+        m.extend_from_slice(data);
+        self.tx.send(Message::Binary(m.into())).await?;
+        Ok(())
+    }
+
+    /// v5: tells the server stdin is done.
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        if self.protocol != "v5.channel.k8s.io" {
+            bail!("closing a channel needs v5, not {:?}", self.protocol);
+        }
+        self.tx
+            .send(Message::Binary(vec![CLOSE, STDIN].into()))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn resize(&mut self, width: u16, height: u16) -> Result<()> {
+        let msg = serde_json::json!({"Width": width, "Height": height}).to_string();
+        self.send(RESIZE, msg.as_bytes()).await
+    }
+
+    /// Reads one message into `out`; false once the server closed the session.
+    async fn read_one(&mut self) -> Result<bool> {
+        match self.rx.next().await {
+            None | Some(Ok(Message::Close(_))) => Ok(false),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Message::Binary(b))) => {
+                if let Some((&ch, data)) = b.split_first() {
+                    match ch {
+                        STDOUT => self.out.stdout.extend_from_slice(data),
+                        STDERR => self.out.stderr.extend_from_slice(data),
+                        ERROR => self.out.error.extend_from_slice(data),
+                        _ => {}
+                    }
+                }
+                Ok(true)
+            }
+            Some(Ok(_)) => Ok(true),
+        }
+    }
+
+    /// Reads until stdout contains `want` (within `within`).
+    pub async fn read_until(&mut self, want: &str, within: Duration) -> Result<()> {
+        let r = tokio::time::timeout(within, async {
+            while !self.out.stdout_text().contains(want) {
+                if !self.read_one().await? {
+                    bail!("session ended");
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match r {
+            Ok(r) => r.with_context(|| {
+                format!(
+                    "waiting for {want:?} on stdout (have {:?})",
+                    self.out.stdout_text()
+                )
+            }),
+            Err(_) => bail!(
+                "no {want:?} on stdout within {within:?} (have {:?})",
+                self.out.stdout_text()
+            ),
+        }
+    }
+
+    /// Reads until the server closes the session (within `within`).
+    pub async fn finish(mut self, within: Duration) -> Result<Output> {
+        tokio::time::timeout(within, async {
+            while self.read_one().await? {}
+            Ok::<_, anyhow::Error>(())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("session still open after {within:?}"))??;
+        Ok(self.out)
+    }
+}
