@@ -1,5 +1,6 @@
-//! A WebSocket client for remote commands (exec, attach) on the CRI streaming server, as
-//! kubectl 1.30+ speaks it: `v5.channel.k8s.io` (or `v4`), every binary message prefixed
+//! A WebSocket client for the CRI streaming server: remote commands (exec, attach) as
+//! kubectl 1.30+ speaks them, and kubelet's channel port-forwarding (data channel 2i and
+//! error channel 2i+1 per port, `v4.channel.k8s.io` or its base64 twin). Remote commands: `v5.channel.k8s.io` (or `v4`), every binary message prefixed
 //! with its channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize); v5 adds 255 + channel
 //! = "I closed this channel". The framing is tokio-tungstenite's; the channel protocol is
 //! written here apart from berthd's so each checks the other.
@@ -109,24 +110,52 @@ impl WsSession {
         self.send(RESIZE, msg.as_bytes()).await
     }
 
-    /// Reads one message into `out`; false once the server closed the session.
-    async fn read_one(&mut self) -> Result<bool> {
-        match self.rx.next().await {
-            None | Some(Ok(Message::Close(_))) => Ok(false),
-            Some(Err(e)) => Err(e.into()),
-            Some(Ok(Message::Binary(b))) => {
-                if let Some((&ch, data)) = b.split_first() {
-                    match ch {
-                        STDOUT => self.out.stdout.extend_from_slice(data),
-                        STDERR => self.out.stderr.extend_from_slice(data),
-                        ERROR => self.out.error.extend_from_slice(data),
-                        _ => {}
+    /// The next message as (channel, payload): binary, or with `v4.base64.channel.k8s.io`
+    /// a digit and base64 text. None once the server closed the session.
+    pub async fn recv(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
+        use base64::Engine;
+        loop {
+            match self.rx.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Binary(b))) => {
+                    if let Some((&ch, data)) = b.split_first() {
+                        return Ok(Some((ch, data.to_vec())));
                     }
                 }
-                Ok(true)
+                Some(Ok(Message::Text(t))) => {
+                    let (ch, data) = t.as_bytes().split_first().context("empty text message")?;
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .context("base64 payload")?;
+                    return Ok(Some((ch.wrapping_sub(b'0'), data)));
+                }
+                Some(Ok(_)) => {}
             }
-            Some(Ok(_)) => Ok(true),
         }
+    }
+
+    /// Sends on a channel of a `v4.base64.channel.k8s.io` session.
+    pub async fn send_base64(&mut self, channel: u8, data: &[u8]) -> Result<()> {
+        use base64::Engine;
+        let mut s = String::from(char::from(b'0' + channel));
+        s.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
+        self.tx.send(Message::Text(s.into())).await?;
+        Ok(())
+    }
+
+    /// Reads one message into `out`; false once the server closed the session.
+    async fn read_one(&mut self) -> Result<bool> {
+        let Some((ch, data)) = self.recv().await? else {
+            return Ok(false);
+        };
+        match ch {
+            STDOUT => self.out.stdout.extend_from_slice(&data),
+            STDERR => self.out.stderr.extend_from_slice(&data),
+            ERROR => self.out.error.extend_from_slice(&data),
+            _ => {}
+        }
+        Ok(true)
     }
 
     /// Reads until stdout contains `want` (within `within`).

@@ -1,5 +1,6 @@
 //! berthd's CRI streaming server running exec for a second SPDY/3.1 implementation
-//! (`berth_tests::spdy`), as kubectl exec (through kubelet) or crictl use it: piped stdin,
+//! (`berth_tests::spdy`) and a WebSocket client (`berth_tests::ws`, v5 and v4 channels),
+//! as kubectl exec (through kubelet) or crictl use it: piped stdin,
 //! stdout, stderr and the v4 exit status (v2 for a client that speaks only that); a terminal
 //! and resizes; spent, unknown and swapped URLs; a client that vanishes mid-exec; stdin a
 //! process never reads. Leaks are judged from berthd's open fds and its exec FIFO directories.
@@ -17,6 +18,7 @@ use berth_tests::spdy::{
 use berth_tests::streaming::{
     berthd, ensure_fds_settle, eventually, port_forward_url, settled_fds, sha, Rs,
 };
+use berth_tests::ws::{self, WsSession};
 use k8s_cri::v1 as cri;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -236,6 +238,81 @@ fn exec_with_a_terminal_sees_the_size_it_was_resized_to() -> Result<()> {
                 out.stdout_text()
             );
             ensure_success("second resize", &out)?;
+            Ok(())
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}
+
+#[test]
+fn exec_over_websocket_v5_and_v4_channels() -> Result<()> {
+    let d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let r: Result<()> = async {
+            let pod = Pod::run(&d, &rs, pod_config("ws", &logs.join("ws"))).await?;
+            let cid = pod.start(&d, idler()).await?;
+
+            // v5: stdin piped through cat, then closed with the close signal.
+            let url = exec_url(&rs, &cid, &["cat"], true, false).await?;
+            let mut s =
+                WsSession::connect(&url, &["v5.channel.k8s.io", "v4.channel.k8s.io"]).await?;
+            ensure!(
+                s.protocol == "v5.channel.k8s.io",
+                "negotiated {:?}",
+                s.protocol
+            );
+            s.send(ws::STDIN, b"over websocket\n").await?;
+            s.read_until("over websocket\n", Duration::from_secs(20))
+                .await?;
+            s.close_stdin().await?;
+            let out = s.finish(Duration::from_secs(20)).await?;
+            ensure!(
+                out.stdout_text() == "over websocket\n",
+                "{:?}",
+                out.stdout_text()
+            );
+            ensure!(out.status()?["status"] == "Success", "{:?}", out.status());
+
+            // v4 (older kubectl): no stdin; exit 7 arrives as NonZeroExitCode / ExitCode.
+            let url = rs
+                .clone()
+                .exec(cri::ExecRequest {
+                    container_id: cid.clone(),
+                    cmd: ["sh", "-c", "echo out; echo err >&2; exit 7"]
+                        .map(String::from)
+                        .to_vec(),
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let s = WsSession::connect(&url, &["v4.channel.k8s.io"]).await?;
+            ensure!(
+                s.protocol == "v4.channel.k8s.io",
+                "negotiated {:?}",
+                s.protocol
+            );
+            let out = s.finish(Duration::from_secs(20)).await?;
+            let st = out.status()?;
+            ensure!(
+                out.stdout_text() == "out\n" && out.stderr == b"err\n",
+                "stdout {:?} stderr {:?}",
+                out.stdout_text(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ensure!(
+                st["reason"] == "NonZeroExitCode"
+                    && st["details"]["causes"][0]["reason"] == "ExitCode"
+                    && st["details"]["causes"][0]["message"] == "7",
+                "status {st}"
+            );
             Ok(())
         }
         .await;

@@ -1,6 +1,6 @@
 //! berthd's CRI streaming server forwarding ports for a second SPDY/3.1 implementation
 //! (`berth_tests::spdy`), as kubectl port-forward (through kubelet) uses it: pod ports (also
-//! one bound to the pod's 127.0.0.1 only); many bulk connections on one session; a connection
+//! one bound to the pod's 127.0.0.1 only), also over WebSocket channels (binary and base64); many bulk connections on one session; a connection
 //! the pod's server resets; a client that vanishes mid-forward, with leaks judged from
 //! berthd's open fds. Spent and unknown URLs are in `berthd_exec`.
 
@@ -10,9 +10,62 @@ use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image;
 use berth_tests::spdy::{port_forward, Forwarded, PortForward, Stream, PORT_FORWARD_PROTOCOL};
 use berth_tests::streaming::{berthd, ensure_fds_settle, port_forward_url, settled_fds, sha};
+use berth_tests::ws::WsSession;
 use k8s_cri::v1 as cri;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Forwards `ports` over WebSocket channels, sends an HTTP/1.0 GET on each data channel
+/// and reads until the server ends the session: (reply, error channel) per port.
+async fn ws_forward(url: &str, protocol: &str, ports: &[u16]) -> Result<Vec<(String, String)>> {
+    let mut s = WsSession::connect(url, &[protocol]).await?;
+    ensure!(s.protocol == protocol, "negotiated {:?}", s.protocol);
+    let base64 = protocol.contains("base64");
+    let mut got = vec![(Vec::new(), Vec::new(), 0usize); ports.len()];
+    // Each channel opens with its port, little-endian.
+    for _ in 0..2 * ports.len() {
+        let (ch, data) = s
+            .recv()
+            .await?
+            .context("session ended before the port headers")?;
+        let i = usize::from(ch / 2);
+        ensure!(i < ports.len(), "channel {ch} for {} ports", ports.len());
+        ensure!(
+            data == ports[i].to_le_bytes(),
+            "channel {ch} opened with {data:?}, want port {}",
+            ports[i]
+        );
+        got[i].2 += 1;
+    }
+    for i in 0..ports.len() {
+        let get = b"GET /index.html HTTP/1.0\r\n\r\n";
+        if base64 {
+            s.send_base64(2 * i as u8, get).await?;
+        } else {
+            s.send(2 * i as u8, get).await?;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some((ch, data)) = s.recv().await? {
+            let i = usize::from(ch / 2);
+            if let Some(g) = got.get_mut(i) {
+                if ch % 2 == 0 { &mut g.0 } else { &mut g.1 }.extend_from_slice(&data);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .context("the WebSocket port-forward session did not end within 20 s")??;
+    Ok(got
+        .into_iter()
+        .map(|(d, e, _)| {
+            (
+                String::from_utf8_lossy(&d).into_owned(),
+                String::from_utf8_lossy(&e).into_owned(),
+            )
+        })
+        .collect())
+}
 
 fn sh(name: &str, script: &str) -> cri::ContainerConfig {
     container_config(name, image::BUSYBOX_IMAGE, &["sh", "-c", script])
@@ -154,6 +207,50 @@ fn port_forward_reaches_pod_ports_including_a_localhost_only_listener() -> Resul
             }
             // The session is still usable after all that.
             pf.session.ping(Duration::from_secs(5)).await?;
+
+            // The same ports over WebSocket channels (kubelet's v4 port-forward framing).
+            let pf_url = port_forward_url(&rs, &pod.id).await?;
+            let got = ws_forward(
+                &format!("{pf_url}?port=80&port=8080"),
+                "v4.channel.k8s.io",
+                &[80, 8080],
+            )
+            .await?;
+            ensure!(
+                got[0].0.ends_with("hello-from-port-80\n") && got[0].1.is_empty(),
+                "WebSocket port 80: {:?}",
+                got[0]
+            );
+            ensure!(
+                got[1].0.ends_with("hello-from-loopback-8080\n") && got[1].1.is_empty(),
+                "WebSocket port 8080: {:?}",
+                got[1]
+            );
+            let pf_url = port_forward_url(&rs, &pod.id).await?;
+            let got = ws_forward(
+                &format!("{pf_url}?port=80,81"),
+                "v4.base64.channel.k8s.io",
+                &[80, 81],
+            )
+            .await?;
+            ensure!(
+                got[0].0.ends_with("hello-from-port-80\n"),
+                "base64 port 80: {:?}",
+                got[0]
+            );
+            ensure!(
+                got[1].0.is_empty() && got[1].1.to_lowercase().contains("refused"),
+                "base64 port 81 (closed): {:?}",
+                got[1]
+            );
+            // Channel framing needs its ports named.
+            let pf_url = port_forward_url(&rs, &pod.id).await?;
+            let e = WsSession::connect(&pf_url, &["v4.channel.k8s.io"]).await;
+            ensure!(
+                e.as_ref().is_err_and(|e| format!("{e:#}").contains("400")),
+                "no ?port=: {:?}",
+                e.map(|s| s.protocol)
+            );
             Ok(())
         }
         .await;

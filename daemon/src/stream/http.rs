@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{attach, exec, portforward, spdy, ws, Pending};
+use super::{attach, exec, portforward, spdy, ws, ws_portforward, Pending};
 use crate::runtime::Runtime;
 
 /// Remote command protocols, newest first.
@@ -62,14 +62,31 @@ fn websocket(
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_string())
         .collect();
-    let Some(protocol) = offered
+    let is_pf = matches!(pending, Pending::PortForward { .. });
+    let chosen = offered
         .iter()
         .find_map(|o| ours.iter().find(|p| **p == o).copied())
-    else {
+        // kubelet takes a port-forward without a subprotocol as binary v4 channels.
+        .or_else(|| (is_pf && offered.is_empty()).then_some(""));
+    let Some(protocol) = chosen else {
         return reply(
             StatusCode::FORBIDDEN,
             &format!("unable to upgrade: unable to negotiate protocol: supported {ours:?}"),
         );
+    };
+    // Channel port-forwarding names its ports in the query.
+    let channel_ports = if is_pf && protocol != ws::PORTFORWARD[0] {
+        match ws_portforward::ports(req.uri().query()) {
+            Some(p) => Some(p),
+            None => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "query parameter \"port\" is required (ports > 0)",
+                )
+            }
+        }
+    } else {
+        None
     };
     let Some(key) = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY).cloned() else {
         return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
@@ -92,10 +109,16 @@ fn websocket(
             Pending::Attach(a) => {
                 ws::serve_remotecommand(rt, ws::Remote::Attach(a), protocol, socket).await
             }
-            Pending::PortForward { pod_id } => {
-                let (streams, session) = spdy::conn::start(ws::Bytes::new(socket));
-                portforward::serve_spdy(rt, pod_id, streams, session).await
-            }
+            Pending::PortForward { pod_id } => match channel_ports {
+                Some(ports) => {
+                    let base64 = protocol == ws_portforward::BASE64;
+                    ws_portforward::serve(rt, pod_id, ports, base64, socket).await
+                }
+                None => {
+                    let (streams, session) = spdy::conn::start(ws::Bytes::new(socket));
+                    portforward::serve_spdy(rt, pod_id, streams, session).await
+                }
+            },
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()));
@@ -109,10 +132,12 @@ fn websocket(
         hyper::header::UPGRADE,
         HeaderValue::from_static("websocket"),
     );
-    h.insert(
-        hyper::header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
+    if !protocol.is_empty() {
+        h.insert(
+            hyper::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
     }

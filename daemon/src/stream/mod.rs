@@ -10,6 +10,7 @@ mod http;
 mod portforward;
 mod spdy;
 mod ws;
+mod ws_portforward;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -21,7 +21,7 @@ use crate::runtime::Runtime;
 /// then ends: setns changes only the calling thread (never one of tokio's pooled ones,
 /// which would stay in the pod's namespace), and the socket keeps the namespace it was
 /// made in after the thread is gone.
-async fn connect(netns: Option<PathBuf>, port: u16) -> Result<TcpStream> {
+pub(super) async fn connect(netns: Option<PathBuf>, port: u16) -> Result<TcpStream> {
     let (done, result) = tokio::sync::oneshot::channel();
     let work = move || -> Result<std::net::TcpStream> {
         if let Some(ns) = netns {

@@ -6,7 +6,8 @@
 //!   closed channel N" (stdin EOF). As kubelet, an empty message on the lowest writable
 //!   channel tells the client the session is up.
 //! - PortForward, `SPDY/3.1+portforward.k8s.io` (kubectl's tunnel): the messages carry a
-//!   SPDY byte stream, served by the same SPDY session code as a plain upgrade.
+//!   SPDY byte stream, served by the same SPDY session code as a plain upgrade; or
+//!   kubelet's older channel framing (`ws_portforward`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +26,11 @@ use super::exec::{self, ExecReq, Streams};
 use crate::runtime::Runtime;
 
 pub const EXEC: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-pub const PORTFORWARD: [&str; 1] = ["SPDY/3.1+portforward.k8s.io"];
+pub const PORTFORWARD: [&str; 3] = [
+    "SPDY/3.1+portforward.k8s.io",
+    super::ws_portforward::BINARY,
+    super::ws_portforward::BASE64,
+];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
