@@ -8,12 +8,14 @@
 //! ListPodSandbox lists every pod READY) with 5 and with 100 pods. Then the pull phase
 //! (`pull.rs`): PullImage of a ~1 MB busybox image (median of 20) and of a 200 MiB image in
 //! 20 layers (median of 3, with the daemon's peak VmRSS during the pull), both built here
-//! and pushed once to the reference env's registry at 127.0.0.1:5000.
+//! and pushed once to the reference env's registry at 127.0.0.1:5000. The streaming phase
+//! (`stream.rs`): ExecSync and streaming Exec (SPDY) of `true`, median of 100 each, and
+//! port-forward throughput of one connection (a 100 MiB download, median of 5).
 //!
 //! ```text
 //! cargo build --release -p berthd && cargo shim-release
 //! cargo run --release -p berth-tests --bin berthd-bench -- [--quick] [--berthd-only]
-//!     [--pull-only | --no-pull] [--runtime runc|crun]
+//!     [--pull-only | --no-pull] [--stream-only | --no-stream] [--runtime runc|crun]
 //! ```
 //!
 //! berthd: `target/release/berthd` (or `$BERTHD`) with the shim beside it, on a private
@@ -33,6 +35,7 @@ mod ready;
 mod reference;
 mod report;
 mod side;
+mod stream;
 
 use anyhow::{bail, ensure, Context, Result};
 use berth_tests::cri::{connect, container_config, pod_config};
@@ -72,18 +75,24 @@ pub(crate) struct Plan {
     /// PullImage of the small image, and of the big one.
     pub(crate) pulls: usize,
     pub(crate) big_pulls: usize,
-    /// Run the pod phases, the pull phase.
+    /// ExecSync and streaming exec round trips; port-forward downloads.
+    pub(crate) execs: usize,
+    pub(crate) downloads: usize,
+    /// Run the pod phases, the streaming phase, the pull phase.
     pub(crate) pods: bool,
+    pub(crate) stream: bool,
     pub(crate) pull: bool,
     berthd_only: bool,
 }
 
 const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only | --no-pull] \
-  [--runtime runc|crun]\n\
-  --quick        5 rounds, 10 pods for the 50- and 100-pod figures, 5 + 1 pulls\n\
+  [--stream-only | --no-stream] [--runtime runc|crun]\n\
+  --quick        5 rounds, 10 pods for the 50- and 100-pod figures, 5 + 1 pulls, 20 execs\n\
   --berthd-only  leave the reference containerd alone\n\
   --pull-only    only the pull phase (busybox and the 200 MiB image)\n\
   --no-pull      no pull phase\n\
+  --stream-only  only the streaming phase (exec latency, port-forward throughput)\n\
+  --no-stream    no streaming phase\n\
   --runtime R    the OCI runtime berthd's shims run (berthd's runtime.binary; default runc)";
 
 fn parse_args() -> Result<Plan> {
@@ -94,7 +103,10 @@ fn parse_args() -> Result<Plan> {
         big: 100,
         pulls: 20,
         big_pulls: 3,
+        execs: 100,
+        downloads: 5,
         pods: true,
+        stream: true,
         pull: true,
         berthd_only: false,
     };
@@ -109,9 +121,14 @@ fn parse_args() -> Result<Plan> {
                 );
                 std::env::set_var("BERTHD_BENCH_RUNTIME", r);
             }
-            "--quick" => (p.rounds, p.many, p.big, p.pulls, p.big_pulls) = (5, 10, 10, 5, 1),
-            "--pull-only" => p.pods = false,
+            "--quick" => {
+                (p.rounds, p.many, p.big, p.pulls, p.big_pulls) = (5, 10, 10, 5, 1);
+                (p.execs, p.downloads) = (20, 2);
+            }
+            "--pull-only" => (p.pods, p.stream) = (false, false),
             "--no-pull" => p.pull = false,
+            "--stream-only" => (p.pods, p.pull) = (false, false),
+            "--no-stream" => p.stream = false,
             "--berthd-only" => p.berthd_only = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -121,8 +138,8 @@ fn parse_args() -> Result<Plan> {
         }
     }
     ensure!(
-        p.pods || p.pull,
-        "--pull-only and --no-pull leave nothing to run"
+        p.pods || p.pull || p.stream,
+        "those flags leave nothing to run"
     );
     Ok(p)
 }
@@ -176,6 +193,15 @@ fn main() -> Result<()> {
         println!(
             "plan:       {} rounds; RSS idle and with {} pods; restarts with {} and {} pods",
             plan.rounds, plan.many, plan.small, plan.big
+        );
+    }
+    if plan.stream {
+        println!(
+            "streaming:  {} x ExecSync and Exec of `true`; {} x a {} MiB download through \
+             one port-forward connection",
+            plan.execs,
+            plan.downloads,
+            stream::FILE_MIB
         );
     }
     if plan.pull {
@@ -252,6 +278,9 @@ fn main() -> Result<()> {
 
     if plan.pods {
         rt.block_on(phases::measure(&mut sides, &plan));
+    }
+    if plan.stream {
+        rt.block_on(stream::measure(&mut sides, &plan));
     }
 
     // Teardown on every path: this run's pods on both runtimes (before the pull phase, which

@@ -138,6 +138,32 @@ pub(crate) fn print_table(cols: &[Col; 2], plan: &Plan) {
             ),
         ]);
     }
+    if plan.stream {
+        rows.extend::<[(String, CellFn, &str); 3]>([
+            (
+                format!("ExecSync `true`, median of {}", plan.execs),
+                &|f| median(&f.exec_sync).map(dur),
+                "lower than containerd",
+            ),
+            (
+                format!(
+                    "Exec `true` over SPDY (RPC, upgrade, streams, status), median of {}",
+                    plan.execs
+                ),
+                &|f| median(&f.exec_stream).map(dur),
+                "lower than containerd",
+            ),
+            (
+                format!(
+                    "port-forward, one connection, {} MiB download, median of {}",
+                    stream::FILE_MIB,
+                    plan.downloads
+                ),
+                &|f| median(&f.pf_mbps).map(|m| format!("{m:.0} MB/s")),
+                "higher than containerd",
+            ),
+        ]);
+    }
     if plan.pull {
         let (small, big) = pull::SIZES.get().copied().unwrap_or_default();
         rows.extend::<[(String, CellFn, &str); 5]>([
@@ -227,6 +253,8 @@ pub(crate) fn print_details(cols: &[Col; 2]) {
         for (what, v) in [
             ("pull busybox", &f.pull_small),
             ("pull, present", &f.pull_present),
+            ("ExecSync", &f.exec_sync),
+            ("Exec (SPDY)", &f.exec_stream),
         ] {
             if let (Some(lo), Some(p90), Some(hi)) =
                 (quantile(v, 0.0), quantile(v, 0.9), quantile(v, 1.0))

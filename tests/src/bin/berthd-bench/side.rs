@@ -24,6 +24,10 @@ pub(crate) struct Figures {
     pub(crate) pull_present: Vec<f64>,
     /// PullImage of the big image, with the daemon's memory during it.
     pub(crate) pull_big: Vec<pull::BigPull>,
+    /// ExecSync and streaming Exec of `true`, ms each; port-forward downloads, MB/s.
+    pub(crate) exec_sync: Vec<f64>,
+    pub(crate) exec_stream: Vec<f64>,
+    pub(crate) pf_mbps: Vec<f64>,
 }
 
 /// One runtime: a CRI client on its socket, the daemon behind it and its pods.
