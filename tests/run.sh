@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 pkgs=(containerd runc crun containernetworking-plugins busybox-static criu skopeo
-      docker-registry apache2-utils protobuf-compiler libssl-dev pkg-config
+      docker-registry apache2-utils protobuf-compiler libssl-dev pkg-config openssl
       iproute2 util-linux mount ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do

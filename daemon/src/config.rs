@@ -75,6 +75,12 @@ pub struct Streaming {
     pub address: String,
     /// Its port (0: any free port).
     pub port: u16,
+    /// PEM certificate (chain) and PKCS #8 PEM key: both set = the server speaks TLS only
+    /// and hands out https:// URLs.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

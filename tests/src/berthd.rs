@@ -52,8 +52,15 @@ impl Berthd {
         std::fs::create_dir_all(&cni_dir)?;
         let socket = root.join("berth.sock");
         let config = root.join("config.toml");
+        // Tests run side by side: each streaming server on a free port, unless the test
+        // configures the section itself.
+        let streaming = if extra.contains("[streaming]") {
+            ""
+        } else {
+            "[streaming]\nport = 0\n"
+        };
         let text = format!(
-            "[server]\nsocket = \"{}\"\n[paths]\nroot = \"{}/root\"\nstate = \"{}/state\"\n[cni]\nconf_dir = \"{}\"\n{extra}",
+            "[server]\nsocket = \"{}\"\n[paths]\nroot = \"{}/root\"\nstate = \"{}/state\"\n[cni]\nconf_dir = \"{}\"\n{streaming}{extra}",
             socket.display(),
             root.display(),
             root.display(),

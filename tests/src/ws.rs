@@ -13,7 +13,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -48,30 +50,52 @@ impl Output {
 
 pub struct WsSession {
     pub protocol: String,
-    tx: SplitSink<WebSocketStream<TcpStream>, Message>,
-    rx: SplitStream<WebSocketStream<TcpStream>>,
+    tx: SplitSink<Ws, Message>,
+    rx: SplitStream<Ws>,
     pub out: Output,
 }
 
 impl WsSession {
     /// Upgrades a streaming URL (`http://…`) offering `protocols` in order.
     pub async fn connect(url: &str, protocols: &[&str]) -> Result<WsSession> {
-        let ws_url = url.replacen("http://", "ws://", 1);
+        Self::connect_with(url, protocols, None).await
+    }
+
+    /// The same for an `https://` URL, trusting only `root_pem` (PEM certificate).
+    pub async fn connect_tls(url: &str, protocols: &[&str], root_pem: &[u8]) -> Result<WsSession> {
+        let tls = native_tls::TlsConnector::builder()
+            .add_root_certificate(native_tls::Certificate::from_pem(root_pem)?)
+            .build()?;
+        Self::connect_with(url, protocols, Some(Connector::NativeTls(tls))).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        protocols: &[&str],
+        tls: Option<Connector>,
+    ) -> Result<WsSession> {
+        let (scheme, rest) = url.split_once("://").context("no scheme in URL")?;
+        let ws_url = match scheme {
+            "http" => format!("ws://{rest}"),
+            "https" => format!("wss://{rest}"),
+            other => bail!("scheme {other:?}"),
+        };
         let mut req = ws_url.as_str().into_client_request()?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_str(&protocols.join(", "))?,
         );
-        let host = url
-            .trim_start_matches("http://")
+        let host = rest
             .split('/')
             .next()
             .context("no host in URL")?
             .to_string();
         let tcp = TcpStream::connect(&host).await?;
-        let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
-            .await
-            .with_context(|| format!("WebSocket upgrade of {url}"))?;
+        let connector = tls.unwrap_or(Connector::Plain);
+        let (ws, resp) =
+            tokio_tungstenite::client_async_tls_with_config(req, tcp, None, Some(connector))
+                .await
+                .with_context(|| format!("WebSocket upgrade of {url}"))?;
         let protocol = resp
             .headers()
             .get("Sec-WebSocket-Protocol")

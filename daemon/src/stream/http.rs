@@ -144,7 +144,10 @@ fn websocket(
     r
 }
 
-pub async fn connection(rt: Arc<Runtime>, sock: tokio::net::TcpStream, peer: SocketAddr) {
+pub async fn connection<IO>(rt: Arc<Runtime>, sock: IO, peer: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |req| handle(rt.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(sock), svc)

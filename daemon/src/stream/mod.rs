@@ -1,6 +1,7 @@
 //! The CRI streaming server. Exec, Attach and PortForward answer with a URL on it that
 //! holds a random single-use token (valid for a minute, as kubelet's); the client (kubelet
-//! on behalf of the API server, or crictl) upgrades an HTTP/1.1 connection there to
+//! on behalf of the API server, or crictl) upgrades an HTTP/1.1 connection (optionally
+//! inside TLS) there to
 //! SPDY/3.1 or WebSocket (`http`, `spdy`, `ws`), and the session runs over its streams
 //! (`exec`, `attach`, `portforward`).
 
@@ -48,11 +49,32 @@ pub struct Streaming {
     pub addr: SocketAddr,
     listener: Mutex<Option<std::net::TcpListener>>,
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    /// Set when the server speaks TLS (`tls_cert_file` + `tls_key_file`).
+    tls: Option<tokio_native_tls::TlsAcceptor>,
+}
+
+/// The TLS acceptor for a certificate and PKCS #8 key (PEM files), if both are set.
+fn tls_acceptor(cfg: &crate::config::Streaming) -> Result<Option<tokio_native_tls::TlsAcceptor>> {
+    match (cfg.tls_cert_file.as_str(), cfg.tls_key_file.as_str()) {
+        ("", "") => Ok(None),
+        ("", _) | (_, "") => Err(Error::Config(
+            "streaming.tls_cert_file and streaming.tls_key_file go together".into(),
+        )),
+        (cert, key) => {
+            let read = |p: &str| std::fs::read(p).map_err(|e| Error::io(format!("read {p}"), e));
+            let id = native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?)
+                .map_err(|e| Error::Config(format!("streaming TLS certificate/key: {e}")))?;
+            let a = native_tls::TlsAcceptor::new(id)
+                .map_err(|e| Error::Config(format!("streaming TLS: {e}")))?;
+            Ok(Some(a.into()))
+        }
+    }
 }
 
 impl Streaming {
     /// Binds the server's socket (serving starts with [`serve`]).
     pub fn bind(cfg: &crate::config::Streaming) -> Result<Streaming> {
+        let tls = tls_acceptor(cfg)?;
         let ip: std::net::IpAddr = cfg
             .address
             .parse()
@@ -68,6 +90,7 @@ impl Streaming {
             addr,
             listener: Mutex::new(Some(l)),
             tokens: Mutex::new(HashMap::new()),
+            tls,
         })
     }
 
@@ -79,7 +102,8 @@ impl Streaming {
         let now = Instant::now();
         t.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
         t.insert(token.clone(), (p, now));
-        Ok(format!("http://{}/{kind}/{token}", self.addr))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}/{kind}/{token}", self.addr))
     }
 
     /// Redeems a token once; an unknown, used, expired or mismatched one is None (404).
@@ -112,7 +136,23 @@ pub async fn serve(rt: Arc<Runtime>) -> Result<()> {
             }
         };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(http::connection(rt.clone(), sock, peer));
+        match rt.streaming.tls.clone() {
+            None => {
+                tokio::spawn(http::connection(rt.clone(), sock, peer));
+            }
+            Some(tls) => {
+                let rt = rt.clone();
+                tokio::spawn(async move {
+                    // Bounded: a peer that never finishes its handshake holds nothing long.
+                    let hs = tokio::time::timeout(Duration::from_secs(10), tls.accept(sock));
+                    match hs.await {
+                        Ok(Ok(s)) => http::connection(rt, s, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -124,6 +164,8 @@ mod tests {
         Streaming::bind(&crate::config::Streaming {
             address: "127.0.0.1".into(),
             port: 0,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         })
         .unwrap()
     }
