@@ -182,4 +182,15 @@ mod tests {
         assert!(s.take("portforward", &token).is_some());
         assert!(s.take("portforward", &token).is_none(), "reused");
     }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let s = streaming();
+        let url = s.url(Pending::PortForward { pod_id: "p".into() }).unwrap();
+        let token = url.rsplit('/').next().unwrap().to_string();
+        let aged = Instant::now().checked_sub(TOKEN_TTL + Duration::from_secs(1));
+        let Some(aged) = aged else { return }; // a machine up for less than a minute
+        s.tokens.lock().unwrap().get_mut(&token).unwrap().1 = aged;
+        assert!(s.take("portforward", &token).is_none(), "expired");
+    }
 }
