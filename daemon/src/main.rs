@@ -6,7 +6,9 @@ mod container;
 mod cri;
 mod error;
 mod events;
+mod failpoints;
 mod image;
+mod intent;
 mod network;
 mod pod;
 mod runtime;
@@ -114,6 +116,9 @@ fn main() {
         return;
     }
     init_tracing(&cfg.log.level);
+    if let Err(e) = failpoints::arm_from_env() {
+        fail(&error::Error::Config(e));
+    }
     if let Some(Command::Image { what }) = cli.command {
         let res = match what {
             ImageCommand::Import { files } => import_images(&cfg, &files),

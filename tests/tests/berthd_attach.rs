@@ -147,6 +147,22 @@ fn two_attachers_share_the_output_and_stdin_reaches_the_container() -> Result<()
             );
 
             let stdin = a.stdin.as_ref().context("no stdin stream")?.tx.clone();
+            // An attach sees output from the moment the server has registered it, which
+            // the client cannot observe (kubelet's protocol has no such signal either):
+            // A's lines are repeated until B shows one.
+            let mut synced = false;
+            for k in 0..40 {
+                stdin.write(format!("ping{k}\n").as_bytes()).await?;
+                let want = format!("got ping{k}\n");
+                if b.read_until(&want, Duration::from_millis(500))
+                    .await
+                    .is_ok()
+                {
+                    synced = true;
+                    break;
+                }
+            }
+            ensure!(synced, "B never saw A's input: {:?}", b.out.stdout_text());
             stdin.write(b"one\n").await?;
             let (mut a_out, mut a_err) = (Vec::new(), Vec::new());
             read_until(&mut a.stdout.rx, &mut a_out, "got one\n").await?;

@@ -9,6 +9,7 @@ use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 
 use crate::error::{Error, Result};
 use crate::events::Kind;
+use crate::intent::Op;
 use crate::pod::{new_id, now_ns, validate_name, PodRecord, PodState};
 use crate::runtime::Runtime;
 use crate::store::CONTAINERS;
@@ -207,6 +208,7 @@ impl Runtime {
             log_path,
             stop_signal: image.config.stop_signal.clone(),
             user: None,
+            op: Some(Op::Create),
         };
         if let Err(e) = self.store.create(CONTAINERS, &id, &name_key, &rec) {
             let _ = self.images.release(&id);
@@ -234,6 +236,7 @@ impl Runtime {
         mut rec: ContainerRecord,
         image: &crate::image::ImageRecord,
     ) -> Result<()> {
+        crate::failpoint!("ctr.create.after_record");
         let upper = rec.dir.join("upper");
         let work = rec.dir.join("work");
         for d in [&rec.bundle, &upper, &work] {
@@ -321,9 +324,12 @@ impl Runtime {
         };
         let io = self.container_io(&rec)?;
         let shim = self.shim_of(pod).await?;
+        crate::failpoint!("ctr.create.after_bundle");
         rec.pid = shim
             .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &self.task_options())
             .await?;
+        crate::failpoint!("ctr.create.after_task");
+        rec.op = None;
         self.store.put(CONTAINERS, &rec.id, &rec)?;
         self.events
             .emit(Kind::Created, &rec.id, &pod.id, rec.created_at);
@@ -342,8 +348,8 @@ impl Runtime {
     }
 
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
-        let mut rec = self.container(id)?;
-        if rec.state != CtrState::Created {
+        let rec = self.container(id)?;
+        if rec.state != CtrState::Created || rec.op.is_some() {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is {:?}, not created",
                 rec.state
@@ -352,15 +358,53 @@ impl Runtime {
         let pod = self.pod(&rec.pod_id)?;
         let shim = self.shim_of(&pod).await?;
         // Stamped before the start: a fast process can exit (and be timed by the shim)
-        // before the start call even returns.
+        // before the start call even returns. Recorded with the intent, so a start a
+        // crash cuts is completed with this time.
         let started = now_ns();
-        rec.pid = shim.start_task(id).await?;
-        rec.state = CtrState::Running;
-        rec.started_at = started;
-        self.store.put(CONTAINERS, id, &rec)?;
+        let marked = self
+            .store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                if r.state != CtrState::Created || r.op.is_some() {
+                    return false;
+                }
+                r.op = Some(Op::Start);
+                r.started_at = started;
+                true
+            })?;
+        if marked.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is being started or changed"
+            )));
+        }
+        let res = async {
+            crate::failpoint!("ctr.start.before_task");
+            let pid = shim.start_task(id).await?;
+            crate::failpoint!("ctr.start.after_task");
+            Ok::<_, Error>(pid)
+        }
+        .await;
+        let pid = match res {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.store
+                    .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                        r.op = None;
+                        r.started_at = 0;
+                        true
+                    })?;
+                return Err(e);
+            }
+        };
+        self.store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                r.pid = pid;
+                r.state = CtrState::Running;
+                r.op = None;
+                true
+            })?;
         self.events.emit(Kind::Started, id, &rec.pod_id, started);
         self.watch_exit(id.to_string(), shim);
-        tracing::info!(container_id = %id, pid = rec.pid, "container started");
+        tracing::info!(container_id = %id, pid, "container started");
         Ok(())
     }
 
@@ -431,33 +475,53 @@ impl Runtime {
         if rec.state != CtrState::Running {
             return Ok(());
         }
+        // The intent, unless a removal's is there already.
+        self.store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                r.op.get_or_insert(Op::Stop);
+                true
+            })?;
         let pod = self.pod(&rec.pod_id)?;
         let shim = self.shim_of(&pod).await?;
-        if timeout > 0 {
-            match shim.kill(id, signal_number(&rec.stop_signal), false).await {
+        let stopped = async {
+            if timeout > 0 {
+                match shim.kill(id, signal_number(&rec.stop_signal), false).await {
+                    Ok(()) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                crate::failpoint!("ctr.stop.after_kill");
+                if shim
+                    .wait(id, Duration::from_secs(timeout as u64))
+                    .await
+                    .is_ok()
+                {
+                    return self.mark_exited(id, &shim).await;
+                }
+            }
+            match shim.kill(id, 9, true).await {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
-            if shim
-                .wait(id, Duration::from_secs(timeout as u64))
-                .await
-                .is_ok()
-            {
-                return self.mark_exited(id, &shim).await;
-            }
+            crate::failpoint!("ctr.stop.after_kill");
+            let _ = shim.wait(id, Duration::from_secs(10)).await;
+            self.mark_exited(id, &shim).await
         }
-        match shim.kill(id, 9, true).await {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-        let _ = shim.wait(id, Duration::from_secs(10)).await;
-        self.mark_exited(id, &shim).await
+        .await;
+        self.store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                let ours = r.op == Some(Op::Stop);
+                if ours {
+                    r.op = None;
+                }
+                ours
+            })?;
+        stopped
     }
 
     async fn mark_exited(&self, id: &str, shim: &crate::pod::shim::Shim) -> Result<()> {
         if self.container(id)?.state == CtrState::Running {
             let st = shim.state(id).await?;
-            let at = st.exited_at.seconds * 1_000_000_000 + st.exited_at.nanos as i64;
+            let at = crate::pod::shim::ts_ns(&st.exited_at);
             self.record_exit(id, st.exit_status, at)?;
         }
         Ok(())
@@ -465,7 +529,13 @@ impl Runtime {
 
     /// Removes the container (stopping it first). Idempotent; unknown ids succeed.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let Some(rec) = self.store.get::<ContainerRecord>(CONTAINERS, id)? else {
+        let marked = self
+            .store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                r.op = Some(Op::Remove);
+                true
+            })?;
+        let Some(rec) = marked else {
             return Ok(());
         };
         self.stop_container(id, 0).await?;
@@ -474,6 +544,7 @@ impl Runtime {
                 shim.delete(id).await?;
             }
         }
+        crate::failpoint!("ctr.remove.after_delete");
         let _ = crate::pod::unmount_under(&rec.bundle);
         for d in [&rec.bundle, &rec.dir] {
             if let Err(e) = std::fs::remove_dir_all(d) {

@@ -54,6 +54,9 @@ pub struct ContainerRecord {
     /// The identity the process runs as (from the generated spec), for ContainerStatus.
     #[serde(default)]
     pub user: Option<ProcessUser>,
+    /// The operation in progress (intent record), None when none is.
+    #[serde(default)]
+    pub op: Option<crate::intent::Op>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,19 @@ pub fn summary(rec: &ContainerRecord) -> Container {
     }
 }
 
+/// ContainerStatus' verbose `info` (as containerd's: the process pid, the sandbox id).
+pub fn verbose_info(rec: &ContainerRecord) -> String {
+    serde_json::json!({
+        "pid": rec.pid,
+        "sandboxID": rec.pod_id,
+        "bundle": rec.bundle,
+        "image": rec.image_name,
+        "logPath": rec.log_path,
+        "config": rec.config,
+    })
+    .to_string()
+}
+
 pub fn status(rec: &ContainerRecord) -> ContainerStatus {
     ContainerStatus {
         id: rec.id.clone(),

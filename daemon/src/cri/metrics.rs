@@ -431,6 +431,7 @@ mod tests {
             ips: vec![],
             pid: 1,
             shim_address: String::new(),
+            op: None,
         };
         let rec = ContainerRecord {
             id: "c1".into(),
@@ -451,6 +452,7 @@ mod tests {
             log_path: String::new(),
             stop_signal: String::new(),
             user: None,
+            op: None,
         };
         let s = Sample {
             cpu_ns: 5,

@@ -233,10 +233,15 @@ impl RuntimeService for Service {
         &self,
         req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        let rec = self.rt.container(&req.into_inner().container_id)?;
+        let r = req.into_inner();
+        let rec = self.rt.container(&r.container_id)?;
+        let mut info = std::collections::HashMap::new();
+        if r.verbose {
+            info.insert("info".to_string(), super::container::verbose_info(&rec));
+        }
         Ok(Response::new(ContainerStatusResponse {
             status: Some(super::container::status(&rec)),
-            ..Default::default()
+            info,
         }))
     }
 

@@ -2,6 +2,7 @@
 //! pod runs in one shim; its infra process (berth-pause) holds the pod's namespaces.
 
 mod files;
+mod intents;
 mod orphans;
 mod recover;
 mod sandbox;
@@ -40,6 +41,9 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     pub pid: u32,
     pub shim_address: String,
+    /// The operation in progress (intent record), None when none is.
+    #[serde(default)]
+    pub op: Option<crate::intent::Op>,
 }
 
 impl PodRecord {

@@ -1,6 +1,7 @@
 //! Startup: reconnect the shims of recorded pods (in parallel, each bounded, so a wedged
-//! shim never blocks startup), give running containers their exit watch back, then
-//! remove leftovers that no record owns (`orphans`).
+//! shim never blocks startup), finish the operations a crash cut (`intents`), give
+//! running containers their exit watch back, then remove leftovers that no record owns
+//! (`orphans`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,7 @@ impl Runtime {
         for t in tasks {
             let _ = t.await;
         }
+        self.resolve_intents().await?;
         self.recover_containers().await?;
         self.remove_orphans().await?;
         Ok(())

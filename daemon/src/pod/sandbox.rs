@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::events::Kind;
+use crate::intent::Op;
 use crate::network::{NetNs, PodNetArgs, PortMapping};
 use crate::runtime::Runtime;
 use crate::store::PODS;
@@ -136,8 +137,10 @@ impl Runtime {
                 ips: vec![],
                 pid: 0,
                 shim_address: String::new(),
+                op: Some(Op::Run),
             };
-            // The name is reserved first: a duplicate fails here with nothing made.
+            // The name is reserved first (with the intent): a duplicate fails here with
+            // nothing made; a crash from here on is rolled back at startup.
             self.store.create(PODS, &id, &name_key, &rec)?;
             let mut undo = Undo::default();
             match self.run_steps(rec, &mut undo).await {
@@ -161,6 +164,7 @@ impl Runtime {
     }
 
     async fn run_steps(self: &Arc<Self>, mut rec: PodRecord, undo: &mut Undo) -> Result<PodRecord> {
+        crate::failpoint!("pod.run.after_record");
         for d in [&rec.bundle, &rec.files] {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
@@ -180,6 +184,7 @@ impl Runtime {
             rec.netns = Some(ns.path.clone());
             let nsp = ns.path.clone();
             undo.netns = Some(ns);
+            crate::failpoint!("pod.run.after_netns");
             let args = net_args(&rec.id, &rec.config, self.pod_cidr());
             // Registered before the ADD: a half-done ADD is undone too (DEL is idempotent).
             undo.cni = Some((list.clone(), args.clone()));
@@ -265,8 +270,10 @@ impl Runtime {
         if let Some(net) = net? {
             rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
         }
+        crate::failpoint!("pod.run.after_infra");
         rec.shim_address = shim.address.clone();
         rec.state = PodState::Ready;
+        rec.op = None;
         self.store.put(PODS, &rec.id, &rec)?;
         self.shims.lock().await.insert(rec.id.clone(), shim);
         Ok(rec)
@@ -358,7 +365,12 @@ impl Runtime {
     /// Stops the pod: kills its infra process, tears down its network. Idempotent; an
     /// unknown id succeeds (kubelet retries stops of pods it no longer knows).
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
-        let Some(mut rec) = self.store.get::<PodRecord>(PODS, id)? else {
+        // The intent first (a removal's or a cut run's stays: it is the stronger one).
+        let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
+            r.op.get_or_insert(Op::Stop);
+            true
+        })?;
+        let Some(mut rec) = marked else {
             return Ok(());
         };
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
@@ -371,6 +383,7 @@ impl Runtime {
             for r in futures_util::future::join_all(stops).await {
                 r?;
             }
+            crate::failpoint!("pod.stop.after_containers");
             // The pin's path is fixed by the pod id, so a cut run's netns is found too.
             let pinned = self.config.paths.state.join("netns").join(id);
             if rec.netns.is_none() && pinned.exists() {
@@ -380,10 +393,14 @@ impl Runtime {
             let (infra, network) = tokio::join!(self.stop_infra(&rec), self.unwire(&rec));
             infra?;
             network?;
+            crate::failpoint!("pod.stop.after_infra");
             let was_ready = rec.state == PodState::Ready;
             rec.state = PodState::NotReady;
             rec.pid = 0;
             rec.netns = None;
+            if rec.op == Some(Op::Stop) {
+                rec.op = None;
+            }
             self.store.put(PODS, id, &rec)?;
             if was_ready {
                 self.events.emit(Kind::Stopped, id, id, now_ns());
@@ -434,13 +451,18 @@ impl Runtime {
 
     /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.
     pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
-        let Some(rec) = self.store.get::<PodRecord>(PODS, id)? else {
+        let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
+            r.op = Some(Op::Remove);
+            true
+        })?;
+        let Some(rec) = marked else {
             return Ok(());
         };
         for c in self.containers_of(id)? {
             self.remove_container(&c.id).await?;
         }
         self.stop_pod_sandbox(id).await?;
+        crate::failpoint!("pod.remove.after_stop");
         // The shim stayed up while containers were recorded; with none left it may go.
         let shim = match rec.shim_address.as_str() {
             "" => self.leftover_shim(&rec.bundle).await,

@@ -89,6 +89,14 @@ pub struct Shim {
     attach: AttachClient,
 }
 
+/// A protobuf timestamp in ns since the epoch; saturating, because a process that has
+/// not exited carries Go's zero time (year 1), which overflows i64 nanoseconds.
+pub fn ts_ns(t: &berth_proto::protobuf::well_known_types::timestamp::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(t.nanos))
+}
+
 fn ctx() -> context::Context {
     context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
 }
@@ -218,10 +226,7 @@ impl Shim {
     /// Waits for the task's exit; `limit` bounds the wait. Returns (status, exit time ns).
     pub async fn wait(&self, id: &str, limit: Duration) -> Result<(u32, i64)> {
         let r = self.wait_process(id, "", limit).await?;
-        Ok((
-            r.exit_status,
-            r.exited_at.seconds * 1_000_000_000 + r.exited_at.nanos as i64,
-        ))
+        Ok((r.exit_status, ts_ns(&r.exited_at)))
     }
 
     pub async fn state(&self, id: &str) -> Result<api::StateResponse> {

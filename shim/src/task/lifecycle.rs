@@ -443,7 +443,7 @@ impl Service {
         if !req.exec_id.is_empty() {
             return self.delete_exec(&req.id, &req.exec_id).await;
         }
-        let (runc, mut io) = {
+        let (runc, mut io, created) = {
             let mut t = self.lock()?;
             let c = t.get_mut(&req.id)?;
             match c.init.status {
@@ -457,15 +457,26 @@ impl Service {
             if c.init.starting {
                 return Err(Error::State("cannot delete a starting process".into()));
             }
-            (c.runc.clone(), c.init.io.take())
+            let created = c.init.status == Status::Created;
+            (c.runc.clone(), c.init.io.take(), created)
         };
-        if let Some(io) = io.as_mut() {
-            io.close(IO_DRAIN).await;
+        // An exited process's output is drained first. A never-started one (runc init
+        // still holding its stdio) only lets go once the runtime deletes it: draining
+        // first would wait out the whole drain bound for nothing.
+        if !created {
+            if let Some(io) = io.as_mut() {
+                io.close(IO_DRAIN).await;
+            }
         }
         if let Err(e) = runc.delete(&req.id, false).await {
             if !e.to_string().contains("does not exist") {
                 tracing::warn!(container_id = %req.id, error = %e, "runtime delete");
                 let _ = runc.delete(&req.id, true).await;
+            }
+        }
+        if created {
+            if let Some(io) = io.as_mut() {
+                io.close(IO_DRAIN).await;
             }
         }
         let mut t = self.lock()?;

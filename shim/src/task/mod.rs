@@ -20,6 +20,7 @@ pub use exits::run as run_exit_loop;
 pub use state::Table;
 
 /// Shared by every connection of this shim.
+#[derive(Clone)]
 pub struct Service {
     pub table: Arc<Mutex<Table>>,
     pub events: Publisher,

@@ -1,5 +1,10 @@
 //! The ttrpc face of the task service: each method opens a span keyed by container id,
 //! calls the plain operation and encodes its result. Registered as task v2 and v3.
+//!
+//! State-changing operations run detached (`detached`): ttrpc drops a handler's future
+//! when its connection closes, and a client killed mid-call (berthd or containerd under
+//! kill -9) would otherwise cut an operation half-way — a start left marked in progress
+//! for ever, a runc container created but never recorded.
 
 use async_trait::async_trait;
 use berth_proto::api::*;
@@ -21,6 +26,15 @@ fn empty(r: crate::error::Result<()>) -> TResult<Empty> {
     r.map(|_| Empty::new()).map_err(Into::into)
 }
 
+/// Runs an operation to its end whatever happens to the caller's connection.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::spawn(f)
+        .await
+        .unwrap_or_else(|e| Err(crate::error::Error::Runtime(format!("operation task: {e}"))))
+}
+
 #[async_trait]
 impl Task for Service {
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> TResult<StateResponse> {
@@ -34,7 +48,8 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> TResult<CreateTaskResponse> {
         let span = span!("create", req);
-        let pid = self.create(req).instrument(span).await?;
+        let s = self.clone();
+        let pid = detached(async move { s.create(req).await }.instrument(span)).await?;
         let mut r = CreateTaskResponse::new();
         r.pid = pid;
         Ok(r)
@@ -42,7 +57,8 @@ impl Task for Service {
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> TResult<StartResponse> {
         let span = span!("start", req);
-        let pid = self.start(req).instrument(span).await?;
+        let s = self.clone();
+        let pid = detached(async move { s.start(req).await }.instrument(span)).await?;
         let mut r = StartResponse::new();
         r.pid = pid;
         Ok(r)
@@ -50,7 +66,8 @@ impl Task for Service {
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TResult<DeleteResponse> {
         let span = span!("delete", req);
-        Ok(self.delete(req).instrument(span).await?)
+        let s = self.clone();
+        Ok(detached(async move { s.delete(req).await }.instrument(span)).await?)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TResult<PidsResponse> {
@@ -60,12 +77,14 @@ impl Task for Service {
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TResult<Empty> {
         let span = span!("pause", req);
-        empty(self.pause(req).instrument(span).await)
+        let s = self.clone();
+        empty(detached(async move { s.pause(req).await }.instrument(span)).await)
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> TResult<Empty> {
         let span = span!("resume", req);
-        empty(self.resume(req).instrument(span).await)
+        let s = self.clone();
+        empty(detached(async move { s.resume(req).await }.instrument(span)).await)
     }
 
     async fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {
@@ -75,7 +94,8 @@ impl Task for Service {
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TResult<Empty> {
         let span = span!("kill", req);
-        empty(self.kill(req).instrument(span).await)
+        let s = self.clone();
+        empty(detached(async move { s.kill(req).await }.instrument(span)).await)
     }
 
     async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> TResult<Empty> {
@@ -95,7 +115,8 @@ impl Task for Service {
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> TResult<Empty> {
         let span = span!("update", req);
-        empty(self.update(req).instrument(span).await)
+        let s = self.clone();
+        empty(detached(async move { s.update(req).await }.instrument(span)).await)
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TResult<WaitResponse> {

@@ -279,6 +279,7 @@ impl ImageStore {
             r?;
         }
         drop(fetches);
+        crate::failpoint!("image.pull.after_blobs");
         let names = [r.clone()];
         tokio::task::block_in_place(|| {
             let _g = self.locked();

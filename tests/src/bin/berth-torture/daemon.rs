@@ -1,0 +1,141 @@
+//! The daemon under test: started from its command line as the harness's own child (so
+//! it is killed by pid, never by name), optionally with failpoints armed through the
+//! environment, killed with SIGKILL, and timed back to ready.
+
+use anyhow::{bail, Context, Result};
+use berth_tests::cri::{connect, RuntimeServiceClient};
+use k8s_cri::v1 as cri;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub struct Daemon {
+    argv: Vec<String>,
+    socket: String,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn new(cmdline: &str, socket: &str, log: std::path::PathBuf) -> Result<Daemon> {
+        let argv: Vec<String> = cmdline.split_whitespace().map(String::from).collect();
+        if argv.is_empty() {
+            bail!("--daemon needs a command line");
+        }
+        Ok(Daemon {
+            argv,
+            socket: socket.to_string(),
+            log,
+            child: None,
+        })
+    }
+
+    /// Starts the daemon (with `failpoints` in BERTH_FAILPOINTS, if any) and waits until
+    /// Status answers RuntimeReady: returns the time that took.
+    pub async fn start(&mut self, failpoints: Option<&str>) -> Result<Duration> {
+        if let Some(c) = &mut self.child {
+            if c.try_wait()?.is_none() {
+                bail!("the daemon is still running");
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env_remove("BERTH_FAILPOINTS");
+        if let Some(f) = failpoints {
+            cmd.env("BERTH_FAILPOINTS", f);
+        }
+        let t0 = Instant::now();
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("start {:?}", self.argv))?,
+        );
+        loop {
+            if let Ok(mut rs) = self.client().await {
+                let st = rs
+                    .status(cri::StatusRequest { verbose: false })
+                    .await
+                    .map(|r| r.into_inner());
+                let ready = st.ok().and_then(|s| s.status).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "RuntimeReady" && c.status)
+                });
+                if ready {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if let Some(c) = &mut self.child {
+                if let Some(st) = c.try_wait()? {
+                    bail!("the daemon exited while starting: {st}");
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("the daemon was not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    pub async fn client(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(connect(&self.socket).await?.0)
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits (bounded) for the daemon to die by itself (a failpoint's abort): true if it did.
+    pub async fn died_within(&mut self, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Some(c) = &mut self.child {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return true;
+                }
+            } else {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// SIGTERM, bounded wait, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            for _ in 0..150 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

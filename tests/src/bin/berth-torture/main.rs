@@ -1,0 +1,523 @@
+//! `berth-torture`: kills a CRI runtime's daemon at random moments (or at each failpoint
+//! in turn) under load and checks that nothing was lost or leaked. Works against any CRI
+//! runtime whose daemon it can start; berthd's failpoints are armed through
+//! `BERTH_FAILPOINTS` when asked.
+//!
+//! ```text
+//! berth-torture --socket /run/berth/berth.sock --daemon "berthd --config /etc/berth/config.toml"
+//!     --image busybox [--iterations 20] [--failpoints all|none|a,b] [--pod-network]
+//!     [--root DIR --state DIR] [--cgroup-parent /berth] [--ipam-dir DIR] [--seed N]
+//! ```
+//!
+//! Each iteration: two fresh victims start; churn runs (pods and containers made and
+//! removed in two loops); the daemon is killed with SIGKILL after a random delay (or dies
+//! at its armed failpoint); while it is down the victims get SIGTERM (exit 42) and SIGKILL
+//! (137); the daemon restarts (time to ready measured); then the checks: no container in
+//! an unknown state, the long-lived counters running with their pids and every line
+//! (numbered, no gap, stamped when produced, also while the daemon was down), the victims'
+//! exit codes and times and every line they printed (their last number is also written
+//! to a host dir), everything churn made removable, and no leftover beyond the baseline.
+//! Prints violations by kind; exits 1 on any.
+
+mod checks;
+mod daemon;
+mod workload;
+
+use anyhow::{bail, Context, Result};
+use k8s_cri::v1 as cri;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use workload::{Rs, Shape};
+
+const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
+[--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--cgroup-parent PATH] [--ipam-dir DIR] [--counters N] [--seed N] [--work DIR]";
+
+/// berthd's failpoints (daemon/src/failpoints.rs) that the workload passes through.
+const FAILPOINTS: &[&str] = &[
+    "pod.run.after_record",
+    "pod.run.after_netns",
+    "pod.run.after_infra",
+    "ctr.create.after_record",
+    "ctr.create.after_bundle",
+    "ctr.create.after_task",
+    "ctr.start.before_task",
+    "ctr.start.after_task",
+    "ctr.stop.after_kill",
+    "ctr.remove.after_delete",
+    "pod.stop.after_containers",
+    "pod.stop.after_infra",
+    "pod.remove.after_stop",
+];
+
+struct Args {
+    socket: String,
+    daemon: String,
+    image: String,
+    iterations: usize,
+    failpoints: Vec<String>,
+    pod_network: bool,
+    root: Option<PathBuf>,
+    state: Option<PathBuf>,
+    cgroup_parent: String,
+    ipam_dir: Option<PathBuf>,
+    counters: usize,
+    seed: u64,
+    work: Option<PathBuf>,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        socket: String::new(),
+        daemon: String::new(),
+        image: String::new(),
+        iterations: 20,
+        failpoints: Vec::new(),
+        pod_network: false,
+        root: None,
+        state: None,
+        cgroup_parent: "/berth".into(),
+        ipam_dir: None,
+        counters: 3,
+        seed: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        work: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || {
+            it.next()
+                .with_context(|| format!("{k} needs a value\n{USAGE}"))
+        };
+        match k.as_str() {
+            "--socket" => a.socket = v()?,
+            "--daemon" => a.daemon = v()?,
+            "--image" => a.image = v()?,
+            "--iterations" => a.iterations = v()?.parse()?,
+            "--failpoints" => {
+                a.failpoints = match v()?.as_str() {
+                    "all" => FAILPOINTS.iter().map(|s| s.to_string()).collect(),
+                    "none" => Vec::new(),
+                    list => list.split(',').map(String::from).collect(),
+                }
+            }
+            "--pod-network" => a.pod_network = true,
+            "--root" => a.root = Some(v()?.into()),
+            "--state" => a.state = Some(v()?.into()),
+            "--cgroup-parent" => a.cgroup_parent = v()?,
+            "--ipam-dir" => a.ipam_dir = Some(v()?.into()),
+            "--counters" => a.counters = v()?.parse()?,
+            "--seed" => a.seed = v()?.parse()?,
+            "--work" => a.work = Some(v()?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if a.socket.is_empty() || a.daemon.is_empty() || a.image.is_empty() {
+        bail!("--socket, --daemon and --image are required\n{USAGE}");
+    }
+    Ok(a)
+}
+
+/// xorshift64: reproducible kill moments from `--seed`.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[derive(Default)]
+struct Report {
+    violations: BTreeMap<String, Vec<String>>,
+    ready: Vec<Duration>,
+    kills: usize,
+    failpoints_hit: usize,
+    failpoints_missed: Vec<String>,
+    lines: u64,
+}
+
+impl Report {
+    fn add(&mut self, kind: &str, detail: String) {
+        eprintln!("[torture] VIOLATION {kind}: {detail}");
+        self.violations
+            .entry(kind.to_string())
+            .or_default()
+            .push(detail);
+    }
+}
+
+struct Counter {
+    id: String,
+    pid: i32,
+    log: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let args = parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let tmp;
+    let work = match &args.work {
+        Some(w) => w.clone(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("berth-torture-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let shape = Shape {
+        image: args.image.clone(),
+        pod_network: args.pod_network,
+        logs: work.join("logs"),
+        run: format!("{}", args.seed % 1_000_000),
+    };
+    let mut d = daemon::Daemon::new(&args.daemon, &args.socket, work.join("daemon.log"))?;
+    let mut rng = Rng(args.seed | 1);
+    let mut report = Report::default();
+    println!(
+        "berth-torture: {} iterations, failpoints {:?}, seed {}",
+        args.iterations, args.failpoints, args.seed
+    );
+    let first = d.start(None).await?;
+    println!("daemon ready in {first:?}");
+    let mut rs = d.client().await?;
+
+    // The long-lived workload: counters in pods of their own, one pod for victims.
+    let mut counters = Vec::new();
+    for i in 0..args.counters {
+        let cfg = shape.pod(&format!("counter{i}"), "counter")?;
+        let pod = workload::run_pod(&mut rs, &cfg).await?;
+        let id = workload::start(
+            &mut rs,
+            &pod,
+            &cfg,
+            shape.container("counter", workload::COUNTER),
+        )
+        .await?;
+        let (_, pid) = workload::status(&mut rs, &id).await?;
+        counters.push(Counter {
+            id,
+            pid,
+            log: PathBuf::from(&cfg.log_directory).join("counter.log"),
+        });
+    }
+    let vcfg = shape.pod("victims", "victims")?;
+    let vpod = workload::run_pod(&mut rs, &vcfg).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scope = checks::Scope {
+        socket: args.socket.clone(),
+        root: args.root.clone(),
+        state: args.state.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        ipam_dir: args.ipam_dir.clone(),
+    };
+    // Counters' and the victims' pod's own resources are the baseline.
+    let mut baseline = scope.snapshot();
+
+    let total = args.iterations + args.failpoints.len();
+    for iter in 0..total {
+        let fp = args
+            .failpoints
+            .get(iter.wrapping_sub(args.iterations))
+            .cloned();
+        let fp = if iter >= args.iterations { fp } else { None };
+        let r = iteration(
+            &mut d,
+            &mut rs,
+            &shape,
+            &vpod,
+            &vcfg,
+            &counters,
+            fp.as_deref(),
+            &mut rng,
+            &mut report,
+        )
+        .await;
+        if let Err(e) = r {
+            report.add("harness", format!("iteration {iter}: {e:#}"));
+            // Start over from a running daemon.
+            d.kill9();
+            d.start(None).await?;
+            rs = d.client().await?;
+        }
+        // Leftovers: everything churn made is gone now; compare with the baseline.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = scope.snapshot();
+        for (kind, extra) in checks::leftovers(&baseline, &now) {
+            report.add(
+                &format!("leftover {kind}"),
+                format!(
+                    "iteration {iter}: {} more: {:?}",
+                    extra.len(),
+                    &extra[..extra.len().min(3)]
+                ),
+            );
+        }
+        // A leak is reported once, in the iteration that made it.
+        baseline = now;
+        eprintln!("[torture] iteration {}/{} done", iter + 1, total);
+    }
+
+    // Teardown: every pod the harness made.
+    let mut rs = d.client().await?;
+    for p in workload::pods_with(&mut rs, "").await? {
+        if let Err(e) = workload::remove_pod(&mut rs, &p.id).await {
+            report.add("removable", format!("teardown of {}: {e:#}", p.id));
+        }
+    }
+    d.stop();
+    print_report(&report, total);
+    if !report.violations.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn iteration(
+    d: &mut daemon::Daemon,
+    rs: &mut Rs,
+    shape: &Shape,
+    vpod: &str,
+    vcfg: &cri::PodSandboxConfig,
+    counters: &[Counter],
+    failpoint: Option<&str>,
+    rng: &mut Rng,
+    report: &mut Report,
+) -> Result<()> {
+    let tag = rng.below(1_000_000);
+    let mut victims = vec![
+        workload::start_victim(rs, shape, vpod, vcfg, &format!("term{tag}"), libc::SIGTERM).await?,
+        workload::start_victim(rs, shape, vpod, vcfg, &format!("kill{tag}"), libc::SIGKILL).await?,
+    ];
+    if let Some(f) = failpoint {
+        // Armed only now (a clean SIGTERM restart: pods stay), so the victims' own
+        // create and start do not trip it.
+        d.stop();
+        d.start(Some(&format!("{f}=panic"))).await?;
+        *rs = d.client().await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn: Vec<_> = (0..2)
+        .map(|n| workload::churn(d_socket(d), shape.clone(), stop.clone(), n))
+        .collect();
+    match failpoint {
+        None => {
+            tokio::time::sleep(Duration::from_millis(50 + rng.below(400))).await;
+            d.kill9();
+            report.kills += 1;
+        }
+        Some(f) => {
+            if d.died_within(Duration::from_secs(15)).await {
+                report.failpoints_hit += 1;
+            } else {
+                report.failpoints_missed.push(f.to_string());
+                d.kill9();
+            }
+        }
+    }
+    let down_at = now_ns();
+    stop.store(true, Ordering::Relaxed);
+    // While the daemon is down: the victims are signalled.
+    for v in victims.iter_mut() {
+        v.killed_at = now_ns();
+        unsafe {
+            libc::kill(v.pid, v.signal);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for c in churn {
+        c.abort();
+    }
+    let up_at = now_ns();
+    let ready = d.start(None).await?;
+    eprintln!(
+        "[torture] ready again in {ready:?}{}",
+        failpoint
+            .map(|f| format!(" (after {f})"))
+            .unwrap_or_default()
+    );
+    report.ready.push(ready);
+    *rs = d.client().await?;
+
+    // Nothing unknown.
+    let all = rs
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers;
+    for c in &all {
+        if c.state == cri::ContainerState::ContainerUnknown as i32 {
+            report.add(
+                "unknown",
+                format!("container {} is CONTAINER_UNKNOWN", c.id),
+            );
+        }
+    }
+    // Counters: untouched, every line, lines stamped during the downtime.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for c in counters {
+        let (st, pid) = workload::status(rs, &c.id).await?;
+        if st.state != cri::ContainerState::ContainerRunning as i32 || pid != c.pid {
+            report.add(
+                "untouched",
+                format!(
+                    "counter {}: state {} pid {pid} (was {})",
+                    c.id, st.state, c.pid
+                ),
+            );
+        }
+        let lines = checks::numbered_lines(&c.log)?;
+        report.lines += lines.len() as u64;
+        if let Some(b) = checks::first_break(&lines) {
+            report.add("log", format!("counter {}: {b}", c.id));
+        }
+        if !lines.iter().any(|(ts, _)| *ts > down_at && *ts < up_at) {
+            report.add(
+                "log",
+                format!(
+                    "counter {}: no line stamped while the daemon was down",
+                    c.id
+                ),
+            );
+        }
+    }
+    // Victims: exit codes, times, and every line they printed.
+    for v in &victims {
+        let want = if v.signal == libc::SIGTERM { 42 } else { 137 };
+        let mut st = workload::status(rs, &v.id).await?.0;
+        for _ in 0..100 {
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            st = workload::status(rs, &v.id).await?.0;
+        }
+        if st.state != cri::ContainerState::ContainerExited as i32 || st.exit_code != want {
+            report.add(
+                "victim exit",
+                format!(
+                    "{}: state {} exit {} (want {want})",
+                    v.id, st.state, st.exit_code
+                ),
+            );
+        } else if st.finished_at < v.killed_at - 5_000_000
+            || st.finished_at > v.killed_at + 2_000_000_000
+        {
+            report.add(
+                "victim exit",
+                format!(
+                    "{}: finished_at {} vs signalled at {}",
+                    v.id, st.finished_at, v.killed_at
+                ),
+            );
+        }
+        let last: u64 = std::fs::read_to_string(v.out.join("last"))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let lines = checks::numbered_lines(&v.log)?;
+        report.lines += lines.len() as u64;
+        let have = lines.last().map(|l| l.1);
+        if lines.first().map(|l| l.1) != Some(0) || have.is_none_or(|h| h < last) {
+            report.add(
+                "log",
+                format!(
+                    "{}: printed 0..={last}, the log has {:?}..={have:?}",
+                    v.id,
+                    lines.first().map(|l| l.1)
+                ),
+            );
+        } else if let Some(b) = checks::first_break(&lines) {
+            report.add("log", format!("{}: {b}", v.id));
+        } else if let Some((ts, _)) = lines.iter().find(|l| l.1 == last) {
+            if *ts > v.killed_at + 50_000_000 {
+                report.add(
+                    "log",
+                    format!(
+                        "{}: line {last} stamped {} ms after the victim died",
+                        v.id,
+                        (ts - v.killed_at) / 1_000_000
+                    ),
+                );
+            }
+        }
+    }
+    // Everything churn made can be removed; the victims go too.
+    for p in workload::pods_with(rs, "churn").await? {
+        if let Err(e) = workload::remove_pod(rs, &p.id).await {
+            report.add("removable", format!("churn pod {}: {e:#}", p.id));
+        }
+    }
+    for v in &victims {
+        if let Err(e) = rs
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: v.id.clone(),
+            })
+            .await
+        {
+            report.add("removable", format!("victim {}: {e}", v.id));
+        }
+        let _ = std::fs::remove_dir_all(&v.out);
+    }
+    Ok(())
+}
+
+fn d_socket(d: &daemon::Daemon) -> String {
+    d.socket().to_string()
+}
+
+fn print_report(r: &Report, iterations: usize) {
+    let mut ready: Vec<Duration> = r.ready.clone();
+    ready.sort();
+    let med = ready.get(ready.len() / 2).copied().unwrap_or_default();
+    let max = ready.last().copied().unwrap_or_default();
+    println!();
+    println!(
+        "iterations {iterations}: {} random kills, {} failpoints hit",
+        r.kills, r.failpoints_hit
+    );
+    if !r.failpoints_missed.is_empty() {
+        println!(
+            "failpoints not reached (killed instead): {:?}",
+            r.failpoints_missed
+        );
+    }
+    println!(
+        "restart to ready: median {med:?}, max {max:?}; log lines checked: {}",
+        r.lines
+    );
+    println!();
+    println!("| violation | count | first |");
+    println!("|---|---|---|");
+    if r.violations.is_empty() {
+        println!("| (none) | 0 | |");
+    }
+    for (k, v) in &r.violations {
+        println!("| {k} | {} | {} |", v.len(), v[0].replace('|', "/"));
+    }
+}

@@ -1,0 +1,237 @@
+//! What the harness runs on the runtime: long-lived counter containers (never touched:
+//! they must keep running with the same pid and lose no line), victims (killed while the
+//! daemon is down: their exit codes, times and every line they printed must survive), and
+//! churn (pods and containers made and removed in a loop, cut by the kills).
+
+use anyhow::{bail, Context, Result};
+use berth_tests::cri::RuntimeServiceClient;
+use k8s_cri::v1 as cri;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub type Rs = RuntimeServiceClient<Channel>;
+
+/// Label on everything the harness makes; its value tells what for.
+pub const LABEL: &str = "berth-torture";
+
+/// Settings every pod shares.
+#[derive(Clone)]
+pub struct Shape {
+    pub image: String,
+    pub pod_network: bool,
+    pub logs: PathBuf,
+    pub run: String,
+}
+
+impl Shape {
+    pub fn pod(&self, name: &str, role: &str) -> Result<cri::PodSandboxConfig> {
+        let dir = self.logs.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut cfg = berth_tests::cri::pod_config(name, &dir);
+        if let Some(md) = cfg.metadata.as_mut() {
+            md.namespace = "berth-torture".into();
+            md.uid = format!("{}-{name}", self.run);
+        }
+        cfg.labels.insert(LABEL.into(), role.into());
+        if self.pod_network {
+            cfg.hostname = name.into();
+            let ns = berth_tests::berthd_feat::ns_options(&mut cfg);
+            ns.network = cri::NamespaceMode::Pod as i32;
+        }
+        Ok(cfg)
+    }
+
+    pub fn container(&self, name: &str, script: &str) -> cri::ContainerConfig {
+        let mut c = berth_tests::cri::container_config(name, &self.image, &["sh", "-c", script]);
+        c.labels.insert(LABEL.into(), name.into());
+        c
+    }
+}
+
+/// A numbered line every 20 ms, forever.
+pub const COUNTER: &str = "i=0; while :; do echo \"n $i\"; i=$((i+1)); usleep 20000; done";
+
+/// A numbered line every 10 ms, each number also written to /out/last (a host dir) after
+/// it is printed; SIGTERM ends it with 42.
+pub const VICTIM: &str = "trap 'exit 42' TERM; i=0; while :; do echo \"n $i\"; \
+                          echo $i > /out/last; i=$((i+1)); usleep 10000; done";
+
+pub async fn run_pod(rs: &mut Rs, cfg: &cri::PodSandboxConfig) -> Result<String> {
+    Ok(rs
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+pub async fn start(
+    rs: &mut Rs,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    c: cri::ContainerConfig,
+) -> Result<String> {
+    let id = rs
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(c),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rs.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok(id)
+}
+
+/// The container's status and the host pid from its verbose info.
+pub async fn status(rs: &mut Rs, id: &str) -> Result<(cri::ContainerStatus, i32)> {
+    let r = rs
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let pid = r
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .and_then(|v| v["pid"].as_i64())
+        .unwrap_or(0) as i32;
+    Ok((r.status.context("no status")?, pid))
+}
+
+/// A victim: its container id, host pid, log and the host dir holding /out/last.
+pub struct Victim {
+    pub id: String,
+    pub pid: i32,
+    pub log: PathBuf,
+    pub out: PathBuf,
+    pub signal: i32,
+    /// When the harness signalled it (ns since the epoch).
+    pub killed_at: i64,
+}
+
+pub async fn start_victim(
+    rs: &mut Rs,
+    shape: &Shape,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    name: &str,
+    signal: i32,
+) -> Result<Victim> {
+    let out = shape.logs.join("out").join(name);
+    std::fs::create_dir_all(&out)?;
+    let mut c = shape.container(name, VICTIM);
+    c.mounts.push(cri::Mount {
+        container_path: "/out".into(),
+        host_path: out.display().to_string(),
+        ..Default::default()
+    });
+    let id = start(rs, pod, pod_cfg, c).await?;
+    let log = Path::new(&pod_cfg.log_directory).join(format!("{name}.log"));
+    // Running, with a pid, and printing.
+    for _ in 0..200 {
+        let (st, pid) = status(rs, &id).await?;
+        if st.state == cri::ContainerState::ContainerRunning as i32
+            && pid > 0
+            && out.join("last").exists()
+        {
+            return Ok(Victim {
+                id,
+                pid,
+                log,
+                out,
+                signal,
+                killed_at: 0,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("victim {name} did not start printing")
+}
+
+/// Two loops of pod and container churn until `stop`: every call may fail (the daemon
+/// gets killed under them); what they made is found again by label.
+pub fn churn(
+    socket: String,
+    shape: Shape,
+    stop: Arc<AtomicBool>,
+    n: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut k = 0;
+        while !stop.load(Ordering::Relaxed) {
+            k += 1;
+            let Ok((mut rs, _)) = berth_tests::cri::connect(&socket).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let name = format!("churn{n}-{k}");
+            let _ = churn_once(&mut rs, &shape, &name).await;
+        }
+    })
+}
+
+async fn churn_once(rs: &mut Rs, shape: &Shape, name: &str) -> Result<()> {
+    let cfg = shape.pod(name, "churn")?;
+    let pod = run_pod(rs, &cfg).await?;
+    let c = start(rs, &pod, &cfg, shape.container("c", "sleep 3600")).await?;
+    rs.stop_container(cri::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 0,
+    })
+    .await?;
+    rs.remove_container(cri::RemoveContainerRequest { container_id: c })
+        .await?;
+    rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Pods carrying the label with `role` ("" = any).
+pub async fn pods_with(rs: &mut Rs, role: &str) -> Result<Vec<cri::PodSandbox>> {
+    let all = rs
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await?
+        .into_inner()
+        .items;
+    Ok(all
+        .into_iter()
+        .filter(|p| {
+            p.labels
+                .get(LABEL)
+                .is_some_and(|r| role.is_empty() || r == role)
+        })
+        .collect())
+}
+
+/// Stops and removes a pod: (stop error, remove error) as text.
+pub async fn remove_pod(rs: &mut Rs, id: &str) -> Result<()> {
+    rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .context("StopPodSandbox")?;
+    rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .context("RemovePodSandbox")?;
+    Ok(())
+}
