@@ -412,9 +412,17 @@ impl Runtime {
     pub fn watch_exit(self: &Arc<Self>, id: String, shim: crate::pod::shim::Shim) {
         let rt = self.clone();
         tokio::spawn(async move {
-            // Wait may outlive any bound; a broken connection ends it (berthd restarts reconnect).
-            let Ok((code, at)) = shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await else {
-                return;
+            // Wait may outlive any bound. A broken one means the shim may have died: the
+            // pod is settled if so (a berthd restart reconnects and watches again).
+            let (code, at) = match shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await {
+                Ok(r) => r,
+                Err(Error::NotFound(_)) => return,
+                Err(_) => {
+                    if let Ok(rec) = rt.container(&id) {
+                        rt.on_wait_failed(&rec.pod_id);
+                    }
+                    return;
+                }
             };
             if let Err(e) = rt.record_exit(&id, code, at) {
                 tracing::warn!(container_id = %id, error = %e, "recording the exit failed");

@@ -7,6 +7,7 @@ mod orphans;
 mod recover;
 mod sandbox;
 pub mod shim;
+mod shim_death;
 pub mod stats;
 
 use std::path::PathBuf;

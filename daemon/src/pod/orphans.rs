@@ -69,7 +69,7 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 
 /// Kills every process left in a cgroupfs path (each v1 controller, or the v2 tree) and
 /// removes the cgroup. Only a task's own leaf cgroup is ever passed here.
-fn kill_cgroup(path: &str) {
+pub(super) fn kill_cgroup(path: &str) {
     if path.contains(':') || path.split('/').any(|c| c == "..") {
         tracing::warn!(cgroup = path, "not a cgroupfs path; left alone");
         return;
@@ -113,7 +113,7 @@ fn kill_cgroup(path: &str) {
 }
 
 /// `runc delete --force` of a task whose shim is gone (its state dir would leak).
-async fn runc_delete(id: &str) {
+pub(super) async fn runc_delete(id: &str) {
     let root = format!("/run/containerd/runc/{NAMESPACE}");
     if !Path::new(&root).join(id).exists() {
         return;

@@ -31,8 +31,17 @@ impl Runtime {
                 .await;
                 match res {
                     Ok(Ok((shim, true))) => {
-                        rt.shims.lock().await.insert(rec.id.clone(), shim);
+                        rt.shims.lock().await.insert(rec.id.clone(), shim.clone());
+                        rt.watch_infra(rec.id.clone(), shim);
                         tracing::info!(pod_id = %rec.id, "shim reconnected");
+                    }
+                    Ok(Err(e)) if is_gone(&rec) => {
+                        // The shim died while berthd was down: its tasks are settled from
+                        // the exits it recorded, what it left running is killed.
+                        tracing::warn!(pod_id = %rec.id, error = %e, "shim is gone");
+                        if let Err(e) = rt.settle_dead_pod(&rec).await {
+                            tracing::warn!(pod_id = %rec.id, error = %e, "settling a dead shim");
+                        }
                     }
                     other => {
                         let why = match other {
@@ -73,11 +82,11 @@ impl Runtime {
             match shim {
                 Some(shim) => self.watch_exit(c.id.clone(), shim),
                 None => {
-                    tracing::warn!(container_id = %c.id, "pod shim is gone; container state unknown");
+                    tracing::warn!(container_id = %c.id, "pod shim does not answer; exit unknown");
                     let mut c = c;
                     c.state = CtrState::Exited;
                     c.exit_code = 255;
-                    c.reason = "Unknown".into();
+                    c.reason = "ShimUnreachable".into();
                     c.finished_at = crate::pod::now_ns();
                     self.store
                         .put(crate::store::CONTAINERS, &c.id.clone(), &c)?;
@@ -87,5 +96,21 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+/// A shim whose socket file is gone or refuses connections is dead (one that accepts but
+/// does not answer is only wedged, and its tasks are left alone).
+fn is_gone(rec: &PodRecord) -> bool {
+    let path = rec
+        .shim_address
+        .strip_prefix("unix://")
+        .unwrap_or(&rec.shim_address);
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ),
     }
 }

@@ -146,6 +146,9 @@ impl Runtime {
             match self.run_steps(rec, &mut undo).await {
                 Ok(rec) => {
                     tracing::info!(ips = ?rec.ips, pid = rec.pid, "pod ready");
+                    if let Some(shim) = self.shims.lock().await.get(&rec.id).cloned() {
+                        self.watch_infra(rec.id.clone(), shim);
+                    }
                     self.events
                         .emit(Kind::Created, &rec.id, &rec.id, rec.created_at);
                     self.events.emit(Kind::Started, &rec.id, &rec.id, now_ns());
@@ -344,6 +347,31 @@ impl Runtime {
             .map(|l| l.cgroup_parent.clone())
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| self.config.runtime.cgroup_parent.clone())
+    }
+
+    /// Watches the infra process: its exit makes the pod NotReady at once; a broken Wait
+    /// may mean the shim died (`shim_death`).
+    pub(crate) fn watch_infra(self: &Arc<Self>, id: String, shim: Shim) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            match shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await {
+                Ok(_) => {
+                    let updated = rt.store.update(PODS, &id, |r: &mut PodRecord| {
+                        let ready = r.state == PodState::Ready && r.op.is_none();
+                        if ready {
+                            r.state = PodState::NotReady;
+                        }
+                        ready
+                    });
+                    if let Ok(Some(_)) = updated {
+                        tracing::warn!(pod_id = %id, "infra process exited; pod is NotReady");
+                        rt.events.emit(Kind::Stopped, &id, &id, now_ns());
+                    }
+                }
+                Err(Error::NotFound(_)) => {}
+                Err(_) => rt.on_wait_failed(&id),
+            }
+        });
     }
 
     /// The pod's shim client, reconnecting from the stored address after a restart.

@@ -148,8 +148,27 @@ fn maybe_finish_init(t: &mut Table, events: &Publisher, cid: &str) {
     let Some(e) = c.pending_init_exit.take() else {
         return;
     };
+    record_exit(&c.bundle, &e);
     c.init.set_exited(e.status, e.at);
     publish_exit(events, cid, cid, e);
+}
+
+/// The exit file a manager reads when this shim is gone (berthd after a shim's death):
+/// written whole (temp file, then rename) before the exit is published anywhere.
+pub const EXIT_FILE: &str = "berth-exit.json";
+
+fn record_exit(bundle: &std::path::Path, e: &Exit) {
+    let at =
+        e.at.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+    let body = serde_json::json!({"pid": e.pid, "status": e.status, "exited_at_ns": at});
+    let tmp = bundle.join(".berth-exit.json.tmp");
+    let res = std::fs::write(&tmp, body.to_string())
+        .and_then(|_| std::fs::rename(&tmp, bundle.join(EXIT_FILE)));
+    if let Err(err) = res {
+        // A bundle that is gone (tests, or a manager that removed it) records nothing.
+        tracing::debug!(bundle = %bundle.display(), error = %err, "exit record");
+    }
 }
 
 fn publish_exit(events: &Publisher, cid: &str, id: &str, e: Exit) {

@@ -1,0 +1,148 @@
+//! A pod's shim died (kill -9, crash). berthd learns it at once from the broken Wait of
+//! a process it watches (every running container and the pod's infra), confirms the shim
+//! no longer answers, then settles the pod: an exit the shim recorded in the bundle
+//! (`berth-exit.json`, written before the shim published it) is reported with its real
+//! status and time; a process the dead shim left running is killed through its cgroup and
+//! reported as exit 137 with reason ShimDied; the runtime's state for those tasks goes;
+//! the pod is NotReady. Mounts and dirs go with the usual RemoveContainer/RemovePodSandbox.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::container::{ContainerRecord, CtrState};
+use crate::error::Result;
+use crate::events::Kind;
+use crate::runtime::Runtime;
+use crate::store::{CONTAINERS, PODS};
+
+use super::shim::Shim;
+use super::{PodRecord, PodState};
+
+/// How long a shim that broke a Wait gets to answer a fresh connection.
+const PROBE: Duration = Duration::from_millis(500);
+
+/// The exit the shim recorded for a task, if it did: (status, exit time ns).
+fn recorded_exit(bundle: &Path) -> Option<(u32, i64)> {
+    let b = std::fs::read(bundle.join("berth-exit.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+    Some((v["status"].as_u64()? as u32, v["exited_at_ns"].as_i64()?))
+}
+
+impl Runtime {
+    /// Called when a Wait on the pod's shim failed: settles the pod if the shim is gone.
+    pub fn on_wait_failed(self: &Arc<Self>, pod_id: &str) {
+        let rt = self.clone();
+        let pod_id = pod_id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = rt.settle_if_dead(&pod_id).await {
+                tracing::warn!(pod_id = %pod_id, error = %e, "settling a dead shim");
+            }
+        });
+    }
+
+    async fn settle_if_dead(&self, pod_id: &str) -> Result<()> {
+        let Some(pod) = self.store.get::<PodRecord>(PODS, pod_id)? else {
+            return Ok(());
+        };
+        if pod.shim_address.is_empty() || pod.op.is_some() {
+            return Ok(());
+        }
+        let alive = tokio::time::timeout(PROBE, Shim::connect(&pod.shim_address))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if alive {
+            return Ok(());
+        }
+        // Only one settler per death: the first to drop the cached client.
+        if self.shims.lock().await.remove(pod_id).is_none() {
+            return Ok(());
+        }
+        self.settle_dead_pod(&pod).await
+    }
+
+    /// Settles a pod whose shim is known to be gone (also at startup).
+    pub(super) async fn settle_dead_pod(&self, pod: &PodRecord) -> Result<()> {
+        let pod_id = pod.id.as_str();
+        tracing::warn!(pod_id = %pod_id, "the pod's shim is gone; settling its tasks");
+        for c in self.containers_of(pod_id)? {
+            if c.state == CtrState::Running {
+                self.settle_container(&c).await?;
+            }
+        }
+        // The infra process: killed if the shim left it running.
+        self.kill_task_cgroup(&pod.bundle).await;
+        runc_delete(pod_id).await;
+        let updated = self.store.update(PODS, pod_id, |r: &mut PodRecord| {
+            let was = r.state == PodState::Ready;
+            r.state = PodState::NotReady;
+            was
+        })?;
+        if updated.is_some() {
+            self.events
+                .emit(Kind::Stopped, pod_id, pod_id, super::now_ns());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn settle_container(&self, c: &ContainerRecord) -> Result<()> {
+        match recorded_exit(&c.bundle) {
+            Some((status, at)) => {
+                tracing::info!(container_id = %c.id, status, "exit recorded by the dead shim");
+                self.record_exit(&c.id, status, at)?;
+            }
+            None => {
+                tracing::warn!(container_id = %c.id, "killing a process its dead shim left");
+                self.kill_task_cgroup(&c.bundle).await;
+                self.record_exit_with(&c.id, 137, super::now_ns(), "ShimDied")?;
+            }
+        }
+        runc_delete(&c.id).await;
+        Ok(())
+    }
+
+    /// Kills what is left in the cgroup a task's config.json names.
+    async fn kill_task_cgroup(&self, bundle: &Path) {
+        let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(cg) = spec["linux"]["cgroupsPath"].as_str().map(str::to_string) {
+            // Sleeps while processes die: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || super::orphans::kill_cgroup(&cg)).await;
+        }
+    }
+}
+
+/// `runc delete --force`: the dead shim cannot delete its tasks' runtime state.
+async fn runc_delete(id: &str) {
+    super::orphans::runc_delete(id).await;
+}
+
+/// Marks a record Exited the way `record_exit` does, with a given reason.
+impl Runtime {
+    pub(crate) fn record_exit_with(
+        &self,
+        id: &str,
+        code: u32,
+        at: i64,
+        reason: &str,
+    ) -> Result<()> {
+        let updated = self
+            .store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                if r.state != CtrState::Running {
+                    return false;
+                }
+                r.state = CtrState::Exited;
+                r.exit_code = code as i32;
+                r.finished_at = at;
+                r.reason = reason.to_string();
+                true
+            })?;
+        if let Some(r) = updated {
+            self.events.emit(Kind::Stopped, id, &r.pod_id, at);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! A pod's shim killed with SIGKILL, with berthd running and with berthd down: berthd
+//! notices at once (running), reports an exit the shim had recorded with its real status
+//! and time, kills what the dead shim left running (exit 137, reason ShimDied), marks the
+//! pod NotReady, and the pod can then be stopped and removed with nothing left behind
+//! (the teardown's leak check: shims, mounts, socket).
+
+use anyhow::{ensure, Context, Result};
+use berth_tests::berthd::Berthd;
+use berth_tests::berthd_feat::{remove_all_pods, Pod};
+use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::streaming::{berthd, eventually};
+use berth_tests::{image, procs};
+use k8s_cri::v1 as cri;
+use std::time::{Duration, Instant};
+
+fn shim_of_pod(d: &Berthd, pod_id: &str) -> Result<i32> {
+    procs::shims_of(&d.socket.display().to_string())
+        .into_iter()
+        .find(|p| p.argv.iter().any(|a| a == pod_id))
+        .map(|p| p.pid)
+        .with_context(|| format!("no shim for pod {pod_id}"))
+}
+
+async fn pid_of(pod: &Pod, id: &str) -> Result<i32> {
+    let r = pod
+        .rs
+        .clone()
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(r.info.get("info").context("no info")?)?;
+    Ok(info["pid"].as_i64().context("no pid")? as i32)
+}
+
+async fn pod_state(pod: &Pod) -> Result<i32> {
+    Ok(pod.status().await?.0.state)
+}
+
+#[test]
+fn a_shim_killed_under_a_running_berthd_is_noticed_and_its_pod_settled() -> Result<()> {
+    let d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let r: Result<()> = async {
+            let pod = Pod::run(&d, &rs, pod_config("live", &logs.join("live"))).await?;
+            let cid = pod
+                .start(
+                    &d,
+                    container_config("sleeper", image::BUSYBOX_IMAGE, &["sleep", "1000"]),
+                )
+                .await?;
+            let pid = pid_of(&pod, &cid).await?;
+            let shim = shim_of_pod(&d, &pod.id)?;
+            let t0 = Instant::now();
+            procs::signal(shim, libc::SIGKILL)?;
+            let mut st = pod.container_status(&cid).await?;
+            while st.state != cri::ContainerState::ContainerExited as i32
+                && t0.elapsed() < Duration::from_secs(5)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                st = pod.container_status(&cid).await?;
+            }
+            let took = t0.elapsed();
+            ensure!(
+                st.state == cri::ContainerState::ContainerExited as i32,
+                "the container is still {} 5 s after its shim died",
+                st.state
+            );
+            eprintln!("berthd settled the dead shim's container in {took:?}");
+            ensure!(took < Duration::from_secs(1), "noticed after {took:?}");
+            ensure!(
+                st.exit_code == 137 && st.reason == "ShimDied",
+                "exit {} reason {:?}",
+                st.exit_code,
+                st.reason
+            );
+            ensure!(
+                eventually(Duration::from_secs(5), || !procs::alive(pid)).await,
+                "the process the dead shim left ({pid}) still runs"
+            );
+            let mut state = pod_state(&pod).await?;
+            for _ in 0..50 {
+                if state == cri::PodSandboxState::SandboxNotready as i32 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                state = pod_state(&pod).await?;
+            }
+            ensure!(
+                state == cri::PodSandboxState::SandboxNotready as i32,
+                "the pod is still ready"
+            );
+            Ok(())
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}
+
+#[test]
+fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() -> Result<()> {
+    let mut d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let pod = Pod::run(&d, &rs, pod_config("down", &logs.join("down"))).await?;
+        let quitter = pod
+            .start(
+                &d,
+                container_config(
+                    "quitter",
+                    image::BUSYBOX_IMAGE,
+                    &["sh", "-c", "sleep 1; exit 3"],
+                ),
+            )
+            .await?;
+        let sleeper = pod
+            .start(
+                &d,
+                container_config("sleeper", image::BUSYBOX_IMAGE, &["sleep", "1000"]),
+            )
+            .await?;
+        let sleeper_pid = pid_of(&pod, &sleeper).await?;
+        let shim = shim_of_pod(&d, &pod.id)?;
+        d.kill9()?;
+        // The quitter exits (recorded by its shim), then the shim dies.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let quit_by = berth_tests_now_ns();
+        procs::signal(shim, libc::SIGKILL)?;
+        d.restart()?;
+        let (rs, _) = d.client().await?;
+        let pod = Pod {
+            rs: rs.clone(),
+            ..pod
+        };
+        let r: Result<()> = async {
+            let q = pod.container_status(&quitter).await?;
+            ensure!(
+                q.state == cri::ContainerState::ContainerExited as i32 && q.exit_code == 3,
+                "quitter: state {} exit {} reason {:?}",
+                q.state,
+                q.exit_code,
+                q.reason
+            );
+            ensure!(
+                q.finished_at > q.started_at && q.finished_at < quit_by,
+                "quitter's exit time {} (started {}, shim killed at {quit_by})",
+                q.finished_at,
+                q.started_at
+            );
+            let s = pod.container_status(&sleeper).await?;
+            ensure!(
+                s.state == cri::ContainerState::ContainerExited as i32
+                    && s.exit_code == 137
+                    && s.reason == "ShimDied",
+                "sleeper: state {} exit {} reason {:?}",
+                s.state,
+                s.exit_code,
+                s.reason
+            );
+            ensure!(
+                eventually(Duration::from_secs(5), || !procs::alive(sleeper_pid)).await,
+                "the sleeper ({sleeper_pid}) still runs"
+            );
+            ensure!(
+                pod_state(&pod).await? == cri::PodSandboxState::SandboxNotready as i32,
+                "the pod is still ready"
+            );
+            Ok(())
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}
+
+fn berth_tests_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
