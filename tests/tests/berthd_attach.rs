@@ -314,8 +314,23 @@ fn attach_to_a_terminal_follows_resizes_and_ends_with_the_container() -> Result<
                 String::from_utf8_lossy(&seen)
             );
             a.resize(120, 33).await?;
-            stdin.write(b"stty size; exit 3\n").await?;
-            read_until(&mut a.stdout.rx, &mut seen, "33 120").await?;
+            let mut ok = false;
+            for _ in 0..20 {
+                stdin.write(b"stty size\n").await?;
+                if read_until(&mut a.stdout.rx, &mut seen, "33 120")
+                    .await
+                    .is_ok()
+                {
+                    ok = true;
+                    break;
+                }
+            }
+            ensure!(
+                ok,
+                "stty never said 33 120: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            stdin.write(b"exit 3\n").await?;
             let out = a.finish(None, WITHIN).await?;
             ensure!(out.status["status"] == "Success", "{}", out.status);
             let ex = pod.wait_exit(&cid).await?;

@@ -218,6 +218,11 @@ impl Runtime {
             Ok(()) => Ok(id),
             Err(e) => {
                 tracing::warn!(container_id = %id, error = %e, "CreateContainer failed; rolling back");
+                // The shim finishes a create its caller gave up on (a timeout): the task goes
+                // too, or it would hold the rootfs mount and the shim.
+                if let Ok(shim) = self.shim_of(&pod).await {
+                    let _ = shim.delete(&id).await;
+                }
                 let bundle = self.config.paths.state.join("containers").join(&id);
                 let _ = crate::pod::unmount_under(&bundle);
                 let _ = std::fs::remove_dir_all(bundle);
@@ -483,14 +488,14 @@ impl Runtime {
         if rec.state != CtrState::Running {
             return Ok(());
         }
-        // The intent, unless a removal's is there already.
+        let pod = self.pod(&rec.pod_id)?;
+        let shim = self.shim_of(&pod).await?;
+        // The intent, unless a removal's is there already; cleared on every way out below.
         self.store
             .update(CONTAINERS, id, |r: &mut ContainerRecord| {
                 r.op.get_or_insert(Op::Stop);
                 true
             })?;
-        let pod = self.pod(&rec.pod_id)?;
-        let shim = self.shim_of(&pod).await?;
         let stopped = async {
             if timeout > 0 {
                 match shim.kill(id, signal_number(&rec.stop_signal), false).await {

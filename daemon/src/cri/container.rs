@@ -39,6 +39,8 @@ pub fn verbose_info(rec: &ContainerRecord) -> String {
         "image": rec.image_name,
         "logPath": rec.log_path,
         "config": rec.config,
+        // An operation in progress (intent record); never set after startup recovery.
+        "op": rec.op,
     })
     .to_string()
 }

@@ -71,6 +71,7 @@ pub fn verbose_info(rec: &PodRecord) -> String {
         "bundle": rec.bundle,
         "netns": rec.netns,
         "shimAddress": rec.shim_address,
+        "op": rec.op,
         "config": rec.config,
     })
     .to_string()

@@ -21,7 +21,11 @@ impl Runtime {
             let r = match op {
                 Op::Create | Op::Remove => self.remove_container(&c.id).await,
                 Op::Start => self.resolve_start(&c).await,
-                Op::Stop => self.stop_container(&c.id, 0).await,
+                Op::Stop => match self.stop_container(&c.id, 0).await {
+                    // Already exited (e.g. settled with a dead shim): the mark just goes.
+                    Ok(()) => self.clear_op(&c.id, Op::Stop),
+                    Err(e) => Err(e),
+                },
                 Op::Run => Ok(()),
             };
             if let Err(e) = r {
@@ -43,15 +47,31 @@ impl Runtime {
         Ok(())
     }
 
+    fn clear_op(&self, id: &str, op: Op) -> Result<()> {
+        self.store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                let ours = r.op == Some(op);
+                if ours {
+                    r.op = None;
+                }
+                ours
+            })?;
+        Ok(())
+    }
+
     /// A cut start: the shim knows whether the process runs, ran, or never started.
     async fn resolve_start(self: &Arc<Self>, c: &ContainerRecord) -> Result<()> {
-        let state = match self.pod(&c.pod_id) {
-            Ok(pod) => match self.shim_of(&pod).await {
-                Ok(shim) => shim.state(&c.id).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+        let query = || async {
+            let pod = self.pod(&c.pod_id)?;
+            self.shim_of(&pod).await?.state(&c.id).await
         };
+        let mut state = query().await;
+        // The shim finishes a start its caller vanished from: one still in flight shows
+        // as created for a few milliseconds more.
+        if state.as_ref().is_ok_and(|s| s.status.value() == 1) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            state = query().await;
+        }
         // containerd's task status: 1 created, 2 running, 3 stopped.
         let (status, pid, code, exited_at) = match &state {
             Ok(st) => (
@@ -72,18 +92,24 @@ impl Runtime {
                         r.pid = pid;
                     }
                     _ => {
-                        // Nothing to ask: the start cannot be completed.
-                        r.state = CtrState::Exited;
-                        r.exit_code = code as i32;
-                        r.finished_at = exited_at;
-                        r.reason = "StartInterrupted".into();
+                        // Nothing to ask: whatever may run is killed below.
+                        r.state = CtrState::Running;
                     }
                 }
                 true
             })?
             .ok_or_else(|| Error::NotFound(format!("container {}", c.id)))?;
-        if status == 3 {
-            self.record_exit(&c.id, code, exited_at)?;
+        if matches!(status, 2 | 3) {
+            self.events
+                .emit(crate::events::Kind::Started, &c.id, &c.pod_id, c.started_at);
+        }
+        match status {
+            1 | 2 => {}
+            3 => self.record_exit(&c.id, code, exited_at)?,
+            _ => {
+                self.kill_task_cgroup(&c.bundle).await;
+                self.record_exit_with(&c.id, 255, exited_at, "StartInterrupted")?;
+            }
         }
         tracing::info!(container_id = %c.id, status, "cut start resolved");
         Ok(())

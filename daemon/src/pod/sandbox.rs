@@ -402,7 +402,7 @@ impl Runtime {
             return Ok(());
         };
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
-        async {
+        let res = async {
             // Containers are killed side by side, not one after another.
             let stops = self
                 .containers_of(id)?
@@ -422,14 +422,18 @@ impl Runtime {
             infra?;
             network?;
             crate::failpoint!("pod.stop.after_infra");
-            let was_ready = rec.state == PodState::Ready;
-            rec.state = PodState::NotReady;
-            rec.pid = 0;
-            rec.netns = None;
-            if rec.op == Some(Op::Stop) {
-                rec.op = None;
-            }
-            self.store.put(PODS, id, &rec)?;
+            // Written through `update`: a removal may have marked the record meanwhile.
+            let mut was_ready = false;
+            self.store.update(PODS, id, |r: &mut PodRecord| {
+                was_ready = r.state == PodState::Ready;
+                r.state = PodState::NotReady;
+                r.pid = 0;
+                r.netns = None;
+                if r.op == Some(Op::Stop) {
+                    r.op = None;
+                }
+                true
+            })?;
             if was_ready {
                 self.events.emit(Kind::Stopped, id, id, now_ns());
             }
@@ -437,7 +441,18 @@ impl Runtime {
             Ok(())
         }
         .instrument(span)
-        .await
+        .await;
+        if res.is_err() {
+            // A failed stop is retried by kubelet; its mark must not outlive it.
+            let _ = self.store.update(PODS, id, |r: &mut PodRecord| {
+                let ours = r.op == Some(Op::Stop);
+                if ours {
+                    r.op = None;
+                }
+                ours
+            });
+        }
+        res
     }
 
     /// Kills and deletes the infra task. A RunPodSandbox cut by a crash may have started
@@ -537,10 +552,21 @@ impl Runtime {
             Err(_) => false,
         };
         if !running {
-            tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
-            rec.state = PodState::NotReady;
-            self.store.put(PODS, id, &rec)?;
-            self.events.emit(Kind::Stopped, id, id, now_ns());
+            // Only a Ready pod nobody is changing: the infra watch or a stop may be first.
+            let updated = self.store.update(PODS, id, |r: &mut PodRecord| {
+                let ready = r.state == PodState::Ready && r.op.is_none();
+                if ready {
+                    r.state = PodState::NotReady;
+                }
+                ready
+            })?;
+            if let Some(r) = updated {
+                tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
+                self.events.emit(Kind::Stopped, id, id, now_ns());
+                rec = r;
+            } else {
+                rec = self.pod(id)?;
+            }
         }
         Ok(rec)
     }

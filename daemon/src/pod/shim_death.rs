@@ -45,7 +45,9 @@ impl Runtime {
         let Some(pod) = self.store.get::<PodRecord>(PODS, pod_id)? else {
             return Ok(());
         };
-        if pod.shim_address.is_empty() || pod.op.is_some() {
+        // A pod still being made has no shim of record; stops and removals in flight
+        // are exactly what a dead shim would wedge, so those are settled too.
+        if pod.shim_address.is_empty() || pod.op == Some(crate::intent::Op::Run) {
             return Ok(());
         }
         let alive = tokio::time::timeout(PROBE, Shim::connect(&pod.shim_address))
@@ -102,7 +104,7 @@ impl Runtime {
     }
 
     /// Kills what is left in the cgroup a task's config.json names.
-    async fn kill_task_cgroup(&self, bundle: &Path) {
+    pub(super) async fn kill_task_cgroup(&self, bundle: &Path) {
         let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())

@@ -43,6 +43,9 @@ impl AttachReq {
     }
 }
 
+/// How long after its output ends a process's exit is waited for.
+const OUTPUT_END_GRACE: Duration = Duration::from_secs(2);
+
 /// Resolves when the client's connection is gone.
 pub type Gone = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -153,6 +156,19 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
             paths[i] = p.display().to_string();
             fifos.push((r, tx));
         }
+        // The client's stdin reaches the container only if it was created with one. Opened
+        // before anything is spawned: a container whose stdin was closed (StdinOnce) fails
+        // here with nothing to undo.
+        let stdin_w = match (&s.stdin, rec.config.stdin) {
+            (Some(_), true) => Some(
+                pipe::OpenOptions::new()
+                    .open_sender(crate::container::stdin_fifo(&rec.bundle))
+                    .map_err(|e| {
+                        Error::FailedPrecondition(format!("the container's stdin is closed: {e}"))
+                    })?,
+            ),
+            _ => None,
+        };
         shim.attach(&id, "", &paths[0], &paths[1]).await?;
         let mut outs: Vec<_> = fifos
             .into_iter()
@@ -160,12 +176,8 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
             .collect();
         // Every pump ends with the session: a dropped handle would leave it running.
         let mut pumps: Vec<_> = outs.iter().map(|h| h.abort_handle()).collect();
-        // The client's stdin reaches the container only if it was created with one.
-        let stdin = match (s.stdin, rec.config.stdin) {
-            (Some(rx), true) => {
-                let w = pipe::OpenOptions::new()
-                    .open_sender(crate::container::stdin_fifo(&rec.bundle))
-                    .map_err(|e| Error::io("open the container's stdin", e))?;
+        let stdin = match (s.stdin, stdin_w) {
+            (Some(rx), Some(w)) => {
                 let h = tokio::spawn(stdin_in(rx, w));
                 pumps.push(h.abort_handle());
                 Some(h)
@@ -205,25 +217,38 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
             }
         };
         tokio::pin!(outputs, exited, gone);
-        tokio::select! {
-            _ = &mut outputs => {}
-            _ = &mut exited => {}
-            _ = &mut gone => {}
+        // Whether the session ended because the output did.
+        let output_ended = tokio::select! {
+            _ = &mut outputs => true,
+            _ = &mut exited => false,
+            _ = &mut gone => false,
             _ = stdin_ended => {
                 if rec.config.stdin_once && !ctty {
                     if let Err(e) = shim.close_stdin(&id, "").await {
                         tracing::debug!(container_id = %id, error = %e, "close stdin");
                     }
                     tokio::select! {
-                        _ = &mut outputs => {}
-                        _ = &mut exited => {}
-                        _ = &mut gone => {}
+                        _ = &mut outputs => true,
+                        _ = &mut exited => false,
+                        _ = &mut gone => false,
                     }
+                } else {
+                    false
                 }
             }
-        }
+        };
         for p in pumps {
             p.abort();
+        }
+        // The output normally ends with the process (its exit follows within moments). If
+        // it still runs, the shim cut this attacher off (it fell too far behind) or the
+        // process closed its output: the client must not take that for the end.
+        if output_ended && shim.wait(&id, OUTPUT_END_GRACE).await.is_err() {
+            return Err(Error::Internal(
+                "attach output ended while the container runs (the client fell too far \
+                 behind, or the container closed its output)"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -77,6 +77,15 @@ fn websocket(
     // Channel port-forwarding names its ports in the query.
     let channel_ports = if is_pf && protocol != ws::PORTFORWARD[0] {
         match ws_portforward::ports(req.uri().query()) {
+            Some(p)
+                if protocol == ws_portforward::BASE64
+                    && p.len() > ws_portforward::MAX_PORTS_BASE64 =>
+            {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "too many ports for base64 channels",
+                )
+            }
             Some(p) => Some(p),
             None => {
                 return reply(

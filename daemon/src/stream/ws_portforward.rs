@@ -35,8 +35,14 @@ pub fn ports(query: Option<&str>) -> Option<Vec<u16>> {
             out.push(p);
         }
     }
-    (!out.is_empty()).then_some(out)
+    // Two channels per port, numbered in one byte.
+    (!out.is_empty() && out.len() <= MAX_PORTS).then_some(out)
 }
+
+/// The most ports one session forwards (channel numbers must fit in a byte; the base64
+/// framing's single digit allows five).
+const MAX_PORTS: usize = 64;
+pub const MAX_PORTS_BASE64: usize = 5;
 
 fn encode(base64: bool, ch: u8, data: &[u8]) -> Message {
     if base64 {

@@ -126,7 +126,12 @@ impl Scope {
         let mut cg = Vec::new();
         let parent = self.cgroup_parent.trim_start_matches('/');
         if !parent.is_empty() {
-            cgroups_under(&Path::new("/sys/fs/cgroup/pids").join(parent), &mut cg);
+            let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                PathBuf::from("/sys/fs/cgroup")
+            } else {
+                PathBuf::from("/sys/fs/cgroup/pids")
+            };
+            cgroups_under(&base.join(parent), &mut cg);
         }
         m.insert("cgroup", cg);
         if let Some(ipam) = &self.ipam_dir {
@@ -149,8 +154,7 @@ pub fn leftovers(
     for (kind, items) in now {
         let b = base.get(kind).map(Vec::as_slice).unwrap_or_default();
         let extra: Vec<String> = items.iter().filter(|i| !b.contains(i)).cloned().collect();
-        // Counts too: shims are compared by number (their pids change only on restart).
-        if !extra.is_empty() && items.len() > b.len() {
+        if !extra.is_empty() {
             out.push((*kind, extra));
         }
     }

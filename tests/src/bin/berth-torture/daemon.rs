@@ -83,6 +83,11 @@ impl Daemon {
         }
     }
 
+    /// Whether the daemon's log (stdout and stderr) contains `s`.
+    pub fn log_contains(&self, s: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(s))
+    }
+
     pub fn socket(&self) -> &str {
         &self.socket
     }

@@ -126,6 +126,8 @@ fn parse() -> Result<Args> {
     Ok(a)
 }
 
+static VICTIM_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// xorshift64: reproducible kill moments from `--seed`.
 struct Rng(u64);
 impl Rng {
@@ -309,7 +311,9 @@ async fn iteration(
     rng: &mut Rng,
     report: &mut Report,
 ) -> Result<()> {
-    let tag = rng.below(1_000_000);
+    // Unique per run: a victim's log file is named after it, and a repeated name would
+    // append to an earlier victim's log.
+    let tag = VICTIM_SEQ.fetch_add(1, Ordering::Relaxed);
     let mut victims = vec![
         workload::start_victim(rs, shape, vpod, vcfg, &format!("term{tag}"), libc::SIGTERM).await?,
         workload::start_victim(rs, shape, vpod, vcfg, &format!("kill{tag}"), libc::SIGKILL).await?,
@@ -332,10 +336,14 @@ async fn iteration(
             report.kills += 1;
         }
         Some(f) => {
-            if d.died_within(Duration::from_secs(15)).await {
+            // A death counts only if it was this failpoint's (not a crash elsewhere).
+            if d.died_within(Duration::from_secs(15)).await
+                && d.log_contains(&format!("failpoint {f} panic"))
+            {
                 report.failpoints_hit += 1;
             } else {
                 report.failpoints_missed.push(f.to_string());
+                report.add("failpoint", format!("{f}: berthd did not abort there"));
                 d.kill9();
             }
         }
@@ -375,6 +383,36 @@ async fn iteration(
             report.add(
                 "unknown",
                 format!("container {} is CONTAINER_UNKNOWN", c.id),
+            );
+        }
+        // Nothing the harness did explains these: recovery guessed.
+        let Ok(r) = rs
+            .container_status(cri::ContainerStatusRequest {
+                container_id: c.id.clone(),
+                verbose: true,
+            })
+            .await
+        else {
+            continue;
+        };
+        let r = r.into_inner();
+        let reason = r.status.map(|s| s.reason).unwrap_or_default();
+        if matches!(
+            reason.as_str(),
+            "StartInterrupted" | "ShimUnreachable" | "ShimDied"
+        ) {
+            report.add("unknown", format!("container {}: reason {reason}", c.id));
+        }
+        let op = r
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+            .map(|v| v["op"].clone())
+            .unwrap_or(serde_json::Value::Null);
+        if !op.is_null() {
+            report.add(
+                "intent left",
+                format!("container {}: op {op} after recovery", c.id),
             );
         }
     }
