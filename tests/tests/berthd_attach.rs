@@ -347,7 +347,7 @@ fn attach_to_a_terminal_follows_resizes_and_ends_with_the_container() -> Result<
 }
 
 #[test]
-fn attach_works_at_once_after_a_berthd_kill9_and_bad_requests_are_refused() -> Result<()> {
+fn attach_and_exec_work_at_once_after_a_berthd_kill9_and_bad_attaches_are_refused() -> Result<()> {
     let mut d = berthd()?.start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
@@ -374,6 +374,26 @@ fn attach_works_at_once_after_a_berthd_kill9_and_bad_requests_are_refused() -> R
                 WsSession::connect(&url, &["v5.channel.k8s.io", "v4.channel.k8s.io"]).await?;
             a.send(berth_tests::ws::STDIN, b"after\n").await?;
             a.read_until("got after\n", WITHIN).await?;
+            // A streaming exec works at once too.
+            let url = rs
+                .clone()
+                .exec(cri::ExecRequest {
+                    container_id: cid.clone(),
+                    cmd: vec!["echo".into(), "exec after restart".into()],
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .url;
+            let out = berth_tests::spdy::exec(&url, None, None).await?;
+            ensure!(
+                out.stdout_text() == "exec after restart\n" && out.exit_code() == Some(0),
+                "exec after the restart: {:?} {}",
+                out.stdout_text(),
+                out.status
+            );
 
             let bad = |tty, stdin, stdout, stderr, id: &str| cri::AttachRequest {
                 container_id: id.to_string(),
