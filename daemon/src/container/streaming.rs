@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::stream::{AttachReq, ExecReq, Pending};
+use crate::stream::{AttachReq, ExecReq, Flags, Pending};
 
 use super::CtrState;
 
@@ -14,45 +14,35 @@ impl Runtime {
                 "exec command must not be empty".into(),
             ));
         }
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(Error::InvalidArgument(
-                "one of stdin, stdout and stderr must be set".into(),
-            ));
-        }
-        if req.tty && req.stderr {
-            return Err(Error::InvalidArgument(
-                "tty and stderr cannot both be set (a terminal merges them)".into(),
-            ));
-        }
-        let rec = self.container(&req.container_id)?;
-        if rec.state != CtrState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                req.container_id
-            )));
-        }
+        self.check_remote_command(&req.container_id, req.flags())?;
         self.streaming.url(Pending::Exec(req))
     }
 
     pub fn attach_url(&self, req: AttachReq) -> Result<String> {
-        if !(req.stdin || req.stdout || req.stderr) {
+        self.check_remote_command(&req.container_id, req.flags())?;
+        self.streaming.url(Pending::Attach(req))
+    }
+
+    /// What Exec and Attach both require: a sensible set of streams (as kubelet's
+    /// streaming server validates them) and a running container.
+    fn check_remote_command(&self, container_id: &str, f: Flags) -> Result<()> {
+        if !(f.stdin || f.stdout || f.stderr) {
             return Err(Error::InvalidArgument(
                 "one of stdin, stdout and stderr must be set".into(),
             ));
         }
-        if req.tty && req.stderr {
+        if f.tty && f.stderr {
             return Err(Error::InvalidArgument(
                 "tty and stderr cannot both be set (a terminal merges them)".into(),
             ));
         }
-        let rec = self.container(&req.container_id)?;
+        let rec = self.container(container_id)?;
         if rec.state != CtrState::Running {
             return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                req.container_id
+                "container {container_id} is not running"
             )));
         }
-        self.streaming.url(Pending::Attach(req))
+        Ok(())
     }
 
     pub async fn port_forward_url(&self, pod_id: &str) -> Result<String> {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
 pub use attach::AttachReq;
-pub use exec::ExecReq;
+pub use exec::{ExecReq, Flags};
 
 /// How long a URL handed out by Exec/Attach/PortForward stays usable.
 const TOKEN_TTL: Duration = Duration::from_secs(60);
