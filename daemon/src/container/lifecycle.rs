@@ -443,6 +443,18 @@ impl Runtime {
             return Ok(());
         }
         let reason = self.exit_reason(&rec, code);
+        self.record_exit_with(id, code, at, &reason)
+    }
+
+    /// Marks a Running container Exited with `reason`, once (the first caller wins and
+    /// emits STOPPED).
+    pub(crate) fn record_exit_with(
+        &self,
+        id: &str,
+        code: u32,
+        at: i64,
+        reason: &str,
+    ) -> Result<()> {
         let updated = self
             .store
             .update(CONTAINERS, id, |r: &mut ContainerRecord| {
@@ -452,12 +464,12 @@ impl Runtime {
                 r.state = CtrState::Exited;
                 r.exit_code = code as i32;
                 r.finished_at = at;
-                r.reason = reason;
+                r.reason = reason.to_string();
                 true
             })?;
         if let Some(r) = updated {
             self.events.emit(Kind::Stopped, id, &r.pod_id, at);
-            tracing::info!(container_id = %id, exit_code = code, "container exited");
+            tracing::info!(container_id = %id, exit_code = code, reason, "container exited");
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use crate::container::{ContainerRecord, CtrState};
 use crate::error::Result;
 use crate::events::Kind;
 use crate::runtime::Runtime;
-use crate::store::{CONTAINERS, PODS};
+use crate::store::PODS;
 
 use super::shim::Shim;
 use super::{PodRecord, PodState};
@@ -74,7 +74,8 @@ impl Runtime {
         }
         // The infra process: killed if the shim left it running.
         self.kill_task_cgroup(&pod.bundle).await;
-        runc_delete(pod_id).await;
+        // The dead shim cannot delete its tasks' runtime state.
+        super::orphans::runc_delete(pod_id).await;
         let updated = self.store.update(PODS, pod_id, |r: &mut PodRecord| {
             let was = r.state == PodState::Ready;
             r.state = PodState::NotReady;
@@ -99,7 +100,7 @@ impl Runtime {
                 self.record_exit_with(&c.id, 137, super::now_ns(), "ShimDied")?;
             }
         }
-        runc_delete(&c.id).await;
+        super::orphans::runc_delete(&c.id).await;
         Ok(())
     }
 
@@ -113,38 +114,5 @@ impl Runtime {
             // Sleeps while processes die: off the async workers.
             let _ = tokio::task::spawn_blocking(move || super::orphans::kill_cgroup(&cg)).await;
         }
-    }
-}
-
-/// `runc delete --force`: the dead shim cannot delete its tasks' runtime state.
-async fn runc_delete(id: &str) {
-    super::orphans::runc_delete(id).await;
-}
-
-/// Marks a record Exited the way `record_exit` does, with a given reason.
-impl Runtime {
-    pub(crate) fn record_exit_with(
-        &self,
-        id: &str,
-        code: u32,
-        at: i64,
-        reason: &str,
-    ) -> Result<()> {
-        let updated = self
-            .store
-            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
-                if r.state != CtrState::Running {
-                    return false;
-                }
-                r.state = CtrState::Exited;
-                r.exit_code = code as i32;
-                r.finished_at = at;
-                r.reason = reason.to_string();
-                true
-            })?;
-        if let Some(r) = updated {
-            self.events.emit(Kind::Stopped, id, &r.pod_id, at);
-        }
-        Ok(())
     }
 }
