@@ -73,6 +73,7 @@ impl Runtime {
         let puller = crate::image::Puller::new(config.registry.clone());
         let streaming = crate::stream::Streaming::bind(&config.streaming)?;
         Ok(Arc::new(Runtime {
+            events: crate::events::EventHub::new(store.clone()),
             config,
             store,
             images,
@@ -82,7 +83,6 @@ impl Runtime {
             pause_rootfs,
             shims: Default::default(),
             streaming,
-            events: Default::default(),
             rro: Default::default(),
             pod_cidr: RwLock::new(String::new()),
         }))

@@ -21,6 +21,9 @@ pub const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// Lease owner (a container id) → JSON list of the layer chain ids it holds.
 pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// Container or pod id → JSON record of the lifecycle events a GetContainerEvents client
+/// has received for it (so a restarted berthd delivers the rest, not all again).
+pub const DELIVERED: TableDefinition<&str, &[u8]> = TableDefinition::new("delivered");
 
 pub struct Store {
     db: Database,
@@ -51,6 +54,7 @@ impl Store {
         tx.open_table(IMAGES).map_err(err)?;
         tx.open_table(SNAPSHOTS).map_err(err)?;
         tx.open_table(LEASES).map_err(err)?;
+        tx.open_table(DELIVERED).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }

@@ -185,13 +185,20 @@ fn an_exit_while_berthd_is_down_is_delivered_after_the_restart() -> Result<()> {
         d.restart()?;
         let (rs, _) = d.client().await?;
         let r: Result<()> = async {
+            // Nobody received its CREATED and STARTED either: they come first, in order.
             let mut events = subscribe(&rs).await?;
-            let got = collect(&mut events, &[&id], 1).await?;
+            let got = collect(&mut events, &[&id], 3).await?;
             ensure!(
-                kind(&got[0]) == EventType::ContainerStoppedEvent,
+                got.iter().map(kind).collect::<Vec<_>>()
+                    == [
+                        EventType::ContainerCreatedEvent,
+                        EventType::ContainerStartedEvent,
+                        EventType::ContainerStoppedEvent
+                    ],
                 "{:?}",
                 summary(&got)
             );
+            let got = &got[2..];
             let st = got[0]
                 .containers_statuses
                 .iter()
@@ -200,6 +207,110 @@ fn an_exit_while_berthd_is_down_is_delivered_after_the_restart() -> Result<()> {
             ensure!(st.exit_code == 7, "exit code {}", st.exit_code);
             // Timed when it happened (while berthd was down), not when it was delivered.
             ensure!(got[0].created_at == st.finished_at && st.finished_at > st.started_at);
+            Ok(())
+        }
+        .await;
+        remove_all_pods(&rs).await?;
+        r
+    })??;
+    d.finish()
+}
+
+/// Events for `ids` that arrive within `quiet` (none expected: a redelivery would show).
+async fn more(
+    s: &mut Streaming<cri::ContainerEventResponse>,
+    ids: &[&str],
+    quiet: Duration,
+) -> Vec<cri::ContainerEventResponse> {
+    let mut out = Vec::new();
+    while let Ok(e) = next(s, quiet).await {
+        if ids.contains(&e.container_id.as_str()) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_restart_delivers_exactly_the_events_no_client_received() -> Result<()> {
+    let mut d = berthd()?.start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let (rs, _) = d.client().await?;
+        let mut events = subscribe(&rs).await?;
+        let pod = Pod::run(&d, &rs, pod_config("replay", &logs.join("replay"))).await?;
+        let a = pod.start(&d, sh("a", "sleep 1000")).await?;
+        let b = pod.start(&d, sh("b", "sleep 2; exit 3")).await?;
+        let ids = [pod.id.as_str(), a.as_str(), b.as_str()];
+        let first = collect(&mut events, &ids, 6).await?;
+        // kubelet goes away; A is stopped while nobody listens (an event only berthd's
+        // memory held), then berthd is killed and B exits while it is down.
+        drop(events);
+        let mut rs2 = rs.clone();
+        rs2.stop_container(cri::StopContainerRequest {
+            container_id: a.clone(),
+            timeout: 0,
+        })
+        .await?;
+        d.kill9()?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        d.restart()?;
+        let (rs, _) = d.client().await?;
+        let r: Result<()> = async {
+            let mut events = subscribe(&rs).await?;
+            let got = collect(&mut events, &ids, 2).await?;
+            let mut kinds = summary(&got);
+            kinds.sort();
+            let mut want = vec![
+                (a[..8].to_string(), EventType::ContainerStoppedEvent),
+                (b[..8].to_string(), EventType::ContainerStoppedEvent),
+            ];
+            want.sort();
+            ensure!(
+                kinds == want,
+                "after the restart: {kinds:?} (before it: {:?})",
+                summary(&first)
+            );
+            let extra = more(&mut events, &ids, Duration::from_secs(1)).await;
+            ensure!(
+                extra.is_empty(),
+                "events delivered twice: {:?}",
+                summary(&extra)
+            );
+            // Those are now received: a second restart delivers none of them again.
+            drop(events);
+            Ok(())
+        }
+        .await;
+        r?;
+        d.kill9()?;
+        d.restart()?;
+        let (rs, _) = d.client().await?;
+        let r: Result<()> = async {
+            let mut events = subscribe(&rs).await?;
+            let extra = more(&mut events, &ids, Duration::from_secs(1)).await;
+            ensure!(
+                extra.is_empty(),
+                "redelivered after a second restart: {:?}",
+                summary(&extra)
+            );
+            // Removing the pod still announces the rest, once.
+            let mut rs2 = rs.clone();
+            rs2.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await?;
+            let got = collect(&mut events, &ids, 4).await?;
+            let mut kinds = summary(&got);
+            kinds.sort();
+            let mut want = vec![
+                (a[..8].to_string(), EventType::ContainerDeletedEvent),
+                (b[..8].to_string(), EventType::ContainerDeletedEvent),
+                (pod.id[..8].to_string(), EventType::ContainerStoppedEvent),
+                (pod.id[..8].to_string(), EventType::ContainerDeletedEvent),
+            ];
+            want.sort();
+            ensure!(kinds == want, "removal: {kinds:?}");
             Ok(())
         }
         .await;

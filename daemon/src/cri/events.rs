@@ -33,22 +33,43 @@ fn response(rt: &Runtime, e: &Event) -> ContainerEventResponse {
     }
 }
 
+/// Marks are written in batches of at most this many events.
+const MARK_BATCH: usize = 64;
+
 /// Starts feeding one subscriber; the returned receiver ends when berthd stops.
 pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventResponse, Status>> {
-    let (tx, rx) = mpsc::channel(64);
+    // One slot: room again means tonic took the event for the wire, and only then is it
+    // marked delivered (a restart redelivers what was not taken).
+    let (tx, rx) = mpsc::channel(1);
     let (backlog, mut live) = rt.events.subscribe();
     tokio::spawn(async move {
-        for e in backlog {
-            if tx.send(Ok(response(&rt, &e))).await.is_err() {
-                return;
-            }
-        }
+        let mut backlog = backlog.into_iter();
+        let mut taken: Vec<Event> = Vec::new();
+        let mut unsent: Vec<Event> = Vec::new();
         loop {
-            // Ending at once when the client hangs up drops our receiver, so events after
-            // that go to the backlog for the next subscriber instead of to nobody.
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                next = live.recv() => next,
+            let next = match backlog.next() {
+                Some(e) => Ok(e),
+                None => match live.try_recv() {
+                    Ok(e) => Ok(e),
+                    Err(broadcast::error::TryRecvError::Empty) => {
+                        // Idle: what was taken is marked before waiting.
+                        if !taken.is_empty() {
+                            rt.events.delivered(&std::mem::take(&mut taken));
+                        }
+                        // Ending at once when the client hangs up drops our receiver, so
+                        // events after that go to the backlog for the next subscriber.
+                        tokio::select! {
+                            _ = tx.closed() => break,
+                            next = live.recv() => next,
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                },
             };
             let e = match next {
                 Ok(e) => e,
@@ -56,12 +77,34 @@ pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventRespon
                     tracing::warn!(missed = n, "an event subscriber fell behind");
                     continue;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => break,
             };
             if tx.send(Ok(response(&rt, &e))).await.is_err() {
-                return; // the client hung up
+                unsent.push(e); // the client hung up
+                break;
+            }
+            match tx.reserve().await {
+                Ok(permit) => drop(permit),
+                Err(_) => {
+                    unsent.push(e);
+                    break;
+                }
+            }
+            taken.push(e);
+            if taken.len() >= MARK_BATCH {
+                rt.events.delivered(&std::mem::take(&mut taken));
             }
         }
+        if !taken.is_empty() {
+            rt.events.delivered(&taken);
+        }
+        // What this client did not take goes to the next subscriber.
+        unsent.extend(backlog);
+        while let Ok(e) = live.try_recv() {
+            unsent.push(e);
+        }
+        drop(live);
+        rt.events.requeue(unsent);
     });
     rx
 }

@@ -19,6 +19,7 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 impl Runtime {
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let pods: Vec<PodRecord> = self.store.list(PODS)?;
+        self.restore_events(&pods)?;
         let mut tasks = Vec::new();
         for rec in pods.iter().filter(|p| p.state == PodState::Ready).cloned() {
             let rt = self.clone();
@@ -67,6 +68,51 @@ impl Runtime {
         self.recover_containers().await?;
         self.remove_orphans().await?;
         Ok(())
+    }
+
+    /// Before anything changes: the transitions the records show and no GetContainerEvents
+    /// client received are queued for the next one. Pods and containers whose creation a
+    /// crash cut were never announced, and their rollback is not either.
+    fn restore_events(&self, pods: &[PodRecord]) -> Result<()> {
+        use crate::container::CtrState;
+        use crate::events::ledger::History;
+        use crate::intent::Op;
+        let mut histories = Vec::new();
+        let mut unannounced = Vec::new();
+        for p in pods {
+            if p.op == Some(Op::Run) {
+                unannounced.push(p.id.clone());
+                continue;
+            }
+            let mut happened = vec![(Kind::Created, p.created_at), (Kind::Started, p.created_at)];
+            if p.state == PodState::NotReady {
+                happened.push((Kind::Stopped, crate::pod::now_ns()));
+            }
+            histories.push(History {
+                id: p.id.clone(),
+                pod_id: p.id.clone(),
+                happened,
+            });
+        }
+        for c in self.containers()? {
+            if c.op == Some(Op::Create) {
+                unannounced.push(c.id.clone());
+                continue;
+            }
+            let mut happened = vec![(Kind::Created, c.created_at)];
+            if c.state != CtrState::Created && c.started_at != 0 {
+                happened.push((Kind::Started, c.started_at));
+            }
+            if c.state == CtrState::Exited {
+                happened.push((Kind::Stopped, c.finished_at));
+            }
+            histories.push(History {
+                id: c.id.clone(),
+                pod_id: c.pod_id.clone(),
+                happened,
+            });
+        }
+        self.events.restore(&histories, unannounced)
     }
 
     /// Running containers get their exit watch back; Wait answers at once for those that

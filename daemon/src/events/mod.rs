@@ -2,13 +2,17 @@
 //! GetContainerEvents. The domain emits an event after the state change is committed;
 //! the CRI layer turns each into a response with the statuses current at delivery.
 //!
-//! Events emitted while no client is subscribed (berthd just restarted and replayed the
-//! exits that happened while it was down, or kubelet is between two subscriptions) are
-//! kept, bounded, and handed to the next subscriber first: they are delivered late,
-//! never dropped silently.
+//! Events emitted while no client is subscribed (kubelet is between two subscriptions)
+//! are kept, bounded, and handed to the next subscriber first: they are delivered late,
+//! never dropped silently. What clients received is marked in the store (`ledger`), so a
+//! restarted berthd first delivers what its records show happened and nobody received:
+//! every transition reaches a client once, except the last ones in flight when berthd was
+//! killed, which may arrive again, identical (CRI streams have no acknowledgement).
+
+pub mod ledger;
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
@@ -39,6 +43,13 @@ pub struct EventHub {
     /// Events nobody has received yet; guarded together with the subscribe step so an
     /// event is either in here or sent to a live receiver, never lost in between.
     pending: Mutex<VecDeque<Event>>,
+    /// Where received events are marked (None: not kept, in unit tests).
+    store: Option<Arc<crate::store::Store>>,
+    /// Serializes marking (a read-modify-write of the ledger).
+    marking: Mutex<()>,
+    /// Pods and containers whose creation a crash cut: no client ever heard of them, so
+    /// their rollback at startup is not announced either.
+    unannounced: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for EventHub {
@@ -46,12 +57,82 @@ impl Default for EventHub {
         EventHub {
             tx: broadcast::channel(BACKLOG).0,
             pending: Mutex::new(VecDeque::new()),
+            store: None,
+            marking: Mutex::new(()),
+            unannounced: Default::default(),
         }
     }
 }
 
 impl EventHub {
+    pub fn new(store: Arc<crate::store::Store>) -> EventHub {
+        EventHub {
+            store: Some(store),
+            ..Default::default()
+        }
+    }
+
+    /// At startup, before anything changes: queues what the records show happened and no
+    /// client received (the most recent `BACKLOG` of them).
+    /// `unannounced`: ids whose creation a crash cut (their events are not emitted).
+    pub fn restore(
+        &self,
+        records: &[ledger::History],
+        unannounced: Vec<String>,
+    ) -> crate::error::Result<()> {
+        self.unannounced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(unannounced);
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let missed = ledger::undelivered(store, records, crate::pod::now_ns())?;
+        if !missed.is_empty() {
+            tracing::info!(events = missed.len(), "events not yet delivered are queued");
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = missed.len().saturating_sub(BACKLOG);
+        for e in missed.into_iter().skip(skip).rev() {
+            pending.push_front(e);
+        }
+        pending.truncate(BACKLOG);
+        Ok(())
+    }
+
+    /// Events a subscriber that went away did not deliver: first in line for the next.
+    pub fn requeue(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events.into_iter().rev() {
+            pending.push_front(e);
+        }
+        pending.truncate(BACKLOG);
+    }
+
+    /// Marks events as received by a client (the stream took them).
+    pub fn delivered(&self, events: &[Event]) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let _one = self.marking.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = ledger::mark(store, events) {
+            tracing::warn!(error = %e, "marking events delivered failed");
+        }
+    }
+
     pub fn emit(&self, kind: Kind, id: &str, pod_id: &str, at: i64) {
+        {
+            let mut quiet = self.unannounced.lock().unwrap_or_else(|p| p.into_inner());
+            if !quiet.is_empty() && quiet.contains(id) {
+                if kind == Kind::Deleted {
+                    quiet.remove(id);
+                }
+                return;
+            }
+        }
         let e = Event {
             kind,
             id: id.to_string(),
