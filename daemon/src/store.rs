@@ -24,6 +24,9 @@ pub const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// Container or pod id → JSON record of the lifecycle events a GetContainerEvents client
 /// has received for it (so a restarted berthd delivers the rest, not all again).
 pub const DELIVERED: TableDefinition<&str, &[u8]> = TableDefinition::new("delivered");
+/// Id → when its record was removed (ns), for ids in DELIVERED: the time a DELETED event
+/// delivered after a restart carries.
+pub const TOMBSTONES: TableDefinition<&str, i64> = TableDefinition::new("tombstones");
 
 pub struct Store {
     db: Database,
@@ -55,6 +58,7 @@ impl Store {
         tx.open_table(SNAPSHOTS).map_err(err)?;
         tx.open_table(LEASES).map_err(err)?;
         tx.open_table(DELIVERED).map_err(err)?;
+        tx.open_table(TOMBSTONES).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -201,11 +205,28 @@ impl Store {
         tx.commit().map_err(err)
     }
 
-    /// Removes a record and releases its name, atomically. Missing is not an error.
-    pub fn remove(&self, table: TableDefinition<&str, &[u8]>, id: &str, name: &str) -> Result<()> {
+    /// Removes a record and releases its name, atomically, and returns when (ns). An event
+    /// client that knew the id gets a tombstone with that time in the same transaction.
+    /// Missing is not an error.
+    pub fn remove(&self, table: TableDefinition<&str, &[u8]>, id: &str, name: &str) -> Result<i64> {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let tx = self.db.begin_write().map_err(err)?;
         {
             tx.open_table(table).map_err(err)?.remove(id).map_err(err)?;
+            if tx
+                .open_table(DELIVERED)
+                .map_err(err)?
+                .get(id)
+                .map_err(err)?
+                .is_some()
+            {
+                tx.open_table(TOMBSTONES)
+                    .map_err(err)?
+                    .insert(id, at)
+                    .map_err(err)?;
+            }
             let mut names = tx.open_table(NAMES).map_err(err)?;
             let owned = names
                 .get(name)
@@ -214,6 +235,42 @@ impl Store {
                 .unwrap_or(false);
             if owned {
                 names.remove(name).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(at)
+    }
+
+    /// Tombstone times by id.
+    pub fn tombstones(&self) -> Result<std::collections::HashMap<String, i64>> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(TOMBSTONES).map_err(err)?;
+        let mut out = std::collections::HashMap::new();
+        for item in t.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        Ok(out)
+    }
+
+    /// Writes and deletes DELIVERED entries and drops the tombstones of `deletes`, in one
+    /// transaction.
+    pub fn mark_delivered<T: Serialize>(
+        &self,
+        puts: &[(&str, &T)],
+        deletes: &[&str],
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(DELIVERED).map_err(err)?;
+            for (id, rec) in puts {
+                let bytes = serde_json::to_vec(rec).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(err)?;
+            }
+            let mut tomb = tx.open_table(TOMBSTONES).map_err(err)?;
+            for id in deletes {
+                t.remove(*id).map_err(err)?;
+                tomb.remove(*id).map_err(err)?;
             }
         }
         tx.commit().map_err(err)

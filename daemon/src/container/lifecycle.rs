@@ -578,12 +578,12 @@ impl Runtime {
                 }
             }
         }
-        self.store.remove(CONTAINERS, id, &rec.name_key)?;
+        let at = self.store.remove(CONTAINERS, id, &rec.name_key)?;
         // Snapshots of images removed while this container used them go now.
         if let Err(e) = self.images.release(id) {
             tracing::warn!(container_id = %id, error = %e, "releasing the container's snapshots");
         }
-        self.events.emit(Kind::Deleted, id, &rec.pod_id, now_ns());
+        self.events.emit(Kind::Deleted, id, &rec.pod_id, at);
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }

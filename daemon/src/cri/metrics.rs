@@ -432,6 +432,7 @@ mod tests {
             pid: 1,
             shim_address: String::new(),
             op: None,
+            stopped_at: 0,
         };
         let rec = ContainerRecord {
             id: "c1".into(),

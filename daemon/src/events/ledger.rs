@@ -11,6 +11,9 @@ use super::{Event, Kind};
 use crate::error::Result;
 use crate::store::{Store, DELIVERED};
 
+#[cfg(test)]
+use crate::store::CONTAINERS;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Delivered {
     pod_id: String,
@@ -36,11 +39,12 @@ pub struct History {
 }
 
 /// The events to deliver after a restart, oldest first: what each record shows happened
-/// and no client received, then DELETED (timed `now`) for each id a client knew of that
-/// has no record any more.
+/// and no client received, then DELETED for each id a client knew of that has no record
+/// any more (timed by its tombstone, else `now`).
 pub fn undelivered(store: &Store, records: &[History], now: i64) -> Result<Vec<Event>> {
     let mut delivered: HashMap<String, Delivered> =
         store.entries::<Delivered>(DELIVERED)?.into_iter().collect();
+    let tombstones = store.tombstones()?;
     let mut out = Vec::new();
     for h in records {
         let mask = delivered.remove(&h.id).map(|d| d.mask).unwrap_or(0);
@@ -58,9 +62,9 @@ pub fn undelivered(store: &Store, records: &[History], now: i64) -> Result<Vec<E
     for (id, d) in delivered {
         out.push(Event {
             kind: Kind::Deleted,
+            at: tombstones.get(&id).copied().unwrap_or(now),
             id,
             pod_id: d.pod_id,
-            at: now,
         });
     }
     // One container's events are in transition order (their times never go backwards);
@@ -99,7 +103,7 @@ pub fn mark(store: &Store, events: &[Event]) -> Result<()> {
         .filter(|(_, d)| d.is_none())
         .map(|(id, _)| *id)
         .collect();
-    store.batch(DELIVERED, &puts, &deletes)
+    store.mark_delivered(&puts, &deletes)
 }
 
 #[cfg(test)]
@@ -138,6 +142,8 @@ mod tests {
             ],
         )
         .unwrap();
+        s.remove(CONTAINERS, "gone", "n").unwrap();
+        let removed_at = *s.tombstones().unwrap().get("gone").unwrap();
         let records = [
             // Exited while nobody listened.
             hist(
@@ -155,7 +161,7 @@ mod tests {
             [
                 (Kind::Created, "b", 6),
                 (Kind::Stopped, "a", 9),
-                (Kind::Deleted, "gone", 100)
+                (Kind::Deleted, "gone", removed_at)
             ]
         );
         // Once those are received too, nothing is left to deliver.
@@ -164,10 +170,11 @@ mod tests {
             &[
                 ev(Kind::Created, "b", 6),
                 ev(Kind::Stopped, "a", 9),
-                ev(Kind::Deleted, "gone", 100),
+                ev(Kind::Deleted, "gone", removed_at),
             ],
         )
         .unwrap();
         assert!(undelivered(&s, &records, 100).unwrap().is_empty());
+        assert!(s.tombstones().unwrap().is_empty());
     }
 }

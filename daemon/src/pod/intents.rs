@@ -99,7 +99,9 @@ impl Runtime {
                 true
             })?
             .ok_or_else(|| Error::NotFound(format!("container {}", c.id)))?;
-        if matches!(status, 2 | 3) {
+        // Recorded Running (also when unknowable): announced as started, as a restart
+        // would derive it from the record.
+        if status != 1 {
             self.events
                 .emit(crate::events::Kind::Started, &c.id, &c.pod_id, c.started_at);
         }

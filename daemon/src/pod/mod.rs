@@ -45,9 +45,18 @@ pub struct PodRecord {
     /// The operation in progress (intent record), None when none is.
     #[serde(default)]
     pub op: Option<crate::intent::Op>,
+    /// When it became NotReady (ns; 0 while Ready): its STOPPED event's time.
+    #[serde(default)]
+    pub stopped_at: i64,
 }
 
 impl PodRecord {
+    /// Ready → NotReady, timed.
+    pub fn set_not_ready(&mut self) {
+        self.state = PodState::NotReady;
+        self.stopped_at = now_ns();
+    }
+
     pub fn host_network(&self) -> bool {
         use k8s_cri::v1::NamespaceMode;
         self.config

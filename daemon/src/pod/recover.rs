@@ -52,10 +52,10 @@ impl Runtime {
                         };
                         tracing::warn!(pod_id = %rec.id, reason = %why, "pod is NotReady");
                         let mut rec = rec;
-                        rec.state = PodState::NotReady;
+                        rec.set_not_ready();
                         if rt.store.put(PODS, &rec.id.clone(), &rec).is_ok() {
-                            let at = crate::pod::now_ns();
-                            rt.events.emit(Kind::Stopped, &rec.id, &rec.id, at);
+                            rt.events
+                                .emit(Kind::Stopped, &rec.id, &rec.id, rec.stopped_at);
                         }
                     }
                 }
@@ -86,7 +86,12 @@ impl Runtime {
             }
             let mut happened = vec![(Kind::Created, p.created_at), (Kind::Started, p.created_at)];
             if p.state == PodState::NotReady {
-                happened.push((Kind::Stopped, crate::pod::now_ns()));
+                let at = if p.stopped_at != 0 {
+                    p.stopped_at
+                } else {
+                    crate::pod::now_ns()
+                };
+                happened.push((Kind::Stopped, at));
             }
             histories.push(History {
                 id: p.id.clone(),

@@ -138,6 +138,7 @@ impl Runtime {
                 pid: 0,
                 shim_address: String::new(),
                 op: Some(Op::Run),
+                stopped_at: 0,
             };
             // The name is reserved first (with the intent): a duplicate fails here with
             // nothing made; a crash from here on is rolled back at startup.
@@ -151,7 +152,9 @@ impl Runtime {
                     }
                     self.events
                         .emit(Kind::Created, &rec.id, &rec.id, rec.created_at);
-                    self.events.emit(Kind::Started, &rec.id, &rec.id, now_ns());
+                    // Timed like a restart would derive it from the record.
+                    self.events
+                        .emit(Kind::Started, &rec.id, &rec.id, rec.created_at);
                     Ok(rec.id)
                 }
                 Err(e) => {
@@ -359,13 +362,13 @@ impl Runtime {
                     let updated = rt.store.update(PODS, &id, |r: &mut PodRecord| {
                         let ready = r.state == PodState::Ready && r.op.is_none();
                         if ready {
-                            r.state = PodState::NotReady;
+                            r.set_not_ready();
                         }
                         ready
                     });
-                    if let Ok(Some(_)) = updated {
+                    if let Ok(Some(r)) = updated {
                         tracing::warn!(pod_id = %id, "infra process exited; pod is NotReady");
-                        rt.events.emit(Kind::Stopped, &id, &id, now_ns());
+                        rt.events.emit(Kind::Stopped, &id, &id, r.stopped_at);
                     }
                 }
                 Err(Error::NotFound(_)) => {}
@@ -424,9 +427,13 @@ impl Runtime {
             crate::failpoint!("pod.stop.after_infra");
             // Written through `update`: a removal may have marked the record meanwhile.
             let mut was_ready = false;
+            let mut stopped_at = 0;
             self.store.update(PODS, id, |r: &mut PodRecord| {
                 was_ready = r.state == PodState::Ready;
-                r.state = PodState::NotReady;
+                if was_ready {
+                    r.set_not_ready();
+                }
+                stopped_at = r.stopped_at;
                 r.pid = 0;
                 r.netns = None;
                 if r.op == Some(Op::Stop) {
@@ -435,7 +442,7 @@ impl Runtime {
                 true
             })?;
             if was_ready {
-                self.events.emit(Kind::Stopped, id, id, now_ns());
+                self.events.emit(Kind::Stopped, id, id, stopped_at);
             }
             tracing::info!("pod stopped");
             Ok(())
@@ -524,8 +531,8 @@ impl Runtime {
                 }
             }
         }
-        self.store.remove(PODS, id, &rec.name_key)?;
-        self.events.emit(Kind::Deleted, id, id, now_ns());
+        let at = self.store.remove(PODS, id, &rec.name_key)?;
+        self.events.emit(Kind::Deleted, id, id, at);
         tracing::info!(pod_id = %id, "pod removed");
         Ok(())
     }
@@ -556,13 +563,13 @@ impl Runtime {
             let updated = self.store.update(PODS, id, |r: &mut PodRecord| {
                 let ready = r.state == PodState::Ready && r.op.is_none();
                 if ready {
-                    r.state = PodState::NotReady;
+                    r.set_not_ready();
                 }
                 ready
             })?;
             if let Some(r) = updated {
                 tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
-                self.events.emit(Kind::Stopped, id, id, now_ns());
+                self.events.emit(Kind::Stopped, id, id, r.stopped_at);
                 rec = r;
             } else {
                 rec = self.pod(id)?;

@@ -78,12 +78,14 @@ impl Runtime {
         super::orphans::runc_delete(pod_id).await;
         let updated = self.store.update(PODS, pod_id, |r: &mut PodRecord| {
             let was = r.state == PodState::Ready;
-            r.state = PodState::NotReady;
+            if was {
+                r.set_not_ready();
+            }
             was
         })?;
-        if updated.is_some() {
+        if let Some(r) = updated {
             self.events
-                .emit(Kind::Stopped, pod_id, pod_id, super::now_ns());
+                .emit(Kind::Stopped, pod_id, pod_id, r.stopped_at);
         }
         Ok(())
     }

@@ -21,6 +21,7 @@
 
 mod checks;
 mod daemon;
+mod events;
 mod workload;
 
 use anyhow::{bail, Context, Result};
@@ -153,6 +154,10 @@ struct Report {
     failpoints_hit: usize,
     failpoints_missed: Vec<String>,
     lines: u64,
+    /// GetContainerEvents: events received, ids they concerned, identical redeliveries.
+    events: usize,
+    event_ids: usize,
+    redelivered: usize,
 }
 
 impl Report {
@@ -207,6 +212,9 @@ async fn run(args: Args) -> Result<()> {
     let first = d.start(None).await?;
     println!("daemon ready in {first:?}");
     let mut rs = d.client().await?;
+    let (watcher, watching) = events::Watcher::start(args.socket.clone());
+    // Containers known to have run their whole life: every transition must be announced.
+    let mut lived: Vec<String> = Vec::new();
 
     // The long-lived workload: counters in pods of their own, one pod for victims.
     let mut counters = Vec::new();
@@ -257,6 +265,7 @@ async fn run(args: Args) -> Result<()> {
             fp.as_deref(),
             &mut rng,
             &mut report,
+            &mut lived,
         )
         .await;
         if let Err(e) = r {
@@ -291,6 +300,25 @@ async fn run(args: Args) -> Result<()> {
             report.add("removable", format!("teardown of {}: {e:#}", p.id));
         }
     }
+    lived.extend(counters.iter().map(|c| c.id.clone()));
+    // Events: once the stream is quiet, every transition announced once, in order.
+    let mut last = usize::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = watcher.count();
+        if n == last {
+            break;
+        }
+        last = n;
+    }
+    watching.abort();
+    let (bad, redelivered, ids) = watcher.check(&lived);
+    for b in bad {
+        report.add("events", b);
+    }
+    report.events = watcher.count();
+    report.event_ids = ids;
+    report.redelivered = redelivered;
     d.stop();
     print_report(&report, total);
     if !report.violations.is_empty() {
@@ -310,6 +338,7 @@ async fn iteration(
     failpoint: Option<&str>,
     rng: &mut Rng,
     report: &mut Report,
+    lived: &mut Vec<String>,
 ) -> Result<()> {
     // Unique per run: a victim's log file is named after it, and a repeated name would
     // append to an earlier victim's log.
@@ -519,6 +548,8 @@ async fn iteration(
             .await
         {
             report.add("removable", format!("victim {}: {e}", v.id));
+        } else {
+            lived.push(v.id.clone());
         }
         let _ = std::fs::remove_dir_all(&v.out);
     }
@@ -548,6 +579,11 @@ fn print_report(r: &Report, iterations: usize) {
     println!(
         "restart to ready: median {med:?}, max {max:?}; log lines checked: {}",
         r.lines
+    );
+    println!(
+        "GetContainerEvents: {} events for {} pods and containers; {} identical \
+         redeliveries of events in flight at a kill",
+        r.events, r.event_ids, r.redelivered
     );
     println!();
     println!("| violation | count | first |");

@@ -1,0 +1,158 @@
+//! GetContainerEvents as kubelet's evented PLEG consumes it: one subscription at a time,
+//! renewed whenever the stream breaks (the daemon was killed). At the end: every
+//! pod and container the run saw announced from CREATED to DELETED, each transition once
+//! and in order. An identical copy of an event in a later subscription (it was in flight
+//! when the daemon died; CRI streams have no acknowledgement) is counted, not a violation.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+
+type Kind = cri::ContainerEventType;
+
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    kind: i32,
+    at: i64,
+    /// Which subscription delivered it (a new one after each break).
+    session: u32,
+}
+
+#[derive(Clone, Default)]
+pub struct Watcher {
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Watcher {
+    /// Subscribes now and again after every break, until the task is aborted.
+    pub fn start(socket: String) -> (Watcher, tokio::task::JoinHandle<()>) {
+        let w = Watcher::default();
+        let got = w.got.clone();
+        let task = tokio::spawn(async move {
+            let mut session = 0;
+            loop {
+                let Ok((mut rs, _)) = berth_tests::cri::connect(&socket).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let Ok(stream) = rs.get_container_events(cri::GetEventsRequest {}).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                session += 1;
+                let mut stream = stream.into_inner();
+                while let Ok(Some(e)) = stream.message().await {
+                    got.lock().unwrap().push(Received {
+                        id: e.container_id,
+                        kind: e.container_event_type,
+                        at: e.created_at,
+                        session,
+                    });
+                }
+            }
+        });
+        (w, task)
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// (violations, identical redeliveries across a break, ids seen).
+    pub fn check(&self, must_have_lived: &[String]) -> (Vec<String>, usize, usize) {
+        let got = self.got.lock().unwrap().clone();
+        let mut by_id: BTreeMap<&str, Vec<&Received>> = BTreeMap::new();
+        for r in &got {
+            by_id.entry(r.id.as_str()).or_default().push(r);
+        }
+        let mut bad = Vec::new();
+        let mut redelivered = 0;
+        for (id, evs) in &by_id {
+            let mut seen: Vec<&Received> = Vec::new();
+            for r in evs {
+                if let Some(first) = seen.iter().find(|s| s.kind == r.kind) {
+                    if first.at == r.at && first.session < r.session {
+                        redelivered += 1;
+                    } else {
+                        bad.push(format!("{}: {} twice", short(id), name(r.kind)));
+                    }
+                    continue;
+                }
+                if let Some(last) = seen.last() {
+                    if rank(r.kind) < rank(last.kind) {
+                        bad.push(format!(
+                            "{}: {} after {}",
+                            short(id),
+                            name(r.kind),
+                            name(last.kind)
+                        ));
+                    }
+                }
+                seen.push(r);
+            }
+            let kinds: Vec<i32> = seen.iter().map(|r| r.kind).collect();
+            if kinds.first() != Some(&(Kind::ContainerCreatedEvent as i32)) {
+                bad.push(format!(
+                    "{}: no CREATED first ({})",
+                    short(id),
+                    names(&kinds)
+                ));
+            }
+            if kinds.last() != Some(&(Kind::ContainerDeletedEvent as i32)) {
+                bad.push(format!(
+                    "{}: no DELETED last ({})",
+                    short(id),
+                    names(&kinds)
+                ));
+            }
+        }
+        for id in must_have_lived {
+            let kinds: Vec<i32> = by_id
+                .get(id.as_str())
+                .map(|v| v.iter().map(|r| r.kind).collect())
+                .unwrap_or_default();
+            for k in [
+                Kind::ContainerCreatedEvent,
+                Kind::ContainerStartedEvent,
+                Kind::ContainerStoppedEvent,
+                Kind::ContainerDeletedEvent,
+            ] {
+                if !kinds.contains(&(k as i32)) {
+                    bad.push(format!(
+                        "{}: no {} ({})",
+                        short(id),
+                        name(k as i32),
+                        names(&kinds)
+                    ));
+                }
+            }
+        }
+        (bad, redelivered, by_id.len())
+    }
+}
+
+fn rank(kind: i32) -> i32 {
+    // CREATED 0, STARTED 1, STOPPED 2, DELETED 3 in CRI's numbering too.
+    kind
+}
+
+fn name(kind: i32) -> &'static str {
+    match Kind::try_from(kind) {
+        Ok(Kind::ContainerCreatedEvent) => "CREATED",
+        Ok(Kind::ContainerStartedEvent) => "STARTED",
+        Ok(Kind::ContainerStoppedEvent) => "STOPPED",
+        Ok(Kind::ContainerDeletedEvent) => "DELETED",
+        Err(_) => "?",
+    }
+}
+
+fn names(kinds: &[i32]) -> String {
+    kinds.iter().map(|k| name(*k)).collect::<Vec<_>>().join(",")
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
