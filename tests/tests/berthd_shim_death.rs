@@ -126,12 +126,40 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
                 container_config("sleeper", image::BUSYBOX_IMAGE, &["sleep", "1000"]),
             )
             .await?;
+        // Killed by the OOM killer while berthd is down: the shim's record says so.
+        let mut hog = container_config(
+            "hog",
+            image::BUSYBOX_IMAGE,
+            &["sh", "-c", "sleep 0.5; head -c 209715200 /dev/zero | tail"],
+        );
+        hog.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 16 << 20,
+                memory_swap_limit_in_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let hog = pod.start(&d, hog).await?;
         let sleeper_pid = pid_of(&pod, &sleeper).await?;
         let shim = shim_of_pod(&d, &pod.id)?;
         d.kill9()?;
         // The quitter exits (recorded by its shim), then the shim dies.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let quit_by = berth_tests_now_ns();
+        // The shim's exit record (what berthd reads once the shim is gone) carries the
+        // OOM kill: the cgroup that would tell goes with the dead shim's task.
+        let rec = d
+            .dir
+            .path()
+            .join("state/containers")
+            .join(&hog)
+            .join("berth-exit.json");
+        let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec)?)?;
+        ensure!(
+            rec["status"] == 137 && rec["oom_killed"] == true && rec["exited_at_ns"].is_i64(),
+            "exit record {rec}"
+        );
         procs::signal(shim, libc::SIGKILL)?;
         d.restart()?;
         let (rs, _) = d.client().await?;
@@ -153,6 +181,14 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
                 "quitter's exit time {} (started {}, shim killed at {quit_by})",
                 q.finished_at,
                 q.started_at
+            );
+            let h = pod.container_status(&hog).await?;
+            ensure!(
+                h.exit_code == 137 && h.reason == "OOMKilled",
+                "hog: state {} exit {} reason {:?}",
+                h.state,
+                h.exit_code,
+                h.reason
             );
             let s = pod.container_status(&sleeper).await?;
             ensure!(

@@ -23,10 +23,15 @@ use super::{PodRecord, PodState};
 const PROBE: Duration = Duration::from_millis(500);
 
 /// The exit the shim recorded for a task, if it did: (status, exit time ns).
-fn recorded_exit(bundle: &Path) -> Option<(u32, i64)> {
+/// (status, exit time, killed by the OOM killer) as the shim recorded them.
+fn recorded_exit(bundle: &Path) -> Option<(u32, i64, bool)> {
     let b = std::fs::read(bundle.join("berth-exit.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-    Some((v["status"].as_u64()? as u32, v["exited_at_ns"].as_i64()?))
+    Some((
+        v["status"].as_u64()? as u32,
+        v["exited_at_ns"].as_i64()?,
+        v["oom_killed"].as_bool().unwrap_or(false),
+    ))
 }
 
 impl Runtime {
@@ -92,9 +97,13 @@ impl Runtime {
 
     pub(super) async fn settle_container(&self, c: &ContainerRecord) -> Result<()> {
         match recorded_exit(&c.bundle) {
-            Some((status, at)) => {
-                tracing::info!(container_id = %c.id, status, "exit recorded by the dead shim");
-                self.record_exit(&c.id, status, at)?;
+            Some((status, at, oom)) => {
+                tracing::info!(container_id = %c.id, status, oom, "exit recorded by the dead shim");
+                if oom && status != 0 {
+                    self.record_exit_with(&c.id, status, at, "OOMKilled")?;
+                } else {
+                    self.record_exit(&c.id, status, at)?;
+                }
             }
             None => {
                 tracing::warn!(container_id = %c.id, "killing a process its dead shim left");

@@ -51,6 +51,21 @@ impl Cgroup {
         }
     }
 
+    /// How many processes the kernel's OOM killer has killed in it (None: unreadable).
+    pub fn oom_kills(&self) -> Option<u64> {
+        match self {
+            Cgroup::V1 { paths } => {
+                let s = std::fs::read_to_string(paths.get("memory")?.join("memory.oom_control"))
+                    .ok()?;
+                Some(v1::parse_oom_control(&s).oom_kill)
+            }
+            Cgroup::V2 { path } => {
+                let s = std::fs::read_to_string(path.join("memory.events")).ok()?;
+                Some(parse_memory_events(&s).oom_kill)
+            }
+        }
+    }
+
     /// Whether the cgroup directory (any controller's, for v1) still exists.
     pub fn exists(&self) -> bool {
         match self {

@@ -183,7 +183,7 @@ fn apply_memory_stat(s: &str, m: &mut MemoryStat) {
     }
 }
 
-fn parse_oom_control(s: &str) -> MemoryOomControl {
+pub(super) fn parse_oom_control(s: &str) -> MemoryOomControl {
     let mut o = MemoryOomControl::new();
     for (k, v) in parse_kv(s) {
         match k {

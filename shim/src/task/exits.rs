@@ -148,7 +148,10 @@ fn maybe_finish_init(t: &mut Table, events: &Publisher, cid: &str) {
     let Some(e) = c.pending_init_exit.take() else {
         return;
     };
-    record_exit(&c.bundle, &e);
+    // Read before anything deletes the cgroup: the kernel counts the kill before the
+    // process is reaped.
+    let oom = c.cgroup.as_ref().and_then(|cg| cg.oom_kills()).unwrap_or(0) > 0;
+    record_exit(&c.bundle, &e, oom);
     c.init.set_exited(e.status, e.at);
     publish_exit(events, cid, cid, e);
 }
@@ -157,11 +160,16 @@ fn maybe_finish_init(t: &mut Table, events: &Publisher, cid: &str) {
 /// written whole (temp file, then rename) before the exit is published anywhere.
 pub const EXIT_FILE: &str = "berth-exit.json";
 
-fn record_exit(bundle: &std::path::Path, e: &Exit) {
+fn record_exit(bundle: &std::path::Path, e: &Exit, oom_killed: bool) {
     let at =
         e.at.duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-    let body = serde_json::json!({"pid": e.pid, "status": e.status, "exited_at_ns": at});
+    let body = serde_json::json!({
+        "pid": e.pid,
+        "status": e.status,
+        "exited_at_ns": at,
+        "oom_killed": oom_killed,
+    });
     let tmp = bundle.join(".berth-exit.json.tmp");
     let res = std::fs::write(&tmp, body.to_string())
         .and_then(|_| std::fs::rename(&tmp, bundle.join(EXIT_FILE)));
