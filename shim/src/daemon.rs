@@ -29,6 +29,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     redirect_stderr_to_log_fifo();
     init_tracing(args.debug);
+    crate::failpoints::arm_from_env().map_err(Error::InvalidArgument)?;
     let address = std::env::var("BERTH_SHIM_SOCKET")
         .ok()
         .or_else(|| std::fs::read_to_string("address").ok())

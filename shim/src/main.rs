@@ -10,6 +10,7 @@ mod daemon;
 mod delete;
 mod error;
 mod events;
+mod failpoints;
 mod io;
 mod mount;
 mod oom;

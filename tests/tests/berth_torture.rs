@@ -19,6 +19,8 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
     std::fs::create_dir_all(&work)?;
     // BERTH_TORTURE_ITERATIONS: more (or fewer) random kills than CI's 20.
     let iterations = std::env::var("BERTH_TORTURE_ITERATIONS").unwrap_or_else(|_| "20".into());
+    // BERTH_TORTURE_FAILPOINTS: a comma-separated subset instead of every failpoint.
+    let failpoints = std::env::var("BERTH_TORTURE_FAILPOINTS").unwrap_or_else(|_| "all".into());
     let daemon = format!("{} --config {}", binary()?.display(), d.config.display());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-torture"))
         .args(["--socket", &d.socket.display().to_string()])
@@ -28,7 +30,7 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
             "--iterations",
             &iterations,
             "--failpoints",
-            "all",
+            &failpoints,
             "--pod-network",
         ])
         .arg("--root")

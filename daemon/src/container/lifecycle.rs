@@ -224,6 +224,8 @@ impl Runtime {
                     let _ = shim.delete(&id).await;
                 }
                 let bundle = self.config.paths.state.join("containers").join(&id);
+                // The shim may have died in the create.
+                self.forget_task(&bundle, &id).await;
                 let _ = crate::pod::unmount_under(&bundle);
                 let _ = std::fs::remove_dir_all(bundle);
                 let _ =
@@ -564,10 +566,14 @@ impl Runtime {
             return Ok(());
         };
         self.stop_container(id, 0).await?;
-        if let Ok(pod) = self.pod(&rec.pod_id) {
-            if let Ok(shim) = self.shim_of(&pod).await {
-                shim.delete(id).await?;
-            }
+        let shim = match self.pod(&rec.pod_id) {
+            Ok(pod) => self.shim_of(&pod).await.ok(),
+            Err(_) => None,
+        };
+        match shim {
+            Some(shim) => shim.delete(id).await?,
+            // Its shim is gone: the task's processes and runc state are removed here.
+            None => self.forget_task(&rec.bundle, id).await,
         }
         crate::failpoint!("ctr.remove.after_delete");
         let _ = crate::pod::unmount_under(&rec.bundle);

@@ -8,6 +8,7 @@ mod recover;
 mod sandbox;
 pub mod shim;
 mod shim_death;
+mod shim_log;
 pub mod stats;
 
 use std::path::PathBuf;

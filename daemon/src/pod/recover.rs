@@ -21,6 +21,11 @@ impl Runtime {
         let pods: Vec<PodRecord> = self.store.list(PODS)?;
         self.restore_events(&pods)?;
         let mut tasks = Vec::new();
+        for rec in &pods {
+            if rec.bundle.join("log").exists() {
+                super::shim_log::follow(&rec.bundle, &rec.id);
+            }
+        }
         for rec in pods.iter().filter(|p| p.state == PodState::Ready).cloned() {
             let rt = self.clone();
             tasks.push(tokio::spawn(async move {

@@ -76,16 +76,19 @@ struct Undo {
     netns: Option<NetNs>,
     cni: Option<(crate::network::NetworkConfigList, PodNetArgs)>,
     dirs: Vec<PathBuf>,
-    shim: Option<(Shim, String)>,
+    /// The shim, the infra's id and bundle.
+    shim: Option<(Shim, String, PathBuf)>,
 }
 
 impl Undo {
     async fn run(self, rt: &Runtime) {
-        if let Some((shim, id)) = self.shim {
+        if let Some((shim, id, bundle)) = self.shim {
             let _ = shim.kill(&id, libc::SIGKILL as u32, true).await;
             let _ = shim.wait(&id, STOP_WAIT).await;
             let _ = shim.delete(&id).await;
             shim.shutdown(true).await;
+            // The shim may have died in the infra's create or start.
+            rt.forget_task(&bundle, &id).await;
         }
         if let Some((list, args)) = self.cni {
             let netns = self.netns.as_ref().map(|n| n.path.clone());
@@ -245,6 +248,7 @@ impl Runtime {
             }
         };
         let infra = async {
+            super::shim_log::follow(&rec.bundle, &rec.id);
             let shim = Shim::start(
                 &self.shim_binary,
                 &rec.bundle,
@@ -271,7 +275,7 @@ impl Runtime {
             Ok(s) => s,
             Err(e) => return Err(e),
         };
-        undo.shim = Some((shim.clone(), rec.id.clone()));
+        undo.shim = Some((shim.clone(), rec.id.clone(), rec.bundle.clone()));
         rec.pid = pid?;
         if let Some(net) = net? {
             rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
@@ -481,6 +485,10 @@ impl Runtime {
             shim.delete(id).await?;
             self.shims.lock().await.remove(id);
             shim.shutdown(self.containers_of(id)?.is_empty()).await;
+        } else {
+            // No shim answers (it died, maybe inside the infra's create or start): what
+            // runs in the infra's cgroup is killed and its runc state deleted here.
+            self.forget_task(&rec.bundle, id).await;
         }
         self.shims.lock().await.remove(id);
         Ok(())

@@ -116,6 +116,13 @@ impl Runtime {
     }
 
     /// Kills what is left in the cgroup a task's config.json names.
+    /// A task given up on (a rollback) whose shim may have died under it: what runs in its
+    /// cgroup is killed and its runc state deleted, which a live shim's delete already did.
+    pub(crate) async fn forget_task(&self, bundle: &Path, id: &str) {
+        self.kill_task_cgroup(bundle).await;
+        super::orphans::runc_delete(id).await;
+    }
+
     pub(super) async fn kill_task_cgroup(&self, bundle: &Path) {
         let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
             .ok()

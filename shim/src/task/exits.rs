@@ -151,7 +151,9 @@ fn maybe_finish_init(t: &mut Table, events: &Publisher, cid: &str) {
     // Read before anything deletes the cgroup: the kernel counts the kill before the
     // process is reaped.
     let oom = c.cgroup.as_ref().and_then(|cg| cg.oom_kills()).unwrap_or(0) > 0;
+    crate::failpoint!("shim.exit.before_record");
     record_exit(&c.bundle, &e, oom);
+    crate::failpoint!("shim.exit.after_record");
     c.init.set_exited(e.status, e.at);
     publish_exit(events, cid, cid, e);
 }

@@ -146,6 +146,7 @@ impl Service {
             let _ = runc.delete(&req.id, true).await;
             return Err(e);
         }
+        crate::failpoint!("shim.create.after_runtime");
         let io = match prep.finish().await {
             Ok(io) => io,
             Err(e) => {
@@ -196,6 +197,9 @@ impl Service {
                 .await
                 .map(Some),
         };
+        if res.is_ok() {
+            crate::failpoint!("shim.start.after_runtime");
+        }
         let mut t = self.lock()?;
         let Ok(c) = t.get_mut(id) else {
             t.end_in_flight();

@@ -71,6 +71,8 @@ pub struct Scope {
     pub state: Option<PathBuf>,
     pub cgroup_parent: String,
     pub ipam_dir: Option<PathBuf>,
+    /// The OCI runtime's state dir for the daemon's containers (runc --root).
+    pub runc_root: PathBuf,
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -134,6 +136,7 @@ impl Scope {
             cgroups_under(&base.join(parent), &mut cg);
         }
         m.insert("cgroup", cg);
+        m.insert("runc state", entries(&self.runc_root));
         if let Some(ipam) = &self.ipam_dir {
             let ips = entries(ipam)
                 .into_iter()

@@ -30,8 +30,10 @@ impl Daemon {
         })
     }
 
-    /// Starts the daemon (with `failpoints` in BERTH_FAILPOINTS, if any) and waits until
-    /// Status answers RuntimeReady: returns the time that took.
+    /// Starts the daemon (with `failpoints` in BERTH_FAILPOINTS, or in
+    /// BERTH_SHIM_FAILPOINTS for the shim's `shim.*` points, which the shims the daemon
+    /// starts inherit) and waits until Status answers RuntimeReady: returns the time that
+    /// took.
     pub async fn start(&mut self, failpoints: Option<&str>) -> Result<Duration> {
         if let Some(c) = &mut self.child {
             if c.try_wait()?.is_none() {
@@ -47,9 +49,16 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env_remove("BERTH_FAILPOINTS");
-        if let Some(f) = failpoints {
-            cmd.env("BERTH_FAILPOINTS", f);
+            .env_remove("BERTH_FAILPOINTS")
+            .env_remove("BERTH_SHIM_FAILPOINTS");
+        match failpoints {
+            Some(f) if f.starts_with("shim.") => {
+                cmd.env("BERTH_SHIM_FAILPOINTS", f);
+            }
+            Some(f) => {
+                cmd.env("BERTH_FAILPOINTS", f);
+            }
+            None => {}
         }
         let t0 = Instant::now();
         self.child = Some(
@@ -86,6 +95,18 @@ impl Daemon {
     /// Whether the daemon's log (stdout and stderr) contains `s`.
     pub fn log_contains(&self, s: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(s))
+    }
+
+    /// Whether the log shows `s` within `limit`.
+    pub async fn log_within(&self, s: &str, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.log_contains(s) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     pub fn socket(&self) -> &str {

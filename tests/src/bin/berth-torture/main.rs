@@ -6,7 +6,7 @@
 //! ```text
 //! berth-torture --socket /run/berth/berth.sock --daemon "berthd --config /etc/berth/config.toml"
 //!     --image busybox [--iterations 20] [--failpoints all|none|a,b] [--pod-network]
-//!     [--root DIR --state DIR] [--cgroup-parent /berth] [--ipam-dir DIR] [--seed N]
+//!     [--root DIR --state DIR] [--cgroup-parent /berth] [--ipam-dir DIR] [--runc-root DIR] [--seed N]
 //! ```
 //!
 //! Each iteration: two fresh victims start; churn runs (pods and containers made and
@@ -35,9 +35,10 @@ use workload::{Rs, Shape};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
 [--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
-[--cgroup-parent PATH] [--ipam-dir DIR] [--counters N] [--seed N] [--work DIR]";
+[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--counters N] [--seed N] [--work DIR]";
 
-/// berthd's failpoints (daemon/src/failpoints.rs) that the workload passes through.
+/// berthd's failpoints (daemon/src/failpoints.rs) and the shim's (shim/src/failpoints.rs)
+/// that the workload passes through.
 const FAILPOINTS: &[&str] = &[
     "pod.run.after_record",
     "pod.run.after_netns",
@@ -52,6 +53,11 @@ const FAILPOINTS: &[&str] = &[
     "pod.stop.after_containers",
     "pod.stop.after_infra",
     "pod.remove.after_stop",
+    // The shim's (BERTH_SHIM_FAILPOINTS): churn pods' shims die there, the daemon lives.
+    "shim.create.after_runtime",
+    "shim.start.after_runtime",
+    "shim.exit.before_record",
+    "shim.exit.after_record",
 ];
 
 struct Args {
@@ -65,6 +71,7 @@ struct Args {
     state: Option<PathBuf>,
     cgroup_parent: String,
     ipam_dir: Option<PathBuf>,
+    runc_root: PathBuf,
     counters: usize,
     seed: u64,
     work: Option<PathBuf>,
@@ -82,6 +89,7 @@ fn parse() -> Result<Args> {
         state: None,
         cgroup_parent: "/berth".into(),
         ipam_dir: None,
+        runc_root: "/run/containerd/runc/berth".into(),
         counters: 3,
         seed: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -111,6 +119,7 @@ fn parse() -> Result<Args> {
             "--state" => a.state = Some(v()?.into()),
             "--cgroup-parent" => a.cgroup_parent = v()?,
             "--ipam-dir" => a.ipam_dir = Some(v()?.into()),
+            "--runc-root" => a.runc_root = v()?.into(),
             "--counters" => a.counters = v()?.parse()?,
             "--seed" => a.seed = v()?.parse()?,
             "--work" => a.work = Some(v()?.into()),
@@ -244,6 +253,7 @@ async fn run(args: Args) -> Result<()> {
         state: args.state.clone(),
         cgroup_parent: args.cgroup_parent.clone(),
         ipam_dir: args.ipam_dir.clone(),
+        runc_root: args.runc_root.clone(),
     };
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
@@ -364,6 +374,19 @@ async fn iteration(
             d.kill9();
             report.kills += 1;
         }
+        Some(f) if f.starts_with("shim.") => {
+            // A shim dies there (its log reaches the daemon's); then the daemon is killed
+            // too, so recovery also meets the dead shims.
+            if d.log_within(&format!("failpoint {f} panic"), Duration::from_secs(15))
+                .await
+            {
+                report.failpoints_hit += 1;
+            } else {
+                report.failpoints_missed.push(f.to_string());
+                report.add("failpoint", format!("{f}: no shim died there"));
+            }
+            d.kill9();
+        }
         Some(f) => {
             // A death counts only if it was this failpoint's (not a crash elsewhere).
             if d.died_within(Duration::from_secs(15)).await
@@ -426,10 +449,11 @@ async fn iteration(
         };
         let r = r.into_inner();
         let reason = r.status.map(|s| s.reason).unwrap_or_default();
-        if matches!(
-            reason.as_str(),
-            "StartInterrupted" | "ShimUnreachable" | "ShimDied"
-        ) {
+        // ShimDied is the truth when the harness made shims die (shim failpoints).
+        let shims_died = failpoint.is_some_and(|f| f.starts_with("shim."));
+        if matches!(reason.as_str(), "StartInterrupted" | "ShimUnreachable")
+            || (reason == "ShimDied" && !shims_died)
+        {
             report.add("unknown", format!("container {}: reason {reason}", c.id));
         }
         let op = r
