@@ -5,7 +5,11 @@ fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed=protos");
     Codegen::new()
-        .inputs(["protos/runtimeoptions.proto", "protos/berth/attach.proto"])
+        .inputs([
+            "protos/runtimeoptions.proto",
+            "protos/berth/attach.proto",
+            "protos/berth/journal.proto",
+        ])
         .include("protos")
         .rust_protobuf()
         .customize(Customize {
@@ -18,7 +22,13 @@ fn main() {
         .expect("generate protos");
     // `include!` rejects inner attributes (rust-lang/rust#18810): drop them, the
     // including module carries the allows instead.
-    for name in ["runtimeoptions.rs", "attach.rs", "attach_ttrpc.rs"] {
+    for name in [
+        "runtimeoptions.rs",
+        "attach.rs",
+        "attach_ttrpc.rs",
+        "journal.rs",
+        "journal_ttrpc.rs",
+    ] {
         let file = out.join(name);
         let text = std::fs::read_to_string(&file).expect("read generated file");
         let kept: Vec<&str> = text

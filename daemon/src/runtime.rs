@@ -40,6 +40,9 @@ pub struct Runtime {
     pub streaming: crate::stream::Streaming,
     /// Lifecycle events for GetContainerEvents.
     pub events: crate::events::EventHub,
+    /// Exits a shim's journal delivered before StartContainer recorded the container
+    /// Running (`pod::journal`), by container id: (status, time).
+    pub(crate) early_exits: std::sync::Mutex<HashMap<String, (u32, i64)>>,
     /// Whether recursive read-only mounts work (kernel and OCI runtime), probed once.
     rro: std::sync::OnceLock<bool>,
     /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
@@ -83,6 +86,7 @@ impl Runtime {
             pause_rootfs,
             shims: Default::default(),
             streaming,
+            early_exits: Default::default(),
             rro: Default::default(),
             pod_cidr: RwLock::new(String::new()),
         }))

@@ -23,7 +23,8 @@ pub mod runtimeoptions {
     include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
 }
 
-/// Berth's shim extension (`berth.shim.v1`): attaching to a running process's output.
+/// Berth's shim extension (`berth.shim.v1`): attaching to a running process's output, and
+/// the shim's event journal.
 /// Served beside the task service; containerd never calls it.
 pub mod berth_shim {
     #[allow(
@@ -55,6 +56,33 @@ pub mod berth_shim {
 
     /// The service name the shim registers.
     pub const ATTACH: &str = "berth.shim.v1.Attach";
+
+    #[allow(
+        clippy::all,
+        unused_mut,
+        unused_qualifications,
+        unused_imports,
+        missing_docs,
+        unused_attributes,
+        nonstandard_style
+    )]
+    pub mod journal {
+        include!(concat!(env!("OUT_DIR"), "/journal.rs"));
+    }
+    #[allow(
+        clippy::all,
+        unused_mut,
+        unused_qualifications,
+        unused_imports,
+        missing_docs,
+        unused_attributes,
+        nonstandard_style
+    )]
+    pub mod journal_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/journal_ttrpc.rs"));
+    }
+    pub use journal::{Entry, ReadRequest, ReadResponse};
+    pub use journal_ttrpc::{create_journal, Journal, JournalClient};
 }
 
 pub mod spdy;

@@ -74,6 +74,7 @@ async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
         tokio::net::UnixListener::from_std(listener).map_err(|e| Error::io("ttrpc listener", e))?;
     let mut services = berth_proto::task_services(service.clone());
     services.extend(berth_proto::berth_shim::create_attach(service.clone()));
+    services.extend(berth_proto::berth_shim::create_journal(service.clone()));
     let known: Vec<String> = services.keys().cloned().collect();
     services.insert(
         crate::transport::UNKNOWN_SERVICE.to_string(),

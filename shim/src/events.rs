@@ -30,10 +30,11 @@ pub struct Envelope_ {
 
 /// The sending side, cloned into every place that emits events. Sends are synchronous
 /// and never block, so callers can emit while holding the state lock, which is what keeps
-/// the queue order equal to the order of state transitions.
+/// the queue order (and the journal's numbering) equal to the order of state transitions.
 #[derive(Clone)]
 pub struct Publisher {
     tx: UnboundedSender<Envelope_>,
+    journal: std::sync::Arc<crate::journal::Journal>,
 }
 
 /// The forwarder task; await [`Forwarder::drain`] at shutdown.
@@ -82,7 +83,8 @@ impl Publisher {
     pub fn start(ttrpc_address: Option<String>, namespace: String) -> (Publisher, Forwarder) {
         let (tx, rx) = unbounded_channel();
         let handle = tokio::spawn(forward_loop(rx, ttrpc_address, namespace));
-        (Publisher { tx }, Forwarder { handle })
+        let journal = Default::default();
+        (Publisher { tx, journal }, Forwarder { handle })
     }
 
     /// Asks the forwarder to finish: send what is queued, then stop.
@@ -96,18 +98,22 @@ impl Publisher {
 
     pub fn publish<M: Message>(&self, topic: &'static str, m: &M) {
         let event = pack(event_type(topic), m);
-        let _ = self.tx.send(Envelope_ {
-            topic,
-            event,
-            at: SystemTime::now(),
-        });
+        let at = SystemTime::now();
+        self.journal.push(topic, &event, at);
+        let _ = self.tx.send(Envelope_ { topic, event, at });
+    }
+
+    /// Every event published, numbered (Berth's Journal service reads it).
+    pub fn journal(&self) -> &crate::journal::Journal {
+        &self.journal
     }
 
     /// A publisher whose events go nowhere (tests).
     #[cfg(test)]
     pub fn channel() -> (Publisher, UnboundedReceiver<Envelope_>) {
         let (tx, rx) = unbounded_channel();
-        (Publisher { tx }, rx)
+        let journal = Default::default();
+        (Publisher { tx, journal }, rx)
     }
 }
 

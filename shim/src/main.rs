@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod failpoints;
 mod io;
+mod journal;
 mod mount;
 mod oom;
 mod options;

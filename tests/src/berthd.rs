@@ -181,6 +181,9 @@ impl Berthd {
         for m in leaks::mounts_under(self.dir.path()) {
             leaks.push(format!("mount {} left", m.display()));
         }
+        for id in leaks::runc_states_under(self.dir.path()) {
+            leaks.push(format!("runc state {id} left"));
+        }
         self.force_cleanup();
         if !leaks.is_empty() {
             bail!("berthd left: {leaks:#?}\nlog:\n{}", self.log());
@@ -204,6 +207,11 @@ impl Berthd {
         }
         for pid in shims {
             let _ = procs::signal(pid, libc::SIGKILL);
+        }
+        for id in leaks::runc_states_under(self.dir.path()) {
+            let _ = std::process::Command::new("runc")
+                .args(["--root", leaks::BERTH_RUNC_ROOT, "delete", "--force", &id])
+                .output();
         }
         let mut mounts = leaks::mounts_under(self.dir.path());
         mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));

@@ -33,6 +33,21 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// berthd's runc state dir (`runc --root`; the shim's namespace is "berth").
+pub const BERTH_RUNC_ROOT: &str = "/run/containerd/runc/berth";
+
+/// Ids of runc containers whose bundle lies under `dir` (runc's state.json names it).
+pub fn runc_states_under(dir: &Path) -> Vec<String> {
+    let needle = format!("bundle={}/", dir.display());
+    leftover_entries(Path::new(BERTH_RUNC_ROOT))
+        .into_iter()
+        .filter(|s| {
+            std::fs::read_to_string(s.join("state.json")).is_ok_and(|t| t.contains(&needle))
+        })
+        .filter_map(|s| s.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+}
+
 /// Entries left in a per-namespace bundle or work directory.
 pub fn leftover_entries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)

@@ -252,11 +252,30 @@ fn a_restart_delivers_exactly_the_events_no_client_received() -> Result<()> {
             timeout: 0,
         })
         .await?;
+        // berthd keeps its journal position just after applying an entry (A's exit).
+        tokio::time::sleep(Duration::from_millis(500)).await;
         d.kill9()?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         d.restart()?;
         let (rs, _) = d.client().await?;
         let r: Result<()> = async {
+            // From the pod shim's journal berthd replays B's exit and nothing it had
+            // applied before (A's exit among them).
+            let log = d.log();
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("journal followed") && l.contains(&pod.id))
+                .context("no journal line for the pod")?;
+            let replayed = line
+                .split("replayed=[")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .unwrap_or_default();
+            ensure!(
+                !replayed.is_empty() && !replayed.contains(','),
+                "one entry replayed, not {replayed:?}: {line}"
+            );
             let mut events = subscribe(&rs).await?;
             let got = collect(&mut events, &ids, 2).await?;
             let mut kinds = summary(&got);

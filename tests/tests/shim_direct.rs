@@ -131,6 +131,60 @@ fn scenario(d: &Direct) -> Result<()> {
             "Wait exited_at {:?} not near now {now}",
             w.exited_at
         );
+        // Berth's journal: every event so far, numbered from 1 in order; nothing after.
+        let j: berth_proto::berth_shim::ReadResponse = task_api::call(
+            &client,
+            &d.namespace,
+            "berth.shim.v1.Journal",
+            "Read",
+            &berth_proto::berth_shim::ReadRequest {
+                after: 0,
+                wait_ms: 0,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("Journal.Read")?;
+        let topics: Vec<(u64, &str)> = j
+            .entries
+            .iter()
+            .map(|e| (e.seq, e.topic.as_str()))
+            .collect();
+        ensure!(
+            j.first == 1
+                && topics
+                    == [
+                        (1, "/tasks/create"),
+                        (2, "/tasks/start"),
+                        (3, "/tasks/exit")
+                    ],
+            "journal {topics:?} first {}",
+            j.first
+        );
+        let exit = <berth_proto::events::task::TaskExit as berth_proto::protobuf::Message>::parse_from_bytes(
+            &j.entries[2].event,
+        )?;
+        ensure!(
+            exit.container_id == c1 && exit.exit_status == 7 && exit.pid == created.pid,
+            "journal exit {exit:?}"
+        );
+        let later: berth_proto::berth_shim::ReadResponse = task_api::call(
+            &client,
+            &d.namespace,
+            "berth.shim.v1.Journal",
+            "Read",
+            &berth_proto::berth_shim::ReadRequest {
+                after: 3,
+                wait_ms: 200,
+                ..Default::default()
+            },
+        )
+        .await?;
+        ensure!(
+            later.entries.is_empty(),
+            "journal after 3: {:?}",
+            later.entries
+        );
         let out = direct::read_until(&reader, "hi\n", Duration::from_secs(5));
         ensure!(out == "hi\n", "container stdout through the FIFO: {out:?}");
         let st: api::StateResponse = d.rpc(&client, "State", &task_api::state_req(c1)).await?;

@@ -410,31 +410,10 @@ impl Runtime {
                 true
             })?;
         self.events.emit(Kind::Started, id, &rec.pod_id, started);
-        self.watch_exit(id.to_string(), shim);
+        // Its exit comes through the pod shim's journal (`pod::journal`), maybe already.
+        self.became_running(id)?;
         tracing::info!(container_id = %id, pid, "container started");
         Ok(())
-    }
-
-    /// Records the container's exit when its Wait returns.
-    pub fn watch_exit(self: &Arc<Self>, id: String, shim: crate::pod::shim::Shim) {
-        let rt = self.clone();
-        tokio::spawn(async move {
-            // Wait may outlive any bound. A broken one means the shim may have died: the
-            // pod is settled if so (a berthd restart reconnects and watches again).
-            let (code, at) = match shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await {
-                Ok(r) => r,
-                Err(Error::NotFound(_)) => return,
-                Err(_) => {
-                    if let Ok(rec) = rt.container(&id) {
-                        rt.on_wait_failed(&rec.pod_id);
-                    }
-                    return;
-                }
-            };
-            if let Err(e) = rt.record_exit(&id, code, at) {
-                tracing::warn!(container_id = %id, error = %e, "recording the exit failed");
-            }
-        });
     }
 
     /// Records a Running container's exit once: the exit watcher and StopContainer may

@@ -433,6 +433,7 @@ mod tests {
             shim_address: String::new(),
             op: None,
             stopped_at: 0,
+            journal_seq: 0,
         };
         let rec = ContainerRecord {
             id: "c1".into(),

@@ -106,7 +106,8 @@ impl Runtime {
                 .emit(crate::events::Kind::Started, &c.id, &c.pod_id, c.started_at);
         }
         match status {
-            1 | 2 => {}
+            1 => {}
+            2 => self.became_running(&c.id)?,
             3 => self.record_exit(&c.id, code, exited_at)?,
             _ => {
                 self.kill_task_cgroup(&c.bundle).await;

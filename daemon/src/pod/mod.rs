@@ -3,6 +3,7 @@
 
 mod files;
 mod intents;
+mod journal;
 mod orphans;
 mod recover;
 mod sandbox;
@@ -49,6 +50,9 @@ pub struct PodRecord {
     /// When it became NotReady (ns; 0 while Ready): its STOPPED event's time.
     #[serde(default)]
     pub stopped_at: i64,
+    /// The number of the last entry of the shim's event journal applied (`journal`).
+    #[serde(default)]
+    pub journal_seq: u64,
 }
 
 impl PodRecord {

@@ -50,6 +50,11 @@ impl Runtime {
                         }
                     }
                     other => {
+                        if let Ok(Ok((shim, false))) = &other {
+                            // The shim lives and so may the pod's containers.
+                            rt.shims.lock().await.insert(rec.id.clone(), shim.clone());
+                            rt.follow_journal(rec.id.clone(), shim.clone());
+                        }
                         let why = match other {
                             Ok(Ok(_)) => "infra process exited while berthd was down".to_string(),
                             Ok(Err(e)) => format!("shim unreachable: {e}"),
@@ -125,9 +130,9 @@ impl Runtime {
         self.events.restore(&histories, unannounced)
     }
 
-    /// Running containers get their exit watch back; Wait answers at once for those that
-    /// exited while berthd was down, with their real status and time. A container whose
-    /// pod shim is gone is marked exited with reason Unknown.
+    /// Running containers' exits come through their pod shim's journal, which replays
+    /// those that happened while berthd was down with their real status and time. A
+    /// container whose pod shim does not answer is marked exited (ShimUnreachable).
     async fn recover_containers(self: &Arc<Self>) -> Result<()> {
         use crate::container::CtrState;
         for c in self.containers()? {
@@ -136,7 +141,7 @@ impl Runtime {
             }
             let shim = self.shims.lock().await.get(&c.pod_id).cloned();
             match shim {
-                Some(shim) => self.watch_exit(c.id.clone(), shim),
+                Some(_) => {}
                 None => {
                     tracing::warn!(container_id = %c.id, "pod shim does not answer; exit unknown");
                     let mut c = c;

@@ -142,6 +142,7 @@ impl Runtime {
                 shim_address: String::new(),
                 op: Some(Op::Run),
                 stopped_at: 0,
+                journal_seq: 0,
             };
             // The name is reserved first (with the intent): a duplicate fails here with
             // nothing made; a crash from here on is rolled back at startup.
@@ -358,7 +359,9 @@ impl Runtime {
 
     /// Watches the infra process: its exit makes the pod NotReady at once; a broken Wait
     /// may mean the shim died (`shim_death`).
+    /// The pod's other tasks are followed through the shim's journal.
     pub(crate) fn watch_infra(self: &Arc<Self>, id: String, shim: Shim) {
+        self.follow_journal(id.clone(), shim.clone());
         let rt = self.clone();
         tokio::spawn(async move {
             match shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await {

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use berth_proto::api;
-use berth_proto::berth_shim::{AttachClient, AttachRequest};
+use berth_proto::berth_shim::{AttachClient, AttachRequest, JournalClient, ReadRequest};
 use berth_proto::shim_async::{Client, TaskClient};
 use berth_proto::ttrpc::context;
 
@@ -85,8 +85,10 @@ pub struct ExecIo {
 pub struct Shim {
     pub address: String,
     client: TaskClient,
-    /// Berth's extension service on the same connection (`berth.shim.v1.Attach`).
+    /// Berth's extension services on the same connection (`berth.shim.v1.Attach`,
+    /// `berth.shim.v1.Journal`).
     attach: AttachClient,
+    journal: JournalClient,
 }
 
 /// A protobuf timestamp in ns since the epoch; saturating, because a process that has
@@ -165,7 +167,8 @@ impl Shim {
         Ok(Shim {
             address: address.to_string(),
             client: TaskClient::new(c.clone()),
-            attach: AttachClient::new(c),
+            attach: AttachClient::new(c.clone()),
+            journal: JournalClient::new(c),
         })
     }
 
@@ -353,6 +356,27 @@ impl Shim {
             "wait exec"
         };
         self.client.wait(ctx, &req).await.map_err(|e| rpc(what, e))
+    }
+
+    /// The shim's journal entries after `after` (waiting up to `wait` for one), and the
+    /// oldest number it still keeps.
+    pub async fn read_journal(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> Result<(Vec<berth_proto::berth_shim::Entry>, u64)> {
+        let req = ReadRequest {
+            after,
+            wait_ms: wait.as_millis() as u32,
+            ..Default::default()
+        };
+        let ctx = context::with_timeout((wait + CALL_TIMEOUT).as_nanos() as i64);
+        let r = self
+            .journal
+            .read(ctx, &req)
+            .await
+            .map_err(|e| rpc("read journal", e))?;
+        Ok((r.entries, r.first))
     }
 
     pub async fn kill_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {

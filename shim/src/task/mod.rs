@@ -3,6 +3,7 @@
 
 mod attach;
 mod exits;
+mod journal;
 mod lifecycle;
 mod ops;
 mod service;

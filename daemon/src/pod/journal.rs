@@ -1,0 +1,151 @@
+//! Following a pod shim's event journal (Berth's `berth.shim.v1.Journal`): container
+//! exits are applied from it in the order they happened, and the number of the last entry
+//! applied is kept in the pod record, so a restarted berthd reads exactly the transitions
+//! it missed. If the shim's bounded journal has dropped some of those, each running
+//! container's state is asked instead. A broken read may mean the shim died
+//! (`shim_death`). The infra process has its own watch (`sandbox::watch_infra`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::berth_shim::Entry;
+use berth_proto::events::task::TaskExit;
+use berth_proto::protobuf::Message;
+
+use super::shim::{ts_ns, Shim};
+use super::PodRecord;
+use crate::container::CtrState;
+use crate::error::Result;
+use crate::intent::Op;
+use crate::runtime::Runtime;
+use crate::store::PODS;
+
+/// One read waits this long for the next entry.
+const WAIT: Duration = Duration::from_secs(30);
+
+const TASK_EXIT: &str = "/tasks/exit";
+
+impl Runtime {
+    pub(crate) fn follow_journal(self: &Arc<Self>, pod_id: String, shim: Shim) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let Ok(Some(pod)) = rt.store.get::<PodRecord>(PODS, &pod_id) else {
+                return;
+            };
+            let mut after = pod.journal_seq;
+            let mut caught_up = false;
+            loop {
+                let (entries, first) = match shim.read_journal(after, WAIT).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        rt.on_wait_failed(&pod_id);
+                        return;
+                    }
+                };
+                if first > after + 1 {
+                    tracing::warn!(pod_id = %pod_id, after, first, "journal entries were dropped; asking the tasks");
+                    if let Err(e) = rt.resync(&pod_id, &shim).await {
+                        tracing::warn!(pod_id = %pod_id, error = %e, "resync from task state");
+                    }
+                }
+                if !caught_up {
+                    // What berthd missed (while it was down): exactly these entries.
+                    caught_up = true;
+                    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+                    tracing::info!(pod_id = %pod_id, after, replayed = ?seqs, "journal followed");
+                }
+                let Some(last) = entries.last().map(|e| e.seq) else {
+                    continue;
+                };
+                for e in &entries {
+                    if let Err(err) = rt.apply_entry(&pod_id, e) {
+                        tracing::warn!(pod_id = %pod_id, seq = e.seq, error = %err, "applying a journal entry");
+                    }
+                }
+                after = last;
+                let kept = rt.store.update(PODS, &pod_id, |r: &mut PodRecord| {
+                    let newer = last > r.journal_seq;
+                    if newer {
+                        r.journal_seq = last;
+                    }
+                    newer
+                });
+                if let Ok(None) = rt.store.get::<PodRecord>(PODS, &pod_id) {
+                    return; // the pod is gone
+                }
+                if let Err(e) = kept {
+                    tracing::warn!(pod_id = %pod_id, error = %e, "keeping the journal position");
+                }
+            }
+        });
+    }
+
+    /// Applies one entry: an init's exit is the container's exit.
+    fn apply_entry(&self, pod_id: &str, e: &Entry) -> Result<()> {
+        if e.topic != TASK_EXIT {
+            return Ok(());
+        }
+        let Ok(ev) = TaskExit::parse_from_bytes(&e.event) else {
+            return Ok(());
+        };
+        // Execs' exits are the exec calls' business; the infra's is watched on its own.
+        if ev.id != ev.container_id || ev.container_id == pod_id {
+            return Ok(());
+        }
+        let at = ev.exited_at.as_ref().map(ts_ns).unwrap_or_default();
+        self.exit_seen(&ev.container_id, ev.exit_status, at)
+    }
+
+    /// An exit from the journal. A container whose StartContainer has not yet recorded it
+    /// Running keeps the exit until it does (`became_running`); the gate makes the look
+    /// and the keep one step against that update.
+    pub(crate) fn exit_seen(&self, id: &str, code: u32, at: i64) -> Result<()> {
+        let mut early = self.early_exits.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = self
+            .store
+            .get::<crate::container::ContainerRecord>(crate::store::CONTAINERS, id)?
+        else {
+            return Ok(());
+        };
+        match rec.state {
+            CtrState::Running => {
+                drop(early);
+                self.record_exit(id, code, at)
+            }
+            CtrState::Created if rec.op == Some(Op::Start) => {
+                early.insert(id.to_string(), (code, at));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Called right after a container is recorded Running: an exit the journal delivered
+    /// before that is recorded now.
+    pub(crate) fn became_running(&self, id: &str) -> Result<()> {
+        let kept = self
+            .early_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        match kept {
+            Some((code, at)) => self.record_exit(id, code, at),
+            None => Ok(()),
+        }
+    }
+
+    /// The journal lost entries: every container recorded Running is asked its state.
+    async fn resync(&self, pod_id: &str, shim: &Shim) -> Result<()> {
+        for c in self.containers_of(pod_id)? {
+            if c.state != CtrState::Running {
+                continue;
+            }
+            let st = shim.state(&c.id).await?;
+            // containerd's task status 3: stopped.
+            if st.status.value() == 3 {
+                self.record_exit(&c.id, st.exit_status, ts_ns(&st.exited_at))?;
+            }
+        }
+        Ok(())
+    }
+}
