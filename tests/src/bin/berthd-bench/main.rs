@@ -87,7 +87,8 @@ pub(crate) struct Plan {
 
 const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only | --no-pull] \
   [--stream-only | --no-stream] [--runtime runc|crun]\n\
-  --quick        5 rounds, 10 pods for the 50- and 100-pod figures, 5 + 1 pulls, 20 execs\n\
+  --quick        5 rounds, 5 pods for the 30-pod restart, 10 for the 50- and 100-pod figures,\n\
+                 5 + 1 pulls, 20 execs\n\
   --berthd-only  leave the reference containerd alone\n\
   --pull-only    only the pull phase (busybox and the 200 MiB image)\n\
   --no-pull      no pull phase\n\
@@ -98,7 +99,8 @@ const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only 
 fn parse_args() -> Result<Plan> {
     let mut p = Plan {
         rounds: 20,
-        small: 5,
+        // Issue 6's restart target is set with 30 pods.
+        small: 30,
         many: 50,
         big: 100,
         pulls: 20,
@@ -122,7 +124,7 @@ fn parse_args() -> Result<Plan> {
                 std::env::set_var("BERTHD_BENCH_RUNTIME", r);
             }
             "--quick" => {
-                (p.rounds, p.many, p.big, p.pulls, p.big_pulls) = (5, 10, 10, 5, 1);
+                (p.rounds, p.small, p.many, p.big, p.pulls, p.big_pulls) = (5, 5, 10, 10, 5, 1);
                 (p.execs, p.downloads) = (20, 2);
             }
             "--pull-only" => (p.pods, p.stream) = (false, false),
