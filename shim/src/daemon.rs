@@ -96,6 +96,9 @@ async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
+    // Readers waiting on the journal (berthd's) answer now, or they would hold the
+    // server's shutdown up.
+    events.journal().close();
     // Give the Shutdown reply a moment to leave before connections close.
     tokio::time::sleep(Duration::from_millis(10)).await;
     // Clients (containerd, berthd) close their connections after Shutdown; don't wait long.

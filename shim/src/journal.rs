@@ -19,6 +19,8 @@ pub struct Journal {
     ring: Mutex<VecDeque<Entry>>,
     /// The newest number published (readers wait on it).
     last: watch::Sender<u64>,
+    /// Set at shutdown: waiting readers answer at once, so the server can stop.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Journal {
@@ -26,6 +28,7 @@ impl Default for Journal {
         Journal {
             ring: Mutex::new(VecDeque::new()),
             last: watch::channel(0).0,
+            closed: Default::default(),
         }
     }
 }
@@ -49,6 +52,12 @@ impl Journal {
         self.last.send_replace(seq);
     }
 
+    /// Ends every wait (the shim is shutting down; a reader's call would hold it up).
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.last.send_modify(|_| {});
+    }
+
     /// The entries after `after` and the oldest number kept (0: none published yet).
     pub fn after(&self, after: u64) -> (Vec<Entry>, u64) {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
@@ -62,10 +71,11 @@ impl Journal {
         // Subscribed before looking: a push after the look wakes us.
         let mut rx = self.last.subscribe();
         let found = self.after(after);
-        if !found.0.is_empty() || wait.is_zero() {
+        let closed = || self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        if !found.0.is_empty() || wait.is_zero() || closed() {
             return found;
         }
-        let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > after)).await;
+        let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > after || closed())).await;
         self.after(after)
     }
 }
@@ -109,6 +119,18 @@ mod tests {
         );
         // Nothing new: answered after the wait, empty.
         let (none, _) = j.read(last + 1, Duration::from_millis(20)).await;
+        assert!(none.is_empty());
+        // Closing answers a waiting reader at once.
+        let waiter = {
+            let j = j.clone();
+            tokio::spawn(async move { j.read(last + 1, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        j.close();
+        let (none, _) = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("a closed journal answers")
+            .unwrap();
         assert!(none.is_empty());
     }
 }
