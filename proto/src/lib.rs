@@ -10,79 +10,47 @@ pub use containerd_shim_protos::{
     types,
 };
 
-/// `runtimeoptions.v1.Options`, sent by containerd's CRI for non-runc runtime types.
-#[allow(
-    clippy::all,
-    unused_mut,
-    unused_qualifications,
-    missing_docs,
-    unused_attributes,
-    nonstandard_style
-)]
-pub mod runtimeoptions {
-    include!(concat!(env!("OUT_DIR"), "/runtimeoptions.rs"));
+/// A module of generated code from `OUT_DIR` (ttrpc-codegen's output carries none of
+/// our lints' expectations).
+macro_rules! generated {
+    ($(#[$doc:meta])* $name:ident, $file:literal) => {
+        $(#[$doc])*
+        #[allow(
+            clippy::all,
+            unused_mut,
+            unused_qualifications,
+            unused_imports,
+            missing_docs,
+            unused_attributes,
+            nonstandard_style
+        )]
+        pub mod $name {
+            include!(concat!(env!("OUT_DIR"), $file));
+        }
+    };
 }
 
+generated!(
+    /// `runtimeoptions.v1.Options`, sent by containerd's CRI for non-runc runtime types.
+    runtimeoptions,
+    "/runtimeoptions.rs"
+);
+
 /// Berth's shim extension (`berth.shim.v1`): attaching to a running process's output, and
-/// the shim's event journal.
-/// Served beside the task service; containerd never calls it.
+/// the shim's event journal. Served beside the task service; containerd never calls it.
 pub mod berth_shim {
-    #[allow(
-        clippy::all,
-        unused_mut,
-        unused_qualifications,
-        unused_imports,
-        missing_docs,
-        unused_attributes,
-        nonstandard_style
-    )]
-    pub mod attach {
-        include!(concat!(env!("OUT_DIR"), "/attach.rs"));
-    }
-    #[allow(
-        clippy::all,
-        unused_mut,
-        unused_qualifications,
-        unused_imports,
-        missing_docs,
-        unused_attributes,
-        nonstandard_style
-    )]
-    pub mod attach_ttrpc {
-        include!(concat!(env!("OUT_DIR"), "/attach_ttrpc.rs"));
-    }
+    generated!(attach, "/attach.rs");
+    generated!(attach_ttrpc, "/attach_ttrpc.rs");
+    generated!(journal, "/journal.rs");
+    generated!(journal_ttrpc, "/journal_ttrpc.rs");
+
     pub use attach::{AttachRequest, AttachResponse};
     pub use attach_ttrpc::{create_attach, Attach, AttachClient};
+    pub use journal::{Entry, ReadRequest, ReadResponse};
+    pub use journal_ttrpc::{create_journal, Journal, JournalClient};
 
     /// The service name the shim registers.
     pub const ATTACH: &str = "berth.shim.v1.Attach";
-
-    #[allow(
-        clippy::all,
-        unused_mut,
-        unused_qualifications,
-        unused_imports,
-        missing_docs,
-        unused_attributes,
-        nonstandard_style
-    )]
-    pub mod journal {
-        include!(concat!(env!("OUT_DIR"), "/journal.rs"));
-    }
-    #[allow(
-        clippy::all,
-        unused_mut,
-        unused_qualifications,
-        unused_imports,
-        missing_docs,
-        unused_attributes,
-        nonstandard_style
-    )]
-    pub mod journal_ttrpc {
-        include!(concat!(env!("OUT_DIR"), "/journal_ttrpc.rs"));
-    }
-    pub use journal::{Entry, ReadRequest, ReadResponse};
-    pub use journal_ttrpc::{create_journal, Journal, JournalClient};
 }
 
 pub mod spdy;

@@ -59,6 +59,14 @@ impl NetNs {
         Ok(NetNs { path })
     }
 
+    /// Whether a namespace is mounted at `path`. A crash can leave the pin file without its
+    /// mount (between the file's creation and the mount, or the unmount and the unlink),
+    /// and CNI plugins refuse such a path as a netns.
+    pub fn is_pinned(path: &Path) -> bool {
+        use nix::sys::statfs::{statfs, NSFS_MAGIC};
+        statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+    }
+
     /// Unmounts and unlinks the pin. Idempotent: a missing or unmounted file is fine. The
     /// namespace itself dies when nothing else (a process, another mount) holds it.
     pub fn remove(&self) -> Result<()> {

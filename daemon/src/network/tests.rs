@@ -516,3 +516,16 @@ async fn real_failing_second_plugin_releases_the_first_plugins_ip() {
 fn split_loopback(calls: Vec<String>) -> (Vec<String>, Vec<String>) {
     calls.into_iter().partition(|c| c.contains(" loopback lo "))
 }
+
+#[test]
+fn a_pin_file_without_its_namespace_is_not_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = NetNs::create(&dir.path().join("netns"), "pinned").unwrap();
+    assert!(NetNs::is_pinned(&ns.path));
+    // What a crash between the pin file's creation and its mount leaves.
+    let bare = dir.path().join("netns").join("bare");
+    std::fs::write(&bare, b"").unwrap();
+    assert!(!NetNs::is_pinned(&bare));
+    ns.remove().unwrap();
+    assert!(!NetNs::is_pinned(&ns.path));
+}

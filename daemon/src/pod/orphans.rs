@@ -234,7 +234,8 @@ impl Runtime {
             tracing::warn!(netns = %ns.display(), "removing a network namespace no pod owns");
             if let Some(list) = &list {
                 let args = super::sandbox::net_args(&id, &Default::default(), self.pod_cidr());
-                if let Err(e) = self.cni.del(list, Some(&ns), &args).await {
+                let present = NetNs::is_pinned(&ns).then_some(ns.as_path());
+                if let Err(e) = self.cni.del(list, present, &args).await {
                     tracing::warn!(netns = %ns.display(), error = %e, "CNI DEL failed");
                 }
             }

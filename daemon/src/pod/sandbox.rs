@@ -502,7 +502,8 @@ impl Runtime {
         if let Some(ns) = rec.netns.clone() {
             if let Some(list) = self.cni.load()? {
                 let args = net_args(&rec.id, &rec.config, self.pod_cidr());
-                let present = ns.exists().then_some(ns.as_path());
+                // A pin without its namespace (a crash) is DEL'd without one: IPAM only.
+                let present = NetNs::is_pinned(&ns).then_some(ns.as_path());
                 self.cni.del(&list, present, &args).await?;
             }
             NetNs { path: ns }.remove()?;

@@ -22,11 +22,12 @@
 mod checks;
 mod daemon;
 mod events;
+mod report;
 mod workload;
 
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1 as cri;
-use std::collections::BTreeMap;
+use report::{print_report, Report};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -153,30 +154,6 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-#[derive(Default)]
-struct Report {
-    violations: BTreeMap<String, Vec<String>>,
-    ready: Vec<Duration>,
-    kills: usize,
-    failpoints_hit: usize,
-    failpoints_missed: Vec<String>,
-    lines: u64,
-    /// GetContainerEvents: events received, ids they concerned, identical redeliveries.
-    events: usize,
-    event_ids: usize,
-    redelivered: usize,
-}
-
-impl Report {
-    fn add(&mut self, kind: &str, detail: String) {
-        eprintln!("[torture] VIOLATION {kind}: {detail}");
-        self.violations
-            .entry(kind.to_string())
-            .or_default()
-            .push(detail);
-    }
 }
 
 struct Counter {
@@ -582,40 +559,4 @@ async fn iteration(
 
 fn d_socket(d: &daemon::Daemon) -> String {
     d.socket().to_string()
-}
-
-fn print_report(r: &Report, iterations: usize) {
-    let mut ready: Vec<Duration> = r.ready.clone();
-    ready.sort();
-    let med = ready.get(ready.len() / 2).copied().unwrap_or_default();
-    let max = ready.last().copied().unwrap_or_default();
-    println!();
-    println!(
-        "iterations {iterations}: {} random kills, {} failpoints hit",
-        r.kills, r.failpoints_hit
-    );
-    if !r.failpoints_missed.is_empty() {
-        println!(
-            "failpoints not reached (killed instead): {:?}",
-            r.failpoints_missed
-        );
-    }
-    println!(
-        "restart to ready: median {med:?}, max {max:?}; log lines checked: {}",
-        r.lines
-    );
-    println!(
-        "GetContainerEvents: {} events for {} pods and containers; {} identical \
-         redeliveries of events in flight at a kill",
-        r.events, r.event_ids, r.redelivered
-    );
-    println!();
-    println!("| violation | count | first |");
-    println!("|---|---|---|");
-    if r.violations.is_empty() {
-        println!("| (none) | 0 | |");
-    }
-    for (k, v) in &r.violations {
-        println!("| {k} | {} | {} |", v.len(), v[0].replace('|', "/"));
-    }
 }
