@@ -2,13 +2,16 @@
 //! pods on its own CNI bridge: 20 random kill -9s under churn, then every failpoint once
 //! (berthd aborts exactly there), each followed by the harness's checks (nothing unknown,
 //! untouched counters, victims' exit codes and every line they printed, everything
-//! removable, no leftovers). Zero violations expected; the harness's table is printed.
+//! removable, no leftovers). A third churn loop pulls and removes an image of its own
+//! from a local registry. Zero violations expected; the harness's table is printed.
 //! The long soak is the same binary with more iterations (README).
 
 use anyhow::{ensure, Result};
 use berth_tests::berthd::{binary, Berthd};
 use berth_tests::berthd_feat::{cni_bridge, import};
-use berth_tests::image;
+use berth_tests::image::{self, ImageDef, LayerCompression, LayerTar};
+use berth_tests::registry::Registry;
+use serde_json::json;
 
 #[test]
 fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Result<()> {
@@ -21,11 +24,29 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
     let iterations = std::env::var("BERTH_TORTURE_ITERATIONS").unwrap_or_else(|_| "20".into());
     // BERTH_TORTURE_FAILPOINTS: a comma-separated subset instead of every failpoint.
     let failpoints = std::env::var("BERTH_TORTURE_FAILPOINTS").unwrap_or_else(|_| "all".into());
+    // An image with a layer of its own (1 MiB), so pulling and removing it makes and
+    // frees snapshots and blobs nothing else holds.
+    let reg = Registry::start()?;
+    let mut own = LayerTar::new();
+    own.file("own.bin", 0o644, &image::random_bytes(1 << 20, 6))?;
+    let img = image::layout(
+        reg.dir.path(),
+        "torture",
+        "1",
+        &[ImageDef::new(
+            json!({"Cmd": ["sh"], "Env": [image::PATH]}),
+            vec![image::busybox_layer()?, own.finish()?],
+        )],
+        LayerCompression::GzipStored,
+    )?;
+    reg.push(&img.path, "torture/pull:1")?;
+    let pull = reg.image("torture/pull:1");
     let daemon = format!("{} --config {}", binary()?.display(), d.config.display());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-torture"))
         .args(["--socket", &d.socket.display().to_string()])
         .args(["--daemon", &daemon])
         .args(["--image", image::BUSYBOX_IMAGE])
+        .args(["--pull", &pull])
         .args([
             "--iterations",
             &iterations,

@@ -124,6 +124,10 @@ impl Scope {
             let mut b = entries(&root.join("containers"));
             b.extend(entries(&root.join("pods")));
             m.insert("container dir", b);
+            // berthd's image store: layer snapshots, blobs, partial downloads.
+            m.insert("snapshot", entries(&root.join("snapshots")));
+            m.insert("blob", entries(&root.join("content/blobs/sha256")));
+            m.insert("ingest", entries(&root.join("content/ingest")));
         }
         let mut cg = Vec::new();
         let parent = self.cgroup_parent.trim_start_matches('/');

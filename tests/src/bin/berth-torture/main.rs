@@ -36,7 +36,7 @@ use workload::{Rs, Shape};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
 [--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
-[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--counters N] [--seed N] [--work DIR]";
+[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]";
 
 /// berthd's failpoints (daemon/src/failpoints.rs) and the shim's (shim/src/failpoints.rs)
 /// that the workload passes through.
@@ -54,6 +54,8 @@ const FAILPOINTS: &[&str] = &[
     "pod.stop.after_containers",
     "pod.stop.after_infra",
     "pod.remove.after_stop",
+    // Only on the workload's path with --pull.
+    "image.pull.after_blobs",
     // The shim's (BERTH_SHIM_FAILPOINTS): churn pods' shims die there, the daemon lives.
     "shim.create.after_runtime",
     "shim.start.after_runtime",
@@ -73,6 +75,7 @@ struct Args {
     cgroup_parent: String,
     ipam_dir: Option<PathBuf>,
     runc_root: PathBuf,
+    pull: Option<String>,
     counters: usize,
     seed: u64,
     work: Option<PathBuf>,
@@ -91,6 +94,7 @@ fn parse() -> Result<Args> {
         cgroup_parent: "/berth".into(),
         ipam_dir: None,
         runc_root: "/run/containerd/runc/berth".into(),
+        pull: None,
         counters: 3,
         seed: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -121,6 +125,7 @@ fn parse() -> Result<Args> {
             "--cgroup-parent" => a.cgroup_parent = v()?,
             "--ipam-dir" => a.ipam_dir = Some(v()?.into()),
             "--runc-root" => a.runc_root = v()?.into(),
+            "--pull" => a.pull = Some(v()?),
             "--counters" => a.counters = v()?.parse()?,
             "--seed" => a.seed = v()?.parse()?,
             "--work" => a.work = Some(v()?.into()),
@@ -130,6 +135,9 @@ fn parse() -> Result<Args> {
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if a.pull.is_none() {
+        a.failpoints.retain(|f| !f.starts_with("image.pull."));
     }
     if a.socket.is_empty() || a.daemon.is_empty() || a.image.is_empty() {
         bail!("--socket, --daemon and --image are required\n{USAGE}");
@@ -253,6 +261,7 @@ async fn run(args: Args) -> Result<()> {
             &mut rng,
             &mut report,
             &mut lived,
+            args.pull.as_deref(),
         )
         .await;
         if let Err(e) = r {
@@ -307,6 +316,13 @@ async fn run(args: Args) -> Result<()> {
     report.event_ids = ids;
     report.redelivered = redelivered;
     d.stop();
+    if let Some(image) = &args.pull {
+        println!(
+            "pulls of {image} completed: {} (first cut one: {:?})",
+            workload::PULLS.load(Ordering::Relaxed),
+            workload::PULL_ERROR.lock().unwrap()
+        );
+    }
     print_report(&report, total);
     if !report.violations.is_empty() {
         std::process::exit(1);
@@ -326,6 +342,7 @@ async fn iteration(
     rng: &mut Rng,
     report: &mut Report,
     lived: &mut Vec<String>,
+    pull: Option<&str>,
 ) -> Result<()> {
     // Unique per run: a victim's log file is named after it, and a repeated name would
     // append to an earlier victim's log.
@@ -342,9 +359,16 @@ async fn iteration(
         *rs = d.client().await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let churn: Vec<_> = (0..2)
+    let mut churn: Vec<_> = (0..2)
         .map(|n| workload::churn(d_socket(d), shape.clone(), stop.clone(), n))
         .collect();
+    if let Some(image) = pull {
+        churn.push(workload::pull_churn(
+            d_socket(d),
+            image.to_string(),
+            stop.clone(),
+        ));
+    }
     match failpoint {
         None => {
             tokio::time::sleep(Duration::from_millis(50 + rng.below(400))).await;
@@ -535,7 +559,12 @@ async fn iteration(
             }
         }
     }
-    // Everything churn made can be removed; the victims go too.
+    // Everything churn made can be removed (the pulled image too); the victims go too.
+    if let Some(image) = pull {
+        if let Err(e) = workload::remove_image(d.socket(), image).await {
+            report.add("removable", format!("image {image}: {e:#}"));
+        }
+    }
     for p in workload::pods_with(rs, "churn").await? {
         if let Err(e) = workload::remove_pod(rs, &p.id).await {
             report.add("removable", format!("churn pod {}: {e:#}", p.id));

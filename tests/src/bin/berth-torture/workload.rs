@@ -204,6 +204,65 @@ async fn churn_once(rs: &mut Rs, shape: &Shape, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pulls that completed, and the first error of one that did not (a kill cuts most).
+pub static PULLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub static PULL_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// A loop of PullImage and RemoveImage of `image` until `stop` (every call may be cut).
+pub fn pull_churn(
+    socket: String,
+    image: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((_, mut is)) = berth_tests::cri::connect(&socket).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let pulled = is
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await;
+            match pulled {
+                Ok(_) => {
+                    PULLS.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let mut first = PULL_ERROR.lock().unwrap();
+                    if first.is_empty() {
+                        *first = e.to_string();
+                    }
+                }
+            }
+            let _ = remove_image(&socket, &image).await;
+        }
+    })
+}
+
+/// RemoveImage; an image that is not there is fine.
+pub async fn remove_image(socket: &str, image: &str) -> Result<()> {
+    let (_, mut is) = berth_tests::cri::connect(socket).await?;
+    match is
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(s.into()),
+    }
+}
+
 /// Pods carrying the label with `role` ("" = any).
 pub async fn pods_with(rs: &mut Rs, role: &str) -> Result<Vec<cri::PodSandbox>> {
     let all = rs
