@@ -482,6 +482,14 @@ impl Runtime {
         if let Some(shim) = shim {
             match shim.kill(id, libc::SIGKILL as u32, true).await {
                 Ok(()) | Err(Error::NotFound(_)) => {}
+                // A cached client of a shim that has died since (its settling may still be
+                // under way): the task is cleaned here instead.
+                Err(e) if !self.shim_answers(rec).await => {
+                    tracing::warn!(pod_id = %id, error = %e, "the pod's shim is gone");
+                    self.shims.lock().await.remove(id);
+                    self.forget_task(&rec.bundle, id).await;
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
             let _ = shim.wait(id, STOP_WAIT).await;
@@ -495,6 +503,14 @@ impl Runtime {
         }
         self.shims.lock().await.remove(id);
         Ok(())
+    }
+
+    /// Whether a fresh connection to the pod's shim gets an answer about its infra task.
+    async fn shim_answers(&self, rec: &PodRecord) -> bool {
+        match Shim::connect(&rec.shim_address).await {
+            Ok(s) => matches!(s.state(&rec.id).await, Ok(_) | Err(Error::NotFound(_))),
+            Err(_) => false,
+        }
     }
 
     /// CNI DEL and the netns pin's removal.
