@@ -11,6 +11,7 @@ pub mod shim;
 mod shim_death;
 mod shim_log;
 pub mod stats;
+mod teardown;
 
 use std::path::PathBuf;
 

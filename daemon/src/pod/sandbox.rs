@@ -1,5 +1,6 @@
-//! RunPodSandbox, StopPodSandbox, RemovePodSandbox: each step records its state in the
-//! store and undoes what it made when a later step fails, so nothing is left half-made.
+//! RunPodSandbox: each step records its state in the store and undoes what it made when a
+//! later step fails, so nothing is left half-made; the pod's record and live state.
+//! Stopping and removing a pod is `teardown`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::shim::Shim;
 use super::{files, new_id, now_ns, validate_name, PodRecord, PodState};
 
 /// How long Stop waits for the infra process to die after SIGKILL.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+pub(super) const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// The read-only rootfs every sandbox runs berth-pause from: one file plus the mount
 /// points runc needs. Rebuilt at startup from the berth-pause next to berthd.
@@ -398,171 +399,6 @@ impl Runtime {
         let s = Shim::connect(&rec.shim_address).await?;
         self.shims.lock().await.insert(rec.id.clone(), s.clone());
         Ok(s)
-    }
-
-    /// Stops the pod: kills its infra process, tears down its network. Idempotent; an
-    /// unknown id succeeds (kubelet retries stops of pods it no longer knows).
-    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
-        // The intent first (a removal's or a cut run's stays: it is the stronger one).
-        let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
-            r.op.get_or_insert(Op::Stop);
-            true
-        })?;
-        let Some(mut rec) = marked else {
-            return Ok(());
-        };
-        let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
-        let res = async {
-            // Containers are killed side by side, not one after another.
-            let stops = self
-                .containers_of(id)?
-                .into_iter()
-                .map(|c| async move { self.stop_container(&c.id, 0).await });
-            for r in futures_util::future::join_all(stops).await {
-                r?;
-            }
-            crate::failpoint!("pod.stop.after_containers");
-            // The pin's path is fixed by the pod id, so a cut run's netns is found too.
-            let pinned = self.config.paths.state.join("netns").join(id);
-            if rec.netns.is_none() && pinned.exists() {
-                rec.netns = Some(pinned);
-            }
-            // The infra process goes while CNI unwires its netns: independent steps.
-            let (infra, network) = tokio::join!(self.stop_infra(&rec), self.unwire(&rec));
-            infra?;
-            network?;
-            crate::failpoint!("pod.stop.after_infra");
-            // Written through `update`: a removal may have marked the record meanwhile.
-            let mut was_ready = false;
-            let mut stopped_at = 0;
-            self.store.update(PODS, id, |r: &mut PodRecord| {
-                was_ready = r.state == PodState::Ready;
-                if was_ready {
-                    r.set_not_ready();
-                }
-                stopped_at = r.stopped_at;
-                r.pid = 0;
-                r.netns = None;
-                if r.op == Some(Op::Stop) {
-                    r.op = None;
-                }
-                true
-            })?;
-            if was_ready {
-                self.events.emit(Kind::Stopped, id, id, stopped_at);
-            }
-            tracing::info!("pod stopped");
-            Ok(())
-        }
-        .instrument(span)
-        .await;
-        if res.is_err() {
-            // A failed stop is retried by kubelet; its mark must not outlive it.
-            let _ = self.store.update(PODS, id, |r: &mut PodRecord| {
-                let ours = r.op == Some(Op::Stop);
-                if ours {
-                    r.op = None;
-                }
-                ours
-            });
-        }
-        res
-    }
-
-    /// Kills and deletes the infra task. A RunPodSandbox cut by a crash may have started
-    /// the shim and the infra process without recording them: they are found through the
-    /// bundle's address.
-    async fn stop_infra(&self, rec: &PodRecord) -> Result<()> {
-        let id = rec.id.as_str();
-        let shim = if rec.pid != 0 || !rec.shim_address.is_empty() {
-            self.shim_of(rec).await.ok()
-        } else {
-            self.leftover_shim(&rec.bundle).await
-        };
-        if let Some(shim) = shim {
-            match shim.kill(id, libc::SIGKILL as u32, true).await {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                // A cached client of a shim that has died since (its settling may still be
-                // under way): the task is cleaned here instead.
-                Err(e) if !self.shim_answers(rec).await => {
-                    tracing::warn!(pod_id = %id, error = %e, "the pod's shim is gone");
-                    self.shims.lock().await.remove(id);
-                    self.forget_task(&rec.bundle, id).await;
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
-            let _ = shim.wait(id, STOP_WAIT).await;
-            shim.delete(id).await?;
-            self.shims.lock().await.remove(id);
-            shim.shutdown(self.containers_of(id)?.is_empty()).await;
-        } else {
-            // No shim answers (it died, maybe inside the infra's create or start): what
-            // runs in the infra's cgroup is killed and its runc state deleted here.
-            self.forget_task(&rec.bundle, id).await;
-        }
-        self.shims.lock().await.remove(id);
-        Ok(())
-    }
-
-    /// Whether a fresh connection to the pod's shim gets an answer about its infra task.
-    async fn shim_answers(&self, rec: &PodRecord) -> bool {
-        match Shim::connect(&rec.shim_address).await {
-            Ok(s) => matches!(s.state(&rec.id).await, Ok(_) | Err(Error::NotFound(_))),
-            Err(_) => false,
-        }
-    }
-
-    /// CNI DEL and the netns pin's removal.
-    async fn unwire(&self, rec: &PodRecord) -> Result<()> {
-        if let Some(ns) = rec.netns.clone() {
-            if let Some(list) = self.cni.load()? {
-                let args = net_args(&rec.id, &rec.config, self.pod_cidr());
-                // A pin without its namespace (a crash) is DEL'd without one: IPAM only.
-                let present = NetNs::is_pinned(&ns).then_some(ns.as_path());
-                self.cni.del(&list, present, &args).await?;
-            }
-            NetNs { path: ns }.remove()?;
-        }
-        Ok(())
-    }
-
-    /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.
-    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
-        let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
-            r.op = Some(Op::Remove);
-            true
-        })?;
-        let Some(rec) = marked else {
-            return Ok(());
-        };
-        for c in self.containers_of(id)? {
-            self.remove_container(&c.id).await?;
-        }
-        self.stop_pod_sandbox(id).await?;
-        crate::failpoint!("pod.remove.after_stop");
-        // The shim stayed up while containers were recorded; with none left it may go.
-        let shim = match rec.shim_address.as_str() {
-            "" => self.leftover_shim(&rec.bundle).await,
-            a => super::shim::Shim::connect(a).await.ok(),
-        };
-        if let Some(shim) = shim {
-            shim.shutdown(true).await;
-        }
-        self.shims.lock().await.remove(id);
-        // A sandbox image's rootfs the shim did not get to unmount goes first.
-        let _ = super::unmount_under(&rec.bundle);
-        for d in [&rec.bundle, &rec.files] {
-            if let Err(e) = std::fs::remove_dir_all(d) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::io(format!("remove {}", d.display()), e));
-                }
-            }
-        }
-        let at = self.store.remove(PODS, id, &rec.name_key)?;
-        self.events.emit(Kind::Deleted, id, id, at);
-        tracing::info!(pod_id = %id, "pod removed");
-        Ok(())
     }
 
     pub fn pod(&self, id: &str) -> Result<PodRecord> {
