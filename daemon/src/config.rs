@@ -42,9 +42,24 @@ pub struct Paths {
 pub struct Runtime {
     pub shim: String,
     pub binary: String,
-    pub cgroup_driver: String,
+    pub cgroup_driver: CgroupDriver,
     pub cgroup_parent: String,
     pub sandbox_image: String,
+}
+
+/// How the OCI runtime names and creates cgroups: paths under cgroupfs, or systemd
+/// slices and scopes (`slice:prefix:name`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    pub fn is_systemd(self) -> bool {
+        self == CgroupDriver::Systemd
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -164,12 +179,6 @@ impl Config {
                 self.streaming.address
             )));
         }
-        if !matches!(self.runtime.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
-            return Err(Error::Config(format!(
-                "runtime.cgroup_driver must be \"cgroupfs\" or \"systemd\", not {:?}",
-                self.runtime.cgroup_driver
-            )));
-        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -206,7 +215,7 @@ mod tests {
         let c =
             Config::from_toml("[runtime]\nbinary = \"crun\"\n[cni]\nconf_dir = \"/x\"\n").unwrap();
         assert_eq!(c.runtime.binary, "crun");
-        assert_eq!(c.runtime.cgroup_driver, "cgroupfs");
+        assert_eq!(c.runtime.cgroup_driver, CgroupDriver::Cgroupfs);
         assert_eq!(c.cni.conf_dir, PathBuf::from("/x"));
         assert_eq!(c.cni.bin_dirs.len(), 2);
     }

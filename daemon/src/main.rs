@@ -1,24 +1,10 @@
-//! berthd: Berth's CRI manager daemon. `main` parses the command line, loads the
-//! configuration and runs the CRI server; `berthd config default` prints the defaults.
-
-mod config;
-mod container;
-mod cri;
-mod error;
-mod events;
-mod failpoints;
-mod image;
-mod intent;
-mod network;
-mod pod;
-mod runtime;
-mod server;
-mod spec;
-mod store;
-mod stream;
+//! berthd's command line: parses flags, loads the configuration and wires the library's
+//! pieces together (`berthd config default` prints the defaults). Everything else is
+//! the `berthd` library.
 
 use std::path::PathBuf;
 
+use berthd::{config, error, failpoints, image, runtime, server, store, stream};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

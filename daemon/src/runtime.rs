@@ -150,7 +150,7 @@ impl Runtime {
     pub fn task_options(&self) -> crate::pod::shim::TaskOptions {
         crate::pod::shim::TaskOptions {
             binary: self.config.runtime.binary.clone(),
-            systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
+            systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
         }
     }
 

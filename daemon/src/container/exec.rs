@@ -66,7 +66,7 @@ impl Runtime {
         }
         let pod = self.pod(&rec.pod_id)?;
         let shim = self.shim_of(&pod).await?;
-        let exec_id = format!("exec-{}", &crate::pod::new_id()?[..16]);
+        let exec_id = format!("exec-{}", &crate::util::new_id()?[..16]);
         let dir = self.config.paths.state.join("exec").join(&exec_id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir exec dir", e))?;
         let res = async {

@@ -10,9 +10,10 @@ use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::intent::Op;
-use crate::pod::{new_id, now_ns, validate_name, PodRecord, PodState};
+use crate::pod::{PodRecord, PodState};
 use crate::runtime::Runtime;
 use crate::store::CONTAINERS;
+use crate::util::{new_id, now_ns, validate_name};
 
 use super::{ContainerRecord, CtrState};
 
@@ -53,23 +54,6 @@ fn oom_killed(parent: &str, id: &str) -> bool {
     })
 }
 
-/// The optional fields of the mount holding `path` ("shared:N", "master:N"), from
-/// /proc/self/mountinfo: the longest mount point that is a prefix of the path.
-fn propagation_of(path: &std::path::Path) -> String {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let point = f.get(4)?.replace("\\040", " ");
-            let sep = f.iter().position(|x| *x == "-")?;
-            path.starts_with(&point)
-                .then(|| (point.len(), f[6..sep].join(" ")))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, opt)| opt)
-        .unwrap_or_default()
-}
-
 /// As containerd: a missing host path of a bind mount is created (0755); bidirectional
 /// propagation needs a shared source mount, host-to-container needs shared or slave,
 /// otherwise it could never work and the user is told so.
@@ -91,7 +75,9 @@ fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
             std::fs::create_dir_all(host)
                 .map_err(|e| Error::io(format!("create host path {}", host.display()), e))?;
         }
-        let prop = propagation_of(host);
+        let prop = crate::util::mount_of(host)
+            .map(|m| m.optional)
+            .unwrap_or_default();
         if m.propagation == P::PropagationBidirectional as i32 && !prop.contains("shared:") {
             return Err(Error::FailedPrecondition(format!(
                 "path {} is not on a shared mount: bidirectional propagation is impossible",
@@ -114,7 +100,7 @@ pub(crate) fn load_localhost_profile(
     sp: Option<&k8s_cri::v1::SecurityProfile>,
     deprecated: &str,
 ) -> Result<Option<String>> {
-    let Some(path) = crate::spec::seccomp_localhost_path(sp, deprecated)? else {
+    let Some(path) = crate::oci_config::seccomp_localhost_path(sp, deprecated)? else {
         return Ok(None);
     };
     match std::fs::read_to_string(&path) {
@@ -226,7 +212,7 @@ impl Runtime {
                 let bundle = self.config.paths.state.join("containers").join(&id);
                 // The shim may have died in the create.
                 self.forget_task(&bundle, &id).await;
-                let _ = crate::pod::unmount_under(&bundle);
+                let _ = crate::util::unmount_under(&bundle);
                 let _ = std::fs::remove_dir_all(bundle);
                 let _ =
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
@@ -262,7 +248,7 @@ impl Runtime {
             .and_then(|l| l.security_context.clone())
             .unwrap_or_default();
         let host_devices = if sc.privileged {
-            Some(crate::spec::host_devices()?)
+            Some(crate::oci_config::host_devices()?)
         } else {
             None
         };
@@ -271,10 +257,10 @@ impl Runtime {
         let localhost_profile =
             load_localhost_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
         let ic = &image.config;
-        let spec = crate::spec::container_spec(
+        let spec = crate::oci_config::container_spec(
             &spec_cfg,
             &pod.config,
-            &crate::spec::ImageConfig {
+            &crate::oci_config::ImageConfig {
                 entrypoint: ic.entrypoint.clone(),
                 cmd: ic.cmd.clone(),
                 env: ic.env.clone(),
@@ -282,13 +268,13 @@ impl Runtime {
                 user: ic.user.clone(),
                 stop_signal: ic.stop_signal.clone(),
             },
-            &crate::spec::ContainerOpts {
+            &crate::oci_config::ContainerOpts {
                 id: rec.id.clone(),
                 sandbox_id: pod.id.clone(),
                 sandbox_pid: pod.pid,
                 rootfs: rec.bundle.join("rootfs"),
                 cgroup_parent: self.cgroup_parent(&pod.config),
-                systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
+                systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
                 passwd: image_file(&lowers, "etc/passwd"),
                 group: image_file(&lowers, "etc/group"),
                 node_hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -555,7 +541,7 @@ impl Runtime {
             None => self.forget_task(&rec.bundle, id).await,
         }
         crate::failpoint!("ctr.remove.after_delete");
-        let _ = crate::pod::unmount_under(&rec.bundle);
+        let _ = crate::util::unmount_under(&rec.bundle);
         for d in [&rec.bundle, &rec.dir] {
             if let Err(e) = std::fs::remove_dir_all(d) {
                 if e.kind() != std::io::ErrorKind::NotFound {

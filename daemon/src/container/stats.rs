@@ -36,26 +36,6 @@ impl Sample {
     }
 }
 
-/// Bytes and inodes under `dir` (the writable layer's upper dir).
-pub fn dir_usage(dir: &std::path::Path) -> (u64, u64) {
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            inodes += 1;
-            if let Ok(m) = e.path().symlink_metadata() {
-                if m.is_dir() {
-                    stack.push(e.path());
-                } else {
-                    bytes += m.len();
-                }
-            }
-        }
-    }
-    (bytes, inodes)
-}
-
 impl Runtime {
     /// The cgroup sample of a task in a pod's shim (a container, or the pod's infra).
     pub async fn sample(&self, pod_id: &str, task_id: &str) -> Result<Sample> {
@@ -73,8 +53,8 @@ impl Runtime {
         &self,
         rec: &ContainerRecord,
     ) -> Result<(ContainerStats, Option<Sample>)> {
-        let now = crate::pod::now_ns();
-        let (used, inodes) = dir_usage(&rec.dir.join("upper"));
+        let now = crate::util::now_ns();
+        let (used, inodes) = crate::util::disk_usage(&rec.dir.join("upper")).unwrap_or_default();
         let mut stats = ContainerStats {
             attributes: Some(ContainerAttributes {
                 id: rec.id.clone(),
@@ -167,7 +147,7 @@ impl Runtime {
             Vec::new()
         };
         let (fds, sockets) = open_files(&procs);
-        let (fs_usage, _) = dir_usage(&rec.dir.join("upper"));
+        let (fs_usage, _) = crate::util::disk_usage(&rec.dir.join("upper")).unwrap_or_default();
         let mut x = Extras {
             processes: procs.len() as u64,
             fds,

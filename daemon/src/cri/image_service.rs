@@ -162,7 +162,7 @@ impl ImageService for Service {
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
         let (bytes, inodes) = self.rt.images.fs_usage()?;
         let usage = FilesystemUsage {
-            timestamp: crate::pod::now_ns(),
+            timestamp: crate::util::now_ns(),
             fs_id: Some(FilesystemIdentifier {
                 mountpoint: self
                     .rt
@@ -178,7 +178,7 @@ impl ImageService for Service {
         };
         // The containers' writable layers (upper and work dirs), on the same filesystem.
         let dir = self.rt.config.paths.root.join("containers");
-        let (cbytes, cinodes) = crate::container::stats::dir_usage(&dir);
+        let (cbytes, cinodes) = crate::util::disk_usage(&dir).unwrap_or_default();
         let containers = FilesystemUsage {
             timestamp: usage.timestamp,
             fs_id: Some(FilesystemIdentifier {

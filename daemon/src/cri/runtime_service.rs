@@ -80,9 +80,9 @@ impl RuntimeService for Service {
         &self,
         _: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
-        let driver = match self.rt.config.runtime.cgroup_driver.as_str() {
-            "systemd" => CgroupDriver::Systemd,
-            _ => CgroupDriver::Cgroupfs,
+        let driver = match self.rt.config.runtime.cgroup_driver {
+            crate::config::CgroupDriver::Systemd => CgroupDriver::Systemd,
+            crate::config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
         };
         Ok(Response::new(RuntimeConfigResponse {
             linux: Some(LinuxRuntimeConfiguration {
@@ -415,7 +415,7 @@ impl RuntimeService for Service {
         &self,
         _: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        let now = crate::pod::now_ns();
+        let now = crate::util::now_ns();
         let now_s = (now / 1_000_000_000) as u64;
         let mut pod_metrics = Vec::new();
         for p in self.rt.pods()? {

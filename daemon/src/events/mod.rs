@@ -87,7 +87,7 @@ impl EventHub {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let missed = ledger::undelivered(store, records, crate::pod::now_ns())?;
+        let missed = ledger::undelivered(store, records, crate::util::now_ns())?;
         if !missed.is_empty() {
             tracing::info!(events = missed.len(), "events not yet delivered are queued");
         }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::reference::check_digest;
-use super::util::{fsync_dir, unique_name, RemoveOnDrop};
 use crate::error::{Error, Result};
+use crate::util::{fsync_dir, unique_name, RemoveOnDrop};
 
 /// Manifests, indexes and configs are read whole; a bound keeps a hostile one from
 /// exhausting memory.

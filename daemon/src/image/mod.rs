@@ -2,9 +2,6 @@
 //! tag or digest, removal with mark & sweep of unreferenced content, and offline import.
 //! Every method is blocking file I/O; async callers run them on `spawn_blocking`.
 
-// Wired in by ImageService / CreateContainer.
-#![allow(dead_code)]
-
 mod content;
 mod export;
 mod import;
@@ -16,7 +13,7 @@ pub use pull::{Credentials, Puller};
 mod snapshot;
 mod streams;
 mod unpack;
-mod util;
+
 mod xattr;
 
 #[cfg(test)]
@@ -234,7 +231,7 @@ impl ImageStore {
 
     /// Bytes and inodes used by content and snapshots, for ImageFsInfo.
     pub fn fs_usage(&self) -> Result<(u64, u64)> {
-        let (cb, ci) = util::disk_usage(&self.root.join("content"))?;
+        let (cb, ci) = crate::util::disk_usage(&self.root.join("content"))?;
         let (sb, si) = self.snapshots.usage()?;
         Ok((cb + sb, ci + si))
     }

@@ -70,16 +70,12 @@ pub struct Descriptor {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
-    #[serde(default)]
-    pub media_type: Option<String>,
     pub manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    #[serde(default)]
-    pub media_type: Option<String>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
 }
@@ -87,10 +83,6 @@ pub struct Manifest {
 /// The parts of an image config berthd uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageJson {
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
     #[serde(default)]
     pub config: Option<RunConfig>,
     pub rootfs: RootFs,

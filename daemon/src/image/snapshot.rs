@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::util::{disk_usage, fsync_dir, unique_name, RemoveOnDrop};
 use crate::error::{Error, Result};
 use crate::store::{Store, SNAPSHOTS};
+use crate::util::{disk_usage, fsync_dir, unique_name, RemoveOnDrop};
 
 const INGEST_PREFIX: &str = "ingest";
 

@@ -131,13 +131,9 @@ mod tests {
     }
 
     fn mount_fstype(path: &Path) -> Option<String> {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let want = path.to_str()?;
-        info.lines().find_map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let sep = fields.iter().position(|f| *f == "-")?;
-            (fields.get(4) == Some(&want)).then(|| fields[sep + 1].to_string())
-        })
+        crate::util::mount_of(path)
+            .filter(|m| m.point == path)
+            .map(|m| m.fstype)
     }
 
     #[test]

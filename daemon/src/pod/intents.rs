@@ -80,7 +80,7 @@ impl Runtime {
                 st.exit_status,
                 crate::pod::shim::ts_ns(&st.exited_at),
             ),
-            Err(_) => (0, 0, 255, crate::pod::now_ns()),
+            Err(_) => (0, 0, 255, crate::util::now_ns()),
         };
         self.store
             .update(CONTAINERS, &c.id, |r: &mut ContainerRecord| {

@@ -60,7 +60,7 @@ impl PodRecord {
     /// Ready → NotReady, timed.
     pub fn set_not_ready(&mut self) {
         self.state = PodState::NotReady;
-        self.stopped_at = now_ns();
+        self.stopped_at = crate::util::now_ns();
     }
 
     pub fn host_network(&self) -> bool {
@@ -72,53 +72,4 @@ impl PodRecord {
             .and_then(|s| s.namespace_options.as_ref())
             .is_some_and(|n| n.network == NamespaceMode::Node as i32)
     }
-}
-
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-/// A fresh 64-hex-digit id, as kubelet expects from containerd.
-pub fn new_id() -> crate::error::Result<String> {
-    let mut b = [0u8; 32];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| crate::error::Error::io("read /dev/urandom", e))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Checks a CRI-given name that becomes part of a path or key.
-pub fn validate_name(what: &str, v: &str) -> crate::error::Result<()> {
-    if v.is_empty() {
-        return Err(crate::error::Error::InvalidArgument(format!(
-            "{what} must not be empty"
-        )));
-    }
-    if v.contains('/') || v.contains('\0') || v == "." || v == ".." || v.len() > 253 {
-        return Err(crate::error::Error::InvalidArgument(format!(
-            "invalid {what} {v:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// Lazily unmounts everything mounted at or below `dir` (deepest first).
-pub fn unmount_under(dir: &std::path::Path) -> crate::error::Result<()> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| crate::error::Error::io("read mountinfo", e))?;
-    let mut points: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(|p| p.replace("\\040", " "))
-        .filter(|p| std::path::Path::new(p).starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for p in points {
-        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
-    }
-    Ok(())
 }

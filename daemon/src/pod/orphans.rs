@@ -39,7 +39,7 @@ fn read_leftover(bundle: &Path, is_pod: bool) -> Leftover {
     let pod_id = if is_pod {
         id.clone()
     } else {
-        spec["annotations"][crate::spec::annotations::SANDBOX_ID]
+        spec["annotations"][crate::oci_config::annotations::SANDBOX_ID]
             .as_str()
             .unwrap_or_default()
             .to_string()
@@ -172,7 +172,7 @@ impl Runtime {
                 // Sleeps while processes die: off the async workers.
                 let _ = tokio::task::spawn_blocking(move || kill_cgroup(&cg)).await;
             }
-            let _ = super::unmount_under(&l.bundle);
+            let _ = crate::util::unmount_under(&l.bundle);
             let _ = std::fs::remove_dir_all(&l.bundle);
         }
         // The shims of unrecorded pods have no task left: let them go.
@@ -190,7 +190,7 @@ impl Runtime {
                 let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
                 if name.is_some_and(|n| !owned.contains(&n)) {
                     tracing::warn!(dir = %d.display(), "removing a directory no record owns");
-                    let _ = super::unmount_under(&d);
+                    let _ = crate::util::unmount_under(&d);
                     let _ = std::fs::remove_dir_all(&d);
                 }
             }

@@ -99,7 +99,7 @@ impl Runtime {
                 let at = if p.stopped_at != 0 {
                     p.stopped_at
                 } else {
-                    crate::pod::now_ns()
+                    crate::util::now_ns()
                 };
                 happened.push((Kind::Stopped, at));
             }
@@ -148,7 +148,7 @@ impl Runtime {
                     c.state = CtrState::Exited;
                     c.exit_code = 255;
                     c.reason = "ShimUnreachable".into();
-                    c.finished_at = crate::pod::now_ns();
+                    c.finished_at = crate::util::now_ns();
                     self.store
                         .put(crate::store::CONTAINERS, &c.id.clone(), &c)?;
                     self.events

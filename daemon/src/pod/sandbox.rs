@@ -17,7 +17,8 @@ use crate::runtime::Runtime;
 use crate::store::PODS;
 
 use super::shim::Shim;
-use super::{files, new_id, now_ns, validate_name, PodRecord, PodState};
+use super::{files, PodRecord, PodState};
+use crate::util::{new_id, now_ns, validate_name};
 
 /// How long Stop waits for the infra process to die after SIGKILL.
 pub(super) const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -214,15 +215,15 @@ impl Runtime {
             &sc.seccomp_profile_path,
         )?;
         let (rootfs, args, rootfs_mounts) = self.infra_root(&rec).await?;
-        let spec = crate::spec::sandbox_spec(
+        let spec = crate::oci_config::sandbox_spec(
             &rec.config,
-            &crate::spec::SandboxOpts {
+            &crate::oci_config::SandboxOpts {
                 id: rec.id.clone(),
                 netns_path: rec.netns.clone(),
                 rootfs,
                 args,
                 cgroup_parent: self.cgroup_parent(&rec.config),
-                systemd_cgroup: self.config.runtime.cgroup_driver == "systemd",
+                systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
                 // A host-network pod shares the host's UTS namespace: no hostname to set.
                 hostname: if host_network {
                     String::new()

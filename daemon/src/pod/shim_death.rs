@@ -108,7 +108,7 @@ impl Runtime {
             None => {
                 tracing::warn!(container_id = %c.id, "killing a process its dead shim left");
                 self.kill_task_cgroup(&c.bundle).await;
-                self.record_exit_with(&c.id, 137, super::now_ns(), "ShimDied")?;
+                self.record_exit_with(&c.id, 137, crate::util::now_ns(), "ShimDied")?;
             }
         }
         super::orphans::runc_delete(&c.id).await;

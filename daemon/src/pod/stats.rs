@@ -97,7 +97,7 @@ impl Runtime {
     }
 
     pub async fn pod_stats(&self, rec: &PodRecord) -> Result<PodSandboxStats> {
-        let now = crate::pod::now_ns();
+        let now = crate::util::now_ns();
         let s = self.pod_sample(rec).await?;
         let v = |value| Some(UInt64Value { value });
         let usage = |i: &IfaceCounters| NetworkInterfaceUsage {

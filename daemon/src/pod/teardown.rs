@@ -166,7 +166,7 @@ impl Runtime {
         }
         self.shims.lock().await.remove(id);
         // A sandbox image's rootfs the shim did not get to unmount goes first.
-        let _ = super::unmount_under(&rec.bundle);
+        let _ = crate::util::unmount_under(&rec.bundle);
         for d in [&rec.bundle, &rec.files] {
             if let Err(e) = std::fs::remove_dir_all(d) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -138,7 +138,7 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
         .paths
         .state
         .join("exec")
-        .join(format!("attach-{}", &crate::pod::new_id()?[..16]));
+        .join(format!("attach-{}", &crate::util::new_id()?[..16]));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir attach dir", e))?;
     let res = async {
         let mut fifos = Vec::new();

@@ -251,7 +251,7 @@ async fn run(rt: &Arc<Runtime>, req: &ExecReq, s: Streams) -> Result<i32> {
     let rec = rt.container(&req.container_id)?;
     let pod = rt.pod(&rec.pod_id)?;
     let shim = rt.shim_of(&pod).await?;
-    let exec_id = format!("exec-{}", &crate::pod::new_id()?[..16]);
+    let exec_id = format!("exec-{}", &crate::util::new_id()?[..16]);
     let dir = rt.config.paths.state.join("exec").join(&exec_id);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir exec dir", e))?;
     let res = async {

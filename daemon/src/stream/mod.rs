@@ -96,7 +96,7 @@ impl Streaming {
 
     /// A single-use URL for `p`.
     pub fn url(&self, p: Pending) -> Result<String> {
-        let token = crate::pod::new_id()?;
+        let token = crate::util::new_id()?;
         let kind = p.kind();
         let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();

@@ -2,7 +2,6 @@
 //! containerd 1.6's CRI writes into `config.json`. Everything here is a pure function of
 //! its inputs: the caller reads files (image /etc/passwd, Localhost seccomp profiles,
 //! host devices) and passes their contents in.
-#![allow(dead_code, unused_imports)] // wired in by CreateContainer/RunPodSandbox
 
 mod caps;
 mod container;
@@ -41,7 +40,8 @@ pub const DEFAULT_PATH_ENV: &str =
 /// the hard limit above berthd's own would need CAP_SYS_RESOURCE, which a node may lack.
 pub const DEFAULT_NOFILE: u64 = 1024;
 
-/// The `io.kubernetes.cri.*` annotation keys containerd writes (see the shim contract §10.1).
+/// The `io.kubernetes.cri.*` annotation keys containerd writes (the shim groups a pod's
+/// containers by the sandbox id one; see docs/shim.md).
 pub mod annotations {
     pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
     pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";

@@ -1,5 +1,5 @@
-//! Small filesystem helpers shared by the image modules: unique temp names, cleanup
-//! guards, directory fsync and disk usage.
+//! Small filesystem helpers: unique temp names, cleanup guards, directory fsync and
+//! disk usage.
 
 use std::collections::HashSet;
 use std::fs;

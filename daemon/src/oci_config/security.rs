@@ -215,7 +215,7 @@ pub(crate) fn masked_and_readonly(
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::spec::caps::default_caps;
+    use crate::oci_config::caps::default_caps;
 
     fn sp(t: ProfileType, r: &str) -> SecurityProfile {
         SecurityProfile {

@@ -19,7 +19,9 @@ const DEFAULT_PROFILE: &str = include_str!("seccomp_default.json");
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Profile {
+    // Accepted (profiles carry them) but never used.
     #[serde(default)]
+    #[allow(dead_code)]
     comment: String,
     default_action: LinuxSeccompAction,
     default_errno_ret: Option<u32>,
@@ -30,7 +32,9 @@ struct Profile {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Rule {
+    // Accepted (profiles carry them) but never used.
     #[serde(default)]
+    #[allow(dead_code)]
     comment: String,
     names: Vec<String>,
     action: LinuxSeccompAction,
@@ -112,7 +116,7 @@ pub(crate) fn parse_localhost(path: &str, contents: &str) -> Result<LinuxSeccomp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::caps::default_caps;
+    use crate::oci_config::caps::default_caps;
 
     fn allowed(s: &LinuxSeccomp, name: &str) -> bool {
         s.syscalls().as_ref().unwrap().iter().any(|r| {

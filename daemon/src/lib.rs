@@ -1,0 +1,19 @@
+//! berthd, Berth's CRI manager daemon, as a library: `main.rs` only parses the command
+//! line and wires these modules together. docs/architecture.md maps the rooms.
+
+pub mod config;
+pub mod container;
+pub mod cri;
+pub mod error;
+pub mod events;
+pub mod failpoints;
+pub mod image;
+pub mod intent;
+pub mod network;
+pub mod oci_config;
+pub mod pod;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod stream;
+pub mod util;
