@@ -13,7 +13,7 @@ pub mod network;
 pub mod oci_config;
 pub mod pod;
 pub mod runtime;
-pub mod server;
+pub mod shim_client;
 pub mod store;
 pub mod stream;
 pub mod util;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use berthd::{config, error, failpoints, image, runtime, server, store, stream};
+use berthd::{config, cri, error, failpoints, image, runtime, store, stream};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -126,22 +126,25 @@ fn main() {
     let socket = cfg.server.socket.clone();
     let res = rt.block_on(async move {
         // The socket first: a live one means another berthd owns this node's state.
-        let listener = server::bind(&cfg.server.socket, &cfg.server.socket_group)?;
-        let runtime = match runtime::Runtime::open(cfg) {
-            Ok(r) => r,
+        let listener = cri::server::bind(&cfg.server.socket, &cfg.server.socket_group)?;
+        let opened = stream::Streaming::bind(&cfg.streaming)
+            .and_then(|s| Ok((s, runtime::Runtime::open(cfg)?)));
+        let (streaming, runtime) = match opened {
+            Ok((s, r)) => (std::sync::Arc::new(s), r),
             Err(e) => {
                 let _ = std::fs::remove_file(&socket);
                 return Err(e);
             }
         };
         runtime.recover().await?;
-        let streaming = runtime.clone();
+        let backend: std::sync::Arc<dyn stream::Backend> = runtime.clone();
+        let tokens = streaming.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream::serve(streaming).await {
+            if let Err(e) = stream::serve(tokens, backend).await {
                 tracing::error!(error = %e, "streaming server stopped");
             }
         });
-        server::serve(runtime, listener).await
+        cri::server::serve(runtime, streaming, listener).await
     });
     if let Err(e) = res {
         tracing::error!(error = %e, "berthd failed");

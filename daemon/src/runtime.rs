@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::config::Config;
 use crate::error::Result;
 use crate::network::Cni;
-use crate::pod::shim::Shim;
+use crate::shim_client::{Launcher, ShimLauncher, Shims, TaskOptions};
 use crate::store::Store;
 
 /// The name and API version berthd reports.
@@ -30,14 +30,10 @@ pub struct Runtime {
     /// Registry access for PullImage (mirrors, plain-HTTP hosts, clients).
     pub puller: crate::image::Puller,
     pub cni: Cni,
-    /// containerd-shim-berth-v2, started once per pod.
-    pub shim_binary: PathBuf,
     /// The read-only rootfs of every sandbox's berth-pause.
     pub pause_rootfs: PathBuf,
-    /// Connected pod shims by pod id.
-    pub shims: tokio::sync::Mutex<HashMap<String, Shim>>,
-    /// The exec/attach/port-forward server (bound at open, served from `stream::serve`).
-    pub streaming: crate::stream::Streaming,
+    /// The pods' shims (containerd-shim-berth-v2, one per pod), by pod id.
+    pub shims: Shims,
     /// Lifecycle events for GetContainerEvents.
     pub events: crate::events::EventHub,
     /// Exits a shim's journal delivered before StartContainer recorded the container
@@ -55,15 +51,17 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| crate::error::Error::io(format!("mkdir {}", dir.display()), e))?;
         }
-        let shim_binary = crate::pod::shim::locate(&config.runtime.shim)?;
+        let shim_binary = crate::shim_client::locate(&config.runtime.shim)?;
         let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
-        Runtime::with_parts(config, shim_binary, pause_rootfs)
+        let launcher = ShimLauncher::new(shim_binary, config.server.socket.clone());
+        Runtime::with_parts(config, launcher, pause_rootfs)
     }
 
-    /// Builds the runtime from already-located parts (the shim binary, the pause rootfs).
+    /// Builds the runtime from already-made parts (how shims are launched, the pause
+    /// rootfs).
     pub fn with_parts(
         config: Config,
-        shim_binary: PathBuf,
+        launcher: Arc<dyn Launcher>,
         pause_rootfs: PathBuf,
     ) -> Result<Arc<Runtime>> {
         for dir in [&config.paths.root, &config.paths.state] {
@@ -74,7 +72,10 @@ impl Runtime {
         let images = crate::image::ImageStore::open(&config.paths.root, store.clone())?;
         let cni = Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone());
         let puller = crate::image::Puller::new(config.registry.clone());
-        let streaming = crate::stream::Streaming::bind(&config.streaming)?;
+        let options = TaskOptions {
+            binary: config.runtime.binary.clone(),
+            systemd_cgroup: config.runtime.cgroup_driver.is_systemd(),
+        };
         Ok(Arc::new(Runtime {
             events: crate::events::EventHub::new(store.clone()),
             config,
@@ -82,10 +83,8 @@ impl Runtime {
             images,
             puller,
             cni,
-            shim_binary,
             pause_rootfs,
-            shims: Default::default(),
-            streaming,
+            shims: Shims::new(launcher, options),
             early_exits: Default::default(),
             rro: Default::default(),
             pod_cidr: RwLock::new(String::new()),
@@ -146,14 +145,6 @@ impl Runtime {
         })
     }
 
-    /// The options every task is created with (OCI runtime binary, cgroup driver).
-    pub fn task_options(&self) -> crate::pod::shim::TaskOptions {
-        crate::pod::shim::TaskOptions {
-            binary: self.config.runtime.binary.clone(),
-            systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
-        }
-    }
-
     pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
         if !cidr.is_empty() && !cidr.contains('/') {
             return Err(crate::error::Error::InvalidArgument(format!(
@@ -183,7 +174,12 @@ mod tests {
             conf_dir.display()
         );
         let cfg = Config::from_toml(&text).unwrap();
-        Runtime::with_parts(cfg, PathBuf::from("/nonexistent/shim"), root.join("pause")).unwrap()
+        Runtime::with_parts(
+            cfg,
+            crate::shim_client::fake::FakeLauncher::new(),
+            root.join("pause"),
+        )
+        .unwrap()
     }
 
     #[test]

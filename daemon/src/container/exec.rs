@@ -1,5 +1,6 @@
-//! ExecSync: run a command in a running container through the pod's shim, collect its
-//! stdout and stderr from FIFOs berthd holds, bounded in time and size.
+//! Processes run in a running container: sessions for an exec or an attach (run by the
+//! streaming server, `session`), and ExecSync, which collects an exec's stdout and
+//! stderr bounded in time and size.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,13 +11,14 @@ use tokio::net::unix::pipe;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 
-use super::CtrState;
+use super::session::{AttachTarget, ProcessSession, SessionIo};
+use super::{ContainerRecord, CtrState};
 
 /// Output kept per stream (kubelet's limit for exec probes is 16 MiB).
 const MAX_OUTPUT: usize = 16 << 20;
 
 /// The container's process spec with `cmd` as its args (same env, cwd, user, caps).
-pub(crate) fn exec_spec(bundle: &Path, cmd: &[String], tty: bool) -> Result<Vec<u8>> {
+fn exec_spec(bundle: &Path, cmd: &[String], tty: bool) -> Result<Vec<u8>> {
     let bytes =
         std::fs::read(bundle.join("config.json")).map_err(|e| Error::io("read config.json", e))?;
     let spec: serde_json::Value =
@@ -46,6 +48,61 @@ async fn drain(mut r: pipe::Receiver) -> Vec<u8> {
 }
 
 impl Runtime {
+    pub(super) fn running(&self, id: &str) -> Result<ContainerRecord> {
+        let rec = self.container(id)?;
+        if rec.state != CtrState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// A session for an exec of `cmd` in running container `id` (started by the caller).
+    pub async fn exec_session(
+        &self,
+        id: &str,
+        cmd: &[String],
+        io: SessionIo,
+    ) -> Result<ProcessSession> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument(
+                "exec command must not be empty".into(),
+            ));
+        }
+        let rec = self.running(id)?;
+        let shim = self.shim_of(&self.pod(&rec.pod_id)?).await?;
+        let spec = exec_spec(&rec.bundle, cmd, io.tty)?;
+        ProcessSession::exec(shim, id, &self.exec_root(), spec, io)
+    }
+
+    /// A session receiving running container `id`'s output, and what its stdin is.
+    pub async fn attach_session(
+        &self,
+        id: &str,
+        io: SessionIo,
+    ) -> Result<(ProcessSession, AttachTarget)> {
+        let rec = self.running(id)?;
+        let shim = self.shim_of(&self.pod(&rec.pod_id)?).await?;
+        let target = AttachTarget {
+            tty: rec.config.tty,
+            stdin_once: rec.config.stdin_once,
+            stdin_fifo: rec.config.stdin.then(|| super::stdin_fifo(&rec.bundle)),
+        };
+        // The container's terminal decides whether there is a separate stderr.
+        let io = SessionIo {
+            tty: rec.config.tty,
+            ..io
+        };
+        let session = ProcessSession::attach(shim, id, &self.exec_root(), io)?;
+        Ok((session, target))
+    }
+
+    /// Where sessions keep their FIFOs (startup cleanup empties it).
+    fn exec_root(&self) -> std::path::PathBuf {
+        self.config.paths.state.join("exec")
+    }
+
     /// Runs `cmd` in container `id`; returns (stdout, stderr, exit code).
     pub async fn exec_sync(
         &self,
@@ -53,78 +110,48 @@ impl Runtime {
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument(
-                "exec command must not be empty".into(),
-            ));
-        }
-        let rec = self.container(id)?;
-        if rec.state != CtrState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
-        }
-        let pod = self.pod(&rec.pod_id)?;
-        let shim = self.shim_of(&pod).await?;
-        let exec_id = format!("exec-{}", &crate::util::new_id()?[..16]);
-        let dir = self.config.paths.state.join("exec").join(&exec_id);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir exec dir", e))?;
-        let res = async {
-            let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
-            for p in [&out_path, &err_path] {
-                nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(|e| Error::Internal(format!("mkfifo: {e}")))?;
+        let io = SessionIo {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let mut s = self.exec_session(id, &cmd, io).await?;
+        let (out_r, err_r) = (s.stdout.take(), s.stderr.take());
+        s.start().await?;
+        let limit = if timeout > 0 {
+            Duration::from_secs(timeout as u64)
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
+        let code = match s.wait(limit).await {
+            Ok(exit) => exit.status as i32,
+            Err(e) => {
+                // Timed out: kill it, as kubelet expects, then report the timeout.
+                s.kill().await;
+                let _ = s.delete().await;
+                return Err(Error::Internal(format!(
+                    "exec in {id} did not finish within {timeout}s: {e}"
+                )));
             }
-            // Our read ends exist before the shim opens the FIFOs for writing.
-            let out_r = pipe::OpenOptions::new()
-                .open_receiver(&out_path)
-                .map_err(|e| Error::io("open stdout fifo", e))?;
-            let err_r = pipe::OpenOptions::new()
-                .open_receiver(&err_path)
-                .map_err(|e| Error::io("open stderr fifo", e))?;
-            let spec = exec_spec(&rec.bundle, &cmd, false)?;
-            let io = crate::pod::shim::ExecIo {
-                stdout: out_path.display().to_string(),
-                stderr: err_path.display().to_string(),
-                ..Default::default()
-            };
-            shim.exec_io(id, &exec_id, spec, &io).await?;
-            let started = shim.start_exec(id, &exec_id).await;
-            if let Err(e) = started {
-                let _ = shim.delete_exec(id, &exec_id).await;
-                return Err(e);
-            }
-            let limit = if timeout > 0 {
-                Duration::from_secs(timeout as u64)
-            } else {
-                Duration::from_secs(24 * 3600)
-            };
-            let code = match shim.wait_exec(id, &exec_id, limit).await {
-                Ok(c) => c as i32,
-                Err(e) => {
-                    // Timed out: kill it, as kubelet expects, then report the timeout.
-                    let _ = shim.kill_exec(id, &exec_id, 9).await;
-                    let _ = shim.wait_exec(id, &exec_id, Duration::from_secs(10)).await;
-                    let _ = shim.delete_exec(id, &exec_id).await;
-                    return Err(Error::Internal(format!(
-                        "exec in {id} did not finish within {timeout}s: {e}"
-                    )));
+        };
+        // The shim closes its FIFO writers once the process's output ends (and at
+        // Delete at the latest), which ends our reads.
+        let collect = async {
+            let read = |r: Option<pipe::Receiver>| async move {
+                match r {
+                    Some(r) => drain(r).await,
+                    None => Vec::new(),
                 }
             };
-            // The shim closes its FIFO writers once the process's output ends (and at
-            // Delete at the latest), which ends our reads.
-            let collect = async { tokio::join!(drain(out_r), drain(err_r)) };
-            let (collected, deleted) = tokio::join!(
-                tokio::time::timeout(Duration::from_secs(15), collect),
-                shim.delete_exec(id, &exec_id)
-            );
-            deleted?;
-            let (out, err) =
-                collected.map_err(|_| Error::Internal("exec output did not close".into()))?;
-            Ok((out, err, code))
-        }
-        .await;
-        let _ = std::fs::remove_dir_all(&dir);
-        res
+            tokio::join!(read(out_r), read(err_r))
+        };
+        let (collected, deleted) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(15), collect),
+            s.delete()
+        );
+        deleted?;
+        let (out, err) =
+            collected.map_err(|_| Error::Internal("exec output did not close".into()))?;
+        Ok((out, err, code))
     }
 }

@@ -12,6 +12,7 @@ use crate::events::Kind;
 use crate::intent::Op;
 use crate::pod::{PodRecord, PodState};
 use crate::runtime::Runtime;
+use crate::shim_client::{NewTask, RootfsMount, ShimHandle};
 use crate::store::CONTAINERS;
 use crate::util::{new_id, now_ns, validate_name};
 
@@ -207,7 +208,7 @@ impl Runtime {
                 // The shim finishes a create its caller gave up on (a timeout): the task goes
                 // too, or it would hold the rootfs mount and the shim.
                 if let Ok(shim) = self.shim_of(&pod).await {
-                    let _ = shim.delete(&id).await;
+                    let _ = shim.delete(&id, None).await;
                 }
                 let bundle = self.config.paths.state.join("containers").join(&id);
                 // The shim may have died in the create.
@@ -304,23 +305,22 @@ impl Runtime {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
-        let mount = berth_proto::api::Mount {
-            type_: "overlay".into(),
-            source: "overlay".into(),
-            options: vec![
-                "index=off".into(),
-                format!("workdir={}", work.display()),
-                format!("upperdir={}", upper.display()),
-                format!("lowerdir={lowerdir}"),
-            ],
-            ..Default::default()
+        let mount = RootfsMount::overlay(vec![
+            "index=off".into(),
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={lowerdir}"),
+        ]);
+        let task = NewTask {
+            id: rec.id.clone(),
+            bundle: rec.bundle.clone(),
+            rootfs: vec![mount],
+            io: self.container_io(&rec)?,
+            options: self.shims.options().clone(),
         };
-        let io = self.container_io(&rec)?;
         let shim = self.shim_of(pod).await?;
         crate::failpoint!("ctr.create.after_bundle");
-        rec.pid = shim
-            .create_with_rootfs(&rec.id, &rec.bundle, vec![mount], &io, &self.task_options())
-            .await?;
+        rec.pid = shim.create(&task).await?;
         crate::failpoint!("ctr.create.after_task");
         rec.op = None;
         self.store.put(CONTAINERS, &rec.id, &rec)?;
@@ -371,7 +371,7 @@ impl Runtime {
         }
         let res = async {
             crate::failpoint!("ctr.start.before_task");
-            let pid = shim.start_task(id).await?;
+            let pid = shim.start(id, None).await?;
             crate::failpoint!("ctr.start.after_task");
             Ok::<_, Error>(pid)
         }
@@ -477,25 +477,28 @@ impl Runtime {
             })?;
         let stopped = async {
             if timeout > 0 {
-                match shim.kill(id, signal_number(&rec.stop_signal), false).await {
+                match shim
+                    .kill(id, None, signal_number(&rec.stop_signal), false)
+                    .await
+                {
                     Ok(()) | Err(Error::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
                 crate::failpoint!("ctr.stop.after_kill");
                 if shim
-                    .wait(id, Duration::from_secs(timeout as u64))
+                    .wait(id, None, Duration::from_secs(timeout as u64))
                     .await
                     .is_ok()
                 {
                     return self.mark_exited(id, &shim).await;
                 }
             }
-            match shim.kill(id, 9, true).await {
+            match shim.kill(id, None, 9, true).await {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
             crate::failpoint!("ctr.stop.after_kill");
-            let _ = shim.wait(id, Duration::from_secs(10)).await;
+            let _ = shim.wait(id, None, Duration::from_secs(10)).await;
             self.mark_exited(id, &shim).await
         }
         .await;
@@ -510,11 +513,10 @@ impl Runtime {
         stopped
     }
 
-    async fn mark_exited(&self, id: &str, shim: &crate::pod::shim::Shim) -> Result<()> {
+    async fn mark_exited(&self, id: &str, shim: &ShimHandle) -> Result<()> {
         if self.container(id)?.state == CtrState::Running {
             let st = shim.state(id).await?;
-            let at = crate::pod::shim::ts_ns(&st.exited_at);
-            self.record_exit(id, st.exit_status, at)?;
+            self.record_exit(id, st.exit_status, st.exited_at)?;
         }
         Ok(())
     }
@@ -536,7 +538,7 @@ impl Runtime {
             Err(_) => None,
         };
         match shim {
-            Some(shim) => shim.delete(id).await?,
+            Some(shim) => shim.delete(id, None).await?,
             // Its shim is gone: the task's processes and runc state are removed here.
             None => self.forget_task(&rec.bundle, id).await,
         }

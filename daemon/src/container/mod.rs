@@ -4,16 +4,15 @@
 
 mod exec;
 mod lifecycle;
-
-pub(crate) use exec::exec_spec;
-pub(crate) use lifecycle::load_localhost_profile;
-pub(crate) use stdio::stdin_fifo;
 mod resources;
-pub mod sample;
+pub mod session;
 pub mod stats;
 mod stdio;
 mod streaming;
 mod volumes;
+
+pub(crate) use lifecycle::load_localhost_profile;
+pub(crate) use stdio::stdin_fifo;
 
 use std::path::PathBuf;
 

@@ -10,8 +10,8 @@ use k8s_cri::v1::{
 use crate::error::Result;
 use crate::runtime::Runtime;
 
-use super::sample::Sample;
 use super::{ContainerRecord, CtrState};
+use crate::shim_client::Sample;
 
 impl Sample {
     pub fn cpu(&self, now: i64) -> CpuUsage {
@@ -40,8 +40,7 @@ impl Runtime {
     /// The cgroup sample of a task in a pod's shim (a container, or the pod's infra).
     pub async fn sample(&self, pod_id: &str, task_id: &str) -> Result<Sample> {
         let pod = self.pod(pod_id)?;
-        let any = self.shim_of(&pod).await?.stats(task_id).await?;
-        Sample::decode(&any.type_url, &any.value)
+        self.shim_of(&pod).await?.stats(task_id).await
     }
 
     pub async fn container_stats(&self, rec: &ContainerRecord) -> Result<ContainerStats> {

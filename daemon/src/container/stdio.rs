@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::pod::shim::ExecIo;
 use crate::runtime::Runtime;
+use crate::shim_client::ExecIo;
 
 use super::ContainerRecord;
 

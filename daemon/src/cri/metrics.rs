@@ -9,11 +9,11 @@ use k8s_cri::v1::{
     ContainerMetrics, Metric, MetricDescriptor, MetricType, PodSandboxMetrics, UInt64Value,
 };
 
-use crate::container::sample::Sample;
 use crate::container::stats::Extras;
 use crate::container::ContainerRecord;
 use crate::pod::stats::IfaceCounters;
 use crate::pod::PodRecord;
+use crate::shim_client::Sample;
 
 /// What a container metric is read from.
 pub struct View<'a> {

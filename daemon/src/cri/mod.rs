@@ -1,5 +1,6 @@
-//! The CRI v1 gRPC face of berthd: thin tonic services that decode, open a span, call the
-//! domain core and encode. Conversions live next to the service that needs them.
+//! The CRI v1 gRPC face of berthd: the unix socket server and thin tonic services that
+//! decode, open a span, call the domain core and encode, plus the streaming server's
+//! backend over the same core. Conversions live next to the service that needs them.
 
 mod container;
 mod events;
@@ -7,3 +8,5 @@ pub mod image_service;
 mod metrics;
 mod pod;
 pub mod runtime_service;
+pub mod server;
+mod streaming;

@@ -2,6 +2,7 @@
 //! Exec/Attach/PortForward answer with a streaming URL (`stream`); CheckpointContainer
 //! answers Unimplemented (criu cannot checkpoint on this kernel).
 
+use crate::stream::Pending;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use crate::runtime::{Runtime, RUNTIME_API_VERSION, RUNTIME_NAME};
 
 pub struct Service {
     pub rt: Arc<Runtime>,
+    /// Hands out the single-use URLs of Exec, Attach and PortForward.
+    pub streaming: Arc<crate::stream::Streaming>,
 }
 
 fn not_yet(method: &str) -> Status {
@@ -322,14 +325,17 @@ impl RuntimeService for Service {
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         let r = req.into_inner();
-        let url = self.rt.exec_url(crate::stream::ExecReq {
+        let req = crate::stream::ExecReq {
             container_id: r.container_id,
             cmd: r.cmd,
             tty: r.tty,
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
-        })?;
+        };
+        self.rt
+            .check_exec(&req.container_id, &req.cmd, req.flags())?;
+        let url = self.streaming.url(Pending::Exec(req))?;
         Ok(Response::new(ExecResponse { url }))
     }
 
@@ -338,13 +344,16 @@ impl RuntimeService for Service {
         req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
         let r = req.into_inner();
-        let url = self.rt.attach_url(crate::stream::AttachReq {
+        let req = crate::stream::AttachReq {
             container_id: r.container_id,
             tty: r.tty,
             stdin: r.stdin,
             stdout: r.stdout,
             stderr: r.stderr,
-        })?;
+        };
+        self.rt
+            .check_remote_command(&req.container_id, req.flags())?;
+        let url = self.streaming.url(Pending::Attach(req))?;
         Ok(Response::new(AttachResponse { url }))
     }
 
@@ -352,10 +361,9 @@ impl RuntimeService for Service {
         &self,
         req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        let url = self
-            .rt
-            .port_forward_url(&req.into_inner().pod_sandbox_id)
-            .await?;
+        let pod_id = req.into_inner().pod_sandbox_id;
+        self.rt.check_port_forward(&pod_id).await?;
+        let url = self.streaming.url(Pending::PortForward { pod_id })?;
         Ok(Response::new(PortForwardResponse { url }))
     }
 

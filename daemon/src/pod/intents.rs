@@ -10,6 +10,7 @@ use crate::container::{ContainerRecord, CtrState};
 use crate::error::{Error, Result};
 use crate::intent::Op;
 use crate::runtime::Runtime;
+use crate::shim_client::{TaskState, TaskStatus};
 use crate::store::CONTAINERS;
 
 impl Runtime {
@@ -68,28 +69,29 @@ impl Runtime {
         let mut state = query().await;
         // The shim finishes a start its caller vanished from: one still in flight shows
         // as created for a few milliseconds more.
-        if state.as_ref().is_ok_and(|s| s.status.value() == 1) {
+        if state
+            .as_ref()
+            .is_ok_and(|s| s.status == TaskStatus::Created)
+        {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             state = query().await;
         }
-        // containerd's task status: 1 created, 2 running, 3 stopped.
-        let (status, pid, code, exited_at) = match &state {
-            Ok(st) => (
-                st.status.value(),
-                st.pid,
-                st.exit_status,
-                crate::pod::shim::ts_ns(&st.exited_at),
-            ),
-            Err(_) => (0, 0, 255, crate::util::now_ns()),
-        };
+        // Unknown: the shim could not be asked.
+        let st = state.unwrap_or(TaskState {
+            status: TaskStatus::Unknown,
+            pid: 0,
+            exit_status: 255,
+            exited_at: crate::util::now_ns(),
+        });
+        let status = st.status;
         self.store
             .update(CONTAINERS, &c.id, |r: &mut ContainerRecord| {
                 r.op = None;
                 match status {
-                    1 => r.started_at = 0,
-                    2 | 3 => {
+                    TaskStatus::Created => r.started_at = 0,
+                    TaskStatus::Running | TaskStatus::Stopped => {
                         r.state = CtrState::Running;
-                        r.pid = pid;
+                        r.pid = st.pid;
                     }
                     _ => {
                         // Nothing to ask: whatever may run is killed below.
@@ -101,20 +103,20 @@ impl Runtime {
             .ok_or_else(|| Error::NotFound(format!("container {}", c.id)))?;
         // Recorded Running (also when unknowable): announced as started, as a restart
         // would derive it from the record.
-        if status != 1 {
+        if status != TaskStatus::Created {
             self.events
                 .emit(crate::events::Kind::Started, &c.id, &c.pod_id, c.started_at);
         }
         match status {
-            1 => {}
-            2 => self.became_running(&c.id)?,
-            3 => self.record_exit(&c.id, code, exited_at)?,
+            TaskStatus::Created => {}
+            TaskStatus::Running => self.became_running(&c.id)?,
+            TaskStatus::Stopped => self.record_exit(&c.id, st.exit_status, st.exited_at)?,
             _ => {
                 self.kill_task_cgroup(&c.bundle).await;
-                self.record_exit_with(&c.id, 255, exited_at, "StartInterrupted")?;
+                self.record_exit_with(&c.id, 255, st.exited_at, "StartInterrupted")?;
             }
         }
-        tracing::info!(container_id = %c.id, status, "cut start resolved");
+        tracing::info!(container_id = %c.id, ?status, "cut start resolved");
         Ok(())
     }
 }

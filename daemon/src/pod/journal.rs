@@ -8,25 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::berth_shim::Entry;
-use berth_proto::events::task::TaskExit;
-use berth_proto::protobuf::Message;
-
-use super::shim::{ts_ns, Shim};
 use super::PodRecord;
 use crate::container::CtrState;
 use crate::error::Result;
 use crate::intent::Op;
 use crate::runtime::Runtime;
+use crate::shim_client::{JournalEntry, ShimHandle, TaskStatus};
 use crate::store::PODS;
 
 /// One read waits this long for the next entry.
 const WAIT: Duration = Duration::from_secs(30);
 
-const TASK_EXIT: &str = "/tasks/exit";
-
 impl Runtime {
-    pub(crate) fn follow_journal(self: &Arc<Self>, pod_id: String, shim: Shim) {
+    pub(crate) fn follow_journal(self: &Arc<Self>, pod_id: String, shim: ShimHandle) {
         let rt = self.clone();
         tokio::spawn(async move {
             let Ok(Some(pod)) = rt.store.get::<PodRecord>(PODS, &pod_id) else {
@@ -36,7 +30,7 @@ impl Runtime {
             let mut caught_up = false;
             loop {
                 let (entries, first) = match shim.read_journal(after, WAIT).await {
-                    Ok(r) => r,
+                    Ok(r) => (r.entries, r.first),
                     Err(_) => {
                         rt.on_wait_failed(&pod_id);
                         return;
@@ -81,19 +75,15 @@ impl Runtime {
     }
 
     /// Applies one entry: an init's exit is the container's exit.
-    fn apply_entry(&self, pod_id: &str, e: &Entry) -> Result<()> {
-        if e.topic != TASK_EXIT {
-            return Ok(());
-        }
-        let Ok(ev) = TaskExit::parse_from_bytes(&e.event) else {
+    fn apply_entry(&self, pod_id: &str, e: &JournalEntry) -> Result<()> {
+        let Some(x) = &e.exit else {
             return Ok(());
         };
         // Execs' exits are the exec calls' business; the infra's is watched on its own.
-        if ev.id != ev.container_id || ev.container_id == pod_id {
+        if x.exec_id.is_some() || x.container_id == pod_id {
             return Ok(());
         }
-        let at = ev.exited_at.as_ref().map(ts_ns).unwrap_or_default();
-        self.exit_seen(&ev.container_id, ev.exit_status, at)
+        self.exit_seen(&x.container_id, x.exit.status, x.exit.at)
     }
 
     /// An exit from the journal. A container whose StartContainer has not yet recorded it
@@ -135,15 +125,14 @@ impl Runtime {
     }
 
     /// The journal lost entries: every container recorded Running is asked its state.
-    async fn resync(&self, pod_id: &str, shim: &Shim) -> Result<()> {
+    async fn resync(&self, pod_id: &str, shim: &ShimHandle) -> Result<()> {
         for c in self.containers_of(pod_id)? {
             if c.state != CtrState::Running {
                 continue;
             }
             let st = shim.state(&c.id).await?;
-            // containerd's task status 3: stopped.
-            if st.status.value() == 3 {
-                self.record_exit(&c.id, st.exit_status, ts_ns(&st.exited_at))?;
+            if st.status == TaskStatus::Stopped {
+                self.record_exit(&c.id, st.exit_status, st.exited_at)?;
             }
         }
         Ok(())

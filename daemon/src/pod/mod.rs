@@ -7,7 +7,6 @@ mod journal;
 mod orphans;
 mod recover;
 mod sandbox;
-pub mod shim;
 mod shim_death;
 mod shim_log;
 pub mod stats;

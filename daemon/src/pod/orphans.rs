@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::network::NetNs;
 use crate::runtime::Runtime;
 
-use super::shim::{Shim, NAMESPACE};
+use crate::shim_client::{ShimHandle, NAMESPACE};
 
 const SHIM_CONNECT: Duration = Duration::from_secs(1);
 const TASK_EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -148,7 +148,7 @@ impl Runtime {
             .collect();
 
         // Containers first (in their pod's shim, recorded or not), then the pods.
-        let mut shims: HashMap<String, Option<Shim>> = HashMap::new();
+        let mut shims: HashMap<String, Option<ShimHandle>> = HashMap::new();
         for l in orphan_ctrs.iter().chain(&orphan_pods) {
             if !shims.contains_key(&l.pod_id) {
                 let shim = match pods.get(&l.pod_id) {
@@ -162,9 +162,9 @@ impl Runtime {
             }
             tracing::warn!(id = %l.id, pod_id = %l.pod_id, "removing a task no record owns");
             if let Some(shim) = shims.get(&l.pod_id).and_then(Option::as_ref) {
-                let _ = shim.kill(&l.id, libc::SIGKILL as u32, true).await;
-                let _ = shim.wait(&l.id, TASK_EXIT_WAIT).await;
-                let _ = shim.delete(&l.id).await;
+                let _ = shim.kill(&l.id, None, libc::SIGKILL as u32, true).await;
+                let _ = shim.wait(&l.id, None, TASK_EXIT_WAIT).await;
+                let _ = shim.delete(&l.id, None).await;
             } else {
                 runc_delete(&l.id).await;
             }
@@ -209,9 +209,9 @@ impl Runtime {
         Ok(())
     }
 
-    pub(super) async fn leftover_shim(&self, pod_bundle: &Path) -> Option<Shim> {
+    pub(super) async fn leftover_shim(&self, pod_bundle: &Path) -> Option<ShimHandle> {
         let address = std::fs::read_to_string(pod_bundle.join("address")).ok()?;
-        tokio::time::timeout(SHIM_CONNECT, Shim::connect(address.trim()))
+        tokio::time::timeout(SHIM_CONNECT, self.shims.connect(address.trim()))
             .await
             .ok()?
             .ok()

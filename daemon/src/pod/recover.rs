@@ -11,8 +11,8 @@ use crate::events::Kind;
 use crate::runtime::Runtime;
 use crate::store::PODS;
 
-use super::shim::Shim;
 use super::{PodRecord, PodState};
+use crate::shim_client::TaskStatus;
 
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -30,14 +30,14 @@ impl Runtime {
             let rt = self.clone();
             tasks.push(tokio::spawn(async move {
                 let res = tokio::time::timeout(RECONNECT_TIMEOUT, async {
-                    let shim = Shim::connect(&rec.shim_address).await?;
+                    let shim = rt.shims.connect(&rec.shim_address).await?;
                     let st = shim.state(&rec.id).await?;
-                    Ok::<_, crate::error::Error>((shim, st.status.value() == 2))
+                    Ok::<_, crate::error::Error>((shim, st.status == TaskStatus::Running))
                 })
                 .await;
                 match res {
                     Ok(Ok((shim, true))) => {
-                        rt.shims.lock().await.insert(rec.id.clone(), shim.clone());
+                        rt.shims.insert(&rec.id, shim.clone()).await;
                         rt.watch_infra(rec.id.clone(), shim);
                         tracing::info!(pod_id = %rec.id, "shim reconnected");
                     }
@@ -52,7 +52,7 @@ impl Runtime {
                     other => {
                         if let Ok(Ok((shim, false))) = &other {
                             // The shim lives and so may the pod's containers.
-                            rt.shims.lock().await.insert(rec.id.clone(), shim.clone());
+                            rt.shims.insert(&rec.id, shim.clone()).await;
                             rt.follow_journal(rec.id.clone(), shim.clone());
                         }
                         let why = match other {
@@ -139,7 +139,7 @@ impl Runtime {
             if c.state != CtrState::Running {
                 continue;
             }
-            let shim = self.shims.lock().await.get(&c.pod_id).cloned();
+            let shim = self.shims.cached(&c.pod_id).await;
             match shim {
                 Some(_) => {}
                 None => {

@@ -16,8 +16,8 @@ use crate::network::{NetNs, PodNetArgs, PortMapping};
 use crate::runtime::Runtime;
 use crate::store::PODS;
 
-use super::shim::Shim;
 use super::{files, PodRecord, PodState};
+use crate::shim_client::{NewTask, RootfsMount, ShimHandle, TaskStatus};
 use crate::util::{new_id, now_ns, validate_name};
 
 /// How long Stop waits for the infra process to die after SIGKILL.
@@ -79,15 +79,15 @@ struct Undo {
     cni: Option<(crate::network::NetworkConfigList, PodNetArgs)>,
     dirs: Vec<PathBuf>,
     /// The shim, the infra's id and bundle.
-    shim: Option<(Shim, String, PathBuf)>,
+    shim: Option<(ShimHandle, String, PathBuf)>,
 }
 
 impl Undo {
     async fn run(self, rt: &Runtime) {
         if let Some((shim, id, bundle)) = self.shim {
-            let _ = shim.kill(&id, libc::SIGKILL as u32, true).await;
-            let _ = shim.wait(&id, STOP_WAIT).await;
-            let _ = shim.delete(&id).await;
+            let _ = shim.kill(&id, None, libc::SIGKILL as u32, true).await;
+            let _ = shim.wait(&id, None, STOP_WAIT).await;
+            let _ = shim.delete(&id, None).await;
             shim.shutdown(true).await;
             // The shim may have died in the infra's create or start.
             rt.forget_task(&bundle, &id).await;
@@ -153,7 +153,7 @@ impl Runtime {
             match self.run_steps(rec, &mut undo).await {
                 Ok(rec) => {
                     tracing::info!(ips = ?rec.ips, pid = rec.pid, "pod ready");
-                    if let Some(shim) = self.shims.lock().await.get(&rec.id).cloned() {
+                    if let Some(shim) = self.shims.cached(&rec.id).await {
                         self.watch_infra(rec.id.clone(), shim);
                     }
                     self.events
@@ -252,23 +252,17 @@ impl Runtime {
         };
         let infra = async {
             super::shim_log::follow(&rec.bundle, &rec.id);
-            let shim = Shim::start(
-                &self.shim_binary,
-                &rec.bundle,
-                &rec.id,
-                &self.config.server.socket,
-            )
-            .await?;
+            let shim = self.shims.start(&rec.bundle, &rec.id).await?;
             let pid = async {
-                shim.create_with_rootfs(
-                    &rec.id,
-                    &rec.bundle,
-                    rootfs_mounts,
-                    &Default::default(),
-                    &self.task_options(),
-                )
-                .await?;
-                shim.start_task(&rec.id).await
+                let task = NewTask {
+                    id: rec.id.clone(),
+                    bundle: rec.bundle.clone(),
+                    rootfs: rootfs_mounts,
+                    io: Default::default(),
+                    options: self.shims.options().clone(),
+                };
+                shim.create(&task).await?;
+                shim.start(&rec.id, None).await
             }
             .await;
             Ok::<_, Error>((shim, pid))
@@ -284,11 +278,11 @@ impl Runtime {
             rec.ips = net.ips.iter().map(|ip| ip.to_string()).collect();
         }
         crate::failpoint!("pod.run.after_infra");
-        rec.shim_address = shim.address.clone();
+        rec.shim_address = shim.address().to_string();
         rec.state = PodState::Ready;
         rec.op = None;
         self.store.put(PODS, &rec.id, &rec)?;
-        self.shims.lock().await.insert(rec.id.clone(), shim);
+        self.shims.insert(&rec.id, shim).await;
         Ok(rec)
     }
 
@@ -298,7 +292,7 @@ impl Runtime {
     async fn infra_root(
         &self,
         rec: &PodRecord,
-    ) -> Result<(PathBuf, Vec<String>, Vec<berth_proto::api::Mount>)> {
+    ) -> Result<(PathBuf, Vec<String>, Vec<RootfsMount>)> {
         let name = &self.config.runtime.sandbox_image;
         if name.is_empty() {
             return Ok((self.pause_rootfs.clone(), vec!["/pause".into()], Vec::new()));
@@ -337,16 +331,11 @@ impl Runtime {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
         }
-        let mount = berth_proto::api::Mount {
-            type_: "overlay".into(),
-            source: "overlay".into(),
-            options: vec![
-                format!("lowerdir={}", lowers.join(":")),
-                format!("upperdir={}", upper.display()),
-                format!("workdir={}", work.display()),
-            ],
-            ..Default::default()
-        };
+        let mount = RootfsMount::overlay(vec![
+            format!("lowerdir={}", lowers.join(":")),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", work.display()),
+        ]);
         Ok((rec.bundle.join("rootfs"), args, vec![mount]))
     }
 
@@ -362,11 +351,14 @@ impl Runtime {
     /// Watches the infra process: its exit makes the pod NotReady at once; a broken Wait
     /// may mean the shim died (`shim_death`).
     /// The pod's other tasks are followed through the shim's journal.
-    pub(crate) fn watch_infra(self: &Arc<Self>, id: String, shim: Shim) {
+    pub(crate) fn watch_infra(self: &Arc<Self>, id: String, shim: ShimHandle) {
         self.follow_journal(id.clone(), shim.clone());
         let rt = self.clone();
         tokio::spawn(async move {
-            match shim.wait(&id, Duration::from_secs(365 * 24 * 3600)).await {
+            match shim
+                .wait(&id, None, Duration::from_secs(365 * 24 * 3600))
+                .await
+            {
                 Ok(_) => {
                     let updated = rt.store.update(PODS, &id, |r: &mut PodRecord| {
                         let ready = r.state == PodState::Ready && r.op.is_none();
@@ -387,19 +379,8 @@ impl Runtime {
     }
 
     /// The pod's shim client, reconnecting from the stored address after a restart.
-    pub async fn shim_of(&self, rec: &PodRecord) -> Result<Shim> {
-        if let Some(s) = self.shims.lock().await.get(&rec.id) {
-            return Ok(s.clone());
-        }
-        if rec.shim_address.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "pod {} has no shim",
-                rec.id
-            )));
-        }
-        let s = Shim::connect(&rec.shim_address).await?;
-        self.shims.lock().await.insert(rec.id.clone(), s.clone());
-        Ok(s)
+    pub async fn shim_of(&self, rec: &PodRecord) -> Result<ShimHandle> {
+        self.shims.of(&rec.id, &rec.shim_address).await
     }
 
     pub fn pod(&self, id: &str) -> Result<PodRecord> {
@@ -419,8 +400,7 @@ impl Runtime {
             Ok(shim) => shim
                 .state(id)
                 .await
-                .map(|s| s.status.value() == 2)
-                .unwrap_or(false),
+                .is_ok_and(|s| s.status == TaskStatus::Running),
             Err(_) => false,
         };
         if !running {

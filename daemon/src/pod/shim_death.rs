@@ -16,7 +16,6 @@ use crate::events::Kind;
 use crate::runtime::Runtime;
 use crate::store::PODS;
 
-use super::shim::Shim;
 use super::{PodRecord, PodState};
 
 /// How long a shim that broke a Wait gets to answer a fresh connection.
@@ -55,14 +54,14 @@ impl Runtime {
         if pod.shim_address.is_empty() || pod.op == Some(crate::intent::Op::Run) {
             return Ok(());
         }
-        let alive = tokio::time::timeout(PROBE, Shim::connect(&pod.shim_address))
+        let alive = tokio::time::timeout(PROBE, self.shims.connect(&pod.shim_address))
             .await
             .is_ok_and(|r| r.is_ok());
         if alive {
             return Ok(());
         }
         // Only one settler per death: the first to drop the cached client.
-        if self.shims.lock().await.remove(pod_id).is_none() {
+        if self.shims.forget(pod_id).await.is_none() {
             return Ok(());
         }
         self.settle_dead_pod(&pod).await

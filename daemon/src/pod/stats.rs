@@ -7,9 +7,9 @@ use k8s_cri::v1::{
     PodSandboxAttributes, PodSandboxStats, ProcessUsage, UInt64Value,
 };
 
-use crate::container::sample::Sample;
 use crate::error::Result;
 use crate::runtime::Runtime;
+use crate::shim_client::Sample;
 
 use super::{PodRecord, PodState};
 

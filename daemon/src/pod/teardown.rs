@@ -11,7 +11,6 @@ use crate::runtime::Runtime;
 use crate::store::PODS;
 
 use super::sandbox::{net_args, STOP_WAIT};
-use super::shim::Shim;
 use super::{PodRecord, PodState};
 
 impl Runtime {
@@ -95,34 +94,34 @@ impl Runtime {
             self.leftover_shim(&rec.bundle).await
         };
         if let Some(shim) = shim {
-            match shim.kill(id, libc::SIGKILL as u32, true).await {
+            match shim.kill(id, None, libc::SIGKILL as u32, true).await {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 // A cached client of a shim that has died since (its settling may still be
                 // under way): the task is cleaned here instead.
                 Err(e) if !self.shim_answers(rec).await => {
                     tracing::warn!(pod_id = %id, error = %e, "the pod's shim is gone");
-                    self.shims.lock().await.remove(id);
+                    self.shims.forget(id).await;
                     self.forget_task(&rec.bundle, id).await;
                     return Ok(());
                 }
                 Err(e) => return Err(e),
             }
-            let _ = shim.wait(id, STOP_WAIT).await;
-            shim.delete(id).await?;
-            self.shims.lock().await.remove(id);
+            let _ = shim.wait(id, None, STOP_WAIT).await;
+            shim.delete(id, None).await?;
+            self.shims.forget(id).await;
             shim.shutdown(self.containers_of(id)?.is_empty()).await;
         } else {
             // No shim answers (it died, maybe inside the infra's create or start): what
             // runs in the infra's cgroup is killed and its runc state deleted here.
             self.forget_task(&rec.bundle, id).await;
         }
-        self.shims.lock().await.remove(id);
+        self.shims.forget(id).await;
         Ok(())
     }
 
     /// Whether a fresh connection to the pod's shim gets an answer about its infra task.
     async fn shim_answers(&self, rec: &PodRecord) -> bool {
-        match Shim::connect(&rec.shim_address).await {
+        match self.shims.connect(&rec.shim_address).await {
             Ok(s) => matches!(s.state(&rec.id).await, Ok(_) | Err(Error::NotFound(_))),
             Err(_) => false,
         }
@@ -159,12 +158,12 @@ impl Runtime {
         // The shim stayed up while containers were recorded; with none left it may go.
         let shim = match rec.shim_address.as_str() {
             "" => self.leftover_shim(&rec.bundle).await,
-            a => super::shim::Shim::connect(a).await.ok(),
+            a => self.shims.connect(a).await.ok(),
         };
         if let Some(shim) = shim {
             shim.shutdown(true).await;
         }
-        self.shims.lock().await.remove(id);
+        self.shims.forget(id).await;
         // A sandbox image's rootfs the shim did not get to unmount goes first.
         let _ = crate::util::unmount_under(&rec.bundle);
         for d in [&rec.bundle, &rec.files] {

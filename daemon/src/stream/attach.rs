@@ -10,18 +10,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
-use super::exec::{self, Flags, Sink, Streams};
+use super::exec::{self, Sink, Streams};
 use super::spdy::conn::{Incoming, Session};
-use crate::container::CtrState;
+use super::Server;
+use crate::container::session::SessionIo;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 #[derive(Debug, Clone)]
 pub struct AttachReq {
@@ -33,8 +32,8 @@ pub struct AttachReq {
 }
 
 impl AttachReq {
-    pub fn flags(&self) -> Flags {
-        Flags {
+    pub fn flags(&self) -> SessionIo {
+        SessionIo {
             tty: self.tty,
             stdin: self.stdin,
             stdout: self.stdout,
@@ -50,7 +49,7 @@ const OUTPUT_END_GRACE: Duration = Duration::from_secs(2);
 pub type Gone = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub async fn serve_spdy(
-    rt: Arc<Runtime>,
+    server: Server,
     req: AttachReq,
     protocol: &'static str,
     mut incoming: mpsc::Receiver<Incoming>,
@@ -61,7 +60,7 @@ pub async fn serve_spdy(
         Ok(streams) => {
             // The stream receiver ends with the connection's read side.
             let gone = Box::pin(async move { while incoming.recv().await.is_some() {} });
-            serve(rt, &req, protocol, streams, gone).await
+            serve(server, &req, protocol, streams, gone).await
         }
         Err(e) => tracing::warn!(container_id = %req.container_id, error = %e, "attach session"),
     }
@@ -73,14 +72,14 @@ pub async fn serve_spdy(
 
 /// Runs an attach for a session's streams and reports how it ended on the error stream.
 pub async fn serve(
-    rt: Arc<Runtime>,
+    server: Server,
     req: &AttachReq,
     protocol: &str,
     mut streams: Streams,
     gone: Gone,
 ) {
     let error = streams.error.take();
-    let outcome = run(&rt, req, streams, gone).await;
+    let outcome = run(&server, req, streams, gone).await;
     let msg = match &outcome {
         Ok(()) => exec::status(protocol, Some(0), None),
         Err(e) => exec::status(protocol, None, Some(&e.to_string())),
@@ -120,56 +119,34 @@ async fn stdin_in(mut rx: mpsc::Receiver<Vec<u8>>, mut w: pipe::Sender) {
     }
 }
 
-async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Result<()> {
-    let rec = rt.container(&req.container_id)?;
-    if rec.state != CtrState::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {} is not running",
-            req.container_id
-        )));
-    }
-    let pod = rt.pod(&rec.pod_id)?;
-    let shim = rt.shim_of(&pod).await?;
-    let id = rec.id.clone();
-    let ctty = rec.config.tty;
-    // Under the exec dir: startup cleanup removes what a crashed berthd left there.
-    let dir = rt
-        .config
-        .paths
-        .state
-        .join("exec")
-        .join(format!("attach-{}", &crate::util::new_id()?[..16]));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir attach dir", e))?;
+async fn run(server: &Server, req: &AttachReq, s: Streams, gone: Gone) -> Result<()> {
+    let (mut session, target) = server
+        .backend
+        .attach_session(&req.container_id, req.flags())
+        .await?;
+    let control = session.control();
+    let ctty = target.tty;
+    let id = req.container_id.clone();
     let res = async {
-        let mut fifos = Vec::new();
-        let mut paths = [String::new(), String::new()];
-        // A terminal's output is all on stdout.
-        let wanted = [("stdout", s.stdout), ("stderr", s.stderr.filter(|_| !ctty))];
-        for (i, (name, sink)) in wanted.into_iter().enumerate() {
-            let Some(tx) = sink else { continue };
-            let p = dir.join(name);
-            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .map_err(|e| Error::Internal(format!("mkfifo: {e}")))?;
-            let r = pipe::OpenOptions::new()
-                .open_receiver(&p)
-                .map_err(|e| Error::io("open attach fifo", e))?;
-            paths[i] = p.display().to_string();
-            fifos.push((r, tx));
-        }
+        let fifos: Vec<_> = [
+            (session.stdout.take(), s.stdout),
+            (session.stderr.take(), s.stderr),
+        ]
+        .into_iter()
+        .filter_map(|(fifo, tx)| Some((fifo?, tx?)))
+        .collect();
         // The client's stdin reaches the container only if it was created with one. Opened
         // before anything is spawned: a container whose stdin was closed (StdinOnce) fails
         // here with nothing to undo.
-        let stdin_w = match (&s.stdin, rec.config.stdin) {
-            (Some(_), true) => Some(
-                pipe::OpenOptions::new()
-                    .open_sender(crate::container::stdin_fifo(&rec.bundle))
-                    .map_err(|e| {
-                        Error::FailedPrecondition(format!("the container's stdin is closed: {e}"))
-                    })?,
-            ),
+        let stdin_w = match (&s.stdin, &target.stdin_fifo) {
+            (Some(_), Some(fifo)) => {
+                Some(pipe::OpenOptions::new().open_sender(fifo).map_err(|e| {
+                    Error::FailedPrecondition(format!("the container's stdin is closed: {e}"))
+                })?)
+            }
             _ => None,
         };
-        shim.attach(&id, "", &paths[0], &paths[1]).await?;
+        session.start().await?;
         let mut outs: Vec<_> = fifos
             .into_iter()
             .map(|(r, tx)| tokio::spawn(forward(r, tx)))
@@ -185,12 +162,7 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
             _ => None,
         };
         if let Some(rx) = s.resize.filter(|_| ctty) {
-            let h = tokio::spawn(exec::pump_resize(
-                rx,
-                shim.clone(),
-                id.clone(),
-                String::new(),
-            ));
+            let h = tokio::spawn(exec::pump_resize(rx, control.clone()));
             pumps.push(h.abort_handle());
         }
         let has_outs = !outs.is_empty();
@@ -204,8 +176,8 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
             if has_outs {
                 std::future::pending::<()>().await
             }
-            let _ = shim
-                .wait(&id, Duration::from_secs(10 * 365 * 24 * 3600))
+            let _ = control
+                .wait(Duration::from_secs(10 * 365 * 24 * 3600))
                 .await;
         };
         let stdin_ended = async {
@@ -223,8 +195,8 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
             _ = &mut exited => false,
             _ = &mut gone => false,
             _ = stdin_ended => {
-                if rec.config.stdin_once && !ctty {
-                    if let Err(e) = shim.close_stdin(&id, "").await {
+                if target.stdin_once && !ctty {
+                    if let Err(e) = control.close_stdin().await {
                         tracing::debug!(container_id = %id, error = %e, "close stdin");
                     }
                     tokio::select! {
@@ -243,7 +215,7 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
         // The output normally ends with the process (its exit follows within moments). If
         // it still runs, the shim cut this attacher off (it fell too far behind) or the
         // process closed its output: the client must not take that for the end.
-        if output_ended && shim.wait(&id, OUTPUT_END_GRACE).await.is_err() {
+        if output_ended && control.wait(OUTPUT_END_GRACE).await.is_err() {
             return Err(Error::Internal(
                 "attach output ended while the container runs (the client fell too far \
                  behind, or the container closed its output)"
@@ -253,7 +225,8 @@ async fn run(rt: &Arc<Runtime>, req: &AttachReq, s: Streams, gone: Gone) -> Resu
         Ok(())
     }
     .await;
-    // Dropping the pumps closes our FIFO ends: the shim drops those attachers at once.
-    let _ = std::fs::remove_dir_all(&dir);
+    // Dropping the pumps closes our FIFO ends: the shim drops those attachers at once;
+    // the session's dir goes with it.
+    drop(session);
     res
 }

@@ -6,7 +6,6 @@
 //! A client that goes away only ends its own streams: stdin gets EOF, output is drained and
 //! dropped, and the process runs on (as with containerd) until it exits by itself.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,9 +14,9 @@ use tokio::sync::mpsc;
 
 use super::spdy::conn::{Incoming, Session, StreamTx};
 use super::spdy::frame::header;
+use super::Server;
+use crate::container::session::{Control, SessionIo};
 use crate::error::{Error, Result};
-use crate::pod::shim::ExecIo;
-use crate::runtime::Runtime;
 
 /// How long the client has to open every stream it announced.
 const STREAMS_WAIT: Duration = Duration::from_secs(30);
@@ -32,18 +31,9 @@ pub struct ExecReq {
     pub stderr: bool,
 }
 
-/// Which streams a remote command session has (exec and attach alike).
-#[derive(Debug, Clone, Copy)]
-pub struct Flags {
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
-}
-
 impl ExecReq {
-    pub fn flags(&self) -> Flags {
-        Flags {
+    pub fn flags(&self) -> SessionIo {
+        SessionIo {
             tty: self.tty,
             stdin: self.stdin,
             stdout: self.stdout,
@@ -81,7 +71,7 @@ pub(super) fn spdy_sink(tx: StreamTx, done: &mut Vec<tokio::task::JoinHandle<()>
 }
 
 pub(super) async fn collect(
-    req: Flags,
+    req: SessionIo,
     protocol: &str,
     incoming: &mut mpsc::Receiver<Incoming>,
     done: &mut Vec<tokio::task::JoinHandle<()>>,
@@ -149,7 +139,7 @@ pub(super) fn status(protocol: &str, code: Option<i32>, err: Option<&str>) -> Op
 }
 
 pub async fn serve_spdy(
-    rt: Arc<Runtime>,
+    server: Server,
     req: ExecReq,
     protocol: &'static str,
     mut incoming: mpsc::Receiver<Incoming>,
@@ -157,7 +147,7 @@ pub async fn serve_spdy(
 ) {
     let mut done = Vec::new();
     match collect(req.flags(), protocol, &mut incoming, &mut done).await {
-        Ok(streams) => serve(rt, &req, protocol, streams).await,
+        Ok(streams) => serve(server, &req, protocol, streams).await,
         Err(e) => tracing::warn!(container_id = %req.container_id, error = %e, "exec session"),
     }
     // Every stream's last bytes are queued before the session says goodbye.
@@ -168,9 +158,9 @@ pub async fn serve_spdy(
 }
 
 /// Runs the exec for a session's streams and reports its outcome on the error stream.
-pub async fn serve(rt: Arc<Runtime>, req: &ExecReq, protocol: &str, mut streams: Streams) {
+pub async fn serve(server: Server, req: &ExecReq, protocol: &str, mut streams: Streams) {
     let error = streams.error.take();
-    let outcome = run(&rt, req, streams).await;
+    let outcome = run(&server, req, streams).await;
     let msg = match &outcome {
         Ok(code) => status(protocol, Some(*code), None),
         Err(e) => status(protocol, None, Some(&e.to_string())),
@@ -198,13 +188,7 @@ async fn pump_out(mut r: pipe::Receiver, mut tx: Option<Sink>) {
     }
 }
 
-async fn pump_in(
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    mut w: pipe::Sender,
-    shim: crate::pod::shim::Shim,
-    id: String,
-    exec_id: String,
-) {
+async fn pump_in(mut rx: mpsc::Receiver<Vec<u8>>, mut w: pipe::Sender, control: Control) {
     while let Some(b) = rx.recv().await {
         if w.write_all(&b).await.is_err() {
             break;
@@ -213,7 +197,7 @@ async fn pump_in(
     drop(w);
     // The shim keeps its end of the FIFO open (as containerd's does) until told: the
     // process sees EOF once the client's stdin has ended.
-    if let Err(e) = shim.close_stdin(&id, &exec_id).await {
+    if let Err(e) = control.close_stdin().await {
         tracing::debug!(error = %e, "close stdin");
     }
 }
@@ -226,12 +210,7 @@ struct TermSize {
 }
 
 /// Terminal sizes arrive as a run of JSON objects.
-pub(super) async fn pump_resize(
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    shim: crate::pod::shim::Shim,
-    id: String,
-    exec_id: String,
-) {
+pub(super) async fn pump_resize(mut rx: mpsc::Receiver<Vec<u8>>, control: Control) {
     let mut buf = Vec::new();
     while let Some(b) = rx.recv().await {
         buf.extend_from_slice(&b);
@@ -239,7 +218,7 @@ pub(super) async fn pump_resize(
         let mut used = 0;
         while let Some(Ok(sz)) = it.next() {
             used = it.byte_offset();
-            if let Err(e) = shim.resize(&id, &exec_id, sz.width, sz.height).await {
+            if let Err(e) = control.resize(sz.width, sz.height).await {
                 tracing::debug!(error = %e, "resize");
             }
         }
@@ -247,102 +226,48 @@ pub(super) async fn pump_resize(
     }
 }
 
-async fn run(rt: &Arc<Runtime>, req: &ExecReq, s: Streams) -> Result<i32> {
-    let rec = rt.container(&req.container_id)?;
-    let pod = rt.pod(&rec.pod_id)?;
-    let shim = rt.shim_of(&pod).await?;
-    let exec_id = format!("exec-{}", &crate::util::new_id()?[..16]);
-    let dir = rt.config.paths.state.join("exec").join(&exec_id);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir exec dir", e))?;
-    let res = async {
-        let fifo = |name: &str| -> Result<std::path::PathBuf> {
-            let p = dir.join(name);
-            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .map_err(|e| Error::Internal(format!("mkfifo: {e}")))?;
-            Ok(p)
-        };
-        let mut io = ExecIo {
-            terminal: req.tty,
-            ..Default::default()
-        };
-        // Our ends are open before the shim opens the FIFOs. stdin is opened read-write
-        // so that opening never blocks and EOF comes when we drop it.
-        let stdin_w = if req.stdin {
-            let p = fifo("stdin")?;
-            io.stdin = p.display().to_string();
-            Some(
-                pipe::OpenOptions::new()
-                    .read_write(true)
-                    .open_sender(&p)
-                    .map_err(|e| Error::io("open stdin fifo", e))?,
-            )
-        } else {
-            None
-        };
-        let mut outs = Vec::new();
-        let (stdout, stderr) = (s.stdout, s.stderr);
-        for (name, want, tx) in [
-            ("stdout", req.stdout, stdout),
-            ("stderr", req.stderr && !req.tty, stderr),
-        ] {
-            if !want {
-                continue;
-            }
-            let p = fifo(name)?;
-            let r = pipe::OpenOptions::new()
-                .open_receiver(&p)
-                .map_err(|e| Error::io("open output fifo", e))?;
-            if name == "stdout" {
-                io.stdout = p.display().to_string();
-            } else {
-                io.stderr = p.display().to_string();
-            }
-            outs.push(tokio::spawn(pump_out(r, tx)));
-        }
-        let spec = crate::container::exec_spec(&rec.bundle, &req.cmd, req.tty)?;
-        shim.exec_io(&req.container_id, &exec_id, spec, &io).await?;
-        if let Err(e) = shim.start_exec(&req.container_id, &exec_id).await {
-            let _ = shim.delete_exec(&req.container_id, &exec_id).await;
-            return Err(e);
-        }
-        let stdin_pump = if let (Some(rx), Some(w)) = (s.stdin, stdin_w) {
-            let (id, eid) = (req.container_id.clone(), exec_id.clone());
-            Some(tokio::spawn(pump_in(rx, w, shim.clone(), id, eid)))
-        } else {
-            None
-        };
-        if let Some(rx) = s.resize {
-            let (id, eid) = (req.container_id.clone(), exec_id.clone());
-            tokio::spawn(pump_resize(rx, shim.clone(), id, eid));
-        }
-        let code = shim
-            .wait_exec(
-                &req.container_id,
-                &exec_id,
-                Duration::from_secs(10 * 365 * 24 * 3600),
-            )
-            .await;
-        // Stdin nobody will read any more: stop copying it (the pump may be blocked on a
-        // full FIFO) and let the client's unread data go with its receiver.
-        if let Some(p) = stdin_pump {
-            p.abort();
-        }
-        let code = code?;
-        // The shim closes the output FIFOs once the process's output ends; what is
-        // still in flight reaches the client before the status does.
-        let drained = async {
-            for o in outs {
-                let _ = o.await;
-            }
-        };
-        let (_, deleted) = tokio::join!(
-            tokio::time::timeout(Duration::from_secs(15), drained),
-            shim.delete_exec(&req.container_id, &exec_id)
-        );
-        deleted?;
-        Ok(code as i32)
+async fn run(server: &Server, req: &ExecReq, s: Streams) -> Result<i32> {
+    let mut session = server
+        .backend
+        .exec_session(&req.container_id, &req.cmd, req.flags())
+        .await?;
+    let control = session.control();
+    let outs: Vec<_> = [
+        (session.stdout.take(), s.stdout),
+        (session.stderr.take(), s.stderr),
+    ]
+    .into_iter()
+    .filter_map(|(fifo, tx)| fifo.map(|r| tokio::spawn(pump_out(r, tx))))
+    .collect();
+    let stdin_w = session.stdin.take();
+    session.start().await?;
+    let stdin_pump = match (s.stdin, stdin_w) {
+        (Some(rx), Some(w)) => Some(tokio::spawn(pump_in(rx, w, control.clone()))),
+        _ => None,
+    };
+    if let Some(rx) = s.resize {
+        tokio::spawn(pump_resize(rx, control.clone()));
     }
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    res
+    let exit = session
+        .wait(Duration::from_secs(10 * 365 * 24 * 3600))
+        .await;
+    // Stdin nobody will read any more: stop copying it (the pump may be blocked on a
+    // full FIFO) and let the client's unread data go with its receiver.
+    if let Some(p) = stdin_pump {
+        p.abort();
+    }
+    let exit = exit?;
+    // The shim closes the output FIFOs once the process's output ends; what is still in
+    // flight reaches the client before the status does.
+    let drained = async {
+        for o in outs {
+            let _ = o.await;
+        }
+    };
+    let (_, deleted) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(15), drained),
+        session.delete()
+    );
+    deleted?;
+    Ok(exit.status as i32)
 }

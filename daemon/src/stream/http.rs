@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,8 +12,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use super::Server;
 use super::{attach, exec, portforward, spdy, ws, ws_portforward, Pending};
-use crate::runtime::Runtime;
 
 /// Remote command protocols, newest first.
 pub const REMOTECOMMAND: [&str; 4] = [
@@ -45,7 +44,7 @@ fn negotiate(req: &Request<Incoming>, ours: &[&'static str]) -> Option<&'static 
 /// The WebSocket upgrade: subprotocol from `Sec-WebSocket-Protocol` (the client's first
 /// that we speak), accept key, then the session on the upgraded connection.
 fn websocket(
-    rt: Arc<Runtime>,
+    server: Server,
     mut req: Request<Incoming>,
     pending: Pending,
 ) -> Response<Full<Bytes>> {
@@ -113,19 +112,19 @@ fn websocket(
         let socket = ws::socket(io).await;
         match pending {
             Pending::Exec(e) => {
-                ws::serve_remotecommand(rt, ws::Remote::Exec(e), protocol, socket).await
+                ws::serve_remotecommand(server, ws::Remote::Exec(e), protocol, socket).await
             }
             Pending::Attach(a) => {
-                ws::serve_remotecommand(rt, ws::Remote::Attach(a), protocol, socket).await
+                ws::serve_remotecommand(server, ws::Remote::Attach(a), protocol, socket).await
             }
             Pending::PortForward { pod_id } => match channel_ports {
                 Some(ports) => {
                     let base64 = protocol == ws_portforward::BASE64;
-                    ws_portforward::serve(rt, pod_id, ports, base64, socket).await
+                    ws_portforward::serve(server, pod_id, ports, base64, socket).await
                 }
                 None => {
                     let (streams, session) = spdy::conn::start(ws::Bytes::new(socket));
-                    portforward::serve_spdy(rt, pod_id, streams, session).await
+                    portforward::serve_spdy(server, pod_id, streams, session).await
                 }
             },
         }
@@ -153,11 +152,11 @@ fn websocket(
     r
 }
 
-pub async fn connection<IO>(rt: Arc<Runtime>, sock: IO, peer: SocketAddr)
+pub async fn connection<IO>(server: Server, sock: IO, peer: SocketAddr)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| handle(rt.clone(), req));
+    let svc = hyper::service::service_fn(move |req| handle(server.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(sock), svc)
         .with_upgrades();
@@ -167,13 +166,13 @@ where
 }
 
 async fn handle(
-    rt: Arc<Runtime>,
+    server: Server,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let Some(pending) = rt.streaming.take(kind, token) else {
+    let Some(pending) = server.streaming.take(kind, token) else {
         return Ok(reply(
             StatusCode::NOT_FOUND,
             "unknown or expired streaming URL",
@@ -186,7 +185,7 @@ async fn handle(
         .unwrap_or("")
         .to_ascii_lowercase();
     if upgrade == "websocket" {
-        return Ok(websocket(rt, req, pending));
+        return Ok(websocket(server, req, pending));
     }
     if upgrade != "spdy/3.1" {
         return Ok(reply(
@@ -215,10 +214,10 @@ async fn handle(
         };
         let (streams, session) = spdy::conn::start(io);
         match pending {
-            Pending::Exec(e) => exec::serve_spdy(rt, e, protocol, streams, session).await,
-            Pending::Attach(a) => attach::serve_spdy(rt, a, protocol, streams, session).await,
+            Pending::Exec(e) => exec::serve_spdy(server, e, protocol, streams, session).await,
+            Pending::Attach(a) => attach::serve_spdy(server, a, protocol, streams, session).await,
             Pending::PortForward { pod_id } => {
-                portforward::serve_spdy(rt, pod_id, streams, session).await
+                portforward::serve_spdy(server, pod_id, streams, session).await
             }
         }
     });

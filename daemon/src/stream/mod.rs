@@ -15,14 +15,45 @@ mod ws_portforward;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::container::session::{AttachTarget, ProcessSession, SessionIo};
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 pub use attach::AttachReq;
-pub use exec::{ExecReq, Flags};
+pub use exec::ExecReq;
+
+/// What the streaming server needs from Berth's core, and all it may use of it: a
+/// session for an exec or an attach in a running container, and a pod's network
+/// namespace. Each session carries the handles it needs from then on.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// An exec of `cmd` in running container `container_id`, not yet started.
+    async fn exec_session(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        io: SessionIo,
+    ) -> Result<ProcessSession>;
+    /// A session receiving running container `container_id`'s output, and what its
+    /// stdin is.
+    async fn attach_session(
+        &self,
+        container_id: &str,
+        io: SessionIo,
+    ) -> Result<(ProcessSession, AttachTarget)>;
+    /// The network namespace of pod `pod_id` (None: the host's).
+    fn pod_netns(&self, pod_id: &str) -> Result<Option<PathBuf>>;
+}
+
+/// What every connection of the streaming server holds: the token table and the backend.
+#[derive(Clone)]
+pub struct Server {
+    streaming: Arc<Streaming>,
+    backend: Arc<dyn Backend>,
+}
 
 /// How long a URL handed out by Exec/Attach/PortForward stays usable.
 const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -115,8 +146,9 @@ impl Streaming {
 }
 
 /// Accepts streaming connections until berthd stops.
-pub async fn serve(rt: Arc<Runtime>) -> Result<()> {
-    let std_listener = rt
+pub async fn serve(streaming: Arc<Streaming>, backend: Arc<dyn Backend>) -> Result<()> {
+    let server = Server { streaming, backend };
+    let std_listener = server
         .streaming
         .listener
         .lock()
@@ -125,7 +157,7 @@ pub async fn serve(rt: Arc<Runtime>) -> Result<()> {
         .ok_or_else(|| Error::Internal("streaming server already serving".into()))?;
     let listener = tokio::net::TcpListener::from_std(std_listener)
         .map_err(|e| Error::io("streaming listener", e))?;
-    tracing::info!(addr = %rt.streaming.addr, "streaming server");
+    tracing::info!(addr = %server.streaming.addr, "streaming server");
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -136,17 +168,17 @@ pub async fn serve(rt: Arc<Runtime>) -> Result<()> {
             }
         };
         let _ = sock.set_nodelay(true);
-        match rt.streaming.tls.clone() {
+        match server.streaming.tls.clone() {
             None => {
-                tokio::spawn(http::connection(rt.clone(), sock, peer));
+                tokio::spawn(http::connection(server.clone(), sock, peer));
             }
             Some(tls) => {
-                let rt = rt.clone();
+                let server = server.clone();
                 tokio::spawn(async move {
                     // Bounded: a peer that never finishes its handshake holds nothing long.
                     let hs = tokio::time::timeout(Duration::from_secs(10), tls.accept(sock));
                     match hs.await {
-                        Ok(Ok(s)) => http::connection(rt, s, peer).await,
+                        Ok(Ok(s)) => http::connection(server, s, peer).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

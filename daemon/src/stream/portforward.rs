@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,8 +12,8 @@ use tokio::sync::mpsc;
 
 use super::spdy::conn::{Incoming, Session, StreamTx};
 use super::spdy::frame::header;
+use super::Server;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 /// Connects to `port` on localhost inside the network namespace at `netns` (the node's
 /// own when None). The connect runs on a thread of its own that joins the namespace and
@@ -105,13 +104,13 @@ async fn forward(netns: Option<PathBuf>, port: u16, data: Incoming, error: Optio
 }
 
 pub async fn serve_spdy(
-    rt: Arc<Runtime>,
+    server: Server,
     pod_id: String,
     mut incoming: mpsc::Receiver<Incoming>,
     session: Session,
 ) {
-    let netns = match rt.pod(&pod_id) {
-        Ok(p) => p.netns.clone(),
+    let netns = match server.backend.pod_netns(&pod_id) {
+        Ok(n) => n,
         Err(e) => {
             tracing::warn!(pod_id = %pod_id, error = %e, "port-forward");
             session.close().await;

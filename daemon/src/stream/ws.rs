@@ -10,7 +10,6 @@
 //!   kubelet's older channel framing (`ws_portforward`).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink as _, SinkExt, Stream, StreamExt};
@@ -23,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::attach::{self, AttachReq};
 use super::exec::{self, ExecReq, Streams};
-use crate::runtime::Runtime;
+use super::Server;
 
 pub const EXEC: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 pub const PORTFORWARD: [&str; 3] = [
@@ -53,7 +52,7 @@ pub enum Remote {
 }
 
 pub async fn serve_remotecommand<IO>(
-    rt: Arc<Runtime>,
+    server: Server,
     remote: Remote,
     protocol: &'static str,
     ws: WebSocketStream<IO>,
@@ -146,7 +145,7 @@ pub async fn serve_remotecommand<IO>(
     });
     match remote {
         Remote::Exec(e) => {
-            exec::serve(rt, &e, protocol, streams).await;
+            exec::serve(server, &e, protocol, streams).await;
             reader.abort();
         }
         Remote::Attach(a) => {
@@ -160,7 +159,7 @@ pub async fn serve_remotecommand<IO>(
             let gone = Box::pin(async move {
                 let _ = gone_rx.await;
             });
-            attach::serve(rt, &a, protocol, streams, gone).await;
+            attach::serve(server, &a, protocol, streams, gone).await;
             stop_reader.abort();
             watch.abort();
         }

@@ -6,8 +6,6 @@
 //! ends once every port's has. Binary messages carry the channel as their first byte;
 //! base64 ones as an ASCII digit followed by the base64 payload.
 
-use std::sync::Arc;
-
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::portforward::connect;
-use crate::runtime::Runtime;
+use super::Server;
 
 pub const BINARY: &str = "v4.channel.k8s.io";
 pub const BASE64: &str = "v4.base64.channel.k8s.io";
@@ -71,7 +69,7 @@ fn decode(base64: bool, m: Message) -> Option<(u8, Vec<u8>)> {
 }
 
 pub async fn serve<IO>(
-    rt: Arc<Runtime>,
+    server: Server,
     pod_id: String,
     ports: Vec<u16>,
     base64: bool,
@@ -94,8 +92,8 @@ pub async fn serve<IO>(
         let _ = tx.send(Message::Close(Some(bye))).await;
         let _ = tx.close().await;
     });
-    let netns = match rt.pod(&pod_id) {
-        Ok(p) => p.netns.clone(),
+    let netns = match server.backend.pod_netns(&pod_id) {
+        Ok(n) => n,
         Err(e) => {
             let _ = out.send((1, e.to_string().into_bytes())).await;
             drop(out);

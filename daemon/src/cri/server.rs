@@ -57,10 +57,17 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn serve(rt: Arc<Runtime>, listener: UnixListener) -> Result<()> {
+pub async fn serve(
+    rt: Arc<Runtime>,
+    streaming: Arc<crate::stream::Streaming>,
+    listener: UnixListener,
+) -> Result<()> {
     let path = rt.config.server.socket.clone();
     tracing::info!(socket = %path.display(), "serving CRI");
-    let runtime = crate::cri::runtime_service::Service { rt: rt.clone() };
+    let runtime = crate::cri::runtime_service::Service {
+        rt: rt.clone(),
+        streaming,
+    };
     let images = crate::cri::image_service::Service { rt: rt.clone() };
     let res = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime))

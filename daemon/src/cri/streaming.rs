@@ -1,0 +1,34 @@
+//! The streaming server's backend: its narrow view of the core (sessions in running
+//! containers, a pod's network namespace). Lives with the adapters so that `stream`
+//! depends only on its own trait, never on the core's type.
+
+use std::path::PathBuf;
+
+use crate::container::session::{AttachTarget, ProcessSession, SessionIo};
+use crate::error::Result;
+use crate::runtime::Runtime;
+use crate::stream::Backend;
+
+#[async_trait::async_trait]
+impl Backend for Runtime {
+    async fn exec_session(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        io: SessionIo,
+    ) -> Result<ProcessSession> {
+        Runtime::exec_session(self, container_id, cmd, io).await
+    }
+
+    async fn attach_session(
+        &self,
+        container_id: &str,
+        io: SessionIo,
+    ) -> Result<(ProcessSession, AttachTarget)> {
+        Runtime::attach_session(self, container_id, io).await
+    }
+
+    fn pod_netns(&self, pod_id: &str) -> Result<Option<PathBuf>> {
+        Ok(self.pod(pod_id)?.netns)
+    }
+}

@@ -1,0 +1,75 @@
+//! The shims berthd is connected to, by pod id: started or connected through the
+//! [`Launcher`], cached for every call on the pod, forgotten when the pod or its shim
+//! goes. Owns the task options every task is created with.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::error::{Error, Result};
+
+use super::{Launcher, ShimHandle, TaskOptions};
+
+pub struct Shims {
+    launcher: Arc<dyn Launcher>,
+    options: TaskOptions,
+    connected: Mutex<HashMap<String, ShimHandle>>,
+}
+
+impl Shims {
+    pub fn new(launcher: Arc<dyn Launcher>, options: TaskOptions) -> Shims {
+        Shims {
+            launcher,
+            options,
+            connected: Mutex::default(),
+        }
+    }
+
+    /// The options every task is created with (OCI runtime binary, cgroup driver).
+    pub fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+
+    /// Starts a new shim for pod `pod_id` in its bundle (not yet cached: the pod is not
+    /// recorded Ready before its infra runs).
+    pub async fn start(&self, bundle: &Path, pod_id: &str) -> Result<ShimHandle> {
+        self.launcher.start(bundle, pod_id).await
+    }
+
+    /// A fresh connection, not cached (probes whether a shim still answers).
+    pub async fn connect(&self, address: &str) -> Result<ShimHandle> {
+        self.launcher.connect(address).await
+    }
+
+    /// The pod's shim: the cached client, else a connection to its recorded address
+    /// (after a restart), cached from then on.
+    pub async fn of(&self, pod_id: &str, address: &str) -> Result<ShimHandle> {
+        if let Some(s) = self.cached(pod_id).await {
+            return Ok(s);
+        }
+        if address.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "pod {pod_id} has no shim"
+            )));
+        }
+        let s = self.launcher.connect(address).await?;
+        self.insert(pod_id, s.clone()).await;
+        Ok(s)
+    }
+
+    pub async fn cached(&self, pod_id: &str) -> Option<ShimHandle> {
+        self.connected.lock().await.get(pod_id).cloned()
+    }
+
+    pub async fn insert(&self, pod_id: &str, shim: ShimHandle) {
+        self.connected.lock().await.insert(pod_id.to_string(), shim);
+    }
+
+    /// Forgets the pod's client; Some if it was cached (the first to forget a dead
+    /// shim's client is the one that settles it).
+    pub async fn forget(&self, pod_id: &str) -> Option<ShimHandle> {
+        self.connected.lock().await.remove(pod_id)
+    }
+}
