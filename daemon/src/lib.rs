@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod container;
+pub mod core;
 pub mod cri;
 pub mod error;
 pub mod events;
@@ -10,9 +11,11 @@ pub mod failpoints;
 pub mod image;
 pub mod intent;
 pub mod network;
+pub mod node;
 pub mod oci_config;
 pub mod pod;
-pub mod runtime;
+pub mod records;
+pub mod recovery;
 pub mod shim_client;
 pub mod store;
 pub mod stream;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use berthd::{config, cri, error, failpoints, image, runtime, store, stream};
+use berthd::{config, core, cri, error, failpoints, image, store, stream};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -127,24 +127,24 @@ fn main() {
     let res = rt.block_on(async move {
         // The socket first: a live one means another berthd owns this node's state.
         let listener = cri::server::bind(&cfg.server.socket, &cfg.server.socket_group)?;
-        let opened = stream::Streaming::bind(&cfg.streaming)
-            .and_then(|s| Ok((s, runtime::Runtime::open(cfg)?)));
-        let (streaming, runtime) = match opened {
+        let opened =
+            stream::Streaming::bind(&cfg.streaming).and_then(|s| Ok((s, core::Core::open(cfg)?)));
+        let (streaming, core) = match opened {
             Ok((s, r)) => (std::sync::Arc::new(s), r),
             Err(e) => {
                 let _ = std::fs::remove_file(&socket);
                 return Err(e);
             }
         };
-        runtime.recover().await?;
-        let backend: std::sync::Arc<dyn stream::Backend> = runtime.clone();
+        core.recovery.recover().await?;
+        let backend: std::sync::Arc<dyn stream::Backend> = core.clone();
         let tokens = streaming.clone();
         tokio::spawn(async move {
             if let Err(e) = stream::serve(tokens, backend).await {
                 tracing::error!(error = %e, "streaming server stopped");
             }
         });
-        cri::server::serve(runtime, streaming, listener).await
+        cri::server::serve(core, streaming, listener).await
     });
     if let Err(e) = res {
         tracing::error!(error = %e, "berthd failed");

@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
+use super::Containers;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 use super::session::{AttachTarget, ProcessSession, SessionIo};
-use super::{ContainerRecord, CtrState};
+use crate::records::{ContainerRecord, CtrState, Records};
 
 /// Output kept per stream (kubelet's limit for exec probes is 16 MiB).
 const MAX_OUTPUT: usize = 16 << 20;
@@ -47,9 +47,9 @@ async fn drain(mut r: pipe::Receiver) -> Vec<u8> {
     }
 }
 
-impl Runtime {
+impl Containers {
     pub(super) fn running(&self, id: &str) -> Result<ContainerRecord> {
-        let rec = self.container(id)?;
+        let rec = self.store.container(id)?;
         if rec.state != CtrState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is not running"
@@ -71,7 +71,7 @@ impl Runtime {
             ));
         }
         let rec = self.running(id)?;
-        let shim = self.shim_of(&self.pod(&rec.pod_id)?).await?;
+        let shim = self.shim_of(&self.store.pod(&rec.pod_id)?).await?;
         let spec = exec_spec(&rec.bundle, cmd, io.tty)?;
         ProcessSession::exec(shim, id, &self.exec_root(), spec, io)
     }
@@ -83,7 +83,7 @@ impl Runtime {
         io: SessionIo,
     ) -> Result<(ProcessSession, AttachTarget)> {
         let rec = self.running(id)?;
-        let shim = self.shim_of(&self.pod(&rec.pod_id)?).await?;
+        let shim = self.shim_of(&self.store.pod(&rec.pod_id)?).await?;
         let target = AttachTarget {
             tty: rec.config.tty,
             stdin_once: rec.config.stdin_once,

@@ -1,8 +1,11 @@
-//! Containers: their stored record, lifecycle (create, start, stop, remove) and status.
-//! A container runs in its pod's shim; its rootfs is an overlay of the image's layer
-//! snapshots mounted by the shim, and its log is written by the shim (`cri-log://`).
+//! The containers service: lifecycle (create, start, stop, remove), exits, exec and
+//! attach sessions, stats and resources. A container runs in its pod's shim; its rootfs
+//! is an overlay of the image's layer snapshots mounted by the shim, and its log is
+//! written by the shim (`cri-log://`).
 
+mod create;
 mod exec;
+mod exits;
 mod lifecycle;
 mod resources;
 pub mod session;
@@ -11,56 +14,70 @@ mod stdio;
 mod streaming;
 mod volumes;
 
-pub(crate) use lifecycle::load_localhost_profile;
+pub(crate) use create::load_localhost_profile;
 pub(crate) use stdio::stdin_fifo;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use k8s_cri::v1::ContainerConfig;
-use serde::{Deserialize, Serialize};
+use crate::config::Config;
+use crate::events::EventHub;
+use crate::image::ImageStore;
+use crate::node::Node;
+use crate::records::{ContainerRecord, PodRecord, Records};
+use crate::shim_client::{ShimHandle, Shims};
+use crate::store::Store;
 
-/// CRI container states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CtrState {
-    Created,
-    Running,
-    Exited,
+/// The containers service: every container transition and the one path a container's
+/// exit is recorded by (`exits`).
+pub struct Containers {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    images: Arc<ImageStore>,
+    shims: Arc<Shims>,
+    events: Arc<EventHub>,
+    node: Arc<Node>,
+    /// Exits a shim's journal delivered before StartContainer recorded the container
+    /// Running, by container id (`exits`).
+    early_exits: Mutex<HashMap<String, crate::shim_client::Exit>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub pod_id: String,
-    /// kubelet's unique name: name_podname_podnamespace_poduid_attempt (reserved).
-    pub name_key: String,
-    pub config: ContainerConfig,
-    /// The image as asked for, and the image id (config digest) it resolved to.
-    pub image_name: String,
-    pub image_id: String,
-    pub state: CtrState,
-    pub created_at: i64,
-    pub started_at: i64,
-    pub finished_at: i64,
-    pub exit_code: i32,
-    pub reason: String,
-    pub pid: u32,
-    pub bundle: PathBuf,
-    /// upper/ and work/ of the writable layer.
-    pub dir: PathBuf,
-    /// Absolute log path ("" = no log).
-    pub log_path: String,
-    pub stop_signal: String,
-    /// The identity the process runs as (from the generated spec), for ContainerStatus.
-    #[serde(default)]
-    pub user: Option<ProcessUser>,
-    /// The operation in progress (intent record), None when none is.
-    #[serde(default)]
-    pub op: Option<crate::intent::Op>,
-}
+impl Containers {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        images: Arc<ImageStore>,
+        shims: Arc<Shims>,
+        events: Arc<EventHub>,
+        node: Arc<Node>,
+    ) -> Containers {
+        Containers {
+            config,
+            store,
+            images,
+            shims,
+            events,
+            node,
+            early_exits: Mutex::default(),
+        }
+    }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessUser {
-    pub uid: u32,
-    pub gid: u32,
-    pub additional_gids: Vec<u32>,
+    /// The container's record.
+    pub fn get(&self, id: &str) -> crate::error::Result<ContainerRecord> {
+        self.store.container(id)
+    }
+
+    pub fn list(&self) -> crate::error::Result<Vec<ContainerRecord>> {
+        self.store.containers()
+    }
+
+    /// Every container of a pod.
+    pub fn of_pod(&self, pod_id: &str) -> crate::error::Result<Vec<ContainerRecord>> {
+        self.store.containers_of(pod_id)
+    }
+
+    /// The shim of the pod a container belongs to.
+    async fn shim_of(&self, pod: &PodRecord) -> crate::error::Result<ShimHandle> {
+        self.shims.of(&pod.id, &pod.shim_address).await
+    }
 }

@@ -3,10 +3,10 @@
 
 use k8s_cri::v1::LinuxContainerResources;
 
+use super::Containers;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
-use super::{ContainerRecord, CtrState};
+use crate::records::{ContainerRecord, CtrState, Records};
 use crate::store::CONTAINERS;
 
 /// CRI resources → OCI LinuxResources JSON (what `runc update --resources -` reads).
@@ -44,19 +44,15 @@ pub fn oci_resources(r: &LinuxContainerResources) -> serde_json::Value {
     out
 }
 
-impl Runtime {
-    pub async fn update_container_resources(
-        &self,
-        id: &str,
-        r: &LinuxContainerResources,
-    ) -> Result<()> {
-        let rec = self.container(id)?;
+impl Containers {
+    pub async fn update_resources(&self, id: &str, r: &LinuxContainerResources) -> Result<()> {
+        let rec = self.store.container(id)?;
         if rec.state == CtrState::Exited {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} has exited"
             )));
         }
-        let pod = self.pod(&rec.pod_id)?;
+        let pod = self.store.pod(&rec.pod_id)?;
         let json =
             serde_json::to_vec(&oci_resources(r)).map_err(|e| Error::Internal(e.to_string()))?;
         self.shim_of(&pod).await?.update(id, json).await?;
@@ -77,8 +73,8 @@ impl Runtime {
     /// append, 0640); the shim's CRI log writer sees on its next line that the path is no
     /// longer the file it holds and reopens it. As containerd, refused for a container
     /// that is not running.
-    pub fn reopen_container_log(&self, id: &str) -> Result<()> {
-        let rec = self.container(id)?;
+    pub fn reopen_log(&self, id: &str) -> Result<()> {
+        let rec = self.store.container(id)?;
         if rec.state != CtrState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is not running"

@@ -7,10 +7,10 @@ use k8s_cri::v1::{
     MemoryUsage, UInt64Value,
 };
 
+use super::Containers;
 use crate::error::Result;
-use crate::runtime::Runtime;
 
-use super::{ContainerRecord, CtrState};
+use crate::records::{ContainerRecord, CtrState, Records};
 use crate::shim_client::Sample;
 
 impl Sample {
@@ -36,19 +36,19 @@ impl Sample {
     }
 }
 
-impl Runtime {
+impl Containers {
     /// The cgroup sample of a task in a pod's shim (a container, or the pod's infra).
     pub async fn sample(&self, pod_id: &str, task_id: &str) -> Result<Sample> {
-        let pod = self.pod(pod_id)?;
+        let pod = self.store.pod(pod_id)?;
         self.shim_of(&pod).await?.stats(task_id).await
     }
 
-    pub async fn container_stats(&self, rec: &ContainerRecord) -> Result<ContainerStats> {
-        Ok(self.container_stats_sampled(rec).await?.0)
+    pub async fn stats(&self, rec: &ContainerRecord) -> Result<ContainerStats> {
+        Ok(self.stats_sampled(rec).await?.0)
     }
 
     /// The CRI stats and the sample they came from (None when not running).
-    pub async fn container_stats_sampled(
+    pub async fn stats_sampled(
         &self,
         rec: &ContainerRecord,
     ) -> Result<(ContainerStats, Option<Sample>)> {
@@ -137,9 +137,9 @@ fn open_files(pids: &[u32]) -> (u64, u64) {
     (fds, sockets)
 }
 
-impl Runtime {
+impl Containers {
     /// Processes, open files and writable-layer figures of a running container.
-    pub fn container_extras(&self, rec: &ContainerRecord) -> Extras {
+    pub fn extras(&self, rec: &ContainerRecord) -> Extras {
         let procs = if rec.state == CtrState::Running && rec.pid != 0 {
             cgroup_procs(rec.pid)
         } else {

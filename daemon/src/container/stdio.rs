@@ -5,18 +5,18 @@
 
 use std::path::{Path, PathBuf};
 
+use super::Containers;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 use crate::shim_client::ExecIo;
 
-use super::ContainerRecord;
+use crate::records::ContainerRecord;
 
 /// Where a container's stdin FIFO lives.
 pub fn stdin_fifo(bundle: &Path) -> PathBuf {
     bundle.join("stdin")
 }
 
-impl Runtime {
+impl Containers {
     /// The stdio a container's task is created with (its stdin FIFO made here).
     pub(super) fn container_io(&self, rec: &ContainerRecord) -> Result<ExecIo> {
         let stdin = if rec.config.stdin {

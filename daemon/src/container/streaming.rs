@@ -1,13 +1,13 @@
-//! What Exec, Attach and PortForward require before a streaming URL is handed out: a
-//! sensible set of streams and a running container, or a Ready pod. The URL itself is
+//! What Exec and Attach require before a streaming URL is handed out: a sensible set of
+//! streams and a running container (PortForward's check is the pods service's). The URL itself is
 //! the CRI adapter's business (`cri`), the session the streaming server's (`stream`).
 
+use super::Containers;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 use super::session::SessionIo;
 
-impl Runtime {
+impl Containers {
     pub fn check_exec(&self, container_id: &str, cmd: &[String], io: SessionIo) -> Result<()> {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument(
@@ -31,15 +31,5 @@ impl Runtime {
             ));
         }
         self.running(container_id).map(drop)
-    }
-
-    pub async fn check_port_forward(&self, pod_id: &str) -> Result<()> {
-        let pod = self.pod_live(pod_id).await?;
-        if pod.state != crate::pod::PodState::Ready {
-            return Err(Error::FailedPrecondition(format!(
-                "pod sandbox {pod_id} is not ready"
-            )));
-        }
-        Ok(())
     }
 }

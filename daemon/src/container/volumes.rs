@@ -8,14 +8,14 @@ use std::path::Path;
 use k8s_cri::v1::{Mount as CriMount, MountPropagation};
 use nix::mount::{mount, MsFlags};
 
+use super::Containers;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 fn is_image_volume(m: &CriMount) -> bool {
     m.image.as_ref().is_some_and(|i| !i.image.is_empty())
 }
 
-impl Runtime {
+impl Containers {
     /// Mounts the image volumes among `mounts` and returns the mounts the spec is built
     /// from: each image volume replaced by a read-only bind of its mounted image.
     pub(super) fn mount_image_volumes(

@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::*;
 
-use crate::container::{ContainerRecord, CtrState};
+use crate::records::{ContainerRecord, CtrState};
 
 fn state(rec: &ContainerRecord) -> i32 {
     match rec.state {

@@ -7,12 +7,12 @@ use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
+use crate::core::Core;
 use crate::events::{Event, Kind};
-use crate::runtime::Runtime;
 
 /// The event with the pod's status and its containers' statuses as they are now
 /// (kubelet's evented PLEG reads them instead of relisting).
-fn response(rt: &Runtime, e: &Event) -> ContainerEventResponse {
+fn response(core: &Core, e: &Event) -> ContainerEventResponse {
     let kind = match e.kind {
         Kind::Created => ContainerEventType::ContainerCreatedEvent,
         Kind::Started => ContainerEventType::ContainerStartedEvent,
@@ -23,9 +23,15 @@ fn response(rt: &Runtime, e: &Event) -> ContainerEventResponse {
         container_id: e.id.clone(),
         container_event_type: kind as i32,
         created_at: e.at,
-        pod_sandbox_status: rt.pod(&e.pod_id).ok().as_ref().map(super::pod::status),
-        containers_statuses: rt
-            .containers_of(&e.pod_id)
+        pod_sandbox_status: core
+            .pods
+            .get(&e.pod_id)
+            .ok()
+            .as_ref()
+            .map(super::pod::status),
+        containers_statuses: core
+            .containers
+            .of_pod(&e.pod_id)
             .unwrap_or_default()
             .iter()
             .map(super::container::status)
@@ -37,11 +43,11 @@ fn response(rt: &Runtime, e: &Event) -> ContainerEventResponse {
 const MARK_BATCH: usize = 64;
 
 /// Starts feeding one subscriber; the returned receiver ends when berthd stops.
-pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventResponse, Status>> {
+pub fn subscribe(core: Arc<Core>) -> mpsc::Receiver<Result<ContainerEventResponse, Status>> {
     // One slot: room again means tonic took the event for the wire, and only then is it
     // marked delivered (a restart redelivers what was not taken).
     let (tx, rx) = mpsc::channel(1);
-    let (backlog, mut live) = rt.events.subscribe();
+    let (backlog, mut live) = core.events.subscribe();
     tokio::spawn(async move {
         let mut backlog = backlog.into_iter();
         let mut taken: Vec<Event> = Vec::new();
@@ -54,7 +60,7 @@ pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventRespon
                     Err(broadcast::error::TryRecvError::Empty) => {
                         // Idle: what was taken is marked before waiting.
                         if !taken.is_empty() {
-                            rt.events.delivered(&std::mem::take(&mut taken));
+                            core.events.delivered(&std::mem::take(&mut taken));
                         }
                         // Ending at once when the client hangs up drops our receiver, so
                         // events after that go to the backlog for the next subscriber.
@@ -79,7 +85,7 @@ pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventRespon
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             };
-            if tx.send(Ok(response(&rt, &e))).await.is_err() {
+            if tx.send(Ok(response(&core, &e))).await.is_err() {
                 unsent.push(e); // the client hung up
                 break;
             }
@@ -92,11 +98,11 @@ pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventRespon
             }
             taken.push(e);
             if taken.len() >= MARK_BATCH {
-                rt.events.delivered(&std::mem::take(&mut taken));
+                core.events.delivered(&std::mem::take(&mut taken));
             }
         }
         if !taken.is_empty() {
-            rt.events.delivered(&taken);
+            core.events.delivered(&taken);
         }
         // What this client did not take goes to the next subscriber.
         unsent.extend(backlog);
@@ -104,7 +110,7 @@ pub fn subscribe(rt: Arc<Runtime>) -> mpsc::Receiver<Result<ContainerEventRespon
             unsent.push(e);
         }
         drop(live);
-        rt.events.requeue(unsent);
+        core.events.requeue(unsent);
     });
     rx
 }

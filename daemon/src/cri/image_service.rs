@@ -8,12 +8,12 @@ use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::image::ImageRecord;
-use crate::runtime::Runtime;
 
 pub struct Service {
-    pub rt: Arc<Runtime>,
+    pub core: Arc<Core>,
 }
 
 /// uid (numeric user) or username, from the image config's `user` ("uid[:gid]" or "name").
@@ -45,7 +45,7 @@ fn image(rec: &ImageRecord, pinned: bool) -> Image {
 impl Service {
     /// The configured sandbox image is pinned: kubelet's image GC leaves it alone.
     fn pinned(&self, rec: &ImageRecord) -> bool {
-        let name = &self.rt.config.runtime.sandbox_image;
+        let name = &self.core.config.runtime.sandbox_image;
         !name.is_empty()
             && crate::image::reference::parse(name).is_ok_and(|r| {
                 rec.repo_tags.contains(&r.to_string())
@@ -70,13 +70,13 @@ impl ImageService for Service {
             .map(|i| i.image)
             .filter(|s| !s.is_empty());
         let images = match wanted {
-            Some(r) => match self.rt.images.get(&r) {
+            Some(r) => match self.core.images.get(&r) {
                 Ok(rec) => vec![image(&rec, self.pinned(&rec))],
                 Err(Error::NotFound(_)) => vec![],
                 Err(e) => return Err(e.into()),
             },
             None => self
-                .rt
+                .core
                 .images
                 .list()?
                 .iter()
@@ -96,7 +96,7 @@ impl ImageService for Service {
             return Err(Status::invalid_argument("image reference is required"));
         }
         // An unknown image is not an error for ImageStatus: kubelet expects an empty reply.
-        match self.rt.images.get(&reference) {
+        match self.core.images.get(&reference) {
             Ok(rec) => {
                 let mut info = std::collections::HashMap::new();
                 if r.verbose {
@@ -131,9 +131,9 @@ impl ImageService for Service {
         };
         let span = tracing::info_span!("pull_image", image = %reference);
         let rec = self
-            .rt
+            .core
             .images
-            .pull(&self.rt.puller, &reference, &creds)
+            .pull(&self.core.puller, &reference, &creds)
             .instrument(span)
             .await?;
         tracing::info!(image = %reference, id = %rec.id, "image pulled");
@@ -150,7 +150,7 @@ impl ImageService for Service {
         }
         // An image a container uses is untagged like any other: the container's lease
         // keeps the snapshots it runs on until it is removed.
-        match self.rt.images.remove(&reference) {
+        match self.core.images.remove(&reference) {
             Ok(()) | Err(Error::NotFound(_)) => Ok(Response::new(RemoveImageResponse {})),
             Err(e) => Err(e.into()),
         }
@@ -160,12 +160,12 @@ impl ImageService for Service {
         &self,
         _: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        let (bytes, inodes) = self.rt.images.fs_usage()?;
+        let (bytes, inodes) = self.core.images.fs_usage()?;
         let usage = FilesystemUsage {
             timestamp: crate::util::now_ns(),
             fs_id: Some(FilesystemIdentifier {
                 mountpoint: self
-                    .rt
+                    .core
                     .config
                     .paths
                     .root
@@ -177,7 +177,7 @@ impl ImageService for Service {
             inodes_used: Some(UInt64Value { value: inodes }),
         };
         // The containers' writable layers (upper and work dirs), on the same filesystem.
-        let dir = self.rt.config.paths.root.join("containers");
+        let dir = self.core.config.paths.root.join("containers");
         let (cbytes, cinodes) = crate::util::disk_usage(&dir).unwrap_or_default();
         let containers = FilesystemUsage {
             timestamp: usage.timestamp,

@@ -10,9 +10,9 @@ use k8s_cri::v1::{
 };
 
 use crate::container::stats::Extras;
-use crate::container::ContainerRecord;
 use crate::pod::stats::IfaceCounters;
-use crate::pod::PodRecord;
+use crate::records::ContainerRecord;
+use crate::records::PodRecord;
 use crate::shim_client::Sample;
 
 /// What a container metric is read from.
@@ -423,7 +423,7 @@ mod tests {
             name_key: "k".into(),
             config: Default::default(),
             runtime_handler: String::new(),
-            state: crate::pod::PodState::Ready,
+            state: crate::records::PodState::Ready,
             created_at: 0,
             bundle: "/b".into(),
             files: "/f".into(),
@@ -442,7 +442,7 @@ mod tests {
             config: Default::default(),
             image_name: "i".into(),
             image_id: "sha256:x".into(),
-            state: crate::container::CtrState::Running,
+            state: crate::records::CtrState::Running,
             created_at: 0,
             started_at: 3_000_000_000,
             finished_at: 0,

@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::*;
 
-use crate::pod::{PodRecord, PodState};
+use crate::records::{PodRecord, PodState};
 
 fn state(rec: &PodRecord) -> i32 {
     match rec.state {

@@ -11,10 +11,11 @@ use k8s_cri::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::runtime::{Runtime, RUNTIME_API_VERSION, RUNTIME_NAME};
+use crate::core::Core;
+use crate::node::{RUNTIME_API_VERSION, RUNTIME_NAME};
 
 pub struct Service {
-    pub rt: Arc<Runtime>,
+    pub core: Arc<Core>,
     /// Hands out the single-use URLs of Exec, Attach and PortForward.
     pub streaming: Arc<crate::stream::Streaming>,
 }
@@ -36,13 +37,13 @@ impl RuntimeService for Service {
         Ok(Response::new(VersionResponse {
             version: "0.1.0".into(),
             runtime_name: RUNTIME_NAME.into(),
-            runtime_version: self.rt.version().into(),
+            runtime_version: self.core.node.version().into(),
             runtime_api_version: RUNTIME_API_VERSION.into(),
         }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let net = self.rt.network_condition();
+        let net = self.core.node.network_condition();
         let conditions = vec![
             RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -58,7 +59,7 @@ impl RuntimeService for Service {
             },
         ];
         let features = RuntimeHandlerFeatures {
-            recursive_read_only_mounts: self.rt.rro_supported(),
+            recursive_read_only_mounts: self.core.node.rro_supported(),
             user_namespaces: false,
         };
         // The default handler ("") and its name: both run the configured OCI runtime.
@@ -83,7 +84,7 @@ impl RuntimeService for Service {
         &self,
         _: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
-        let driver = match self.rt.config.runtime.cgroup_driver {
+        let driver = match self.core.config.runtime.cgroup_driver {
             crate::config::CgroupDriver::Systemd => CgroupDriver::Systemd,
             crate::config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
         };
@@ -104,7 +105,7 @@ impl RuntimeService for Service {
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
-        self.rt.set_pod_cidr(&cidr)?;
+        self.core.node.set_pod_cidr(&cidr)?;
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
@@ -116,7 +117,7 @@ impl RuntimeService for Service {
         let cfg = r
             .config
             .ok_or_else(|| Status::invalid_argument("sandbox config is required"))?;
-        let id = self.rt.run_pod_sandbox(cfg, r.runtime_handler).await?;
+        let id = self.core.run_pod_sandbox(cfg, r.runtime_handler).await?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -124,8 +125,9 @@ impl RuntimeService for Service {
         &self,
         req: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        self.rt
-            .stop_pod_sandbox(&req.into_inner().pod_sandbox_id)
+        self.core
+            .pods
+            .stop(&req.into_inner().pod_sandbox_id)
             .await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
@@ -134,8 +136,9 @@ impl RuntimeService for Service {
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        self.rt
-            .remove_pod_sandbox(&req.into_inner().pod_sandbox_id)
+        self.core
+            .pods
+            .remove(&req.into_inner().pod_sandbox_id)
             .await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
@@ -145,7 +148,7 @@ impl RuntimeService for Service {
         req: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         let r = req.into_inner();
-        let rec = self.rt.pod_live(&r.pod_sandbox_id).await?;
+        let rec = self.core.pods.live(&r.pod_sandbox_id).await?;
         let status = super::pod::status(&rec);
         let mut info = std::collections::HashMap::new();
         if r.verbose {
@@ -164,8 +167,9 @@ impl RuntimeService for Service {
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         let filter = req.into_inner().filter;
         let items = self
-            .rt
-            .pods()?
+            .core
+            .pods
+            .list()?
             .iter()
             .filter(|p| super::pod::matches(p, filter.as_ref()))
             .map(super::pod::summary)
@@ -182,8 +186,9 @@ impl RuntimeService for Service {
             .config
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
         let id = self
-            .rt
-            .create_container(&r.pod_sandbox_id, cfg, r.sandbox_config)
+            .core
+            .containers
+            .create(&r.pod_sandbox_id, cfg, r.sandbox_config)
             .await?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
@@ -192,8 +197,9 @@ impl RuntimeService for Service {
         &self,
         req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        self.rt
-            .start_container(&req.into_inner().container_id)
+        self.core
+            .containers
+            .start(&req.into_inner().container_id)
             .await?;
         Ok(Response::new(StartContainerResponse {}))
     }
@@ -203,7 +209,10 @@ impl RuntimeService for Service {
         req: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
         let r = req.into_inner();
-        self.rt.stop_container(&r.container_id, r.timeout).await?;
+        self.core
+            .containers
+            .stop(&r.container_id, r.timeout)
+            .await?;
         Ok(Response::new(StopContainerResponse {}))
     }
 
@@ -211,8 +220,9 @@ impl RuntimeService for Service {
         &self,
         req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        self.rt
-            .remove_container(&req.into_inner().container_id)
+        self.core
+            .containers
+            .remove(&req.into_inner().container_id)
             .await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
@@ -223,8 +233,9 @@ impl RuntimeService for Service {
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = req.into_inner().filter;
         let containers = self
-            .rt
-            .containers()?
+            .core
+            .containers
+            .list()?
             .iter()
             .filter(|c| super::container::matches(c, filter.as_ref()))
             .map(super::container::summary)
@@ -237,7 +248,7 @@ impl RuntimeService for Service {
         req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         let r = req.into_inner();
-        let rec = self.rt.container(&r.container_id)?;
+        let rec = self.core.containers.get(&r.container_id)?;
         let mut info = std::collections::HashMap::new();
         if r.verbose {
             info.insert("info".to_string(), super::container::verbose_info(&rec));
@@ -253,8 +264,11 @@ impl RuntimeService for Service {
         req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
         let r = req.into_inner();
-        let (stdout, stderr, exit_code) =
-            self.rt.exec_sync(&r.container_id, r.cmd, r.timeout).await?;
+        let (stdout, stderr, exit_code) = self
+            .core
+            .containers
+            .exec_sync(&r.container_id, r.cmd, r.timeout)
+            .await?;
         Ok(Response::new(ExecSyncResponse {
             stdout,
             stderr,
@@ -268,8 +282,9 @@ impl RuntimeService for Service {
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let r = req.into_inner();
         let linux = r.linux.unwrap_or_default();
-        self.rt
-            .update_container_resources(&r.container_id, &linux)
+        self.core
+            .containers
+            .update_resources(&r.container_id, &linux)
             .await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
@@ -278,8 +293,9 @@ impl RuntimeService for Service {
         &self,
         req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        self.rt
-            .reopen_container_log(&req.into_inner().container_id)?;
+        self.core
+            .containers
+            .reopen_log(&req.into_inner().container_id)?;
         Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
@@ -287,8 +303,8 @@ impl RuntimeService for Service {
         &self,
         req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        let rec = self.rt.container(&req.into_inner().container_id)?;
-        let stats = self.rt.container_stats(&rec).await?;
+        let rec = self.core.containers.get(&req.into_inner().container_id)?;
+        let stats = self.core.containers.stats(&rec).await?;
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
 
@@ -298,7 +314,7 @@ impl RuntimeService for Service {
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let f = req.into_inner().filter;
         let mut stats = Vec::new();
-        for c in self.rt.containers()? {
+        for c in self.core.containers.list()? {
             let keep = f.as_ref().is_none_or(|f| {
                 (f.id.is_empty() || c.id.starts_with(&f.id))
                     && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
@@ -307,7 +323,7 @@ impl RuntimeService for Service {
                         .all(|(k, v)| c.config.labels.get(k) == Some(v))
             });
             if keep {
-                stats.push(self.rt.container_stats(&c).await?);
+                stats.push(self.core.containers.stats(&c).await?);
             }
         }
         Ok(Response::new(ListContainerStatsResponse { stats }))
@@ -317,7 +333,7 @@ impl RuntimeService for Service {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        let rx = super::events::subscribe(self.rt.clone());
+        let rx = super::events::subscribe(self.core.clone());
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -333,7 +349,8 @@ impl RuntimeService for Service {
             stdout: r.stdout,
             stderr: r.stderr,
         };
-        self.rt
+        self.core
+            .containers
             .check_exec(&req.container_id, &req.cmd, req.flags())?;
         let url = self.streaming.url(Pending::Exec(req))?;
         Ok(Response::new(ExecResponse { url }))
@@ -351,7 +368,8 @@ impl RuntimeService for Service {
             stdout: r.stdout,
             stderr: r.stderr,
         };
-        self.rt
+        self.core
+            .containers
             .check_remote_command(&req.container_id, req.flags())?;
         let url = self.streaming.url(Pending::Attach(req))?;
         Ok(Response::new(AttachResponse { url }))
@@ -362,7 +380,7 @@ impl RuntimeService for Service {
         req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
         let pod_id = req.into_inner().pod_sandbox_id;
-        self.rt.check_port_forward(&pod_id).await?;
+        self.core.pods.check_port_forward(&pod_id).await?;
         let url = self.streaming.url(Pending::PortForward { pod_id })?;
         Ok(Response::new(PortForwardResponse { url }))
     }
@@ -371,8 +389,12 @@ impl RuntimeService for Service {
         &self,
         req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        let rec = self.rt.pod_live(&req.into_inner().pod_sandbox_id).await?;
-        let stats = self.rt.pod_stats(&rec).await?;
+        let rec = self
+            .core
+            .pods
+            .live(&req.into_inner().pod_sandbox_id)
+            .await?;
+        let stats = self.core.pods.stats(&rec).await?;
         Ok(Response::new(PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -384,7 +406,7 @@ impl RuntimeService for Service {
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let f = req.into_inner().filter;
         let mut stats = Vec::new();
-        for p in self.rt.pods()? {
+        for p in self.core.pods.list()? {
             let keep = f.as_ref().is_none_or(|f| {
                 (f.id.is_empty() || p.id.starts_with(&f.id))
                     && f.label_selector
@@ -395,7 +417,7 @@ impl RuntimeService for Service {
                 continue;
             }
             // A pod that goes away between the listing and its sampling is left out.
-            match self.rt.pod_stats(&p).await {
+            match self.core.pods.stats(&p).await {
                 Ok(s) => stats.push(s),
                 Err(e) => tracing::debug!(pod_id = %p.id, error = %e, "no stats"),
             }
@@ -426,17 +448,17 @@ impl RuntimeService for Service {
         let now = crate::util::now_ns();
         let now_s = (now / 1_000_000_000) as u64;
         let mut pod_metrics = Vec::new();
-        for p in self.rt.pods()? {
+        for p in self.core.pods.list()? {
             let mut containers = Vec::new();
-            for c in self.rt.containers_of(&p.id)? {
-                if c.state != crate::container::CtrState::Running {
+            for c in self.core.containers.of_pod(&p.id)? {
+                if c.state != crate::records::CtrState::Running {
                     continue;
                 }
                 // A container that exits between the listing and its sampling is left out.
-                let Ok(s) = self.rt.sample(&p.id, &c.id).await else {
+                let Ok(s) = self.core.containers.sample(&p.id, &c.id).await else {
                     continue;
                 };
-                let x = self.rt.container_extras(&c);
+                let x = self.core.containers.extras(&c);
                 let v = super::metrics::View {
                     rec: &c,
                     s: &s,

@@ -11,8 +11,8 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::runtime::Runtime;
 
 /// Binds the socket: a stale socket file is replaced, a live one (another berthd) refused.
 pub fn bind(path: &Path, group: &str) -> Result<UnixListener> {
@@ -58,17 +58,17 @@ async fn shutdown_signal() {
 }
 
 pub async fn serve(
-    rt: Arc<Runtime>,
+    core: Arc<Core>,
     streaming: Arc<crate::stream::Streaming>,
     listener: UnixListener,
 ) -> Result<()> {
-    let path = rt.config.server.socket.clone();
+    let path = core.config.server.socket.clone();
     tracing::info!(socket = %path.display(), "serving CRI");
     let runtime = crate::cri::runtime_service::Service {
-        rt: rt.clone(),
+        core: core.clone(),
         streaming,
     };
-    let images = crate::cri::image_service::Service { rt: rt.clone() };
+    let images = crate::cri::image_service::Service { core: core.clone() };
     let res = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(images))

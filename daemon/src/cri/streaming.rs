@@ -5,19 +5,19 @@
 use std::path::PathBuf;
 
 use crate::container::session::{AttachTarget, ProcessSession, SessionIo};
+use crate::core::Core;
 use crate::error::Result;
-use crate::runtime::Runtime;
 use crate::stream::Backend;
 
 #[async_trait::async_trait]
-impl Backend for Runtime {
+impl Backend for Core {
     async fn exec_session(
         &self,
         container_id: &str,
         cmd: &[String],
         io: SessionIo,
     ) -> Result<ProcessSession> {
-        Runtime::exec_session(self, container_id, cmd, io).await
+        self.containers.exec_session(container_id, cmd, io).await
     }
 
     async fn attach_session(
@@ -25,10 +25,10 @@ impl Backend for Runtime {
         container_id: &str,
         io: SessionIo,
     ) -> Result<(ProcessSession, AttachTarget)> {
-        Runtime::attach_session(self, container_id, io).await
+        self.containers.attach_session(container_id, io).await
     }
 
     fn pod_netns(&self, pod_id: &str) -> Result<Option<PathBuf>> {
-        Ok(self.pod(pod_id)?.netns)
+        Ok(self.pods.get(pod_id)?.netns)
     }
 }

@@ -1,74 +1,86 @@
-//! Pod sandboxes: their stored record, lifecycle (run, stop, remove) and status. Each
-//! pod runs in one shim; its infra process (berth-pause) holds the pod's namespaces.
+//! The pods service: RunPodSandbox (`sandbox`), StopPodSandbox and RemovePodSandbox
+//! (`teardown`), a pod's live state and stats. Each pod runs in one shim; its infra
+//! process (berth-pause, or the configured sandbox image) holds the pod's namespaces.
+//! Stopping or removing a pod stops and removes its containers through the containers
+//! service; watching a running pod is the recovery service's.
 
 mod files;
-mod intents;
-mod journal;
-mod orphans;
-mod recover;
 mod sandbox;
-mod shim_death;
-mod shim_log;
+pub mod shim_log;
 pub mod stats;
 mod teardown;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use k8s_cri::v1::PodSandboxConfig;
-use serde::{Deserialize, Serialize};
+use crate::config::Config;
+use crate::container::Containers;
+use crate::error::Result;
+use crate::events::EventHub;
+use crate::image::{ImageStore, Puller};
+use crate::network::Cni;
+use crate::node::Node;
+use crate::records::{PodRecord, Records};
+use crate::shim_client::{ShimHandle, Shims};
+use crate::store::Store;
 
-pub use sandbox::pause_rootfs;
+pub use sandbox::{net_args, pause_rootfs};
 
-/// CRI sandbox states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PodState {
-    Ready,
-    NotReady,
+pub struct Pods {
+    config: Arc<Config>,
+    store: Arc<Store>,
+    images: Arc<ImageStore>,
+    puller: Arc<Puller>,
+    cni: Arc<Cni>,
+    node: Arc<Node>,
+    shims: Arc<Shims>,
+    events: Arc<EventHub>,
+    containers: Arc<Containers>,
+    /// The read-only rootfs of every sandbox's berth-pause.
+    pause_rootfs: PathBuf,
 }
 
-/// What the store keeps about a pod (committed before any RPC is acknowledged).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PodRecord {
-    pub id: String,
-    /// kubelet's unique pod name: name_namespace_uid_attempt (the reserved name).
-    pub name_key: String,
-    pub config: PodSandboxConfig,
-    pub runtime_handler: String,
-    pub state: PodState,
-    /// Nanoseconds since the epoch.
-    pub created_at: i64,
-    pub bundle: PathBuf,
-    /// Per-pod files shared with its containers (hostname, hosts, resolv.conf).
-    pub files: PathBuf,
-    pub netns: Option<PathBuf>,
-    pub ips: Vec<String>,
-    pub pid: u32,
-    pub shim_address: String,
-    /// The operation in progress (intent record), None when none is.
-    #[serde(default)]
-    pub op: Option<crate::intent::Op>,
-    /// When it became NotReady (ns; 0 while Ready): its STOPPED event's time.
-    #[serde(default)]
-    pub stopped_at: i64,
-    /// The number of the last entry of the shim's event journal applied (`journal`).
-    #[serde(default)]
-    pub journal_seq: u64,
+/// What the pods service is made of.
+pub struct PodsDeps {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub images: Arc<ImageStore>,
+    pub puller: Arc<Puller>,
+    pub cni: Arc<Cni>,
+    pub node: Arc<Node>,
+    pub shims: Arc<Shims>,
+    pub events: Arc<EventHub>,
+    pub containers: Arc<Containers>,
+    pub pause_rootfs: PathBuf,
 }
 
-impl PodRecord {
-    /// Ready → NotReady, timed.
-    pub fn set_not_ready(&mut self) {
-        self.state = PodState::NotReady;
-        self.stopped_at = crate::util::now_ns();
+impl Pods {
+    pub fn new(d: PodsDeps) -> Pods {
+        Pods {
+            config: d.config,
+            store: d.store,
+            images: d.images,
+            puller: d.puller,
+            cni: d.cni,
+            node: d.node,
+            shims: d.shims,
+            events: d.events,
+            containers: d.containers,
+            pause_rootfs: d.pause_rootfs,
+        }
     }
 
-    pub fn host_network(&self) -> bool {
-        use k8s_cri::v1::NamespaceMode;
-        self.config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.as_ref())
-            .is_some_and(|n| n.network == NamespaceMode::Node as i32)
+    /// The pod's record.
+    pub fn get(&self, id: &str) -> Result<PodRecord> {
+        self.store.pod(id)
+    }
+
+    pub fn list(&self) -> Result<Vec<PodRecord>> {
+        self.store.pods()
+    }
+
+    /// The pod's shim client, reconnecting from the stored address after a restart.
+    pub async fn shim_of(&self, rec: &PodRecord) -> Result<ShimHandle> {
+        self.shims.of(&rec.id, &rec.shim_address).await
     }
 }

@@ -3,7 +3,6 @@
 //! Stopping and removing a pod is `teardown`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1::PodSandboxConfig;
@@ -13,11 +12,11 @@ use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::intent::Op;
 use crate::network::{NetNs, PodNetArgs, PortMapping};
-use crate::runtime::Runtime;
 use crate::store::PODS;
 
-use super::{files, PodRecord, PodState};
-use crate::shim_client::{NewTask, RootfsMount, ShimHandle, TaskStatus};
+use super::{files, Pods};
+use crate::records::{PodRecord, PodState, Records};
+use crate::shim_client::{forget_task, NewTask, RootfsMount, ShimHandle, TaskStatus};
 use crate::util::{new_id, now_ns, validate_name};
 
 /// How long Stop waits for the infra process to die after SIGKILL.
@@ -40,7 +39,7 @@ pub fn pause_rootfs(root: &Path) -> Result<PathBuf> {
     Ok(rootfs)
 }
 
-pub(super) fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArgs {
+pub fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArgs {
     let md = cfg.metadata.clone().unwrap_or_default();
     PodNetArgs {
         sandbox_id: id.to_string(),
@@ -83,18 +82,18 @@ struct Undo {
 }
 
 impl Undo {
-    async fn run(self, rt: &Runtime) {
+    async fn run(self, cni: &crate::network::Cni) {
         if let Some((shim, id, bundle)) = self.shim {
             let _ = shim.kill(&id, None, libc::SIGKILL as u32, true).await;
             let _ = shim.wait(&id, None, STOP_WAIT).await;
             let _ = shim.delete(&id, None).await;
             shim.shutdown(true).await;
             // The shim may have died in the infra's create or start.
-            rt.forget_task(&bundle, &id).await;
+            forget_task(&bundle, &id).await;
         }
         if let Some((list, args)) = self.cni {
             let netns = self.netns.as_ref().map(|n| n.path.clone());
-            if let Err(e) = rt.cni.del(&list, netns.as_deref(), &args).await {
+            if let Err(e) = cni.del(&list, netns.as_deref(), &args).await {
                 tracing::warn!(error = %e, "rollback: CNI DEL");
             }
         }
@@ -107,12 +106,9 @@ impl Undo {
     }
 }
 
-impl Runtime {
-    pub async fn run_pod_sandbox(
-        self: &Arc<Self>,
-        cfg: PodSandboxConfig,
-        handler: String,
-    ) -> Result<String> {
+impl Pods {
+    /// Makes a pod Ready (the caller starts watching it).
+    pub async fn run(&self, cfg: PodSandboxConfig, handler: String) -> Result<String> {
         let md = cfg
             .metadata
             .clone()
@@ -153,9 +149,6 @@ impl Runtime {
             match self.run_steps(rec, &mut undo).await {
                 Ok(rec) => {
                     tracing::info!(ips = ?rec.ips, pid = rec.pid, "pod ready");
-                    if let Some(shim) = self.shims.cached(&rec.id).await {
-                        self.watch_infra(rec.id.clone(), shim);
-                    }
                     self.events
                         .emit(Kind::Created, &rec.id, &rec.id, rec.created_at);
                     // Timed like a restart would derive it from the record.
@@ -165,7 +158,7 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "RunPodSandbox failed; rolling back");
-                    undo.run(self).await;
+                    undo.run(&self.cni).await;
                     let _ = self.store.remove(PODS, &id, &name_key);
                     Err(e)
                 }
@@ -175,7 +168,7 @@ impl Runtime {
         .await
     }
 
-    async fn run_steps(self: &Arc<Self>, mut rec: PodRecord, undo: &mut Undo) -> Result<PodRecord> {
+    async fn run_steps(&self, mut rec: PodRecord, undo: &mut Undo) -> Result<PodRecord> {
         crate::failpoint!("pod.run.after_record");
         for d in [&rec.bundle, &rec.files] {
             std::fs::create_dir_all(d)
@@ -197,7 +190,7 @@ impl Runtime {
             let nsp = ns.path.clone();
             undo.netns = Some(ns);
             crate::failpoint!("pod.run.after_netns");
-            let args = net_args(&rec.id, &rec.config, self.pod_cidr());
+            let args = net_args(&rec.id, &rec.config, self.node.pod_cidr());
             // Registered before the ADD: a half-done ADD is undone too (DEL is idempotent).
             undo.cni = Some((list.clone(), args.clone()));
             cni_job = Some((list, nsp, args));
@@ -222,7 +215,7 @@ impl Runtime {
                 netns_path: rec.netns.clone(),
                 rootfs,
                 args,
-                cgroup_parent: self.cgroup_parent(&rec.config),
+                cgroup_parent: rec.cgroup_parent(&self.config.runtime.cgroup_parent),
                 systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
                 // A host-network pod shares the host's UTS namespace: no hostname to set.
                 hostname: if host_network {
@@ -339,60 +332,10 @@ impl Runtime {
         Ok((rec.bundle.join("rootfs"), args, vec![mount]))
     }
 
-    /// The cgroup parent for a pod: its own, else the configured default.
-    pub(crate) fn cgroup_parent(&self, cfg: &PodSandboxConfig) -> String {
-        cfg.linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| self.config.runtime.cgroup_parent.clone())
-    }
-
-    /// Watches the infra process: its exit makes the pod NotReady at once; a broken Wait
-    /// may mean the shim died (`shim_death`).
-    /// The pod's other tasks are followed through the shim's journal.
-    pub(crate) fn watch_infra(self: &Arc<Self>, id: String, shim: ShimHandle) {
-        self.follow_journal(id.clone(), shim.clone());
-        let rt = self.clone();
-        tokio::spawn(async move {
-            match shim
-                .wait(&id, None, Duration::from_secs(365 * 24 * 3600))
-                .await
-            {
-                Ok(_) => {
-                    let updated = rt.store.update(PODS, &id, |r: &mut PodRecord| {
-                        let ready = r.state == PodState::Ready && r.op.is_none();
-                        if ready {
-                            r.set_not_ready();
-                        }
-                        ready
-                    });
-                    if let Ok(Some(r)) = updated {
-                        tracing::warn!(pod_id = %id, "infra process exited; pod is NotReady");
-                        rt.events.emit(Kind::Stopped, &id, &id, r.stopped_at);
-                    }
-                }
-                Err(Error::NotFound(_)) => {}
-                Err(_) => rt.on_wait_failed(&id),
-            }
-        });
-    }
-
-    /// The pod's shim client, reconnecting from the stored address after a restart.
-    pub async fn shim_of(&self, rec: &PodRecord) -> Result<ShimHandle> {
-        self.shims.of(&rec.id, &rec.shim_address).await
-    }
-
-    pub fn pod(&self, id: &str) -> Result<PodRecord> {
-        self.store
-            .get(PODS, id)?
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
-    }
-
     /// The pod's record with its state checked against the shim: a Ready pod whose
     /// infra process has exited (or whose shim is gone) is NotReady from then on.
-    pub async fn pod_live(&self, id: &str) -> Result<PodRecord> {
-        let mut rec = self.pod(id)?;
+    pub async fn live(&self, id: &str) -> Result<PodRecord> {
+        let mut rec = self.store.pod(id)?;
         if rec.state != PodState::Ready {
             return Ok(rec);
         }
@@ -404,26 +347,41 @@ impl Runtime {
             Err(_) => false,
         };
         if !running {
-            // Only a Ready pod nobody is changing: the infra watch or a stop may be first.
-            let updated = self.store.update(PODS, id, |r: &mut PodRecord| {
-                let ready = r.state == PodState::Ready && r.op.is_none();
-                if ready {
-                    r.set_not_ready();
+            match self.mark_not_ready(id)? {
+                Some(r) => {
+                    tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
+                    rec = r;
                 }
-                ready
-            })?;
-            if let Some(r) = updated {
-                tracing::warn!(pod_id = %id, "infra process is gone; pod is NotReady");
-                self.events.emit(Kind::Stopped, id, id, r.stopped_at);
-                rec = r;
-            } else {
-                rec = self.pod(id)?;
+                None => rec = self.store.pod(id)?,
             }
         }
         Ok(rec)
     }
 
-    pub fn pods(&self) -> Result<Vec<PodRecord>> {
-        self.store.list(PODS)
+    /// A Ready pod nobody is changing becomes NotReady and its STOPPED event goes out;
+    /// None when it was not Ready or an operation on it is under way (that one decides).
+    pub fn mark_not_ready(&self, id: &str) -> Result<Option<PodRecord>> {
+        let updated = self.store.update(PODS, id, |r: &mut PodRecord| {
+            let ready = r.state == PodState::Ready && r.op.is_none();
+            if ready {
+                r.set_not_ready();
+            }
+            ready
+        })?;
+        if let Some(r) = &updated {
+            self.events.emit(Kind::Stopped, id, id, r.stopped_at);
+        }
+        Ok(updated)
+    }
+
+    /// PortForward needs a Ready pod.
+    pub async fn check_port_forward(&self, pod_id: &str) -> Result<()> {
+        let pod = self.live(pod_id).await?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {pod_id} is not ready"
+            )));
+        }
+        Ok(())
     }
 }

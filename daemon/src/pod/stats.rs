@@ -8,10 +8,10 @@ use k8s_cri::v1::{
 };
 
 use crate::error::Result;
-use crate::runtime::Runtime;
 use crate::shim_client::Sample;
 
-use super::{PodRecord, PodState};
+use super::Pods;
+use crate::records::{PodRecord, PodState, Records};
 
 /// One interface's counters from `/proc/<pid>/net/dev`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,11 +71,11 @@ pub struct PodSample {
     pub containers: Vec<(ContainerStats, Option<Sample>)>,
 }
 
-impl Runtime {
-    pub async fn pod_sample(&self, rec: &PodRecord) -> Result<PodSample> {
+impl Pods {
+    pub async fn sample(&self, rec: &PodRecord) -> Result<PodSample> {
         let mut containers = Vec::new();
-        for c in self.containers_of(&rec.id)? {
-            containers.push(self.container_stats_sampled(&c).await?);
+        for c in self.store.containers_of(&rec.id)? {
+            containers.push(self.containers.stats_sampled(&c).await?);
         }
         if rec.state != PodState::Ready || rec.pid == 0 {
             return Ok(PodSample {
@@ -84,7 +84,7 @@ impl Runtime {
                 containers,
             });
         }
-        let mut total = self.sample(&rec.id, &rec.id).await?;
+        let mut total = self.shim_of(rec).await?.stats(&rec.id).await?;
         for s in containers.iter().filter_map(|(_, s)| s.as_ref()) {
             total.add(s);
         }
@@ -96,9 +96,9 @@ impl Runtime {
         })
     }
 
-    pub async fn pod_stats(&self, rec: &PodRecord) -> Result<PodSandboxStats> {
+    pub async fn stats(&self, rec: &PodRecord) -> Result<PodSandboxStats> {
         let now = crate::util::now_ns();
-        let s = self.pod_sample(rec).await?;
+        let s = self.sample(rec).await?;
         let v = |value| Some(UInt64Value { value });
         let usage = |i: &IfaceCounters| NetworkInterfaceUsage {
             name: i.name.clone(),

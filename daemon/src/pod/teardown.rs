@@ -7,16 +7,17 @@ use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::intent::Op;
 use crate::network::NetNs;
-use crate::runtime::Runtime;
+use crate::records::{PodRecord, PodState, Records};
+use crate::shim_client::forget_task;
 use crate::store::PODS;
 
 use super::sandbox::{net_args, STOP_WAIT};
-use super::{PodRecord, PodState};
+use super::Pods;
 
-impl Runtime {
+impl Pods {
     /// Stops the pod: kills its infra process, tears down its network. Idempotent; an
     /// unknown id succeeds (kubelet retries stops of pods it no longer knows).
-    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+    pub async fn stop(&self, id: &str) -> Result<()> {
         // The intent first (a removal's or a cut run's stays: it is the stronger one).
         let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
             r.op.get_or_insert(Op::Stop);
@@ -29,9 +30,10 @@ impl Runtime {
         let res = async {
             // Containers are killed side by side, not one after another.
             let stops = self
+                .store
                 .containers_of(id)?
                 .into_iter()
-                .map(|c| async move { self.stop_container(&c.id, 0).await });
+                .map(|c| async move { self.containers.stop(&c.id, 0).await });
             for r in futures_util::future::join_all(stops).await {
                 r?;
             }
@@ -91,7 +93,7 @@ impl Runtime {
         let shim = if rec.pid != 0 || !rec.shim_address.is_empty() {
             self.shim_of(rec).await.ok()
         } else {
-            self.leftover_shim(&rec.bundle).await
+            self.shims.leftover(&rec.bundle).await
         };
         if let Some(shim) = shim {
             match shim.kill(id, None, libc::SIGKILL as u32, true).await {
@@ -101,7 +103,7 @@ impl Runtime {
                 Err(e) if !self.shim_answers(rec).await => {
                     tracing::warn!(pod_id = %id, error = %e, "the pod's shim is gone");
                     self.shims.forget(id).await;
-                    self.forget_task(&rec.bundle, id).await;
+                    forget_task(&rec.bundle, id).await;
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -109,11 +111,12 @@ impl Runtime {
             let _ = shim.wait(id, None, STOP_WAIT).await;
             shim.delete(id, None).await?;
             self.shims.forget(id).await;
-            shim.shutdown(self.containers_of(id)?.is_empty()).await;
+            shim.shutdown(self.store.containers_of(id)?.is_empty())
+                .await;
         } else {
             // No shim answers (it died, maybe inside the infra's create or start): what
             // runs in the infra's cgroup is killed and its runc state deleted here.
-            self.forget_task(&rec.bundle, id).await;
+            forget_task(&rec.bundle, id).await;
         }
         self.shims.forget(id).await;
         Ok(())
@@ -131,7 +134,7 @@ impl Runtime {
     async fn unwire(&self, rec: &PodRecord) -> Result<()> {
         if let Some(ns) = rec.netns.clone() {
             if let Some(list) = self.cni.load()? {
-                let args = net_args(&rec.id, &rec.config, self.pod_cidr());
+                let args = net_args(&rec.id, &rec.config, self.node.pod_cidr());
                 // A pin without its namespace (a crash) is DEL'd without one: IPAM only.
                 let present = NetNs::is_pinned(&ns).then_some(ns.as_path());
                 self.cni.del(&list, present, &args).await?;
@@ -142,7 +145,7 @@ impl Runtime {
     }
 
     /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.
-    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+    pub async fn remove(&self, id: &str) -> Result<()> {
         let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
             r.op = Some(Op::Remove);
             true
@@ -150,14 +153,14 @@ impl Runtime {
         let Some(rec) = marked else {
             return Ok(());
         };
-        for c in self.containers_of(id)? {
-            self.remove_container(&c.id).await?;
+        for c in self.store.containers_of(id)? {
+            self.containers.remove(&c.id).await?;
         }
-        self.stop_pod_sandbox(id).await?;
+        self.stop(id).await?;
         crate::failpoint!("pod.remove.after_stop");
         // The shim stayed up while containers were recorded; with none left it may go.
         let shim = match rec.shim_address.as_str() {
-            "" => self.leftover_shim(&rec.bundle).await,
+            "" => self.shims.leftover(&rec.bundle).await,
             a => self.shims.connect(a).await.ok(),
         };
         if let Some(shim) = shim {

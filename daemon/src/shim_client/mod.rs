@@ -7,6 +7,7 @@
 #[cfg(test)]
 pub mod fake;
 mod launch;
+mod leftovers;
 pub mod metrics;
 mod registry;
 mod ttrpc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::error::Result;
 
 pub use launch::{locate, Launcher, ShimLauncher, NAMESPACE};
+pub use leftovers::{forget_task, kill_cgroup, kill_task_cgroup, runc_delete};
 pub use metrics::Sample;
 pub use registry::Shims;
 pub use ttrpc::Shim;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+const LEFTOVER_CONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+
 use crate::error::{Error, Result};
 
 use super::{Launcher, ShimHandle, TaskOptions};
@@ -57,6 +59,16 @@ impl Shims {
         let s = self.launcher.connect(address).await?;
         self.insert(pod_id, s.clone()).await;
         Ok(s)
+    }
+
+    /// The shim a bundle's `address` file names (a RunPodSandbox cut before it recorded
+    /// the shim), if it answers within a second.
+    pub async fn leftover(&self, pod_bundle: &Path) -> Option<ShimHandle> {
+        let address = std::fs::read_to_string(pod_bundle.join("address")).ok()?;
+        tokio::time::timeout(LEFTOVER_CONNECT, self.connect(address.trim()))
+            .await
+            .ok()?
+            .ok()
     }
 
     pub async fn cached(&self, pod_id: &str) -> Option<ShimHandle> {

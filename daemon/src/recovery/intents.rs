@@ -6,23 +6,23 @@
 
 use std::sync::Arc;
 
-use crate::container::{ContainerRecord, CtrState};
+use super::Recovery;
 use crate::error::{Error, Result};
 use crate::intent::Op;
-use crate::runtime::Runtime;
-use crate::shim_client::{TaskState, TaskStatus};
+use crate::records::{ContainerRecord, CtrState, Records};
+use crate::shim_client::{kill_task_cgroup, TaskState, TaskStatus};
 use crate::store::CONTAINERS;
 
-impl Runtime {
+impl Recovery {
     pub(super) async fn resolve_intents(self: &Arc<Self>) -> Result<()> {
         // Containers first: a pod's own removal deals with its containers anyway.
-        for c in self.containers()? {
+        for c in self.store.containers()? {
             let Some(op) = c.op else { continue };
             tracing::warn!(container_id = %c.id, ?op, "finishing an operation a crash cut");
             let r = match op {
-                Op::Create | Op::Remove => self.remove_container(&c.id).await,
+                Op::Create | Op::Remove => self.containers.remove(&c.id).await,
                 Op::Start => self.resolve_start(&c).await,
-                Op::Stop => match self.stop_container(&c.id, 0).await {
+                Op::Stop => match self.containers.stop(&c.id, 0).await {
                     // Already exited (e.g. settled with a dead shim): the mark just goes.
                     Ok(()) => self.clear_op(&c.id, Op::Stop),
                     Err(e) => Err(e),
@@ -33,12 +33,12 @@ impl Runtime {
                 tracing::warn!(container_id = %c.id, ?op, error = %e, "could not finish it");
             }
         }
-        for p in self.pods()? {
+        for p in self.store.pods()? {
             let Some(op) = p.op else { continue };
             tracing::warn!(pod_id = %p.id, ?op, "finishing an operation a crash cut");
             let r = match op {
-                Op::Run | Op::Remove => self.remove_pod_sandbox(&p.id).await,
-                Op::Stop => self.stop_pod_sandbox(&p.id).await,
+                Op::Run | Op::Remove => self.pods.remove(&p.id).await,
+                Op::Stop => self.pods.stop(&p.id).await,
                 Op::Create | Op::Start => Ok(()),
             };
             if let Err(e) = r {
@@ -63,8 +63,8 @@ impl Runtime {
     /// A cut start: the shim knows whether the process runs, ran, or never started.
     async fn resolve_start(self: &Arc<Self>, c: &ContainerRecord) -> Result<()> {
         let query = || async {
-            let pod = self.pod(&c.pod_id)?;
-            self.shim_of(&pod).await?.state(&c.id).await
+            let pod = self.store.pod(&c.pod_id)?;
+            self.pods.shim_of(&pod).await?.state(&c.id).await
         };
         let mut state = query().await;
         // The shim finishes a start its caller vanished from: one still in flight shows
@@ -109,11 +109,15 @@ impl Runtime {
         }
         match status {
             TaskStatus::Created => {}
-            TaskStatus::Running => self.became_running(&c.id)?,
-            TaskStatus::Stopped => self.record_exit(&c.id, st.exit_status, st.exited_at)?,
+            TaskStatus::Running => self.containers.became_running(&c.id)?,
+            TaskStatus::Stopped => {
+                self.containers
+                    .record_exit(&c.id, st.exit_status, st.exited_at)?
+            }
             _ => {
-                self.kill_task_cgroup(&c.bundle).await;
-                self.record_exit_with(&c.id, 255, st.exited_at, "StartInterrupted")?;
+                kill_task_cgroup(&c.bundle).await;
+                self.containers
+                    .record_exit_with(&c.id, 255, st.exited_at, "StartInterrupted")?;
             }
         }
         tracing::info!(container_id = %c.id, ?status, "cut start resolved");

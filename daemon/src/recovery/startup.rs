@@ -6,24 +6,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Recovery;
 use crate::error::Result;
 use crate::events::Kind;
-use crate::runtime::Runtime;
+use crate::records::{PodRecord, PodState, Records};
 use crate::store::PODS;
 
-use super::{PodRecord, PodState};
 use crate::shim_client::TaskStatus;
 
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl Runtime {
+impl Recovery {
+    /// Brings the records in line with what survived, before berthd serves.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let pods: Vec<PodRecord> = self.store.list(PODS)?;
         self.restore_events(&pods)?;
         let mut tasks = Vec::new();
         for rec in &pods {
             if rec.bundle.join("log").exists() {
-                super::shim_log::follow(&rec.bundle, &rec.id);
+                crate::pod::shim_log::follow(&rec.bundle, &rec.id);
             }
         }
         for rec in pods.iter().filter(|p| p.state == PodState::Ready).cloned() {
@@ -38,7 +39,7 @@ impl Runtime {
                 match res {
                     Ok(Ok((shim, true))) => {
                         rt.shims.insert(&rec.id, shim.clone()).await;
-                        rt.watch_infra(rec.id.clone(), shim);
+                        rt.watch(rec.id.clone(), shim);
                         tracing::info!(pod_id = %rec.id, "shim reconnected");
                     }
                     Ok(Err(e)) if is_gone(&rec) => {
@@ -84,9 +85,9 @@ impl Runtime {
     /// client received are queued for the next one. Pods and containers whose creation a
     /// crash cut were never announced, and their rollback is not either.
     fn restore_events(&self, pods: &[PodRecord]) -> Result<()> {
-        use crate::container::CtrState;
         use crate::events::ledger::History;
         use crate::intent::Op;
+        use crate::records::CtrState;
         let mut histories = Vec::new();
         let mut unannounced = Vec::new();
         for p in pods {
@@ -109,7 +110,7 @@ impl Runtime {
                 happened,
             });
         }
-        for c in self.containers()? {
+        for c in self.store.containers()? {
             if c.op == Some(Op::Create) {
                 unannounced.push(c.id.clone());
                 continue;
@@ -134,26 +135,16 @@ impl Runtime {
     /// those that happened while berthd was down with their real status and time. A
     /// container whose pod shim does not answer is marked exited (ShimUnreachable).
     async fn recover_containers(self: &Arc<Self>) -> Result<()> {
-        use crate::container::CtrState;
-        for c in self.containers()? {
+        use crate::records::CtrState;
+        for c in self.store.containers()? {
             if c.state != CtrState::Running {
                 continue;
             }
-            let shim = self.shims.cached(&c.pod_id).await;
-            match shim {
-                Some(_) => {}
-                None => {
-                    tracing::warn!(container_id = %c.id, "pod shim does not answer; exit unknown");
-                    let mut c = c;
-                    c.state = CtrState::Exited;
-                    c.exit_code = 255;
-                    c.reason = "ShimUnreachable".into();
-                    c.finished_at = crate::util::now_ns();
-                    self.store
-                        .put(crate::store::CONTAINERS, &c.id.clone(), &c)?;
-                    self.events
-                        .emit(Kind::Stopped, &c.id, &c.pod_id, c.finished_at);
-                }
+            if self.shims.cached(&c.pod_id).await.is_none() {
+                tracing::warn!(container_id = %c.id, "pod shim does not answer; exit unknown");
+                let now = crate::util::now_ns();
+                self.containers
+                    .record_exit_with(&c.id, 255, now, "ShimUnreachable")?;
             }
         }
         Ok(())

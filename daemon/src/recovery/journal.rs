@@ -3,24 +3,22 @@
 //! applied is kept in the pod record, so a restarted berthd reads exactly the transitions
 //! it missed. If the shim's bounded journal has dropped some of those, each running
 //! container's state is asked instead. A broken read may mean the shim died
-//! (`shim_death`). The infra process has its own watch (`sandbox::watch_infra`).
+//! (`shim_death`). The infra process has its own watch (`watch`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::PodRecord;
-use crate::container::CtrState;
+use super::Recovery;
 use crate::error::Result;
-use crate::intent::Op;
-use crate::runtime::Runtime;
+use crate::records::{CtrState, PodRecord, Records};
 use crate::shim_client::{JournalEntry, ShimHandle, TaskStatus};
 use crate::store::PODS;
 
 /// One read waits this long for the next entry.
 const WAIT: Duration = Duration::from_secs(30);
 
-impl Runtime {
-    pub(crate) fn follow_journal(self: &Arc<Self>, pod_id: String, shim: ShimHandle) {
+impl Recovery {
+    pub(super) fn follow_journal(self: &Arc<Self>, pod_id: String, shim: ShimHandle) {
         let rt = self.clone();
         tokio::spawn(async move {
             let Ok(Some(pod)) = rt.store.get::<PodRecord>(PODS, &pod_id) else {
@@ -83,56 +81,19 @@ impl Runtime {
         if x.exec_id.is_some() || x.container_id == pod_id {
             return Ok(());
         }
-        self.exit_seen(&x.container_id, x.exit.status, x.exit.at)
-    }
-
-    /// An exit from the journal. A container whose StartContainer has not yet recorded it
-    /// Running keeps the exit until it does (`became_running`); the gate makes the look
-    /// and the keep one step against that update.
-    pub(crate) fn exit_seen(&self, id: &str, code: u32, at: i64) -> Result<()> {
-        let mut early = self.early_exits.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rec) = self
-            .store
-            .get::<crate::container::ContainerRecord>(crate::store::CONTAINERS, id)?
-        else {
-            return Ok(());
-        };
-        match rec.state {
-            CtrState::Running => {
-                drop(early);
-                self.record_exit(id, code, at)
-            }
-            CtrState::Created if rec.op == Some(Op::Start) => {
-                early.insert(id.to_string(), (code, at));
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Called right after a container is recorded Running: an exit the journal delivered
-    /// before that is recorded now.
-    pub(crate) fn became_running(&self, id: &str) -> Result<()> {
-        let kept = self
-            .early_exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        match kept {
-            Some((code, at)) => self.record_exit(id, code, at),
-            None => Ok(()),
-        }
+        self.containers.exit_seen(&x.container_id, x.exit)
     }
 
     /// The journal lost entries: every container recorded Running is asked its state.
     async fn resync(&self, pod_id: &str, shim: &ShimHandle) -> Result<()> {
-        for c in self.containers_of(pod_id)? {
+        for c in self.store.containers_of(pod_id)? {
             if c.state != CtrState::Running {
                 continue;
             }
             let st = shim.state(&c.id).await?;
             if st.status == TaskStatus::Stopped {
-                self.record_exit(&c.id, st.exit_status, st.exited_at)?;
+                self.containers
+                    .record_exit(&c.id, st.exit_status, st.exited_at)?;
             }
         }
         Ok(())

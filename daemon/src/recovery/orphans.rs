@@ -8,13 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Recovery;
 use crate::error::Result;
 use crate::network::NetNs;
-use crate::runtime::Runtime;
 
-use crate::shim_client::{ShimHandle, NAMESPACE};
+use crate::records::{PodRecord, Records};
+use crate::shim_client::{kill_cgroup, runc_delete, ShimHandle};
 
-const SHIM_CONNECT: Duration = Duration::from_secs(1);
 const TASK_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A bundle under the state dir: its id, its pod (a pod bundle is its own pod) and the
@@ -67,72 +67,16 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     entries(dir, true)
 }
 
-/// Kills every process left in a cgroupfs path (each v1 controller, or the v2 tree) and
-/// removes the cgroup. Only a task's own leaf cgroup is ever passed here.
-pub(super) fn kill_cgroup(path: &str) {
-    if path.contains(':') || path.split('/').any(|c| c == "..") {
-        tracing::warn!(cgroup = path, "not a cgroupfs path; left alone");
-        return;
-    }
-    let rel = path.trim_start_matches('/');
-    if rel.is_empty() {
-        return;
-    }
-    let base = Path::new("/sys/fs/cgroup");
-    let mut dirs: Vec<PathBuf> = if base.join("cgroup.controllers").exists() {
-        vec![base.join(rel)]
-    } else {
-        subdirs(base).into_iter().map(|c| c.join(rel)).collect()
-    };
-    dirs.retain(|d| d.is_dir());
-    for d in &dirs {
-        for _ in 0..50 {
-            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                tracing::warn!(pid, cgroup = %d.display(), "killing a process no record owns");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Err(e) = std::fs::remove_dir(d) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove cgroup");
-            }
-        }
-    }
-}
-
-/// `runc delete --force` of a task whose shim is gone (its state dir would leak).
-pub(super) async fn runc_delete(id: &str) {
-    let root = format!("/run/containerd/runc/{NAMESPACE}");
-    if !Path::new(&root).join(id).exists() {
-        return;
-    }
-    let _ = tokio::process::Command::new("runc")
-        .args(["--root", &root, "delete", "--force", id])
-        .output()
-        .await;
-}
-
-impl Runtime {
+impl Recovery {
     /// Removes every leftover that no pod or container record owns.
     pub(super) async fn remove_orphans(&self) -> Result<()> {
-        let pods: HashMap<String, super::PodRecord> = self
+        let pods: HashMap<String, PodRecord> = self
+            .store
             .pods()?
             .into_iter()
             .map(|p| (p.id.clone(), p))
             .collect();
-        let ctrs: HashSet<String> = self.containers()?.into_iter().map(|c| c.id).collect();
+        let ctrs: HashSet<String> = self.store.containers()?.into_iter().map(|c| c.id).collect();
         let state = &self.config.paths.state;
         let root = &self.config.paths.root;
 
@@ -152,9 +96,10 @@ impl Runtime {
         for l in orphan_ctrs.iter().chain(&orphan_pods) {
             if !shims.contains_key(&l.pod_id) {
                 let shim = match pods.get(&l.pod_id) {
-                    Some(rec) => self.shim_of(rec).await.ok(),
+                    Some(rec) => self.pods.shim_of(rec).await.ok(),
                     None => {
-                        self.leftover_shim(&state.join("pods").join(&l.pod_id))
+                        self.shims
+                            .leftover(&state.join("pods").join(&l.pod_id))
                             .await
                     }
                 };
@@ -209,16 +154,8 @@ impl Runtime {
         Ok(())
     }
 
-    pub(super) async fn leftover_shim(&self, pod_bundle: &Path) -> Option<ShimHandle> {
-        let address = std::fs::read_to_string(pod_bundle.join("address")).ok()?;
-        tokio::time::timeout(SHIM_CONNECT, self.shims.connect(address.trim()))
-            .await
-            .ok()?
-            .ok()
-    }
-
     /// Netns pins no pod record names: CNI DEL (releasing the IP) then unpin.
-    async fn remove_orphan_netns(&self, pods: &HashMap<String, super::PodRecord>) {
+    async fn remove_orphan_netns(&self, pods: &HashMap<String, PodRecord>) {
         let list = self.cni.load().ok().flatten();
         for ns in entries(&self.config.paths.state.join("netns"), false) {
             let in_use = pods
@@ -233,7 +170,7 @@ impl Runtime {
                 .unwrap_or_default();
             tracing::warn!(netns = %ns.display(), "removing a network namespace no pod owns");
             if let Some(list) = &list {
-                let args = super::sandbox::net_args(&id, &Default::default(), self.pod_cidr());
+                let args = crate::pod::net_args(&id, &Default::default(), self.node.pod_cidr());
                 let present = NetNs::is_pinned(&ns).then_some(ns.as_path());
                 if let Err(e) = self.cni.del(list, present, &args).await {
                     tracing::warn!(netns = %ns.display(), error = %e, "CNI DEL failed");

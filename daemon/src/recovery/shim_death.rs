@@ -1,5 +1,5 @@
-//! A pod's shim died (kill -9, crash). berthd learns it at once from the broken Wait of
-//! a process it watches (every running container and the pod's infra), confirms the shim
+//! A pod's shim died (kill -9, crash). berthd learns it at once from a broken Wait on the
+//! pod's infra or a broken journal read (`watch`, `journal`), confirms the shim
 //! no longer answers, then settles the pod: an exit the shim recorded in the bundle
 //! (`berth-exit.json`, written before the shim published it) is reported with its real
 //! status and time; a process the dead shim left running is killed through its cgroup and
@@ -10,13 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::container::{ContainerRecord, CtrState};
+use super::Recovery;
 use crate::error::Result;
 use crate::events::Kind;
-use crate::runtime::Runtime;
+use crate::records::{ContainerRecord, CtrState, PodRecord, PodState, Records};
+use crate::shim_client::{kill_task_cgroup, runc_delete};
 use crate::store::PODS;
-
-use super::{PodRecord, PodState};
 
 /// How long a shim that broke a Wait gets to answer a fresh connection.
 const PROBE: Duration = Duration::from_millis(500);
@@ -33,9 +32,9 @@ fn recorded_exit(bundle: &Path) -> Option<(u32, i64, bool)> {
     ))
 }
 
-impl Runtime {
+impl Recovery {
     /// Called when a Wait on the pod's shim failed: settles the pod if the shim is gone.
-    pub fn on_wait_failed(self: &Arc<Self>, pod_id: &str) {
+    pub(super) fn on_wait_failed(self: &Arc<Self>, pod_id: &str) {
         let rt = self.clone();
         let pod_id = pod_id.to_string();
         tokio::spawn(async move {
@@ -71,15 +70,15 @@ impl Runtime {
     pub(super) async fn settle_dead_pod(&self, pod: &PodRecord) -> Result<()> {
         let pod_id = pod.id.as_str();
         tracing::warn!(pod_id = %pod_id, "the pod's shim is gone; settling its tasks");
-        for c in self.containers_of(pod_id)? {
+        for c in self.store.containers_of(pod_id)? {
             if c.state == CtrState::Running {
                 self.settle_container(&c).await?;
             }
         }
         // The infra process: killed if the shim left it running.
-        self.kill_task_cgroup(&pod.bundle).await;
+        kill_task_cgroup(&pod.bundle).await;
         // The dead shim cannot delete its tasks' runtime state.
-        super::orphans::runc_delete(pod_id).await;
+        runc_delete(pod_id).await;
         let updated = self.store.update(PODS, pod_id, |r: &mut PodRecord| {
             let was = r.state == PodState::Ready;
             if was {
@@ -99,37 +98,20 @@ impl Runtime {
             Some((status, at, oom)) => {
                 tracing::info!(container_id = %c.id, status, oom, "exit recorded by the dead shim");
                 if oom && status != 0 {
-                    self.record_exit_with(&c.id, status, at, "OOMKilled")?;
+                    self.containers
+                        .record_exit_with(&c.id, status, at, "OOMKilled")?;
                 } else {
-                    self.record_exit(&c.id, status, at)?;
+                    self.containers.record_exit(&c.id, status, at)?;
                 }
             }
             None => {
                 tracing::warn!(container_id = %c.id, "killing a process its dead shim left");
-                self.kill_task_cgroup(&c.bundle).await;
-                self.record_exit_with(&c.id, 137, crate::util::now_ns(), "ShimDied")?;
+                kill_task_cgroup(&c.bundle).await;
+                self.containers
+                    .record_exit_with(&c.id, 137, crate::util::now_ns(), "ShimDied")?;
             }
         }
-        super::orphans::runc_delete(&c.id).await;
+        runc_delete(&c.id).await;
         Ok(())
-    }
-
-    /// Kills what is left in the cgroup a task's config.json names.
-    /// A task given up on (a rollback) whose shim may have died under it: what runs in its
-    /// cgroup is killed and its runc state deleted, which a live shim's delete already did.
-    pub(crate) async fn forget_task(&self, bundle: &Path, id: &str) {
-        self.kill_task_cgroup(bundle).await;
-        super::orphans::runc_delete(id).await;
-    }
-
-    pub(super) async fn kill_task_cgroup(&self, bundle: &Path) {
-        let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if let Some(cg) = spec["linux"]["cgroupsPath"].as_str().map(str::to_string) {
-            // Sleeps while processes die: off the async workers.
-            let _ = tokio::task::spawn_blocking(move || super::orphans::kill_cgroup(&cg)).await;
-        }
     }
 }

@@ -1,0 +1,293 @@
+//! CreateContainer: the record (with the intent and the image's lease) first, then the
+//! bundle, writable layer, spec and the task in the pod's shim; a failure undoes every
+//! step, so nothing is left half-made.
+
+use std::path::PathBuf;
+
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+
+use crate::error::{Error, Result};
+use crate::events::Kind;
+use crate::intent::Op;
+use crate::records::{ContainerRecord, CtrState, PodRecord, PodState, ProcessUser, Records};
+use crate::shim_client::{forget_task, NewTask, RootfsMount};
+use crate::store::CONTAINERS;
+use crate::util::{new_id, now_ns, validate_name};
+
+use super::Containers;
+
+/// As containerd: a missing host path of a bind mount is created (0755); bidirectional
+/// propagation needs a shared source mount, host-to-container needs shared or slave,
+/// otherwise it could never work and the user is told so.
+fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
+    use k8s_cri::v1::MountPropagation as P;
+    for m in mounts.iter().filter(|m| m.image.is_none()) {
+        let host = std::path::Path::new(&m.host_path);
+        if !host.is_absolute()
+            || host
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "mount host path {:?} must be absolute without '..'",
+                m.host_path
+            )));
+        }
+        if std::fs::symlink_metadata(host).is_err() {
+            std::fs::create_dir_all(host)
+                .map_err(|e| Error::io(format!("create host path {}", host.display()), e))?;
+        }
+        let prop = crate::util::mount_of(host)
+            .map(|m| m.optional)
+            .unwrap_or_default();
+        if m.propagation == P::PropagationBidirectional as i32 && !prop.contains("shared:") {
+            return Err(Error::FailedPrecondition(format!(
+                "path {} is not on a shared mount: bidirectional propagation is impossible",
+                host.display()
+            )));
+        }
+        if m.propagation == P::PropagationHostToContainer as i32
+            && !prop.contains("shared:")
+            && !prop.contains("master:")
+        {
+            return Err(Error::FailedPrecondition(format!("path {} is not on a shared or slave mount: host-to-container propagation is impossible", host.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a Localhost seccomp profile named by the security context, if any. A missing
+/// file is NotFound, naming it.
+pub(crate) fn load_localhost_profile(
+    sp: Option<&k8s_cri::v1::SecurityProfile>,
+    deprecated: &str,
+) -> Result<Option<String>> {
+    let Some(path) = crate::oci_config::seccomp_localhost_path(sp, deprecated)? else {
+        return Ok(None);
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!(
+            "seccomp profile {} does not exist",
+            path.display()
+        ))),
+        Err(e) => Err(Error::io(
+            format!("read seccomp profile {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Reads a file of the image, searching its layers from the top.
+fn image_file(lowers: &[PathBuf], rel: &str) -> Option<String> {
+    lowers
+        .iter()
+        .find_map(|l| std::fs::read_to_string(l.join(rel)).ok())
+}
+
+impl Containers {
+    pub async fn create(
+        &self,
+        pod_id: &str,
+        cfg: ContainerConfig,
+        _pod_cfg: Option<PodSandboxConfig>,
+    ) -> Result<String> {
+        let pod: PodRecord = self.store.pod(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {pod_id} is not ready"
+            )));
+        }
+        let md = cfg
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("container metadata is required".into()))?;
+        validate_name("container name", &md.name)?;
+        let image_name = cfg
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(Error::InvalidArgument("container image is required".into()));
+        }
+        if cfg.mounts.iter().any(|m| m.recursive_read_only) && !self.node.rro_supported() {
+            return Err(Error::InvalidArgument(format!(
+                "recursive read-only mounts need kernel 5.12 and an OCI runtime with \"rro\" ({} has none)",
+                self.config.runtime.binary
+            )));
+        }
+        let log_rel = cfg.log_path.clone();
+        let pod_log_dir = pod.config.log_directory.clone();
+        let log_path = if log_rel.is_empty() || pod_log_dir.is_empty() {
+            String::new()
+        } else {
+            if log_rel.starts_with('/') || log_rel.split('/').any(|c| c == "..") {
+                return Err(Error::InvalidArgument(format!(
+                    "log path {log_rel:?} must be relative without '..'"
+                )));
+            }
+            format!("{}/{}", pod_log_dir.trim_end_matches('/'), log_rel)
+        };
+        let id = new_id()?;
+        // The image's snapshots are held for this container from here on.
+        let image = self.images.lease_image(&id, &image_name)?;
+        let pmd = pod.config.metadata.clone().unwrap_or_default();
+        let name_key = format!(
+            "{}_{}_{}_{}_{}",
+            md.name, pmd.name, pmd.namespace, pmd.uid, md.attempt
+        );
+        let rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod_id.to_string(),
+            name_key: name_key.clone(),
+            config: cfg.clone(),
+            image_name: image_name.clone(),
+            image_id: image.id.clone(),
+            state: CtrState::Created,
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            pid: 0,
+            bundle: self.config.paths.state.join("containers").join(&id),
+            dir: self.config.paths.root.join("containers").join(&id),
+            log_path,
+            stop_signal: image.config.stop_signal.clone(),
+            user: None,
+            op: Some(Op::Create),
+        };
+        if let Err(e) = self.store.create(CONTAINERS, &id, &name_key, &rec) {
+            let _ = self.images.release(&id);
+            return Err(e);
+        }
+        match self.create_steps(&pod, rec, &image).await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e, "CreateContainer failed; rolling back");
+                // The shim finishes a create its caller gave up on (a timeout): the task goes
+                // too, or it would hold the rootfs mount and the shim.
+                if let Ok(shim) = self.shim_of(&pod).await {
+                    let _ = shim.delete(&id, None).await;
+                }
+                let bundle = self.config.paths.state.join("containers").join(&id);
+                // The shim may have died in the create.
+                forget_task(&bundle, &id).await;
+                let _ = crate::util::unmount_under(&bundle);
+                let _ = std::fs::remove_dir_all(bundle);
+                let _ =
+                    std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
+                let _ = self.store.remove(CONTAINERS, &id, &name_key);
+                let _ = self.images.release(&id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_steps(
+        &self,
+        pod: &PodRecord,
+        mut rec: ContainerRecord,
+        image: &crate::image::ImageRecord,
+    ) -> Result<()> {
+        crate::failpoint!("ctr.create.after_record");
+        let upper = rec.dir.join("upper");
+        let work = rec.dir.join("work");
+        for d in [&rec.bundle, &upper, &work] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+        }
+        prepare_host_paths(&rec.config.mounts)?;
+        let lowers = self.images.lower_dirs(image)?;
+        // The spec sees image volumes as read-only binds of the images mounted here.
+        let mut spec_cfg = rec.config.clone();
+        spec_cfg.mounts = self.mount_image_volumes(&rec.id, &rec.bundle, &rec.config.mounts)?;
+        let sc = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let host_devices = if sc.privileged {
+            Some(crate::oci_config::host_devices()?)
+        } else {
+            None
+        };
+        // Older kubelets still send the deprecated string form.
+        #[allow(deprecated)]
+        let localhost_profile =
+            load_localhost_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
+        let ic = &image.config;
+        let spec = crate::oci_config::container_spec(
+            &spec_cfg,
+            &pod.config,
+            &crate::oci_config::ImageConfig {
+                entrypoint: ic.entrypoint.clone(),
+                cmd: ic.cmd.clone(),
+                env: ic.env.clone(),
+                working_dir: ic.working_dir.clone(),
+                user: ic.user.clone(),
+                stop_signal: ic.stop_signal.clone(),
+            },
+            &crate::oci_config::ContainerOpts {
+                id: rec.id.clone(),
+                sandbox_id: pod.id.clone(),
+                sandbox_pid: pod.pid,
+                rootfs: rec.bundle.join("rootfs"),
+                cgroup_parent: pod.cgroup_parent(&self.config.runtime.cgroup_parent),
+                systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
+                passwd: image_file(&lowers, "etc/passwd"),
+                group: image_file(&lowers, "etc/group"),
+                node_hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                sandbox_hostname: Some(pod.files.join("hostname")),
+                sandbox_resolv: Some(pod.files.join("resolv.conf")),
+                sandbox_hosts: Some(pod.files.join("hosts")),
+                image_name: rec.image_name.clone(),
+                host_devices,
+                localhost_profile,
+                ..Default::default()
+            },
+        )?;
+        rec.user = spec.process().as_ref().map(|p| ProcessUser {
+            uid: p.user().uid(),
+            gid: p.user().gid(),
+            additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        });
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
+        std::fs::write(rec.bundle.join("config.json"), json)
+            .map_err(|e| Error::io("write config.json", e))?;
+        let lowerdir = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mount = RootfsMount::overlay(vec![
+            "index=off".into(),
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={lowerdir}"),
+        ]);
+        let task = NewTask {
+            id: rec.id.clone(),
+            bundle: rec.bundle.clone(),
+            rootfs: vec![mount],
+            io: self.container_io(&rec)?,
+            options: self.shims.options().clone(),
+        };
+        let shim = self.shim_of(pod).await?;
+        crate::failpoint!("ctr.create.after_bundle");
+        rec.pid = shim.create(&task).await?;
+        crate::failpoint!("ctr.create.after_task");
+        rec.op = None;
+        self.store.put(CONTAINERS, &rec.id, &rec)?;
+        self.events
+            .emit(Kind::Created, &rec.id, &pod.id, rec.created_at);
+        tracing::info!(container_id = %rec.id, pod_id = %pod.id, "container created");
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! berthd's core: the services, each with its own state, wired together once. Imports
+//! point one way: `recovery` → `pod` → `container` → (`shim_client`, `image`,
+//! `network`, `events`, `records`, `store`); the CRI and streaming adapters sit on top.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::container::Containers;
+use crate::error::{Error, Result};
+use crate::events::EventHub;
+use crate::image::{ImageStore, Puller};
+use crate::network::Cni;
+use crate::node::Node;
+use crate::pod::{Pods, PodsDeps};
+use crate::recovery::{Recovery, RecoveryDeps};
+use crate::shim_client::{Launcher, ShimLauncher, Shims, TaskOptions};
+use crate::store::Store;
+
+pub struct Core {
+    pub config: Arc<Config>,
+    pub node: Arc<Node>,
+    pub images: Arc<ImageStore>,
+    /// Registry access for PullImage (mirrors, plain-HTTP hosts, clients).
+    pub puller: Arc<Puller>,
+    /// Lifecycle events for GetContainerEvents.
+    pub events: Arc<EventHub>,
+    pub containers: Arc<Containers>,
+    pub pods: Arc<Pods>,
+    pub recovery: Arc<Recovery>,
+}
+
+impl Core {
+    pub fn open(config: Config) -> Result<Arc<Core>> {
+        for dir in [&config.paths.root, &config.paths.state] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+        }
+        let shim_binary = crate::shim_client::locate(&config.runtime.shim)?;
+        let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
+        let launcher = ShimLauncher::new(shim_binary, config.server.socket.clone());
+        Core::with_parts(config, launcher, pause_rootfs)
+    }
+
+    /// Builds the core from already-made parts (how shims are launched, the pause
+    /// rootfs): unit tests pass fake shims.
+    pub fn with_parts(
+        config: Config,
+        launcher: Arc<dyn Launcher>,
+        pause_rootfs: PathBuf,
+    ) -> Result<Arc<Core>> {
+        for dir in [&config.paths.root, &config.paths.state] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+        }
+        let config = Arc::new(config);
+        let store = Arc::new(Store::open(&config.store_path())?);
+        let images = Arc::new(ImageStore::open(&config.paths.root, store.clone())?);
+        let cni = Arc::new(Cni::new(
+            config.cni.conf_dir.clone(),
+            config.cni.bin_dirs.clone(),
+        ));
+        let puller = Arc::new(Puller::new(config.registry.clone()));
+        let node = Arc::new(Node::new(
+            config.cni.conf_dir.clone(),
+            config.runtime.binary.clone(),
+        ));
+        let shims = Arc::new(Shims::new(
+            launcher,
+            TaskOptions {
+                binary: config.runtime.binary.clone(),
+                systemd_cgroup: config.runtime.cgroup_driver.is_systemd(),
+            },
+        ));
+        let events = Arc::new(EventHub::new(store.clone()));
+        let containers = Arc::new(Containers::new(
+            config.clone(),
+            store.clone(),
+            images.clone(),
+            shims.clone(),
+            events.clone(),
+            node.clone(),
+        ));
+        let pods = Arc::new(Pods::new(PodsDeps {
+            config: config.clone(),
+            store: store.clone(),
+            images: images.clone(),
+            puller: puller.clone(),
+            cni: cni.clone(),
+            node: node.clone(),
+            shims: shims.clone(),
+            events: events.clone(),
+            containers: containers.clone(),
+            pause_rootfs,
+        }));
+        let recovery = Recovery::new(RecoveryDeps {
+            config: config.clone(),
+            store,
+            images: images.clone(),
+            cni,
+            node: node.clone(),
+            shims,
+            events: events.clone(),
+            pods: pods.clone(),
+            containers: containers.clone(),
+        });
+        Ok(Arc::new(Core {
+            config,
+            node,
+            images,
+            puller,
+            events,
+            containers,
+            pods,
+            recovery,
+        }))
+    }
+
+    /// RunPodSandbox: the pod is made Ready, then watched for as long as it runs.
+    pub async fn run_pod_sandbox(
+        &self,
+        cfg: k8s_cri::v1::PodSandboxConfig,
+        handler: String,
+    ) -> Result<String> {
+        let id = self.pods.run(cfg, handler).await?;
+        let pod = self.pods.get(&id)?;
+        match self.pods.shim_of(&pod).await {
+            Ok(shim) => self.recovery.watch(id.clone(), shim),
+            Err(e) => tracing::warn!(pod_id = %id, error = %e, "cannot watch the new pod"),
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,35 @@
+//! A Ready pod is watched: its infra process's exit makes it NotReady at once (a broken
+//! Wait may mean the shim died, `shim_death`), and its containers' exits come through
+//! the shim's journal (`journal`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::shim_client::ShimHandle;
+
+use super::Recovery;
+
+impl Recovery {
+    /// Starts watching pod `id` through its shim.
+    pub fn watch(self: &Arc<Self>, id: String, shim: ShimHandle) {
+        self.follow_journal(id.clone(), shim.clone());
+        let rec = self.clone();
+        tokio::spawn(async move {
+            match shim
+                .wait(&id, None, Duration::from_secs(365 * 24 * 3600))
+                .await
+            {
+                Ok(_) => match rec.pods.mark_not_ready(&id) {
+                    Ok(Some(_)) => {
+                        tracing::warn!(pod_id = %id, "infra process exited; pod is NotReady")
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(pod_id = %id, error = %e, "marking NotReady"),
+                },
+                Err(Error::NotFound(_)) => {}
+                Err(_) => rec.on_wait_failed(&id),
+            }
+        });
+    }
+}
