@@ -19,6 +19,9 @@ use crate::store::Store;
 
 pub struct Core {
     pub config: Arc<Config>,
+    /// Kept for tests, which write records directly; services own their reads/writes.
+    #[cfg_attr(not(test), allow(dead_code))]
+    store: Arc<Store>,
     pub node: Arc<Node>,
     pub images: Arc<ImageStore>,
     /// Registry access for PullImage (mirrors, plain-HTTP hosts, clients).
@@ -55,6 +58,7 @@ impl Core {
         }
         let config = Arc::new(config);
         let store = Arc::new(Store::open(&config.store_path())?);
+        crate::records::migrate::migrate(&store)?;
         let images = Arc::new(ImageStore::open(&config.paths.root, store.clone())?);
         let cni = Arc::new(Cni::new(
             config.cni.conf_dir.clone(),
@@ -95,7 +99,7 @@ impl Core {
         }));
         let recovery = Recovery::new(RecoveryDeps {
             config: config.clone(),
-            store,
+            store: store.clone(),
             images: images.clone(),
             cni,
             node: node.clone(),
@@ -106,6 +110,7 @@ impl Core {
         });
         Ok(Arc::new(Core {
             config,
+            store,
             node,
             images,
             puller,
@@ -129,5 +134,12 @@ impl Core {
             Err(e) => tracing::warn!(pod_id = %id, error = %e, "cannot watch the new pod"),
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+impl Core {
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 }

@@ -19,4 +19,6 @@ pub mod recovery;
 pub mod shim_client;
 pub mod store;
 pub mod stream;
+#[cfg(test)]
+mod testkit;
 pub mod util;

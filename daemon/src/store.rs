@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -27,6 +27,8 @@ pub const DELIVERED: TableDefinition<&str, &[u8]> = TableDefinition::new("delive
 /// Id → when its record was removed (ns), for ids in DELIVERED: the time a DELETED event
 /// delivered after a restart carries.
 pub const TOMBSTONES: TableDefinition<&str, i64> = TableDefinition::new("tombstones");
+/// Store-wide facts: "format" → the version of the record format (absent: 1).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub struct Store {
     db: Database,
@@ -59,6 +61,7 @@ impl Store {
         tx.open_table(LEASES).map_err(err)?;
         tx.open_table(DELIVERED).map_err(err)?;
         tx.open_table(TOMBSTONES).map_err(err)?;
+        tx.open_table(META).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -239,6 +242,46 @@ impl Store {
         }
         tx.commit().map_err(err)?;
         Ok(at)
+    }
+
+    /// The version of the record format the store holds (1 before versions were kept).
+    pub fn format(&self) -> Result<u64> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(META).map_err(err)?;
+        Ok(t.get("format").map_err(err)?.map_or(1, |v| v.value()))
+    }
+
+    /// Rewrites every record of `tables` through `f` (given the table's name) and sets the
+    /// format to `to`, all in one transaction: a crash leaves the old format whole.
+    /// Returns how many records were rewritten.
+    pub fn migrate(
+        &self,
+        tables: &[TableDefinition<&str, &[u8]>],
+        to: u64,
+        f: impl Fn(&str, &[u8]) -> Result<Vec<u8>>,
+    ) -> Result<usize> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let mut n = 0;
+        {
+            for table in tables {
+                let mut t = tx.open_table(*table).map_err(err)?;
+                let mut rewritten = Vec::new();
+                for item in t.iter().map_err(err)? {
+                    let (k, v) = item.map_err(err)?;
+                    rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
+                }
+                for (k, v) in &rewritten {
+                    t.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                }
+                n += rewritten.len();
+            }
+            tx.open_table(META)
+                .map_err(err)?
+                .insert("format", to)
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(n)
     }
 
     /// Tombstone times by id.

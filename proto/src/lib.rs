@@ -4,6 +4,8 @@
 //! 2.3 bootstrap params. The v2 task service has byte-identical messages under another
 //! package name, so it is served by registering the same handlers twice
 //! ([`task_services`]). `runtimeoptions.v1.Options` is generated here at build time.
+//! What the shim and berthd share beyond containerd's API is defined here once: Berth's
+//! extension services (`berth_shim`), the exit record (`exit`) and the SPDY framing.
 
 pub use containerd_shim_protos::{
     api, bootstrap_api, cgroups, cgroups_v2, events, protobuf, shim, shim_async, topics, ttrpc,
@@ -53,6 +55,7 @@ pub mod berth_shim {
     pub const ATTACH: &str = "berth.shim.v1.Attach";
 }
 
+pub mod exit;
 pub mod spdy;
 
 use std::collections::HashMap;

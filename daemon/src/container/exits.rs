@@ -9,7 +9,9 @@ use crate::error::Result;
 use crate::events::Kind;
 use crate::intent::Op;
 use crate::records::{ContainerRecord, CtrState, Records};
-use crate::shim_client::Exit;
+use berth_proto::exit::ExitRecord;
+
+use crate::shim_client::{kill_task_cgroup, runc_delete, Exit};
 use crate::store::CONTAINERS;
 
 use super::Containers;
@@ -121,5 +123,33 @@ impl Containers {
             Some(exit) => self.record_exit(id, exit.status, exit.at),
             None => Ok(()),
         }
+    }
+
+    /// A Running container whose shim is gone: the exit the shim recorded in the bundle
+    /// (written before it published it) with its real status and time; else what the
+    /// dead shim left running is killed through its cgroup and reported as 137
+    /// ShimDied. The runtime's state for the task goes either way.
+    pub async fn settle_without_shim(&self, c: &ContainerRecord) -> Result<()> {
+        match ExitRecord::read(&c.bundle) {
+            Some(ExitRecord {
+                status,
+                exited_at_ns: at,
+                oom_killed: oom,
+            }) => {
+                tracing::info!(container_id = %c.id, status, oom, "exit recorded by the dead shim");
+                if oom && status != 0 {
+                    self.record_exit_with(&c.id, status, at, "OOMKilled")?;
+                } else {
+                    self.record_exit(&c.id, status, at)?;
+                }
+            }
+            None => {
+                tracing::warn!(container_id = %c.id, "killing a process its dead shim left");
+                kill_task_cgroup(&c.bundle).await;
+                self.record_exit_with(&c.id, 137, crate::util::now_ns(), "ShimDied")?;
+            }
+        }
+        runc_delete(&c.id).await;
+        Ok(())
     }
 }

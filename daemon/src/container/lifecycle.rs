@@ -101,40 +101,28 @@ impl Containers {
             return Ok(());
         }
         let pod = self.store.pod(&rec.pod_id)?;
-        let shim = self.shim_of(&pod).await?;
         // The intent, unless a removal's is there already; cleared on every way out below.
         self.store
             .update(CONTAINERS, id, |r: &mut ContainerRecord| {
                 r.op.get_or_insert(Op::Stop);
                 true
             })?;
-        let stopped = async {
-            if timeout > 0 {
-                match shim
-                    .kill(id, None, signal_number(&rec.stop_signal), false)
-                    .await
-                {
-                    Ok(()) | Err(Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                crate::failpoint!("ctr.stop.after_kill");
-                if shim
-                    .wait(id, None, Duration::from_secs(timeout as u64))
-                    .await
-                    .is_ok()
-                {
-                    return self.mark_exited(id, &shim).await;
+        let stopped = match self.shim_of(&pod).await {
+            Ok(shim) => self.signal_and_wait(&rec, &shim, timeout).await,
+            Err(e) => Err(e),
+        };
+        // The shim died before or during the stop (its settling may still be under way):
+        // the container is settled here, as the shim-death path would.
+        let stopped = match stopped {
+            Err(e) if !self.shims.answers(&pod.shim_address, &pod.id).await => {
+                tracing::warn!(container_id = %id, error = %e, "the pod's shim is gone; settling the container");
+                match self.store.get::<ContainerRecord>(CONTAINERS, id)? {
+                    Some(c) => self.settle_without_shim(&c).await,
+                    None => Ok(()),
                 }
             }
-            match shim.kill(id, None, 9, true).await {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-            crate::failpoint!("ctr.stop.after_kill");
-            let _ = shim.wait(id, None, Duration::from_secs(10)).await;
-            self.mark_exited(id, &shim).await
-        }
-        .await;
+            other => other,
+        };
         self.store
             .update(CONTAINERS, id, |r: &mut ContainerRecord| {
                 let ours = r.op == Some(Op::Stop);
@@ -144,6 +132,40 @@ impl Containers {
                 ours
             })?;
         stopped
+    }
+
+    /// The stop signal, a bounded wait, then SIGKILL for every process of the task.
+    async fn signal_and_wait(
+        &self,
+        rec: &ContainerRecord,
+        shim: &ShimHandle,
+        timeout: i64,
+    ) -> Result<()> {
+        let id = rec.id.as_str();
+        if timeout > 0 {
+            match shim
+                .kill(id, None, signal_number(&rec.stop_signal), false)
+                .await
+            {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            crate::failpoint!("ctr.stop.after_kill");
+            if shim
+                .wait(id, None, Duration::from_secs(timeout as u64))
+                .await
+                .is_ok()
+            {
+                return self.mark_exited(id, shim).await;
+            }
+        }
+        match shim.kill(id, None, 9, true).await {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        crate::failpoint!("ctr.stop.after_kill");
+        let _ = shim.wait(id, None, Duration::from_secs(10)).await;
+        self.mark_exited(id, shim).await
     }
 
     async fn mark_exited(&self, id: &str, shim: &ShimHandle) -> Result<()> {
@@ -167,11 +189,19 @@ impl Containers {
         };
         self.stop(id, 0).await?;
         let shim = match self.store.pod(&rec.pod_id) {
-            Ok(pod) => self.shim_of(&pod).await.ok(),
+            Ok(pod) => self.shim_of(&pod).await.ok().map(|s| (s, pod)),
             Err(_) => None,
         };
         match shim {
-            Some(shim) => shim.delete(id, None).await?,
+            Some((shim, pod)) => match shim.delete(id, None).await {
+                Ok(()) => {}
+                // A cached client of a shim that has died since.
+                Err(e) if !self.shims.answers(&pod.shim_address, &pod.id).await => {
+                    tracing::warn!(container_id = %id, error = %e, "the pod's shim is gone");
+                    forget_task(&rec.bundle, id).await;
+                }
+                Err(e) => return Err(e),
+            },
             // Its shim is gone: the task's processes and runc state are removed here.
             None => forget_task(&rec.bundle, id).await,
         }

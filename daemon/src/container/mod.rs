@@ -81,3 +81,6 @@ impl Containers {
         self.shims.of(&pod.id, &pod.shim_address).await
     }
 }
+
+#[cfg(test)]
+mod tests;

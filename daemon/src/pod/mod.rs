@@ -84,3 +84,6 @@ impl Pods {
         self.shims.of(&rec.id, &rec.shim_address).await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -100,7 +100,7 @@ impl Pods {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 // A cached client of a shim that has died since (its settling may still be
                 // under way): the task is cleaned here instead.
-                Err(e) if !self.shim_answers(rec).await => {
+                Err(e) if !self.shims.answers(&rec.shim_address, id).await => {
                     tracing::warn!(pod_id = %id, error = %e, "the pod's shim is gone");
                     self.shims.forget(id).await;
                     forget_task(&rec.bundle, id).await;
@@ -120,14 +120,6 @@ impl Pods {
         }
         self.shims.forget(id).await;
         Ok(())
-    }
-
-    /// Whether a fresh connection to the pod's shim gets an answer about its infra task.
-    async fn shim_answers(&self, rec: &PodRecord) -> bool {
-        match self.shims.connect(&rec.shim_address).await {
-            Ok(s) => matches!(s.state(&rec.id).await, Ok(_) | Err(Error::NotFound(_))),
-            Err(_) => false,
-        }
     }
 
     /// CNI DEL and the netns pin's removal.

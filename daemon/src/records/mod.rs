@@ -3,6 +3,8 @@
 //! The services own the transitions; this module only the shapes.
 
 mod lookup;
+pub mod migrate;
+mod wire;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,7 @@ pub struct PodRecord {
     pub id: String,
     /// kubelet's unique pod name: name_namespace_uid_attempt (the reserved name).
     pub name_key: String,
+    #[serde(with = "wire")]
     pub config: PodSandboxConfig,
     pub runtime_handler: String,
     pub state: PodState,
@@ -89,6 +92,7 @@ pub struct ContainerRecord {
     pub pod_id: String,
     /// kubelet's unique name: name_podname_podnamespace_poduid_attempt (reserved).
     pub name_key: String,
+    #[serde(with = "wire")]
     pub config: ContainerConfig,
     /// The image as asked for, and the image id (config digest) it resolved to.
     pub image_name: String,

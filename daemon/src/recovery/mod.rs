@@ -64,3 +64,6 @@ impl Recovery {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,31 +6,18 @@
 //! reported as exit 137 with reason ShimDied; the runtime's state for those tasks goes;
 //! the pod is NotReady. Mounts and dirs go with the usual RemoveContainer/RemovePodSandbox.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Recovery;
 use crate::error::Result;
 use crate::events::Kind;
-use crate::records::{ContainerRecord, CtrState, PodRecord, PodState, Records};
+use crate::records::{CtrState, PodRecord, PodState, Records};
 use crate::shim_client::{kill_task_cgroup, runc_delete};
 use crate::store::PODS;
 
 /// How long a shim that broke a Wait gets to answer a fresh connection.
 const PROBE: Duration = Duration::from_millis(500);
-
-/// The exit the shim recorded for a task, if it did: (status, exit time ns).
-/// (status, exit time, killed by the OOM killer) as the shim recorded them.
-fn recorded_exit(bundle: &Path) -> Option<(u32, i64, bool)> {
-    let b = std::fs::read(bundle.join("berth-exit.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-    Some((
-        v["status"].as_u64()? as u32,
-        v["exited_at_ns"].as_i64()?,
-        v["oom_killed"].as_bool().unwrap_or(false),
-    ))
-}
 
 impl Recovery {
     /// Called when a Wait on the pod's shim failed: settles the pod if the shim is gone.
@@ -72,7 +59,7 @@ impl Recovery {
         tracing::warn!(pod_id = %pod_id, "the pod's shim is gone; settling its tasks");
         for c in self.store.containers_of(pod_id)? {
             if c.state == CtrState::Running {
-                self.settle_container(&c).await?;
+                self.containers.settle_without_shim(&c).await?;
             }
         }
         // The infra process: killed if the shim left it running.
@@ -90,28 +77,6 @@ impl Recovery {
             self.events
                 .emit(Kind::Stopped, pod_id, pod_id, r.stopped_at);
         }
-        Ok(())
-    }
-
-    pub(super) async fn settle_container(&self, c: &ContainerRecord) -> Result<()> {
-        match recorded_exit(&c.bundle) {
-            Some((status, at, oom)) => {
-                tracing::info!(container_id = %c.id, status, oom, "exit recorded by the dead shim");
-                if oom && status != 0 {
-                    self.containers
-                        .record_exit_with(&c.id, status, at, "OOMKilled")?;
-                } else {
-                    self.containers.record_exit(&c.id, status, at)?;
-                }
-            }
-            None => {
-                tracing::warn!(container_id = %c.id, "killing a process its dead shim left");
-                kill_task_cgroup(&c.bundle).await;
-                self.containers
-                    .record_exit_with(&c.id, 137, crate::util::now_ns(), "ShimDied")?;
-            }
-        }
-        runc_delete(&c.id).await;
         Ok(())
     }
 }

@@ -134,7 +134,7 @@ impl Recovery {
     /// Running containers' exits come through their pod shim's journal, which replays
     /// those that happened while berthd was down with their real status and time. A
     /// container whose pod shim does not answer is marked exited (ShimUnreachable).
-    async fn recover_containers(self: &Arc<Self>) -> Result<()> {
+    pub(super) async fn recover_containers(self: &Arc<Self>) -> Result<()> {
         use crate::records::CtrState;
         for c in self.store.containers()? {
             if c.state != CtrState::Running {

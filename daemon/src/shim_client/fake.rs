@@ -147,12 +147,14 @@ impl TaskShim for FakeShim {
 }
 
 /// Hands out fake shims: one per started pod, found again by address; addresses in
-/// `dead` refuse connections, and `fail_start` makes every start fail.
+/// `dead` refuse connections, `fail_start` makes every start fail, and every shim
+/// started from now on fails the calls in `fail_new`.
 #[derive(Default)]
 pub struct FakeLauncher {
     pub shims: Mutex<HashMap<String, Arc<FakeShim>>>,
     pub dead: Mutex<HashSet<String>>,
     pub fail_start: Mutex<bool>,
+    pub fail_new: Mutex<HashSet<&'static str>>,
 }
 
 impl FakeLauncher {
@@ -176,7 +178,11 @@ impl Launcher for FakeLauncher {
         if *self.fail_start.lock().unwrap() {
             return Err(Error::Internal(format!("fake shim start for {id} fails")));
         }
-        Ok(self.shim(&format!("unix:///fake/{id}")))
+        let shim = self.shim(&format!("unix:///fake/{id}"));
+        for m in self.fail_new.lock().unwrap().iter() {
+            shim.fail(m);
+        }
+        Ok(shim)
     }
     async fn connect(&self, address: &str) -> Result<ShimHandle> {
         if self.dead.lock().unwrap().contains(address) {

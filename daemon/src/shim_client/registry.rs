@@ -71,6 +71,15 @@ impl Shims {
             .ok()
     }
 
+    /// Whether a fresh connection to the shim at `address` gets an answer about task
+    /// `task_id` (a cached client may belong to a shim that has died since).
+    pub async fn answers(&self, address: &str, task_id: &str) -> bool {
+        match self.connect(address).await {
+            Ok(s) => matches!(s.state(task_id).await, Ok(_) | Err(Error::NotFound(_))),
+            Err(_) => false,
+        }
+    }
+
     pub async fn cached(&self, pod_id: &str) -> Option<ShimHandle> {
         self.connected.lock().await.get(pod_id).cloned()
     }

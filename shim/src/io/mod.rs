@@ -52,7 +52,7 @@ pub struct ProcessIo {
     /// Input copies (client → container): they end only when the client closes stdin, so
     /// they are cancelled, never waited for.
     inputs: Vec<JoinHandle<()>>,
-    /// Shim-held write end of the stdin FIFO; CloseIO drops it (§7.3 step 6).
+    /// Shim-held write end of the stdin FIFO; CloseIO drops it (the process then sees EOF).
     stdin_closer: Option<OwnedFd>,
     /// The pty master, for resize.
     console: Option<Arc<OwnedFd>>,

@@ -1,4 +1,4 @@
-//! Exit handling and the event-order rules of the contract §7.5: TaskCreate/TaskStart
+//! Exit handling and the order containerd expects of task events: TaskCreate/TaskStart
 //! before the process's TaskExit, and the init's TaskExit after every exec's.
 
 use std::sync::{Arc, Mutex};
@@ -158,24 +158,18 @@ fn maybe_finish_init(t: &mut Table, events: &Publisher, cid: &str) {
     publish_exit(events, cid, cid, e);
 }
 
-/// The exit file a manager reads when this shim is gone (berthd after a shim's death):
-/// written whole (temp file, then rename) before the exit is published anywhere.
-pub const EXIT_FILE: &str = "berth-exit.json";
-
+/// The exit record a manager reads when this shim is gone (berthd after a shim's death):
+/// written whole before the exit is published anywhere.
 fn record_exit(bundle: &std::path::Path, e: &Exit, oom_killed: bool) {
-    let at =
-        e.at.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-    let body = serde_json::json!({
-        "pid": e.pid,
-        "status": e.status,
-        "exited_at_ns": at,
-        "oom_killed": oom_killed,
-    });
-    let tmp = bundle.join(".berth-exit.json.tmp");
-    let res = std::fs::write(&tmp, body.to_string())
-        .and_then(|_| std::fs::rename(&tmp, bundle.join(EXIT_FILE)));
-    if let Err(err) = res {
+    let record = berth_proto::exit::ExitRecord {
+        status: e.status,
+        exited_at_ns: e
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64),
+        oom_killed,
+    };
+    if let Err(err) = record.write(bundle) {
         // A bundle that is gone (tests, or a manager that removed it) records nothing.
         tracing::debug!(bundle = %bundle.display(), error = %err, "exit record");
     }

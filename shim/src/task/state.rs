@@ -87,7 +87,7 @@ pub struct Container {
     pub runc: Runc,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    /// Execs started and not yet exited (§7.5 rule 3).
+    /// Execs started and not yet exited (the init's TaskExit waits for theirs).
     pub running_execs: usize,
     /// The init exit, held back until every exec has exited.
     pub pending_init_exit: Option<Exit>,
