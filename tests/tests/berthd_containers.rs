@@ -11,15 +11,9 @@ use k8s_cri::v1 as cri;
 use std::time::Duration;
 use tonic::Code;
 
-fn import(d: &Berthd) -> Result<()> {
-    berth_tests::berthd_cri::import_busybox(d)
-}
-
 #[test]
 fn containers_run_exit_log_and_are_removed() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, mut is) = d.client().await?;
@@ -282,9 +276,7 @@ fn container_pid(d: &Berthd, name: &str) -> Option<i32> {
 
 #[test]
 fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let mut d = d.start()?;
+    let mut d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     let (pod, survivor, victim) = block_on(async {
         let (mut rs, _) = d.client().await?;
@@ -399,9 +391,7 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
 
 #[test]
 fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;
@@ -556,9 +546,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
 
 #[test]
 fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;

@@ -6,11 +6,10 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{
-    cgroup_dir, cgroup_value, cni_bridge, container_pid, import, ns_of, ns_options, own_ns,
-    pod_network, remove_all_pods, Pod,
-};
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::berthd::Builder;
+use berth_tests::cri::{block_on, container_config, ns_options, pod_config, pod_network};
+use berth_tests::host::{cgroup_dir, cgroup_value, container_pid, ns_of, own_ns};
+use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
 use std::io::{Read, Write};
@@ -21,19 +20,21 @@ use std::time::{Duration, Instant};
 /// An image with an entrypoint, a cmd, its own env and a working dir.
 const ENTRY_IMAGE: &str = "berth.test/entry:1";
 
-fn berthd_with_images(entry: bool) -> Result<Berthd> {
-    let d = Berthd::configure("")?;
-    import(&d, &image::busybox(d.dir.path())?)?;
-    if entry {
+/// A berthd with busybox, and with `ENTRY_IMAGE` when `entry`.
+fn berthd_with_images(entry: bool) -> Builder {
+    let b = Berthd::builder().busybox();
+    if !entry {
+        return b;
+    }
+    b.image(|dir| {
         let cfg = serde_json::json!({
             "Entrypoint": ["/bin/echo", "ep"],
             "Cmd": ["cmd1"],
             "Env": ["PATH=/custom/bin:/bin", "IMG_VAR=img", "OVR=image"],
             "WorkingDir": "/tmp",
         });
-        import(&d, &image::busybox_with(d.dir.path(), ENTRY_IMAGE, cfg)?)?;
-    }
-    Ok(d)
+        image::busybox_with(dir, ENTRY_IMAGE, cfg)
+    })
 }
 
 fn sh(name: &str, script: &str) -> cri::ContainerConfig {
@@ -55,18 +56,13 @@ fn node_hostname() -> Result<String> {
 
 #[test]
 fn process_command_args_env_workdir_and_hostname() -> Result<()> {
-    let d = berthd_with_images(true)?;
-    let bridge = cni_bridge(&d, 0)?;
-    let d = d.start()?;
+    let d = berthd_with_images(true).cni_bridge(0).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        // Every pod is removed whatever the checks find: no process outlives a failure.
-        let r: Result<()> = async {
         let mut cfg = pod_config("proc", &logs.join("proc"));
         cfg.hostname = "feat-host".into();
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, &rs, cfg).await?;
+        let pod = Pod::run(&d, cfg).await?;
 
         // Kubernetes' rules: command replaces the entrypoint and drops the cmd; args replace the cmd.
         let entry = |name: &str, command: &[&str], args: &[&str]| {
@@ -80,20 +76,20 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
             ("command-only", &["/bin/echo", "c"], &[], "c"),
             ("both", &["/bin/echo", "c"], &["a1"], "c a1"),
         ] {
-            let e = pod.run_to_exit(&d, entry(name, command, args)).await?;
+            let e = pod.run_to_exit(entry(name, command, args)).await?;
             ensure!(
-                e.status.exit_code == 0 && e.stdout == format!("{want}\n"),
-                "{name}: command {command:?} args {args:?}: want {want:?}, got {:?} (exit {}, stderr {:?})",
-                e.stdout,
-                e.status.exit_code,
-                e.stderr
-            );
+            e.status.exit_code == 0 && e.stdout == format!("{want}\n"),
+            "{name}: command {command:?} args {args:?}: want {want:?}, got {:?} (exit {}, stderr {:?})",
+            e.stdout,
+            e.status.exit_code,
+            e.stderr
+        );
         }
 
         // Env: the image's (PATH included) under the config's; HOSTNAME is the pod's.
         let mut c = entry("env", &["/bin/sh", "-c", "env; echo cwd=$(pwd)"], &[]);
         c.envs = vec![kv("FOO", "bar baz"), kv("OVR", "config")];
-        let e = pod.run_to_exit(&d, c).await?;
+        let e = pod.run_to_exit(c).await?;
         let lines: Vec<&str> = e.stdout.lines().collect();
         for want in [
             "FOO=bar baz",
@@ -113,10 +109,10 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
         // working_dir overrides the image's WorkingDir.
         let mut c = entry("cwd", &["/bin/sh", "-c", "pwd"], &[]);
         c.working_dir = "/etc".into();
-        let e = pod.run_to_exit(&d, c).await?;
+        let e = pod.run_to_exit(c).await?;
         ensure!(e.stdout == "/etc\n", "working_dir: {:?}", e.stdout);
         // The busybox image only sets PATH: the container gets it.
-        let e = pod.run_to_exit(&d, sh("path", "echo $PATH")).await?;
+        let e = pod.run_to_exit(sh("path", "echo $PATH")).await?;
         ensure!(
             e.stdout == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
             "busybox PATH: {:?}",
@@ -125,7 +121,7 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
 
         // A CNI pod's containers see the pod's hostname.
         let e = pod
-            .run_to_exit(&d, sh("hostname", "hostname; cat /etc/hostname"))
+            .run_to_exit(sh("hostname", "hostname; cat /etc/hostname"))
             .await?;
         ensure!(
             e.stdout == "feat-host\nfeat-host\n",
@@ -135,12 +131,12 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
         pod.remove().await?;
 
         // A host-network pod's containers see the node's.
-        let host = Pod::run(&d, &rs, pod_config("hostnet", &logs.join("hostnet"))).await?;
+        let host = Pod::run(&d, pod_config("hostnet", &logs.join("hostnet"))).await?;
         let e = host
-            .run_to_exit(
-                &d,
-                sh("hostname", "hostname; cat /etc/hostname; echo $HOSTNAME"),
-            )
+            .run_to_exit(sh(
+                "hostname",
+                "hostname; cat /etc/hostname; echo $HOSTNAME",
+            ))
             .await?;
         let node = node_hostname()?;
         ensure!(
@@ -150,87 +146,67 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
         );
         host.remove().await?;
         Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 #[test]
 fn pod_dns_config_hosts_and_hostname_files() -> Result<()> {
-    let d = berthd_with_images(false)?;
-    let bridge = cni_bridge(&d, 1)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(1).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        // Every pod is removed whatever the checks find: no process outlives a failure.
-        let r: Result<()> = async {
-            let mut cfg = pod_config("dns", &logs.join("dns"));
-            cfg.hostname = "dns-pod".into();
-            cfg.dns_config = Some(cri::DnsConfig {
-                servers: vec!["10.96.0.10".into(), "10.96.0.11".into()],
-                searches: vec!["ns1.svc.cluster.local".into(), "svc.cluster.local".into()],
-                options: vec!["ndots:5".into(), "timeout:2".into()],
-            });
-            pod_network(&mut cfg);
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            let e = pod
-            .run_to_exit(
-                &d,
-                sh(
-                    "files",
-                    "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; cat /etc/hostname",
-                ),
-            )
+        let mut cfg = pod_config("dns", &logs.join("dns"));
+        cfg.hostname = "dns-pod".into();
+        cfg.dns_config = Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into(), "10.96.0.11".into()],
+            searches: vec!["ns1.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into(), "timeout:2".into()],
+        });
+        pod_network(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
+        let e = pod
+            .run_to_exit(sh(
+                "files",
+                "cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; cat /etc/hostname",
+            ))
             .await?;
-            let parts: Vec<&str> = e.stdout.split("---\n").collect();
-            ensure!(parts.len() == 3, "output: {:?}", e.stdout);
-            let resolv: Vec<&str> = parts[0].lines().map(str::trim).collect();
-            for want in [
-                "nameserver 10.96.0.10",
-                "nameserver 10.96.0.11",
-                "search ns1.svc.cluster.local svc.cluster.local",
-                "options ndots:5 timeout:2",
-            ] {
-                ensure!(
-                    resolv.contains(&want),
-                    "resolv.conf lacks {want:?}:\n{}",
-                    parts[0]
-                );
-            }
+        let parts: Vec<&str> = e.stdout.split("---\n").collect();
+        ensure!(parts.len() == 3, "output: {:?}", e.stdout);
+        let resolv: Vec<&str> = parts[0].lines().map(str::trim).collect();
+        for want in [
+            "nameserver 10.96.0.10",
+            "nameserver 10.96.0.11",
+            "search ns1.svc.cluster.local svc.cluster.local",
+            "options ndots:5 timeout:2",
+        ] {
             ensure!(
-                resolv
-                    .iter()
-                    .filter(|l| l.starts_with("nameserver"))
-                    .count()
-                    == 2,
-                "extra nameservers:\n{}",
+                resolv.contains(&want),
+                "resolv.conf lacks {want:?}:\n{}",
                 parts[0]
             );
-            ensure!(
-                parts[1].lines().any(|l| {
-                    let mut f = l.split_whitespace();
-                    f.next() == Some("127.0.0.1") && f.any(|h| h == "localhost")
-                }),
-                "/etc/hosts has no 127.0.0.1 localhost:\n{}",
-                parts[1]
-            );
-            ensure!(parts[2] == "dns-pod\n", "/etc/hostname: {:?}", parts[2]);
-            pod.remove().await?;
-            Ok(())
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        ensure!(
+            resolv
+                .iter()
+                .filter(|l| l.starts_with("nameserver"))
+                .count()
+                == 2,
+            "extra nameservers:\n{}",
+            parts[0]
+        );
+        ensure!(
+            parts[1].lines().any(|l| {
+                let mut f = l.split_whitespace();
+                f.next() == Some("127.0.0.1") && f.any(|h| h == "localhost")
+            }),
+            "/etc/hosts has no 127.0.0.1 localhost:\n{}",
+            parts[1]
+        );
+        ensure!(parts[2] == "dns-pod\n", "/etc/hostname: {:?}", parts[2]);
+        pod.remove().await?;
+        Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 /// Host-side mounts the mount test makes; unmounted (deepest first) even when it fails.
@@ -291,7 +267,7 @@ fn bind(dst: &str, src: &Path, readonly: bool, prop: cri::MountPropagation) -> c
 
 #[test]
 fn bind_mounts_rw_ro_rslave_private_and_missing_host_path() -> Result<()> {
-    let d = berthd_with_images(false)?.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     let vols = d.dir.path().join("vols");
     let dir = |n: &str| -> Result<PathBuf> {
@@ -307,8 +283,7 @@ fn bind_mounts_rw_ro_rslave_private_and_missing_host_path() -> Result<()> {
     }
     let r = block_on(async {
         use cri::MountPropagation::*;
-        let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, &rs, pod_config("mounts", &logs.join("mounts"))).await?;
+        let pod = Pod::run(&d, pod_config("mounts", &logs.join("mounts"))).await?;
         // The pod is removed whatever the checks find, so a failure leaves no cgroup behind.
         let checked = async {
 
@@ -322,7 +297,7 @@ fn bind_mounts_rw_ro_rslave_private_and_missing_host_path() -> Result<()> {
             bind("/rw", &rw, false, PropagationPrivate),
             bind("/ro", &ro, true, PropagationPrivate),
         ];
-        let e = pod.run_to_exit(&d, c).await?;
+        let e = pod.run_to_exit(c).await?;
         ensure!(
             e.stdout == "seed-content\nro-refused\n",
             "rw/ro container output: {:?} (stderr {:?})",
@@ -344,7 +319,7 @@ fn bind_mounts_rw_ro_rslave_private_and_missing_host_path() -> Result<()> {
             bind("/slave", &slave, false, PropagationHostToContainer),
             bind("/private", &private, false, PropagationPrivate),
         ];
-        let id = pod.start(&d, c).await?;
+        let id = pod.start(c).await?;
         for p in [&slave, &private] {
             let sub = p.join("sub");
             std::fs::create_dir_all(&sub)?;
@@ -437,7 +412,7 @@ fn bind_mounts_rw_ro_rslave_private_and_missing_host_path() -> Result<()> {
 
 #[test]
 fn rshared_bind_in_a_privileged_container_propagates_to_the_host() -> Result<()> {
-    let d = berthd_with_images(false)?.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     let shared = d.dir.path().join("vols/shared");
     std::fs::create_dir_all(&shared)?;
@@ -445,9 +420,6 @@ fn rshared_bind_in_a_privileged_container_propagates_to_the_host() -> Result<()>
     host.shared_bind(&shared)?;
     let r = block_on(async {
         use cri::MountPropagation::*;
-        let (rs, _) = d.client().await?;
-        // Every pod is removed whatever the checks find: no process outlives a failure.
-        let r: Result<()> = async {
         let mut cfg = pod_config("rshared", &logs.join("rshared"));
         // Mounting inside needs a privileged container, so a privileged pod.
         cfg.linux
@@ -457,16 +429,16 @@ fn rshared_bind_in_a_privileged_container_propagates_to_the_host() -> Result<()>
             .as_mut()
             .unwrap()
             .privileged = true;
-        let pod = Pod::run(&d, &rs, cfg).await?;
+        let pod = Pod::run(&d, cfg).await?;
         // The source is a shared mount: a mount made inside reaches the host.
         let mut c = container_config(
-            "shared",
-            image::BUSYBOX_IMAGE,
-            &[
-                "sh",
-                "-c",
-                "mkdir -p /shared/in && mount -t tmpfs tmpfs /shared/in && echo from-inside > /shared/in/f && echo mounted",
-            ],
+        "shared",
+        image::BUSYBOX_IMAGE,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /shared/in && mount -t tmpfs tmpfs /shared/in && echo from-inside > /shared/in/f && echo mounted",
+        ],
         );
         c.mounts = vec![bind("/shared", &shared, false, PropagationBidirectional)];
         c.linux = Some(cri::LinuxContainerConfig {
@@ -476,7 +448,7 @@ fn rshared_bind_in_a_privileged_container_propagates_to_the_host() -> Result<()>
             }),
             ..Default::default()
         });
-        let e = pod.run_to_exit(&d, c).await?;
+        let e = pod.run_to_exit(c).await?;
         ensure!(e.stdout == "mounted\n", "rshared container: {e:?}");
         host.0.push(shared.join("in"));
         let seen = std::fs::read_to_string(shared.join("in/f")).unwrap_or_default();
@@ -487,10 +459,6 @@ fn rshared_bind_in_a_privileged_container_propagates_to_the_host() -> Result<()>
 
         pod.remove().await?;
         Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
     });
     host.unmount_all();
     r??;
@@ -499,74 +467,67 @@ fn rshared_bind_in_a_privileged_container_propagates_to_the_host() -> Result<()>
 
 #[test]
 fn resources_reach_the_container_cgroup() -> Result<()> {
-    let d = berthd_with_images(false)?.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        // Every pod is removed whatever the checks find: no process outlives a failure.
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("res", &logs.join("res"))).await?;
-            let mut c = container_config("limited", image::BUSYBOX_IMAGE, &["sleep", "3457"]);
-            c.linux = Some(cri::LinuxContainerConfig {
-                resources: Some(cri::LinuxContainerResources {
-                    memory_limit_in_bytes: 64 << 20,
-                    cpu_shares: 512,
-                    cpu_quota: 50_000,
-                    cpu_period: 100_000,
-                    cpuset_cpus: "0".into(),
-                    ..Default::default()
-                }),
+        let pod = Pod::run(&d, pod_config("res", &logs.join("res"))).await?;
+        let mut c = container_config("limited", image::BUSYBOX_IMAGE, &["sleep", "3457"]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_shares: 512,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                cpuset_cpus: "0".into(),
                 ..Default::default()
-            });
-            let id = pod.start(&d, c).await?;
-            let pid = procs::poll(Duration::from_secs(5), "container pid", || {
-                container_pid(&d, &["sleep", "3457"])
-            })?;
-            let mem_dir = cgroup_dir(pid, "memory")?;
-            ensure!(
-                mem_dir.ends_with(&id),
-                "container cgroup {} is not named after the container",
-                mem_dir.display()
-            );
-            for (ctrl, file, want) in [
-                ("memory", "memory.limit_in_bytes", (64u64 << 20).to_string()),
-                ("cpu", "cpu.shares", "512".into()),
-                ("cpu", "cpu.cfs_quota_us", "50000".into()),
-                ("cpu", "cpu.cfs_period_us", "100000".into()),
-                ("cpuset", "cpuset.cpus", "0".into()),
-            ] {
-                let got = cgroup_value(pid, ctrl, file)?;
-                ensure!(got == want, "{file}: {got}, want {want}");
-            }
-            // Inside, the container reads the same limit from its own cgroup.
-            let e = pod
-                .run_to_exit(&d, {
-                    let mut c = sh("inside", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes");
-                    c.linux = Some(cri::LinuxContainerConfig {
-                        resources: Some(cri::LinuxContainerResources {
-                            memory_limit_in_bytes: 96 << 20,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    });
-                    c
-                })
-                .await?;
-            ensure!(
-                e.stdout == format!("{}\n", 96u64 << 20),
-                "memory limit seen inside: {e:?}"
-            );
-            pod.remove().await?;
-            ensure!(
-                !mem_dir.exists(),
-                "container cgroup {} left after the pod was removed",
-                mem_dir.display()
-            );
-            Ok(())
+            }),
+            ..Default::default()
+        });
+        let id = pod.start(c).await?;
+        let pid = procs::poll(Duration::from_secs(5), "container pid", || {
+            container_pid(&d, &["sleep", "3457"])
+        })?;
+        let mem_dir = cgroup_dir(pid, "memory")?;
+        ensure!(
+            mem_dir.ends_with(&id),
+            "container cgroup {} is not named after the container",
+            mem_dir.display()
+        );
+        for (ctrl, file, want) in [
+            ("memory", "memory.limit_in_bytes", (64u64 << 20).to_string()),
+            ("cpu", "cpu.shares", "512".into()),
+            ("cpu", "cpu.cfs_quota_us", "50000".into()),
+            ("cpu", "cpu.cfs_period_us", "100000".into()),
+            ("cpuset", "cpuset.cpus", "0".into()),
+        ] {
+            let got = cgroup_value(pid, ctrl, file)?;
+            ensure!(got == want, "{file}: {got}, want {want}");
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        // Inside, the container reads the same limit from its own cgroup.
+        let e = pod
+            .run_to_exit({
+                let mut c = sh("inside", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes");
+                c.linux = Some(cri::LinuxContainerConfig {
+                    resources: Some(cri::LinuxContainerResources {
+                        memory_limit_in_bytes: 96 << 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                c
+            })
+            .await?;
+        ensure!(
+            e.stdout == format!("{}\n", 96u64 << 20),
+            "memory limit seen inside: {e:?}"
+        );
+        pod.remove().await?;
+        ensure!(
+            !mem_dir.exists(),
+            "container cgroup {} left after the pod was removed",
+            mem_dir.display()
+        );
+        Ok(())
     })??;
     d.finish()
 }
@@ -585,14 +546,13 @@ impl Drop for CgroupParent {
 
 #[test]
 fn containers_live_under_the_pods_cgroup_parent() -> Result<()> {
-    let d = berthd_with_images(false)?.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     let parent = CgroupParent(format!("/berthfeat{}", std::process::id()));
     block_on(async {
-        let (rs, _) = d.client().await?;
         let mut cfg = pod_config("cgparent", &logs.join("cgparent"));
         cfg.linux.as_mut().unwrap().cgroup_parent = parent.0.clone();
-        let pod = Pod::run(&d, &rs, cfg).await?;
+        let pod = Pod::run(&d, cfg).await?;
         let checked = async {
             let infra = pod.infra_pid().await?;
             let infra_dir = cgroup_dir(infra, "memory")?;
@@ -603,9 +563,7 @@ fn containers_live_under_the_pods_cgroup_parent() -> Result<()> {
                 infra_dir.display(),
                 want.display()
             );
-            pod.start(
-                &d,
-                container_config("child", image::BUSYBOX_IMAGE, &["sleep", "3458"]),
+            pod.start(container_config("child", image::BUSYBOX_IMAGE, &["sleep", "3458"]),
             )
             .await?;
             let pid = procs::poll(Duration::from_secs(5), "container pid", || {
@@ -632,43 +590,32 @@ fn containers_live_under_the_pods_cgroup_parent() -> Result<()> {
 
 #[test]
 fn pod_sysctls_apply_inside_containers() -> Result<()> {
-    let d = berthd_with_images(false)?;
-    let bridge = cni_bridge(&d, 2)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(2).start()?;
     let logs = d.dir.path().join("logs");
     let host_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")?;
     block_on(async {
-        let (rs, _) = d.client().await?;
-        // Every pod is removed whatever the checks find: no process outlives a failure.
-        let r: Result<()> = async {
-            let mut cfg = pod_config("sysctl", &logs.join("sysctl"));
-            cfg.hostname = "sysctl".into();
-            pod_network(&mut cfg);
-            cfg.linux.as_mut().unwrap().sysctls = [(
-                "net.ipv4.ip_unprivileged_port_start".to_string(),
-                "0".to_string(),
-            )]
-            .into();
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            let e = pod
-                .run_to_exit(
-                    &d,
-                    sh("read", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start"),
-                )
-                .await?;
-            ensure!(e.stdout == "0\n", "sysctl inside: {e:?}");
-            pod.remove().await?;
-            Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let mut cfg = pod_config("sysctl", &logs.join("sysctl"));
+        cfg.hostname = "sysctl".into();
+        pod_network(&mut cfg);
+        cfg.linux.as_mut().unwrap().sysctls = [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        )]
+        .into();
+        let pod = Pod::run(&d, cfg).await?;
+        let e = pod
+            .run_to_exit(sh(
+                "read",
+                "cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            ))
+            .await?;
+        ensure!(e.stdout == "0\n", "sysctl inside: {e:?}");
+        pod.remove().await?;
+        Ok(())
     })??;
     let after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")?;
     ensure!(after == host_value, "the host's sysctl changed: {after}");
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 const NS_SCRIPT: &str =
@@ -697,85 +644,74 @@ fn parse_ns(out: &str) -> (std::collections::HashMap<String, String>, String, St
 
 #[test]
 fn containers_share_the_pods_namespaces() -> Result<()> {
-    let d = berthd_with_images(false)?;
-    let bridge = cni_bridge(&d, 3)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(3).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        // Every pod is removed whatever the checks find: no process outlives a failure.
-        let r: Result<()> = async {
-            let mut cfg = pod_config("ns", &logs.join("ns"));
-            cfg.hostname = "ns-pod".into();
-            pod_network(&mut cfg);
-            ns_options(&mut cfg).pid = cri::NamespaceMode::Pod as i32;
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            let infra = pod.infra_pid().await?;
+        let mut cfg = pod_config("ns", &logs.join("ns"));
+        cfg.hostname = "ns-pod".into();
+        pod_network(&mut cfg);
+        ns_options(&mut cfg).pid = cri::NamespaceMode::Pod as i32;
+        let pod = Pod::run(&d, cfg).await?;
+        let infra = pod.infra_pid().await?;
 
-            let with_pid_mode = |name: &str, mode: cri::NamespaceMode| {
-                let mut c = sh(name, NS_SCRIPT);
-                c.linux = Some(cri::LinuxContainerConfig {
-                    security_context: Some(cri::LinuxContainerSecurityContext {
-                        namespace_options: Some(cri::NamespaceOption {
-                            network: cri::NamespaceMode::Pod as i32,
-                            ipc: cri::NamespaceMode::Pod as i32,
-                            pid: mode as i32,
-                            ..Default::default()
-                        }),
+        let with_pid_mode = |name: &str, mode: cri::NamespaceMode| {
+            let mut c = sh(name, NS_SCRIPT);
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        pid: mode as i32,
                         ..Default::default()
                     }),
                     ..Default::default()
-                });
-                c
-            };
-            let a = pod
-                .run_to_exit(&d, with_pid_mode("pod-pid", cri::NamespaceMode::Pod))
-                .await?;
-            let b = pod
-                .run_to_exit(&d, with_pid_mode("own-pid", cri::NamespaceMode::Container))
-                .await?;
-            let (a_ns, a_me, a_ps) = parse_ns(&a.stdout);
-            let (b_ns, b_me, b_ps) = parse_ns(&b.stdout);
-            for n in ["net", "ipc", "uts"] {
-                let want = ns_of(infra, n)?;
-                ensure!(
-                    a_ns.get(n) == Some(&want) && b_ns.get(n) == Some(&want),
-                    "{n} ns: infra {want}, containers {:?} / {:?}",
-                    a_ns.get(n),
-                    b_ns.get(n)
-                );
-                ensure!(
-                    want != own_ns(n)?,
-                    "the CNI pod's {n} namespace is the host's"
-                );
-            }
-            // PID namespace POD: the pause process is visible (it is pid 1); CONTAINER: it is not.
+                }),
+                ..Default::default()
+            });
+            c
+        };
+        let a = pod
+            .run_to_exit(with_pid_mode("pod-pid", cri::NamespaceMode::Pod))
+            .await?;
+        let b = pod
+            .run_to_exit(with_pid_mode("own-pid", cri::NamespaceMode::Container))
+            .await?;
+        let (a_ns, a_me, a_ps) = parse_ns(&a.stdout);
+        let (b_ns, b_me, b_ps) = parse_ns(&b.stdout);
+        for n in ["net", "ipc", "uts"] {
+            let want = ns_of(infra, n)?;
             ensure!(
-                a_ns.get("pid") == Some(&ns_of(infra, "pid")?),
-                "POD pid ns: {a_ns:?}"
+                a_ns.get(n) == Some(&want) && b_ns.get(n) == Some(&want),
+                "{n} ns: infra {want}, containers {:?} / {:?}",
+                a_ns.get(n),
+                b_ns.get(n)
             );
             ensure!(
-                a_ps.contains("/pause") && a_me != "1",
-                "POD pid mode: pid {a_me}, ps:\n{a_ps}"
+                want != own_ns(n)?,
+                "the CNI pod's {n} namespace is the host's"
             );
-            ensure!(
-                b_ns.get("pid") != Some(&ns_of(infra, "pid")?),
-                "CONTAINER pid ns is the pod's: {b_ns:?}"
-            );
-            ensure!(
-                !b_ps.contains("/pause") && b_me == "1",
-                "CONTAINER pid mode: pid {b_me}, ps:\n{b_ps}"
-            );
-            pod.remove().await?;
-            Ok(())
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        // PID namespace POD: the pause process is visible (it is pid 1); CONTAINER: it is not.
+        ensure!(
+            a_ns.get("pid") == Some(&ns_of(infra, "pid")?),
+            "POD pid ns: {a_ns:?}"
+        );
+        ensure!(
+            a_ps.contains("/pause") && a_me != "1",
+            "POD pid mode: pid {a_me}, ps:\n{a_ps}"
+        );
+        ensure!(
+            b_ns.get("pid") != Some(&ns_of(infra, "pid")?),
+            "CONTAINER pid ns is the pod's: {b_ns:?}"
+        );
+        ensure!(
+            !b_ps.contains("/pause") && b_me == "1",
+            "CONTAINER pid mode: pid {b_me}, ps:\n{b_ps}"
+        );
+        pod.remove().await?;
+        Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 /// GET `path` from `addr` with bounded timeouts; returns the whole response.
@@ -810,13 +746,10 @@ fn http_get_eventually(addr: SocketAddr, path: &str, within: Duration) -> Result
 
 #[test]
 fn http_server_reachable_on_pod_ip_and_port_mapping() -> Result<()> {
-    let d = berthd_with_images(false)?;
-    let bridge = cni_bridge(&d, 4)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(4).start()?;
     let logs = d.dir.path().join("logs");
     let host_port = 38000 + (std::process::id() % 900) as i32;
     block_on(async {
-        let (rs, _) = d.client().await?;
         let mut cfg = pod_config("web", &logs.join("web"));
         cfg.hostname = "web".into();
         pod_network(&mut cfg);
@@ -826,21 +759,18 @@ fn http_server_reachable_on_pod_ip_and_port_mapping() -> Result<()> {
             host_port,
             host_ip: String::new(),
         }];
-        let pod = Pod::run(&d, &rs, cfg).await?;
+        let pod = Pod::run(&d, cfg).await?;
         let ip = pod.ip().await?;
         let checked = async {
             ensure!(
-                ip.starts_with(&format!("{}.", bridge.prefix)),
+                ip.starts_with(&format!("{}.", d.bridge().prefix)),
                 "pod IP {ip:?}"
             );
-            pod.start(
-                &d,
-                sh(
-                    "httpd",
-                    "mkdir -p /tmp/www && echo hello-from-berth > /tmp/www/index.html && \
+            pod.start(sh(
+                "httpd",
+                "mkdir -p /tmp/www && echo hello-from-berth > /tmp/www/index.html && \
                      exec busybox httpd -f -p 8080 -h /tmp/www",
-                ),
-            )
+            ))
             .await?;
             let direct: SocketAddr = format!("{ip}:8080").parse()?;
             let r = tokio::task::spawn_blocking(move || {
@@ -853,7 +783,7 @@ fn http_server_reachable_on_pod_ip_and_port_mapping() -> Result<()> {
                     && r.ends_with("hello-from-berth\n"),
                 "GET on the pod IP:\n{r}"
             );
-            let mapped: SocketAddr = format!("{}:{host_port}", bridge.gateway()).parse()?;
+            let mapped: SocketAddr = format!("{}:{host_port}", d.bridge().gateway()).parse()?;
             let r = tokio::task::spawn_blocking(move || {
                 http_get_eventually(mapped, "/index.html", Duration::from_secs(10))
             })
@@ -870,13 +800,11 @@ fn http_server_reachable_on_pod_ip_and_port_mapping() -> Result<()> {
         checked
     })??;
     // The mapping is gone with the pod.
-    let mapped: SocketAddr = format!("{}:{host_port}", bridge.gateway()).parse()?;
+    let mapped: SocketAddr = format!("{}:{host_port}", d.bridge().gateway()).parse()?;
     let after = http_get(mapped, "/");
     ensure!(
         matches!(&after, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
         "port {host_port} after the pod was removed: {after:?} (want connection refused: no DNAT left)"
     );
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }

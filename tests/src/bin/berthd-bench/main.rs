@@ -40,7 +40,7 @@ mod stream;
 use anyhow::{bail, ensure, Context, Result};
 use berth_tests::cri::{connect, container_config, pod_config};
 use berth_tests::image::BUSYBOX_IMAGE;
-use berth_tests::{berthd_feat, cmd, procs};
+use berth_tests::{cmd, procs};
 use daemon::Daemon;
 use k8s_cri::v1 as cri;
 use ready::{rss_kb, Ready};
