@@ -1,5 +1,5 @@
-//! The `containerd.runc.v1.Options` fields whose effect shows only outside the shim (contract
-//! §3.2 item 9, §6.3, §7.1, §7.3), checked black-box on a shim started without containerd:
+//! The `containerd.runc.v1.Options` fields whose effect shows only outside the shim (stdio
+//! ownership, the daemon's cgroup and OOM score, runc's argv), checked black-box on a shim started without containerd:
 //! `io_uid`/`io_gid` own the container's stdio pipes; `shim_cgroup` on `start`'s stdin places
 //! the daemon; the daemon's `oom_score_adj` is the start process's parent's + 1, clamped;
 //! `no_pivot_root`, `no_new_keyring`, `root` and `systemd_cgroup` reach runc's argv (seen through
@@ -653,7 +653,7 @@ exec '{runc}' "$@"
     }
 }
 
-/// runc's global flags in go-runc's order (contract §7.1).
+/// runc's global flags, in the order go-runc (and so the Go shim) passes them.
 fn globals(root: &Path, bundle: &Path, systemd: bool) -> Vec<String> {
     let mut g = vec![
         "--root".to_string(),
