@@ -16,6 +16,7 @@ pub mod cri;
 pub mod cri_log;
 pub mod ctr;
 pub mod direct;
+pub mod direct_steps;
 pub mod events;
 pub mod host;
 pub mod image;
