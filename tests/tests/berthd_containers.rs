@@ -6,6 +6,7 @@
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
 use std::time::Duration;
@@ -45,14 +46,7 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
         );
 
         let pod_cfg = pod_config("app", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let creator = rs.clone();
         let create = |cfg: cri::ContainerConfig| {
             let (mut rs, pod, pod_cfg) = (creator.clone(), pod.clone(), pod_cfg.clone());
@@ -281,14 +275,7 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
     let (pod, survivor, victim) = block_on(async {
         let (mut rs, _) = d.client().await?;
         let pod_cfg = pod_config("restart", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let mut ids = vec![];
         for (name, secs) in [("survivor", "601"), ("victim", "602")] {
             let id = rs
@@ -396,14 +383,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
     block_on(async {
         let (mut rs, _) = d.client().await?;
         let pod_cfg = pod_config("ops", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
         let id = rs
             .create_container(cri::CreateContainerRequest {
@@ -551,14 +531,7 @@ fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
     block_on(async {
         let (mut rs, _) = d.client().await?;
         let pod_cfg = pod_config("oom", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let mut cfg = container_config(
             "hog",
             image::BUSYBOX_IMAGE,

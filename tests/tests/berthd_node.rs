@@ -200,3 +200,19 @@ fn the_configured_oci_runtime_runs_pods_and_containers() -> Result<()> {
     })??;
     d.finish()
 }
+
+/// The fixture's guard can fail a test: with berthd killed, nothing removes the pod, and
+/// `finish` reports its shim (then kills it, so nothing outlives this test).
+#[test]
+fn the_fixture_reports_a_shim_berthd_left_behind() -> Result<()> {
+    use berth_tests::cri::block_on;
+    use berth_tests::pod::Pod;
+    let mut d = Berthd::builder().start()?;
+    block_on(async { Pod::run(&d, d.pod_config("left")).await.map(|_| ()) })??;
+    d.kill9()?;
+    let Err(e) = d.finish() else {
+        anyhow::bail!("finish passed with a pod's shim still running");
+    };
+    ensure!(format!("{e:#}").contains("shim pid"), "{e:#}");
+    Ok(())
+}
