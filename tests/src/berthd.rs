@@ -1,15 +1,25 @@
-//! A private berthd per test: its own config, root, state, CRI socket and CNI conf dir,
-//! a CRI client, and a teardown that fails on a leaked shim, mount or socket.
+//! The berthd fixture: a builder that starts a private berthd (its own config, root,
+//! state, CRI socket and CNI conf dir, images imported, optionally a CNI bridge), and the
+//! `Berthd` guard, whose `finish` (or, failing that, `Drop`) removes every pod, stops
+//! berthd and fails on a leaked shim, mount, netns pin, runc state or socket.
+//!
+//! ```ignore
+//! let d = Berthd::builder().busybox().cni_bridge(0).start()?;
+//! block_on(async { let pod = Pod::run(&d, d.pod_config("web")).await?; ... })??;
+//! d.finish()
+//! ```
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use k8s_cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tempfile::TempDir;
-use tonic::transport::Channel;
 
-use crate::cri::{ImageServiceClient, RuntimeServiceClient};
-use crate::{cmd, leaks, procs};
+use crate::cni::{self, Bridge};
+use crate::cri::{pod_config, Is, Rs};
+use crate::image::{self, ImageTar};
+use crate::{cmd, leaks, pod, procs};
 
 /// The berthd binary under test: `$BERTHD`, else `<target>/<profile>/berthd`.
 pub fn binary() -> Result<PathBuf> {
@@ -31,17 +41,82 @@ pub fn binary() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// A running berthd with private directories.
+/// What a berthd gets before it starts: config lines, images, a CNI bridge.
+#[derive(Default)]
+#[must_use]
+pub struct Builder {
+    config: String,
+    busybox: bool,
+    #[allow(clippy::type_complexity)]
+    images: Vec<Box<dyn FnOnce(&Path) -> Result<ImageTar>>>,
+    bridge: Option<u32>,
+}
+
+impl Builder {
+    /// Appends TOML to berthd's config.
+    pub fn config(mut self, toml: &str) -> Builder {
+        self.config.push_str(toml);
+        self
+    }
+
+    /// Imports the busybox test image (`image::BUSYBOX_IMAGE`).
+    pub fn busybox(mut self) -> Builder {
+        self.busybox = true;
+        self
+    }
+
+    /// Imports the image `build` writes into the berthd's temp dir.
+    pub fn image(mut self, build: impl FnOnce(&Path) -> Result<ImageTar> + 'static) -> Builder {
+        self.images.push(Box::new(build));
+        self
+    }
+
+    /// Gives berthd a CNI bridge network of its own (see `cni::bridge`; `slot` 0..=9
+    /// keeps the tests of one process apart); the guard deletes it.
+    pub fn cni_bridge(mut self, slot: u32) -> Builder {
+        self.bridge = Some(slot);
+        self
+    }
+
+    /// Writes the config and imports the images, without starting berthd.
+    pub fn configure(self) -> Result<Berthd> {
+        let mut d = Berthd::configure(&self.config)?;
+        if self.busybox {
+            d.import(&image::busybox(d.dir.path())?)?;
+        }
+        for build in self.images {
+            let tar = build(d.dir.path())?;
+            d.import(&tar)?;
+        }
+        if let Some(slot) = self.bridge {
+            d.bridge = Some(cni::bridge(&d.cni_dir, &d.dir.path().join("ipam"), slot)?);
+        }
+        Ok(d)
+    }
+
+    /// `configure`, then starts berthd and waits until it answers.
+    pub fn start(self) -> Result<Berthd> {
+        self.configure()?.start()
+    }
+}
+
+/// A berthd with private directories; the guard of a test's berthd.
 pub struct Berthd {
     pub dir: TempDir,
     pub socket: PathBuf,
     pub config: PathBuf,
     pub cni_dir: PathBuf,
     child: Option<Child>,
+    bridge: Option<Bridge>,
     finished: bool,
 }
 
 impl Berthd {
+    /// The fixture builder.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// Writes a config under a fresh temp dir; `extra` is appended to it (TOML).
     pub fn configure(extra: &str) -> Result<Berthd> {
         let dir = tempfile::Builder::new()
@@ -73,8 +148,39 @@ impl Berthd {
             config,
             cni_dir,
             child: None,
+            bridge: None,
             finished: false,
         })
+    }
+
+    /// `berthd image import` of `tar` (berthd must not be running).
+    pub fn import(&self, tar: &ImageTar) -> Result<()> {
+        let out = Command::new(binary()?)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["image", "import"])
+            .arg(&tar.path)
+            .output()?;
+        ensure!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains(tar.name),
+            "import {}: {}{}",
+            tar.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// The CNI bridge the builder made (`Builder::cni_bridge`).
+    pub fn bridge(&self) -> &Bridge {
+        self.bridge
+            .as_ref()
+            .expect("no CNI bridge: build the berthd with .cni_bridge(slot)")
+    }
+
+    /// A host-network pod config named `name`, logging under `<dir>/logs/<name>`.
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        pod_config(name, &self.dir.path().join("logs").join(name))
     }
 
     /// Starts berthd and waits for its socket.
@@ -125,13 +231,16 @@ impl Berthd {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    /// berthd's log file (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("berthd.log")
     }
 
-    pub async fn client(
-        &self,
-    ) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>)> {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub async fn client(&self) -> Result<(Rs, Is)> {
         crate::cri::connect(&self.socket.display().to_string()).await
     }
 
@@ -167,10 +276,33 @@ impl Berthd {
         self.spawn()
     }
 
-    /// Stops berthd and fails on anything it left behind.
+    /// Removes every pod, stops berthd and fails on anything it left behind.
     pub fn finish(mut self) -> Result<()> {
         self.finished = true;
-        self.stop()?;
+        self.teardown()
+    }
+
+    /// Stops and removes every pod through CRI (while berthd runs; bounded).
+    pub fn remove_all_pods(&self) -> Result<()> {
+        let socket = self.socket.display().to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let (rs, _) = crate::cri::connect(&socket).await?;
+                tokio::time::timeout(Duration::from_secs(120), pod::remove_all(&rs))
+                    .await
+                    .context("removing every pod took over 120 s")?
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread removing the pods panicked"))?
+    }
+
+    /// What berthd left behind: its socket, shims, mounts (rootfs, netns pins, ...),
+    /// netns pin files and runc state.
+    pub fn leaks(&self) -> Vec<String> {
         let mut leaks = Vec::new();
         if self.socket.exists() {
             leaks.push(format!("socket {} still exists", self.socket.display()));
@@ -181,12 +313,31 @@ impl Berthd {
         for m in leaks::mounts_under(self.dir.path()) {
             leaks.push(format!("mount {} left", m.display()));
         }
+        for pin in leaks::leftover_entries(&self.dir.path().join("state/netns")) {
+            leaks.push(format!("netns pin {} left", pin.display()));
+        }
         for id in leaks::runc_states_under(self.dir.path()) {
             leaks.push(format!("runc state {id} left"));
         }
+        leaks
+    }
+
+    /// Removes the pods, stops berthd, collects the leaks, then force-cleans whatever is
+    /// left (so nothing outlives the test either way).
+    fn teardown(&mut self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.child.is_some() {
+            if let Err(e) = self.remove_all_pods() {
+                problems.push(format!("removing every pod: {e:#}"));
+            }
+        }
+        if let Err(e) = self.stop() {
+            problems.push(format!("stopping berthd: {e:#}"));
+        }
+        problems.extend(self.leaks());
         self.force_cleanup();
-        if !leaks.is_empty() {
-            bail!("berthd left: {leaks:#?}\nlog:\n{}", self.log());
+        if !problems.is_empty() {
+            bail!("berthd left: {problems:#?}\nlog:\n{}", self.log());
         }
         Ok(())
     }
@@ -202,7 +353,7 @@ impl Berthd {
             .iter()
             .map(|p| p.pid)
             .collect();
-        for pid in descendants(&shims) {
+        for pid in procs::descendants(&shims) {
             let _ = procs::signal(pid, libc::SIGKILL);
         }
         for pid in shims {
@@ -221,35 +372,6 @@ impl Berthd {
     }
 }
 
-fn ppid_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Every process below `roots` in the process tree.
-fn descendants(roots: &[i32]) -> Vec<i32> {
-    let all: Vec<(i32, i32)> = procs::all()
-        .iter()
-        .filter_map(|p| Some((p.pid, ppid_of(p.pid)?)))
-        .collect();
-    let mut out: Vec<i32> = Vec::new();
-    let mut frontier: Vec<i32> = roots.to_vec();
-    while let Some(parent) = frontier.pop() {
-        for (pid, _) in all.iter().filter(|(_, pp)| *pp == parent) {
-            if !out.contains(pid) {
-                out.push(*pid);
-                frontier.push(*pid);
-            }
-        }
-    }
-    out
-}
-
 fn nix_umount(p: &Path) -> std::io::Result<()> {
     let c =
         std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
@@ -261,10 +383,20 @@ fn nix_umount(p: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A berthd dropped without `finish` (a test that failed or returned early) is torn down
+/// the same way, and a leak fails the test: a panic, unless it is already panicking.
 impl Drop for Berthd {
     fn drop(&mut self) {
-        if !self.finished {
-            self.force_cleanup();
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Err(e) = self.teardown() {
+            if std::thread::panicking() {
+                eprintln!("{e:#}");
+            } else {
+                panic!("{e:#}");
+            }
         }
     }
 }

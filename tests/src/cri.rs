@@ -1,4 +1,5 @@
-//! A CRI v1 client (k8s-cri over tonic) on containerd's socket, plus pod/container config builders.
+//! The one CRI v1 client (k8s-cri over tonic on a unix socket: containerd's or berthd's),
+//! plus pod/container config builders.
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
@@ -11,13 +12,16 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub use k8s_cri::v1::image_service_client::ImageServiceClient;
 pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 
+/// The runtime service client the suites pass around.
+pub type Rs = RuntimeServiceClient<Channel>;
+/// The image service client.
+pub type Is = ImageServiceClient<Channel>;
+
 /// Bound for one CRI call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Connects both CRI services to the containerd socket at `address`.
-pub async fn connect(
-    address: &str,
-) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>)> {
+pub async fn connect(address: &str) -> Result<(Rs, Is)> {
     let path = address.to_string();
     let channel = Endpoint::try_from("http://[::]:50051")?
         .timeout(CALL_TIMEOUT)
@@ -60,6 +64,31 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
         }),
         ..Default::default()
     }
+}
+
+/// Makes `cfg` a pod-network (CNI) pod.
+pub fn pod_network(cfg: &mut cri::PodSandboxConfig) {
+    ns_options(cfg).network = cri::NamespaceMode::Pod as i32;
+}
+
+/// Makes `cfg` a privileged pod.
+pub fn privileged(mut cfg: cri::PodSandboxConfig) -> cri::PodSandboxConfig {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    cfg
+}
+
+/// The pod's namespace options, created when absent.
+pub fn ns_options(cfg: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
 }
 
 /// A container running `command` from `image`, logging to `<pod log dir>/<name>.log`.

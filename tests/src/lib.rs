@@ -1,21 +1,27 @@
-//! Shared harness for Berth black-box tests: private containerd instances driving the shim under test.
+//! Shared harness for Berth black-box tests: private containerd instances driving the shim
+//! under test, and the berthd fixture (`berthd::Berthd::builder`, `pod::Pod`, one CRI
+//! client in `cri`, one CRI log decoder in `cri_log`).
 //!
 //! Set `BERTH_TEST_REFERENCE=1` to run the same tests against Debian's Go `containerd-shim-runc-v2`
 //! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
 
 pub mod berthd;
-pub mod berthd_cri;
-pub mod berthd_feat;
+pub mod caps;
 pub mod cleanup;
 pub mod cmd;
+pub mod cni;
 pub mod config;
 pub mod containerd;
 pub mod cri;
+pub mod cri_log;
 pub mod ctr;
 pub mod direct;
+pub mod direct_steps;
 pub mod events;
+pub mod host;
 pub mod image;
 pub mod leaks;
+pub mod pod;
 pub mod procs;
 pub mod registry;
 pub mod shim;

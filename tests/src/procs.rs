@@ -74,6 +74,36 @@ pub fn signal(pid: i32, sig: i32) -> Result<()> {
     Ok(())
 }
 
+/// The parent pid of `pid`, from /proc/<pid>/stat (`None` once it is gone).
+pub fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every process below `roots` in the process tree.
+pub fn descendants(roots: &[i32]) -> Vec<i32> {
+    let all: Vec<(i32, i32)> = all()
+        .iter()
+        .filter_map(|p| Some((p.pid, ppid_of(p.pid)?)))
+        .collect();
+    let mut out: Vec<i32> = Vec::new();
+    let mut frontier: Vec<i32> = roots.to_vec();
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in all.iter().filter(|(_, pp)| *pp == parent) {
+            if !out.contains(pid) {
+                out.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

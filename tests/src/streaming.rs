@@ -1,27 +1,13 @@
-//! Helpers the berthd streaming suites (`berthd_exec`, `berthd_portforward`) share: a berthd
-//! with busybox imported, a pod's PortForward URL, sha256 for reports, and berthd's open fds
-//! for judging leaks.
+//! What the streaming suites (exec, attach, port-forward) share: a pod's PortForward URL,
+//! sha256 for reports, polling, and berthd's open fds for judging leaks.
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 use crate::berthd::Berthd;
-use crate::berthd_feat::import;
-use crate::cri::RuntimeServiceClient;
-use crate::image;
+pub use crate::cri::Rs;
 use k8s_cri::v1 as cri;
-
-/// The CRI runtime service client the suites use.
-pub type Rs = RuntimeServiceClient<Channel>;
-
-/// A configured (not yet started) berthd with busybox imported.
-pub fn berthd() -> Result<Berthd> {
-    let d = Berthd::configure("")?;
-    import(&d, &image::busybox(d.dir.path())?)?;
-    Ok(d)
-}
 
 /// PortForward's URL for the pod `pod_id`.
 pub async fn port_forward_url(rs: &Rs, pod_id: &str) -> Result<String> {

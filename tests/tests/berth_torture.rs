@@ -8,16 +8,14 @@
 
 use anyhow::{ensure, Result};
 use berth_tests::berthd::{binary, Berthd};
-use berth_tests::berthd_feat::{cni_bridge, import};
 use berth_tests::image::{self, ImageDef, LayerCompression, LayerTar};
 use berth_tests::registry::Registry;
 use serde_json::json;
 
 #[test]
 fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Result<()> {
-    let d = Berthd::configure("")?;
-    let bridge = cni_bridge(&d, 9)?;
-    import(&d, &image::busybox(d.dir.path())?)?;
+    // Configured only: the torture binary starts (and kills) berthd itself.
+    let d = Berthd::builder().cni_bridge(9).busybox().configure()?;
     let work = d.dir.path().join("torture");
     std::fs::create_dir_all(&work)?;
     // BERTH_TORTURE_ITERATIONS: more (or fewer) random kills than CI's 20.
@@ -89,7 +87,5 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
             .join("\n")
     );
     ensure!(stdout.contains("| (none) | 0 |"), "{stdout}");
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }

@@ -6,20 +6,15 @@
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
 use std::time::Duration;
 use tonic::Code;
 
-fn import(d: &Berthd) -> Result<()> {
-    berth_tests::berthd_cri::import_busybox(d)
-}
-
 #[test]
 fn containers_run_exit_log_and_are_removed() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, mut is) = d.client().await?;
@@ -51,14 +46,7 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
         );
 
         let pod_cfg = pod_config("app", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let creator = rs.clone();
         let create = |cfg: cri::ContainerConfig| {
             let (mut rs, pod, pod_cfg) = (creator.clone(), pod.clone(), pod_cfg.clone());
@@ -282,21 +270,12 @@ fn container_pid(d: &Berthd, name: &str) -> Option<i32> {
 
 #[test]
 fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let mut d = d.start()?;
+    let mut d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     let (pod, survivor, victim) = block_on(async {
         let (mut rs, _) = d.client().await?;
         let pod_cfg = pod_config("restart", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let mut ids = vec![];
         for (name, secs) in [("survivor", "601"), ("victim", "602")] {
             let id = rs
@@ -399,21 +378,12 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
 
 #[test]
 fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;
         let pod_cfg = pod_config("ops", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
         let id = rs
             .create_container(cri::CreateContainerRequest {
@@ -556,21 +526,12 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
 
 #[test]
 fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;
         let pod_cfg = pod_config("oom", &logs);
-        let pod = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
         let mut cfg = container_config(
             "hog",
             image::BUSYBOX_IMAGE,

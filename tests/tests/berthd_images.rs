@@ -6,9 +6,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{import, remove_all_pods, Pod};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image::{self, busybox_layout, ImageDef, LayerCompression, LayerTar};
+use berth_tests::pod::Pod;
 use berth_tests::registry::{
     basic_auth, content_files, fs_info, list, pull_err, pull_ok, remove, status, DeadPort, Registry,
 };
@@ -34,7 +34,7 @@ fn pull_by_tag_and_by_digest_records_the_tag_the_repo_digest_and_the_config_id()
         "skopeo pushed {pushed}, built {}",
         img.digest
     );
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let tag = reg.image("library/busybox:1");
@@ -118,7 +118,7 @@ fn credentials_open_a_private_registry_and_missing_or_wrong_ones_are_unauthentic
     let reg = Registry::with_auth("berth", "s3cret-pw")?;
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "private/busybox:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let name = reg.image("private/busybox:1");
@@ -196,7 +196,7 @@ fn a_mirror_serves_its_registry_with_the_repository_path_kept() -> Result<()> {
     ))?
     .start()?;
     block_on(async {
-        let (rs, is) = d.client().await?;
+        let (_, is) = d.client().await?;
         let name = "mirror.berth.test/team/tools/busybox:1";
         let id = pull_ok(&d, &is, name, None).await?;
         ensure!(id == img.host().config);
@@ -223,17 +223,12 @@ fn a_mirror_serves_its_registry_with_the_repository_path_kept() -> Result<()> {
 
         // A container runs from the mirrored image under its registry name.
         let logs = d.dir.path().join("logs");
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("mirror", &logs)).await?;
-            let out = pod
-                .run_to_exit(&d, container_config("c", name, &["echo", "mirrored"]))
-                .await?;
-            ensure!(out.stdout == "mirrored\n", "{out:?}");
-            pod.remove().await
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let pod = Pod::run(&d, pod_config("mirror", &logs)).await?;
+        let out = pod
+            .run_to_exit(container_config("c", name, &["echo", "mirrored"]))
+            .await?;
+        ensure!(out.stdout == "mirrored\n", "{out:?}");
+        pod.remove().await
     })??;
     d.finish()
 }
@@ -255,7 +250,7 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once_and_yield_one_image() -> R
         LayerCompression::GzipStored,
     )?;
     reg.push(&img.path, "conc/image:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let name = reg.image("conc/image:1");
@@ -289,7 +284,7 @@ fn a_removed_image_is_gone_and_can_be_pulled_again() -> Result<()> {
     let reg = Registry::start()?;
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "again/busybox:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let root = d.dir.path().join("root");
     block_on(async {
         let (_, is) = d.client().await?;
@@ -347,55 +342,50 @@ fn an_image_a_container_uses_is_untagged_and_its_layers_stay_until_the_container
     let reg = Registry::start()?;
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "inuse/busybox:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (rs, is) = d.client().await?;
         let name = reg.image("inuse/busybox:1");
         pull_ok(&d, &is, &name, None).await?;
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("inuse", &logs)).await?;
-            let cid = pod
-                .start(&d, container_config("c", &name, &["sleep", "1000"]))
-                .await?;
-            let layers = snapshot_dirs(&d);
-            ensure!(layers.len() == 1, "snapshots before: {layers:?}");
-            // As containerd: the image goes (by name here), the container keeps running.
-            remove(&is, &name).await?;
-            ensure!(status(&is, &name).await?.is_none() && list(&is).await?.is_empty());
-            ensure!(
-                content_files(d.dir.path(), "blobs/sha256").is_empty(),
-                "the removed image's content stayed"
-            );
-            ensure!(
-                snapshot_dirs(&d) == layers,
-                "the container's layers were freed under it"
-            );
-            // The container is unaffected and can still exec from its rootfs.
-            let out = rs
-                .clone()
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: cid.clone(),
-                    cmd: vec!["cat".into(), "/etc/passwd".into()],
-                    timeout: 10,
-                })
-                .await?
-                .into_inner();
-            ensure!(out.exit_code == 0 && String::from_utf8_lossy(&out.stdout).contains("root:"));
-            // Once the container is removed its layers go too.
-            pod.remove().await?;
-            let left = snapshot_dirs(&d);
-            ensure!(
-                left.is_empty(),
-                "snapshots left after the container: {left:?}"
-            );
-            // And the image can be pulled again.
-            pull_ok(&d, &is, &name, None).await?;
-            Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let pod = Pod::run(&d, pod_config("inuse", &logs)).await?;
+        let cid = pod
+            .start(container_config("c", &name, &["sleep", "1000"]))
+            .await?;
+        let layers = snapshot_dirs(&d);
+        ensure!(layers.len() == 1, "snapshots before: {layers:?}");
+        // As containerd: the image goes (by name here), the container keeps running.
+        remove(&is, &name).await?;
+        ensure!(status(&is, &name).await?.is_none() && list(&is).await?.is_empty());
+        ensure!(
+            content_files(d.dir.path(), "blobs/sha256").is_empty(),
+            "the removed image's content stayed"
+        );
+        ensure!(
+            snapshot_dirs(&d) == layers,
+            "the container's layers were freed under it"
+        );
+        // The container is unaffected and can still exec from its rootfs.
+        let out = rs
+            .clone()
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: cid.clone(),
+                cmd: vec!["cat".into(), "/etc/passwd".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        ensure!(out.exit_code == 0 && String::from_utf8_lossy(&out.stdout).contains("root:"));
+        // Once the container is removed its layers go too.
+        pod.remove().await?;
+        let left = snapshot_dirs(&d);
+        ensure!(
+            left.is_empty(),
+            "snapshots left after the container: {left:?}"
+        );
+        // And the image can be pulled again.
+        pull_ok(&d, &is, &name, None).await?;
+        Ok(())
     })??;
     d.finish()
 }
@@ -405,7 +395,7 @@ fn image_fs_info_grows_with_a_pull_and_shrinks_after_removal() -> Result<()> {
     let reg = Registry::start()?;
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "fs/busybox:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let name = reg.image("fs/busybox:1");
@@ -443,7 +433,7 @@ fn pulls_that_cannot_succeed_say_why() -> Result<()> {
     let reg = Registry::start()?;
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "library/busybox:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let zero = format!("sha256:{}", "0".repeat(64));
@@ -500,7 +490,7 @@ fn an_imported_image_and_a_pull_of_it_share_one_copy_of_its_content() -> Result<
     let reg = Registry::start()?;
     let d = Berthd::configure("")?;
     let tar = image::busybox(d.dir.path())?;
-    import(&d, &tar)?;
+    d.import(&tar)?;
     reg.push(&tar.path, "library/busybox:1")?;
     let m = reg.manifest("library/busybox", "1")?;
     let layer = m["layers"][0]["digest"]
@@ -550,7 +540,7 @@ fn an_exported_image_imports_and_runs_on_another_node() -> Result<()> {
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "export/busybox:1")?;
     let name = reg.image("export/busybox:1");
-    let mut a = Berthd::configure("")?.start()?;
+    let mut a = Berthd::builder().start()?;
     let id = block_on(async {
         let (_, is) = a.client().await?;
         pull_ok(&a, &is, &name, None).await
@@ -610,22 +600,17 @@ fn an_exported_image_imports_and_runs_on_another_node() -> Result<()> {
     let b = b.start()?;
     let logs = b.dir.path().join("logs");
     block_on(async {
-        let (rs, is) = b.client().await?;
-        let r: Result<()> = async {
-            let st = status(&is, &name)
-                .await?
-                .context("imported image not found")?;
-            ensure!(st.id == id && st.repo_tags == [name.as_str()], "{st:?}");
-            let pod = Pod::run(&b, &rs, pod_config("exported", &logs)).await?;
-            let e = pod
-                .run_to_exit(&b, container_config("c", &name, &["echo", "moved"]))
-                .await?;
-            ensure!(e.stdout == "moved\n", "{e:?}");
-            pod.remove().await
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let (_, is) = b.client().await?;
+        let st = status(&is, &name)
+            .await?
+            .context("imported image not found")?;
+        ensure!(st.id == id && st.repo_tags == [name.as_str()], "{st:?}");
+        let pod = Pod::run(&b, pod_config("exported", &logs)).await?;
+        let e = pod
+            .run_to_exit(container_config("c", &name, &["echo", "moved"]))
+            .await?;
+        ensure!(e.stdout == "moved\n", "{e:?}");
+        pod.remove().await
     })??;
     b.finish()
 }

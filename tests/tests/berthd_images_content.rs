@@ -5,9 +5,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{remove_all_pods, Pod};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image::{self, busybox_layout, host_arch, ImageDef, LayerCompression, LayerTar};
+use berth_tests::pod::{self, Pod};
 use berth_tests::procs;
 use berth_tests::registry::{
     content_files, list, pull, pull_err, pull_ok, status, Registry, SlowProxy,
@@ -30,8 +30,8 @@ async fn run_in(d: &Berthd, image: &str, script: &str) -> Result<String> {
     let (rs, _) = d.client().await?;
     let logs = d.dir.path().join(format!("logs-{n}"));
     let r: Result<String> = async {
-        let pod = Pod::run(d, &rs, pod_config(&format!("img-{n}"), &logs)).await?;
-        let out = pod.run_to_exit(d, sh("c", image, script)).await?;
+        let pod = Pod::run(d, pod_config(&format!("img-{n}"), &logs)).await?;
+        let out = pod.run_to_exit(sh("c", image, script)).await?;
         ensure!(
             out.status.exit_code == 0,
             "{script}: exit {}\nstdout: {}\nstderr: {}",
@@ -43,7 +43,7 @@ async fn run_in(d: &Berthd, image: &str, script: &str) -> Result<String> {
         Ok(out.stdout)
     }
     .await;
-    remove_all_pods(&rs).await?;
+    pod::remove_all(&rs).await?;
     r
 }
 
@@ -95,7 +95,7 @@ fn a_container_sees_the_layers_merged_with_whiteouts_opaque_dirs_and_links() -> 
         LayerCompression::Gzip,
     )?;
     reg.push(&img.path, "layers/test:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let name = reg.image("layers/test:1");
@@ -204,7 +204,7 @@ fn a_multi_platform_index_pulls_the_hosts_manifest_only() -> Result<()> {
         .find(|i| i.arch == other)
         .context("no foreign image")?
         .clone();
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let name = reg.image("multi/arch:1");
@@ -262,7 +262,7 @@ fn a_zstd_compressed_image_pulls_and_runs() -> Result<()> {
         media == "application/vnd.oci.image.layer.v1.tar+zstd",
         "skopeo pushed a {media} layer"
     );
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let name = reg.image("zstd/busybox:1");
@@ -287,7 +287,7 @@ fn image_status_reports_the_configs_numeric_or_named_user() -> Result<()> {
     let named = busybox_layout(reg.dir.path(), "named", json!({"User": "nobody"}))?;
     reg.push(&numeric.path, "users/numeric:1")?;
     reg.push(&named.path, "users/named:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let (num, nam) = (reg.image("users/numeric:1"), reg.image("users/named:1"));
@@ -338,7 +338,7 @@ fn a_tampered_layer_is_refused_naming_its_digest_and_nothing_is_kept() -> Result
         *b ^= 0x5a;
     }
     std::fs::write(&data, &bad)?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let root = d.dir.path().join("root");
     block_on(async {
         let (_, is) = d.client().await?;
@@ -399,7 +399,7 @@ fn a_kill9_in_the_middle_of_a_pull_leaves_no_partial_blob_and_the_pull_can_be_re
     let big_hex = big_layer.trim_start_matches("sha256:").to_string();
     // 8 MiB/s: the 64 MiB layer takes 8 s to arrive.
     let proxy = SlowProxy::start(reg.port, 8 << 20)?;
-    let mut d = Berthd::configure("")?.start()?;
+    let mut d = Berthd::builder().start()?;
     let root = d.dir.path().join("root");
     let name = format!("{}/big/image:1", proxy.host());
     block_on(async {
@@ -505,7 +505,7 @@ fn an_unknown_platform_only_index_is_not_found() -> Result<()> {
         LayerCompression::Gzip,
     )?;
     reg.push(&img.path, "foreign/arch:1")?;
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     block_on(async {
         let (_, is) = d.client().await?;
         let e = pull_err(&is, &reg.image("foreign/arch:1"), None).await?;

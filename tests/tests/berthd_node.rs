@@ -16,7 +16,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn version_status_and_runtime_config() -> Result<()> {
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let mode = std::fs::metadata(&d.socket)?.permissions().mode() & 0o777;
     ensure!(mode == 0o660, "socket mode {mode:o}, want 660");
     rt().block_on(async {
@@ -89,7 +89,7 @@ fn version_status_and_runtime_config() -> Result<()> {
 
 #[test]
 fn sigterm_stops_serving_and_removes_the_socket() -> Result<()> {
-    let mut d = Berthd::configure("")?.start()?;
+    let mut d = Berthd::builder().start()?;
     let code = d.stop()?;
     ensure!(
         code == 0,
@@ -102,7 +102,7 @@ fn sigterm_stops_serving_and_removes_the_socket() -> Result<()> {
 
 #[test]
 fn a_second_berthd_on_a_live_socket_is_refused() -> Result<()> {
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let out = std::process::Command::new(binary()?)
         .arg("--config")
         .arg(&d.config)
@@ -162,8 +162,8 @@ fn config_default_parses_and_bad_configs_are_refused() -> Result<()> {
 /// wrapper that records its arguments, for the pod's infra process and its container.
 #[test]
 fn the_configured_oci_runtime_runs_pods_and_containers() -> Result<()> {
-    use berth_tests::berthd_feat::{import, remove_all_pods, Pod};
     use berth_tests::cri::{block_on, container_config, pod_config};
+    use berth_tests::pod::Pod;
     let dir = tempfile::Builder::new()
         .prefix("berth-crun-")
         .tempdir_in("/tmp")?;
@@ -177,31 +177,42 @@ fn the_configured_oci_runtime_runs_pods_and_containers() -> Result<()> {
         ),
     )?;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-    let d = Berthd::configure(&format!("[runtime]\nbinary = \"{}\"\n", wrapper.display()))?;
-    import(&d, &berth_tests::image::busybox(d.dir.path())?)?;
-    let d = d.start()?;
+    let d = Berthd::builder()
+        .config(&format!("[runtime]\nbinary = \"{}\"\n", wrapper.display()))
+        .busybox()
+        .start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("crun", &logs.join("crun"))).await?;
-            let c = container_config("hello", berth_tests::image::BUSYBOX_IMAGE, &["echo", "hi"]);
-            let e = pod.run_to_exit(&d, c).await?;
-            ensure!(e.status.exit_code == 0 && e.stdout == "hi\n", "{e:?}");
-            let text = std::fs::read_to_string(&calls).context("the wrapper never ran")?;
-            let creates: Vec<&str> = text.lines().filter(|l| l.contains(" create ")).collect();
-            ensure!(
-                creates.iter().any(|l| l.contains(&pod.id))
-                    && creates.iter().any(|l| l.contains(&e.id)),
-                "crun did not create both the infra ({}) and the container ({}):\n{text}",
-                pod.id,
-                e.id
-            );
-            pod.remove().await
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let pod = Pod::run(&d, pod_config("crun", &logs.join("crun"))).await?;
+        let c = container_config("hello", berth_tests::image::BUSYBOX_IMAGE, &["echo", "hi"]);
+        let e = pod.run_to_exit(c).await?;
+        ensure!(e.status.exit_code == 0 && e.stdout == "hi\n", "{e:?}");
+        let text = std::fs::read_to_string(&calls).context("the wrapper never ran")?;
+        let creates: Vec<&str> = text.lines().filter(|l| l.contains(" create ")).collect();
+        ensure!(
+            creates.iter().any(|l| l.contains(&pod.id))
+                && creates.iter().any(|l| l.contains(&e.id)),
+            "crun did not create both the infra ({}) and the container ({}):\n{text}",
+            pod.id,
+            e.id
+        );
+        pod.remove().await
     })??;
     d.finish()
+}
+
+/// The fixture's guard can fail a test: with berthd killed, nothing removes the pod, and
+/// `finish` reports its shim (then kills it, so nothing outlives this test).
+#[test]
+fn the_fixture_reports_a_shim_berthd_left_behind() -> Result<()> {
+    use berth_tests::cri::block_on;
+    use berth_tests::pod::Pod;
+    let mut d = Berthd::builder().start()?;
+    block_on(async { Pod::run(&d, d.pod_config("left")).await.map(|_| ()) })??;
+    d.kill9()?;
+    let Err(e) = d.finish() else {
+        anyhow::bail!("finish passed with a pod's shim still running");
+    };
+    ensure!(format!("{e:#}").contains("shim pid"), "{e:#}");
+    Ok(())
 }

@@ -5,8 +5,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{cgroup_dir, cni_bridge, container_pid, import, pod_network, Pod};
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
+use berth_tests::host::{cgroup_dir, container_pid};
+use berth_tests::pod::Pod;
 use berth_tests::{image, leaks, procs};
 use k8s_cri::v1 as cri;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,7 @@ fn ip_allocations(ipam: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn leftovers_of_a_lost_state_store_are_removed_at_startup() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d, &image::busybox(d.dir.path())?)?;
-    let bridge = cni_bridge(&d, 0)?;
-    let mut d = d.start()?;
+    let mut d = Berthd::builder().busybox().cni_bridge(0).start()?;
     let logs = d.dir.path().join("logs");
     let state = d.dir.path().join("state");
     let root = d.dir.path().join("root");
@@ -44,22 +42,23 @@ fn leftovers_of_a_lost_state_store_are_removed_at_startup() -> Result<()> {
     let socket = d.socket.display().to_string();
 
     let (ctr_pids, cgroups) = block_on(async {
-        let (rs, _) = d.client().await?;
         let mut cfg = pod_config("lost-net", &logs.join("a"));
         pod_network(&mut cfg);
-        let net_pod = Pod::run(&d, &rs, cfg).await?;
+        let net_pod = Pod::run(&d, cfg).await?;
         net_pod
-            .start(
-                &d,
-                container_config("a", image::BUSYBOX_IMAGE, &["sleep", "1001"]),
-            )
+            .start(container_config(
+                "a",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "1001"],
+            ))
             .await?;
-        let host_pod = Pod::run(&d, &rs, pod_config("lost-host", &logs.join("b"))).await?;
+        let host_pod = Pod::run(&d, pod_config("lost-host", &logs.join("b"))).await?;
         host_pod
-            .start(
-                &d,
-                container_config("b", image::BUSYBOX_IMAGE, &["sleep", "1002"]),
-            )
+            .start(container_config(
+                "b",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "1002"],
+            ))
             .await?;
         let mut pids = Vec::new();
         let mut cgroups = Vec::new();
@@ -132,6 +131,5 @@ fn leftovers_of_a_lost_state_store_are_removed_at_startup() -> Result<()> {
         })
         .collect();
     ensure!(runc_state.is_empty(), "runc state left: {runc_state:?}");
-    drop(bridge);
     d.finish()
 }

@@ -35,7 +35,7 @@ fn infra_pids(d: &Berthd) -> Vec<i32> {
 
 #[test]
 fn host_network_pod_lifecycle() -> Result<()> {
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;
@@ -193,7 +193,7 @@ fn host_network_pod_lifecycle() -> Result<()> {
 
 #[test]
 fn bad_pod_configs_are_refused_with_nothing_made() -> Result<()> {
-    let d = Berthd::configure("")?.start()?;
+    let d = Berthd::builder().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;
@@ -385,14 +385,12 @@ fn pod_network_through_cni_bridge() -> Result<()> {
             .await?;
         Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 #[test]
 fn pods_survive_a_berthd_kill9_and_orphans_are_cleaned() -> Result<()> {
-    let mut d = Berthd::configure("")?.start()?;
+    let mut d = Berthd::builder().start()?;
     let logs = d.dir.path().join("logs");
     let sock = d.socket.display().to_string();
     let (id, pid) = block_on(async {
@@ -467,7 +465,7 @@ fn pods_survive_a_berthd_kill9_and_orphans_are_cleaned() -> Result<()> {
 
 #[test]
 fn a_pod_whose_infra_died_while_berthd_was_down_is_not_ready() -> Result<()> {
-    let mut d = Berthd::configure("")?.start()?;
+    let mut d = Berthd::builder().start()?;
     let logs = d.dir.path().join("logs");
     let id = block_on(async {
         let (mut rs, _) = d.client().await?;

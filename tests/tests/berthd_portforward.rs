@@ -5,11 +5,12 @@
 //! berthd's open fds. Spent and unknown URLs are in `berthd_exec`.
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_tests::berthd_feat::{cni_bridge, pod_network, remove_all_pods, Pod};
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::berthd::Berthd;
+use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
 use berth_tests::image;
+use berth_tests::pod::Pod;
 use berth_tests::spdy::{port_forward, Forwarded, PortForward, Stream, PORT_FORWARD_PROTOCOL};
-use berth_tests::streaming::{berthd, ensure_fds_settle, port_forward_url, settled_fds, sha};
+use berth_tests::streaming::{ensure_fds_settle, port_forward_url, settled_fds, sha};
 use berth_tests::ws::WsSession;
 use k8s_cri::v1 as cri;
 use std::sync::Arc;
@@ -94,172 +95,157 @@ async fn get_through(pf: &PortForward, port: u16, path: &str) -> Result<String> 
 
 #[test]
 fn port_forward_reaches_pod_ports_including_a_localhost_only_listener() -> Result<()> {
-    let d = berthd()?;
-    let bridge = cni_bridge(&d, 5)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(5).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let mut cfg = pod_config("pf", &logs.join("pf"));
-            cfg.hostname = "pf".into();
-            pod_network(&mut cfg);
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            let ip = pod.ip().await?;
-            ensure!(
-                ip.starts_with(&format!("{}.", bridge.prefix)),
-                "pod IP {ip:?}"
-            );
-            pod.start(
-                &d,
-                sh(
-                    "web80",
-                    "mkdir -p /www && echo hello-from-port-80 > /www/index.html && \
-                     exec busybox httpd -f -p 80 -h /www",
-                ),
+        let mut cfg = pod_config("pf", &logs.join("pf"));
+        cfg.hostname = "pf".into();
+        pod_network(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
+        let ip = pod.ip().await?;
+        ensure!(
+            ip.starts_with(&format!("{}.", d.bridge().prefix)),
+            "pod IP {ip:?}"
+        );
+        pod.start(sh(
+            "web80",
+            "mkdir -p /www && echo hello-from-port-80 > /www/index.html && \
+                 exec busybox httpd -f -p 80 -h /www",
+        ))
+        .await?;
+        pod.start(sh(
+            "web8080",
+            "mkdir -p /lo && echo hello-from-loopback-8080 > /lo/index.html && \
+                 exec busybox httpd -f -p 127.0.0.1:8080 -h /lo",
+        ))
+        .await?;
+
+        let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
+        ensure!(pf.session.protocol() == PORT_FORWARD_PROTOCOL);
+        pf.session.ping(Duration::from_secs(5)).await?;
+
+        let r = get_through(&pf, 80, "/index.html").await?;
+        ensure!(
+            r.contains(" 200 ") && r.ends_with("\r\n\r\nhello-from-port-80\n"),
+            "GET through port 80:\n{r}"
+        );
+        let r = get_through(&pf, 8080, "/index.html").await?;
+        ensure!(
+            r.contains(" 200 ") && r.ends_with("\r\n\r\nhello-from-loopback-8080\n"),
+            "GET through port 8080 (127.0.0.1 only):\n{r}"
+        );
+        // That listener really is the pod's loopback only.
+        let direct = std::net::TcpStream::connect_timeout(
+            &format!("{ip}:8080").parse()?,
+            Duration::from_secs(2),
+        );
+        ensure!(
+            direct.is_err(),
+            "{ip}:8080 answers from the host: the test's premise is wrong"
+        );
+
+        // Nothing listens on 81: the error stream says so, the data stream just ends.
+        let (reply, err) = pf
+            .open(81)
+            .await?
+            .round_trip(b"GET / HTTP/1.0\r\n\r\n", false, Duration::from_secs(10))
+            .await?;
+        ensure!(
+            reply.is_empty() && err.to_lowercase().contains("refused"),
+            "port 81 (closed): reply {:?}, error stream {err:?}",
+            String::from_utf8_lossy(&reply)
+        );
+
+        // Frames the server need not act on: SETTINGS, WINDOW_UPDATE, and HEADERS, whose
+        // block it must still inflate to keep the shared zlib stream in step for the
+        // SYN_STREAMs that follow.
+        let f = pf.open(80).await?;
+        pf.session.settings(&[(7, 64 << 10)]).await?;
+        f.data.tx.window_update(1 << 20).await?;
+        f.data.tx.headers(&[("x-berth-test", "ignored")]).await?;
+        let (reply, err) = f
+            .round_trip(
+                b"GET /index.html HTTP/1.0\r\n\r\n",
+                false,
+                Duration::from_secs(10),
             )
             .await?;
-            pod.start(
-                &d,
-                sh(
-                    "web8080",
-                    "mkdir -p /lo && echo hello-from-loopback-8080 > /lo/index.html && \
-                     exec busybox httpd -f -p 127.0.0.1:8080 -h /lo",
-                ),
-            )
-            .await?;
+        let reply = String::from_utf8_lossy(&reply);
+        ensure!(
+            err.is_empty() && reply.ends_with("hello-from-port-80\n"),
+            "GET after SETTINGS/WINDOW_UPDATE/HEADERS: {reply:?}, error stream {err:?}"
+        );
 
-            let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
-            ensure!(pf.session.protocol() == PORT_FORWARD_PROTOCOL);
-            pf.session.ping(Duration::from_secs(5)).await?;
-
-            let r = get_through(&pf, 80, "/index.html").await?;
-            ensure!(
-                r.contains(" 200 ") && r.ends_with("\r\n\r\nhello-from-port-80\n"),
-                "GET through port 80:\n{r}"
-            );
-            let r = get_through(&pf, 8080, "/index.html").await?;
-            ensure!(
-                r.contains(" 200 ") && r.ends_with("\r\n\r\nhello-from-loopback-8080\n"),
-                "GET through port 8080 (127.0.0.1 only):\n{r}"
-            );
-            // That listener really is the pod's loopback only.
-            let direct = std::net::TcpStream::connect_timeout(
-                &format!("{ip}:8080").parse()?,
-                Duration::from_secs(2),
-            );
-            ensure!(
-                direct.is_err(),
-                "{ip}:8080 answers from the host: the test's premise is wrong"
-            );
-
-            // Nothing listens on 81: the error stream says so, the data stream just ends.
-            let (reply, err) = pf
-                .open(81)
-                .await?
-                .round_trip(b"GET / HTTP/1.0\r\n\r\n", false, Duration::from_secs(10))
-                .await?;
-            ensure!(
-                reply.is_empty() && err.to_lowercase().contains("refused"),
-                "port 81 (closed): reply {:?}, error stream {err:?}",
-                String::from_utf8_lossy(&reply)
-            );
-
-            // Frames the server need not act on: SETTINGS, WINDOW_UPDATE, and HEADERS, whose
-            // block it must still inflate to keep the shared zlib stream in step for the
-            // SYN_STREAMs that follow.
-            let f = pf.open(80).await?;
-            pf.session.settings(&[(7, 64 << 10)]).await?;
-            f.data.tx.window_update(1 << 20).await?;
-            f.data.tx.headers(&[("x-berth-test", "ignored")]).await?;
-            let (reply, err) = f
-                .round_trip(
-                    b"GET /index.html HTTP/1.0\r\n\r\n",
-                    false,
-                    Duration::from_secs(10),
-                )
-                .await?;
-            let reply = String::from_utf8_lossy(&reply);
-            ensure!(
-                err.is_empty() && reply.ends_with("hello-from-port-80\n"),
-                "GET after SETTINGS/WINDOW_UPDATE/HEADERS: {reply:?}, error stream {err:?}"
-            );
-
-            // Several connections at once on the one session, to both ports.
-            let pf = Arc::new(pf);
-            let gets: Vec<_> = (0..8)
-                .map(|i| {
-                    let (port, body) = if i % 2 == 0 {
-                        (80, "hello-from-port-80\n")
-                    } else {
-                        (8080, "hello-from-loopback-8080\n")
-                    };
-                    let pf = pf.clone();
-                    tokio::spawn(async move {
-                        let r = get_through(&pf, port, "/index.html").await?;
-                        ensure!(r.ends_with(body), "concurrent GET {i} on {port}:\n{r}");
-                        Ok::<_, anyhow::Error>(())
-                    })
+        // Several connections at once on the one session, to both ports.
+        let pf = Arc::new(pf);
+        let gets: Vec<_> = (0..8)
+            .map(|i| {
+                let (port, body) = if i % 2 == 0 {
+                    (80, "hello-from-port-80\n")
+                } else {
+                    (8080, "hello-from-loopback-8080\n")
+                };
+                let pf = pf.clone();
+                tokio::spawn(async move {
+                    let r = get_through(&pf, port, "/index.html").await?;
+                    ensure!(r.ends_with(body), "concurrent GET {i} on {port}:\n{r}");
+                    Ok::<_, anyhow::Error>(())
                 })
-                .collect();
-            for g in gets {
-                g.await??;
-            }
-            // The session is still usable after all that.
-            pf.session.ping(Duration::from_secs(5)).await?;
-
-            // The same ports over WebSocket channels (kubelet's v4 port-forward framing).
-            let pf_url = port_forward_url(&rs, &pod.id).await?;
-            let got = ws_forward(
-                &format!("{pf_url}?port=80&port=8080"),
-                "v4.channel.k8s.io",
-                &[80, 8080],
-            )
-            .await?;
-            ensure!(
-                got[0].0.ends_with("hello-from-port-80\n") && got[0].1.is_empty(),
-                "WebSocket port 80: {:?}",
-                got[0]
-            );
-            ensure!(
-                got[1].0.ends_with("hello-from-loopback-8080\n") && got[1].1.is_empty(),
-                "WebSocket port 8080: {:?}",
-                got[1]
-            );
-            let pf_url = port_forward_url(&rs, &pod.id).await?;
-            let got = ws_forward(
-                &format!("{pf_url}?port=80,81"),
-                "v4.base64.channel.k8s.io",
-                &[80, 81],
-            )
-            .await?;
-            ensure!(
-                got[0].0.ends_with("hello-from-port-80\n"),
-                "base64 port 80: {:?}",
-                got[0]
-            );
-            ensure!(
-                got[1].0.is_empty() && got[1].1.to_lowercase().contains("refused"),
-                "base64 port 81 (closed): {:?}",
-                got[1]
-            );
-            // Channel framing needs its ports named.
-            let pf_url = port_forward_url(&rs, &pod.id).await?;
-            let e = WsSession::connect(&pf_url, &["v4.channel.k8s.io"]).await;
-            ensure!(
-                e.as_ref().is_err_and(|e| format!("{e:#}").contains("400")),
-                "no ?port=: {:?}",
-                e.map(|s| s.protocol)
-            );
-            Ok(())
+            })
+            .collect();
+        for g in gets {
+            g.await??;
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        // The session is still usable after all that.
+        pf.session.ping(Duration::from_secs(5)).await?;
+
+        // The same ports over WebSocket channels (kubelet's v4 port-forward framing).
+        let pf_url = port_forward_url(&rs, &pod.id).await?;
+        let got = ws_forward(
+            &format!("{pf_url}?port=80&port=8080"),
+            "v4.channel.k8s.io",
+            &[80, 8080],
+        )
+        .await?;
+        ensure!(
+            got[0].0.ends_with("hello-from-port-80\n") && got[0].1.is_empty(),
+            "WebSocket port 80: {:?}",
+            got[0]
+        );
+        ensure!(
+            got[1].0.ends_with("hello-from-loopback-8080\n") && got[1].1.is_empty(),
+            "WebSocket port 8080: {:?}",
+            got[1]
+        );
+        let pf_url = port_forward_url(&rs, &pod.id).await?;
+        let got = ws_forward(
+            &format!("{pf_url}?port=80,81"),
+            "v4.base64.channel.k8s.io",
+            &[80, 81],
+        )
+        .await?;
+        ensure!(
+            got[0].0.ends_with("hello-from-port-80\n"),
+            "base64 port 80: {:?}",
+            got[0]
+        );
+        ensure!(
+            got[1].0.is_empty() && got[1].1.to_lowercase().contains("refused"),
+            "base64 port 81 (closed): {:?}",
+            got[1]
+        );
+        // Channel framing needs its ports named.
+        let pf_url = port_forward_url(&rs, &pod.id).await?;
+        let e = WsSession::connect(&pf_url, &["v4.channel.k8s.io"]).await;
+        ensure!(
+            e.as_ref().is_err_and(|e| format!("{e:#}").contains("400")),
+            "no ?port=: {:?}",
+            e.map(|s| s.protocol)
+        );
+        Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 const PARALLEL: u16 = 20;
@@ -282,58 +268,46 @@ const BULK: usize = 10 << 20;
 
 #[test]
 fn a_reset_from_the_pods_server_shows_on_the_error_stream() -> Result<()> {
-    let d = berthd()?;
-    let bridge = cni_bridge(&d, 8)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(8).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let mut cfg = pod_config("rst", &logs.join("rst"));
-            cfg.hostname = "rst".into();
-            pod_network(&mut cfg);
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            // Per connection: answer a line, then exit without reading the request, so
-            // the kernel resets the connection (unread data at close).
-            pod.start(
-                &d,
-                sh(
-                    "rst",
-                    "printf '#!/bin/sh\\necho partial\\nsleep 1\\n' > /tmp/rst && \
-                     busybox chmod +x /tmp/rst && exec busybox nc -ll -p 9100 -e /tmp/rst",
-                ),
-            )
-            .await?;
-            let pf = port_forward(&port_forward_url(&rs, &pod.id).await?).await?;
-            let start = Instant::now();
-            let (reply, err) = loop {
-                let (reply, err) = pf
-                    .open(9100)
-                    .await?
-                    .round_trip(b"a request nobody reads\n", false, Duration::from_secs(10))
-                    .await?;
-                if !reply.is_empty() || start.elapsed() > Duration::from_secs(10) {
-                    break (reply, err);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            // kubelet (with containerd) writes "error forwarding port 9100 to pod …: read
-            // tcp …: connection reset by peer" there; a bare end would pass the truncated
-            // reply off as complete.
-            ensure!(
-                reply == b"partial\n" && err.to_lowercase().contains("reset"),
-                "a reset by the pod's server: reply {:?}, error stream {err:?}",
-                String::from_utf8_lossy(&reply)
-            );
-            Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let mut cfg = pod_config("rst", &logs.join("rst"));
+        cfg.hostname = "rst".into();
+        pod_network(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
+        // Per connection: answer a line, then exit without reading the request, so
+        // the kernel resets the connection (unread data at close).
+        pod.start(sh(
+            "rst",
+            "printf '#!/bin/sh\\necho partial\\nsleep 1\\n' > /tmp/rst && \
+                 busybox chmod +x /tmp/rst && exec busybox nc -ll -p 9100 -e /tmp/rst",
+        ))
+        .await?;
+        let pf = port_forward(&port_forward_url(&rs, &pod.id).await?).await?;
+        let start = Instant::now();
+        let (reply, err) = loop {
+            let (reply, err) = pf
+                .open(9100)
+                .await?
+                .round_trip(b"a request nobody reads\n", false, Duration::from_secs(10))
+                .await?;
+            if !reply.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                break (reply, err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // kubelet (with containerd) writes "error forwarding port 9100 to pod …: read
+        // tcp …: connection reset by peer" there; a bare end would pass the truncated
+        // reply off as complete.
+        ensure!(
+            reply == b"partial\n" && err.to_lowercase().contains("reset"),
+            "a reset by the pod's server: reply {:?}, error stream {err:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 /// Sends 10 MiB (its own seed per connection, so crossed streams would show) on a
@@ -384,124 +358,106 @@ async fn echo_bulk(pf: Arc<PortForward>, n: u16) -> Result<Duration> {
 
 #[test]
 fn twenty_parallel_forwards_each_echo_10_mib_both_ways() -> Result<()> {
-    let d = berthd()?;
-    let bridge = cni_bridge(&d, 6)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(6).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let mut cfg = pod_config("bulk", &logs.join("bulk"));
-            cfg.hostname = "bulk".into();
-            pod_network(&mut cfg);
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            pod.start(&d, echo_servers()).await?;
-            let pf = Arc::new(PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?);
-            wait_for_echo(&pf).await?;
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..PARALLEL)
-                .map(|n| tokio::spawn(echo_bulk(pf.clone(), n)))
-                .collect();
-            let mut slowest = Duration::ZERO;
-            for t in tasks {
-                slowest = slowest.max(t.await??);
-            }
-            eprintln!(
-                "{PARALLEL} x {} MiB echoed in {:?} (slowest connection {slowest:?})",
-                BULK >> 20,
-                start.elapsed()
-            );
-            pf.session.ping(Duration::from_secs(5)).await?;
-            Ok(())
+        let mut cfg = pod_config("bulk", &logs.join("bulk"));
+        cfg.hostname = "bulk".into();
+        pod_network(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
+        pod.start(echo_servers()).await?;
+        let pf = Arc::new(PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?);
+        wait_for_echo(&pf).await?;
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..PARALLEL)
+            .map(|n| tokio::spawn(echo_bulk(pf.clone(), n)))
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for t in tasks {
+            slowest = slowest.max(t.await??);
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        eprintln!(
+            "{PARALLEL} x {} MiB echoed in {:?} (slowest connection {slowest:?})",
+            BULK >> 20,
+            start.elapsed()
+        );
+        pf.session.ping(Duration::from_secs(5)).await?;
+        anyhow::Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 #[test]
 fn a_port_forward_client_killed_mid_transfer_leaves_berthd_as_it_was() -> Result<()> {
-    let d = berthd()?;
-    let bridge = cni_bridge(&d, 7)?;
-    let d = d.start()?;
+    let d = Berthd::builder().busybox().cni_bridge(7).start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let mut cfg = pod_config("pfkill", &logs.join("pfkill"));
-            cfg.hostname = "pfkill".into();
-            pod_network(&mut cfg);
-            let pod = Pod::run(&d, &rs, cfg).await?;
-            pod.start(&d, echo_servers()).await?;
-            let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
-            wait_for_echo(&pf).await?;
-            drop(pf);
-            let before = settled_fds(&d).await?;
+        let mut cfg = pod_config("pfkill", &logs.join("pfkill"));
+        cfg.hostname = "pfkill".into();
+        pod_network(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
+        pod.start(echo_servers()).await?;
+        let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
+        wait_for_echo(&pf).await?;
+        drop(pf);
+        let before = settled_fds(&d).await?;
 
-            let pf = Arc::new(PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?);
-            let mut feeders = Vec::new();
-            let mut readers = Vec::new();
-            for n in 0..4 {
-                let Forwarded {
-                    data: Stream { tx, rx, .. },
-                    ..
-                } = pf.open(ECHO_PORT + n).await?;
-                feeders.push(tokio::spawn(async move {
-                    let chunk = image::random_bytes(1 << 20, u64::from(n));
-                    loop {
-                        if tx.write(&chunk).await.is_err() {
-                            break;
-                        }
-                    }
-                }));
-                readers.push(rx);
-            }
-            // Every connection is echoing when the client goes.
-            for rx in readers.iter_mut() {
-                let mut got = 0;
-                while got < 4 << 20 {
-                    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                        Ok(Some(b)) => got += b.len(),
-                        _ => bail!("stream {} stalled after {got} bytes", rx.id()),
+        let pf = Arc::new(PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?);
+        let mut feeders = Vec::new();
+        let mut readers = Vec::new();
+        for n in 0..4 {
+            let Forwarded {
+                data: Stream { tx, rx, .. },
+                ..
+            } = pf.open(ECHO_PORT + n).await?;
+            feeders.push(tokio::spawn(async move {
+                let chunk = image::random_bytes(1 << 20, u64::from(n));
+                loop {
+                    if tx.write(&chunk).await.is_err() {
+                        break;
                     }
                 }
-            }
-            let pf = Arc::into_inner(pf).context("forwards still hold the session")?;
-            pf.session.kill().await;
-            for f in feeders {
-                let _ = f.await;
-            }
-
-            // A new session works at once, and berthd lets go of the old one's sockets.
-            let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
-            let (reply, err) = tokio::time::timeout(
-                Duration::from_secs(10),
-                pf.open(ECHO_PORT)
-                    .await?
-                    .round_trip(b"again\n", true, Duration::from_secs(10)),
-            )
-            .await
-            .context("echo after the killed session")??;
-            ensure!(
-                reply == b"again\n" && err.is_empty(),
-                "echo after the killed session: {:?} {err:?}",
-                String::from_utf8_lossy(&reply)
-            );
-            drop(pf);
-            ensure_fds_settle(&d, &before, 3, Duration::from_secs(10)).await?;
-            Ok(())
+            }));
+            readers.push(rx);
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        // Every connection is echoing when the client goes.
+        for rx in readers.iter_mut() {
+            let mut got = 0;
+            while got < 4 << 20 {
+                match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                    Ok(Some(b)) => got += b.len(),
+                    _ => bail!("stream {} stalled after {got} bytes", rx.id()),
+                }
+            }
+        }
+        let pf = Arc::into_inner(pf).context("forwards still hold the session")?;
+        pf.session.kill().await;
+        for f in feeders {
+            let _ = f.await;
+        }
+
+        // A new session works at once, and berthd lets go of the old one's sockets.
+        let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
+        let (reply, err) = tokio::time::timeout(
+            Duration::from_secs(10),
+            pf.open(ECHO_PORT)
+                .await?
+                .round_trip(b"again\n", true, Duration::from_secs(10)),
+        )
+        .await
+        .context("echo after the killed session")??;
+        ensure!(
+            reply == b"again\n" && err.is_empty(),
+            "echo after the killed session: {:?} {err:?}",
+            String::from_utf8_lossy(&reply)
+        );
+        drop(pf);
+        ensure_fds_settle(&d, &before, 3, Duration::from_secs(10)).await?;
+        Ok(())
     })??;
-    d.finish()?;
-    drop(bridge);
-    Ok(())
+    d.finish()
 }
 
 /// Waits (bounded) until every echo server answers through `pf`.

@@ -2,11 +2,11 @@
 //! pulled on the first RunPodSandbox, run read-only as every pod's infra process, reported
 //! as pinned (kubelet's image GC leaves it alone), and unmounted with its pod.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{import, remove_all_pods, Pod};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image::{self, busybox_layout};
+use berth_tests::pod::Pod;
 use berth_tests::registry::{list, Registry};
 use berth_tests::{leaks, procs};
 use serde_json::json;
@@ -20,54 +20,51 @@ fn a_configured_sandbox_image_is_pulled_run_as_infra_and_pinned() -> Result<()> 
     let img = busybox_layout(reg.dir.path(), "pause", cfg)?;
     reg.push(&img.path, "berth/pause:1")?;
     let sandbox = reg.image("berth/pause:1");
-    let d = Berthd::configure(&format!("[runtime]\nsandbox_image = \"{sandbox}\"\n"))?;
-    import(&d, &image::busybox(d.dir.path())?)?;
-    let d = d.start()?;
+    let d = Berthd::builder()
+        .config(&format!("[runtime]\nsandbox_image = \"{sandbox}\"\n"))
+        .busybox()
+        .start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, is) = d.client().await?;
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("sbx", &logs.join("sbx"))).await?;
-            let infra = procs::poll(Duration::from_secs(5), "the sandbox image's infra", || {
-                berth_tests::berthd_feat::container_pid(&d, &["/bin/sleep", "2147483646"])
-            })?;
-            ensure!(
-                infra == pod.infra_pid().await?,
-                "infra pid differs from the pod's"
-            );
-            // Containers run in the pod as usual.
-            let e = pod
-                .run_to_exit(
-                    &d,
-                    container_config("probe", image::BUSYBOX_IMAGE, &["sh", "-c", "echo ok"]),
-                )
-                .await?;
-            ensure!(e.stdout == "ok\n", "{e:?}");
-            let images = list(&is).await?;
-            let pinned: Vec<(String, bool)> = images
+        let (_, is) = d.client().await?;
+        let pod = Pod::run(&d, pod_config("sbx", &logs.join("sbx"))).await?;
+        let infra = procs::poll(Duration::from_secs(5), "the sandbox image's infra", || {
+            berth_tests::host::container_pid(&d, &["/bin/sleep", "2147483646"])
+        })?;
+        ensure!(
+            infra == pod.infra_pid().await?,
+            "infra pid differs from the pod's"
+        );
+        // Containers run in the pod as usual.
+        let e = pod
+            .run_to_exit(container_config(
+                "probe",
+                image::BUSYBOX_IMAGE,
+                &["sh", "-c", "echo ok"],
+            ))
+            .await?;
+        ensure!(e.stdout == "ok\n", "{e:?}");
+        let images = list(&is).await?;
+        let pinned: Vec<(String, bool)> = images
+            .iter()
+            .map(|i| (i.repo_tags.join(","), i.pinned))
+            .collect();
+        ensure!(
+            pinned.contains(&(sandbox.clone(), true))
+                && pinned.contains(&(image::BUSYBOX_IMAGE.to_string(), false)),
+            "pinned flags: {pinned:?}"
+        );
+        ensure!(
+            leaks::mounts_under(d.dir.path())
                 .iter()
-                .map(|i| (i.repo_tags.join(","), i.pinned))
-                .collect();
-            ensure!(
-                pinned.contains(&(sandbox.clone(), true))
-                    && pinned.contains(&(image::BUSYBOX_IMAGE.to_string(), false)),
-                "pinned flags: {pinned:?}"
-            );
-            ensure!(
-                leaks::mounts_under(d.dir.path())
-                    .iter()
-                    .any(|m| m.ends_with("rootfs")),
-                "the sandbox image's rootfs is not mounted"
-            );
-            pod.remove().await?;
-            let left = leaks::mounts_under(d.dir.path());
-            ensure!(left.is_empty(), "mounts left after the pod: {left:?}");
-            ensure!(!procs::alive(infra), "infra {infra} survived its pod");
-            Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await.context("cleanup")?;
-        r
+                .any(|m| m.ends_with("rootfs")),
+            "the sandbox image's rootfs is not mounted"
+        );
+        pod.remove().await?;
+        let left = leaks::mounts_under(d.dir.path());
+        ensure!(left.is_empty(), "mounts left after the pod: {left:?}");
+        ensure!(!procs::alive(infra), "infra {infra} survived its pod");
+        Ok(())
     })??;
     d.finish()
 }

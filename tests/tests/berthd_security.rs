@@ -7,19 +7,16 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_cri::{
-    cap_set, caps_from_hex, import_busybox, status_field, Exit, Pod, CONTAINERD_DEFAULT_CAPS,
-};
-use berth_tests::cri::{block_on, container_config};
+use berth_tests::caps::{cap_set, caps_from_hex, status_field, CONTAINERD_DEFAULT_CAPS};
+use berth_tests::cri::{block_on, container_config, privileged};
 use berth_tests::image::BUSYBOX_IMAGE;
+use berth_tests::pod::{Exited, Pod};
 use k8s_cri::v1 as cri;
 use std::collections::BTreeSet;
 use tonic::Code;
 
 fn start() -> Result<Berthd> {
-    let d = Berthd::configure("")?;
-    import_busybox(&d)?;
-    d.start()
+    Berthd::builder().busybox().start()
 }
 
 /// A busybox container running `sh -c script` with security context `sc`.
@@ -51,13 +48,13 @@ fn seccomp(
 }
 
 /// A `key=value` line the script printed.
-fn var<'a>(e: &'a Exit, key: &str) -> Option<&'a str> {
+fn var<'a>(e: &'a Exited, key: &str) -> Option<&'a str> {
     e.log
         .lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
-fn cap_field(e: &Exit, field: &str) -> Result<BTreeSet<String>> {
+fn cap_field(e: &Exited, field: &str) -> Result<BTreeSet<String>> {
     let hex = status_field(&e.log, field).with_context(|| format!("no {field} in:\n{}", e.log))?;
     caps_from_hex(hex)
 }
@@ -73,11 +70,11 @@ const CAPS_SCRIPT: &str = "grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; \
 fn capabilities_default_add_drop_and_drop_all() -> Result<()> {
     let d = start()?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "caps", false).await?;
+        let pod = Pod::run(&d, d.pod_config("caps")).await?;
         let default = cap_set(&CONTAINERD_DEFAULT_CAPS);
 
         let e = pod
-            .run_to_exit(ctr("default", CAPS_SCRIPT, Default::default()))
+            .run_and_remove(ctr("default", CAPS_SCRIPT, Default::default()))
             .await?;
         ensure!(e.code == 0, "{e:?}");
         for f in ["CapEff", "CapPrm", "CapBnd"] {
@@ -95,7 +92,7 @@ fn capabilities_default_add_drop_and_drop_all() -> Result<()> {
         );
 
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "add",
                 CAPS_SCRIPT,
                 cri::LinuxContainerSecurityContext {
@@ -118,7 +115,7 @@ fn capabilities_default_add_drop_and_drop_all() -> Result<()> {
         );
 
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "drop",
                 CAPS_SCRIPT,
                 cri::LinuxContainerSecurityContext {
@@ -137,7 +134,7 @@ fn capabilities_default_add_drop_and_drop_all() -> Result<()> {
         );
 
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "dropall",
                 CAPS_SCRIPT,
                 cri::LinuxContainerSecurityContext {
@@ -151,7 +148,7 @@ fn capabilities_default_add_drop_and_drop_all() -> Result<()> {
 
         // Drop ALL then add one back: only that one.
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "dropall-add",
                 CAPS_SCRIPT,
                 cri::LinuxContainerSecurityContext {
@@ -178,9 +175,9 @@ fn add_all_capabilities_gives_the_runtimes_own_set() -> Result<()> {
     let d = start()?;
     let host_caps = caps_from_hex(&own_status_field("CapEff")?)?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "addall", false).await?;
+        let pod = Pod::run(&d, d.pod_config("addall")).await?;
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "addall",
                 CAPS_SCRIPT,
                 cri::LinuxContainerSecurityContext {
@@ -215,14 +212,14 @@ fn privileged_container_in_privileged_pod() -> Result<()> {
     // "Full" is everything the runtime itself holds (this host may lack a capability).
     let host_caps = caps_from_hex(&own_status_field("CapEff")?)?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "priv", true).await?;
+        let pod = Pod::run(&d, privileged(d.pod_config("priv"))).await?;
         let script = "grep -E '^Cap(Eff|Bnd)|^Seccomp:' /proc/self/status; \
             echo sys=$(mount | grep ' on /sys type sysfs ' | head -n 1); \
             test -c /dev/kmsg && echo kmsg=yes || echo kmsg=no; \
             echo timer_list=$(ls -l /proc/timer_list | cut -c1),$(head -c 16 /proc/timer_list | wc -c); \
             grep -q ' /proc/sys proc ro' /proc/self/mounts && echo procsys=ro || echo procsys=rw";
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "priv",
                 script,
                 cri::LinuxContainerSecurityContext {
@@ -269,7 +266,7 @@ fn privileged_container_in_privileged_pod() -> Result<()> {
 
         // A non-privileged container in the privileged pod is still confined.
         let e = pod
-            .run_to_exit(ctr("plain", script, Default::default()))
+            .run_and_remove(ctr("plain", script, Default::default()))
             .await?;
         ensure!(
             cap_field(&e, "CapEff")? == cap_set(&CONTAINERD_DEFAULT_CAPS),
@@ -293,12 +290,12 @@ fn privileged_container_in_privileged_pod() -> Result<()> {
 fn run_as_user_group_username_and_supplemental_groups() -> Result<()> {
     let d = start()?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "users", false).await?;
+        let pod = Pod::run(&d, d.pod_config("users")).await?;
         let script = "echo uid=$(id -u); echo gid=$(id -g); echo groups=$(id -G); \
             grep '^CapEff' /proc/self/status";
 
         let e = pod
-            .run_to_exit(ctr("image-user", script, Default::default()))
+            .run_and_remove(ctr("image-user", script, Default::default()))
             .await?;
         ensure!(
             var(&e, "uid") == Some("0") && var(&e, "gid") == Some("0"),
@@ -307,7 +304,7 @@ fn run_as_user_group_username_and_supplemental_groups() -> Result<()> {
         );
 
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "numeric",
                 script,
                 cri::LinuxContainerSecurityContext {
@@ -334,7 +331,7 @@ fn run_as_user_group_username_and_supplemental_groups() -> Result<()> {
         ensure!(cap_field(&e, "CapEff")?.is_empty(), "{}", e.log);
 
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "named",
                 script,
                 cri::LinuxContainerSecurityContext {
@@ -358,12 +355,12 @@ fn run_as_user_group_username_and_supplemental_groups() -> Result<()> {
 fn readonly_rootfs_and_no_new_privs() -> Result<()> {
     let d = start()?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "ro", false).await?;
+        let pod = Pod::run(&d, d.pod_config("ro")).await?;
         let script = "echo x > /x; echo root=$?; echo x > /tmp/y; echo tmp=$?; \
             echo x > /dev/shm/z; echo shm=$?; grep '^NoNewPrivs' /proc/self/status";
 
         let e = pod
-            .run_to_exit(ctr("rw", script, Default::default()))
+            .run_and_remove(ctr("rw", script, Default::default()))
             .await?;
         ensure!(
             var(&e, "root") == Some("0") && var(&e, "tmp") == Some("0"),
@@ -373,7 +370,7 @@ fn readonly_rootfs_and_no_new_privs() -> Result<()> {
         ensure!(status_field(&e.log, "NoNewPrivs") == Some("0"), "{}", e.log);
 
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "ro",
                 script,
                 cri::LinuxContainerSecurityContext {
@@ -420,12 +417,12 @@ fn seccomp_runtime_default_and_unconfined() -> Result<()> {
     use cri::security_profile::ProfileType;
     let d = start()?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "seccomp", false).await?;
+        let pod = Pod::run(&d, d.pod_config("seccomp")).await?;
         let run =
             |name: &str, sc: cri::LinuxContainerSecurityContext| ctr(name, SECCOMP_SCRIPT, sc);
 
         let e = pod
-            .run_to_exit(run(
+            .run_and_remove(run(
                 "default",
                 cri::LinuxContainerSecurityContext {
                     seccomp: seccomp(ProfileType::RuntimeDefault, ""),
@@ -449,7 +446,7 @@ fn seccomp_runtime_default_and_unconfined() -> Result<()> {
             seccomp_profile_path: "runtime/default".into(),
             ..Default::default()
         };
-        let e = pod.run_to_exit(run("deprecated", old)).await?;
+        let e = pod.run_and_remove(run("deprecated", old)).await?;
         ensure!(
             status_field(&e.log, "Seccomp") == Some("2")
                 && var(&e, "unshare").is_some_and(|c| c != "0"),
@@ -458,7 +455,7 @@ fn seccomp_runtime_default_and_unconfined() -> Result<()> {
         );
 
         let e = pod
-            .run_to_exit(run(
+            .run_and_remove(run(
                 "unconfined",
                 cri::LinuxContainerSecurityContext {
                     seccomp: seccomp(ProfileType::Unconfined, ""),
@@ -473,7 +470,7 @@ fn seccomp_runtime_default_and_unconfined() -> Result<()> {
         );
 
         // Nothing asked: unconfined, as containerd 1.6.
-        let e = pod.run_to_exit(run("unset", Default::default())).await?;
+        let e = pod.run_and_remove(run("unset", Default::default())).await?;
         ensure!(
             status_field(&e.log, "Seccomp") == Some("0"),
             "no seccomp field:\n{}",
@@ -482,7 +479,7 @@ fn seccomp_runtime_default_and_unconfined() -> Result<()> {
 
         // With CAP_SYS_ADMIN the default profile allows unshare (as containerd's).
         let e = pod
-            .run_to_exit(run(
+            .run_and_remove(run(
                 "sysadmin",
                 cri::LinuxContainerSecurityContext {
                     seccomp: seccomp(ProfileType::RuntimeDefault, ""),
@@ -513,9 +510,9 @@ fn seccomp_localhost_profile_is_applied() -> Result<()> {
             {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
     )?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "localhost", false).await?;
+        let pod = Pod::run(&d, d.pod_config("localhost")).await?;
         let e = pod
-            .run_to_exit(ctr(
+            .run_and_remove(ctr(
                 "local",
                 "grep '^Seccomp:' /proc/self/status; mkdir /tmp/d; echo mkdir=$?; \
                  touch /tmp/f; echo touch=$?",
@@ -547,7 +544,7 @@ fn seccomp_localhost_profile_is_applied() -> Result<()> {
 fn masked_and_readonly_proc_paths() -> Result<()> {
     let d = start()?;
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "masked", false).await?;
+        let pod = Pod::run(&d, d.pod_config("masked")).await?;
         // Writes the current hostname back, so nothing changes even if /proc/sys were
         // writable (this host-network pod shares the host's UTS namespace).
         // /proc/kcore is absent on some kernels (this CI VM's): then /proc/timer_list and
@@ -559,7 +556,7 @@ fn masked_and_readonly_proc_paths() -> Result<()> {
             h=$(cat /proc/sys/kernel/hostname); echo \"$h\" > /proc/sys/kernel/hostname; \
             echo sysw=$?";
         let e = pod
-            .run_to_exit(ctr("masked", script, Default::default()))
+            .run_and_remove(ctr("masked", script, Default::default()))
             .await?;
         ensure!(
             var(&e, "kcore").is_some_and(|c| c != "0"),
@@ -606,7 +603,7 @@ fn bad_security_context_is_refused_and_leaves_nothing() -> Result<()> {
     let bundles = d.dir.path().join("state").join("containers");
     let roots = d.dir.path().join("root").join("containers");
     let r = block_on(async {
-        let mut pod = Pod::run(&d, "bad", false).await?;
+        let pod = Pod::run(&d, d.pod_config("bad")).await?;
         let sc = cri::LinuxContainerSecurityContext::default;
         let cases: Vec<(&str, cri::LinuxContainerSecurityContext, &[Code])> = vec![
             (
@@ -677,7 +674,7 @@ fn bad_security_context_is_refused_and_leaves_nothing() -> Result<()> {
         }
         // The name was released each time: the same name with a good context runs.
         let e = pod
-            .run_to_exit(ctr("bad", "echo ok", Default::default()))
+            .run_and_remove(ctr("bad", "echo ok", Default::default()))
             .await?;
         ensure!(e.code == 0 && e.log == "ok\n", "{e:?}");
         pod.remove().await

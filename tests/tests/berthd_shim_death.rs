@@ -6,9 +6,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{remove_all_pods, Pod};
 use berth_tests::cri::{block_on, container_config, pod_config};
-use berth_tests::streaming::{berthd, eventually};
+use berth_tests::pod::Pod;
+use berth_tests::streaming::eventually;
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
@@ -41,90 +41,82 @@ async fn pod_state(pod: &Pod) -> Result<i32> {
 
 #[test]
 fn a_shim_killed_under_a_running_berthd_is_noticed_and_its_pod_settled() -> Result<()> {
-    let d = berthd()?.start()?;
+    let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("live", &logs.join("live"))).await?;
-            let cid = pod
-                .start(
-                    &d,
-                    container_config("sleeper", image::BUSYBOX_IMAGE, &["sleep", "1000"]),
-                )
-                .await?;
-            let pid = pid_of(&pod, &cid).await?;
-            let shim = shim_of_pod(&d, &pod.id)?;
-            let t0 = Instant::now();
-            procs::signal(shim, libc::SIGKILL)?;
-            let mut st = pod.container_status(&cid).await?;
-            while st.state != cri::ContainerState::ContainerExited as i32
-                && t0.elapsed() < Duration::from_secs(5)
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                st = pod.container_status(&cid).await?;
-            }
-            let took = t0.elapsed();
-            ensure!(
-                st.state == cri::ContainerState::ContainerExited as i32,
-                "the container is still {} 5 s after its shim died",
-                st.state
-            );
-            eprintln!("berthd settled the dead shim's container in {took:?}");
-            ensure!(took < Duration::from_secs(1), "noticed after {took:?}");
-            ensure!(
-                st.exit_code == 137 && st.reason == "ShimDied",
-                "exit {} reason {:?}",
-                st.exit_code,
-                st.reason
-            );
-            ensure!(
-                eventually(Duration::from_secs(5), || !procs::alive(pid)).await,
-                "the process the dead shim left ({pid}) still runs"
-            );
-            let mut state = pod_state(&pod).await?;
-            for _ in 0..50 {
-                if state == cri::PodSandboxState::SandboxNotready as i32 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                state = pod_state(&pod).await?;
-            }
-            ensure!(
-                state == cri::PodSandboxState::SandboxNotready as i32,
-                "the pod is still ready"
-            );
-            Ok(())
+        let pod = Pod::run(&d, pod_config("live", &logs.join("live"))).await?;
+        let cid = pod
+            .start(container_config(
+                "sleeper",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "1000"],
+            ))
+            .await?;
+        let pid = pid_of(&pod, &cid).await?;
+        let shim = shim_of_pod(&d, &pod.id)?;
+        let t0 = Instant::now();
+        procs::signal(shim, libc::SIGKILL)?;
+        let mut st = pod.container_status(&cid).await?;
+        while st.state != cri::ContainerState::ContainerExited as i32
+            && t0.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            st = pod.container_status(&cid).await?;
         }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let took = t0.elapsed();
+        ensure!(
+            st.state == cri::ContainerState::ContainerExited as i32,
+            "the container is still {} 5 s after its shim died",
+            st.state
+        );
+        eprintln!("berthd settled the dead shim's container in {took:?}");
+        ensure!(took < Duration::from_secs(1), "noticed after {took:?}");
+        ensure!(
+            st.exit_code == 137 && st.reason == "ShimDied",
+            "exit {} reason {:?}",
+            st.exit_code,
+            st.reason
+        );
+        ensure!(
+            eventually(Duration::from_secs(5), || !procs::alive(pid)).await,
+            "the process the dead shim left ({pid}) still runs"
+        );
+        let mut state = pod_state(&pod).await?;
+        for _ in 0..50 {
+            if state == cri::PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = pod_state(&pod).await?;
+        }
+        ensure!(
+            state == cri::PodSandboxState::SandboxNotready as i32,
+            "the pod is still ready"
+        );
+        Ok(())
     })??;
     d.finish()
 }
 
 #[test]
 fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() -> Result<()> {
-    let mut d = berthd()?.start()?;
+    let mut d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, &rs, pod_config("down", &logs.join("down"))).await?;
+        let pod = Pod::run(&d, pod_config("down", &logs.join("down"))).await?;
         let quitter = pod
-            .start(
-                &d,
-                container_config(
-                    "quitter",
-                    image::BUSYBOX_IMAGE,
-                    &["sh", "-c", "sleep 1; exit 3"],
-                ),
-            )
+            .start(container_config(
+                "quitter",
+                image::BUSYBOX_IMAGE,
+                &["sh", "-c", "sleep 1; exit 3"],
+            ))
             .await?;
         let sleeper = pod
-            .start(
-                &d,
-                container_config("sleeper", image::BUSYBOX_IMAGE, &["sleep", "1000"]),
-            )
+            .start(container_config(
+                "sleeper",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "1000"],
+            ))
             .await?;
         // Killed by the OOM killer while berthd is down: the shim's record says so.
         let mut hog = container_config(
@@ -140,7 +132,7 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
             }),
             ..Default::default()
         });
-        let hog = pod.start(&d, hog).await?;
+        let hog = pod.start(hog).await?;
         let sleeper_pid = pid_of(&pod, &sleeper).await?;
         let shim = shim_of_pod(&d, &pod.id)?;
         d.kill9()?;
@@ -163,56 +155,49 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
         procs::signal(shim, libc::SIGKILL)?;
         d.restart()?;
         let (rs, _) = d.client().await?;
-        let pod = Pod {
-            rs: rs.clone(),
-            ..pod
-        };
-        let r: Result<()> = async {
-            let q = pod.container_status(&quitter).await?;
-            ensure!(
-                q.state == cri::ContainerState::ContainerExited as i32 && q.exit_code == 3,
-                "quitter: state {} exit {} reason {:?}",
-                q.state,
-                q.exit_code,
-                q.reason
-            );
-            ensure!(
-                q.finished_at > q.started_at && q.finished_at < quit_by,
-                "quitter's exit time {} (started {}, shim killed at {quit_by})",
-                q.finished_at,
-                q.started_at
-            );
-            let h = pod.container_status(&hog).await?;
-            ensure!(
-                h.exit_code == 137 && h.reason == "OOMKilled",
-                "hog: state {} exit {} reason {:?}",
-                h.state,
-                h.exit_code,
-                h.reason
-            );
-            let s = pod.container_status(&sleeper).await?;
-            ensure!(
-                s.state == cri::ContainerState::ContainerExited as i32
-                    && s.exit_code == 137
-                    && s.reason == "ShimDied",
-                "sleeper: state {} exit {} reason {:?}",
-                s.state,
-                s.exit_code,
-                s.reason
-            );
-            ensure!(
-                eventually(Duration::from_secs(5), || !procs::alive(sleeper_pid)).await,
-                "the sleeper ({sleeper_pid}) still runs"
-            );
-            ensure!(
-                pod_state(&pod).await? == cri::PodSandboxState::SandboxNotready as i32,
-                "the pod is still ready"
-            );
-            Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let mut pod = pod;
+        pod.rs = rs.clone();
+        let q = pod.container_status(&quitter).await?;
+        ensure!(
+            q.state == cri::ContainerState::ContainerExited as i32 && q.exit_code == 3,
+            "quitter: state {} exit {} reason {:?}",
+            q.state,
+            q.exit_code,
+            q.reason
+        );
+        ensure!(
+            q.finished_at > q.started_at && q.finished_at < quit_by,
+            "quitter's exit time {} (started {}, shim killed at {quit_by})",
+            q.finished_at,
+            q.started_at
+        );
+        let h = pod.container_status(&hog).await?;
+        ensure!(
+            h.exit_code == 137 && h.reason == "OOMKilled",
+            "hog: state {} exit {} reason {:?}",
+            h.state,
+            h.exit_code,
+            h.reason
+        );
+        let s = pod.container_status(&sleeper).await?;
+        ensure!(
+            s.state == cri::ContainerState::ContainerExited as i32
+                && s.exit_code == 137
+                && s.reason == "ShimDied",
+            "sleeper: state {} exit {} reason {:?}",
+            s.state,
+            s.exit_code,
+            s.reason
+        );
+        ensure!(
+            eventually(Duration::from_secs(5), || !procs::alive(sleeper_pid)).await,
+            "the sleeper ({sleeper_pid}) still runs"
+        );
+        ensure!(
+            pod_state(&pod).await? == cri::PodSandboxState::SandboxNotready as i32,
+            "the pod is still ready"
+        );
+        Ok(())
     })??;
     d.finish()
 }

@@ -4,9 +4,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{remove_all_pods, Pod};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image;
+use berth_tests::pod::Pod;
 use berth_tests::ws::WsSession;
 use k8s_cri::v1 as cri;
 use std::path::Path;
@@ -47,49 +47,45 @@ fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
 fn the_streaming_server_speaks_tls_when_given_a_certificate() -> Result<()> {
     let certs = tempfile::tempdir()?;
     let (cert, key) = self_signed(certs.path())?;
-    let d = Berthd::configure(&format!(
-        "[streaming]\nport = 0\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ))?;
-    berth_tests::berthd_feat::import(&d, &image::busybox(d.dir.path())?)?;
-    let d = d.start()?;
+    let d = Berthd::builder()
+        .config(&format!(
+            "[streaming]\nport = 0\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ))
+        .busybox()
+        .start()?;
     let logs = d.dir.path().join("logs");
     let root_pem = std::fs::read(&cert)?;
     block_on(async {
         let (rs, _) = d.client().await?;
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("tls", &logs.join("tls"))).await?;
-            let cid = pod.start(&d, idler()).await?;
-            let url = rs
-                .clone()
-                .exec(cri::ExecRequest {
-                    container_id: cid.clone(),
-                    cmd: vec!["echo".into(), "over tls".into()],
-                    stdout: true,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .url;
-            ensure!(url.starts_with("https://127.0.0.1:"), "Exec URL {url:?}");
-            // Plain HTTP on the TLS port gets no upgrade (and the token survives it).
-            let plain = url.replacen("https://", "http://", 1);
-            ensure!(
-                WsSession::connect(&plain, &["v5.channel.k8s.io"])
-                    .await
-                    .is_err(),
-                "a plain-HTTP upgrade was accepted on the TLS port"
-            );
-            let s = WsSession::connect_tls(&url, &["v5.channel.k8s.io"], &root_pem).await?;
-            let out = s.finish(Duration::from_secs(20)).await?;
-            ensure!(out.stdout_text() == "over tls\n", "{:?}", out.stdout_text());
-            ensure!(out.status()?["status"] == "Success");
-            Ok(())
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let pod = Pod::run(&d, pod_config("tls", &logs.join("tls"))).await?;
+        let cid = pod.start(idler()).await?;
+        let url = rs
+            .clone()
+            .exec(cri::ExecRequest {
+                container_id: cid.clone(),
+                cmd: vec!["echo".into(), "over tls".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .url;
+        ensure!(url.starts_with("https://127.0.0.1:"), "Exec URL {url:?}");
+        // Plain HTTP on the TLS port gets no upgrade (and the token survives it).
+        let plain = url.replacen("https://", "http://", 1);
+        ensure!(
+            WsSession::connect(&plain, &["v5.channel.k8s.io"])
+                .await
+                .is_err(),
+            "a plain-HTTP upgrade was accepted on the TLS port"
+        );
+        let s = WsSession::connect_tls(&url, &["v5.channel.k8s.io"], &root_pem).await?;
+        let out = s.finish(Duration::from_secs(20)).await?;
+        ensure!(out.stdout_text() == "over tls\n", "{:?}", out.stdout_text());
+        ensure!(out.status()?["status"] == "Success");
+        Ok(())
     })??;
     d.finish()
 }

@@ -5,8 +5,8 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
-use berth_tests::berthd_feat::{import, remove_all_pods, Pod};
 use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::pod::Pod;
 use berth_tests::{image, leaks};
 use k8s_cri::v1 as cri;
 
@@ -26,103 +26,100 @@ fn image_mount(image: &str, readonly: bool) -> cri::Mount {
 
 #[test]
 fn an_image_volume_is_mounted_read_only_and_goes_with_its_container() -> Result<()> {
-    let d = Berthd::configure("")?;
-    import(&d, &image::busybox(d.dir.path())?)?;
-    let cfg = serde_json::json!({"Cmd": ["sh"], "Labels": {"volume": "yes"}});
-    import(&d, &image::busybox_with(d.dir.path(), VOLUME_IMAGE, cfg)?)?;
-    let d = d.start()?;
+    let d = Berthd::builder()
+        .busybox()
+        .image(|dir| {
+            let cfg = serde_json::json!({"Cmd": ["sh"], "Labels": {"volume": "yes"}});
+            image::busybox_with(dir, VOLUME_IMAGE, cfg)
+        })
+        .start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (rs, is) = d.client().await?;
-        let r: Result<()> = async {
-            let pod = Pod::run(&d, &rs, pod_config("vol", &logs.join("vol"))).await?;
-            let script = "ls /mnt/img/bin/busybox && echo listed; \
-                touch /mnt/img/x 2>/dev/null; echo write=$?; \
-                /mnt/img/bin/busybox true && echo exec-ok";
-            let mut c = container_config("reader", image::BUSYBOX_IMAGE, &["sh", "-c", script]);
-            c.mounts = vec![image_mount(VOLUME_IMAGE, true)];
-            let e = pod.run_to_exit(&d, c).await?;
-            ensure!(
-                e.stdout.contains("listed\n"),
-                "image files not visible:\n{e:?}"
-            );
-            ensure!(
-                e.stdout.contains("write=1\n"),
-                "image volume writable:\n{e:?}"
-            );
-            ensure!(
-                e.stdout.contains("exec-ok\n"),
-                "image volume not executable:\n{e:?}"
-            );
-            // The status reports the mount as asked for (with its image).
-            let m = e
-                .status
-                .mounts
-                .iter()
-                .find(|m| m.container_path == "/mnt/img");
-            ensure!(
-                m.and_then(|m| m.image.as_ref())
-                    .is_some_and(|i| i.image == VOLUME_IMAGE),
-                "status mounts {:?}",
-                e.status.mounts
-            );
-            ensure!(
-                !leaks::mounts_under(d.dir.path()).is_empty(),
-                "the image volume is not mounted while its container exists"
-            );
-            // Removing the image while it is mounted untags it; the mount is unaffected.
-            is.clone()
-                .remove_image(cri::RemoveImageRequest {
-                    image: Some(cri::ImageSpec {
-                        image: VOLUME_IMAGE.into(),
-                        ..Default::default()
-                    }),
-                })
-                .await?;
-            let again = pod
-                .run_to_exit(&d, {
-                    let mut c = container_config("again", image::BUSYBOX_IMAGE, &["true"]);
-                    c.mounts = vec![image_mount(VOLUME_IMAGE, true)];
-                    c
-                })
-                .await
-                .err()
-                .context("a removed image mounted again")?;
-            ensure!(again.to_string().contains("not found"), "{again:#}");
-
-            let mut c = container_config("writer", image::BUSYBOX_IMAGE, &["true"]);
-            c.mounts = vec![image_mount(VOLUME_IMAGE, false)];
-            let err = pod
-                .create(c)
-                .await
-                .err()
-                .context("a writable image volume")?;
-            ensure!(err.code() == tonic::Code::InvalidArgument, "{err}");
-            let mut c = container_config("unknown", image::BUSYBOX_IMAGE, &["true"]);
-            c.mounts = vec![image_mount("berth.test/absent:1", true)];
-            let err = pod
-                .create(c)
-                .await
-                .err()
-                .context("an unknown image volume")?;
-            ensure!(err.code() == tonic::Code::NotFound, "{err}");
-
-            let mut rs2 = rs.clone();
-            rs2.remove_container(cri::RemoveContainerRequest {
-                container_id: e.id.clone(),
+        let pod = Pod::run(&d, pod_config("vol", &logs.join("vol"))).await?;
+        let script = "ls /mnt/img/bin/busybox && echo listed; \
+            touch /mnt/img/x 2>/dev/null; echo write=$?; \
+            /mnt/img/bin/busybox true && echo exec-ok";
+        let mut c = container_config("reader", image::BUSYBOX_IMAGE, &["sh", "-c", script]);
+        c.mounts = vec![image_mount(VOLUME_IMAGE, true)];
+        let e = pod.run_to_exit(c).await?;
+        ensure!(
+            e.stdout.contains("listed\n"),
+            "image files not visible:\n{e:?}"
+        );
+        ensure!(
+            e.stdout.contains("write=1\n"),
+            "image volume writable:\n{e:?}"
+        );
+        ensure!(
+            e.stdout.contains("exec-ok\n"),
+            "image volume not executable:\n{e:?}"
+        );
+        // The status reports the mount as asked for (with its image).
+        let m = e
+            .status
+            .mounts
+            .iter()
+            .find(|m| m.container_path == "/mnt/img");
+        ensure!(
+            m.and_then(|m| m.image.as_ref())
+                .is_some_and(|i| i.image == VOLUME_IMAGE),
+            "status mounts {:?}",
+            e.status.mounts
+        );
+        ensure!(
+            !leaks::mounts_under(d.dir.path()).is_empty(),
+            "the image volume is not mounted while its container exists"
+        );
+        // Removing the image while it is mounted untags it; the mount is unaffected.
+        is.clone()
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: VOLUME_IMAGE.into(),
+                    ..Default::default()
+                }),
             })
             .await?;
-            // Only the pod's own mounts remain (none under the containers' bundles).
-            let left: Vec<_> = leaks::mounts_under(d.dir.path())
-                .into_iter()
-                .filter(|m| m.to_string_lossy().contains("imagevol"))
-                .collect();
-            ensure!(left.is_empty(), "image volume mounts left: {left:?}");
-            pod.remove().await
-        }
-        .await;
-        remove_all_pods(&rs).await?;
-        r
+        let again = pod
+            .run_to_exit({
+                let mut c = container_config("again", image::BUSYBOX_IMAGE, &["true"]);
+                c.mounts = vec![image_mount(VOLUME_IMAGE, true)];
+                c
+            })
+            .await
+            .err()
+            .context("a removed image mounted again")?;
+        ensure!(again.to_string().contains("not found"), "{again:#}");
+
+        let mut c = container_config("writer", image::BUSYBOX_IMAGE, &["true"]);
+        c.mounts = vec![image_mount(VOLUME_IMAGE, false)];
+        let err = pod
+            .create(c)
+            .await
+            .err()
+            .context("a writable image volume")?;
+        ensure!(err.code() == tonic::Code::InvalidArgument, "{err}");
+        let mut c = container_config("unknown", image::BUSYBOX_IMAGE, &["true"]);
+        c.mounts = vec![image_mount("berth.test/absent:1", true)];
+        let err = pod
+            .create(c)
+            .await
+            .err()
+            .context("an unknown image volume")?;
+        ensure!(err.code() == tonic::Code::NotFound, "{err}");
+
+        let mut rs2 = rs.clone();
+        rs2.remove_container(cri::RemoveContainerRequest {
+            container_id: e.id.clone(),
+        })
+        .await?;
+        // Only the pod's own mounts remain (none under the containers' bundles).
+        let left: Vec<_> = leaks::mounts_under(d.dir.path())
+            .into_iter()
+            .filter(|m| m.to_string_lossy().contains("imagevol"))
+            .collect();
+        ensure!(left.is_empty(), "image volume mounts left: {left:?}");
+        pod.remove().await
     })??;
     d.finish()
 }

@@ -1,4 +1,4 @@
-//! The `delete` action (contract §4) on a container of a two-container pod served by one live
+//! The shim binary's `delete` action (cleanup after a lost shim) on a container of a two-container pod served by one live
 //! shim: a valid DeleteResponse (init pid, 137, exited_at ≈ now), exit 0 in < 1 s, only the
 //! named container removed, the other container and the daemon untouched, idempotent, and
 //! working on a bundle without `runtime`/`options.json` (defaults to runc).
@@ -78,7 +78,7 @@ fn scenario(d: &Direct) -> Result<()> {
     for (id, f) in [(c1, "runtime"), (c1, "options.json"), (c2, "runtime")] {
         ensure!(
             d.bundle_path(id).join(f).exists(),
-            "{id}: shim did not persist {f} in the bundle (contract §9.3)"
+            "{id}: shim did not persist {f} in the bundle (a later `delete` action reads them to find the runtime and its options)"
         );
     }
 

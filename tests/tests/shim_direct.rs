@@ -1,5 +1,5 @@
-//! The shim without containerd, as Berth's own CRI daemon will start it (contract §3, §5.3,
-//! §5.5, §6): `start` with no TTRPC_ADDRESS and no `log` FIFO prints only the address and
+//! The shim without containerd, as berthd starts it (the `start` action, the ttrpc task
+//! service and shim grouping): `start` with no TTRPC_ADDRESS and no `log` FIFO prints only the address and
 //! closes its pipes; Create/Start/Wait/State/Delete/Shutdown over ttrpc; grouping by annotation
 //! reuses the one daemon.
 

@@ -1,4 +1,4 @@
-//! Error codes over ttrpc (contract §5.4, §6.1, §6.2), on a shim started directly: NotFound for
+//! Error codes over ttrpc (the gRPC codes containerd maps to its errdefs), on a shim started directly: NotFound for
 //! unknown ids, AlreadyExists for duplicate container and exec ids, FailedPrecondition for an
 //! unstarted exec and for exec start after the init exited, InvalidArgument for a bad id,
 //! Unimplemented for unknown methods and services, Connect of an unknown id; and nothing
@@ -254,8 +254,8 @@ fn scenario(d: &Direct) -> Result<()> {
     Ok(())
 }
 
-/// An unknown service must answer Unimplemented (contract §5.4; Go ttrpc's `serviceSet.resolve`
-/// returns `codes.Unimplemented "service <name>"`), which containerd maps to ErrNotImplemented.
+/// An unknown service must answer Unimplemented, as Go ttrpc's `serviceSet.resolve` does
+/// (`codes.Unimplemented "service <name>"`), which containerd maps to ErrNotImplemented.
 #[test]
 fn unknown_service_is_unimplemented() -> Result<()> {
     let d = Direct::new()?;

@@ -1,4 +1,4 @@
-//! Stdio (contract §7.3): a `binary://` logger gets stdout on fd 3 and stderr on fd 4, its query
+//! Stdio as containerd's shims hand it out: a `binary://` logger gets stdout on fd 3 and stderr on fd 4, its query
 //! as arguments and CONTAINER_ID/CONTAINER_NAMESPACE, and is gone after the task is deleted;
 //! `ctr run -t` gets a pty with the harness terminal's size; null IO gives /dev/null.
 
@@ -110,7 +110,7 @@ fn binary_logger_gets_stdout_stderr_and_is_stopped() -> Result<()> {
         })?;
         ensure!(
             read(&d.join("term")) == "term\n",
-            "logger was not stopped with SIGTERM (contract: SIGTERM, SIGKILL after 12 s)"
+            "logger was not stopped with SIGTERM (the shim stops a logger with SIGTERM, then SIGKILL after 12 s)"
         );
         Ok(())
     })();

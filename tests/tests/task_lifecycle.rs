@@ -1,5 +1,5 @@
 //! Detached task: exec (pipe and tty), ps with exec ids, pause/resume, metrics, memory update,
-//! kill, delete; `ctr events` order (contract §7.5, §8.2); OOM kill giving /tasks/oom and 137.
+//! kill, delete; `ctr events` order (create, start, exec-added, exit, delete as containerd publishes them); OOM kill giving /tasks/oom and 137.
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::events::{Event, Events};
@@ -39,7 +39,7 @@ fn detached_task_lifecycle_and_events() -> Result<()> {
         "exec without tty: {out:?}"
     );
 
-    // The console copy must end when the process exits (contract §7.3): the Go shim returns at once.
+    // The console copy must end when the process exits: the Go shim returns at once.
     let t = std::time::Instant::now();
     let out = ctr.exec(&id, "e2", true, &["sh", "-c", "tty; echo tty-ok"])?;
     ensure!(

@@ -38,7 +38,7 @@ impl Shape {
         cfg.labels.insert(LABEL.into(), role.into());
         if self.pod_network {
             cfg.hostname = name.into();
-            let ns = berth_tests::berthd_feat::ns_options(&mut cfg);
+            let ns = berth_tests::cri::ns_options(&mut cfg);
             ns.network = cri::NamespaceMode::Pod as i32;
         }
         Ok(cfg)

@@ -3,7 +3,7 @@
 
 use super::*;
 use berth_tests::berthd::{self, Berthd};
-use berth_tests::berthd_feat::Bridge;
+use berth_tests::cni::Bridge;
 
 /// The private bridge and /24 of berthd's pods (no masquerading).
 pub(crate) const BRIDGE: &str = "bbench0";
@@ -120,7 +120,8 @@ pub(crate) fn start_berthd() -> Result<(Berthd, Bridge)> {
         d.cni_dir.join("10-berthd-bench.conflist"),
         conflist.to_string(),
     )?;
-    berth_tests::berthd_cri::import_busybox(&d).context("import busybox into berthd")?;
+    d.import(&berth_tests::image::busybox(d.dir.path())?)
+        .context("import busybox into berthd")?;
     let d = d.start()?;
     Ok((d, bridge))
 }

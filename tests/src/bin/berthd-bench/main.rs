@@ -21,8 +21,9 @@
 //! berthd: `target/release/berthd` (or `$BERTHD`) with the shim beside it, on a private
 //! root/state/socket in a temp dir, pods on its own bridge `bbench0` (10.231.7.0/24, no
 //! masquerading, deleted at the end), busybox built and imported offline.
-//! containerd: the one of `../shared/tools/cri-reference-env.sh` (`$BERTH_CRI_REFERENCE_ENV`)
-//! at `/run/anchor-containerd/containerd.sock`; when that socket does not answer, the bench
+//! containerd: the one of the reference environment script `$BERTH_CRI_REFERENCE_ENV` names
+//! (required unless `--berthd-only`; the script is not part of this repository), at
+//! `/run/anchor-containerd/containerd.sock`; when that socket does not answer, the bench
 //! runs `cri-reference-env.sh up` itself and leaves it up. Its restarts reuse the killed
 //! daemon's /proc cmdline, environment and cwd and update the script's pid file.
 //! Every pod and image the bench creates is removed at the end, also after an error (the
@@ -40,7 +41,7 @@ mod stream;
 use anyhow::{bail, ensure, Context, Result};
 use berth_tests::cri::{connect, container_config, pod_config};
 use berth_tests::image::BUSYBOX_IMAGE;
-use berth_tests::{berthd_feat, cmd, procs};
+use berth_tests::{cmd, procs};
 use daemon::Daemon;
 use k8s_cri::v1 as cri;
 use ready::{rss_kb, Ready};

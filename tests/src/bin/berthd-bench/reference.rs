@@ -1,4 +1,5 @@
-//! The reference containerd 1.6 of `../shared/tools/cri-reference-env.sh`: brought up when
+//! The reference containerd 1.6 of the environment script `$BERTH_CRI_REFERENCE_ENV` names
+//! (kept outside this repository): brought up when
 //! its socket does not answer, found by the script's pid file, and killed -9 and restarted
 //! with the command line, environment and directory it ran with.
 
@@ -13,13 +14,16 @@ pub(crate) const LOG_FILE: &str = "/var/log/anchor/containerd.log";
 pub(crate) const IMAGE: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const UP_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// `$BERTH_CRI_REFERENCE_ENV`, else `../shared/tools/cri-reference-env.sh` beside the repo.
-pub(crate) fn env_script() -> PathBuf {
+/// The reference environment script: `$BERTH_CRI_REFERENCE_ENV`, required for the
+/// reference side (there is no default: the script is not part of this repository).
+pub(crate) fn env_script() -> Result<PathBuf> {
     match std::env::var_os("BERTH_CRI_REFERENCE_ENV") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/cri-reference-env.sh")
-        }
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => bail!(
+            "BERTH_CRI_REFERENCE_ENV is not set: the containerd side of the bench needs the \
+             path of the reference environment script (cri-reference-env.sh); set it, or run \
+             with --berthd-only"
+        ),
     }
 }
 
@@ -36,7 +40,7 @@ async fn answers() -> bool {
 /// `cri-reference-env.sh up` (what that starts stays up; `cri-reference-env.sh down` stops
 /// it): containerd and the registry at 127.0.0.1:5000.
 pub(crate) fn env_up() -> Result<()> {
-    let script = env_script();
+    let script = env_script()?;
     eprintln!("[bench] bash {} up", script.display());
     let mut child = Command::new("bash")
         .arg(&script)
@@ -55,6 +59,8 @@ pub(crate) fn env_up() -> Result<()> {
 /// Connects, running `cri-reference-env.sh up` first when the socket does not answer.
 /// Pulls the image.
 pub(crate) async fn open() -> Result<(Rt, RefContainerd)> {
+    // The reference side is only measured against the environment the script sets up.
+    env_script()?;
     if !answers().await {
         eprintln!("[bench] {SOCKET} does not answer");
         env_up()?;

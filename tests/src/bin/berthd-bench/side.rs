@@ -103,7 +103,7 @@ impl Side {
         }
         cfg.hostname = name.into();
         cfg.labels.insert(RUN_LABEL.into(), self.run.clone());
-        let ns = berthd_feat::ns_options(&mut cfg);
+        let ns = berth_tests::cri::ns_options(&mut cfg);
         ns.network = cri::NamespaceMode::Pod as i32;
         ns.pid = cri::NamespaceMode::Container as i32;
         Ok(cfg)

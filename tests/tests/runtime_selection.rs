@@ -1,5 +1,5 @@
-//! Runtime options (contract §1.5, §6.3): none at all (ctr with io.containerd.berth.v2),
-//! `runtimeoptions.v1.Options{config_path}` naming a TOML file with `BinaryName = "crun"` (from
+//! Which OCI runtime a container runs under, chosen by the runtime options containerd passes
+//! to a shim: none at all (ctr with io.containerd.berth.v2), `runtimeoptions.v1.Options{config_path}` naming a TOML file with `BinaryName = "crun"` (from
 //! ctr --runtime-config-path and from containerd's CRI runtime handler `options.ConfigPath`), and
 //! `containerd.runc.v1.Options{binary_name=crun}` through the drop-in: the container really runs
 //! under the OCI runtime the options name.
