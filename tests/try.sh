@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts Berth on its defaults, for a first look: builds the release binaries, starts
 # berthd on its embedded defaults (CRI socket /run/berth/berth.sock, root /var/lib/berth,
-# state /run/berth), and, because berthd cannot run app containers yet, also starts a
+# state /run/berth), and also starts a
 # private containerd 1.6 (socket /run/berth-try/containerd.sock) whose runtime is Berth's
 # shim (io.containerd.berth.v2) and runs a busybox container through it.
 #   bash tests/try.sh         start (idempotent) and run a hello container
@@ -34,7 +34,8 @@ stop() {
 
 [ "$(id -u)" -eq 0 ] || { echo "try.sh: run as root" >&2; exit 1; }
 need=()
-for p in containerd runc busybox-static; do
+# The build needs protoc (the CRI bindings), OpenSSL headers and pkg-config.
+for p in containerd runc busybox-static protobuf-compiler libssl-dev pkg-config ca-certificates; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 [ "${#need[@]}" -eq 0 ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; }
