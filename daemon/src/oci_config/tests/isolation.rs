@@ -1,0 +1,218 @@
+//! Isolation: namespaces, the sandbox files and IPC, privileged against unprivileged.
+
+use super::*;
+
+#[test]
+fn namespace_modes_table() {
+    let cases = [
+        (NamespaceMode::Pod, None, Some("/proc/4242/ns/pid")),
+        (NamespaceMode::Container, None, None),
+        (NamespaceMode::Target, Some(777), Some("/proc/777/ns/pid")),
+        (NamespaceMode::Node, None, Some("/proc/4242/ns/pid")),
+    ];
+    for (mode, target, want) in cases {
+        let c = ctr(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: mode as i32,
+                target_id: "other".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut o = opts();
+        o.target_pid = target;
+        let s = container_spec(&c, &pod(false), &image(), &o).unwrap();
+        let got = ns(&s);
+        assert_eq!(
+            got[0],
+            (LinuxNamespaceType::Pid, want.map(PathBuf::from)),
+            "{mode:?}"
+        );
+        assert!(got.contains(&(
+            LinuxNamespaceType::Network,
+            Some("/proc/4242/ns/net".into())
+        )));
+        assert!(got.contains(&(LinuxNamespaceType::Ipc, Some("/proc/4242/ns/ipc".into()))));
+        assert!(got.contains(&(LinuxNamespaceType::Uts, Some("/proc/4242/ns/uts".into()))));
+        assert!(got.contains(&(LinuxNamespaceType::Mount, None)));
+    }
+    let c = ctr(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Target as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert!(is_invalid(container_spec(
+        &c,
+        &pod(false),
+        &image(),
+        &opts()
+    )));
+    let mut o = opts();
+    o.cgroupns = true;
+    let s = container_spec(&ctr(Default::default()), &pod(false), &image(), &o).unwrap();
+    assert!(ns(&s).contains(&(LinuxNamespaceType::Cgroup, None)));
+    o.sandbox_pid = 0;
+    assert!(matches!(
+        container_spec(&ctr(Default::default()), &pod(false), &image(), &o),
+        Err(Error::FailedPrecondition(_))
+    ));
+}
+
+#[test]
+fn sandbox_files_and_host_ipc_shm() {
+    let s = build(&ctr(LinuxContainerSecurityContext {
+        readonly_rootfs: true,
+        ..Default::default()
+    }));
+    assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+    let ms = s.mounts().as_ref().unwrap();
+    let get = |d: &str| ms.iter().find(|m| m.destination() == Path::new(d)).unwrap();
+    assert_eq!(
+        get("/etc/hosts").source().as_deref(),
+        Some(Path::new("/var/lib/berth/sb1/hosts"))
+    );
+    assert!(get("/etc/resolv.conf")
+        .options()
+        .as_ref()
+        .unwrap()
+        .contains(&"ro".to_string()));
+    assert!(get("/etc/hostname")
+        .options()
+        .as_ref()
+        .unwrap()
+        .contains(&"ro".to_string()));
+    assert!(get("/dev/shm")
+        .options()
+        .as_ref()
+        .unwrap()
+        .contains(&"rw".to_string()));
+    assert_eq!(
+        get("/dev/shm").source().as_deref(),
+        Some(Path::new("/run/berth/sb1/shm"))
+    );
+
+    let c = ctr(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            ipc: NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let s = build(&c);
+    let shm = s
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/dev/shm"))
+        .unwrap();
+    assert_eq!(shm.source().as_deref(), Some(Path::new("/dev/shm")));
+}
+
+#[test]
+#[allow(deprecated)]
+fn privileged_vs_unprivileged() {
+    let mut c = ctr(LinuxContainerSecurityContext {
+        privileged: true,
+        seccomp_profile_path: "runtime/default".into(),
+        capabilities: Some(CriCapability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c.devices = vec![Device {
+        container_path: "/dev/f".into(),
+        host_path: "/dev/fuse".into(),
+        permissions: "r".into(),
+    }];
+    assert!(
+        is_invalid(container_spec(&c, &pod(false), &image(), &opts())),
+        "privileged container needs a privileged pod"
+    );
+
+    let mut o = opts();
+    o.host_devices = Some(vec![fake_lookup(Path::new("/dev/sda")).unwrap()]);
+    let s = container_spec(&c, &pod(true), &image(), &o).unwrap();
+    let linux = s.linux().as_ref().unwrap();
+    assert!(linux.masked_paths().as_ref().unwrap().is_empty());
+    assert!(linux.readonly_paths().as_ref().unwrap().is_empty());
+    assert!(linux.seccomp().is_none());
+    let caps = s
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    assert!(caps
+        .bounding()
+        .as_ref()
+        .unwrap()
+        .contains(&Capability::SysAdmin));
+    let devs: Vec<LinuxDevice> = linux.devices().clone().unwrap();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0].path(), Path::new("/dev/sda"));
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].allow() && rules[0].major().is_none());
+    let sys = s
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/sys"))
+        .unwrap();
+    assert!(!sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+
+    c.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .privileged = false;
+    let s = container_spec(&c, &pod(true), &image(), &opts()).unwrap();
+    let linux = s.linux().as_ref().unwrap();
+    assert!(!linux.masked_paths().as_ref().unwrap().is_empty());
+    assert!(linux.seccomp().is_some());
+    assert!(s
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .as_ref()
+        .unwrap()
+        .bounding()
+        .as_ref()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        linux.devices().as_ref().unwrap()[0].path(),
+        Path::new("/dev/f")
+    );
+    let rules = linux
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
+    assert!(!rules[0].allow(), "deny-all first");
+    assert_eq!(
+        (
+            rules[1].major(),
+            rules[1].minor(),
+            rules[1].access().as_deref()
+        ),
+        (Some(10), Some(229), Some("r"))
+    );
+}
