@@ -20,6 +20,7 @@ pub mod ctr;
 pub mod direct;
 pub mod direct_steps;
 pub mod events;
+pub mod fifo;
 pub mod host;
 pub mod http;
 pub mod image;
@@ -32,6 +33,7 @@ pub mod slow_proxy;
 pub mod spdy;
 pub mod streaming;
 pub mod task_api;
+pub mod task_reqs;
 pub mod ws;
 
 pub use containerd::{Instance, Setup};

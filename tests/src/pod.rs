@@ -36,6 +36,15 @@ pub struct Exited {
     pub log: String,
 }
 
+impl Exited {
+    /// The value of a `key=value` line the container printed.
+    pub fn var(&self, key: &str) -> Option<&str> {
+        self.log
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    }
+}
+
 impl Pod {
     /// RunPodSandbox of `cfg` on `d` (through a client of the pod's own).
     pub async fn run(d: &Berthd, cfg: cri::PodSandboxConfig) -> Result<Pod> {
