@@ -74,6 +74,16 @@ pub struct Deleted {
 
 impl Direct {
     /// A fresh session: tempdir, unique namespace, busybox rootfs source.
+    /// A fresh `Direct`, `scenario` on it (an error names the namespace and dir), then
+    /// `finish`.
+    pub fn run(scenario: impl FnOnce(&Direct) -> Result<()>) -> Result<()> {
+        let d = Direct::new()?;
+        if let Err(e) = scenario(&d) {
+            return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
+        }
+        d.finish()
+    }
+
     pub fn new() -> Result<Direct> {
         let shim = shim::binary()?;
         let tmp = tempfile::Builder::new()

@@ -41,12 +41,7 @@ fn check_response(what: &str, r: &Deleted, want_pid: Option<u32>) -> Result<api:
 
 #[test]
 fn delete_action_touches_only_its_container() -> Result<()> {
-    let d = Direct::new()?;
-    let res = scenario(&d);
-    if let Err(e) = res {
-        return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
-    }
-    d.finish()
+    Direct::run(scenario)
 }
 
 fn scenario(d: &Direct) -> Result<()> {

@@ -13,12 +13,7 @@ use std::time::Duration;
 
 #[test]
 fn start_create_wait_delete_shutdown_without_containerd() -> Result<()> {
-    let d = Direct::new()?;
-    let res = scenario(&d);
-    if let Err(e) = res {
-        return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
-    }
-    d.finish()
+    Direct::run(scenario)
 }
 
 fn scenario(d: &Direct) -> Result<()> {

@@ -31,12 +31,7 @@ fn expect_code<T: std::fmt::Debug>(
 
 #[test]
 fn task_api_error_codes() -> Result<()> {
-    let d = Direct::new()?;
-    let res = scenario(&d);
-    if let Err(e) = res {
-        return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
-    }
-    d.finish()
+    Direct::run(scenario)
 }
 
 fn scenario(d: &Direct) -> Result<()> {
