@@ -19,6 +19,7 @@ use tempfile::TempDir;
 use crate::cni::{self, Bridge};
 use crate::cri::{pod_config, Is, Rs};
 use crate::image::{self, ImageTar};
+use crate::pod::Pod;
 use crate::{cmd, leaks, pod, procs};
 
 /// The berthd binary under test: `$BERTHD`, else `<target>/<profile>/berthd`.
@@ -238,6 +239,26 @@ impl Berthd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs pod `cfg`, then `f` on it, then removes the pod; an error carries berthd's log
+    /// (a pod left by a failure goes with the guard).
+    pub fn in_pod(
+        &self,
+        cfg: cri::PodSandboxConfig,
+        f: impl AsyncFnOnce(&Pod) -> Result<()>,
+    ) -> Result<()> {
+        let r = crate::cri::block_on(async {
+            let pod = Pod::run(self, cfg).await?;
+            f(&pod).await?;
+            pod.remove().await
+        });
+        self.with_log(r?)
+    }
+
+    /// `r`, its error with berthd's log added.
+    pub fn with_log<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| e.context(format!("berthd log:\n{}", self.log())))
     }
 
     pub async fn client(&self) -> Result<(Rs, Is)> {

@@ -95,6 +95,30 @@ pub fn cap_set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// The capability set in `field` (`CapEff`, `CapBnd`, ...) of a `/proc/self/status` a
+/// container printed into `log`.
+pub fn cap_field(log: &str, field: &str) -> Result<BTreeSet<String>> {
+    let hex = status_field(log, field).with_context(|| format!("no {field} in:\n{log}"))?;
+    caps_from_hex(hex)
+}
+
+/// `field` of the test process' own `/proc/self/status` (what the runtime itself holds).
+pub fn own_status_field(field: &str) -> Result<String> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    Ok(status_field(&s, field)
+        .context(field.to_string())?
+        .to_string())
+}
+
+/// A CRI capability change: `add` and `drop` (names without `CAP_`, or `ALL`).
+pub fn caps(add: &[&str], drop: &[&str]) -> Option<k8s_cri::v1::Capability> {
+    Some(k8s_cri::v1::Capability {
+        add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+        drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,6 +108,32 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::Conta
     }
 }
 
+/// A busybox-style container running `sh -c script` with security context `sc`.
+pub fn secured(
+    name: &str,
+    image: &str,
+    script: &str,
+    sc: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    let mut c = container_config(name, image, &["sh", "-c", script]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    });
+    c
+}
+
+/// A seccomp profile of type `t` (`localhost_ref` for `Localhost`).
+pub fn seccomp(
+    t: cri::security_profile::ProfileType,
+    localhost_ref: &str,
+) -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile {
+        profile_type: t as i32,
+        localhost_ref: localhost_ref.into(),
+    })
+}
+
 /// Runs `f` on a fresh multi-thread tokio runtime (tonic needs a reactor).
 pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -10,8 +10,7 @@
 use crate::{cmd, image, leaks, procs, shim, task_api};
 use anyhow::{bail, Context, Result};
 use berth_proto::api;
-use berth_proto::protobuf::well_known_types::any::Any;
-use berth_proto::protobuf::{Message, MessageField};
+use berth_proto::protobuf::Message;
 use berth_proto::ttrpc;
 use serde_json::json;
 use std::io::{Read, Write};
@@ -75,6 +74,16 @@ pub struct Deleted {
 
 impl Direct {
     /// A fresh session: tempdir, unique namespace, busybox rootfs source.
+    /// A fresh `Direct`, `scenario` on it (an error names the namespace and dir), then
+    /// `finish`.
+    pub fn run(scenario: impl FnOnce(&Direct) -> Result<()>) -> Result<()> {
+        let d = Direct::new()?;
+        if let Err(e) = scenario(&d) {
+            return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
+        }
+        d.finish()
+    }
+
     pub fn new() -> Result<Direct> {
         let shim = shim::binary()?;
         let tmp = tempfile::Builder::new()
@@ -489,127 +498,6 @@ impl Drop for Direct {
     }
 }
 
-/// An exec process spec (OCI `Process` JSON in an Any, as containerd sends it).
-pub fn exec_req(id: &str, exec_id: &str, args: &[&str]) -> api::ExecProcessRequest {
-    let spec = json!({
-        "terminal": false,
-        "user": {"uid": 0, "gid": 0},
-        "args": args,
-        "env": ["PATH=/bin"],
-        "cwd": "/",
-    });
-    api::ExecProcessRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        spec: MessageField::some(Any {
-            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
-            value: spec.to_string().into_bytes(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// `containerd.runc.v1.Options` in an Any, as containerd puts it on `start`'s stdin and
-/// into `CreateTaskRequest.options` (type_url without the googleapis prefix).
-pub fn runc_options(o: &berth_proto::shim::oci::Options) -> Result<Any> {
-    Ok(Any {
-        type_url: "containerd.runc.v1.Options".into(),
-        value: o.write_to_bytes().context("encode runc options")?,
-        ..Default::default()
-    })
-}
-
-/// Request builders for the common id/exec_id messages.
-pub fn start_req(id: &str, exec_id: &str) -> api::StartRequest {
-    api::StartRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        ..Default::default()
-    }
-}
-
-pub fn wait_req(id: &str, exec_id: &str) -> api::WaitRequest {
-    api::WaitRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        ..Default::default()
-    }
-}
-
-pub fn delete_req(id: &str, exec_id: &str) -> api::DeleteRequest {
-    api::DeleteRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        ..Default::default()
-    }
-}
-
-pub fn kill_req(id: &str, exec_id: &str, signal: i32) -> api::KillRequest {
-    api::KillRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        signal: signal as u32,
-        ..Default::default()
-    }
-}
-
-pub fn shutdown_req(id: &str) -> api::ShutdownRequest {
-    api::ShutdownRequest {
-        id: id.into(),
-        ..Default::default()
-    }
-}
-
-/// A FIFO at `path`, opened read-write and non-blocking by the test (so the shim's
-/// blocking write-open succeeds and no EOF races exist); read with [`read_until`].
-pub fn fifo(path: &Path) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: libc calls with a valid NUL-terminated path; the fd is checked and owned.
-    unsafe {
-        if libc::mkfifo(c.as_ptr(), 0o600) != 0 {
-            bail!(
-                "mkfifo {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        let fd = libc::open(
-            c.as_ptr(),
-            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        );
-        if fd < 0 {
-            bail!(
-                "open {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-/// Reads a non-blocking fd until the collected text contains `needle` or `timeout` passes.
-pub fn read_until(fd: &OwnedFd, needle: &str, timeout: Duration) -> String {
-    use std::os::fd::AsRawFd;
-    let deadline = Instant::now() + timeout;
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 4096];
-        // SAFETY: read into a valid stack buffer from an fd we own.
-        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n > 0 {
-            buf.extend_from_slice(&chunk[..n as usize]);
-            continue;
-        }
-        let s = String::from_utf8_lossy(&buf).into_owned();
-        if s.contains(needle) || Instant::now() >= deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds we then own.
@@ -633,19 +521,4 @@ fn build_rootfs(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     std::fs::write(dir.join("etc/group"), "root:x:0:\n")?;
     Ok(())
-}
-
-/// Seconds since the epoch of a protobuf timestamp field (0 when unset).
-pub fn ts_secs(
-    t: &MessageField<berth_proto::protobuf::well_known_types::timestamp::Timestamp>,
-) -> i64 {
-    t.as_ref().map(|t| t.seconds).unwrap_or(0)
-}
-
-/// Seconds since the epoch now.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

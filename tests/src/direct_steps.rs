@@ -9,8 +9,9 @@ use berth_proto::protobuf::{Message, MessageField};
 use berth_proto::ttrpc;
 use std::time::Duration;
 
-use crate::direct::{self, Direct};
+use crate::direct::Direct;
 use crate::procs;
+use crate::task_reqs;
 
 /// Runs the leak-checking teardown whatever happened; the scenario's error comes first.
 pub fn conclude(d: Direct, res: Result<()>) -> Result<()> {
@@ -77,7 +78,7 @@ pub async fn create_start(
         .with_context(|| format!("Create {id} with runc options"))?;
     ensure!(c.pid > 0, "Create pid {}", c.pid);
     let s: api::StartResponse = d
-        .rpc(client, "Start", &direct::start_req(id, ""))
+        .rpc(client, "Start", &task_reqs::start_req(id, ""))
         .await
         .with_context(|| format!("Start {id}"))?;
     ensure!(
@@ -97,12 +98,12 @@ pub async fn wait_delete_shutdown(
     code: u32,
 ) -> Result<()> {
     let w: api::WaitResponse = d
-        .rpc(client, "Wait", &direct::wait_req(id, ""))
+        .rpc(client, "Wait", &task_reqs::wait_req(id, ""))
         .await
         .with_context(|| format!("Wait {id}"))?;
     ensure!(w.exit_status == code, "{id} exit status {w:?}, want {code}");
     let del: api::DeleteResponse = d
-        .rpc(client, "Delete", &direct::delete_req(id, ""))
+        .rpc(client, "Delete", &task_reqs::delete_req(id, ""))
         .await
         .with_context(|| format!("Delete {id}"))?;
     ensure!(del.exit_status == code, "Delete {id}: {del:?}");
@@ -114,6 +115,6 @@ pub async fn wait_delete_shutdown(
 /// that too), so only the daemon's exit is checked afterwards.
 pub async fn shutdown(d: &Direct, client: &ttrpc::r#async::Client, id: &str) {
     let _ = d
-        .rpc::<_, api::Empty>(client, "Shutdown", &direct::shutdown_req(id))
+        .rpc::<_, api::Empty>(client, "Shutdown", &task_reqs::shutdown_req(id))
         .await;
 }

@@ -152,6 +152,15 @@ pub fn host_arch() -> &'static str {
     goarch()
 }
 
+/// An architecture that is not the host's (`arm64`, or `amd64` on an arm64 host).
+pub fn other_arch() -> &'static str {
+    if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    }
+}
+
 /// The busybox layer every test image starts from (uncompressed tar).
 pub fn busybox_layer() -> Result<Vec<u8>> {
     layer()
@@ -487,5 +496,29 @@ pub fn busybox_layout(dir: &Path, stem: &str, extra: serde_json::Value) -> Resul
         "1",
         &[ImageDef::new(cfg, vec![layer()?])],
         LayerCompression::Gzip,
+    )
+}
+
+/// The busybox image with a second layer of its own: `/<file>` of `size` random bytes
+/// (from `seed`), so pulling and removing it makes and frees content nothing else holds
+/// (and a big one keeps a pull in flight). Gzip-stored layers, as `dir/<stem>.tar`.
+pub fn with_own_layer(
+    dir: &Path,
+    stem: &str,
+    file: &str,
+    size: usize,
+    seed: u64,
+) -> Result<Layout> {
+    let mut own = LayerTar::new();
+    own.file(file, 0o644, &random_bytes(size, seed))?;
+    layout(
+        dir,
+        stem,
+        "1",
+        &[ImageDef::new(
+            json!({"Cmd": ["sh"], "Env": [PATH_ENV]}),
+            vec![layer()?, own.finish()?],
+        )],
+        LayerCompression::GzipStored,
     )
 }

@@ -1,6 +1,6 @@
 //! Shared harness for Berth black-box tests: private containerd instances driving the shim
 //! under test, and the berthd fixture (`berthd::Berthd::builder`, `pod::Pod`, one CRI
-//! client in `cri`, one CRI log decoder in `cri_log`).
+//! client in `cri` (its calls in short form in `cri_calls`), one CRI log decoder in `cri_log`).
 //!
 //! Set `BERTH_TEST_REFERENCE=1` to run the same tests against Debian's Go `containerd-shim-runc-v2`
 //! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
@@ -13,21 +13,27 @@ pub mod cni;
 pub mod config;
 pub mod containerd;
 pub mod cri;
+pub mod cri_calls;
+pub mod cri_images;
 pub mod cri_log;
 pub mod ctr;
 pub mod direct;
 pub mod direct_steps;
 pub mod events;
+pub mod fifo;
 pub mod host;
+pub mod http;
 pub mod image;
 pub mod leaks;
 pub mod pod;
 pub mod procs;
 pub mod registry;
 pub mod shim;
+pub mod slow_proxy;
 pub mod spdy;
 pub mod streaming;
 pub mod task_api;
+pub mod task_reqs;
 pub mod ws;
 
 pub use containerd::{Instance, Setup};

@@ -1,13 +1,14 @@
 //! The one pod handle of the berthd suites: a running pod sandbox with its own CRI client,
 //! running containers in it (to their exit, with their log decoded) and removing it.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::berthd::Berthd;
 use crate::cri::Rs;
+use crate::cri_calls::CriCalls;
 use crate::cri_log;
 
 /// How long `wait_exit` waits for a container to exit.
@@ -35,19 +36,23 @@ pub struct Exited {
     pub log: String,
 }
 
+impl Exited {
+    /// The value of a `key=value` line the container printed.
+    pub fn var(&self, key: &str) -> Option<&str> {
+        self.log
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    }
+}
+
 impl Pod {
     /// RunPodSandbox of `cfg` on `d` (through a client of the pod's own).
     pub async fn run(d: &Berthd, cfg: cri::PodSandboxConfig) -> Result<Pod> {
-        let (mut rs, _) = d.client().await?;
+        let (rs, _) = d.client().await?;
         let id = rs
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
+            .run_pod(&cfg)
             .await
-            .with_context(|| format!("RunPodSandbox; berthd log:\n{}", d.log()))?
-            .into_inner()
-            .pod_sandbox_id;
+            .with_context(|| format!("RunPodSandbox; berthd log:\n{}", d.log()))?;
         Ok(Pod {
             rs,
             id,
@@ -62,15 +67,7 @@ impl Pod {
 
     /// PodSandboxStatus with its verbose info parsed.
     pub async fn status(&self) -> Result<(cri::PodSandboxStatus, serde_json::Value)> {
-        let st = self
-            .rs
-            .clone()
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: self.id.clone(),
-                verbose: true,
-            })
-            .await?
-            .into_inner();
+        let st = self.rs.pod_status(&self.id, true).await?;
         let info = st
             .info
             .get("info")
@@ -97,70 +94,41 @@ impl Pod {
         &self,
         cfg: cri::ContainerConfig,
     ) -> std::result::Result<String, tonic::Status> {
-        Ok(self
-            .rs
-            .clone()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: self.id.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(self.cfg.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id)
+        self.rs.create_ctr(&self.id, &self.cfg, cfg).await
     }
 
     /// Create + start; returns the container id.
     pub async fn start(&self, cfg: cri::ContainerConfig) -> Result<String> {
-        let name = cfg.metadata.as_ref().map(|m| m.name.clone());
-        let id = self
-            .create(cfg)
-            .await
-            .with_context(|| format!("CreateContainer {name:?}; berthd log:\n{}", self.log()))?;
         self.rs
-            .clone()
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
+            .run_ctr(&self.id, &self.cfg, cfg)
             .await
-            .with_context(|| format!("StartContainer {name:?}; berthd log:\n{}", self.log()))?;
-        Ok(id)
+            .with_context(|| format!("berthd log:\n{}", self.log()))
     }
 
     pub async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
-        self.rs
-            .clone()
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .context("no container status")
+        Ok(self.rs.ctr_status(id).await?)
+    }
+
+    /// ExecSync of `cmd` in container `id` (10 s).
+    pub async fn exec(&self, id: &str, cmd: &[&str]) -> Result<cri::ExecSyncResponse> {
+        Ok(self.rs.exec_sync_of(id, cmd, 10).await?)
     }
 
     /// Waits (30 s at most) for the container to exit and reads its CRI log.
     pub async fn wait_exit(&self, id: &str) -> Result<Exited> {
-        let deadline = Instant::now() + EXIT_WITHIN;
-        loop {
-            let s = self.container_status(id).await?;
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                let raw = read_log(&self.cfg, &s.log_path);
-                return Ok(Exited {
-                    id: id.to_string(),
-                    code: s.exit_code,
-                    stdout: cri_log::stream(&raw, "stdout"),
-                    stderr: cri_log::stream(&raw, "stderr"),
-                    log: cri_log::text(&raw),
-                    status: s,
-                });
-            }
-            if Instant::now() >= deadline {
-                bail!("container {id} did not exit within {EXIT_WITHIN:?}: {s:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let s = self
+            .rs
+            .wait_ctr_state(id, cri::ContainerState::ContainerExited, EXIT_WITHIN)
+            .await?;
+        let raw = read_log(&self.cfg, &s.log_path);
+        Ok(Exited {
+            id: id.to_string(),
+            code: s.exit_code,
+            stdout: cri_log::stream(&raw, "stdout"),
+            stderr: cri_log::stream(&raw, "stderr"),
+            log: cri_log::text(&raw),
+            status: s,
+        })
     }
 
     /// Create, start, wait for the exit, read the log; the container stays.
@@ -172,39 +140,18 @@ impl Pod {
     /// `run_to_exit`, then RemoveContainer (which frees the container's name).
     pub async fn run_and_remove(&self, cfg: cri::ContainerConfig) -> Result<Exited> {
         let e = self.run_to_exit(cfg).await?;
-        self.rs
-            .clone()
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: e.id.clone(),
-            })
-            .await?;
+        self.rs.remove_ctr(&e.id).await?;
         Ok(e)
     }
 
     /// All containers berthd lists (any pod).
     pub async fn list_all(&self) -> Result<Vec<cri::Container>> {
-        Ok(self
-            .rs
-            .clone()
-            .list_containers(cri::ListContainersRequest { filter: None })
-            .await?
-            .into_inner()
-            .containers)
+        Ok(self.rs.list_ctrs(None).await?)
     }
 
     /// Stop and remove the pod (and so its containers).
-    pub async fn remove(mut self) -> Result<()> {
-        self.rs
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            })
-            .await?;
-        self.rs
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: self.id.clone(),
-            })
-            .await?;
-        Ok(())
+    pub async fn remove(self) -> Result<()> {
+        Ok(self.rs.stop_and_remove_pod(&self.id).await?)
     }
 }
 
@@ -221,21 +168,8 @@ fn read_log(pod: &cri::PodSandboxConfig, log_path: &str) -> String {
 
 /// Stops and removes every pod of the berthd behind `rs`.
 pub async fn remove_all(rs: &Rs) -> Result<()> {
-    let mut rs = rs.clone();
-    let items = rs
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await?
-        .into_inner()
-        .items;
-    for p in items {
-        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
-        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id,
-        })
-        .await?;
+    for p in rs.list_pods(None).await? {
+        rs.stop_and_remove_pod(&p.id).await?;
     }
     Ok(())
 }

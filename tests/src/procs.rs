@@ -85,6 +85,18 @@ pub fn ppid_of(pid: i32) -> Option<i32> {
         .ok()
 }
 
+/// The pids of the direct children of the shims of `address` whose argv passes `pick`
+/// (a pod's infra process, a container's init).
+pub fn shim_children(address: &str, pick: impl Fn(&[String]) -> bool) -> Vec<i32> {
+    let shims: Vec<i32> = shims_of(address).iter().map(|s| s.pid).collect();
+    all()
+        .into_iter()
+        .filter(|p| pick(&p.argv))
+        .filter(|p| ppid_of(p.pid).is_some_and(|pp| shims.contains(&pp)))
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// Every process below `roots` in the process tree.
 pub fn descendants(roots: &[i32]) -> Vec<i32> {
     let all: Vec<(i32, i32)> = all()

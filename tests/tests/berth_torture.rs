@@ -8,9 +8,8 @@
 
 use anyhow::{ensure, Result};
 use berth_tests::berthd::{binary, Berthd};
-use berth_tests::image::{self, ImageDef, LayerCompression, LayerTar};
+use berth_tests::image;
 use berth_tests::registry::Registry;
-use serde_json::json;
 
 #[test]
 fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Result<()> {
@@ -25,18 +24,7 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
     // An image with a layer of its own (1 MiB), so pulling and removing it makes and
     // frees snapshots and blobs nothing else holds.
     let reg = Registry::start()?;
-    let mut own = LayerTar::new();
-    own.file("own.bin", 0o644, &image::random_bytes(1 << 20, 6))?;
-    let img = image::layout(
-        reg.dir.path(),
-        "torture",
-        "1",
-        &[ImageDef::new(
-            json!({"Cmd": ["sh"], "Env": [image::PATH]}),
-            vec![image::busybox_layer()?, own.finish()?],
-        )],
-        LayerCompression::GzipStored,
-    )?;
+    let img = image::with_own_layer(reg.dir.path(), "torture", "own.bin", 1 << 20, 6)?;
     reg.push(&img.path, "torture/pull:1")?;
     let pull = reg.image("torture/pull:1");
     let daemon = format!("{} --config {}", binary()?.display(), d.config.display());

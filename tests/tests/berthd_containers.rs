@@ -6,9 +6,11 @@
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::cri_calls::{in_state, CriCalls};
 use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::ContainerState::ContainerExited as Exited;
 use std::time::Duration;
 use tonic::Code;
 
@@ -17,7 +19,7 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
     let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (mut rs, mut is) = d.client().await?;
+        let (rs, mut is) = d.client().await?;
         let imgs = is
             .list_images(cri::ListImagesRequest { filter: None })
             .await?
@@ -45,62 +47,24 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
             "{st:?}"
         );
 
-        let pod_cfg = pod_config("app", &logs);
-        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
-        let creator = rs.clone();
-        let create = |cfg: cri::ContainerConfig| {
-            let (mut rs, pod, pod_cfg) = (creator.clone(), pod.clone(), pod_cfg.clone());
-            async move {
-                rs.create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod,
-                    config: Some(cfg),
-                    sandbox_config: Some(pod_cfg),
-                })
-                .await
-            }
-        };
-        let short = create(container_config(
-            "short",
-            image::BUSYBOX_IMAGE,
-            &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
-        ))
-        .await
-        .with_context(|| format!("CreateContainer; log:\n{}", d.log()))?
-        .into_inner()
-        .container_id;
-        let st = rs
-            .container_status(cri::ContainerStatusRequest {
-                container_id: short.clone(),
-                verbose: false,
-            })
-            .await?
-            .into_inner();
+        let pod = Pod::run(&d, pod_config("app", &logs)).await?;
+        let short = pod
+            .create(container_config(
+                "short",
+                image::BUSYBOX_IMAGE,
+                &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+            ))
+            .await
+            .with_context(|| format!("CreateContainer; log:\n{}", d.log()))?;
+        let st = rs.ctr_status(&short).await?;
         ensure!(
-            st.status.as_ref().map(|s| s.state)
-                == Some(cri::ContainerState::ContainerCreated as i32),
+            st.state == cri::ContainerState::ContainerCreated as i32,
             "{st:?}"
         );
-        rs.start_container(cri::StartContainerRequest {
-            container_id: short.clone(),
-        })
-        .await?;
-        let mut exited = None;
-        for _ in 0..100 {
-            let s = rs
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: short.clone(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner();
-            let s = s.status.context("no status")?;
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                exited = Some(s);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let s = exited.context("container never exited")?;
+        rs.start_ctr(&short).await?;
+        let s = rs
+            .wait_ctr_state(&short, Exited, Duration::from_secs(5))
+            .await?;
         ensure!(s.exit_code == 3 && s.reason == "Error", "{s:?}");
         ensure!(s.started_at > 0 && s.finished_at >= s.started_at, "{s:?}");
         let log = std::fs::read_to_string(logs.join("short.log")).context("container log")?;
@@ -110,69 +74,29 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
         );
 
         // A long-running one, stopped with a grace period.
-        let long = create(container_config(
-            "long",
-            image::BUSYBOX_IMAGE,
-            &["sleep", "600"],
-        ))
-        .await?
-        .into_inner()
-        .container_id;
-        rs.start_container(cri::StartContainerRequest {
-            container_id: long.clone(),
-        })
-        .await?;
-        let again = rs
-            .start_container(cri::StartContainerRequest {
-                container_id: long.clone(),
-            })
-            .await;
+        let long = pod
+            .start(container_config(
+                "long",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "600"],
+            ))
+            .await?;
+        let again = rs.start_ctr(&long).await;
         ensure!(
             matches!(&again, Err(s) if s.code() == Code::FailedPrecondition),
             "second start: {again:?}"
         );
-        let running = cri::ContainerFilter {
-            state: Some(cri::ContainerStateValue {
-                state: cri::ContainerState::ContainerRunning as i32,
-            }),
-            ..Default::default()
-        };
         let list = rs
-            .list_containers(cri::ListContainersRequest {
-                filter: Some(running),
-            })
-            .await?
-            .into_inner()
-            .containers;
+            .list_ctrs(Some(in_state(cri::ContainerState::ContainerRunning)))
+            .await?;
         ensure!(list.len() == 1 && list[0].id == long, "running: {list:?}");
         let by_pod = cri::ContainerFilter {
-            pod_sandbox_id: pod.clone(),
+            pod_sandbox_id: pod.id.clone(),
             ..Default::default()
         };
-        ensure!(
-            rs.list_containers(cri::ListContainersRequest {
-                filter: Some(by_pod)
-            })
-            .await?
-            .into_inner()
-            .containers
-            .len()
-                == 2
-        );
-        rs.stop_container(cri::StopContainerRequest {
-            container_id: long.clone(),
-            timeout: 2,
-        })
-        .await?;
-        let s = rs
-            .container_status(cri::ContainerStatusRequest {
-                container_id: long.clone(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .context("status")?;
+        ensure!(rs.list_ctrs(Some(by_pod)).await?.len() == 2);
+        rs.stop_ctr(&long, 2).await?;
+        let s = rs.ctr_status(&long).await?;
         ensure!(
             s.state == cri::ContainerState::ContainerExited as i32 && s.exit_code != 0,
             "after stop: {s:?}"
@@ -184,24 +108,29 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
         );
 
         // Bad input: unknown image and pod, duplicate name, escaping log path.
-        let r = create(container_config("ghost", "berth.test/nope:1", &["true"])).await;
+        let r = pod
+            .create(container_config("ghost", "berth.test/nope:1", &["true"]))
+            .await;
         ensure!(
             matches!(&r, Err(s) if s.code() == Code::NotFound),
             "unknown image: {r:?}"
         );
-        let r = create(container_config("short", image::BUSYBOX_IMAGE, &["true"])).await;
+        let r = pod
+            .create(container_config("short", image::BUSYBOX_IMAGE, &["true"]))
+            .await;
         ensure!(
             matches!(&r, Err(s) if s.code() == Code::AlreadyExists),
             "duplicate name: {r:?}"
         );
         let mut bad_log = container_config("badlog", image::BUSYBOX_IMAGE, &["true"]);
         bad_log.log_path = "../../etc/x.log".into();
-        let r = create(bad_log).await;
+        let r = pod.create(bad_log).await;
         ensure!(
             matches!(&r, Err(s) if s.code() == Code::InvalidArgument),
             "bad log path: {r:?}"
         );
         let r = rs
+            .clone()
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: "nope".into(),
                 config: Some(container_config("x", image::BUSYBOX_IMAGE, &["true"])),
@@ -213,38 +142,16 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
             "unknown pod: {r:?}"
         );
 
-        rs.remove_container(cri::RemoveContainerRequest {
-            container_id: short.clone(),
-        })
-        .await?;
-        rs.remove_container(cri::RemoveContainerRequest {
-            container_id: short.clone(),
-        })
-        .await?;
-        let gone = rs
-            .container_status(cri::ContainerStatusRequest {
-                container_id: short.clone(),
-                verbose: false,
-            })
-            .await;
+        rs.remove_ctr(&short).await?;
+        rs.remove_ctr(&short).await?;
+        let gone = rs.ctr_status(&short).await;
         ensure!(
             matches!(&gone, Err(s) if s.code() == Code::NotFound),
             "{gone:?}"
         );
         // Removing the pod removes its remaining container and its shim.
-        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-        let left = rs
-            .list_containers(cri::ListContainersRequest { filter: None })
-            .await?
-            .into_inner()
-            .containers;
+        pod.remove().await?;
+        let left = rs.list_ctrs(None).await?;
         ensure!(left.is_empty(), "containers left: {left:?}");
         Ok(())
     })??;
@@ -253,19 +160,11 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
 
 fn container_pid(d: &Berthd, name: &str) -> Option<i32> {
     // The container's process runs `sleep <name-specific seconds>` under this berthd's shim.
-    let shims = procs::shims_of(&d.socket.display().to_string());
-    procs::all().into_iter().find_map(|p| {
-        let is = p.argv.len() == 2 && p.argv[0] == "sleep" && p.argv[1] == name;
-        let ppid = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    .and_then(|x| x.parse::<i32>().ok())
-            });
-        (is && ppid.is_some_and(|pp| shims.iter().any(|s| s.pid == pp))).then_some(p.pid)
+    procs::shim_children(&d.socket.display().to_string(), |argv| {
+        argv.len() == 2 && argv[0] == "sleep" && argv[1] == name
     })
+    .first()
+    .copied()
 }
 
 #[test]
@@ -273,31 +172,19 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
     let mut d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     let (pod, survivor, victim) = block_on(async {
-        let (mut rs, _) = d.client().await?;
-        let pod_cfg = pod_config("restart", &logs);
-        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
+        let pod = Pod::run(&d, pod_config("restart", &logs)).await?;
         let mut ids = vec![];
         for (name, secs) in [("survivor", "601"), ("victim", "602")] {
-            let id = rs
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(
-                        name,
-                        image::BUSYBOX_IMAGE,
-                        &["sleep", secs],
-                    )),
-                    sandbox_config: Some(pod_cfg.clone()),
-                })
-                .await?
-                .into_inner()
-                .container_id;
-            rs.start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
-            ids.push(id);
+            ids.push(
+                pod.start(container_config(
+                    name,
+                    image::BUSYBOX_IMAGE,
+                    &["sleep", secs],
+                ))
+                .await?,
+            );
         }
-        Ok::<_, anyhow::Error>((pod, ids[0].clone(), ids[1].clone()))
+        Ok::<_, anyhow::Error>((pod.id, ids[0].clone(), ids[1].clone()))
     })??;
     let survivor_pid = procs::poll(Duration::from_secs(5), "survivor pid", || {
         container_pid(&d, "601")
@@ -316,29 +203,15 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
     std::thread::sleep(Duration::from_millis(300));
     d.restart()?;
     block_on(async {
-        let (mut rs, _) = d.client().await?;
-        let status_client = rs.clone();
-        let st = |id: String| {
-            let mut rs = status_client.clone();
-            async move {
-                rs.container_status(cri::ContainerStatusRequest {
-                    container_id: id,
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .status
-                .context("status")
-            }
+        let (rs, _) = d.client().await?;
+        // Waits 2.5 s at most; the state is checked below.
+        let v = match rs
+            .wait_ctr_state(&victim, Exited, Duration::from_millis(2500))
+            .await
+        {
+            Ok(v) => v,
+            Err(_) => rs.ctr_status(&victim).await?,
         };
-        let mut v = st(victim.clone()).await?;
-        for _ in 0..50 {
-            if v.state == cri::ContainerState::ContainerExited as i32 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            v = st(victim.clone()).await?;
-        }
         ensure!(
             v.state == cri::ContainerState::ContainerExited as i32 && v.exit_code == 137,
             "victim after restart: {v:?}\n{}",
@@ -349,7 +222,7 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
             "finish time {} is the restart time, not the exit time ({killed_at})",
             v.finished_at
         );
-        let s = st(survivor.clone()).await?;
+        let s = rs.ctr_status(&survivor).await?;
         ensure!(
             s.state == cri::ContainerState::ContainerRunning as i32,
             "survivor: {s:?}"
@@ -358,19 +231,13 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
             container_pid(&d, "601") == Some(survivor_pid),
             "survivor pid changed"
         );
-        rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-        let s = st(survivor.clone()).await?;
+        rs.stop_pod(&pod).await?;
+        let s = rs.ctr_status(&survivor).await?;
         ensure!(
             s.state == cri::ContainerState::ContainerExited as i32,
             "survivor after pod stop: {s:?}"
         );
-        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+        rs.remove_pod(&pod).await?;
         Ok(())
     })??;
     d.finish()
@@ -382,40 +249,19 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
     let logs = d.dir.path().join("logs");
     block_on(async {
         let (mut rs, _) = d.client().await?;
-        let pod_cfg = pod_config("ops", &logs);
-        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
+        let pod = Pod::run(&d, pod_config("ops", &logs)).await?;
         let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
-        let id = rs
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config(
-                    "ops",
-                    image::BUSYBOX_IMAGE,
-                    &["sh", "-c", script],
-                )),
-                sandbox_config: Some(pod_cfg),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        rs.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-
-        let exec_client = rs.clone();
-        let ex = |cmd: &[&str], timeout: i64| {
-            let mut rs = exec_client.clone();
-            let req = cri::ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                timeout,
-            };
-            async move { rs.exec_sync(req).await }
-        };
-        let r = ex(&["sh", "-c", "echo out; echo err >&2; exit 7"], 10)
-            .await?
-            .into_inner();
+        let id = pod
+            .start(container_config(
+                "ops",
+                image::BUSYBOX_IMAGE,
+                &["sh", "-c", script],
+            ))
+            .await?;
+        let exec_rs = rs.clone();
+        let ex =
+            |cmd: &'static [&'static str], timeout: i64| exec_rs.exec_sync_of(&id, cmd, timeout);
+        let r = ex(&["sh", "-c", "echo out; echo err >&2; exit 7"], 10).await?;
         ensure!(
             r.stdout == b"out\n" && r.stderr == b"err\n" && r.exit_code == 7,
             "{r:?}"
@@ -438,9 +284,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
             ..Default::default()
         })
         .await?;
-        let r = ex(&["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], 10)
-            .await?
-            .into_inner();
+        let r = ex(&["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], 10).await?;
         let in_ctr = String::from_utf8_lossy(&r.stdout).trim().to_string();
         if !in_ctr.is_empty() && r.exit_code == 0 {
             ensure!(
@@ -501,11 +345,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
             "gap across rotation: old ends at {last_old}, new starts at {first_new}"
         );
 
-        rs.stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await?;
+        rs.stop_ctr(&id, 1).await?;
         let r = rs
             .reopen_container_log(cri::ReopenContainerLogRequest {
                 container_id: id.clone(),
@@ -515,10 +355,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
             matches!(&r, Err(s) if s.code() == Code::FailedPrecondition),
             "reopen on a stopped container: {r:?}"
         );
-        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+        rs.remove_pod(&pod.id).await?;
         Ok(())
     })??;
     d.finish()
@@ -529,9 +366,7 @@ fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
     let d = Berthd::builder().busybox().start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let (mut rs, _) = d.client().await?;
-        let pod_cfg = pod_config("oom", &logs);
-        let pod = Pod::run(&d, pod_cfg.clone()).await?.id;
+        let pod = Pod::run(&d, pod_config("oom", &logs)).await?;
         let mut cfg = container_config(
             "hog",
             image::BUSYBOX_IMAGE,
@@ -545,43 +380,14 @@ fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
             }),
             ..Default::default()
         });
-        let id = rs
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(pod_cfg),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        rs.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-        let mut last = None;
-        for _ in 0..200 {
-            let s = rs
-                .container_status(cri::ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .status;
-            if s.as_ref()
-                .is_some_and(|s| s.state == cri::ContainerState::ContainerExited as i32)
-            {
-                last = s;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let s = last.context("the memory hog never exited")?;
+        let id = pod.start(cfg).await?;
+        let s = pod
+            .rs
+            .wait_ctr_state(&id, Exited, Duration::from_secs(10))
+            .await
+            .context("the memory hog never exited")?;
         ensure!(s.reason == "OOMKilled" && s.exit_code == 137, "{s:?}");
-        rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+        pod.rs.remove_pod(&pod.id).await?;
         Ok(())
     })??;
     d.finish()

@@ -6,12 +6,12 @@
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::cri_images::{content_files, list, pull, pull_err, pull_ok, status};
 use berth_tests::image::{self, busybox_layout, host_arch, ImageDef, LayerCompression, LayerTar};
 use berth_tests::pod::{self, Pod};
 use berth_tests::procs;
-use berth_tests::registry::{
-    content_files, list, pull, pull_err, pull_ok, status, Registry, SlowProxy,
-};
+use berth_tests::registry::Registry;
+use berth_tests::slow_proxy::SlowProxy;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -153,11 +153,7 @@ fn a_container_sees_the_layers_merged_with_whiteouts_opaque_dirs_and_links() -> 
 #[test]
 fn a_multi_platform_index_pulls_the_hosts_manifest_only() -> Result<()> {
     let reg = Registry::start()?;
-    let other = if host_arch() == "arm64" {
-        "amd64"
-    } else {
-        "arm64"
-    };
+    let other = image::other_arch();
     let arch_layer = |arch: &str, extra: usize| -> Result<Vec<u8>> {
         let mut l = LayerTar::new();
         l.file("arch", 0o644, format!("{arch}\n").as_bytes())?;
@@ -326,9 +322,7 @@ fn image_status_reports_the_configs_numeric_or_named_user() -> Result<()> {
 
 #[test]
 fn a_tampered_layer_is_refused_naming_its_digest_and_nothing_is_kept() -> Result<()> {
-    let reg = Registry::start()?;
-    let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
-    reg.push(&img.path, "tampered/busybox:1")?;
+    let (reg, img) = Registry::with_busybox("tampered/busybox:1")?;
     let layer = img.host().layers[0].clone();
     let data = reg.blob_data(&layer);
     let good = std::fs::read(&data).with_context(|| format!("read {}", data.display()))?;
@@ -382,18 +376,7 @@ fn a_tampered_layer_is_refused_naming_its_digest_and_nothing_is_kept() -> Result
 fn a_kill9_in_the_middle_of_a_pull_leaves_no_partial_blob_and_the_pull_can_be_retried() -> Result<()>
 {
     let reg = Registry::start()?;
-    let mut big = LayerTar::new();
-    big.file("big.bin", 0o644, &image::random_bytes(64 << 20, 64))?;
-    let img = image::layout(
-        reg.dir.path(),
-        "big",
-        "1",
-        &[ImageDef::new(
-            json!({"Cmd": ["sh"], "Env": [image::PATH]}),
-            vec![image::busybox_layer()?, big.finish()?],
-        )],
-        LayerCompression::GzipStored,
-    )?;
+    let img = image::with_own_layer(reg.dir.path(), "big", "big.bin", 64 << 20, 64)?;
     reg.push(&img.path, "big/image:1")?;
     let big_layer = img.host().layers[1].clone();
     let big_hex = big_layer.trim_start_matches("sha256:").to_string();
@@ -475,11 +458,7 @@ fn a_kill9_in_the_middle_of_a_pull_leaves_no_partial_blob_and_the_pull_can_be_re
 #[test]
 fn an_unknown_platform_only_index_is_not_found() -> Result<()> {
     let reg = Registry::start()?;
-    let other = if host_arch() == "arm64" {
-        "amd64"
-    } else {
-        "arm64"
-    };
+    let other = image::other_arch();
     let cfg = json!({"Cmd": ["sh"], "Env": [image::PATH]});
     let layer = |arch: &str| -> Result<Vec<u8>> {
         let mut l = LayerTar::new();

@@ -5,9 +5,10 @@
 use anyhow::{ensure, Result};
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::cri_images::list;
 use berth_tests::image::{self, busybox_layout};
 use berth_tests::pod::Pod;
-use berth_tests::registry::{list, Registry};
+use berth_tests::registry::Registry;
 use berth_tests::{leaks, procs};
 use serde_json::json;
 use std::time::Duration;

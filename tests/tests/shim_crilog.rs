@@ -4,8 +4,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_proto::api;
-use berth_tests::direct::{self, Direct};
+use berth_tests::direct::Direct;
 use berth_tests::task_api;
+use berth_tests::task_reqs;
 
 #[test]
 fn cri_log_lines_are_timestamped_and_tagged() -> Result<()> {
@@ -23,19 +24,19 @@ fn cri_log_lines_are_timestamped_and_tagged() -> Result<()> {
         d.rpc::<_, api::CreateTaskResponse>(&cl, "Create", &d.create_req("c1", &uri, &uri))
             .await
             .context("Create")?;
-        d.rpc::<_, api::StartResponse>(&cl, "Start", &direct::start_req("c1", ""))
+        d.rpc::<_, api::StartResponse>(&cl, "Start", &task_reqs::start_req("c1", ""))
             .await
             .context("Start")?;
         let w: api::WaitResponse = d
-            .rpc(&cl, "Wait", &direct::wait_req("c1", ""))
+            .rpc(&cl, "Wait", &task_reqs::wait_req("c1", ""))
             .await
             .context("Wait")?;
         // Delete waits for the log copies to drain.
-        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &direct::delete_req("c1", ""))
+        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &task_reqs::delete_req("c1", ""))
             .await
             .context("Delete")?;
         let _ = d
-            .rpc::<_, api::Empty>(&cl, "Shutdown", &direct::shutdown_req("c1"))
+            .rpc::<_, api::Empty>(&cl, "Shutdown", &task_reqs::shutdown_req("c1"))
             .await;
         Ok::<_, anyhow::Error>(w.exit_status)
     })?;

@@ -7,6 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use berth_proto::api;
 use berth_proto::protobuf::Message;
 use berth_tests::direct::{self, Deleted, Direct};
+use berth_tests::task_reqs;
 use berth_tests::{procs, task_api};
 use std::time::Duration;
 
@@ -26,9 +27,9 @@ fn check_response(what: &str, r: &Deleted, want_pid: Option<u32>) -> Result<api:
     let resp = api::DeleteResponse::parse_from_bytes(&r.stdout)
         .with_context(|| format!("{what}: stdout is not a DeleteResponse: {:?}", r.stdout))?;
     ensure!(resp.exit_status == 137, "{what}: {resp:?}");
-    let now = direct::now_secs();
+    let now = task_reqs::now_secs();
     ensure!(
-        (direct::ts_secs(&resp.exited_at) - now).abs() <= 5,
+        (task_reqs::ts_secs(&resp.exited_at) - now).abs() <= 5,
         "{what}: exited_at {:?} not near now {now}",
         resp.exited_at
     );
@@ -40,12 +41,7 @@ fn check_response(what: &str, r: &Deleted, want_pid: Option<u32>) -> Result<api:
 
 #[test]
 fn delete_action_touches_only_its_container() -> Result<()> {
-    let d = Direct::new()?;
-    let res = scenario(&d);
-    if let Err(e) = res {
-        return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
-    }
-    d.finish()
+    Direct::run(scenario)
 }
 
 fn scenario(d: &Direct) -> Result<()> {
@@ -68,7 +64,7 @@ fn scenario(d: &Direct) -> Result<()> {
                 .rpc(&cl, "Create", &d.create_req(id, "", ""))
                 .await
                 .with_context(|| format!("Create {id}"))?;
-            d.rpc::<_, api::StartResponse>(&cl, "Start", &direct::start_req(id, ""))
+            d.rpc::<_, api::StartResponse>(&cl, "Start", &task_reqs::start_req(id, ""))
                 .await
                 .with_context(|| format!("Start {id}"))?;
             pids.push(r.pid);
@@ -132,7 +128,7 @@ fn scenario(d: &Direct) -> Result<()> {
             "shim's view of app after delete --force: {st:?}"
         );
         let del: api::DeleteResponse = d
-            .rpc(&cl, "Delete", &direct::delete_req(c2, ""))
+            .rpc(&cl, "Delete", &task_reqs::delete_req(c2, ""))
             .await
             .context("Delete RPC of app after the delete action")?;
         ensure!(del.exit_status == 137, "Delete app: {del:?}");
@@ -161,13 +157,13 @@ fn scenario(d: &Direct) -> Result<()> {
 
     task_api::block_on(async {
         let cl = task_api::connect(&addr).await?;
-        let w: api::WaitResponse = d.rpc(&cl, "Wait", &direct::wait_req(c1, "")).await?;
+        let w: api::WaitResponse = d.rpc(&cl, "Wait", &task_reqs::wait_req(c1, "")).await?;
         ensure!(w.exit_status == 137, "pod Wait: {w:?}");
-        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &direct::delete_req(c1, ""))
+        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &task_reqs::delete_req(c1, ""))
             .await
             .context("Delete RPC of pod")?;
         let _ = d
-            .rpc::<_, api::Empty>(&cl, "Shutdown", &direct::shutdown_req(c1))
+            .rpc::<_, api::Empty>(&cl, "Shutdown", &task_reqs::shutdown_req(c1))
             .await;
         Ok(())
     })??;

@@ -6,18 +6,14 @@
 use anyhow::{ensure, Context, Result};
 use berth_proto::api;
 use berth_tests::direct::{self, Direct};
+use berth_tests::{fifo, task_reqs};
 use berth_tests::{procs, task_api};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
 #[test]
 fn start_create_wait_delete_shutdown_without_containerd() -> Result<()> {
-    let d = Direct::new()?;
-    let res = scenario(&d);
-    if let Err(e) = res {
-        return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
-    }
-    d.finish()
+    Direct::run(scenario)
 }
 
 fn scenario(d: &Direct) -> Result<()> {
@@ -87,7 +83,7 @@ fn scenario(d: &Direct) -> Result<()> {
     );
 
     let stdout_fifo = d.dir.join("io").join("c1-stdout");
-    let reader = direct::fifo(&stdout_fifo)?;
+    let reader = fifo::fifo(&stdout_fifo)?;
     let stdout = stdout_fifo.display().to_string();
 
     task_api::block_on(async {
@@ -116,18 +112,18 @@ fn scenario(d: &Direct) -> Result<()> {
             "State after Create: {st:?}"
         );
         let started: api::StartResponse = d
-            .rpc(&client, "Start", &direct::start_req(c1, ""))
+            .rpc(&client, "Start", &task_reqs::start_req(c1, ""))
             .await
             .context("Start c1")?;
         ensure!(started.pid == created.pid, "Start pid {started:?}");
         let w: api::WaitResponse = d
-            .rpc(&client, "Wait", &direct::wait_req(c1, ""))
+            .rpc(&client, "Wait", &task_reqs::wait_req(c1, ""))
             .await
             .context("Wait c1")?;
         ensure!(w.exit_status == 7, "Wait: {w:?}");
-        let now = direct::now_secs();
+        let now = task_reqs::now_secs();
         ensure!(
-            (direct::ts_secs(&w.exited_at) - now).abs() < 30,
+            (task_reqs::ts_secs(&w.exited_at) - now).abs() < 30,
             "Wait exited_at {:?} not near now {now}",
             w.exited_at
         );
@@ -185,7 +181,7 @@ fn scenario(d: &Direct) -> Result<()> {
             "journal after 3: {:?}",
             later.entries
         );
-        let out = direct::read_until(&reader, "hi\n", Duration::from_secs(5));
+        let out = fifo::read_until(&reader, "hi\n", Duration::from_secs(5));
         ensure!(out == "hi\n", "container stdout through the FIFO: {out:?}");
         let st: api::StateResponse = d.rpc(&client, "State", &task_api::state_req(c1)).await?;
         ensure!(
@@ -193,7 +189,7 @@ fn scenario(d: &Direct) -> Result<()> {
             "State after exit: {st:?}"
         );
         let del: api::DeleteResponse = d
-            .rpc(&client, "Delete", &direct::delete_req(c1, ""))
+            .rpc(&client, "Delete", &task_reqs::delete_req(c1, ""))
             .await
             .context("Delete c1")?;
         ensure!(
@@ -225,10 +221,10 @@ fn scenario(d: &Direct) -> Result<()> {
             .rpc(&client, "Create", &d.create_req("c2", "", ""))
             .await
             .context("Create c2 in the shared shim")?;
-        d.rpc::<_, api::StartResponse>(&client, "Start", &direct::start_req("c2", ""))
+        d.rpc::<_, api::StartResponse>(&client, "Start", &task_reqs::start_req("c2", ""))
             .await
             .context("Start c2")?;
-        d.rpc::<_, api::Empty>(&client, "Shutdown", &direct::shutdown_req(c1))
+        d.rpc::<_, api::Empty>(&client, "Shutdown", &task_reqs::shutdown_req(c1))
             .await
             .context("Shutdown while c2 runs")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -244,19 +240,25 @@ fn scenario(d: &Direct) -> Result<()> {
             st.status.value() == direct::RUNNING && st.pid == c2.pid,
             "c2 State: {st:?}"
         );
-        d.rpc::<_, api::Empty>(&client, "Kill", &direct::kill_req("c2", "", libc::SIGKILL))
-            .await
-            .context("Kill c2")?;
-        let w: api::WaitResponse = d.rpc(&client, "Wait", &direct::wait_req("c2", "")).await?;
+        d.rpc::<_, api::Empty>(
+            &client,
+            "Kill",
+            &task_reqs::kill_req("c2", "", libc::SIGKILL),
+        )
+        .await
+        .context("Kill c2")?;
+        let w: api::WaitResponse = d
+            .rpc(&client, "Wait", &task_reqs::wait_req("c2", ""))
+            .await?;
         ensure!(w.exit_status == 137, "c2 Wait after SIGKILL: {w:?}");
         let del: api::DeleteResponse = d
-            .rpc(&client, "Delete", &direct::delete_req("c2", ""))
+            .rpc(&client, "Delete", &task_reqs::delete_req("c2", ""))
             .await
             .context("Delete c2")?;
         ensure!(del.exit_status == 137, "c2 Delete: {del:?}");
         // Shutdown with nothing left: the reply may race with exit (containerd ignores that).
         let _ = d
-            .rpc::<_, api::Empty>(&client, "Shutdown", &direct::shutdown_req("c2"))
+            .rpc::<_, api::Empty>(&client, "Shutdown", &task_reqs::shutdown_req("c2"))
             .await;
         Ok(())
     })??;

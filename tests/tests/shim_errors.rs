@@ -8,6 +8,7 @@ use anyhow::{ensure, Context, Result};
 use berth_proto::api;
 use berth_proto::ttrpc::{self, Code};
 use berth_tests::direct::{self, Direct};
+use berth_tests::task_reqs;
 use berth_tests::{procs, task_api};
 use std::time::Duration;
 
@@ -30,12 +31,7 @@ fn expect_code<T: std::fmt::Debug>(
 
 #[test]
 fn task_api_error_codes() -> Result<()> {
-    let d = Direct::new()?;
-    let res = scenario(&d);
-    if let Err(e) = res {
-        return Err(e.context(format!("namespace {} dir {}", d.namespace, d.dir.display())));
-    }
-    d.finish()
+    Direct::run(scenario)
 }
 
 fn scenario(d: &Direct) -> Result<()> {
@@ -52,7 +48,7 @@ fn scenario(d: &Direct) -> Result<()> {
             .rpc(&cl, "Create", &d.create_req(c1, "", ""))
             .await
             .context("Create c1")?;
-        d.rpc::<_, api::StartResponse>(&cl, "Start", &direct::start_req(c1, ""))
+        d.rpc::<_, api::StartResponse>(&cl, "Start", &task_reqs::start_req(c1, ""))
             .await
             .context("Start c1")?;
 
@@ -66,19 +62,19 @@ fn scenario(d: &Direct) -> Result<()> {
         )?;
         expect_code(
             "Kill unknown id",
-            d.rpc::<_, api::Empty>(&cl, "Kill", &direct::kill_req(nope, "", 9))
+            d.rpc::<_, api::Empty>(&cl, "Kill", &task_reqs::kill_req(nope, "", 9))
                 .await,
             Code::NOT_FOUND,
         )?;
         expect_code(
             "Wait unknown id",
-            d.rpc::<_, api::WaitResponse>(&cl, "Wait", &direct::wait_req(nope, ""))
+            d.rpc::<_, api::WaitResponse>(&cl, "Wait", &task_reqs::wait_req(nope, ""))
                 .await,
             Code::NOT_FOUND,
         )?;
         expect_code(
             "Delete unknown id",
-            d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &direct::delete_req(nope, ""))
+            d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &task_reqs::delete_req(nope, ""))
                 .await,
             Code::NOT_FOUND,
         )?;
@@ -127,45 +123,49 @@ fn scenario(d: &Direct) -> Result<()> {
         );
 
         // Exec: duplicate id; Kill before start.
-        d.rpc::<_, api::Empty>(&cl, "Exec", &direct::exec_req(c1, "e1", &["sleep", "600"]))
-            .await
-            .context("Exec e1")?;
+        d.rpc::<_, api::Empty>(
+            &cl,
+            "Exec",
+            &task_reqs::exec_req(c1, "e1", &["sleep", "600"]),
+        )
+        .await
+        .context("Exec e1")?;
         expect_code(
             "Exec duplicate exec id",
-            d.rpc::<_, api::Empty>(&cl, "Exec", &direct::exec_req(c1, "e1", &["true"]))
+            d.rpc::<_, api::Empty>(&cl, "Exec", &task_reqs::exec_req(c1, "e1", &["true"]))
                 .await,
             Code::ALREADY_EXISTS,
         )?;
         expect_code(
             "Kill exec not started",
-            d.rpc::<_, api::Empty>(&cl, "Kill", &direct::kill_req(c1, "e1", 9))
+            d.rpc::<_, api::Empty>(&cl, "Kill", &task_reqs::kill_req(c1, "e1", 9))
                 .await,
             Code::FAILED_PRECONDITION,
         )?;
 
         // Start of the exec after the init exited.
-        d.rpc::<_, api::Empty>(&cl, "Kill", &direct::kill_req(c1, "", libc::SIGKILL))
+        d.rpc::<_, api::Empty>(&cl, "Kill", &task_reqs::kill_req(c1, "", libc::SIGKILL))
             .await
             .context("Kill c1")?;
-        let w: api::WaitResponse = d.rpc(&cl, "Wait", &direct::wait_req(c1, "")).await?;
+        let w: api::WaitResponse = d.rpc(&cl, "Wait", &task_reqs::wait_req(c1, "")).await?;
         ensure!(w.exit_status == 137, "c1 Wait after SIGKILL: {w:?}");
         expect_code(
             "Start exec after init exit",
-            d.rpc::<_, api::StartResponse>(&cl, "Start", &direct::start_req(c1, "e1"))
+            d.rpc::<_, api::StartResponse>(&cl, "Start", &task_reqs::start_req(c1, "e1"))
                 .await,
             Code::FAILED_PRECONDITION,
         )?;
-        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &direct::delete_req(c1, "e1"))
+        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &task_reqs::delete_req(c1, "e1"))
             .await
             .context("Delete unstarted exec e1")?;
         let del: api::DeleteResponse = d
-            .rpc(&cl, "Delete", &direct::delete_req(c1, ""))
+            .rpc(&cl, "Delete", &task_reqs::delete_req(c1, ""))
             .await
             .context("Delete c1")?;
         ensure!(del.exit_status == 137, "Delete c1: {del:?}");
         expect_code(
             "Kill after Delete",
-            d.rpc::<_, api::Empty>(&cl, "Kill", &direct::kill_req(c1, "", 9))
+            d.rpc::<_, api::Empty>(&cl, "Kill", &task_reqs::kill_req(c1, "", 9))
                 .await,
             Code::NOT_FOUND,
         )?;
@@ -232,17 +232,17 @@ fn scenario(d: &Direct) -> Result<()> {
         d.rpc::<_, api::CreateTaskResponse>(&cl, "Create", &d.create_req(c4, "", ""))
             .await
             .context("Create c4 again after the failed attempt")?;
-        d.rpc::<_, api::StartResponse>(&cl, "Start", &direct::start_req(c4, ""))
+        d.rpc::<_, api::StartResponse>(&cl, "Start", &task_reqs::start_req(c4, ""))
             .await
             .context("Start c4")?;
-        let w: api::WaitResponse = d.rpc(&cl, "Wait", &direct::wait_req(c4, "")).await?;
+        let w: api::WaitResponse = d.rpc(&cl, "Wait", &task_reqs::wait_req(c4, "")).await?;
         ensure!(w.exit_status == 3, "c4 Wait: {w:?}");
-        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &direct::delete_req(c4, ""))
+        d.rpc::<_, api::DeleteResponse>(&cl, "Delete", &task_reqs::delete_req(c4, ""))
             .await
             .context("Delete c4")?;
 
         let _ = d
-            .rpc::<_, api::Empty>(&cl, "Shutdown", &direct::shutdown_req(c1))
+            .rpc::<_, api::Empty>(&cl, "Shutdown", &task_reqs::shutdown_req(c1))
             .await;
         Ok(())
     })??;
@@ -277,7 +277,7 @@ fn unknown_service_is_unimplemented() -> Result<()> {
             Code::UNIMPLEMENTED,
         );
         let _ = d
-            .rpc::<_, api::Empty>(&cl, "Shutdown", &direct::shutdown_req("c1"))
+            .rpc::<_, api::Empty>(&cl, "Shutdown", &task_reqs::shutdown_req("c1"))
             .await;
         r
     })?;

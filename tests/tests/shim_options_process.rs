@@ -7,11 +7,12 @@ use anyhow::{bail, ensure, Context, Result};
 use berth_proto::api;
 use berth_proto::protobuf::MessageField;
 use berth_proto::shim::oci;
-use berth_tests::direct::{self, Direct};
+use berth_tests::direct::Direct;
 use berth_tests::direct_steps::{
     conclude, create_start, daemon_gone, daemon_of, shutdown, start_with_options,
     wait_delete_shutdown,
 };
+use berth_tests::{fifo, task_reqs};
 use berth_tests::{procs, task_api};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -62,7 +63,7 @@ fn io_owner_scenario(d: &Direct, userns: bool) -> Result<()> {
         map_root_to(d, id, IO_UID, IO_GID)?;
     }
     let want_uid = if userns { IO_UID } else { 0 };
-    let opts = direct::runc_options(&oci::Options {
+    let opts = task_reqs::runc_options(&oci::Options {
         io_uid: IO_UID,
         io_gid: IO_GID,
         ..Default::default()
@@ -75,9 +76,9 @@ fn io_owner_scenario(d: &Direct, userns: bool) -> Result<()> {
         io.join("iouid-stdout"),
         io.join("iouid-stderr"),
     );
-    let _stdin_holder = direct::fifo(&p_in)?;
-    let r_out = direct::fifo(&p_out)?;
-    let r_err = direct::fifo(&p_err)?;
+    let _stdin_holder = fifo::fifo(&p_in)?;
+    let r_out = fifo::fifo(&p_out)?;
+    let r_err = fifo::fifo(&p_err)?;
     let (stdin, stdout, stderr) = (
         p_in.display().to_string(),
         p_out.display().to_string(),
@@ -87,12 +88,12 @@ fn io_owner_scenario(d: &Direct, userns: bool) -> Result<()> {
     task_api::block_on(async {
         let client = task_api::connect(&addr).await?;
         let pid = create_start(d, &client, id, &stdin, &stdout, &stderr, &opts).await?;
-        let out = direct::read_until(
+        let out = fifo::read_until(
             &r_out,
             "to-stdout\nreopened-stdout\n",
             Duration::from_secs(5),
         );
-        let err = direct::read_until(
+        let err = fifo::read_until(
             &r_err,
             "to-stderr\nreopened-stderr\n",
             Duration::from_secs(5),
@@ -121,7 +122,7 @@ fn io_owner_scenario(d: &Direct, userns: bool) -> Result<()> {
             seen.push(line);
         }
         // Stop the container before judging, so a failed check still ends cleanly.
-        d.rpc::<_, api::Empty>(&client, "Kill", &direct::kill_req(id, "", libc::SIGKILL))
+        d.rpc::<_, api::Empty>(&client, "Kill", &task_reqs::kill_req(id, "", libc::SIGKILL))
             .await
             .context("Kill")?;
         wait_delete_shutdown(d, &client, id, 137).await?;
@@ -185,7 +186,7 @@ fn shim_cgroup_from_start_stdin_holds_the_daemon() -> Result<()> {
 fn shim_cgroup_scenario(d: &Direct, cg: &ShimCgroup) -> Result<()> {
     let id = "shimcg";
     d.bundle(id, &["true"], &[])?;
-    let opts = direct::runc_options(&oci::Options {
+    let opts = task_reqs::runc_options(&oci::Options {
         shim_cgroup: cg.path(),
         ..Default::default()
     })?;
@@ -204,7 +205,7 @@ fn shim_cgroup_scenario(d: &Direct, cg: &ShimCgroup) -> Result<()> {
             .await
             .context("Create in the shim placed by shim_cgroup")?;
         let cgs = std::fs::read_to_string(format!("/proc/{}/cgroup", c.pid)).unwrap_or_default();
-        d.rpc::<_, api::StartResponse>(&client, "Start", &direct::start_req(id, ""))
+        d.rpc::<_, api::StartResponse>(&client, "Start", &task_reqs::start_req(id, ""))
             .await
             .context("Start")?;
         wait_delete_shutdown(d, &client, id, 0).await?;

@@ -11,6 +11,7 @@ use berth_tests::direct_steps::{
     conclude, create_start, daemon_gone, daemon_of, start_with_options, wait_delete_shutdown,
 };
 use berth_tests::{cmd, task_api};
+use berth_tests::{fifo, task_reqs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,7 +35,7 @@ fn flags_scenario(d: &Direct, root: &Path) -> Result<()> {
     let id = "flags";
     let bundle = d.bundle(id, &["sh", "-c", "echo ran"], &[])?;
     let wrapper = RuncWrapper::new(d)?;
-    let opts = direct::runc_options(&oci::Options {
+    let opts = task_reqs::runc_options(&oci::Options {
         no_pivot_root: true,
         no_new_keyring: true,
         binary_name: wrapper.script.display().to_string(),
@@ -67,7 +68,7 @@ fn flags_scenario(d: &Direct, root: &Path) -> Result<()> {
     );
     let state_dir = root.join(&d.namespace).join(id);
     let out_path = d.dir.join("io").join("flags-stdout");
-    let reader = direct::fifo(&out_path)?;
+    let reader = fifo::fifo(&out_path)?;
     let stdout = out_path.display().to_string();
 
     let ran = task_api::block_on(async {
@@ -103,7 +104,7 @@ fn flags_scenario(d: &Direct, root: &Path) -> Result<()> {
     }
     ensure!(bad_env.is_empty(), "{notify_msg}");
     daemon_gone(daemon)?;
-    let out = direct::read_until(&reader, "ran\n", Duration::from_secs(5));
+    let out = fifo::read_until(&reader, "ran\n", Duration::from_secs(5));
     ensure!(out == "ran\n", "container stdout through the FIFO: {out:?}");
     ensure!(
         !state_dir.exists(),
@@ -139,7 +140,7 @@ fn systemd_scenario(d: &Direct) -> Result<()> {
     let id = "sdcg";
     let bundle = d.bundle(id, &["sh", "-c", "echo ran"], &[])?;
     let wrapper = RuncWrapper::new(d)?;
-    let opts = direct::runc_options(&oci::Options {
+    let opts = task_reqs::runc_options(&oci::Options {
         systemd_cgroup: true,
         binary_name: wrapper.script.display().to_string(),
         ..Default::default()
@@ -147,7 +148,7 @@ fn systemd_scenario(d: &Direct) -> Result<()> {
     let addr = start_with_options(d, id, &opts)?;
     let daemon = daemon_of(d, id)?;
     let out_path = d.dir.join("io").join("sdcg-stdout");
-    let reader = direct::fifo(&out_path)?;
+    let reader = fifo::fifo(&out_path)?;
     let stdout = out_path.display().to_string();
     task_api::block_on(async {
         let client = task_api::connect(&addr).await?;
@@ -155,7 +156,7 @@ fn systemd_scenario(d: &Direct) -> Result<()> {
         wait_delete_shutdown(d, &client, id, 0).await
     })??;
     daemon_gone(daemon)?;
-    let out = direct::read_until(&reader, "ran\n", Duration::from_secs(5));
+    let out = fifo::read_until(&reader, "ran\n", Duration::from_secs(5));
     ensure!(out == "ran\n", "container stdout through the FIFO: {out:?}");
     let calls = wrapper.invocations()?;
     // No `root` option: the default root per namespace; --systemd-cgroup last of the globals.

@@ -4,7 +4,8 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_proto::api;
-use berth_tests::direct::{self, Direct};
+use berth_tests::direct::Direct;
+use berth_tests::task_reqs;
 use berth_tests::{cmd, procs, task_api, Instance, Runtime, Setup};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -168,7 +169,7 @@ fn null_io_is_dev_null() -> Result<()> {
                 .rpc(&cl, "Create", &d.create_req("c1", "", ""))
                 .await
                 .context("Create with null IO")?;
-            d.rpc::<_, api::StartResponse>(&cl, "Start", &direct::start_req("c1", ""))
+            d.rpc::<_, api::StartResponse>(&cl, "Start", &task_reqs::start_req("c1", ""))
                 .await
                 .context("Start")?;
             for fd in 0..3 {
@@ -183,16 +184,16 @@ fn null_io_is_dev_null() -> Result<()> {
         }
         .await;
         let _ = d
-            .rpc::<_, api::Empty>(&cl, "Kill", &direct::kill_req("c1", "", libc::SIGKILL))
+            .rpc::<_, api::Empty>(&cl, "Kill", &task_reqs::kill_req("c1", "", libc::SIGKILL))
             .await;
         let _ = d
-            .rpc::<_, api::WaitResponse>(&cl, "Wait", &direct::wait_req("c1", ""))
+            .rpc::<_, api::WaitResponse>(&cl, "Wait", &task_reqs::wait_req("c1", ""))
             .await;
         let _ = d
-            .rpc::<_, api::DeleteResponse>(&cl, "Delete", &direct::delete_req("c1", ""))
+            .rpc::<_, api::DeleteResponse>(&cl, "Delete", &task_reqs::delete_req("c1", ""))
             .await;
         let _ = d
-            .rpc::<_, api::Empty>(&cl, "Shutdown", &direct::shutdown_req("c1"))
+            .rpc::<_, api::Empty>(&cl, "Shutdown", &task_reqs::shutdown_req("c1"))
             .await;
         r
     })?;

@@ -19,7 +19,7 @@
 use super::*;
 use berth_tests::cri::ImageServiceClient;
 use berth_tests::image::{self, ImageDef, LayerCompression, LayerTar, Layout};
-use berth_tests::registry;
+use berth_tests::{cri_images, http, registry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tonic::transport::Channel;
@@ -163,7 +163,7 @@ fn big_layers() -> Result<Vec<Vec<u8>>> {
 
 /// The manifest digest the registry serves for `repo:TAG` (None when it has none).
 fn registry_digest(repo: &str) -> Option<String> {
-    let (status, headers, _) = registry::http_get(
+    let (status, headers, _) = http::http_get(
         REGISTRY_PORT,
         &format!("/v2/{repo}/manifests/{TAG}"),
         &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
@@ -207,7 +207,7 @@ fn push_once(layout: &Layout, repo: &str, tmp: &Path) -> Result<()> {
 
 /// Builds both images in a temp dir under `tmp` and pushes what the registry lacks.
 fn prepare(tmp: &Path) -> Result<Images> {
-    let ok = registry::http_get(REGISTRY_PORT, "/v2/", &[], None).is_ok_and(|r| r.0 == 200);
+    let ok = http::http_get(REGISTRY_PORT, "/v2/", &[], None).is_ok_and(|r| r.0 == 200);
     if !ok {
         reference::env_up()?;
     }
@@ -284,11 +284,11 @@ fn blob_dir(s: &Side) -> Option<PathBuf> {
 
 /// RemoveImage, then a check that the image and its first layer blob are gone.
 async fn remove_checked(s: &Side, is: &Is, reference: &str, layout: &Layout) -> Result<()> {
-    registry::remove(is, reference)
+    cri_images::remove(is, reference)
         .await
         .with_context(|| format!("RemoveImage {reference}"))?;
     ensure!(
-        registry::status(is, reference).await?.is_none(),
+        cri_images::status(is, reference).await?.is_none(),
         "{reference} still listed after RemoveImage"
     );
     let layer = &layout.host().layers[0];
@@ -307,7 +307,7 @@ async fn remove_checked(s: &Side, is: &Is, reference: &str, layout: &Layout) -> 
 /// PullImage, timed; the image id it answers must be the built config's digest.
 async fn pull_timed(is: &Is, reference: &str, layout: &Layout) -> Result<Duration> {
     let t0 = Instant::now();
-    let id = registry::pull(is, reference, None)
+    let id = cri_images::pull(is, reference, None)
         .await
         .with_context(|| format!("PullImage {reference}"))?;
     let took = t0.elapsed();
@@ -449,11 +449,11 @@ pub(crate) async fn cleanup(sides: &mut [Side]) {
         let r = async {
             let (_, is) = connect(&s.socket).await?;
             for reference in [small_ref(), big_ref()] {
-                registry::remove(&is, &reference)
+                cri_images::remove(&is, &reference)
                     .await
                     .with_context(|| format!("RemoveImage {reference}"))?;
                 ensure!(
-                    registry::status(&is, &reference).await?.is_none(),
+                    cri_images::status(&is, &reference).await?.is_none(),
                     "{reference} still listed after RemoveImage"
                 );
             }
