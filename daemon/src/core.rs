@@ -127,12 +127,8 @@ impl Core {
         cfg: k8s_cri::v1::PodSandboxConfig,
         handler: String,
     ) -> Result<String> {
-        let id = self.pods.run(cfg, handler).await?;
-        let pod = self.pods.get(&id)?;
-        match self.pods.shim_of(&pod).await {
-            Ok(shim) => self.recovery.watch(id.clone(), shim),
-            Err(e) => tracing::warn!(pod_id = %id, error = %e, "cannot watch the new pod"),
-        }
+        let (id, shim) = self.pods.run(cfg, handler).await?;
+        self.recovery.watch(id.clone(), shim);
         Ok(id)
     }
 }

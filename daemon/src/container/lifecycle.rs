@@ -111,10 +111,11 @@ impl Containers {
             Ok(shim) => self.signal_and_wait(&rec, &shim, timeout).await,
             Err(e) => Err(e),
         };
-        // The shim died before or during the stop (its settling may still be under way):
-        // the container is settled here, as the shim-death path would.
+        // The shim died before or during the stop (the pod's settling may still be under
+        // way): this container is settled here, as the shim-death path does. A shim that
+        // is only wedged keeps its tasks, and the stop fails.
         let stopped = match stopped {
-            Err(e) if !self.shims.answers(&pod.shim_address, &pod.id).await => {
+            Err(e) if self.shims.gone(&pod.shim_address) => {
                 tracing::warn!(container_id = %id, error = %e, "the pod's shim is gone; settling the container");
                 match self.store.get::<ContainerRecord>(CONTAINERS, id)? {
                     Some(c) => self.settle_without_shim(&c).await,
@@ -196,7 +197,7 @@ impl Containers {
             Some((shim, pod)) => match shim.delete(id, None).await {
                 Ok(()) => {}
                 // A cached client of a shim that has died since.
-                Err(e) if !self.shims.answers(&pod.shim_address, &pod.id).await => {
+                Err(e) if self.shims.gone(&pod.shim_address) => {
                     tracing::warn!(container_id = %id, error = %e, "the pod's shim is gone");
                     forget_task(&rec.bundle, id).await;
                 }

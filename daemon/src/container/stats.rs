@@ -53,7 +53,7 @@ impl Containers {
         rec: &ContainerRecord,
     ) -> Result<(ContainerStats, Option<Sample>)> {
         let now = crate::util::now_ns();
-        let (used, inodes) = crate::util::disk_usage(&rec.dir.join("upper")).unwrap_or_default();
+        let (used, inodes) = crate::util::reported_usage(&rec.dir.join("upper"));
         let mut stats = ContainerStats {
             attributes: Some(ContainerAttributes {
                 id: rec.id.clone(),
@@ -146,7 +146,7 @@ impl Containers {
             Vec::new()
         };
         let (fds, sockets) = open_files(&procs);
-        let (fs_usage, _) = crate::util::disk_usage(&rec.dir.join("upper")).unwrap_or_default();
+        let (fs_usage, _) = crate::util::reported_usage(&rec.dir.join("upper"));
         let mut x = Extras {
             processes: procs.len() as u64,
             fds,

@@ -97,3 +97,23 @@ async fn a_failing_stop_leaves_no_intent_behind() {
     let rec = k.core.store().container("c1").unwrap();
     assert_eq!((rec.state, rec.op), (CtrState::Running, None));
 }
+
+#[tokio::test]
+async fn a_stop_whose_shim_died_under_it_settles_the_container() {
+    let k = kit();
+    let (pod, shim) = k.ready_pod("p1");
+    k.container("c1", "p1", CtrState::Running);
+    shim.set_state("c1", TaskStatus::Running, 0, 0);
+    shim.fail("kill");
+    k.launcher
+        .dead
+        .lock()
+        .unwrap()
+        .insert(pod.shim_address.clone());
+    k.core.containers.stop("c1", 5).await.unwrap();
+    let rec = k.core.store().container("c1").unwrap();
+    assert_eq!(
+        (rec.state, rec.exit_code, rec.reason.as_str(), rec.op),
+        (CtrState::Exited, 137, "ShimDied", None)
+    );
+}

@@ -178,7 +178,7 @@ impl ImageService for Service {
         };
         // The containers' writable layers (upper and work dirs), on the same filesystem.
         let dir = self.core.config.paths.root.join("containers");
-        let (cbytes, cinodes) = crate::util::disk_usage(&dir).unwrap_or_default();
+        let (cbytes, cinodes) = crate::util::reported_usage(&dir);
         let containers = FilesystemUsage {
             timestamp: usage.timestamp,
             fs_id: Some(FilesystemIdentifier {

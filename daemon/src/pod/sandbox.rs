@@ -107,8 +107,12 @@ impl Undo {
 }
 
 impl Pods {
-    /// Makes a pod Ready (the caller starts watching it).
-    pub async fn run(&self, cfg: PodSandboxConfig, handler: String) -> Result<String> {
+    /// Makes a pod Ready; returns its id and shim (the caller starts watching it).
+    pub async fn run(
+        &self,
+        cfg: PodSandboxConfig,
+        handler: String,
+    ) -> Result<(String, ShimHandle)> {
         let md = cfg
             .metadata
             .clone()
@@ -147,14 +151,14 @@ impl Pods {
             self.store.create(PODS, &id, &name_key, &rec)?;
             let mut undo = Undo::default();
             match self.run_steps(rec, &mut undo).await {
-                Ok(rec) => {
+                Ok((rec, shim)) => {
                     tracing::info!(ips = ?rec.ips, pid = rec.pid, "pod ready");
                     self.events
                         .emit(Kind::Created, &rec.id, &rec.id, rec.created_at);
                     // Timed like a restart would derive it from the record.
                     self.events
                         .emit(Kind::Started, &rec.id, &rec.id, rec.created_at);
-                    Ok(rec.id)
+                    Ok((rec.id, shim))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "RunPodSandbox failed; rolling back");
@@ -168,7 +172,11 @@ impl Pods {
         .await
     }
 
-    async fn run_steps(&self, mut rec: PodRecord, undo: &mut Undo) -> Result<PodRecord> {
+    async fn run_steps(
+        &self,
+        mut rec: PodRecord,
+        undo: &mut Undo,
+    ) -> Result<(PodRecord, ShimHandle)> {
         crate::failpoint!("pod.run.after_record");
         for d in [&rec.bundle, &rec.files] {
             std::fs::create_dir_all(d)
@@ -275,8 +283,8 @@ impl Pods {
         rec.state = PodState::Ready;
         rec.op = None;
         self.store.put(PODS, &rec.id, &rec)?;
-        self.shims.insert(&rec.id, shim).await;
-        Ok(rec)
+        self.shims.insert(&rec.id, shim.clone()).await;
+        Ok((rec, shim))
     }
 
     /// The infra process' root, command and rootfs mounts: Berth's own pause program, or

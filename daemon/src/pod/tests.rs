@@ -23,7 +23,7 @@ async fn a_run_whose_shim_does_not_start_is_undone() {
     let k = kit();
     *k.launcher.fail_start.lock().unwrap() = true;
     let err = k.core.pods.run(host_pod("web"), String::new()).await;
-    assert!(err.unwrap_err().to_string().contains("fake shim start"));
+    assert!(err.err().unwrap().to_string().contains("fake shim start"));
     assert!(k.core.store().pods().unwrap().is_empty(), "no record left");
     assert_eq!(leftovers(&k), Vec::<std::path::PathBuf>::new());
     assert!(k.events().is_empty(), "nothing announced");
@@ -61,12 +61,17 @@ async fn a_run_whose_infra_is_not_created_stops_the_shim_it_started() {
 #[tokio::test]
 async fn a_pod_runs_in_its_own_shim_and_is_announced() {
     let k = kit();
-    let id = k
+    let (id, shim) = k
         .core
         .pods
         .run(host_pod("ok"), String::new())
         .await
         .unwrap();
+    assert_eq!(
+        shim.address(),
+        format!("unix:///fake/{id}"),
+        "the pod's own shim"
+    );
     let rec = k.core.store().pod(&id).unwrap();
     assert_eq!((rec.state, rec.pid, rec.op), (PodState::Ready, 4242, None));
     assert_eq!(rec.shim_address, format!("unix:///fake/{id}"));
@@ -82,7 +87,7 @@ async fn a_pod_runs_in_its_own_shim_and_is_announced() {
 async fn stop_and_remove_end_the_infra_and_the_shim() {
     let k = kit();
     let pods = &k.core.pods;
-    let id = pods.run(host_pod("ok"), String::new()).await.unwrap();
+    let (id, _) = pods.run(host_pod("ok"), String::new()).await.unwrap();
     let rec = k.core.store().pod(&id).unwrap();
     let shim = k.launcher.shim(&rec.shim_address);
     pods.stop(&id).await.unwrap();

@@ -42,7 +42,7 @@ impl Recovery {
                         rt.watch(rec.id.clone(), shim);
                         tracing::info!(pod_id = %rec.id, "shim reconnected");
                     }
-                    Ok(Err(e)) if is_gone(&rec) => {
+                    Ok(Err(e)) if rt.shims.gone(&rec.shim_address) => {
                         // The shim died while berthd was down: its tasks are settled from
                         // the exits it recorded, what it left running is killed.
                         tracing::warn!(pod_id = %rec.id, error = %e, "shim is gone");
@@ -148,21 +148,5 @@ impl Recovery {
             }
         }
         Ok(())
-    }
-}
-
-/// A shim whose socket file is gone or refuses connections is dead (one that accepts but
-/// does not answer is only wedged, and its tasks are left alone).
-fn is_gone(rec: &PodRecord) -> bool {
-    let path = rec
-        .shim_address
-        .strip_prefix("unix://")
-        .unwrap_or(&rec.shim_address);
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-        ),
     }
 }

@@ -112,6 +112,7 @@ impl TaskShim for FakeShim {
     }
     async fn delete(&self, id: &str, exec: Option<&str>) -> Result<()> {
         self.call("delete", format!("{id} {exec:?}"))?;
+        // As the real shim: a missing task is deleted; execs are not tracked here.
         if exec.is_none() {
             self.tasks.lock().unwrap().remove(id);
         }
@@ -185,9 +186,13 @@ impl Launcher for FakeLauncher {
         Ok(shim)
     }
     async fn connect(&self, address: &str) -> Result<ShimHandle> {
-        if self.dead.lock().unwrap().contains(address) {
+        if self.gone(address) {
             return Err(Error::Internal(format!("connect {address}: refused")));
         }
         Ok(self.shim(address))
+    }
+
+    fn gone(&self, address: &str) -> bool {
+        self.dead.lock().unwrap().contains(address)
     }
 }

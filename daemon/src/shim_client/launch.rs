@@ -22,6 +22,10 @@ pub trait Launcher: Send + Sync {
     async fn start(&self, bundle: &Path, id: &str) -> Result<ShimHandle>;
     /// Connects to a running shim at `address`.
     async fn connect(&self, address: &str) -> Result<ShimHandle>;
+    /// Whether the shim at `address` is gone: its socket is missing or refuses
+    /// connections. One that accepts but does not answer is only wedged (stopped,
+    /// overloaded).
+    fn gone(&self, address: &str) -> bool;
 }
 
 /// The real launcher: `containerd-shim-berth-v2` as a child process.
@@ -75,6 +79,18 @@ impl Launcher for ShimLauncher {
 
     async fn connect(&self, address: &str) -> Result<ShimHandle> {
         Ok(Arc::new(Shim::connect(address).await?))
+    }
+
+    fn gone(&self, address: &str) -> bool {
+        let path = address.strip_prefix("unix://").unwrap_or(address);
+        // A local connect: it succeeds or fails at once, never waits on the peer.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+        }
     }
 }
 

@@ -142,7 +142,8 @@ pub trait TaskShim: Send + Sync {
     async fn wait(&self, id: &str, exec: Option<&str>, limit: Duration) -> Result<Exit>;
     /// The init's state.
     async fn state(&self, id: &str) -> Result<TaskState>;
-    /// Deletes the task or an exec; one that does not exist is not an error.
+    /// Deletes the task (one that does not exist is not an error) or an exec (NotFound
+    /// when it does not exist).
     async fn delete(&self, id: &str, exec: Option<&str>) -> Result<()>;
     /// Registers an exec process (`spec`: an OCI Process as JSON) with its stdio.
     async fn exec(&self, id: &str, exec_id: &str, spec: Vec<u8>, io: &ExecIo) -> Result<()>;

@@ -80,6 +80,12 @@ impl Shims {
         }
     }
 
+    /// Whether the shim at `address` is gone (dead), not merely wedged: a wedged shim's
+    /// tasks must be left alone.
+    pub fn gone(&self, address: &str) -> bool {
+        self.launcher.gone(address)
+    }
+
     pub async fn cached(&self, pod_id: &str) -> Option<ShimHandle> {
         self.connected.lock().await.get(pod_id).cloned()
     }

@@ -33,9 +33,12 @@ pub struct Shim {
     journal: JournalClient,
 }
 
-/// A protobuf timestamp in ns since the epoch; saturating, because a process that has
-/// not exited carries Go's zero time (year 1), which overflows i64 nanoseconds.
+/// A protobuf timestamp in ns since the epoch. A process that has not exited carries
+/// Go's zero time (year 1), which is no time at all: 0, as CRI reads an unset time.
 fn ts_ns(t: &Timestamp) -> i64 {
+    if t.seconds < 0 {
+        return 0;
+    }
     t.seconds
         .saturating_mul(1_000_000_000)
         .saturating_add(i64::from(t.nanos))
@@ -254,7 +257,9 @@ impl TaskShim for Shim {
         match self.client.delete(ctx(), &req).await {
             Ok(_) => Ok(()),
             Err(e) => match rpc(what("delete task", "delete exec", exec), e) {
-                Error::NotFound(_) => Ok(()),
+                // A task already gone is deleted; an exec that vanished is the caller's news
+                // (its container was removed under it).
+                Error::NotFound(_) if exec.is_none() => Ok(()),
                 other => Err(other),
             },
         }
@@ -445,12 +450,12 @@ mod tests {
     }
 
     #[test]
-    fn go_zero_time_saturates() {
+    fn go_zero_time_is_no_time() {
         let t = Timestamp {
             seconds: -62_135_596_800,
             ..Default::default()
         };
-        assert_eq!(ts_ns(&t), i64::MIN);
+        assert_eq!(ts_ns(&t), 0);
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Bytes (allocated blocks) and inodes used under `root`, each inode counted once
-/// however many hard links it has. A missing root uses nothing.
+/// however many hard links it has, the root included (as containerd's snapshotters count
+/// a writable layer's usage). A missing root uses nothing.
 pub fn disk_usage(root: &Path) -> Result<(u64, u64)> {
     let mut seen = HashSet::new();
     let (mut bytes, mut inodes) = (0u64, 0u64);
@@ -95,4 +96,13 @@ pub fn disk_usage(root: &Path) -> Result<(u64, u64)> {
         }
     }
     Ok((bytes, inodes))
+}
+
+/// [`disk_usage`] for a figure that is reported, not acted on (stats, ImageFsInfo): an
+/// error is logged and counts as nothing used.
+pub fn reported_usage(root: &Path) -> (u64, u64) {
+    disk_usage(root).unwrap_or_else(|e| {
+        tracing::warn!(path = %root.display(), error = %e, "disk usage");
+        (0, 0)
+    })
 }
