@@ -101,6 +101,19 @@ impl Builder {
     }
 }
 
+/// A test on a berthd: starts it from `builder`, runs `body` on a tokio runtime, then
+/// [`Berthd::finish`]es it. An error from `body` comes back with berthd's log, and the guard
+/// cleans up instead of `finish`.
+pub fn berthd_test(
+    builder: Builder,
+    body: impl AsyncFnOnce(&mut Berthd) -> Result<()>,
+) -> Result<()> {
+    let mut d = builder.start()?;
+    let r = crate::cri::block_on(body(&mut d))?;
+    d.with_log(r)?;
+    d.finish()
+}
+
 /// A berthd with private directories; the guard of a test's berthd.
 pub struct Berthd {
     pub dir: TempDir,

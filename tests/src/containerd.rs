@@ -50,19 +50,12 @@ impl Instance {
     /// Like [`Instance::start`], with `extra_toml` appended to the rendered config (e.g. a
     /// second CRI runtime handler, so one containerd drives two shims side by side).
     pub fn start_with_config(setup: Setup, extra_toml: &str) -> Result<Instance> {
-        let shim = shim::binary()?;
-        let tmp = tempfile::Builder::new()
-            .prefix("berth-t")
-            .tempdir()
-            .context("tempdir")?;
-        let dir = tmp.path().to_path_buf();
-        let suffix: String = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .chars()
-            .skip(7)
-            .collect();
+        let shim::Scratch {
+            shim,
+            tmp,
+            dir,
+            suffix,
+        } = shim::scratch("berth-t")?;
         let namespace = if setup.cri {
             "k8s.io".to_string()
         } else {
@@ -240,11 +233,7 @@ impl Instance {
             self.shims().is_empty().then_some(())
         });
         self.stop_daemon();
-        let keys = self
-            .group_keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let keys = self.keys();
         let (state, root) = (self.state(), self.root());
         problems.extend(
             leaks::Scope {
@@ -268,13 +257,17 @@ impl Instance {
         Ok(())
     }
 
-    fn force_cleanup(&mut self) {
-        self.stop_daemon();
-        let keys = self
-            .group_keys
+    /// The grouping keys tracked so far.
+    fn keys(&self) -> Vec<String> {
+        self.group_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .clone()
+    }
+
+    fn force_cleanup(&mut self) {
+        self.stop_daemon();
+        let keys = self.keys();
         cleanup::everything(&cleanup::Target {
             address: &self.address,
             namespace: &self.namespace,

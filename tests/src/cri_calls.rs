@@ -104,6 +104,11 @@ pub trait CriCalls {
         cmd: &[&str],
         timeout: i64,
     ) -> Answer<cri::ExecSyncResponse>;
+    /// UpdateContainerResources of container `id` setting only its memory limit.
+    async fn update_memory_limit(&self, id: &str, bytes: i64) -> Answer<()>;
+    /// Exec's streaming URL for `cmd` in container `id` (stdout always; stderr unless a
+    /// terminal).
+    async fn exec_url(&self, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> Result<String>;
 }
 
 impl CriCalls for Rs {
@@ -226,6 +231,35 @@ impl CriCalls for Rs {
             timeout,
         };
         Ok(self.clone().exec_sync(req).await?.into_inner())
+    }
+
+    async fn update_memory_limit(&self, id: &str, bytes: i64) -> Answer<()> {
+        let req = cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.clone().update_container_resources(req).await?;
+        Ok(())
+    }
+
+    async fn exec_url(&self, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> Result<String> {
+        let req = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        let answer = self.clone().exec(req).await;
+        Ok(answer
+            .with_context(|| format!("Exec {cmd:?}"))?
+            .into_inner()
+            .url)
     }
 }
 

@@ -73,7 +73,6 @@ pub struct Deleted {
 }
 
 impl Direct {
-    /// A fresh session: tempdir, unique namespace, busybox rootfs source.
     /// A fresh `Direct`, `scenario` on it (an error names the namespace and dir), then
     /// `finish`.
     pub fn run(scenario: impl FnOnce(&Direct) -> Result<()>) -> Result<()> {
@@ -84,20 +83,14 @@ impl Direct {
         d.finish()
     }
 
+    /// A fresh session: tempdir, unique namespace, busybox rootfs source.
     pub fn new() -> Result<Direct> {
-        let shim = shim::binary()?;
-        let tmp = tempfile::Builder::new()
-            .prefix("berth-d")
-            .tempdir()
-            .context("tempdir")?;
-        let dir = tmp.path().to_path_buf();
-        let suffix: String = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .chars()
-            .skip(7)
-            .collect();
+        let shim::Scratch {
+            shim,
+            tmp,
+            dir,
+            suffix,
+        } = shim::scratch("berth-d")?;
         let namespace = format!("bd-{suffix}").to_lowercase();
         let rootfs_src = dir.join("rootfs-src");
         build_rootfs(&rootfs_src)?;
@@ -308,6 +301,15 @@ impl Direct {
             );
         }
         Ok(want)
+    }
+
+    /// Bundles `id` running `sleep 600` and starts its shim ([`Direct::start_ok`], `id` as
+    /// the grouping key): the shim's address and its daemon's pid.
+    pub fn start_sleeper(&self, id: &str) -> Result<(String, i32)> {
+        self.bundle(id, &["sleep", "600"], &[])?;
+        let addr = self.start_ok(id, id)?;
+        let daemon = self.daemons().first().context("no daemon")?.pid;
+        Ok((addr, daemon))
     }
 
     /// `<shim> -namespace <ns> -address <fake> -publish-binary <x> -id <id> -bundle <B> delete`

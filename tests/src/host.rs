@@ -7,6 +7,17 @@ use std::path::{Path, PathBuf};
 use crate::berthd::Berthd;
 use crate::procs;
 
+/// The names of `dir`'s entries (none when it cannot be read).
+pub fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The pid of the container process running exactly `argv` as a child of one of `d`'s shims.
 pub fn container_pid(d: &Berthd, argv: &[&str]) -> Option<i32> {
     let shims = procs::shims_of(&d.socket.display().to_string());

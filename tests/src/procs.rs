@@ -116,6 +116,15 @@ pub fn descendants(roots: &[i32]) -> Vec<i32> {
     out
 }
 
+/// The number after `key` on its line of a `/proc/<pid>/status`-like `text` (kB for the
+/// memory lines).
+pub fn field_kb(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

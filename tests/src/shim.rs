@@ -11,6 +11,38 @@ pub fn is_reference() -> bool {
     std::env::var("BERTH_TEST_REFERENCE").is_ok_and(|v| v == "1")
 }
 
+/// A session's scratch space: the shim under test and a fresh tempdir.
+pub struct Scratch {
+    pub shim: PathBuf,
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    /// The random part of the tempdir's name (for a namespace no other session has).
+    pub suffix: String,
+}
+
+/// Finds the shim under test ([`binary`]) and makes a tempdir named `<prefix>XXXXXX`.
+pub fn scratch(prefix: &str) -> Result<Scratch> {
+    let shim = binary()?;
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("tempdir")?;
+    let dir = tmp.path().to_path_buf();
+    let suffix: String = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .chars()
+        .skip(prefix.chars().count())
+        .collect();
+    Ok(Scratch {
+        shim,
+        tmp,
+        dir,
+        suffix,
+    })
+}
+
 /// The shim binary under test: `$BERTH_SHIM`, else `<target>/debug/containerd-shim-berth-v2`
 /// next to this test binary, or the Go shim in reference mode. Fails clearly when missing.
 pub fn binary() -> Result<PathBuf> {

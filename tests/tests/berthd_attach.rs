@@ -5,13 +5,14 @@
 //! bad requests. Leaks are judged from the attach FIFO dirs and the shim's and berthd's fds.
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::berthd::{berthd_test, Berthd};
+use berth_tests::cri::{container_config, pod_config};
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::cri_log;
 use berth_tests::image;
 use berth_tests::pod::Pod;
 use berth_tests::procs;
-use berth_tests::spdy::{ExecSession, StreamReader, EXEC_PROTOCOLS};
+use berth_tests::spdy::{ExecSession, EXEC_PROTOCOLS};
 use berth_tests::streaming::{eventually, open_fds, Rs};
 use berth_tests::ws::WsSession;
 use k8s_cri::v1 as cri;
@@ -53,25 +54,27 @@ async fn attach_url(rs: &Rs, cid: &str, stdin: bool, tty: bool) -> Result<String
     Ok(url)
 }
 
-/// Reads a SPDY stream until what it delivered contains `want`.
-async fn read_until(r: &mut StreamReader, seen: &mut Vec<u8>, want: &str) -> Result<()> {
-    let res = tokio::time::timeout(WITHIN, async {
-        while !String::from_utf8_lossy(seen).contains(want) {
-            match r.recv().await {
-                Some(b) => seen.extend(b),
-                None => bail!("stream ended"),
-            }
+/// Resizes the terminal to `width` x `height`, then asks `stty size` until it answers
+/// `<height> <width>` (the size may land after the first command; 20 tries).
+async fn resize_shows(
+    a: &mut ExecSession,
+    seen: &mut Vec<u8>,
+    width: u16,
+    height: u16,
+) -> Result<()> {
+    a.resize(width, height).await?;
+    let stdin = a.stdin.as_ref().context("no stdin")?.tx.clone();
+    let want = format!("{height} {width}");
+    for _ in 0..20 {
+        stdin.write(b"stty size\n").await?;
+        if a.stdout.rx.read_until(seen, &want, WITHIN).await.is_ok() {
+            return Ok(());
         }
-        Ok(())
-    })
-    .await;
-    match res {
-        Ok(r) => r.with_context(|| format!("{want:?} (have {:?})", String::from_utf8_lossy(seen))),
-        Err(_) => bail!(
-            "no {want:?} within {WITHIN:?} (have {:?})",
-            String::from_utf8_lossy(seen)
-        ),
     }
+    bail!(
+        "stty never said {want}: {:?}",
+        String::from_utf8_lossy(seen)
+    )
 }
 
 /// Attach FIFO dirs berthd has open (`<state>/exec/attach-*`).
@@ -125,13 +128,12 @@ async fn ensure_running(pod: &Pod, cid: &str) -> Result<()> {
 
 #[test]
 fn two_attachers_share_the_output_and_stdin_reaches_the_container() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("attach2", &logs.join("attach2"))).await?;
+        let pod = Pod::run(d, pod_config("attach2", &logs.join("attach2"))).await?;
         let cid = pod.start(echoer("echoer", false)).await?;
-        let shim = shim_pid(&d)?;
+        let shim = shim_pid(d)?;
         let shim_fds = open_fds(shim)?.len();
 
         // A over SPDY with stdin; B over WebSocket v5, output only.
@@ -165,9 +167,15 @@ fn two_attachers_share_the_output_and_stdin_reaches_the_container() -> Result<()
         ensure!(synced, "B never saw A's input: {:?}", b.out.stdout_text());
         stdin.write(b"one\n").await?;
         let (mut a_out, mut a_err) = (Vec::new(), Vec::new());
-        read_until(&mut a.stdout.rx, &mut a_out, "got one\n").await?;
+        a.stdout
+            .rx
+            .read_until(&mut a_out, "got one\n", WITHIN)
+            .await?;
         let a_stderr = a.stderr.as_mut().context("no stderr stream")?;
-        read_until(&mut a_stderr.rx, &mut a_err, "err one\n").await?;
+        a_stderr
+            .rx
+            .read_until(&mut a_err, "err one\n", WITHIN)
+            .await?;
         b.read_until("got one\n", WITHIN).await?;
         ensure!(
             eventually(WITHIN, || std::fs::read_to_string(
@@ -203,9 +211,9 @@ fn two_attachers_share_the_output_and_stdin_reaches_the_container() -> Result<()
         let ExecSession { session, .. } = c;
         session.kill().await;
         ensure!(
-            eventually(WITHIN, || attach_dirs(&d).len() == 1).await,
+            eventually(WITHIN, || attach_dirs(d).len() == 1).await,
             "attach dirs after C went: {:?}",
-            attach_dirs(&d)
+            attach_dirs(d)
         );
         ensure_running(&pod, &cid).await?;
 
@@ -223,19 +231,17 @@ fn two_attachers_share_the_output_and_stdin_reaches_the_container() -> Result<()
             String::from_utf8_lossy(&out.error)
         );
         ensure!(!out.stdout_text().contains("got one\ngot one"));
-        ensure_detached(&d, shim, shim_fds).await?;
+        ensure_detached(d, shim, shim_fds).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn stdin_once_closes_the_containers_stdin_when_the_first_attach_ends() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("once", &logs.join("once"))).await?;
+        let pod = Pod::run(d, pod_config("once", &logs.join("once"))).await?;
         let cid = pod.start(echoer("once", true)).await?;
         let url = attach_url(&rs, &cid, true, false).await?;
         let mut a = WsSession::connect(&url, &["v5.channel.k8s.io"]).await?;
@@ -264,62 +270,27 @@ fn stdin_once_closes_the_containers_stdin_when_the_first_attach_ends() -> Result
             .await
             .expect_err("attach to an exited container");
         ensure!(e.code() == tonic::Code::FailedPrecondition, "{e:?}");
-        ensure!(eventually(WITHIN, || attach_dirs(&d).is_empty()).await);
+        ensure!(eventually(WITHIN, || attach_dirs(d).is_empty()).await);
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn attach_to_a_terminal_follows_resizes_and_ends_with_the_container() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("tty", &logs.join("tty"))).await?;
+        let pod = Pod::run(d, pod_config("tty", &logs.join("tty"))).await?;
         let mut cfg = container_config("tty", image::BUSYBOX_IMAGE, &["sh"]);
         cfg.tty = true;
         cfg.stdin = true;
         let cid = pod.start(cfg).await?;
         let url = attach_url(&rs, &cid, true, true).await?;
         let mut a = ExecSession::start(&url, &EXEC_PROTOCOLS, true, true).await?;
-        a.resize(100, 40).await?;
-        let stdin = a.stdin.as_ref().context("no stdin")?.tx.clone();
         let mut seen = Vec::new();
-        // The size may land after the first command: ask until it shows.
-        let mut ok = false;
-        for _ in 0..20 {
-            stdin.write(b"stty size\n").await?;
-            if read_until(&mut a.stdout.rx, &mut seen, "40 100")
-                .await
-                .is_ok()
-            {
-                ok = true;
-                break;
-            }
-        }
-        ensure!(
-            ok,
-            "stty never said 40 100: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        a.resize(120, 33).await?;
-        let mut ok = false;
-        for _ in 0..20 {
-            stdin.write(b"stty size\n").await?;
-            if read_until(&mut a.stdout.rx, &mut seen, "33 120")
-                .await
-                .is_ok()
-            {
-                ok = true;
-                break;
-            }
-        }
-        ensure!(
-            ok,
-            "stty never said 33 120: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
+        resize_shows(&mut a, &mut seen, 100, 40).await?;
+        resize_shows(&mut a, &mut seen, 120, 33).await?;
+        let stdin = a.stdin.as_ref().context("no stdin")?.tx.clone();
         stdin.write(b"exit 3\n").await?;
         let out = a.finish(None, WITHIN).await?;
         ensure!(out.status["status"] == "Success", "{}", out.status);
@@ -328,16 +299,14 @@ fn attach_to_a_terminal_follows_resizes_and_ends_with_the_container() -> Result<
         // The terminal's output is in the log as stdout.
         ensure!(ex.stdout.contains("33 120"), "log stdout {:?}", ex.stdout);
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn attach_and_exec_work_at_once_after_a_berthd_kill9_and_bad_attaches_are_refused() -> Result<()> {
-    let mut d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
-        let pod = Pod::run(&d, pod_config("k9", &logs.join("k9"))).await?;
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("k9", &logs.join("k9"))).await?;
         let cid = pod.start(echoer("k9", false)).await?;
         let created = pod
             .create(container_config(
@@ -357,17 +326,8 @@ fn attach_and_exec_work_at_once_after_a_berthd_kill9_and_bad_attaches_are_refuse
         a.read_until("got after\n", WITHIN).await?;
         // A streaming exec works at once too.
         let url = rs
-            .clone()
-            .exec(cri::ExecRequest {
-                container_id: cid.clone(),
-                cmd: vec!["echo".into(), "exec after restart".into()],
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .url;
+            .exec_url(&cid, &["echo", "exec after restart"], false, false)
+            .await?;
         let out = berth_tests::spdy::exec(&url, None, None).await?;
         ensure!(
             out.stdout_text() == "exec after restart\n" && out.exit_code() == Some(0),
@@ -407,11 +367,10 @@ fn attach_and_exec_work_at_once_after_a_berthd_kill9_and_bad_attaches_are_refuse
         }
         drop(a);
         ensure!(
-            eventually(WITHIN, || attach_dirs(&d).is_empty()).await,
+            eventually(WITHIN, || attach_dirs(d).is_empty()).await,
             "attach dirs: {:?}",
-            attach_dirs(&d)
+            attach_dirs(d)
         );
         ensure_running(&pod, &cid).await
-    })??;
-    d.finish()
+    })
 }

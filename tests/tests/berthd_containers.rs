@@ -4,7 +4,7 @@
 //! the error codes for bad input.
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
+use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::cri_calls::{in_state, CriCalls};
 use berth_tests::pod::Pod;
@@ -16,9 +16,8 @@ use tonic::Code;
 
 #[test]
 fn containers_run_exit_log_and_are_removed() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, mut is) = d.client().await?;
         let imgs = is
             .list_images(cri::ListImagesRequest { filter: None })
@@ -47,7 +46,7 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
             "{st:?}"
         );
 
-        let pod = Pod::run(&d, pod_config("app", &logs)).await?;
+        let pod = Pod::run(d, pod_config("app", &logs)).await?;
         let short = pod
             .create(container_config(
                 "short",
@@ -154,8 +153,7 @@ fn containers_run_exit_log_and_are_removed() -> Result<()> {
         let left = rs.list_ctrs(None).await?;
         ensure!(left.is_empty(), "containers left: {left:?}");
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 fn container_pid(d: &Berthd, name: &str) -> Option<i32> {
@@ -245,11 +243,10 @@ fn exits_while_berthd_is_down_are_kept_and_survivors_keep_running() -> Result<()
 
 #[test]
 fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (mut rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("ops", &logs)).await?;
+        let pod = Pod::run(d, pod_config("ops", &logs)).await?;
         let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
         let id = pod
             .start(container_config(
@@ -275,15 +272,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
         );
 
         // UpdateContainerResources reaches the container's cgroup.
-        rs.update_container_resources(cri::UpdateContainerResourcesRequest {
-            container_id: id.clone(),
-            linux: Some(cri::LinuxContainerResources {
-                memory_limit_in_bytes: 96 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?;
+        rs.update_memory_limit(&id, 96 << 20).await?;
         let r = ex(&["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], 10).await?;
         let in_ctr = String::from_utf8_lossy(&r.stdout).trim().to_string();
         if !in_ctr.is_empty() && r.exit_code == 0 {
@@ -357,16 +346,14 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
         );
         rs.remove_pod(&pod.id).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
-        let pod = Pod::run(&d, pod_config("oom", &logs)).await?;
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("oom", &logs)).await?;
         let mut cfg = container_config(
             "hog",
             image::BUSYBOX_IMAGE,
@@ -389,6 +376,5 @@ fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
         ensure!(s.reason == "OOMKilled" && s.exit_code == 137, "{s:?}");
         pod.rs.remove_pod(&pod.id).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }

@@ -8,8 +8,9 @@
 //! Not covered: a URL unused for more than 60 s answering 404 (too slow for this suite).
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::berthd::{berthd_test, Berthd};
+use berth_tests::cri::{container_config, pod_config};
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
 use berth_tests::pod::Pod;
 use berth_tests::spdy::{
@@ -30,20 +31,7 @@ fn idler() -> cri::ContainerConfig {
 
 /// Exec's URL for `cmd` (stdout always; stderr unless a terminal).
 async fn exec_url(rs: &Rs, cid: &str, cmd: &[&str], stdin: bool, tty: bool) -> Result<String> {
-    let url = rs
-        .clone()
-        .exec(cri::ExecRequest {
-            container_id: cid.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            tty,
-            stdin,
-            stdout: true,
-            stderr: !tty,
-        })
-        .await
-        .with_context(|| format!("Exec {cmd:?}"))?
-        .into_inner()
-        .url;
+    let url = rs.exec_url(cid, cmd, stdin, tty).await?;
     ensure!(
         url.starts_with("http://127.0.0.1:") && url.contains("/exec/"),
         "Exec URL {url:?}"
@@ -79,22 +67,15 @@ fn ensure_success(what: &str, out: &spdy::ExecOutput) -> Result<()> {
 
 /// Entries left in berthd's exec FIFO directory (`<state>/exec`).
 fn exec_dirs(d: &Berthd) -> Vec<String> {
-    std::fs::read_dir(d.dir.path().join("state").join("exec"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    berth_tests::host::names_in(&d.dir.path().join("state").join("exec"))
 }
 
 #[test]
 fn exec_pipes_stdin_and_reports_output_and_exit_status() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("exec", &logs.join("exec"))).await?;
+        let pod = Pod::run(d, pod_config("exec", &logs.join("exec"))).await?;
         let cid = pod.start(idler()).await?;
 
         let out = run_exec(&rs, &cid, &["cat"], Some(b"hello, berth\n".to_vec()), None).await?;
@@ -178,17 +159,15 @@ fn exec_pipes_stdin_and_reports_output_and_exit_status() -> Result<()> {
             out.protocol
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn exec_with_a_terminal_sees_the_size_it_was_resized_to() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("tty", &logs.join("tty"))).await?;
+        let pod = Pod::run(d, pod_config("tty", &logs.join("tty"))).await?;
         let cid = pod.start(idler()).await?;
         // The size is set beside the process' start (as with kubelet and containerd),
         // so the command waits for the terminal to have one before it reports it
@@ -233,17 +212,15 @@ fn exec_with_a_terminal_sees_the_size_it_was_resized_to() -> Result<()> {
         );
         ensure_success("second resize", &out)?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn exec_over_websocket_v5_and_v4_channels() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("ws", &logs.join("ws"))).await?;
+        let pod = Pod::run(d, pod_config("ws", &logs.join("ws"))).await?;
         let cid = pod.start(idler()).await?;
 
         // v5: stdin piped through cat, then closed with the close signal.
@@ -268,19 +245,13 @@ fn exec_over_websocket_v5_and_v4_channels() -> Result<()> {
 
         // v4 (older kubectl): no stdin; exit 7 arrives as NonZeroExitCode / ExitCode.
         let url = rs
-            .clone()
-            .exec(cri::ExecRequest {
-                container_id: cid.clone(),
-                cmd: ["sh", "-c", "echo out; echo err >&2; exit 7"]
-                    .map(String::from)
-                    .to_vec(),
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .url;
+            .exec_url(
+                &cid,
+                &["sh", "-c", "echo out; echo err >&2; exit 7"],
+                false,
+                false,
+            )
+            .await?;
         let s = WsSession::connect(&url, &["v4.channel.k8s.io"]).await?;
         ensure!(
             s.protocol == "v4.channel.k8s.io",
@@ -302,18 +273,16 @@ fn exec_over_websocket_v5_and_v4_channels() -> Result<()> {
             "status {st}"
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn spent_and_unknown_urls_answer_404() -> Result<()> {
     // A URL unused for over 60 s also answers 404; waiting that long is too slow here.
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("tok", &logs.join("tok"))).await?;
+        let pod = Pod::run(d, pod_config("tok", &logs.join("tok"))).await?;
         let cid = pod.start(idler()).await?;
         let refused = |u: Upgrade, what: &str| -> Result<spdy::Refused> {
             match u {
@@ -369,17 +338,15 @@ fn spent_and_unknown_urls_answer_404() -> Result<()> {
         let out = run_exec(&rs, &cid, &["echo", "still fine"], None, None).await?;
         ensure!(out.stdout_text() == "still fine\n");
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn a_client_killed_mid_exec_leaves_the_container_and_berthd_healthy() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("kill", &logs.join("kill"))).await?;
+        let pod = Pod::run(d, pod_config("kill", &logs.join("kill"))).await?;
         let cid = pod.start(idler()).await?;
         // Warm up: whatever berthd keeps open for exec from now on is in the baseline.
         ensure_success(
@@ -387,11 +354,11 @@ fn a_client_killed_mid_exec_leaves_the_container_and_berthd_healthy() -> Result<
             &run_exec(&rs, &cid, &["true"], None, None).await?,
         )?;
         ensure!(
-            eventually(Duration::from_secs(10), || exec_dirs(&d).is_empty()).await,
+            eventually(Duration::from_secs(10), || exec_dirs(d).is_empty()).await,
             "exec dirs after warm-up: {:?}",
-            exec_dirs(&d)
+            exec_dirs(d)
         );
-        let before = settled_fds(&d).await?;
+        let before = settled_fds(d).await?;
 
         let script = "echo $$ > /tmp/loop.pid; while true; do echo x; sleep 0.1; done";
         let url = exec_url(&rs, &cid, &["sh", "-c", script], true, false).await?;
@@ -412,9 +379,9 @@ fn a_client_killed_mid_exec_leaves_the_container_and_berthd_healthy() -> Result<
             }
         }
         ensure!(
-            exec_dirs(&d).len() == 1,
+            exec_dirs(d).len() == 1,
             "exec dirs while running: {:?}",
-            exec_dirs(&d)
+            exec_dirs(d)
         );
         let ExecSession { session, .. } = s;
         session.kill().await;
@@ -465,34 +432,32 @@ fn a_client_killed_mid_exec_leaves_the_container_and_berthd_healthy() -> Result<
         .await?;
         ensure_success("kill the loop", &out)?;
         ensure!(
-            eventually(Duration::from_secs(20), || exec_dirs(&d).is_empty()).await,
+            eventually(Duration::from_secs(20), || exec_dirs(d).is_empty()).await,
             "exec dirs left after the process was killed: {:?}\nlog:\n{}",
-            exec_dirs(&d),
+            exec_dirs(d),
             d.log()
         );
-        ensure_fds_settle(&d, &before, 3, Duration::from_secs(10)).await?;
+        ensure_fds_settle(d, &before, 3, Duration::from_secs(10)).await?;
         ensure!(
             Path::new(&format!("/proc/{}", d.pid())).exists(),
             "berthd is gone"
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn stdin_the_process_never_reads_does_not_pile_up_in_berthd() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(&d, pod_config("unread", &logs.join("unread"))).await?;
+        let pod = Pod::run(d, pod_config("unread", &logs.join("unread"))).await?;
         let cid = pod.start(idler()).await?;
         ensure_success(
             "warm-up",
             &run_exec(&rs, &cid, &["true"], None, None).await?,
         )?;
-        let before = settled_fds(&d).await?;
+        let before = settled_fds(d).await?;
         // `kubectl exec -i … -- true < big-file`: the process exits without reading. What
         // it left unread must be dropped with the session, not held by berthd.
         for i in 0..4 {
@@ -508,12 +473,11 @@ fn stdin_the_process_never_reads_does_not_pile_up_in_berthd() -> Result<()> {
         .context("exec after unread stdin")??;
         ensure!(out.stdout_text() == "next\n", "{:?}", out.stdout_text());
         ensure!(
-            eventually(Duration::from_secs(10), || exec_dirs(&d).is_empty()).await,
+            eventually(Duration::from_secs(10), || exec_dirs(d).is_empty()).await,
             "exec dirs left: {:?}",
-            exec_dirs(&d)
+            exec_dirs(d)
         );
-        ensure_fds_settle(&d, &before, 3, Duration::from_secs(10)).await?;
+        ensure_fds_settle(d, &before, 3, Duration::from_secs(10)).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }

@@ -3,7 +3,7 @@
 //! repository path kept, a container run from the mirrored image).
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
+use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::cri_images::{list, pull_err, pull_ok, remove, status};
 use berth_tests::http::basic_auth;
@@ -28,8 +28,7 @@ fn credentials_open_a_private_registry_and_missing_or_wrong_ones_are_unauthentic
     let reg = Registry::with_auth("berth", "s3cret-pw")?;
     let img = busybox_layout(reg.dir.path(), "busybox", json!({}))?;
     reg.push(&img.path, "private/busybox:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let name = reg.image("private/busybox:1");
         let refused = |s: &tonic::Status, what: &str| -> Result<()> {
@@ -57,7 +56,7 @@ fn credentials_open_a_private_registry_and_missing_or_wrong_ones_are_unauthentic
         )?;
         ensure!(list(&is).await?.is_empty(), "a refused pull left an image");
 
-        let id = pull_ok(&d, &is, &name, creds("berth", "s3cret-pw")).await?;
+        let id = pull_ok(d, &is, &name, creds("berth", "s3cret-pw")).await?;
         ensure!(id == img.host().config);
         let st = status(&is, &name).await?.context("no status")?;
         ensure!(st.repo_tags == [name.as_str()]);
@@ -81,15 +80,14 @@ fn credentials_open_a_private_registry_and_missing_or_wrong_ones_are_unauthentic
             auth: basic_auth("berth", "s3cret-pw"),
             ..Default::default()
         });
-        ensure!(pull_ok(&d, &is, &name, auth).await? == id);
+        ensure!(pull_ok(d, &is, &name, auth).await? == id);
         ensure!(
             !d.log().contains("s3cret-pw"),
             "berthd logged the password:\n{}",
             d.log()
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]

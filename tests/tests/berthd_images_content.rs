@@ -4,7 +4,7 @@
 //! serving tampered bytes, and a kill -9 of berthd in the middle of a big pull.
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
+use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::cri_images::{content_files, list, pull, pull_err, pull_ok, status};
 use berth_tests::image::{self, busybox_layout, host_arch, ImageDef, LayerCompression, LayerTar};
@@ -95,11 +95,10 @@ fn a_container_sees_the_layers_merged_with_whiteouts_opaque_dirs_and_links() -> 
         LayerCompression::Gzip,
     )?;
     reg.push(&img.path, "layers/test:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let name = reg.image("layers/test:1");
-        let id = pull_ok(&d, &is, &name, None).await?;
+        let id = pull_ok(d, &is, &name, None).await?;
         ensure!(id == img.host().config);
         let script = "cd / && bb=/bin/busybox && \
             echo data=$(ls -A data | tr '\\n' ' ') && \
@@ -112,7 +111,7 @@ fn a_container_sees_the_layers_merged_with_whiteouts_opaque_dirs_and_links() -> 
             echo modes=$($bb stat -c '%a' data/keep opaque data/owned | tr '\\n' ' ') && \
             echo owner=$($bb stat -c '%u:%g' data/owned) && \
             echo wh=$($bb find / -xdev -name '.wh.*' | wc -l)";
-        let out = run_in(&d, &name, script).await?;
+        let out = run_in(d, &name, script).await?;
         let get = |k: &str| -> String {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -146,8 +145,7 @@ fn a_container_sees_the_layers_merged_with_whiteouts_opaque_dirs_and_links() -> 
         ensure!(get("owner") == "1234:5678", "ownership:\n{out}");
         ensure!(get("wh") == "0", "whiteout files visible:\n{out}");
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
@@ -200,11 +198,10 @@ fn a_multi_platform_index_pulls_the_hosts_manifest_only() -> Result<()> {
         .find(|i| i.arch == other)
         .context("no foreign image")?
         .clone();
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let name = reg.image("multi/arch:1");
-        let id = pull_ok(&d, &is, &name, None).await?;
+        let id = pull_ok(d, &is, &name, None).await?;
         ensure!(
             id == host.config,
             "pulled {id}; {} is {}, {other} is {}",
@@ -230,17 +227,16 @@ fn a_multi_platform_index_pulls_the_hosts_manifest_only() -> Result<()> {
                 reg.log()
             );
         }
-        let out = run_in(&d, &name, "cat /arch").await?;
+        let out = run_in(d, &name, "cat /arch").await?;
         ensure!(out == format!("{}\n", host_arch()), "/arch: {out:?}");
         // The same image by the index digest and by the platform manifest's digest.
         for dg in [&img.digest, &host.manifest] {
             let r = format!("{}/multi/arch@{dg}", reg.host());
-            ensure!(pull_ok(&d, &is, &r, None).await? == id, "{r}");
+            ensure!(pull_ok(d, &is, &r, None).await? == id, "{r}");
         }
         ensure!(list(&is).await?.len() == 1);
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
@@ -258,22 +254,20 @@ fn a_zstd_compressed_image_pulls_and_runs() -> Result<()> {
         media == "application/vnd.oci.image.layer.v1.tar+zstd",
         "skopeo pushed a {media} layer"
     );
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let name = reg.image("zstd/busybox:1");
         // Recompression leaves the config (and so the image id) as it was.
-        ensure!(pull_ok(&d, &is, &name, None).await? == img.host().config);
+        ensure!(pull_ok(d, &is, &name, None).await? == img.host().config);
         // The unpacked binary is byte for byte the host's.
         let want = format!("{:x}", Sha256::digest(std::fs::read(image::BUSYBOX)?));
-        let out = run_in(&d, &name, "busybox sha256sum /bin/busybox").await?;
+        let out = run_in(d, &name, "busybox sha256sum /bin/busybox").await?;
         ensure!(
             out.split_whitespace().next() == Some(want.as_str()),
             "{out:?}, host busybox {want}"
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
@@ -283,12 +277,11 @@ fn image_status_reports_the_configs_numeric_or_named_user() -> Result<()> {
     let named = busybox_layout(reg.dir.path(), "named", json!({"User": "nobody"}))?;
     reg.push(&numeric.path, "users/numeric:1")?;
     reg.push(&named.path, "users/named:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let (num, nam) = (reg.image("users/numeric:1"), reg.image("users/named:1"));
-        pull_ok(&d, &is, &num, None).await?;
-        pull_ok(&d, &is, &nam, None).await?;
+        pull_ok(d, &is, &num, None).await?;
+        pull_ok(d, &is, &nam, None).await?;
         let st = status(&is, &num).await?.context("no status")?;
         ensure!(
             st.uid.as_ref().map(|u| u.value) == Some(1234) && st.username.is_empty(),
@@ -311,13 +304,12 @@ fn image_status_reports_the_configs_numeric_or_named_user() -> Result<()> {
             .any(|i| i.uid.as_ref().map(|u| u.value) == Some(1234)));
         ensure!(all.iter().any(|i| i.username == "nobody"));
         // And containers run as that user.
-        let out = run_in(&d, &num, "id -u; id -g").await?;
+        let out = run_in(d, &num, "id -u; id -g").await?;
         ensure!(out == "1234\n5678\n", "numeric user container: {out:?}");
-        let out = run_in(&d, &nam, "id -u; id -un").await?;
+        let out = run_in(d, &nam, "id -u; id -un").await?;
         ensure!(out == "65534\nnobody\n", "named user container: {out:?}");
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
@@ -332,9 +324,8 @@ fn a_tampered_layer_is_refused_naming_its_digest_and_nothing_is_kept() -> Result
         *b ^= 0x5a;
     }
     std::fs::write(&data, &bad)?;
-    let d = Berthd::builder().start()?;
-    let root = d.dir.path().join("root");
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
+        let root = d.dir.path().join("root");
         let (_, is) = d.client().await?;
         let name = reg.image("tampered/busybox:1");
         let e = pull_err(&is, &name, None).await?;
@@ -366,10 +357,9 @@ fn a_tampered_layer_is_refused_naming_its_digest_and_nothing_is_kept() -> Result
         );
         // Once the registry serves the right bytes the pull succeeds.
         std::fs::write(&data, &good)?;
-        ensure!(pull_ok(&d, &is, &name, None).await? == img.host().config);
+        ensure!(pull_ok(d, &is, &name, None).await? == img.host().config);
         blobs_verify(&root)
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
@@ -484,8 +474,7 @@ fn an_unknown_platform_only_index_is_not_found() -> Result<()> {
         LayerCompression::Gzip,
     )?;
     reg.push(&img.path, "foreign/arch:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let e = pull_err(&is, &reg.image("foreign/arch:1"), None).await?;
         ensure!(
@@ -496,6 +485,5 @@ fn an_unknown_platform_only_index_is_not_found() -> Result<()> {
         );
         ensure!(list(&is).await?.is_empty());
         Ok(())
-    })??;
-    d.finish()
+    })
 }

@@ -3,8 +3,7 @@
 //! pulls of one image, and the errors of pulls that cannot succeed.
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::block_on;
+use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri_images::{list, pull_err, pull_ok, remove, status};
 use berth_tests::image::{self, busybox_layout};
 use berth_tests::registry::{DeadPort, Registry};
@@ -21,14 +20,13 @@ fn pull_by_tag_and_by_digest_records_the_tag_the_repo_digest_and_the_config_id()
         "skopeo pushed {pushed}, built {}",
         img.digest
     );
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let tag = reg.image("library/busybox:1");
         let by_digest = format!("{}/library/busybox@{}", reg.host(), img.digest);
 
         // By digest first: the image has the repo digest and no tag.
-        let id = pull_ok(&d, &is, &by_digest, None).await?;
+        let id = pull_ok(d, &is, &by_digest, None).await?;
         ensure!(
             id == img.host().config,
             "image ref {id}, config {}",
@@ -54,7 +52,7 @@ fn pull_by_tag_and_by_digest_records_the_tag_the_repo_digest_and_the_config_id()
         );
 
         // Then by tag: the same image gains the tag, one image in all.
-        ensure!(pull_ok(&d, &is, &tag, None).await? == id);
+        ensure!(pull_ok(d, &is, &tag, None).await? == id);
         let st = status(&is, &tag)
             .await?
             .context("ImageStatus of the tag is empty")?;
@@ -80,7 +78,7 @@ fn pull_by_tag_and_by_digest_records_the_tag_the_repo_digest_and_the_config_id()
         // The tag moves to a new image pushed under it; the old image keeps its digest.
         let v2 = busybox_layout(reg.dir.path(), "busybox-v2", json!({"Env": ["V=2"]}))?;
         reg.push(&v2.path, "library/busybox:1")?;
-        let id2 = pull_ok(&d, &is, &tag, None).await?;
+        let id2 = pull_ok(d, &is, &tag, None).await?;
         ensure!(
             id2 == v2.host().config && id2 != id,
             "re-pulled tag gave {id2}"
@@ -95,8 +93,7 @@ fn pull_by_tag_and_by_digest_records_the_tag_the_repo_digest_and_the_config_id()
         );
         ensure!(list(&is).await?.len() == 2);
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
@@ -105,8 +102,7 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once_and_yield_one_image() -> R
     // A second layer of 8 MiB keeps the pulls in flight together.
     let img = image::with_own_layer(reg.dir.path(), "two-layers", "big.bin", 8 << 20, 7)?;
     reg.push(&img.path, "conc/image:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let name = reg.image("conc/image:1");
         let tasks: Vec<_> = (0..4)
@@ -130,15 +126,13 @@ fn concurrent_pulls_of_one_image_fetch_each_blob_once_and_yield_one_image() -> R
             ensure!(n == 1, "blob {blob} was fetched {n} times:\n{}", reg.log());
         }
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn pulls_that_cannot_succeed_say_why() -> Result<()> {
     let (reg, _img) = Registry::with_busybox("library/busybox:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let zero = format!("sha256:{}", "0".repeat(64));
         for missing in [
@@ -185,6 +179,5 @@ fn pulls_that_cannot_succeed_say_why() -> Result<()> {
         ensure!(status(&is, &reg.image("nothing/here:1")).await?.is_none());
         remove(&is, &reg.image("nothing/here:1")).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }

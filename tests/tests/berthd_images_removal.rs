@@ -3,8 +3,8 @@
 //! ImageFsInfo figures growing with a pull and shrinking after removal.
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::berthd::{berthd_test, Berthd};
+use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::cri_images::{content_files, fs_info, list, pull_ok, remove, status};
 use berth_tests::image::{self};
@@ -14,13 +14,12 @@ use berth_tests::registry::Registry;
 #[test]
 fn a_removed_image_is_gone_and_can_be_pulled_again() -> Result<()> {
     let (reg, img) = Registry::with_busybox("again/busybox:1")?;
-    let d = Berthd::builder().start()?;
-    let root = d.dir.path().join("root");
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
+        let root = d.dir.path().join("root");
         let (_, is) = d.client().await?;
         let name = reg.image("again/busybox:1");
         let by_digest = format!("{}/again/busybox@{}", reg.host(), img.digest);
-        let id = pull_ok(&d, &is, &name, None).await?;
+        let id = pull_ok(d, &is, &name, None).await?;
         // Removed by each of its names in turn, re-pulled in between.
         for how in [name.clone(), id.clone(), by_digest.clone()] {
             remove(&is, &how)
@@ -43,15 +42,14 @@ fn a_removed_image_is_gone_and_can_be_pulled_again() -> Result<()> {
             );
             // Removing it again is not an error.
             remove(&is, &how).await?;
-            ensure!(pull_ok(&d, &is, &name, None).await? == id);
+            ensure!(pull_ok(d, &is, &name, None).await? == id);
             let st = status(&is, &name)
                 .await?
                 .context("re-pulled image missing")?;
             ensure!(st.repo_tags == [name.as_str()] && st.repo_digests == [by_digest.as_str()]);
         }
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 /// The snapshot directories berthd keeps (one per unpacked layer).
@@ -70,17 +68,16 @@ fn snapshot_dirs(d: &Berthd) -> Vec<std::path::PathBuf> {
 fn an_image_a_container_uses_is_untagged_and_its_layers_stay_until_the_container_goes() -> Result<()>
 {
     let (reg, _) = Registry::with_busybox("inuse/busybox:1")?;
-    let d = Berthd::builder().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, is) = d.client().await?;
         let name = reg.image("inuse/busybox:1");
-        pull_ok(&d, &is, &name, None).await?;
-        let pod = Pod::run(&d, pod_config("inuse", &logs)).await?;
+        pull_ok(d, &is, &name, None).await?;
+        let pod = Pod::run(d, pod_config("inuse", &logs)).await?;
         let cid = pod
             .start(container_config("c", &name, &["sleep", "1000"]))
             .await?;
-        let layers = snapshot_dirs(&d);
+        let layers = snapshot_dirs(d);
         ensure!(layers.len() == 1, "snapshots before: {layers:?}");
         // As containerd: the image goes (by name here), the container keeps running.
         remove(&is, &name).await?;
@@ -90,7 +87,7 @@ fn an_image_a_container_uses_is_untagged_and_its_layers_stay_until_the_container
             "the removed image's content stayed"
         );
         ensure!(
-            snapshot_dirs(&d) == layers,
+            snapshot_dirs(d) == layers,
             "the container's layers were freed under it"
         );
         // The container is unaffected and can still exec from its rootfs.
@@ -98,27 +95,25 @@ fn an_image_a_container_uses_is_untagged_and_its_layers_stay_until_the_container
         ensure!(out.exit_code == 0 && String::from_utf8_lossy(&out.stdout).contains("root:"));
         // Once the container is removed its layers go too.
         pod.remove().await?;
-        let left = snapshot_dirs(&d);
+        let left = snapshot_dirs(d);
         ensure!(
             left.is_empty(),
             "snapshots left after the container: {left:?}"
         );
         // And the image can be pulled again.
-        pull_ok(&d, &is, &name, None).await?;
+        pull_ok(d, &is, &name, None).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn image_fs_info_grows_with_a_pull_and_shrinks_after_removal() -> Result<()> {
     let (reg, img) = Registry::with_busybox("fs/busybox:1")?;
-    let d = Berthd::builder().start()?;
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
         let (_, is) = d.client().await?;
         let name = reg.image("fs/busybox:1");
         let (b0, i0) = fs_info(&is).await?;
-        pull_ok(&d, &is, &name, None).await?;
+        pull_ok(d, &is, &name, None).await?;
         let (b1, i1) = fs_info(&is).await?;
         let layer = img.host().layer_sizes[0];
         let busybox = std::fs::metadata(image::BUSYBOX)?.len();
@@ -142,6 +137,5 @@ fn image_fs_info_grows_with_a_pull_and_shrinks_after_removal() -> Result<()> {
             "before {b0}/{i0}, after removal {b2}/{i2}"
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }

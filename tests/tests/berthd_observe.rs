@@ -3,8 +3,9 @@
 //! PodSandboxStats / ListPodSandboxStats, ListMetricDescriptors and ListPodSandboxMetrics.
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
+use berth_tests::berthd::{berthd_test, Berthd};
+use berth_tests::cri::{container_config, pod_config, pod_network};
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
 use berth_tests::pod::Pod;
 use k8s_cri::v1 as cri;
@@ -71,12 +72,11 @@ fn summary(events: &[cri::ContainerEventResponse]) -> Vec<(String, EventType)> {
 
 #[test]
 fn container_events_arrive_in_order_with_the_pod_and_container_statuses() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut events = subscribe(&rs).await?;
-        let pod = Pod::run(&d, pod_config("ev", &logs.join("ev"))).await?;
+        let pod = Pod::run(d, pod_config("ev", &logs.join("ev"))).await?;
         let got = collect(&mut events, &[&pod.id], 2).await?;
         ensure!(
             summary(&got).iter().map(|(_, k)| *k).collect::<Vec<_>>()
@@ -157,16 +157,14 @@ fn container_events_arrive_in_order_with_the_pod_and_container_statuses() -> Res
             summary(&got)
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn an_exit_while_berthd_is_down_is_delivered_after_the_restart() -> Result<()> {
-    let mut d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
-        let pod = Pod::run(&d, pod_config("down", &logs.join("down"))).await?;
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("down", &logs.join("down"))).await?;
         let id = pod.start(sh("brief", "sleep 2; exit 7")).await?;
         d.kill9()?;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -195,8 +193,7 @@ fn an_exit_while_berthd_is_down_is_delivered_after_the_restart() -> Result<()> {
         // Timed when it happened (while berthd was down), not when it was delivered.
         ensure!(got[0].created_at == st.finished_at && st.finished_at > st.started_at);
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 /// Events for `ids` that arrive within `quiet` (none expected: a redelivery would show).
@@ -216,12 +213,11 @@ async fn more(
 
 #[test]
 fn a_restart_delivers_exactly_the_events_no_client_received() -> Result<()> {
-    let mut d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut events = subscribe(&rs).await?;
-        let pod = Pod::run(&d, pod_config("replay", &logs.join("replay"))).await?;
+        let pod = Pod::run(d, pod_config("replay", &logs.join("replay"))).await?;
         let a = pod.start(sh("a", "sleep 1000")).await?;
         let b = pod.start(sh("b", "sleep 2; exit 3")).await?;
         let ids = [pod.id.as_str(), a.as_str(), b.as_str()];
@@ -308,21 +304,19 @@ fn a_restart_delivers_exactly_the_events_no_client_received() -> Result<()> {
         want.sort();
         ensure!(kinds == want, "removal: {kinds:?}");
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(0).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(0), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, is) = d.client().await?;
         let mut rs2 = rs.clone();
         let mut cfg = pod_config("stats", &logs.join("stats"));
         cfg.labels.insert("tier".into(), "stats".into());
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         let ip = pod.ip().await?;
         // 3 MB in the writable layer, some cpu, two processes (sh + sleep) besides pause.
         let id = pod
@@ -484,15 +478,13 @@ fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
                 && m.label_values.first().map(String::as_str) == Some("eth0")
                 && v(m.value.as_ref()) > 0));
         pod.remove().await
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn status_reports_features_and_container_status_the_process_identity_and_resources() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut rs2 = rs.clone();
         let st = rs2
@@ -523,7 +515,7 @@ fn status_reports_features_and_container_status_the_process_identity_and_resourc
             "runtime handlers: {handlers:?}"
         );
 
-        let pod = Pod::run(&d, pod_config("who", &logs.join("who"))).await?;
+        let pod = Pod::run(d, pod_config("who", &logs.join("who"))).await?;
         let mut c = sh("who", "id -G; sleep 1000");
         c.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -561,18 +553,9 @@ fn status_reports_features_and_container_status_the_process_identity_and_resourc
                 .map(|l| l.memory_limit_in_bytes)
         };
         ensure!(mem(&s) == Some(64 << 20), "resources {:?}", s.resources);
-        rs2.update_container_resources(cri::UpdateContainerResourcesRequest {
-            container_id: id.clone(),
-            linux: Some(cri::LinuxContainerResources {
-                memory_limit_in_bytes: 96 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?;
+        rs2.update_memory_limit(&id, 96 << 20).await?;
         let s = pod.container_status(&id).await?;
         ensure!(mem(&s) == Some(96 << 20), "after update: {:?}", s.resources);
         pod.remove().await
-    })??;
-    d.finish()
+    })
 }

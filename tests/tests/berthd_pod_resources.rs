@@ -3,7 +3,7 @@
 //! shared namespaces.
 
 use anyhow::{ensure, Result};
-use berth_tests::berthd::Berthd;
+use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, ns_options, pod_config, pod_network};
 use berth_tests::host::{cgroup_dir, cgroup_value, container_pid, ns_of, own_ns};
 use berth_tests::pod::Pod;
@@ -18,10 +18,9 @@ fn sh(name: &str, script: &str) -> cri::ContainerConfig {
 
 #[test]
 fn resources_reach_the_container_cgroup() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
-        let pod = Pod::run(&d, pod_config("res", &logs.join("res"))).await?;
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("res", &logs.join("res"))).await?;
         let mut c = container_config("limited", image::BUSYBOX_IMAGE, &["sleep", "3457"]);
         c.linux = Some(cri::LinuxContainerConfig {
             resources: Some(cri::LinuxContainerResources {
@@ -36,7 +35,7 @@ fn resources_reach_the_container_cgroup() -> Result<()> {
         });
         let id = pod.start(c).await?;
         let pid = procs::poll(Duration::from_secs(5), "container pid", || {
-            container_pid(&d, &["sleep", "3457"])
+            container_pid(d, &["sleep", "3457"])
         })?;
         let mem_dir = cgroup_dir(pid, "memory")?;
         ensure!(
@@ -79,8 +78,7 @@ fn resources_reach_the_container_cgroup() -> Result<()> {
             mem_dir.display()
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 /// Removes a test cgroup parent from every v1 hierarchy (runc creates parents, never removes them).
@@ -195,14 +193,13 @@ fn parse_ns(out: &str) -> (std::collections::HashMap<String, String>, String, St
 
 #[test]
 fn containers_share_the_pods_namespaces() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(3).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(3), async |d| {
+        let logs = d.dir.path().join("logs");
         let mut cfg = pod_config("ns", &logs.join("ns"));
         cfg.hostname = "ns-pod".into();
         pod_network(&mut cfg);
         ns_options(&mut cfg).pid = cri::NamespaceMode::Pod as i32;
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         let infra = pod.infra_pid().await?;
 
         let with_pid_mode = |name: &str, mode: cri::NamespaceMode| {
@@ -261,6 +258,5 @@ fn containers_share_the_pods_namespaces() -> Result<()> {
         );
         pod.remove().await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }

@@ -3,7 +3,7 @@
 //! duplicate names and bad metadata are refused with nothing left behind.
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
+use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, pod_config, pod_network};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::pod::Pod;
@@ -113,9 +113,8 @@ fn host_network_pod_lifecycle() -> Result<()> {
 
 #[test]
 fn bad_pod_configs_are_refused_with_nothing_made() -> Result<()> {
-    let d = Berthd::builder().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder(), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         for (what, cfg) in [
             ("empty name", {
@@ -157,17 +156,15 @@ fn bad_pod_configs_are_refused_with_nothing_made() -> Result<()> {
         ensure!(items.is_empty(), "pods left: {items:?}");
         ensure!(procs::shims_of(&d.socket.display().to_string()).is_empty());
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn pod_network_through_cni_bridge() -> Result<()> {
-    let d = Berthd::builder().cni_bridge(0).start()?;
-    let ipam = d.dir.path().join("ipam");
-    let subnet = format!("{}.", d.bridge().prefix);
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().cni_bridge(0), async |d| {
+        let ipam = d.dir.path().join("ipam");
+        let subnet = format!("{}.", d.bridge().prefix);
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut cfg = pod_config("netpod", &logs);
         cfg.hostname = "netpod-host".into();
@@ -228,8 +225,7 @@ fn pod_network_through_cni_bridge() -> Result<()> {
         );
         rs.remove_pod(&id).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]

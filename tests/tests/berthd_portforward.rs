@@ -5,8 +5,8 @@
 //! berthd's open fds. Spent and unknown URLs are in `berthd_exec`.
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
+use berth_tests::berthd::{berthd_test, Berthd};
+use berth_tests::cri::{container_config, pod_config, pod_network};
 use berth_tests::image;
 use berth_tests::pod::Pod;
 use berth_tests::spdy::{port_forward, Forwarded, PortForward, Stream, PORT_FORWARD_PROTOCOL};
@@ -95,14 +95,13 @@ async fn get_through(pf: &PortForward, port: u16, path: &str) -> Result<String> 
 
 #[test]
 fn port_forward_reaches_pod_ports_including_a_localhost_only_listener() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(5).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(5), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut cfg = pod_config("pf", &logs.join("pf"));
         cfg.hostname = "pf".into();
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         let ip = pod.ip().await?;
         ensure!(
             ip.starts_with(&format!("{}.", d.bridge().prefix)),
@@ -244,8 +243,7 @@ fn port_forward_reaches_pod_ports_including_a_localhost_only_listener() -> Resul
             e.map(|s| s.protocol)
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 const PARALLEL: u16 = 20;
@@ -268,14 +266,13 @@ const BULK: usize = 10 << 20;
 
 #[test]
 fn a_reset_from_the_pods_server_shows_on_the_error_stream() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(8).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(8), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut cfg = pod_config("rst", &logs.join("rst"));
         cfg.hostname = "rst".into();
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         // Per connection: answer a line, then exit without reading the request, so
         // the kernel resets the connection (unread data at close).
         pod.start(sh(
@@ -306,8 +303,7 @@ fn a_reset_from_the_pods_server_shows_on_the_error_stream() -> Result<()> {
             String::from_utf8_lossy(&reply)
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 /// Sends 10 MiB (its own seed per connection, so crossed streams would show) on a
@@ -358,14 +354,13 @@ async fn echo_bulk(pf: Arc<PortForward>, n: u16) -> Result<Duration> {
 
 #[test]
 fn twenty_parallel_forwards_each_echo_10_mib_both_ways() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(6).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(6), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut cfg = pod_config("bulk", &logs.join("bulk"));
         cfg.hostname = "bulk".into();
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         pod.start(echo_servers()).await?;
         let pf = Arc::new(PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?);
         wait_for_echo(&pf).await?;
@@ -384,25 +379,23 @@ fn twenty_parallel_forwards_each_echo_10_mib_both_ways() -> Result<()> {
         );
         pf.session.ping(Duration::from_secs(5)).await?;
         anyhow::Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn a_port_forward_client_killed_mid_transfer_leaves_berthd_as_it_was() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(7).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(7), async |d| {
+        let logs = d.dir.path().join("logs");
         let (rs, _) = d.client().await?;
         let mut cfg = pod_config("pfkill", &logs.join("pfkill"));
         cfg.hostname = "pfkill".into();
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         pod.start(echo_servers()).await?;
         let pf = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
         wait_for_echo(&pf).await?;
         drop(pf);
-        let before = settled_fds(&d).await?;
+        let before = settled_fds(d).await?;
 
         let pf = Arc::new(PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?);
         let mut feeders = Vec::new();
@@ -454,10 +447,9 @@ fn a_port_forward_client_killed_mid_transfer_leaves_berthd_as_it_was() -> Result
             String::from_utf8_lossy(&reply)
         );
         drop(pf);
-        ensure_fds_settle(&d, &before, 3, Duration::from_secs(10)).await?;
+        ensure_fds_settle(d, &before, 3, Duration::from_secs(10)).await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 /// Waits (bounded) until every echo server answers through `pf`.

@@ -3,9 +3,8 @@
 //! dir, hostname, DNS config and the hosts and hostname files.
 
 use anyhow::{ensure, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::berthd::Builder;
-use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
+use berth_tests::berthd::{berthd_test, Berthd, Builder};
+use berth_tests::cri::{container_config, pod_config, pod_network};
 use berth_tests::image;
 use berth_tests::pod::Pod;
 use k8s_cri::v1 as cri;
@@ -49,13 +48,12 @@ fn node_hostname() -> Result<String> {
 
 #[test]
 fn process_command_args_env_workdir_and_hostname() -> Result<()> {
-    let d = berthd_with_images(true).cni_bridge(0).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(berthd_with_images(true).cni_bridge(0), async |d| {
+        let logs = d.dir.path().join("logs");
         let mut cfg = pod_config("proc", &logs.join("proc"));
         cfg.hostname = "feat-host".into();
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
 
         // Kubernetes' rules: command replaces the entrypoint and drops the cmd; args replace the cmd.
         let entry = |name: &str, command: &[&str], args: &[&str]| {
@@ -124,7 +122,7 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
         pod.remove().await?;
 
         // A host-network pod's containers see the node's.
-        let host = Pod::run(&d, pod_config("hostnet", &logs.join("hostnet"))).await?;
+        let host = Pod::run(d, pod_config("hostnet", &logs.join("hostnet"))).await?;
         let e = host
             .run_to_exit(sh(
                 "hostname",
@@ -139,15 +137,13 @@ fn process_command_args_env_workdir_and_hostname() -> Result<()> {
         );
         host.remove().await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn pod_dns_config_hosts_and_hostname_files() -> Result<()> {
-    let d = Berthd::builder().busybox().cni_bridge(1).start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
+    berthd_test(Berthd::builder().busybox().cni_bridge(1), async |d| {
+        let logs = d.dir.path().join("logs");
         let mut cfg = pod_config("dns", &logs.join("dns"));
         cfg.hostname = "dns-pod".into();
         cfg.dns_config = Some(cri::DnsConfig {
@@ -156,7 +152,7 @@ fn pod_dns_config_hosts_and_hostname_files() -> Result<()> {
             options: vec!["ndots:5".into(), "timeout:2".into()],
         });
         pod_network(&mut cfg);
-        let pod = Pod::run(&d, cfg).await?;
+        let pod = Pod::run(d, cfg).await?;
         let e = pod
             .run_to_exit(sh(
                 "files",
@@ -198,6 +194,5 @@ fn pod_dns_config_hosts_and_hostname_files() -> Result<()> {
         ensure!(parts[2] == "dns-pod\n", "/etc/hostname: {:?}", parts[2]);
         pod.remove().await?;
         Ok(())
-    })??;
-    d.finish()
+    })
 }

@@ -6,6 +6,7 @@ use anyhow::{ensure, Result};
 use berth_tests::berthd::Berthd;
 use berth_tests::caps::caps;
 use berth_tests::cri::{seccomp, secured};
+use berth_tests::host::names_in;
 use berth_tests::image::BUSYBOX_IMAGE;
 use k8s_cri::v1 as cri;
 use tonic::Code;
@@ -13,16 +14,6 @@ use tonic::Code;
 /// A busybox container running `sh -c script` with security context `sc`.
 fn ctr(name: &str, script: &str, sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {
     secured(name, BUSYBOX_IMAGE, script, sc)
-}
-
-fn entries(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -94,10 +85,10 @@ fn bad_security_context_is_refused_and_leaves_nothing() -> Result<()> {
             let left = pod.list_all().await?;
             ensure!(left.is_empty(), "{what}: containers left: {left:?}");
             ensure!(
-                entries(&bundles).is_empty() && entries(&roots).is_empty(),
+                names_in(&bundles).is_empty() && names_in(&roots).is_empty(),
                 "{what}: left bundle {:?} / container dir {:?}",
-                entries(&bundles),
-                entries(&roots)
+                names_in(&bundles),
+                names_in(&roots)
             );
         }
         // The name was released each time: the same name with a good context runs.

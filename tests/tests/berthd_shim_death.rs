@@ -5,8 +5,8 @@
 //! (the teardown's leak check: shims, mounts, socket).
 
 use anyhow::{ensure, Context, Result};
-use berth_tests::berthd::Berthd;
-use berth_tests::cri::{block_on, container_config, pod_config};
+use berth_tests::berthd::{berthd_test, Berthd};
+use berth_tests::cri::{container_config, pod_config};
 use berth_tests::pod::Pod;
 use berth_tests::streaming::eventually;
 use berth_tests::{image, procs};
@@ -41,10 +41,9 @@ async fn pod_state(pod: &Pod) -> Result<i32> {
 
 #[test]
 fn a_shim_killed_under_a_running_berthd_is_noticed_and_its_pod_settled() -> Result<()> {
-    let d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
-        let pod = Pod::run(&d, pod_config("live", &logs.join("live"))).await?;
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("live", &logs.join("live"))).await?;
         let cid = pod
             .start(container_config(
                 "sleeper",
@@ -53,7 +52,7 @@ fn a_shim_killed_under_a_running_berthd_is_noticed_and_its_pod_settled() -> Resu
             ))
             .await?;
         let pid = pid_of(&pod, &cid).await?;
-        let shim = shim_of_pod(&d, &pod.id)?;
+        let shim = shim_of_pod(d, &pod.id)?;
         let t0 = Instant::now();
         procs::signal(shim, libc::SIGKILL)?;
         let mut st = pod.container_status(&cid).await?;
@@ -94,16 +93,14 @@ fn a_shim_killed_under_a_running_berthd_is_noticed_and_its_pod_settled() -> Resu
             "the pod is still ready"
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 #[test]
 fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() -> Result<()> {
-    let mut d = Berthd::builder().busybox().start()?;
-    let logs = d.dir.path().join("logs");
-    block_on(async {
-        let pod = Pod::run(&d, pod_config("down", &logs.join("down"))).await?;
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("down", &logs.join("down"))).await?;
         let quitter = pod
             .start(container_config(
                 "quitter",
@@ -134,7 +131,7 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
         });
         let hog = pod.start(hog).await?;
         let sleeper_pid = pid_of(&pod, &sleeper).await?;
-        let shim = shim_of_pod(&d, &pod.id)?;
+        let shim = shim_of_pod(d, &pod.id)?;
         d.kill9()?;
         // The quitter exits (recorded by its shim), then the shim dies.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -198,8 +195,7 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
             "the pod is still ready"
         );
         Ok(())
-    })??;
-    d.finish()
+    })
 }
 
 fn berth_tests_now_ns() -> i64 {

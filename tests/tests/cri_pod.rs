@@ -2,6 +2,7 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::cri::{self, container_config, pod_config};
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::{procs, Instance, Oci, Runtime, Setup};
 use k8s_cri::v1 as api;
@@ -20,7 +21,7 @@ fn pod_suite(runtime: Runtime) -> Result<()> {
 }
 
 async fn pod_scenario(inst: &Instance, logs: &std::path::Path) -> Result<()> {
-    let (mut rt, mut img) = cri::connect(&inst.address).await?;
+    let (rt, mut img) = cri::connect(&inst.address).await?;
     let found = img
         .image_status(api::ImageStatusRequest {
             image: Some(api::ImageSpec {
@@ -34,15 +35,7 @@ async fn pod_scenario(inst: &Instance, logs: &std::path::Path) -> Result<()> {
     ensure!(found.image.is_some(), "CRI does not see {BUSYBOX_IMAGE}");
 
     let pod = pod_config("berthpod", logs);
-    let sandbox_id = rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .context("RunPodSandbox")?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = rt.run_pod(&pod).await.context("RunPodSandbox")?;
     inst.track_key(&sandbox_id);
 
     let mut ids = Vec::new();
@@ -50,7 +43,13 @@ async fn pod_scenario(inst: &Instance, logs: &std::path::Path) -> Result<()> {
         ("app1", vec!["sleep", "600"]),
         ("app2", vec!["sleep", "600"]),
     ] {
-        let id = create_start(&mut rt, &sandbox_id, &pod, name, &cmd).await?;
+        let id = rt
+            .run_ctr(
+                &sandbox_id,
+                &pod,
+                container_config(name, BUSYBOX_IMAGE, &cmd),
+            )
+            .await?;
         inst.track_key(&id);
         ids.push(id);
     }
@@ -70,18 +69,13 @@ async fn pod_scenario(inst: &Instance, logs: &std::path::Path) -> Result<()> {
     );
 
     let out = rt
-        .exec_sync(api::ExecSyncRequest {
-            container_id: ids[0].clone(),
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                "echo exec-out; echo exec-err >&2; exit 7".into(),
-            ],
-            timeout: 20,
-        })
+        .exec_sync_of(
+            &ids[0],
+            &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 7"],
+            20,
+        )
         .await
-        .context("ExecSync")?
-        .into_inner();
+        .context("ExecSync")?;
     ensure!(out.exit_code == 7, "ExecSync exit code: {out:?}");
     ensure!(
         String::from_utf8_lossy(&out.stdout).contains("exec-out"),
@@ -92,78 +86,31 @@ async fn pod_scenario(inst: &Instance, logs: &std::path::Path) -> Result<()> {
         "ExecSync stderr: {out:?}"
     );
 
-    let exiter = create_start(
-        &mut rt,
-        &sandbox_id,
-        &pod,
-        "exits3",
-        &["sh", "-c", "exit 3"],
-    )
-    .await?;
+    let exiter = rt
+        .run_ctr(
+            &sandbox_id,
+            &pod,
+            container_config("exits3", BUSYBOX_IMAGE, &["sh", "-c", "exit 3"]),
+        )
+        .await?;
     inst.track_key(&exiter);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let s = rt
-            .container_status(api::ContainerStatusRequest {
-                container_id: exiter.clone(),
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .context("no status")?;
-        if s.state == api::ContainerState::ContainerExited as i32
-            || tokio::time::Instant::now() > deadline
-        {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    ensure!(
-        status.state == api::ContainerState::ContainerExited as i32 && status.exit_code == 3,
-        "ContainerStatus: {status:?}"
-    );
+    let status = rt
+        .wait_ctr_state(
+            &exiter,
+            api::ContainerState::ContainerExited,
+            Duration::from_secs(20),
+        )
+        .await?;
+    ensure!(status.exit_code == 3, "ContainerStatus: {status:?}");
     ensure!(
         procs::shims_in(&inst.address, "k8s.io").len() == 1,
         "a second shim appeared"
     );
 
-    rt.stop_pod_sandbox(api::StopPodSandboxRequest {
-        pod_sandbox_id: sandbox_id.clone(),
-    })
-    .await
-    .context("StopPodSandbox")?;
-    rt.remove_pod_sandbox(api::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox_id,
-    })
-    .await
-    .context("RemovePodSandbox")?;
-    Ok(())
-}
-
-async fn create_start(
-    rt: &mut cri::RuntimeServiceClient<tonic::transport::Channel>,
-    sandbox_id: &str,
-    pod: &api::PodSandboxConfig,
-    name: &str,
-    cmd: &[&str],
-) -> Result<String> {
-    let id = rt
-        .create_container(api::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.into(),
-            config: Some(container_config(name, BUSYBOX_IMAGE, cmd)),
-            sandbox_config: Some(pod.clone()),
-        })
+    rt.stop_and_remove_pod(&sandbox_id)
         .await
-        .with_context(|| format!("CreateContainer {name}"))?
-        .into_inner()
-        .container_id;
-    rt.start_container(api::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .with_context(|| format!("StartContainer {name}"))?;
-    Ok(id)
+        .context("StopPodSandbox + RemovePodSandbox")?;
+    Ok(())
 }
 
 #[test]

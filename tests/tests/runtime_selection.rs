@@ -6,9 +6,9 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::cri::{self, container_config, pod_config};
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::{cmd, Instance, Oci, Runtime, Setup};
-use k8s_cri::v1 as api;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -120,51 +120,29 @@ fn cri_handler_config_path_selects_crun() -> Result<()> {
     let logs = inst.path().join("pods");
     std::fs::create_dir_all(&logs)?;
     let res = cri::block_on(async {
-        let (mut rt, _) = cri::connect(&inst.address).await?;
+        let (rt, _) = cri::connect(&inst.address).await?;
         let pod = pod_config("optspod", &logs);
-        let sandbox = rt
-            .run_pod_sandbox(api::RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .context("RunPodSandbox")?
-            .into_inner()
-            .pod_sandbox_id;
+        let sandbox = rt.run_pod(&pod).await.context("RunPodSandbox")?;
         inst.track_key(&sandbox);
         let check = async {
             let id = rt
-                .create_container(api::CreateContainerRequest {
-                    pod_sandbox_id: sandbox.clone(),
-                    config: Some(container_config("app", BUSYBOX_IMAGE, &["sleep", "600"])),
-                    sandbox_config: Some(pod.clone()),
-                })
+                .create_ctr(
+                    &sandbox,
+                    &pod,
+                    container_config("app", BUSYBOX_IMAGE, &["sleep", "600"]),
+                )
                 .await
-                .context("CreateContainer")?
-                .into_inner()
-                .container_id;
+                .context("CreateContainer")?;
             inst.track_key(&id);
-            rt.start_container(api::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .context("StartContainer")?;
+            rt.start_ctr(&id).await.context("StartContainer")?;
             assert_runs_under(&inst, &sandbox, Oci::Crun).context("sandbox")?;
             assert_runs_under(&inst, &id, Oci::Crun).context("app container")?;
             Ok::<_, anyhow::Error>(())
         }
         .await;
-        let mut rt2 = rt.clone();
-        rt2.stop_pod_sandbox(api::StopPodSandboxRequest {
-            pod_sandbox_id: sandbox.clone(),
-        })
-        .await
-        .context("StopPodSandbox")?;
-        rt2.remove_pod_sandbox(api::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox,
-        })
-        .await
-        .context("RemovePodSandbox")?;
+        rt.stop_and_remove_pod(&sandbox)
+            .await
+            .context("StopPodSandbox + RemovePodSandbox")?;
         check
     })?;
     if let Err(e) = res {

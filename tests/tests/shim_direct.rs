@@ -6,6 +6,7 @@
 use anyhow::{ensure, Context, Result};
 use berth_proto::api;
 use berth_tests::direct::{self, Direct};
+use berth_tests::direct_steps::daemon_gone;
 use berth_tests::{fifo, task_reqs};
 use berth_tests::{procs, task_api};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -263,11 +264,7 @@ fn scenario(d: &Direct) -> Result<()> {
         Ok(())
     })??;
 
-    procs::poll(
-        Duration::from_secs(5),
-        "daemon to exit after Shutdown",
-        || (!procs::alive(daemon)).then_some(()),
-    )?;
+    daemon_gone(daemon)?;
     procs::poll(
         Duration::from_secs(5),
         "socket removed after Shutdown",

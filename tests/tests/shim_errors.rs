@@ -8,9 +8,9 @@ use anyhow::{ensure, Context, Result};
 use berth_proto::api;
 use berth_proto::ttrpc::{self, Code};
 use berth_tests::direct::{self, Direct};
+use berth_tests::direct_steps::daemon_gone;
 use berth_tests::task_reqs;
 use berth_tests::{procs, task_api};
-use std::time::Duration;
 
 fn expect_code<T: std::fmt::Debug>(
     what: &str,
@@ -36,9 +36,7 @@ fn task_api_error_codes() -> Result<()> {
 
 fn scenario(d: &Direct) -> Result<()> {
     let c1 = "c1";
-    d.bundle(c1, &["sleep", "600"], &[])?;
-    let addr = d.start_ok(c1, c1)?;
-    let daemon = d.daemons().first().context("no daemon")?.pid;
+    let (addr, daemon) = d.start_sleeper(c1)?;
     // Every other container joins c1's shim.
     let group = [("io.containerd.runc.v2.group", c1)];
 
@@ -246,11 +244,7 @@ fn scenario(d: &Direct) -> Result<()> {
             .await;
         Ok(())
     })??;
-    procs::poll(
-        Duration::from_secs(5),
-        "daemon to exit after Shutdown",
-        || (!procs::alive(daemon)).then_some(()),
-    )?;
+    daemon_gone(daemon)?;
     Ok(())
 }
 
@@ -259,9 +253,7 @@ fn scenario(d: &Direct) -> Result<()> {
 #[test]
 fn unknown_service_is_unimplemented() -> Result<()> {
     let d = Direct::new()?;
-    d.bundle("c1", &["sleep", "600"], &[])?;
-    let addr = d.start_ok("c1", "c1")?;
-    let daemon = d.daemons().first().context("no daemon")?.pid;
+    let (addr, daemon) = d.start_sleeper("c1")?;
     let res = task_api::block_on(async {
         let cl = task_api::connect(&addr).await?;
         let r = expect_code(
@@ -281,11 +273,7 @@ fn unknown_service_is_unimplemented() -> Result<()> {
             .await;
         r
     })?;
-    procs::poll(
-        Duration::from_secs(5),
-        "daemon to exit after Shutdown",
-        || (!procs::alive(daemon)).then_some(()),
-    )?;
+    daemon_gone(daemon)?;
     res?;
     d.finish()
 }

@@ -159,9 +159,7 @@ fn tty_run_has_pts_and_harness_size() -> Result<()> {
 #[test]
 fn null_io_is_dev_null() -> Result<()> {
     let d = Direct::new()?;
-    d.bundle("c1", &["sleep", "600"], &[])?;
-    let addr = d.start_ok("c1", "c1")?;
-    let daemon = d.daemons().first().context("no daemon")?.pid;
+    let (addr, daemon) = d.start_sleeper("c1")?;
     let res = task_api::block_on(async {
         let cl = task_api::connect(&addr).await?;
         let r = async {

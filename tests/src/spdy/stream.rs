@@ -4,7 +4,8 @@
 use super::frame::kind;
 use super::headers::Headers;
 use super::wire::{End, Event, Out};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Payload per DATA frame this client writes.
@@ -144,5 +145,34 @@ impl StreamReader {
             all.len()
         );
         Ok(all)
+    }
+
+    /// Reads into `seen` until it contains `want`; fails when the stream ends first or
+    /// `within` passes (the error shows what came).
+    pub async fn read_until(
+        &mut self,
+        seen: &mut Vec<u8>,
+        want: &str,
+        within: Duration,
+    ) -> Result<()> {
+        let res = tokio::time::timeout(within, async {
+            while !String::from_utf8_lossy(seen).contains(want) {
+                match self.recv().await {
+                    Some(b) => seen.extend(b),
+                    None => bail!("stream ended"),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match res {
+            Ok(r) => {
+                r.with_context(|| format!("{want:?} (have {:?})", String::from_utf8_lossy(seen)))
+            }
+            Err(_) => bail!(
+                "no {want:?} within {within:?} (have {:?})",
+                String::from_utf8_lossy(seen)
+            ),
+        }
     }
 }

@@ -20,6 +20,7 @@ use berth_proto::protobuf::MessageField;
 use berth_tests::cri::{self, container_config, pod_config};
 use berth_tests::ctr::Ctr;
 use berth_tests::image::BUSYBOX_IMAGE;
+use berth_tests::procs::field_kb;
 use berth_tests::{cmd, shim, task_api, Instance, Runtime, Setup};
 use k8s_cri::v1 as criapi;
 use std::path::{Path, PathBuf};

@@ -27,13 +27,6 @@ impl std::ops::Add for Mem {
     }
 }
 
-pub(crate) fn field_kb(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
 /// VmRSS/RssAnon/RssFile/VmHWM/Threads from /proc/<pid>/status, Pss from smaps_rollup.
 pub(crate) fn mem_of(pid: i32) -> Result<Mem> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -69,12 +69,7 @@ pub(crate) struct Mem {
 pub(crate) fn mem(pid: i32) -> Result<Mem> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-    };
+    let field = |name: &str| berth_tests::procs::field_kb(&s, name);
     Ok(Mem {
         rss: field("VmRSS:").with_context(|| format!("no VmRSS for pid {pid}"))?,
         anon: field("RssAnon:").unwrap_or(0),

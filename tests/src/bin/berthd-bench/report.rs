@@ -236,21 +236,6 @@ pub(crate) fn print_details(cols: &[Col; 2]) {
             ("RunPodSandbox", &f.run_pod),
             ("create+start", &f.create_start),
             ("stop+remove", &f.stop_remove),
-        ] {
-            if let (Some(lo), Some(p90), Some(hi)) =
-                (quantile(v, 0.0), quantile(v, 0.9), quantile(v, 1.0))
-            {
-                println!(
-                    "  {:<15} {what:<14} {} / {} / {}  (n={})",
-                    column(i),
-                    dur(lo),
-                    dur(p90),
-                    dur(hi),
-                    v.len()
-                );
-            }
-        }
-        for (what, v) in [
             ("pull busybox", &f.pull_small),
             ("pull, present", &f.pull_present),
             ("ExecSync", &f.exec_sync),

@@ -6,6 +6,7 @@
 //! both runtimes (containerd's streaming server is kubelet's library).
 
 use super::*;
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::spdy;
 
 /// The file the pod serves, MiB.
@@ -70,17 +71,7 @@ async fn exec_sync(s: &mut Side, id: &str) -> Result<f64> {
 /// Exec RPC, SPDY upgrade, the streams, `true`, its status: one round trip.
 async fn exec_stream(s: &mut Side, id: &str) -> Result<f64> {
     let t0 = Instant::now();
-    let url =
-        s.rs.exec(cri::ExecRequest {
-            container_id: id.into(),
-            cmd: vec!["true".into()],
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .url;
+    let url = s.rs.exec_url(id, &["true"], false, false).await?;
     // Until the status arrives. Not `spdy::exec`, which insists on FIN: kubelet's
     // server (containerd's) resets its streams after the status instead.
     let mut s = spdy::ExecSession::start(&url, &spdy::EXEC_PROTOCOLS, false, false).await?;
