@@ -4,7 +4,6 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,6 @@ use crate::error::{Error, Result};
 
 /// Copy tasks of one direction.
 type Handles = Vec<JoinHandle<()>>;
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temporary listening socket passed as `--console-socket`; removed on drop.
 pub struct ConsoleSocket {
@@ -33,12 +30,12 @@ impl ConsoleSocket {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("berth-pty-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        // Why mkdtemp: the base is shared with other users (/tmp). A name they can guess
+        // lets them create the dir first, own it, swap the socket and receive the pty
+        // master of a root shell. mkdtemp makes a dir nobody else can have made (random
+        // name, exclusive creation, mode 0700 from the start).
+        let dir = nix::unistd::mkdtemp(&base.join("berth-pty-XXXXXX"))
+            .map_err(|e| Error::io(format!("mkdtemp in {}", base.display()), e.into()))?;
         let path = dir.join("pty.sock");
         let listener = UnixListener::bind(&path)
             .map_err(|e| Error::io(format!("bind {}", path.display()), e))?;
