@@ -35,10 +35,7 @@ pub struct Core {
 
 impl Core {
     pub fn open(config: Config) -> Result<Arc<Core>> {
-        for dir in [&config.paths.root, &config.paths.state] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
-        }
+        // The root and state dirs are made by `pause_rootfs` and `with_parts`.
         let shim_binary = crate::shim_client::locate(&config.runtime.shim)?;
         let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
         let launcher = ShimLauncher::new(shim_binary, config.server.socket.clone());

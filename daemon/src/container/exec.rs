@@ -32,6 +32,16 @@ fn exec_spec(bundle: &Path, cmd: &[String], tty: bool) -> Result<Vec<u8>> {
     serde_json::to_vec(&process).map_err(|e| Error::Internal(format!("exec spec: {e}")))
 }
 
+/// An exec needs a command (checked when its URL is handed out and again when it runs).
+pub(super) fn require_command(cmd: &[String]) -> Result<()> {
+    if cmd.is_empty() {
+        return Err(Error::InvalidArgument(
+            "exec command must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn drain(mut r: pipe::Receiver) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
@@ -65,11 +75,7 @@ impl Containers {
         cmd: &[String],
         io: SessionIo,
     ) -> Result<ProcessSession> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument(
-                "exec command must not be empty".into(),
-            ));
-        }
+        require_command(cmd)?;
         let rec = self.running(id)?;
         let shim = self.shim_of(&self.store.pod(&rec.pod_id)?).await?;
         let spec = exec_spec(&rec.bundle, cmd, io.tty)?;

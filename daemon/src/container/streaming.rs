@@ -9,11 +9,7 @@ use super::session::SessionIo;
 
 impl Containers {
     pub fn check_exec(&self, container_id: &str, cmd: &[String], io: SessionIo) -> Result<()> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument(
-                "exec command must not be empty".into(),
-            ));
-        }
+        super::exec::require_command(cmd)?;
         self.check_remote_command(container_id, io)
     }
 
