@@ -79,7 +79,8 @@ pub struct Registry {
     /// Registry host → mirror endpoints (`http[s]://host[:port]`), tried in order before
     /// the registry itself; the repository path is kept.
     pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
-    /// How long one registry request may stall (seconds).
+    /// Seconds a registry has to answer: each token, manifest or index request must be
+    /// whole within it, each blob must bring 16 KiB per period of it (`image::pull`).
     pub timeout: u64,
 }
 
@@ -96,6 +97,14 @@ pub struct Streaming {
     pub tls_cert_file: String,
     #[serde(default)]
     pub tls_key_file: String,
+    /// Seconds a client has to send its whole request head (slowloris bound).
+    pub header_read_timeout: u64,
+    /// Seconds a session's streams (and both halves of a port-forward pair) have to open.
+    pub stream_creation_timeout: u64,
+    /// Seconds without a frame either way after which a session is closed.
+    pub stream_idle_timeout: u64,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -179,6 +188,19 @@ impl Config {
                 self.streaming.address
             )));
         }
+        for (what, v) in [
+            ("header_read_timeout", self.streaming.header_read_timeout),
+            (
+                "stream_creation_timeout",
+                self.streaming.stream_creation_timeout,
+            ),
+            ("stream_idle_timeout", self.streaming.stream_idle_timeout),
+            ("max_connections", self.streaming.max_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("streaming.{what} must be above 0")));
+            }
+        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -208,6 +230,8 @@ mod tests {
         assert_eq!(c.paths.root, PathBuf::from("/var/lib/berth"));
         assert_eq!(c.runtime.binary, "runc");
         assert_eq!(c.cni.bin_dirs[0], PathBuf::from("/usr/lib/cni"));
+        assert_eq!(c.streaming.stream_creation_timeout, 30);
+        assert_eq!(c.streaming.stream_idle_timeout, 4 * 3600);
     }
 
     #[test]
@@ -227,5 +251,7 @@ mod tests {
         assert!(Config::from_toml("[paths]\nstate = \"/run/../etc\"\n").is_err());
         assert!(Config::from_toml("[runtime]\ncgroup_driver = \"cgroupv3\"\n").is_err());
         assert!(Config::from_toml("[server\n").is_err());
+        assert!(Config::from_toml("[streaming]\nmax_connections = 0\n").is_err());
+        assert!(Config::from_toml("[streaming]\nheader_read_timeout = 0\n").is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::container::Containers;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::EventHub;
 use crate::image::{ImageStore, Puller};
 use crate::network::Cni;
@@ -16,6 +16,11 @@ use crate::pod::{Pods, PodsDeps};
 use crate::recovery::{Recovery, RecoveryDeps};
 use crate::shim_client::{Launcher, ShimLauncher, Shims, TaskOptions};
 use crate::store::Store;
+
+/// The dirs berthd keeps in `paths.root` (made private at startup).
+const ROOT_DIRS: &[&str] = &["content", "snapshots", "pods", "containers", "pause"];
+/// The dirs berthd keeps in `paths.state`.
+const STATE_DIRS: &[&str] = &["pods", "containers", "netns", "exec"];
 
 pub struct Core {
     pub config: Arc<Config>,
@@ -49,13 +54,12 @@ impl Core {
         launcher: Arc<dyn Launcher>,
         pause_rootfs: PathBuf,
     ) -> Result<Arc<Core>> {
-        for dir in [&config.paths.root, &config.paths.state] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
-        }
+        // Root's alone below the top dirs; corrects a tree made with default modes.
+        crate::util::modes::secure_top(&config.paths.root, ROOT_DIRS)?;
+        crate::util::modes::secure_top(&config.paths.state, STATE_DIRS)?;
         let config = Arc::new(config);
         let store = Arc::new(Store::open(&config.store_path())?);
-        crate::records::migrate::migrate(&store)?;
+        crate::records::migrate::ensure_current(&store)?;
         let images = Arc::new(ImageStore::open(&config.paths.root, store.clone())?);
         let cni = Arc::new(Cni::new(
             config.cni.conf_dir.clone(),
@@ -121,7 +125,7 @@ impl Core {
     /// RunPodSandbox: the pod is made Ready, then watched for as long as it runs.
     pub async fn run_pod_sandbox(
         &self,
-        cfg: k8s_cri::v1::PodSandboxConfig,
+        cfg: crate::workload::PodSpec,
         handler: String,
     ) -> Result<String> {
         let (id, shim) = self.pods.run(cfg, handler).await?;

@@ -14,6 +14,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unimplemented(String),
+    /// An operation with a caller-given time limit ran out of it (an ExecSync timeout:
+    /// kubelet reports a probe timeout on this code).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("config: {0}")]
     Config(String),
     #[error("state store: {0}")]
@@ -30,14 +34,86 @@ pub enum Error {
     /// A registry could not be reached or answered with an error.
     #[error("{0}")]
     Registry(String),
+    /// A registry's answer broke one of berthd's bounds on size or time.
+    #[error(transparent)]
+    RegistryLimit(#[from] RegistryLimit),
     /// A CNI plugin or network namespace operation failed (the message names the plugin).
     #[error("network: {0}")]
     Network(String),
+    /// A file of an image (its /etc/passwd or /etc/group) could not be read safely.
+    #[error(transparent)]
+    ImageFile(#[from] ImageFileError),
     #[error("{0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why `image::layer_file` refused a file of an image. A file the image does not have is no
+/// error (the reader answers None); these are files that exist but must not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageFileError {
+    /// A FIFO, device, socket or directory: reading it could block or never end.
+    #[error("the image's /{path} is {kind}, not a regular file")]
+    NotRegular { path: String, kind: &'static str },
+    #[error("the image's /{path} is larger than {limit} bytes")]
+    TooLarge { path: String, limit: u64 },
+    /// More symlinks than the kernel would follow (e.g. `etc -> /etc`).
+    #[error("the image's /{path}: too many levels of symbolic links")]
+    TooManyLinks { path: String },
+    /// The read did not finish in time (a stalled disk): the image is not at fault.
+    #[error("reading the image's /{path} took longer than {after:?}")]
+    TimedOut {
+        path: String,
+        after: std::time::Duration,
+    },
+    #[error("read the image's /{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a registry's answer broke one of berthd's bounds. Each names the registry (`host`)
+/// and what was being fetched (`what`, e.g. "manifest of docker.io/library/busybox:1").
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryLimit {
+    /// A body (by its Content-Length, or by what had arrived) over its cap.
+    #[error("{what} from {host} exceeds {}", bytes(*limit))]
+    TooLarge {
+        host: String,
+        what: String,
+        limit: u64,
+    },
+    /// Nothing, or too little, came within `registry.timeout` (`after`); `got` bytes did.
+    #[error("{}", stalled(host, what, *got, *after))]
+    Stalled {
+        host: String,
+        what: String,
+        got: u64,
+        after: std::time::Duration,
+    },
+}
+
+/// "8 MiB", "1 MiB", "64 KiB", or bytes when not a whole number of either.
+fn bytes(n: u64) -> String {
+    match n {
+        0 => "0 bytes".into(),
+        n if n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+fn stalled(host: &str, what: &str, got: u64, after: std::time::Duration) -> String {
+    let secs = after.as_secs_f64();
+    if got == 0 {
+        format!("registry {host} sent nothing for {what} in {secs} s")
+    } else {
+        format!("registry {host} sent {what} too slowly: {got} bytes in {secs} s")
+    }
+}
 
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -58,8 +134,20 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Registry(_) => Code::Unknown,
+            // The registry sent more than anything of its kind may be.
+            Error::RegistryLimit(RegistryLimit::TooLarge { .. }) => Code::InvalidArgument,
+            Error::RegistryLimit(RegistryLimit::Stalled { .. }) => Code::DeadlineExceeded,
+            // The image is at fault: retrying the same image cannot help.
+            Error::ImageFile(
+                ImageFileError::NotRegular { .. }
+                | ImageFileError::TooLarge { .. }
+                | ImageFileError::TooManyLinks { .. },
+            ) => Code::InvalidArgument,
+            Error::ImageFile(ImageFileError::TimedOut { .. }) => Code::DeadlineExceeded,
+            Error::ImageFile(ImageFileError::Io { .. }) => Code::Internal,
             Error::Config(_)
             | Error::Store(_)
             | Error::Io { .. }
@@ -86,11 +174,81 @@ mod tests {
             Code::FailedPrecondition
         );
         assert_eq!(c(Error::Unimplemented("x".into())), Code::Unimplemented);
+        assert_eq!(
+            c(Error::DeadlineExceeded("x".into())),
+            Code::DeadlineExceeded
+        );
         assert_eq!(c(Error::Store("x".into())), Code::Internal);
         assert_eq!(c(Error::Network("x".into())), Code::Internal);
         assert_eq!(
             c(Error::io("x", std::io::Error::other("y"))),
             Code::Internal
+        );
+    }
+
+    #[test]
+    fn image_file_errors_map_to_their_codes() {
+        let c = |e: ImageFileError| tonic::Status::from(Error::from(e)).code();
+        let path = || "etc/passwd".to_string();
+        let fifo = ImageFileError::NotRegular {
+            path: path(),
+            kind: "a FIFO",
+        };
+        let s = tonic::Status::from(Error::from(fifo));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "the image's /etc/passwd is a FIFO, not a regular file"
+        );
+        let big = ImageFileError::TooLarge {
+            path: path(),
+            limit: 1,
+        };
+        assert_eq!(c(big), Code::InvalidArgument);
+        assert_eq!(
+            c(ImageFileError::TooManyLinks { path: path() }),
+            Code::InvalidArgument
+        );
+        let late = ImageFileError::TimedOut {
+            path: path(),
+            after: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(c(late), Code::DeadlineExceeded);
+        let io = ImageFileError::Io {
+            path: path(),
+            source: std::io::Error::other("y"),
+        };
+        assert_eq!(c(io), Code::Internal);
+    }
+
+    #[test]
+    fn registry_limits_name_what_and_map_to_their_codes() {
+        let big = tonic::Status::from(Error::from(RegistryLimit::TooLarge {
+            host: "reg:5000".into(),
+            what: "manifest of reg:5000/a:1".into(),
+            limit: 8 << 20,
+        }));
+        assert_eq!(big.code(), Code::InvalidArgument);
+        assert_eq!(
+            big.message(),
+            "manifest of reg:5000/a:1 from reg:5000 exceeds 8 MiB"
+        );
+        let stalled = |got| {
+            tonic::Status::from(Error::from(RegistryLimit::Stalled {
+                host: "reg:5000".into(),
+                what: "blob sha256:ab".into(),
+                got,
+                after: std::time::Duration::from_secs(30),
+            }))
+        };
+        assert_eq!(stalled(0).code(), Code::DeadlineExceeded);
+        assert_eq!(
+            stalled(0).message(),
+            "registry reg:5000 sent nothing for blob sha256:ab in 30 s"
+        );
+        assert_eq!(
+            stalled(7).message(),
+            "registry reg:5000 sent blob sha256:ab too slowly: 7 bytes in 30 s"
         );
     }
 

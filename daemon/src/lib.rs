@@ -22,3 +22,7 @@ pub mod stream;
 #[cfg(test)]
 mod testkit;
 pub mod util;
+pub mod workload;
+
+#[cfg(test)]
+mod fuzz;

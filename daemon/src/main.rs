@@ -115,6 +115,7 @@ fn main() {
         }
         return;
     }
+    stream::limits::raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -127,8 +128,12 @@ fn main() {
     let res = rt.block_on(async move {
         // The socket first: a live one means another berthd owns this node's state.
         let listener = cri::server::bind(&cfg.server.socket, &cfg.server.socket_group)?;
-        let opened =
-            stream::Streaming::bind(&cfg.streaming).and_then(|s| Ok((s, core::Core::open(cfg)?)));
+        // A store from an older berthd holds CRI messages: the CRI adapter upgrades it
+        // before the core reads a record.
+        let opened = stream::Streaming::bind(&cfg.streaming).and_then(|s| {
+            cri::store_upgrade::upgrade(&cfg.store_path())?;
+            Ok((s, core::Core::open(cfg)?))
+        });
         let (streaming, core) = match opened {
             Ok((s, r)) => (std::sync::Arc::new(s), r),
             Err(e) => {
@@ -146,6 +151,9 @@ fn main() {
         });
         cri::server::serve(core, streaming, listener).await
     });
+    // What is still running (streaming sessions, blocking reads) is not waited for long:
+    // the shims own the containers, nothing of a pod depends on this process.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     if let Err(e) = res {
         tracing::error!(error = %e, "berthd failed");
         fail(&e);

@@ -51,6 +51,9 @@ impl Store {
             )),
             e => err(e),
         })?;
+        // Records hold container specs (env values, i.e. Secrets): root's alone, also a
+        // store an older berthd made with the default mode.
+        crate::util::modes::private_file(path)?;
         // Create the tables once so that reads never see "table does not exist".
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(PODS).map_err(err)?;
@@ -157,6 +160,13 @@ impl Store {
         }
     }
 
+    /// How many records `table` holds.
+    pub fn count(&self, table: TableDefinition<&str, &[u8]>) -> Result<u64> {
+        use redb::ReadableTableMetadata as _;
+        let tx = self.db.begin_read().map_err(err)?;
+        tx.open_table(table).map_err(err)?.len().map_err(err)
+    }
+
     pub fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(table).map_err(err)?;
@@ -166,6 +176,25 @@ impl Store {
             out.push(serde_json::from_slice(v.value()).map_err(err)?);
         }
         Ok(out)
+    }
+
+    /// Every record that decodes, and the keys of those that do not (an undecodable
+    /// record must not hide every other one from a List call).
+    pub fn list_readable<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<(Vec<T>, Vec<String>)> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table).map_err(err)?;
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
+        for item in t.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(r) => out.push(r),
+                Err(_) => bad.push(k.value().to_string()),
+            }
+        }
+        Ok((out, bad))
     }
 
     /// Every record with its key.
@@ -398,7 +427,12 @@ mod tests {
             )
             .unwrap();
         }
+        // A store left world-readable (an older berthd) is root's alone once opened.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let s = Store::open(&p).unwrap();
         assert_eq!(s.get::<Rec>(CONTAINERS, "x").unwrap().unwrap().n, 9);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

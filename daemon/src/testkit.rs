@@ -3,17 +3,13 @@
 
 use std::sync::Arc;
 
-use k8s_cri::v1::{
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata,
-};
-
 use crate::config::Config;
 use crate::core::Core;
 use crate::events::{Event, Kind};
 use crate::records::{ContainerRecord, CtrState, PodRecord, PodState};
 use crate::shim_client::fake::{FakeLauncher, FakeShim};
 use crate::store::{CONTAINERS, PODS};
+use crate::workload::{NamespaceMode, Namespaces, PodSecurity, PodSpec};
 
 pub struct Kit {
     pub dir: tempfile::TempDir,
@@ -114,25 +110,19 @@ impl Kit {
     }
 }
 
-/// A host-network pod's config (no CNI needed).
-pub fn host_pod(name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "ns".into(),
-            uid: "uid".into(),
-            attempt: 0,
-        }),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
+/// A host-network pod's spec (no CNI needed).
+pub fn host_pod(name: &str) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        namespace: "ns".into(),
+        uid: "uid".into(),
+        security: PodSecurity {
+            namespaces: Namespaces {
+                network: NamespaceMode::Node,
                 ..Default::default()
-            }),
+            },
             ..Default::default()
-        }),
+        },
         ..Default::default()
     }
 }

@@ -24,6 +24,9 @@ mod start;
 mod task;
 mod transport;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::io::Write;
 
 use args::{Action, Args};

@@ -198,6 +198,11 @@ mod tests {
             Bound::New(l) => l,
             Bound::Existing => panic!("fresh bind expected"),
         };
+        // Root's alone: the dir is private before the socket exists.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d.path().join("s")), 0o700);
+        assert_eq!(mode(&d.path().join("s/sock")), 0o600);
         assert!(matches!(bind(&addr).unwrap(), Bound::Existing));
         drop(first);
         assert!(matches!(bind(&addr).unwrap(), Bound::New(_)));

@@ -110,6 +110,11 @@ pub fn berthd_test(
 ) -> Result<()> {
     let mut d = builder.start()?;
     let r = crate::cri::block_on(body(&mut d))?;
+    if let Err(e) = &r {
+        // Printed before the guard's cleanup, whose leak report (a panic when berthd is
+        // no longer there to remove the pods) would otherwise be all the test shows.
+        eprintln!("berthd_test: the body failed: {e:#}");
+    }
     d.with_log(r)?;
     d.finish()
 }

@@ -237,6 +237,30 @@ impl LayerTar {
         Ok(self)
     }
 
+    /// A FIFO (named pipe) at `path`.
+    pub fn fifo(&mut self, path: &str) -> Result<&mut Self> {
+        self.node(path, tar::EntryType::Fifo, 0, 0)
+    }
+
+    /// A character device `major:minor` at `path` (1:5 is /dev/zero).
+    pub fn char_device(&mut self, path: &str, major: u32, minor: u32) -> Result<&mut Self> {
+        self.node(path, tar::EntryType::Char, major, minor)
+    }
+
+    fn node(
+        &mut self,
+        path: &str,
+        kind: tar::EntryType,
+        major: u32,
+        minor: u32,
+    ) -> Result<&mut Self> {
+        let mut h = header(kind, 0o644, 0);
+        h.set_device_major(major)?;
+        h.set_device_minor(minor)?;
+        self.0.append_data(&mut h, path, std::io::empty())?;
+        Ok(self)
+    }
+
     /// Deletes `path` (from the layers below) with a `.wh.<name>` entry.
     pub fn whiteout(&mut self, path: &str) -> Result<&mut Self> {
         let (dir, name) = match path.rsplit_once('/') {

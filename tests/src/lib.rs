@@ -22,6 +22,7 @@ pub mod direct_steps;
 pub mod events;
 pub mod fifo;
 pub mod host;
+pub mod hostile_registry;
 pub mod http;
 pub mod image;
 pub mod leaks;

@@ -105,6 +105,18 @@ impl Pod {
             .with_context(|| format!("berthd log:\n{}", self.log()))
     }
 
+    /// A busybox container `name` logging `line-1`, `line-2`, ... every 50 ms (for log
+    /// rotation checks); returns its id.
+    pub async fn start_line_counter(&self, name: &str) -> Result<String> {
+        let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
+        self.start(crate::cri::container_config(
+            name,
+            crate::image::BUSYBOX_IMAGE,
+            &["sh", "-c", script],
+        ))
+        .await
+    }
+
     pub async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
         Ok(self.rs.ctr_status(id).await?)
     }

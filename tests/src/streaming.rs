@@ -1,5 +1,6 @@
 //! What the streaming suites (exec, attach, port-forward) share: a pod's PortForward URL,
-//! sha256 for reports, polling, and berthd's open fds for judging leaks.
+//! sha256 for reports, polling, berthd's open fds and resident memory for judging leaks,
+//! and whether its CRI socket still answers.
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
@@ -110,6 +111,50 @@ pub async fn ensure_fds_settle(
             now.len(),
             before.len()
         );
+    }
+    Ok(())
+}
+
+/// `pid`'s resident set (VmRSS), in KiB.
+pub fn rss_kb(pid: i32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("/proc/{pid}/status"))?;
+    crate::procs::field_kb(&status, "VmRSS:").context("no VmRSS")
+}
+
+/// Checks that berthd answers Version and ListPodSandbox within `within` each.
+pub async fn ensure_cri_answers(rs: &Rs, within: Duration) -> Result<()> {
+    let mut rs = rs.clone();
+    tokio::time::timeout(within, rs.version(cri::VersionRequest::default()))
+        .await
+        .context("Version did not answer in time")?
+        .context("Version")?;
+    tokio::time::timeout(
+        within,
+        rs.list_pod_sandbox(cri::ListPodSandboxRequest::default()),
+    )
+    .await
+    .context("ListPodSandbox did not answer in time")?
+    .context("ListPodSandbox")?;
+    Ok(())
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (a test that opens
+/// thousands of connections needs it).
+pub fn raise_nofile_limit() -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -247,14 +247,7 @@ fn exec_sync_update_stats_and_log_rotation() -> Result<()> {
         let logs = d.dir.path().join("logs");
         let (mut rs, _) = d.client().await?;
         let pod = Pod::run(d, pod_config("ops", &logs)).await?;
-        let script = "i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.05; done";
-        let id = pod
-            .start(container_config(
-                "ops",
-                image::BUSYBOX_IMAGE,
-                &["sh", "-c", script],
-            ))
-            .await?;
+        let id = pod.start_line_counter("ops").await?;
         let exec_rs = rs.clone();
         let ex =
             |cmd: &'static [&'static str], timeout: i64| exec_rs.exec_sync_of(&id, cmd, timeout);

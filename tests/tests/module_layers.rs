@@ -1,7 +1,9 @@
 //! The house's shape, checked from the source: inside berthd and inside the shim, the
 //! top-level modules' imports (`crate::<module>`) form no circle, so every module can be
 //! read and tested with only the ones below it. Prints each crate's floors (a module's
-//! floor is one above the highest module it uses).
+//! floor is one above the highest module it uses). In berthd, CRI's generated types
+//! (`k8s_cri`) appear only in the CRI adapter (`cri/`): the rooms below speak Berth's own
+//! `workload` types.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -146,6 +148,34 @@ fn check(krate: &str) {
 #[test]
 fn berthd_modules_form_no_import_circle() {
     check("daemon");
+}
+
+/// The berthd source files outside `cri/` that name `k8s_cri`.
+fn cri_types_outside_the_adapter() -> Vec<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter(|f| !f.starts_with(src.join("cri")))
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .any(|l| !l.trim_start().starts_with("//") && l.contains("k8s_cri"))
+        })
+        .map(|f| f.strip_prefix(&src).unwrap().to_path_buf())
+        .collect()
+}
+
+#[test]
+fn cri_types_stay_in_the_cri_adapter() {
+    let found = cri_types_outside_the_adapter();
+    assert!(
+        found.is_empty(),
+        "CRI types outside daemon/src/cri/ (convert them in cri::convert): {found:?}"
+    );
 }
 
 #[test]

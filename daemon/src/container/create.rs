@@ -3,24 +3,24 @@
 //! step, so nothing is left half-made.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-
-use crate::error::{Error, Result};
+use crate::error::{Error, ImageFileError, Result};
 use crate::events::Kind;
+use crate::image::layer_file;
 use crate::intent::Op;
 use crate::records::{ContainerRecord, CtrState, PodRecord, PodState, ProcessUser, Records};
 use crate::shim_client::{forget_task, NewTask, RootfsMount};
 use crate::store::CONTAINERS;
 use crate::util::{new_id, now_ns, validate_name};
+use crate::workload::{ContainerSpec, Mount, Profile, Propagation};
 
 use super::Containers;
 
 /// As containerd: a missing host path of a bind mount is created (0755); bidirectional
 /// propagation needs a shared source mount, host-to-container needs shared or slave,
 /// otherwise it could never work and the user is told so.
-fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
-    use k8s_cri::v1::MountPropagation as P;
+fn prepare_host_paths(mounts: &[Mount]) -> Result<()> {
     for m in mounts.iter().filter(|m| m.image.is_none()) {
         let host = std::path::Path::new(&m.host_path);
         if !host.is_absolute()
@@ -40,13 +40,13 @@ fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
         let prop = crate::util::mount_of(host)
             .map(|m| m.optional)
             .unwrap_or_default();
-        if m.propagation == P::PropagationBidirectional as i32 && !prop.contains("shared:") {
+        if m.propagation == Propagation::Bidirectional && !prop.contains("shared:") {
             return Err(Error::FailedPrecondition(format!(
                 "path {} is not on a shared mount: bidirectional propagation is impossible",
                 host.display()
             )));
         }
-        if m.propagation == P::PropagationHostToContainer as i32
+        if m.propagation == Propagation::HostToContainer
             && !prop.contains("shared:")
             && !prop.contains("master:")
         {
@@ -58,11 +58,8 @@ fn prepare_host_paths(mounts: &[k8s_cri::v1::Mount]) -> Result<()> {
 
 /// Reads a Localhost seccomp profile named by the security context, if any. A missing
 /// file is NotFound, naming it.
-pub(crate) fn load_localhost_profile(
-    sp: Option<&k8s_cri::v1::SecurityProfile>,
-    deprecated: &str,
-) -> Result<Option<String>> {
-    let Some(path) = crate::oci_config::seccomp_localhost_path(sp, deprecated)? else {
+pub(crate) fn load_localhost_profile(profile: Option<&Profile>) -> Result<Option<String>> {
+    let Some(path) = crate::oci_config::seccomp_localhost_path(profile)? else {
         return Ok(None);
     };
     match std::fs::read_to_string(&path) {
@@ -78,36 +75,59 @@ pub(crate) fn load_localhost_profile(
     }
 }
 
-/// Reads a file of the image, searching its layers from the top.
-fn image_file(lowers: &[PathBuf], rel: &str) -> Option<String> {
-    lowers
-        .iter()
-        .find_map(|l| std::fs::read_to_string(l.join(rel)).ok())
+/// How long reading the image's /etc/passwd and /etc/group may take in all.
+const USER_FILES_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The image's /etc/passwd and /etc/group (None for one the image does not have), read as
+/// the container will see them (`image::layer_file`: inside the image, whiteouts honoured,
+/// regular files of at most 1 MiB).
+///
+/// The image is untrusted: the read runs on the blocking pool, never on one of berthd's
+/// async workers (a read that blocked there would stall every call that worker serves), and
+/// under a deadline. layer_file opens nothing that can block (a FIFO or device is refused
+/// from its O_PATH stat), so the deadline only ever fires on a stalled disk; the abandoned
+/// thread then ends with the read.
+///
+/// A file that exists but is refused (not regular, over 1 MiB, a symlink loop) fails the
+/// create with InvalidArgument, whatever the user, rather than counting as "no passwd".
+/// That is containerd's rule: its WithUser/WithUserID/WithAdditionalGIDs treat only a
+/// missing /etc/passwd as absent (a numeric uid then runs with gid 0) and fail the create on
+/// any other error reading it, for numeric users too (it reads /etc/passwd for every
+/// container). Silently ignoring a sabotaged file would run the process with a gid the
+/// image never meant. A symlink pointing out of the image is not refused: it resolves
+/// inside the image as in the container, and a target the image lacks is a missing file.
+async fn image_user_files(lowers: &[PathBuf]) -> Result<(Option<String>, Option<String>)> {
+    let lowers = lowers.to_vec();
+    let read = tokio::task::spawn_blocking(move || -> Result<_, ImageFileError> {
+        let text = |rel: &str| -> Result<Option<String>, ImageFileError> {
+            // Lossy, as libc's parser is byte-based: a bad byte spoils one line, not the file.
+            Ok(layer_file::read(&lowers, rel)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        };
+        Ok((text("etc/passwd")?, text("etc/group")?))
+    });
+    match tokio::time::timeout(USER_FILES_DEADLINE, read).await {
+        Ok(Ok(files)) => Ok(files?),
+        Ok(Err(e)) => Err(Error::Internal(format!(
+            "read the image's /etc/passwd and /etc/group: {e}"
+        ))),
+        Err(_) => Err(ImageFileError::TimedOut {
+            path: "etc/passwd and /etc/group".into(),
+            after: USER_FILES_DEADLINE,
+        }
+        .into()),
+    }
 }
 
 impl Containers {
-    pub async fn create(
-        &self,
-        pod_id: &str,
-        cfg: ContainerConfig,
-        _pod_cfg: Option<PodSandboxConfig>,
-    ) -> Result<String> {
+    pub async fn create(&self, pod_id: &str, cfg: ContainerSpec) -> Result<String> {
         let pod: PodRecord = self.store.pod(pod_id)?;
         if pod.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
                 "pod sandbox {pod_id} is not ready"
             )));
         }
-        let md = cfg
-            .metadata
-            .clone()
-            .ok_or_else(|| Error::InvalidArgument("container metadata is required".into()))?;
-        validate_name("container name", &md.name)?;
-        let image_name = cfg
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        validate_name("container name", &cfg.name)?;
+        let image_name = cfg.image.clone();
         if image_name.is_empty() {
             return Err(Error::InvalidArgument("container image is required".into()));
         }
@@ -132,10 +152,10 @@ impl Containers {
         let id = new_id()?;
         // The image's snapshots are held for this container from here on.
         let image = self.images.lease_image(&id, &image_name)?;
-        let pmd = pod.config.metadata.clone().unwrap_or_default();
+        let p = &pod.config;
         let name_key = format!(
             "{}_{}_{}_{}_{}",
-            md.name, pmd.name, pmd.namespace, pmd.uid, md.attempt
+            cfg.name, p.name, p.namespace, p.uid, cfg.attempt
         );
         let rec = ContainerRecord {
             id: id.clone(),
@@ -203,21 +223,13 @@ impl Containers {
         // The spec sees image volumes as read-only binds of the images mounted here.
         let mut spec_cfg = rec.config.clone();
         spec_cfg.mounts = self.mount_image_volumes(&rec.id, &rec.bundle, &rec.config.mounts)?;
-        let sc = rec
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.clone())
-            .unwrap_or_default();
-        let host_devices = if sc.privileged {
+        let host_devices = if rec.config.security.privileged {
             Some(crate::oci_config::host_devices()?)
         } else {
             None
         };
-        // Older kubelets still send the deprecated string form.
-        #[allow(deprecated)]
-        let localhost_profile =
-            load_localhost_profile(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
+        let localhost_profile = load_localhost_profile(rec.config.security.seccomp.as_ref())?;
+        let (passwd, group) = image_user_files(&lowers).await?;
         let ic = &image.config;
         let spec = crate::oci_config::container_spec(
             &spec_cfg,
@@ -237,8 +249,8 @@ impl Containers {
                 rootfs: rec.bundle.join("rootfs"),
                 cgroup_parent: pod.cgroup_parent(&self.config.runtime.cgroup_parent),
                 systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),
-                passwd: image_file(&lowers, "etc/passwd"),
-                group: image_file(&lowers, "etc/group"),
+                passwd,
+                group,
                 node_hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .unwrap_or_default()
                     .trim()
@@ -259,8 +271,8 @@ impl Containers {
         });
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
-        std::fs::write(rec.bundle.join("config.json"), json)
-            .map_err(|e| Error::io("write config.json", e))?;
+        // The spec holds the container's env (Secret values): root's alone.
+        crate::util::modes::write_private(&rec.bundle.join("config.json"), &json)?;
         let lowerdir = lowers
             .iter()
             .map(|p| p.display().to_string())

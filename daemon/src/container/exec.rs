@@ -109,7 +109,10 @@ impl Containers {
         self.config.paths.state.join("exec")
     }
 
-    /// Runs `cmd` in container `id`; returns (stdout, stderr, exit code).
+    /// Runs `cmd` in container `id`; returns (stdout, stderr, exit code). The output is
+    /// read while the process runs (a pipe holds 64 KiB: a process writing more would
+    /// block until its timeout otherwise); past [`MAX_OUTPUT`] per stream it is read and
+    /// dropped, so the process never blocks on it.
     pub async fn exec_sync(
         &self,
         id: &str,
@@ -122,7 +125,17 @@ impl Containers {
             ..Default::default()
         };
         let mut s = self.exec_session(id, &cmd, io).await?;
-        let (out_r, err_r) = (s.stdout.take(), s.stderr.take());
+        let read = |r: Option<pipe::Receiver>| async move {
+            match r {
+                Some(r) => drain(r).await,
+                None => Vec::new(),
+            }
+        };
+        // Aborted on every way out (the tasks own the FIFO readers).
+        let readers = Readers([
+            tokio::spawn(read(s.stdout.take())),
+            tokio::spawn(read(s.stderr.take())),
+        ]);
         s.start().await?;
         let limit = if timeout > 0 {
             Duration::from_secs(timeout as u64)
@@ -135,29 +148,39 @@ impl Containers {
                 // Timed out: kill it, as kubelet expects, then report the timeout.
                 s.kill().await;
                 let _ = s.delete().await;
-                return Err(Error::Internal(format!(
+                return Err(Error::DeadlineExceeded(format!(
                     "exec in {id} did not finish within {timeout}s: {e}"
                 )));
             }
         };
         // The shim closes its FIFO writers once the process's output ends (and at
-        // Delete at the latest), which ends our reads.
-        let collect = async {
-            let read = |r: Option<pipe::Receiver>| async move {
-                match r {
-                    Some(r) => drain(r).await,
-                    None => Vec::new(),
-                }
-            };
-            tokio::join!(read(out_r), read(err_r))
-        };
+        // Delete at the latest), which ends the reads.
         let (collected, deleted) = tokio::join!(
-            tokio::time::timeout(Duration::from_secs(15), collect),
+            tokio::time::timeout(Duration::from_secs(15), readers.collect()),
             s.delete()
         );
         deleted?;
         let (out, err) =
             collected.map_err(|_| Error::Internal("exec output did not close".into()))?;
         Ok((out, err, code))
+    }
+}
+
+/// The stdout and stderr readers of an ExecSync, aborted when dropped unfinished.
+struct Readers([tokio::task::JoinHandle<Vec<u8>>; 2]);
+
+impl Readers {
+    async fn collect(mut self) -> (Vec<u8>, Vec<u8>) {
+        let out = (&mut self.0[0]).await.unwrap_or_default();
+        let err = (&mut self.0[1]).await.unwrap_or_default();
+        (out, err)
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
     }
 }

@@ -15,6 +15,7 @@ mod streaming;
 mod volumes;
 
 pub(crate) use create::load_localhost_profile;
+pub use stats::ContainerUsage;
 pub(crate) use stdio::stdin_fifo;
 
 use std::collections::HashMap;
@@ -67,8 +68,10 @@ impl Containers {
         self.store.container(id)
     }
 
+    /// Every container for a List call (a record that cannot be read is logged and left
+    /// out).
     pub fn list(&self) -> crate::error::Result<Vec<ContainerRecord>> {
-        self.store.containers()
+        self.store.listed_containers()
     }
 
     /// Every container of a pod.

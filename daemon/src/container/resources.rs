@@ -1,16 +1,15 @@
 //! UpdateContainerResources and ReopenContainerLog: calls on a running container that go
 //! to its pod's shim.
 
-use k8s_cri::v1::LinuxContainerResources;
-
 use super::Containers;
 use crate::error::{Error, Result};
 
 use crate::records::{ContainerRecord, CtrState, Records};
 use crate::store::CONTAINERS;
+use crate::workload::Resources;
 
-/// CRI resources → OCI LinuxResources JSON (what `runc update --resources -` reads).
-pub fn oci_resources(r: &LinuxContainerResources) -> serde_json::Value {
+/// Resources → OCI LinuxResources JSON (what `runc update --resources -` reads).
+pub fn oci_resources(r: &Resources) -> serde_json::Value {
     let mut cpu = serde_json::Map::new();
     if r.cpu_shares > 0 {
         cpu.insert("shares".into(), r.cpu_shares.into());
@@ -45,7 +44,7 @@ pub fn oci_resources(r: &LinuxContainerResources) -> serde_json::Value {
 }
 
 impl Containers {
-    pub async fn update_resources(&self, id: &str, r: &LinuxContainerResources) -> Result<()> {
+    pub async fn update_resources(&self, id: &str, r: &Resources) -> Result<()> {
         let rec = self.store.container(id)?;
         if rec.state == CtrState::Exited {
             return Err(Error::FailedPrecondition(format!(
@@ -59,10 +58,7 @@ impl Containers {
         // ContainerStatus reports the resources in force (kubelet's in-place resize).
         self.store
             .update(CONTAINERS, id, |c: &mut ContainerRecord| {
-                c.config
-                    .linux
-                    .get_or_insert_with(Default::default)
-                    .resources = Some(r.clone());
+                c.config.resources = Some(r.clone());
                 true
             })?;
         Ok(())
@@ -81,13 +77,29 @@ impl Containers {
             )));
         }
         if !rec.log_path.is_empty() {
+            // As the shim's writer: never through a symlink or into a FIFO someone put
+            // at the path (berthd runs as root); only a regular file is kept.
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o640)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&rec.log_path)
-                .map_err(|e| Error::io(format!("reopen log {}", rec.log_path), e))?;
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) | Some(libc::ENXIO) => Error::FailedPrecondition(format!(
+                        "log path {} is not a regular file",
+                        rec.log_path
+                    )),
+                    _ => Error::io(format!("reopen log {}", rec.log_path), e),
+                })?;
+            let regular = f.metadata().is_ok_and(|m| m.is_file());
+            if !regular {
+                return Err(Error::FailedPrecondition(format!(
+                    "log path {} is not a regular file",
+                    rec.log_path
+                )));
+            }
         }
         Ok(())
     }
@@ -98,8 +110,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cri_resources_become_oci_json() {
-        let r = LinuxContainerResources {
+    fn resources_become_oci_json() {
+        let r = Resources {
             cpu_shares: 512,
             cpu_quota: 50000,
             cpu_period: 100000,

@@ -1,11 +1,7 @@
 //! Container statistics: a task's cgroup sample (through the pod's shim), the writable
-//! layer's usage, the container's processes and open files, and the CRI ContainerStats
-//! built from them.
+//! layer's usage, the container's processes and open files.
 
-use k8s_cri::v1::{
-    ContainerAttributes, ContainerStats, CpuUsage, FilesystemIdentifier, FilesystemUsage,
-    MemoryUsage, UInt64Value,
-};
+use std::path::PathBuf;
 
 use super::Containers;
 use crate::error::Result;
@@ -13,27 +9,18 @@ use crate::error::Result;
 use crate::records::{ContainerRecord, CtrState, Records};
 use crate::shim_client::Sample;
 
-impl Sample {
-    pub fn cpu(&self, now: i64) -> CpuUsage {
-        CpuUsage {
-            timestamp: now,
-            usage_core_nano_seconds: Some(UInt64Value { value: self.cpu_ns }),
-            usage_nano_cores: None,
-        }
-    }
-
-    pub fn memory(&self, now: i64) -> MemoryUsage {
-        let v = |value| Some(UInt64Value { value });
-        MemoryUsage {
-            timestamp: now,
-            working_set_bytes: v(self.working_set),
-            usage_bytes: v(self.memory_usage),
-            rss_bytes: v(self.rss),
-            page_faults: v(self.page_faults),
-            major_page_faults: v(self.major_page_faults),
-            available_bytes: None,
-        }
-    }
+/// A container's usage at one moment: its writable layer and, while it runs, its cgroup
+/// sample. The CRI adapter turns it into ContainerStats.
+#[derive(Debug, Clone)]
+pub struct ContainerUsage {
+    /// When it was taken (ns since the epoch).
+    pub at: i64,
+    /// The writable layer's directory, its bytes and inodes used.
+    pub writable_layer: PathBuf,
+    pub writable_bytes: u64,
+    pub writable_inodes: u64,
+    /// None when the container is not running.
+    pub sample: Option<Sample>,
 }
 
 impl Containers {
@@ -43,41 +30,27 @@ impl Containers {
         self.shim_of(&pod).await?.stats(task_id).await
     }
 
-    pub async fn stats(&self, rec: &ContainerRecord) -> Result<ContainerStats> {
-        Ok(self.stats_sampled(rec).await?.0)
-    }
-
-    /// The CRI stats and the sample they came from (None when not running).
-    pub async fn stats_sampled(
-        &self,
-        rec: &ContainerRecord,
-    ) -> Result<(ContainerStats, Option<Sample>)> {
-        let now = crate::util::now_ns();
-        let (used, inodes) = crate::util::reported_usage(&rec.dir.join("upper"));
-        let mut stats = ContainerStats {
-            attributes: Some(ContainerAttributes {
-                id: rec.id.clone(),
-                metadata: rec.config.metadata.clone(),
-                labels: rec.config.labels.clone(),
-                annotations: rec.config.annotations.clone(),
-            }),
-            writable_layer: Some(FilesystemUsage {
-                timestamp: now,
-                fs_id: Some(FilesystemIdentifier {
-                    mountpoint: rec.dir.join("upper").display().to_string(),
-                }),
-                used_bytes: Some(UInt64Value { value: used }),
-                inodes_used: Some(UInt64Value { value: inodes }),
-            }),
-            ..Default::default()
+    pub async fn usage(&self, rec: &ContainerRecord) -> Result<ContainerUsage> {
+        let at = crate::util::now_ns();
+        let writable_layer = rec.dir.join("upper");
+        // A walk of the container's files: blocking, off the async workers.
+        let walk = writable_layer.clone();
+        let (writable_bytes, writable_inodes) =
+            tokio::task::spawn_blocking(move || crate::util::reported_usage(&walk))
+                .await
+                .unwrap_or_default();
+        let sample = if rec.state == CtrState::Running {
+            Some(self.sample(&rec.pod_id, &rec.id).await?)
+        } else {
+            None
         };
-        if rec.state != CtrState::Running {
-            return Ok((stats, None));
-        }
-        let s = self.sample(&rec.pod_id, &rec.id).await?;
-        stats.cpu = Some(s.cpu(now));
-        stats.memory = Some(s.memory(now));
-        Ok((stats, Some(s)))
+        Ok(ContainerUsage {
+            at,
+            writable_layer,
+            writable_bytes,
+            writable_inodes,
+            sample,
+        })
     }
 }
 
@@ -138,7 +111,8 @@ fn open_files(pids: &[u32]) -> (u64, u64) {
 }
 
 impl Containers {
-    /// Processes, open files and writable-layer figures of a running container.
+    /// Processes, open files and writable-layer figures of a running container. Blocking
+    /// (it walks /proc and the writable layer): async callers use [`Self::extras_of`].
     pub fn extras(&self, rec: &ContainerRecord) -> Extras {
         let procs = if rec.state == CtrState::Running && rec.pid != 0 {
             cgroup_procs(rec.pid)
@@ -162,5 +136,15 @@ impl Containers {
             x.fs_inodes_free = v.files_free() as u64;
         }
         x
+    }
+}
+
+impl Containers {
+    /// [`Self::extras`] on the blocking pool.
+    pub async fn extras_of(self: &std::sync::Arc<Self>, rec: &ContainerRecord) -> Extras {
+        let (this, rec) = (self.clone(), rec.clone());
+        tokio::task::spawn_blocking(move || this.extras(&rec))
+            .await
+            .unwrap_or_default()
     }
 }

@@ -5,15 +5,11 @@
 
 use std::path::Path;
 
-use k8s_cri::v1::{Mount as CriMount, MountPropagation};
 use nix::mount::{mount, MsFlags};
 
 use super::Containers;
 use crate::error::{Error, Result};
-
-fn is_image_volume(m: &CriMount) -> bool {
-    m.image.as_ref().is_some_and(|i| !i.image.is_empty())
-}
+use crate::workload::{Mount, Propagation};
 
 impl Containers {
     /// Mounts the image volumes among `mounts` and returns the mounts the spec is built
@@ -22,11 +18,11 @@ impl Containers {
         &self,
         owner: &str,
         bundle: &Path,
-        mounts: &[CriMount],
-    ) -> Result<Vec<CriMount>> {
+        mounts: &[Mount],
+    ) -> Result<Vec<Mount>> {
         let mut out = Vec::with_capacity(mounts.len());
         for (n, m) in mounts.iter().enumerate() {
-            let Some(spec) = m.image.as_ref().filter(|_| is_image_volume(m)) else {
+            let Some(image_ref) = m.image.as_ref() else {
                 out.push(m.clone());
                 continue;
             };
@@ -37,7 +33,7 @@ impl Containers {
                 )));
             }
             // Held by the container's lease, like its rootfs' image.
-            let image = self.images.lease_image(owner, &spec.image)?;
+            let image = self.images.lease_image(owner, image_ref)?;
             let mut lowers: Vec<String> = self
                 .images
                 .lower_dirs(&image)?
@@ -66,11 +62,11 @@ impl Containers {
                 Error::Internal(format!("mount image volume {:?}: {e}", m.container_path))
             })?;
             tracing::info!(image = %image.id, path = %m.container_path, "image volume mounted");
-            out.push(CriMount {
+            out.push(Mount {
                 container_path: m.container_path.clone(),
                 host_path: target.display().to_string(),
                 readonly: true,
-                propagation: MountPropagation::PropagationPrivate as i32,
+                propagation: Propagation::Private,
                 image: None,
                 ..Default::default()
             });

@@ -2,6 +2,7 @@
 
 use k8s_cri::v1::*;
 
+use super::convert::{container_metadata, container_to_cri, mount_to_cri, resources_to_cri};
 use crate::records::{ContainerRecord, CtrState};
 
 fn state(rec: &ContainerRecord) -> i32 {
@@ -16,7 +17,7 @@ pub fn summary(rec: &ContainerRecord) -> Container {
     Container {
         id: rec.id.clone(),
         pod_sandbox_id: rec.pod_id.clone(),
-        metadata: rec.config.metadata.clone(),
+        metadata: Some(container_metadata(&rec.config)),
         image: Some(ImageSpec {
             image: rec.image_name.clone(),
             ..Default::default()
@@ -38,7 +39,8 @@ pub fn verbose_info(rec: &ContainerRecord) -> String {
         "bundle": rec.bundle,
         "image": rec.image_name,
         "logPath": rec.log_path,
-        "config": rec.config,
+        // In CRI's shape, as crictl inspect shows containerd's.
+        "config": container_to_cri(&rec.config),
         // An operation in progress (intent record); never set after startup recovery.
         "op": rec.op,
     })
@@ -48,7 +50,7 @@ pub fn verbose_info(rec: &ContainerRecord) -> String {
 pub fn status(rec: &ContainerRecord) -> ContainerStatus {
     ContainerStatus {
         id: rec.id.clone(),
-        metadata: rec.config.metadata.clone(),
+        metadata: Some(container_metadata(&rec.config)),
         state: state(rec),
         created_at: rec.created_at,
         started_at: rec.started_at,
@@ -62,7 +64,7 @@ pub fn status(rec: &ContainerRecord) -> ContainerStatus {
         reason: rec.reason.clone(),
         labels: rec.config.labels.clone(),
         annotations: rec.config.annotations.clone(),
-        mounts: rec.config.mounts.clone(),
+        mounts: rec.config.mounts.iter().map(mount_to_cri).collect(),
         log_path: rec.log_path.clone(),
         image_id: rec.image_id.clone(),
         user: rec.user.as_ref().map(|u| ContainerUser {
@@ -81,15 +83,10 @@ pub fn status(rec: &ContainerRecord) -> ContainerStatus {
                 },
             }),
         }),
-        resources: rec
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone())
-            .map(|r| ContainerResources {
-                linux: Some(r),
-                ..Default::default()
-            }),
+        resources: rec.config.resources.as_ref().map(|r| ContainerResources {
+            linux: Some(resources_to_cri(r)),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

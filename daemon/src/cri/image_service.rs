@@ -126,7 +126,7 @@ impl ImageService for Service {
             return Err(Status::invalid_argument("image reference is required"));
         }
         let creds = match &r.auth {
-            Some(a) => crate::image::Credentials::from_cri(a)?,
+            Some(a) => super::convert::credentials_from_cri(a)?,
             None => Default::default(),
         };
         let span = tracing::info_span!("pull_image", image = %reference);
@@ -160,7 +160,15 @@ impl ImageService for Service {
         &self,
         _: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        let (bytes, inodes) = self.core.images.fs_usage()?;
+        // Walks of the content, snapshots and writable layers: blocking, off the workers.
+        let images = self.core.images.clone();
+        let dir = self.core.config.paths.root.join("containers");
+        let walk_dir = dir.clone();
+        let ((bytes, inodes), (cbytes, cinodes)) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((images.fs_usage()?, crate::util::reported_usage(&walk_dir)))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("disk usage: {e}")))??;
         let usage = FilesystemUsage {
             timestamp: crate::util::now_ns(),
             fs_id: Some(FilesystemIdentifier {
@@ -177,8 +185,6 @@ impl ImageService for Service {
             inodes_used: Some(UInt64Value { value: inodes }),
         };
         // The containers' writable layers (upper and work dirs), on the same filesystem.
-        let dir = self.core.config.paths.root.join("containers");
-        let (cbytes, cinodes) = crate::util::reported_usage(&dir);
         let containers = FilesystemUsage {
             timestamp: usage.timestamp,
             fs_id: Some(FilesystemIdentifier {

@@ -28,13 +28,8 @@ type Read = fn(&View<'_>) -> u64;
 const COUNTER: bool = true;
 const GAUGE: bool = false;
 
-fn res(v: &View<'_>) -> k8s_cri::v1::LinuxContainerResources {
-    v.rec
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.resources.clone())
-        .unwrap_or_default()
+fn res(v: &View<'_>) -> crate::workload::Resources {
+    v.rec.config.resources.clone().unwrap_or_default()
 }
 
 /// Container metrics: (name, help, counter?, value).
@@ -359,21 +354,14 @@ fn metric(name: &str, counter: bool, labels: &[String], value: u64, now: i64) ->
 
 /// One running container's metrics.
 pub fn container_metrics(pod: &PodRecord, v: &View<'_>, now: i64) -> ContainerMetrics {
-    let md = pod.config.metadata.clone().unwrap_or_default();
-    let name = v
-        .rec
-        .config
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
+    let md = &pod.config;
     let labels = [
-        name,
+        v.rec.config.name.clone(),
         v.rec.id.clone(),
         v.rec.image_name.clone(),
         v.rec.id.clone(),
-        md.namespace,
-        md.name,
+        md.namespace.clone(),
+        md.name.clone(),
     ];
     ContainerMetrics {
         container_id: v.rec.id.clone(),
@@ -391,7 +379,7 @@ pub fn pod_metrics(
     containers: Vec<ContainerMetrics>,
     now: i64,
 ) -> PodSandboxMetrics {
-    let md = pod.config.metadata.clone().unwrap_or_default();
+    let md = &pod.config;
     let mut metrics = Vec::new();
     for i in ifaces {
         let labels = [

@@ -3,10 +3,15 @@
 //! backend over the same core. Conversions live next to the service that needs them.
 
 mod container;
+pub mod convert;
 mod events;
+#[cfg(test)]
+mod fuzz;
 pub mod image_service;
 mod metrics;
 mod pod;
 pub mod runtime_service;
 pub mod server;
+mod stats;
+pub mod store_upgrade;
 mod streaming;

@@ -2,6 +2,7 @@
 
 use k8s_cri::v1::*;
 
+use super::convert::{namespaces_to_cri, pod_metadata, pod_to_cri};
 use crate::records::{PodRecord, PodState};
 
 fn state(rec: &PodRecord) -> i32 {
@@ -12,16 +13,11 @@ fn state(rec: &PodRecord) -> i32 {
 }
 
 pub fn status(rec: &PodRecord) -> PodSandboxStatus {
-    let ns_opts = rec
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone());
+    let ns_opts = Some(namespaces_to_cri(&rec.config.security.namespaces));
     let mut ips = rec.ips.iter();
     PodSandboxStatus {
         id: rec.id.clone(),
-        metadata: rec.config.metadata.clone(),
+        metadata: Some(pod_metadata(&rec.config)),
         state: state(rec),
         created_at: rec.created_at,
         network: Some(PodSandboxNetworkStatus {
@@ -40,7 +36,7 @@ pub fn status(rec: &PodRecord) -> PodSandboxStatus {
 pub fn summary(rec: &PodRecord) -> PodSandbox {
     PodSandbox {
         id: rec.id.clone(),
-        metadata: rec.config.metadata.clone(),
+        metadata: Some(pod_metadata(&rec.config)),
         state: state(rec),
         created_at: rec.created_at,
         labels: rec.config.labels.clone(),
@@ -72,7 +68,8 @@ pub fn verbose_info(rec: &PodRecord) -> String {
         "netns": rec.netns,
         "shimAddress": rec.shim_address,
         "op": rec.op,
-        "config": rec.config,
+        // In CRI's shape, as crictl inspectp shows containerd's.
+        "config": pod_to_cri(&rec.config),
     })
     .to_string()
 }

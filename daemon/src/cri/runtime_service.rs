@@ -117,7 +117,11 @@ impl RuntimeService for Service {
         let cfg = r
             .config
             .ok_or_else(|| Status::invalid_argument("sandbox config is required"))?;
-        let id = self.core.run_pod_sandbox(cfg, r.runtime_handler).await?;
+        if cfg.metadata.is_none() {
+            return Err(Status::invalid_argument("sandbox metadata is required"));
+        }
+        let spec = super::convert::pod_from_cri(&cfg)?;
+        let id = self.core.run_pod_sandbox(spec, r.runtime_handler).await?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
     }
 
@@ -185,11 +189,12 @@ impl RuntimeService for Service {
         let cfg = r
             .config
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
-        let id = self
-            .core
-            .containers
-            .create(&r.pod_sandbox_id, cfg, r.sandbox_config)
-            .await?;
+        if cfg.metadata.is_none() {
+            return Err(Status::invalid_argument("container metadata is required"));
+        }
+        // r.sandbox_config repeats what the pod's record already holds.
+        let spec = super::convert::container_from_cri(&cfg)?;
+        let id = self.core.containers.create(&r.pod_sandbox_id, spec).await?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
 
@@ -281,10 +286,10 @@ impl RuntimeService for Service {
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let r = req.into_inner();
-        let linux = r.linux.unwrap_or_default();
+        let resources = super::convert::resources_from_cri(&r.linux.unwrap_or_default());
         self.core
             .containers
-            .update_resources(&r.container_id, &linux)
+            .update_resources(&r.container_id, &resources)
             .await?;
         Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
@@ -304,8 +309,10 @@ impl RuntimeService for Service {
         req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let rec = self.core.containers.get(&req.into_inner().container_id)?;
-        let stats = self.core.containers.stats(&rec).await?;
-        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
+        let usage = self.core.containers.usage(&rec).await?;
+        Ok(Response::new(ContainerStatsResponse {
+            stats: Some(super::stats::container_stats(&rec, &usage)),
+        }))
     }
 
     async fn list_container_stats(
@@ -313,19 +320,16 @@ impl RuntimeService for Service {
         req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let f = req.into_inner().filter;
-        let mut stats = Vec::new();
-        for c in self.core.containers.list()? {
-            let keep = f.as_ref().is_none_or(|f| {
+        let stats = super::stats::list_container_stats(&self.core, |c| {
+            f.as_ref().is_none_or(|f| {
                 (f.id.is_empty() || c.id.starts_with(&f.id))
                     && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
                     && f.label_selector
                         .iter()
                         .all(|(k, v)| c.config.labels.get(k) == Some(v))
-            });
-            if keep {
-                stats.push(self.core.containers.stats(&c).await?);
-            }
-        }
+            })
+        })
+        .await?;
         Ok(Response::new(ListContainerStatsResponse { stats }))
     }
 
@@ -394,9 +398,9 @@ impl RuntimeService for Service {
             .pods
             .live(&req.into_inner().pod_sandbox_id)
             .await?;
-        let stats = self.core.pods.stats(&rec).await?;
+        let sample = self.core.pods.sample(&rec).await?;
         Ok(Response::new(PodSandboxStatsResponse {
-            stats: Some(stats),
+            stats: Some(super::stats::pod_stats(&rec, &sample)),
         }))
     }
 
@@ -405,23 +409,15 @@ impl RuntimeService for Service {
         req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let f = req.into_inner().filter;
-        let mut stats = Vec::new();
-        for p in self.core.pods.list()? {
-            let keep = f.as_ref().is_none_or(|f| {
+        let stats = super::stats::list_pod_stats(&self.core, |p| {
+            f.as_ref().is_none_or(|f| {
                 (f.id.is_empty() || p.id.starts_with(&f.id))
                     && f.label_selector
                         .iter()
                         .all(|(k, v)| p.config.labels.get(k) == Some(v))
-            });
-            if !keep {
-                continue;
-            }
-            // A pod that goes away between the listing and its sampling is left out.
-            match self.core.pods.stats(&p).await {
-                Ok(s) => stats.push(s),
-                Err(e) => tracing::debug!(pod_id = %p.id, error = %e, "no stats"),
-            }
-        }
+            })
+        })
+        .await?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
@@ -458,7 +454,7 @@ impl RuntimeService for Service {
                 let Ok(s) = self.core.containers.sample(&p.id, &c.id).await else {
                     continue;
                 };
-                let x = self.core.containers.extras(&c);
+                let x = self.core.containers.extras_of(&c).await;
                 let v = super::metrics::View {
                     rec: &c,
                     s: &s,

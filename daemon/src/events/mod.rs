@@ -50,6 +50,9 @@ pub struct EventHub {
     /// Pods and containers whose creation a crash cut: no client ever heard of them, so
     /// their rollback at startup is not announced either.
     unannounced: Mutex<std::collections::HashSet<String>>,
+    /// Events dropped from a full backlog since the last subscription (said once in the
+    /// log when it starts, counted, and reported to the next subscriber's log line).
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Default for EventHub {
@@ -60,6 +63,7 @@ impl Default for EventHub {
             store: None,
             marking: Mutex::new(()),
             unannounced: Default::default(),
+            dropped: Default::default(),
         }
     }
 }
@@ -147,7 +151,15 @@ impl EventHub {
         }
         if pending.len() >= BACKLOG {
             pending.pop_front();
-            tracing::warn!("event backlog full: the oldest undelivered event is dropped");
+            // Normal on a node without an event subscriber (kubelet's evented PLEG is
+            // off by default): said once, not for every event.
+            use std::sync::atomic::Ordering;
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(
+                    backlog = BACKLOG,
+                    "no GetContainerEvents subscriber: the oldest undelivered events are dropped from now on"
+                );
+            }
         }
         pending.push_back(e);
     }
@@ -156,13 +168,35 @@ impl EventHub {
     pub fn subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
+        let dropped = self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::info!(dropped, "a subscriber: events dropped while there was none");
+        }
         (pending.drain(..).collect(), rx)
+    }
+
+    /// Events dropped from the full backlog since the last subscription.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_backlog_drops_the_oldest_and_counts_them_until_a_subscriber_comes() {
+        let hub = EventHub::default();
+        for i in 0..(BACKLOG + 10) {
+            hub.emit(Kind::Created, &format!("c{i}"), "p", i as i64);
+        }
+        assert_eq!(hub.dropped(), 10);
+        let (backlog, _rx) = hub.subscribe();
+        assert_eq!(backlog.len(), BACKLOG);
+        assert_eq!(backlog[0].id, "c10", "the oldest went first");
+        assert_eq!(hub.dropped(), 0);
+    }
 
     #[test]
     fn events_without_a_subscriber_reach_the_next_one_in_order() {

@@ -5,14 +5,15 @@
 mod content;
 mod export;
 mod import;
+pub mod layer_file;
 mod lease;
-mod oci;
+pub(crate) mod oci;
 mod pull;
 pub mod reference;
 pub use pull::{Credentials, Puller};
 mod snapshot;
 mod streams;
-mod unpack;
+pub(crate) mod unpack;
 
 mod xattr;
 

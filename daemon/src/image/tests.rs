@@ -110,10 +110,10 @@ fn top_layer() -> Vec<u8> {
 }
 
 /// A read-only overlay of `lower`, unmounted on drop even when an assertion fails.
-struct Overlay(PathBuf);
+pub(super) struct Overlay(PathBuf);
 
 impl Overlay {
-    fn mount(lower: &[PathBuf], at: &Path) -> Overlay {
+    pub(super) fn mount(lower: &[PathBuf], at: &Path) -> Overlay {
         fs::create_dir_all(at).expect("mountpoint");
         let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
         let opts = format!("lowerdir={}", lowers.join(":"));

@@ -35,6 +35,35 @@ pub fn set(path: &Path, name: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// fgetxattr(2) of `fd` (opened for reading, not O_PATH): the first 64 bytes of the
+/// value (plenty for overlay's markers, whose value is "y"), None when it is absent.
+pub fn fget(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    let n = CString::new(name).map_err(|_| std::io::Error::other("xattr name contains a NUL"))?;
+    let mut buf = vec![0u8; 64];
+    // SAFETY: fd is open for the duration of the call, n is a valid NUL-terminated
+    // string and buf is writable for buf.len() bytes; the kernel writes at most that many.
+    let rc = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            // Longer than any marker: present, but not a value a marker has.
+            Some(libc::ERANGE) => Ok(Some(buf)),
+            _ => Err(e),
+        };
+    }
+    buf.truncate(rc as usize);
+    Ok(Some(buf))
+}
+
 /// lgetxattr(2); None when the attribute is absent (the tests read what unpack wrote).
 #[cfg(test)]
 pub fn get(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {

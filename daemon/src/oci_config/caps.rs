@@ -3,7 +3,6 @@
 
 use std::str::FromStr;
 
-use k8s_cri::v1::Capability as CriCapability;
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxCapabilitiesBuilder};
 
 use super::{invalid, oci};
@@ -111,7 +110,7 @@ fn current_bounding_set() -> Option<u64> {
 /// The effective capability set: all caps when privileged (add/drop ignored, as
 /// containerd); otherwise the default set, then "ALL" add/drop, then individual add/drop.
 pub(crate) fn capability_set(
-    caps: Option<&CriCapability>,
+    caps: Option<&crate::workload::Capabilities>,
     privileged: bool,
 ) -> Result<Capabilities> {
     if privileged {
@@ -154,8 +153,8 @@ mod tests {
     use super::*;
     use crate::error::Error;
 
-    fn caps(add: &[&str], drop: &[&str]) -> CriCapability {
-        CriCapability {
+    fn caps(add: &[&str], drop: &[&str]) -> crate::workload::Capabilities {
+        crate::workload::Capabilities {
             add_capabilities: add.iter().map(|s| s.to_string()).collect(),
             drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
             add_ambient_capabilities: vec![],
@@ -183,7 +182,13 @@ mod tests {
         let n_default = DEFAULT_CAPABILITIES.len();
         let n_all = all_caps().len();
         type Check = fn(&Capabilities) -> bool;
-        let cases: Vec<(&str, Option<CriCapability>, bool, usize, Check)> = vec![
+        let cases: Vec<(
+            &str,
+            Option<crate::workload::Capabilities>,
+            bool,
+            usize,
+            Check,
+        )> = vec![
             ("none", None, false, n_default, |s| {
                 s.contains(&Capability::Chown)
             }),
@@ -255,7 +260,7 @@ mod tests {
                 Err(Error::InvalidArgument(_))
             ));
         }
-        let amb = CriCapability {
+        let amb = crate::workload::Capabilities {
             add_ambient_capabilities: vec!["BOGUS".into()],
             ..Default::default()
         };

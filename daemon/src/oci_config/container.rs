@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{ContainerConfig, NamespaceMode, PodSandboxConfig};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxDevice, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
     UserBuilder,
@@ -17,9 +16,10 @@ use super::resources::{linux_resources, oom_score_adj};
 use super::security::{apparmor_profile, masked_and_readonly, seccomp_choice, seccomp_spec};
 use super::{
     annotations as a, cgroups_path, clean_abs_path, invalid, merge_env, namespace, nofile_rlimit,
-    ns_mode, oci, user, DEFAULT_PATH_ENV, OCI_VERSION,
+    oci, user, DEFAULT_PATH_ENV, OCI_VERSION,
 };
 use crate::error::{Error, Result};
+use crate::workload::{ContainerSpec, NamespaceMode, PodSpec};
 
 /// The parts of the OCI image config that shape a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl Default for ContainerOpts {
 
 /// Kubernetes' rules: `command` replaces the entrypoint and drops the image cmd; `args`
 /// replace the cmd. An entrypoint of `[""]` means none.
-pub(crate) fn process_args(c: &ContainerConfig, image: &ImageConfig) -> Result<Vec<String>> {
+pub(crate) fn process_args(c: &ContainerSpec, image: &ImageConfig) -> Result<Vec<String>> {
     let mut command = c.command.clone();
     let mut args = c.args.clone();
     if command.is_empty() {
@@ -117,12 +117,12 @@ pub(crate) fn process_args(c: &ContainerConfig, image: &ImageConfig) -> Result<V
 }
 
 pub fn container_spec(
-    c: &ContainerConfig,
-    pod: &PodSandboxConfig,
+    c: &ContainerSpec,
+    pod: &PodSpec,
     image: &ImageConfig,
     o: &ContainerOpts,
 ) -> Result<Spec> {
-    let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    let name = c.name.as_str();
     if name.is_empty() {
         return Err(invalid("container name is empty"));
     }
@@ -135,25 +135,19 @@ pub fn container_spec(
             o.sandbox_id
         )));
     }
-    let meta = pod.metadata.clone().unwrap_or_default();
-    let lc = c.linux.clone().unwrap_or_default();
-    let sc = lc.security_context.clone().unwrap_or_default();
+    let sc = &c.security;
     let privileged = sc.privileged;
-    let pod_privileged = pod
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .is_some_and(|s| s.privileged);
+    let pod_privileged = pod.security.privileged;
     if privileged && !pod_privileged {
         return Err(invalid(
             "no privileged container allowed in a non-privileged sandbox",
         ));
     }
     if sc
-        .namespace_options
+        .namespaces
+        .userns
         .as_ref()
-        .and_then(|n| n.userns_options.as_ref())
-        .is_some_and(|u| u.mode != NamespaceMode::Node as i32)
+        .is_some_and(|u| u.mode != NamespaceMode::Node)
     {
         return Err(Error::Unimplemented(
             "user namespaces are not supported".into(),
@@ -170,11 +164,11 @@ pub fn container_spec(
     let mut env = vec![DEFAULT_PATH_ENV.to_string()];
     merge_env(&mut env, [format!("HOSTNAME={hostname}")]);
     merge_env(&mut env, image.env.iter().cloned());
-    for kv in &c.envs {
-        if kv.key.is_empty() {
+    for (key, value) in &c.envs {
+        if key.is_empty() {
             return Err(invalid("environment variable with an empty name"));
         }
-        merge_env(&mut env, [format!("{}={}", kv.key, kv.value)]);
+        merge_env(&mut env, [format!("{key}={value}")]);
     }
     let cwd = if !c.working_dir.is_empty() {
         clean_abs_path("working_dir", &c.working_dir)?
@@ -183,24 +177,16 @@ pub fn container_spec(
     } else {
         PathBuf::from("/")
     };
-    let id = user::resolve(
-        Some(&sc),
-        &image.user,
-        o.passwd.as_deref(),
-        o.group.as_deref(),
-    )?;
+    let id = user::resolve(sc, &image.user, o.passwd.as_deref(), o.group.as_deref())?;
     let caps = capability_set(sc.capabilities.as_ref(), privileged)?;
-    #[allow(deprecated)]
     let seccomp = seccomp_spec(
-        &seccomp_choice(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?,
+        &seccomp_choice(sc.seccomp.as_ref())?,
         privileged,
         &caps,
         o.localhost_profile.as_deref(),
     )?;
-    #[allow(deprecated)]
     let apparmor = apparmor_profile(
         sc.apparmor.as_ref(),
-        &sc.apparmor_profile,
         privileged,
         o.apparmor_available,
         o.apparmor_default.as_deref(),
@@ -221,12 +207,12 @@ pub fn container_spec(
     if let Some(p) = apparmor {
         process = process.apparmor_profile(p);
     }
-    if let Some(adj) = oom_score_adj(lc.resources.as_ref())? {
+    if let Some(adj) = oom_score_adj(c.resources.as_ref())? {
         process = process.oom_score_adj(adj);
     }
 
     // Namespaces: the pod's network, IPC and UTS; PID per mode.
-    let nso = sc.namespace_options.clone().unwrap_or_default();
+    let nso = &sc.namespaces;
     let proc_ns = |pid: u32, ns: &str| Some(PathBuf::from(format!("/proc/{pid}/ns/{ns}")));
     let sp = o.sandbox_pid;
     let mut namespaces = vec![
@@ -236,7 +222,7 @@ pub fn container_spec(
         namespace(LinuxNamespaceType::Mount, None)?,
         namespace(LinuxNamespaceType::Network, proc_ns(sp, "net"))?,
     ];
-    let pid_path = match ns_mode(nso.pid)? {
+    let pid_path = match nso.pid {
         NamespaceMode::Container => None,
         // NODE: the sandbox itself lives in the host PID namespace.
         NamespaceMode::Pod | NamespaceMode::Node => proc_ns(sp, "pid"),
@@ -257,7 +243,7 @@ pub fn container_spec(
 
     // Mounts, with the pod's files unless the container mounts over them.
     let ro = sc.readonly_rootfs;
-    let shm = if ns_mode(nso.ipc)? == NamespaceMode::Node {
+    let shm = if nso.ipc == NamespaceMode::Node {
         Some(PathBuf::from("/dev/shm"))
     } else {
         o.sandbox_shm.clone()
@@ -283,7 +269,7 @@ pub fn container_spec(
     } else {
         rules.insert(0, devices::deny_all()?);
     }
-    let resources = linux_resources(lc.resources.as_ref(), rules)?;
+    let resources = linux_resources(c.resources.as_ref(), rules)?;
 
     let (masked, readonly) = masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, privileged)?;
     let mut lb = LinuxBuilder::default()
@@ -305,9 +291,9 @@ pub fn container_spec(
     let ann = super::string_map(&[
         (a::CONTAINER_TYPE, a::CONTAINER_TYPE_CONTAINER),
         (a::SANDBOX_ID, &o.sandbox_id),
-        (a::SANDBOX_NAME, &meta.name),
-        (a::SANDBOX_NAMESPACE, &meta.namespace),
-        (a::SANDBOX_UID, &meta.uid),
+        (a::SANDBOX_NAME, &pod.name),
+        (a::SANDBOX_NAMESPACE, &pod.namespace),
+        (a::SANDBOX_UID, &pod.uid),
         (a::CONTAINER_NAME, name),
         (a::IMAGE_NAME, &o.image_name),
     ]);

@@ -1,7 +1,7 @@
-//! OCI runtime spec generation for pod sandboxes and app containers, mirroring what
-//! containerd 1.6's CRI writes into `config.json`. Everything here is a pure function of
-//! its inputs: the caller reads files (image /etc/passwd, Localhost seccomp profiles,
-//! host devices) and passes their contents in.
+//! OCI runtime spec generation for pod sandboxes and app containers from Berth's
+//! `workload` specs, mirroring what containerd 1.6's CRI writes into `config.json`.
+//! Everything here is a pure function of its inputs: the caller reads files (image
+//! /etc/passwd, Localhost seccomp profiles, host devices) and passes their contents in.
 
 mod caps;
 mod container;
@@ -16,7 +16,6 @@ mod user;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1::NamespaceMode;
 use oci_spec::runtime::{
     LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, PosixRlimit, PosixRlimitBuilder,
     PosixRlimitType,
@@ -146,10 +145,6 @@ pub(crate) fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> Resul
         Some(p) => b.path(p).build(),
         None => b.build(),
     })
-}
-
-pub(crate) fn ns_mode(v: i32) -> Result<NamespaceMode> {
-    NamespaceMode::try_from(v).map_err(|_| invalid(format!("unknown namespace mode {v}")))
 }
 
 pub(crate) fn string_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {

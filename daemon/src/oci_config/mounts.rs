@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{Mount as CriMount, MountPropagation};
+use crate::workload::{Mount as AskedMount, Propagation};
 use oci_spec::runtime::{Mount, MountBuilder};
 
 use super::{clean_abs_path, invalid, oci};
@@ -83,7 +83,7 @@ pub(crate) struct Bind {
     pub src: PathBuf,
     pub readonly: bool,
     pub recursive_readonly: bool,
-    pub propagation: MountPropagation,
+    pub propagation: Propagation,
 }
 
 impl Bind {
@@ -94,20 +94,15 @@ impl Bind {
             src: src.to_path_buf(),
             readonly,
             recursive_readonly: false,
-            propagation: MountPropagation::PropagationPrivate,
+            propagation: Propagation::Private,
         }
     }
 
-    pub fn from_cri(m: &CriMount) -> Result<Bind> {
+    pub fn from_mount(m: &AskedMount) -> Result<Bind> {
         let dst = clean_abs_path("mount container_path", &m.container_path)?;
         let src = clean_abs_path("mount host_path", &m.host_path)?;
-        let propagation = MountPropagation::try_from(m.propagation).map_err(|_| {
-            invalid(format!(
-                "mount {:?}: unknown propagation {}",
-                m.container_path, m.propagation
-            ))
-        })?;
-        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+        let propagation = m.propagation;
+        if m.image.is_some() {
             return Err(Error::Internal(format!(
                 "mount {:?}: an image volume reached spec generation unmounted",
                 m.container_path
@@ -126,7 +121,7 @@ impl Bind {
                     m.container_path
                 )));
             }
-            if propagation != MountPropagation::PropagationPrivate {
+            if propagation != Propagation::Private {
                 return Err(invalid(format!(
                     "mount {:?}: recursive_read_only requires private propagation",
                     m.container_path
@@ -145,9 +140,9 @@ impl Bind {
 
     pub fn options(&self) -> Vec<String> {
         let prop = match self.propagation {
-            MountPropagation::PropagationPrivate => "rprivate",
-            MountPropagation::PropagationHostToContainer => "rslave",
-            MountPropagation::PropagationBidirectional => "rshared",
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
         };
         let ro = match (self.readonly, self.recursive_readonly) {
             (true, true) => "rro",
@@ -173,11 +168,14 @@ impl Bind {
 /// everything under /dev when /dev itself is mounted), then the binds sorted by depth so a
 /// parent never shadows a child. CRI mounts win over sandbox files on the same path.
 pub(crate) fn container_mounts(
-    cri: &[CriMount],
+    asked: &[AskedMount],
     sandbox_files: Vec<Bind>,
     privileged: bool,
 ) -> Result<(Vec<Mount>, Option<String>)> {
-    let mut binds = cri.iter().map(Bind::from_cri).collect::<Result<Vec<_>>>()?;
+    let mut binds = asked
+        .iter()
+        .map(Bind::from_mount)
+        .collect::<Result<Vec<_>>>()?;
     for b in sandbox_files {
         if !binds.iter().any(|c| c.dst == b.dst) {
             binds.push(b);
@@ -203,12 +201,12 @@ pub(crate) fn container_mounts(
     }
     let rootfs_propagation = if binds
         .iter()
-        .any(|b| b.propagation == MountPropagation::PropagationBidirectional)
+        .any(|b| b.propagation == Propagation::Bidirectional)
     {
         Some("rshared".to_string())
     } else if binds
         .iter()
-        .any(|b| b.propagation == MountPropagation::PropagationHostToContainer)
+        .any(|b| b.propagation == Propagation::HostToContainer)
     {
         Some("rslave".to_string())
     } else {
@@ -221,12 +219,12 @@ pub(crate) fn container_mounts(
 mod tests {
     use super::*;
 
-    fn cri(dst: &str, src: &str, ro: bool, prop: MountPropagation) -> CriMount {
-        CriMount {
+    fn cri(dst: &str, src: &str, ro: bool, prop: Propagation) -> AskedMount {
+        AskedMount {
             container_path: dst.into(),
             host_path: src.into(),
             readonly: ro,
-            propagation: prop as i32,
+            propagation: prop,
             ..Default::default()
         }
     }
@@ -237,38 +235,20 @@ mod tests {
 
     #[test]
     fn propagation_options_table() {
-        use MountPropagation::*;
+        use Propagation::*;
         let cases = [
+            (Private, false, false, vec!["rbind", "rprivate", "rw"], None),
+            (Private, true, false, vec!["rbind", "rprivate", "ro"], None),
+            (Private, true, true, vec!["rbind", "rprivate", "rro"], None),
             (
-                PropagationPrivate,
-                false,
-                false,
-                vec!["rbind", "rprivate", "rw"],
-                None,
-            ),
-            (
-                PropagationPrivate,
-                true,
-                false,
-                vec!["rbind", "rprivate", "ro"],
-                None,
-            ),
-            (
-                PropagationPrivate,
-                true,
-                true,
-                vec!["rbind", "rprivate", "rro"],
-                None,
-            ),
-            (
-                PropagationHostToContainer,
+                HostToContainer,
                 false,
                 false,
                 vec!["rbind", "rslave", "rw"],
                 Some("rslave"),
             ),
             (
-                PropagationBidirectional,
+                Bidirectional,
                 true,
                 false,
                 vec!["rbind", "rshared", "ro"],
@@ -294,10 +274,10 @@ mod tests {
 
     #[test]
     fn rshared_wins_over_rslave() {
-        use MountPropagation::*;
+        use Propagation::*;
         let ms = [
-            cri("/a", "/a", false, PropagationHostToContainer),
-            cri("/b", "/b", false, PropagationBidirectional),
+            cri("/a", "/a", false, HostToContainer),
+            cri("/b", "/b", false, Bidirectional),
         ];
         assert_eq!(
             container_mounts(&ms, vec![], false).unwrap().1.as_deref(),
@@ -307,37 +287,22 @@ mod tests {
 
     #[test]
     fn bad_mounts_are_rejected() {
-        use MountPropagation::*;
-        let mut rro_rw = cri("/x", "/x", false, PropagationPrivate);
+        use Propagation::*;
+        let mut rro_rw = cri("/x", "/x", false, Private);
         rro_rw.recursive_read_only = true;
-        let mut rro_slave = cri("/x", "/x", true, PropagationHostToContainer);
+        let mut rro_slave = cri("/x", "/x", true, HostToContainer);
         rro_slave.recursive_read_only = true;
-        let mut bad_prop = cri("/x", "/x", false, PropagationPrivate);
-        bad_prop.propagation = 9;
         let cases = [
-            (
-                "relative container path",
-                cri("data", "/x", false, PropagationPrivate),
-            ),
-            (
-                "relative host path",
-                cri("/data", "x", false, PropagationPrivate),
-            ),
+            ("relative container path", cri("data", "/x", false, Private)),
+            ("relative host path", cri("/data", "x", false, Private)),
             (
                 "dotdot container",
-                cri("/data/../etc", "/x", false, PropagationPrivate),
+                cri("/data/../etc", "/x", false, Private),
             ),
-            (
-                "dotdot host",
-                cri("/data", "/srv/../etc", false, PropagationPrivate),
-            ),
-            (
-                "empty container path",
-                cri("", "/x", false, PropagationPrivate),
-            ),
+            ("dotdot host", cri("/data", "/srv/../etc", false, Private)),
+            ("empty container path", cri("", "/x", false, Private)),
             ("rro without ro", rro_rw),
             ("rro with rslave", rro_slave),
-            ("unknown propagation", bad_prop),
         ];
         for (what, m) in cases {
             match container_mounts(&[m], vec![], false) {
@@ -395,7 +360,7 @@ mod tests {
 
     #[test]
     fn sandbox_files_not_duplicated_and_defaults_overridden() {
-        use MountPropagation::*;
+        use Propagation::*;
         let files = vec![
             Bind::private("/etc/hosts", Path::new("/run/berth/p/hosts"), false),
             Bind::private(
@@ -405,7 +370,7 @@ mod tests {
             ),
             Bind::private("/dev/shm", Path::new("/run/berth/p/shm"), false),
         ];
-        let user = [cri("/etc/hosts/", "/my/hosts", true, PropagationPrivate)];
+        let user = [cri("/etc/hosts/", "/my/hosts", true, Private)];
         let (ms, _) = container_mounts(&user, files, false).unwrap();
         let hosts: Vec<_> = ms
             .iter()
@@ -435,11 +400,11 @@ mod tests {
 
     #[test]
     fn dev_mount_drops_everything_under_dev_and_binds_sorted_by_depth() {
-        use MountPropagation::*;
+        use Propagation::*;
         let user = [
-            cri("/a/b/c", "/x", false, PropagationPrivate),
-            cri("/dev", "/dev", false, PropagationPrivate),
-            cri("/a", "/y", false, PropagationPrivate),
+            cri("/a/b/c", "/x", false, Private),
+            cri("/dev", "/dev", false, Private),
+            cri("/a", "/y", false, Private),
         ];
         let (ms, _) = container_mounts(&user, vec![], true).unwrap();
         let under_dev: Vec<_> = ms

@@ -1,7 +1,6 @@
-//! CRI `LinuxContainerResources` → `linux.resources` (cpu shares/quota/period, cpuset,
+//! The asked-for resources → `linux.resources` (cpu shares/quota/period, cpuset,
 //! memory and swap, hugepages, unified) and `process.oomScoreAdj`.
 
-use k8s_cri::v1::LinuxContainerResources;
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxDeviceCgroup, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
     LinuxResources, LinuxResourcesBuilder,
@@ -9,6 +8,7 @@ use oci_spec::runtime::{
 
 use super::{invalid, oci};
 use crate::error::Result;
+use crate::workload::Resources;
 
 /// containerd's cpu shares for the infra (pause) process.
 pub(crate) const SANDBOX_CPU_SHARES: u64 = 2;
@@ -22,7 +22,7 @@ fn non_negative(what: &str, v: i64) -> Result<i64> {
 
 /// Fields left at 0 / empty are not set, as containerd's `WithResources`.
 pub(crate) fn linux_resources(
-    r: Option<&LinuxContainerResources>,
+    r: Option<&Resources>,
     devices: Vec<LinuxDeviceCgroup>,
 ) -> Result<LinuxResources> {
     let mut b = LinuxResourcesBuilder::default().devices(devices);
@@ -99,7 +99,7 @@ pub(crate) fn linux_resources(
 }
 
 /// `process.oomScoreAdj` from CRI, kept as sent (kubelet computes it) but range-checked.
-pub(crate) fn oom_score_adj(r: Option<&LinuxContainerResources>) -> Result<Option<i32>> {
+pub(crate) fn oom_score_adj(r: Option<&Resources>) -> Result<Option<i32>> {
     let Some(r) = r else { return Ok(None) };
     if !(-1000..=1000).contains(&r.oom_score_adj) {
         return Err(invalid(format!(
@@ -113,11 +113,11 @@ pub(crate) fn oom_score_adj(r: Option<&LinuxContainerResources>) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::HugepageLimit;
+    use crate::workload::HugepageLimit;
 
     #[test]
     fn resources_table() {
-        let r = LinuxContainerResources {
+        let r = Resources {
             cpu_period: 100_000,
             cpu_quota: 50_000,
             cpu_shares: 512,
@@ -155,19 +155,16 @@ mod tests {
 
     #[test]
     fn zero_fields_are_unset() {
-        let lr = linux_resources(Some(&LinuxContainerResources::default()), vec![]).unwrap();
+        let lr = linux_resources(Some(&Resources::default()), vec![]).unwrap();
         assert!(lr.cpu().is_none() && lr.memory().is_none() && lr.hugepage_limits().is_none());
         assert!(lr.unified().is_none());
         assert_eq!(oom_score_adj(None).unwrap(), None);
-        assert_eq!(
-            oom_score_adj(Some(&LinuxContainerResources::default())).unwrap(),
-            Some(0)
-        );
+        assert_eq!(oom_score_adj(Some(&Resources::default())).unwrap(), Some(0));
     }
 
     #[test]
     fn quota_minus_one_is_unlimited() {
-        let r = LinuxContainerResources {
+        let r = Resources {
             cpu_quota: -1,
             ..Default::default()
         };
@@ -178,34 +175,34 @@ mod tests {
     #[test]
     fn bad_resources_are_invalid() {
         let bad = [
-            LinuxContainerResources {
+            Resources {
                 cpu_shares: -2,
                 ..Default::default()
             },
-            LinuxContainerResources {
+            Resources {
                 cpu_period: -1,
                 ..Default::default()
             },
-            LinuxContainerResources {
+            Resources {
                 cpu_quota: -5,
                 ..Default::default()
             },
-            LinuxContainerResources {
+            Resources {
                 memory_limit_in_bytes: -1,
                 ..Default::default()
             },
-            LinuxContainerResources {
+            Resources {
                 memory_swap_limit_in_bytes: -3,
                 ..Default::default()
             },
-            LinuxContainerResources {
+            Resources {
                 hugepage_limits: vec![HugepageLimit {
                     page_size: String::new(),
                     limit: 1,
                 }],
                 ..Default::default()
             },
-            LinuxContainerResources {
+            Resources {
                 hugepage_limits: vec![HugepageLimit {
                     page_size: "2MB".into(),
                     limit: u64::MAX,
@@ -216,7 +213,7 @@ mod tests {
         for r in &bad {
             assert!(linux_resources(Some(r), vec![]).is_err(), "{r:?}");
         }
-        let oom = LinuxContainerResources {
+        let oom = Resources {
             oom_score_adj: 1001,
             ..Default::default()
         };

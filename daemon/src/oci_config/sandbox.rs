@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
@@ -14,10 +13,11 @@ use super::mounts::{default_mounts, Bind};
 use super::resources::SANDBOX_CPU_SHARES;
 use super::security::{masked_and_readonly, seccomp_choice, seccomp_spec};
 use super::{
-    annotations as a, cgroups_path, devices, invalid, namespace, nofile_rlimit, ns_mode, oci,
+    annotations as a, cgroups_path, devices, invalid, namespace, nofile_rlimit, oci,
     DEFAULT_PATH_ENV, OCI_VERSION,
 };
 use crate::error::Result;
+use crate::workload::{NamespaceMode, PodSpec};
 use oci_spec::runtime::LinuxCpuBuilder;
 use oci_spec::runtime::LinuxResourcesBuilder;
 
@@ -45,18 +45,16 @@ pub struct SandboxOpts {
     pub localhost_profile: Option<String>,
 }
 
-pub fn sandbox_spec(cfg: &PodSandboxConfig, o: &SandboxOpts) -> Result<Spec> {
+pub fn sandbox_spec(cfg: &PodSpec, o: &SandboxOpts) -> Result<Spec> {
     if o.id.is_empty() {
         return Err(invalid("sandbox id is empty"));
     }
     if o.args.is_empty() || o.args[0].is_empty() {
         return Err(invalid("no sandbox command"));
     }
-    let meta = cfg.metadata.clone().unwrap_or_default();
-    let linux = cfg.linux.clone().unwrap_or_default();
-    let sc = linux.security_context.clone().unwrap_or_default();
-    let nso = sc.namespace_options.clone().unwrap_or_default();
-    let (net, pid, ipc) = (ns_mode(nso.network)?, ns_mode(nso.pid)?, ns_mode(nso.ipc)?);
+    let sc = &cfg.security;
+    let nso = &sc.namespaces;
+    let (net, pid, ipc) = (nso.network, nso.pid, nso.ipc);
     if pid == NamespaceMode::Target {
         return Err(invalid(
             "TARGET pid namespace mode is only valid for containers",
@@ -66,8 +64,7 @@ pub fn sandbox_spec(cfg: &PodSandboxConfig, o: &SandboxOpts) -> Result<Spec> {
     let privileged = sc.privileged;
 
     // User: numeric only, the pause image has no /etc/passwd.
-    let uid = sc.run_as_user.as_ref().map(|v| v.value);
-    let gid = sc.run_as_group.as_ref().map(|v| v.value);
+    let (uid, gid) = (sc.run_as_user, sc.run_as_group);
     if uid.is_none() && gid.is_some() {
         return Err(invalid("run_as_group is specified without run_as_user"));
     }
@@ -95,8 +92,7 @@ pub fn sandbox_spec(cfg: &PodSandboxConfig, o: &SandboxOpts) -> Result<Spec> {
         .build())?;
 
     let caps = capability_set(None, privileged)?;
-    #[allow(deprecated)]
-    let choice = seccomp_choice(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
+    let choice = seccomp_choice(sc.seccomp.as_ref())?;
     let seccomp = seccomp_spec(&choice, privileged, &caps, o.localhost_profile.as_deref())?;
 
     let mut process = ProcessBuilder::default()
@@ -166,8 +162,8 @@ pub fn sandbox_spec(cfg: &PodSandboxConfig, o: &SandboxOpts) -> Result<Spec> {
     if let Some(p) = cgroups_path(&o.cgroup_parent, &o.id, o.systemd_cgroup)? {
         lb = lb.cgroups_path(p);
     }
-    if !linux.sysctls.is_empty() {
-        lb = lb.sysctl(linux.sysctls.clone());
+    if !cfg.sysctls.is_empty() {
+        lb = lb.sysctl(cfg.sysctls.clone());
     }
     if let Some(s) = seccomp {
         lb = lb.seccomp(s);
@@ -176,12 +172,12 @@ pub fn sandbox_spec(cfg: &PodSandboxConfig, o: &SandboxOpts) -> Result<Spec> {
     let mut ann = super::string_map(&[
         (a::CONTAINER_TYPE, a::CONTAINER_TYPE_SANDBOX),
         (a::SANDBOX_ID, &o.id),
-        (a::SANDBOX_NAME, &meta.name),
-        (a::SANDBOX_NAMESPACE, &meta.namespace),
-        (a::SANDBOX_UID, &meta.uid),
+        (a::SANDBOX_NAME, &cfg.name),
+        (a::SANDBOX_NAMESPACE, &cfg.namespace),
+        (a::SANDBOX_UID, &cfg.uid),
         (a::SANDBOX_LOG_DIR, &cfg.log_directory),
     ]);
-    if let Some(r) = &linux.resources {
+    if let Some(r) = &cfg.resources {
         for (k, v) in [
             (a::SANDBOX_CPU_PERIOD, r.cpu_period),
             (a::SANDBOX_CPU_QUOTA, r.cpu_quota),
@@ -217,43 +213,30 @@ pub fn sandbox_spec(cfg: &PodSandboxConfig, o: &SandboxOpts) -> Result<Spec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{
-        Int64Value, LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-        NamespaceOption, PodSandboxMetadata,
-    };
+    use crate::workload::{Namespaces, PodSecurity, Profile, Resources};
 
-    pub(crate) fn pod(
-        net: NamespaceMode,
-        pid: NamespaceMode,
-        ipc: NamespaceMode,
-    ) -> PodSandboxConfig {
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "web".into(),
-                uid: "uid-1".into(),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
+    pub(crate) fn pod(net: NamespaceMode, pid: NamespaceMode, ipc: NamespaceMode) -> PodSpec {
+        PodSpec {
+            name: "web".into(),
+            uid: "uid-1".into(),
+            namespace: "default".into(),
             hostname: "web-0".into(),
             log_directory: "/var/log/pods/default_web_uid-1".into(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: "/kubepods/pod-uid-1".into(),
-                sysctls: [(
-                    "net.ipv4.ip_unprivileged_port_start".to_string(),
-                    "0".to_string(),
-                )]
-                .into(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: net as i32,
-                        pid: pid as i32,
-                        ipc: ipc as i32,
-                        ..Default::default()
-                    }),
+            cgroup_parent: "/kubepods/pod-uid-1".into(),
+            sysctls: [(
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "0".to_string(),
+            )]
+            .into(),
+            security: PodSecurity {
+                namespaces: Namespaces {
+                    network: net,
+                    pid,
+                    ipc,
                     ..Default::default()
-                }),
+                },
                 ..Default::default()
-            }),
+            },
             ..Default::default()
         }
     }
@@ -426,22 +409,18 @@ mod tests {
     fn sandbox_user_resources_and_seccomp() {
         use NamespaceMode::*;
         let mut cfg = pod(Pod, Pod, Pod);
-        let linux = cfg.linux.as_mut().unwrap();
-        linux.resources = Some(LinuxContainerResources {
+        cfg.resources = Some(Resources {
             cpu_period: 100_000,
             cpu_quota: 20_000,
             cpu_shares: 102,
             memory_limit_in_bytes: 1 << 30,
             ..Default::default()
         });
-        let sc = linux.security_context.as_mut().unwrap();
-        sc.run_as_user = Some(Int64Value { value: 65535 });
-        sc.run_as_group = Some(Int64Value { value: 65535 });
+        let sc = &mut cfg.security;
+        sc.run_as_user = Some(65535);
+        sc.run_as_group = Some(65535);
         sc.supplemental_groups = vec![1, 2];
-        #[allow(deprecated)]
-        {
-            sc.seccomp_profile_path = "runtime/default".into();
-        }
+        sc.seccomp = Some(Profile::RuntimeDefault);
         let mut o = opts();
         o.oom_score_adj = Some(-998);
         o.systemd_cgroup = true;
@@ -470,13 +449,7 @@ mod tests {
         assert!(sandbox_spec(&pod(Pod, Pod, Pod), &o).is_err());
         assert!(sandbox_spec(&pod(Pod, Target, Pod), &opts()).is_err());
         let mut cfg = pod(Pod, Pod, Pod);
-        cfg.linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap()
-            .run_as_group = Some(Int64Value { value: 1 });
+        cfg.security.run_as_group = Some(1);
         assert!(sandbox_spec(&cfg, &opts()).is_err());
         let mut o = opts();
         o.cgroup_parent = "/kubepods/../x".into();

@@ -1,14 +1,13 @@
-//! Security context → spec: seccomp (RuntimeDefault / Localhost / Unconfined, new and
-//! deprecated CRI forms), AppArmor, and masked / read-only /proc paths.
+//! Security context → spec: seccomp (RuntimeDefault / Localhost / Unconfined), AppArmor,
+//! and masked / read-only /proc paths.
 
 use std::path::PathBuf;
 
-use k8s_cri::v1::security_profile::ProfileType;
-use k8s_cri::v1::SecurityProfile;
 use oci_spec::runtime::{Capabilities, LinuxSeccomp};
 
 use super::{invalid, seccomp};
 use crate::error::Result;
+use crate::workload::Profile;
 
 /// The name of the AppArmor profile RuntimeDefault asks for when the caller does not name
 /// one; the daemon is expected to load it before starting containers.
@@ -22,39 +21,13 @@ pub(crate) enum SeccompChoice {
     Localhost(PathBuf),
 }
 
-/// The new `seccomp` field wins; otherwise the deprecated `seccomp_profile_path`
-/// ("runtime/default", "docker/default", "localhost/<abs path>", "unconfined", "").
-/// Nothing at all means unconfined, as containerd 1.6 without `unset_seccomp_profile`.
-pub(crate) fn seccomp_choice(
-    sp: Option<&SecurityProfile>,
-    deprecated: &str,
-) -> Result<SeccompChoice> {
-    if let Some(sp) = sp {
-        let t = ProfileType::try_from(sp.profile_type)
-            .map_err(|_| invalid(format!("unknown seccomp profile type {}", sp.profile_type)))?;
-        if t != ProfileType::Localhost && !sp.localhost_ref.is_empty() {
-            return Err(invalid(
-                "seccomp localhost_ref is only valid with a Localhost profile",
-            ));
-        }
-        return Ok(match t {
-            ProfileType::Unconfined => SeccompChoice::Unconfined,
-            ProfileType::RuntimeDefault => SeccompChoice::RuntimeDefault,
-            ProfileType::Localhost => SeccompChoice::Localhost(localhost_path(
-                sp.localhost_ref
-                    .strip_prefix("localhost/")
-                    .unwrap_or(&sp.localhost_ref),
-            )?),
-        });
-    }
-    match deprecated {
-        "" | "unconfined" => Ok(SeccompChoice::Unconfined),
-        "runtime/default" | "docker/default" => Ok(SeccompChoice::RuntimeDefault),
-        p => match p.strip_prefix("localhost/") {
-            Some(path) => Ok(SeccompChoice::Localhost(localhost_path(path)?)),
-            None => Err(invalid(format!("unsupported seccomp profile {p:?}"))),
-        },
-    }
+/// Not set means unconfined, as containerd 1.6 without `unset_seccomp_profile`.
+pub(crate) fn seccomp_choice(profile: Option<&Profile>) -> Result<SeccompChoice> {
+    Ok(match profile {
+        None | Some(Profile::Unconfined) => SeccompChoice::Unconfined,
+        Some(Profile::RuntimeDefault) => SeccompChoice::RuntimeDefault,
+        Some(Profile::Localhost(p)) => SeccompChoice::Localhost(localhost_path(p)?),
+    })
 }
 
 fn localhost_path(p: &str) -> Result<PathBuf> {
@@ -63,11 +36,8 @@ fn localhost_path(p: &str) -> Result<PathBuf> {
 
 /// The Localhost seccomp profile file a container security context names, if any: the
 /// caller reads it and passes its contents as `ContainerOpts::localhost_profile`.
-pub fn seccomp_localhost_path(
-    sp: Option<&SecurityProfile>,
-    deprecated: &str,
-) -> Result<Option<PathBuf>> {
-    Ok(match seccomp_choice(sp, deprecated)? {
+pub fn seccomp_localhost_path(profile: Option<&Profile>) -> Result<Option<PathBuf>> {
+    Ok(match seccomp_choice(profile)? {
         SeccompChoice::Localhost(p) => Some(p),
         _ => None,
     })
@@ -102,13 +72,12 @@ pub(crate) fn seccomp_spec(
     }
 }
 
-/// `process.apparmorProfile`, as containerd: the `apparmor` field wins over the deprecated
-/// string; unset or RuntimeDefault → the default profile (none when privileged);
-/// "unconfined" → none; Localhost → that profile name. Without AppArmor on the host only
-/// Localhost is an error. `default_profile` None means RuntimeDefault applies no profile.
+/// `process.apparmorProfile`, as containerd: unset or RuntimeDefault → the default
+/// profile (none when privileged); Unconfined → none; Localhost → that profile name.
+/// Without AppArmor on the host only Localhost is an error. `default_profile` None means
+/// RuntimeDefault applies no profile.
 pub(crate) fn apparmor_profile(
-    sp: Option<&SecurityProfile>,
-    deprecated: &str,
+    profile: Option<&Profile>,
     privileged: bool,
     available: bool,
     default_profile: Option<&str>,
@@ -118,39 +87,13 @@ pub(crate) fn apparmor_profile(
         Unconfined,
         Named(String),
     }
-    let want = match sp {
-        Some(sp) => {
-            let t = ProfileType::try_from(sp.profile_type).map_err(|_| {
-                invalid(format!("unknown apparmor profile type {}", sp.profile_type))
-            })?;
-            if t != ProfileType::Localhost && !sp.localhost_ref.is_empty() {
-                return Err(invalid(
-                    "apparmor localhost_ref is only valid with a Localhost profile",
-                ));
-            }
-            match t {
-                ProfileType::RuntimeDefault => Want::Default,
-                ProfileType::Unconfined => Want::Unconfined,
-                ProfileType::Localhost => {
-                    let name = sp
-                        .localhost_ref
-                        .strip_prefix("localhost/")
-                        .unwrap_or(&sp.localhost_ref);
-                    if name.is_empty() {
-                        return Err(invalid("apparmor Localhost profile without a name"));
-                    }
-                    Want::Named(name.to_string())
-                }
-            }
+    let want = match profile {
+        None | Some(Profile::RuntimeDefault) => Want::Default,
+        Some(Profile::Unconfined) => Want::Unconfined,
+        Some(Profile::Localhost(name)) if name.is_empty() => {
+            return Err(invalid("apparmor Localhost profile without a name"))
         }
-        None => match deprecated {
-            "" | "runtime/default" => Want::Default,
-            "unconfined" => Want::Unconfined,
-            p => match p.strip_prefix("localhost/") {
-                Some(name) if !name.is_empty() => Want::Named(name.to_string()),
-                _ => return Err(invalid(format!("unsupported apparmor profile {p:?}"))),
-            },
-        },
+        Some(Profile::Localhost(name)) => Want::Named(name.clone()),
     };
     match want {
         Want::Unconfined => Ok(None),
@@ -217,76 +160,30 @@ mod tests {
     use crate::error::Error;
     use crate::oci_config::caps::default_caps;
 
-    fn sp(t: ProfileType, r: &str) -> SecurityProfile {
-        SecurityProfile {
-            profile_type: t as i32,
-            localhost_ref: r.into(),
-        }
+    fn local(p: &str) -> Option<Profile> {
+        Some(Profile::Localhost(p.into()))
     }
 
     #[test]
-    fn seccomp_forms_table() {
+    fn seccomp_choice_table() {
         use SeccompChoice::*;
-        let p = |s: &str| Localhost(PathBuf::from(s));
-        let cases: Vec<(Option<SecurityProfile>, &str, SeccompChoice)> = vec![
-            (None, "", Unconfined),
-            (None, "unconfined", Unconfined),
-            (None, "runtime/default", RuntimeDefault),
-            (None, "docker/default", RuntimeDefault),
-            (
-                None,
-                "localhost//var/lib/kubelet/seccomp/a.json",
-                p("/var/lib/kubelet/seccomp/a.json"),
-            ),
-            (
-                Some(sp(ProfileType::RuntimeDefault, "")),
-                "unconfined",
-                RuntimeDefault,
-            ),
-            (
-                Some(sp(ProfileType::Unconfined, "")),
-                "runtime/default",
-                Unconfined,
-            ),
-            (
-                Some(sp(ProfileType::Localhost, "/p/b.json")),
-                "",
-                p("/p/b.json"),
-            ),
-            (
-                Some(sp(ProfileType::Localhost, "localhost//p/c.json")),
-                "",
-                p("/p/c.json"),
-            ),
+        let cases: Vec<(Option<Profile>, SeccompChoice)> = vec![
+            (None, Unconfined),
+            (Some(Profile::Unconfined), Unconfined),
+            (Some(Profile::RuntimeDefault), RuntimeDefault),
+            (local("/p/b.json"), Localhost(PathBuf::from("/p/b.json"))),
+            (local("/p//c.json"), Localhost(PathBuf::from("/p/c.json"))),
         ];
-        for (sp, dep, want) in cases {
-            assert_eq!(
-                seccomp_choice(sp.as_ref(), dep).unwrap(),
-                want,
-                "{sp:?} {dep:?}"
-            );
+        for (p, want) in cases {
+            assert_eq!(seccomp_choice(p.as_ref()).unwrap(), want, "{p:?}");
         }
-        let bad: Vec<(Option<SecurityProfile>, &str)> = vec![
-            (None, "foo"),
-            (None, "localhost/relative.json"),
-            (None, "localhost//p/../etc/x.json"),
-            (Some(sp(ProfileType::Localhost, "")), ""),
-            (Some(sp(ProfileType::RuntimeDefault, "/p/x.json")), ""),
-            (
-                Some(SecurityProfile {
-                    profile_type: 7,
-                    localhost_ref: String::new(),
-                }),
-                "",
-            ),
-        ];
-        for (sp, dep) in bad {
+        for bad in ["", "relative.json", "/p/../etc/x.json"] {
             assert!(
                 matches!(
-                    seccomp_choice(sp.as_ref(), dep),
+                    seccomp_choice(local(bad).as_ref()),
                     Err(Error::InvalidArgument(_))
                 ),
-                "{sp:?} {dep:?}"
+                "{bad:?}"
             );
         }
     }
@@ -307,13 +204,13 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-        let local = SeccompChoice::Localhost(PathBuf::from("/p.json"));
+        let l = SeccompChoice::Localhost(PathBuf::from("/p.json"));
         assert!(matches!(
-            seccomp_spec(&local, false, &caps, None),
+            seccomp_spec(&l, false, &caps, None),
             Err(Error::InvalidArgument(_))
         ));
         let s = seccomp_spec(
-            &local,
+            &l,
             false,
             &caps,
             Some(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#),
@@ -322,11 +219,11 @@ mod tests {
         .unwrap();
         assert!(s.syscalls().is_none());
         assert_eq!(
-            seccomp_localhost_path(None, "localhost//p.json").unwrap(),
+            seccomp_localhost_path(local("/p.json").as_ref()).unwrap(),
             Some(PathBuf::from("/p.json"))
         );
         assert_eq!(
-            seccomp_localhost_path(None, "runtime/default").unwrap(),
+            seccomp_localhost_path(Some(&Profile::RuntimeDefault)).unwrap(),
             None
         );
     }
@@ -334,44 +231,28 @@ mod tests {
     #[test]
     fn apparmor_table() {
         let d = Some(APPARMOR_DEFAULT_PROFILE);
-        let s = |t, r: &str| Some(sp(t, r));
-        // (profile, deprecated string, privileged, apparmor available, expected profile)
-        type Case<'a> = (
-            Option<SecurityProfile>,
-            &'a str,
-            bool,
-            bool,
-            Option<&'a str>,
-        );
+        // (profile, privileged, apparmor available, expected profile)
+        type Case<'a> = (Option<Profile>, bool, bool, Option<&'a str>);
         let cases: Vec<Case> = vec![
-            (None, "", false, true, d),
-            (None, "runtime/default", false, true, d),
-            (None, "runtime/default", true, true, None),
-            (None, "", false, false, None),
-            (None, "unconfined", false, true, None),
-            (None, "localhost/my-prof", false, true, Some("my-prof")),
-            (None, "localhost/my-prof", true, true, Some("my-prof")),
-            (
-                s(ProfileType::Localhost, "my-prof"),
-                "unconfined",
-                false,
-                true,
-                Some("my-prof"),
-            ),
-            (s(ProfileType::Unconfined, ""), "", false, true, None),
-            (s(ProfileType::RuntimeDefault, ""), "", false, true, d),
+            (None, false, true, d),
+            (Some(Profile::RuntimeDefault), false, true, d),
+            (Some(Profile::RuntimeDefault), true, true, None),
+            (None, false, false, None),
+            (Some(Profile::Unconfined), false, true, None),
+            (local("my-prof"), false, true, Some("my-prof")),
+            (local("my-prof"), true, true, Some("my-prof")),
         ];
-        for (sp, dep, privileged, available, want) in cases {
-            let got = apparmor_profile(sp.as_ref(), dep, privileged, available, d).unwrap();
+        for (p, privileged, available, want) in cases {
+            let got = apparmor_profile(p.as_ref(), privileged, available, d).unwrap();
             assert_eq!(
                 got.as_deref(),
                 want,
-                "{sp:?} {dep:?} privileged={privileged} available={available}"
+                "{p:?} privileged={privileged} available={available}"
             );
         }
-        assert!(apparmor_profile(None, "localhost/x", false, false, d).is_err());
-        assert!(apparmor_profile(None, "bogus", false, true, d).is_err());
-        assert_eq!(apparmor_profile(None, "", false, true, None).unwrap(), None);
+        assert!(apparmor_profile(local("x").as_ref(), false, false, d).is_err());
+        assert!(apparmor_profile(local("").as_ref(), false, true, d).is_err());
+        assert_eq!(apparmor_profile(None, false, true, None).unwrap(), None);
     }
 
     #[test]

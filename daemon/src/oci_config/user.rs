@@ -2,7 +2,7 @@
 //! `USER`, resolved through the image's /etc/passwd and /etc/group contents the way
 //! containerd's `oci.WithUser` / `WithAdditionalGIDs` do.
 
-use k8s_cri::v1::{LinuxContainerSecurityContext, SupplementalGroupsPolicy};
+use crate::workload::{ContainerSecurity, SupplementalGroupsPolicy};
 
 use super::invalid;
 use crate::error::Result;
@@ -84,7 +84,7 @@ fn parse_id(s: &str) -> Option<std::result::Result<u32, ()>> {
 /// Resolve the container identity. `passwd`/`group` are the image's file contents (None
 /// when the image has no such file).
 pub(crate) fn resolve(
-    sc: Option<&LinuxContainerSecurityContext>,
+    sc: &ContainerSecurity,
     image_user: &str,
     passwd: Option<&str>,
     group: Option<&str>,
@@ -92,14 +92,14 @@ pub(crate) fn resolve(
     let users = passwd.map(parse_passwd).unwrap_or_default();
     let groups = group.map(parse_group).unwrap_or_default();
     let run_as_user = sc
-        .and_then(|s| s.run_as_user.as_ref())
-        .map(|v| id_from_i64("run_as_user", v.value))
+        .run_as_user
+        .map(|v| id_from_i64("run_as_user", v))
         .transpose()?;
     let run_as_group = sc
-        .and_then(|s| s.run_as_group.as_ref())
-        .map(|v| id_from_i64("run_as_group", v.value))
+        .run_as_group
+        .map(|v| id_from_i64("run_as_group", v))
         .transpose()?;
-    let username = sc.map(|s| s.run_as_username.as_str()).unwrap_or_default();
+    let username = sc.run_as_username.as_str();
 
     // containerd's generateUserString, plus a check that a username and a uid agree.
     let user_part = match (username, run_as_user) {
@@ -131,9 +131,7 @@ pub(crate) fn resolve(
     };
     let (uid, gid, name) = parse_user_string(&user_str, &users, &groups)?;
 
-    let policy = sc.map(|s| s.supplemental_groups_policy).unwrap_or_default();
-    let policy = SupplementalGroupsPolicy::try_from(policy)
-        .map_err(|_| invalid(format!("unknown supplemental_groups_policy {policy}")))?;
+    let policy = sc.supplemental_groups_policy;
     let mut gids = vec![gid];
     if policy == SupplementalGroupsPolicy::Merge {
         let name = name.or_else(|| users.iter().find(|u| u.uid == uid).map(|u| u.name.clone()));
@@ -146,10 +144,7 @@ pub(crate) fn resolve(
             );
         }
     }
-    for g in sc
-        .map(|s| s.supplemental_groups.as_slice())
-        .unwrap_or_default()
-    {
+    for g in &sc.supplemental_groups {
         gids.push(id_from_i64("supplemental group", *g)?);
     }
     gids.sort_unstable();
@@ -223,7 +218,6 @@ fn parse_user_string(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::Int64Value;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
         # comment\n\
@@ -245,16 +239,16 @@ mod tests {
         name: &str,
         supp: &[i64],
         strict: bool,
-    ) -> LinuxContainerSecurityContext {
-        LinuxContainerSecurityContext {
-            run_as_user: uid.map(|value| Int64Value { value }),
-            run_as_group: gid.map(|value| Int64Value { value }),
+    ) -> ContainerSecurity {
+        ContainerSecurity {
+            run_as_user: uid,
+            run_as_group: gid,
             run_as_username: name.into(),
             supplemental_groups: supp.to_vec(),
             supplemental_groups_policy: if strict {
-                SupplementalGroupsPolicy::Strict as i32
+                SupplementalGroupsPolicy::Strict
             } else {
-                SupplementalGroupsPolicy::Merge as i32
+                SupplementalGroupsPolicy::Merge
             },
             ..Default::default()
         }
@@ -274,7 +268,7 @@ mod tests {
     fn user_resolution_table() {
         type Case<'a> = (
             &'a str,
-            Option<LinuxContainerSecurityContext>,
+            Option<ContainerSecurity>,
             &'a str,
             (u32, u32, &'a [u32]),
         );
@@ -346,7 +340,7 @@ mod tests {
             ),
         ];
         for (what, sc, image, (uid, gid, extra)) in cases {
-            let id = resolve(sc.as_ref(), image, Some(PASSWD), Some(GROUP))
+            let id = resolve(&sc.unwrap_or_default(), image, Some(PASSWD), Some(GROUP))
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             assert_eq!(
                 (id.uid, id.gid, id.additional_gids.as_slice()),
@@ -358,18 +352,18 @@ mod tests {
 
     #[test]
     fn without_passwd_numeric_users_work() {
-        let id = resolve(None, "1000:1000", None, None).unwrap();
+        let id = resolve(&Default::default(), "1000:1000", None, None).unwrap();
         assert_eq!(
             (id.uid, id.gid, id.additional_gids),
             (1000, 1000, vec![1000])
         );
-        let id = resolve(None, "1000", None, None).unwrap();
+        let id = resolve(&Default::default(), "1000", None, None).unwrap();
         assert_eq!((id.uid, id.gid), (1000, 0));
     }
 
     #[test]
     fn bad_users_are_invalid_argument() {
-        let cases: Vec<(&str, Option<LinuxContainerSecurityContext>, &str)> = vec![
+        let cases: Vec<(&str, Option<ContainerSecurity>, &str)> = vec![
             ("unknown name", None, "nobody"),
             ("unknown group", None, "app:nogroup"),
             ("three parts", None, "1:2:3"),
@@ -398,7 +392,7 @@ mod tests {
             ),
         ];
         for (what, sc, image) in cases {
-            match resolve(sc.as_ref(), image, Some(PASSWD), Some(GROUP)) {
+            match resolve(&sc.unwrap_or_default(), image, Some(PASSWD), Some(GROUP)) {
                 Err(crate::error::Error::InvalidArgument(_)) => {}
                 other => panic!("{what}: expected InvalidArgument, got {other:?}"),
             }

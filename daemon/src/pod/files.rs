@@ -1,9 +1,9 @@
 //! The per-pod files every container of the pod mounts: /etc/hostname, /etc/hosts and
-//! /etc/resolv.conf, generated from the PodSandboxConfig.
+//! /etc/resolv.conf, generated from the PodSpec.
 
 use std::path::Path;
 
-use k8s_cri::v1::PodSandboxConfig;
+use crate::workload::PodSpec;
 
 use crate::error::{Error, Result};
 
@@ -12,7 +12,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
 }
 
 /// The hostname a pod gets: its configured hostname, else the host's for host-network pods.
-pub fn hostname(cfg: &PodSandboxConfig, host_network: bool) -> String {
+pub fn hostname(cfg: &PodSpec, host_network: bool) -> String {
     if host_network {
         return std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -22,7 +22,7 @@ pub fn hostname(cfg: &PodSandboxConfig, host_network: bool) -> String {
 }
 
 /// Writes hostname, hosts and resolv.conf into `dir`.
-pub fn write_all(dir: &Path, cfg: &PodSandboxConfig, host_network: bool) -> Result<()> {
+pub fn write_all(dir: &Path, cfg: &PodSpec, host_network: bool) -> Result<()> {
     let host = hostname(cfg, host_network);
     write(dir, "hostname", &format!("{host}\n"))?;
     let hosts = if host_network {
@@ -35,9 +35,9 @@ pub fn write_all(dir: &Path, cfg: &PodSandboxConfig, host_network: bool) -> Resu
 }
 
 /// resolv.conf from the pod's DNSConfig, or the host's when it has none.
-pub fn resolv_conf(cfg: &PodSandboxConfig) -> Result<String> {
+pub fn resolv_conf(cfg: &PodSpec) -> Result<String> {
     let Some(dns) = cfg
-        .dns_config
+        .dns
         .as_ref()
         .filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty())
     else {
@@ -64,12 +64,12 @@ pub fn resolv_conf(cfg: &PodSandboxConfig) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::DnsConfig;
+    use crate::workload::Dns;
 
     #[test]
     fn resolv_conf_from_dns_config() {
-        let cfg = PodSandboxConfig {
-            dns_config: Some(DnsConfig {
+        let cfg = PodSpec {
+            dns: Some(Dns {
                 servers: vec!["10.96.0.10".into()],
                 searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
                 options: vec!["ndots:5".into()],
@@ -80,8 +80,8 @@ mod tests {
             resolv_conf(&cfg).unwrap(),
             "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
         );
-        let bad = PodSandboxConfig {
-            dns_config: Some(DnsConfig {
+        let bad = PodSpec {
+            dns: Some(Dns {
                 servers: vec!["nope".into()],
                 ..Default::default()
             }),
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn files_are_written() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = PodSandboxConfig {
+        let cfg = PodSpec {
             hostname: "web-1".into(),
             ..Default::default()
         };

@@ -75,8 +75,9 @@ impl Pods {
         self.store.pod(id)
     }
 
+    /// Every pod for a List call (a record that cannot be read is logged and left out).
     pub fn list(&self) -> Result<Vec<PodRecord>> {
-        self.store.pods()
+        self.store.listed_pods()
     }
 
     /// The pod's shim client, reconnecting from the stored address after a restart.

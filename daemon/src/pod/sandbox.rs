@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_cri::v1::PodSandboxConfig;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -18,6 +17,7 @@ use super::{files, Pods};
 use crate::records::{PodRecord, PodState, Records};
 use crate::shim_client::{forget_task, NewTask, RootfsMount, ShimHandle, TaskStatus};
 use crate::util::{new_id, now_ns, validate_name};
+use crate::workload::{PodSpec, Protocol};
 
 /// How long Stop waits for the infra process to die after SIGKILL.
 pub(super) const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -39,13 +39,12 @@ pub fn pause_rootfs(root: &Path) -> Result<PathBuf> {
     Ok(rootfs)
 }
 
-pub fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArgs {
-    let md = cfg.metadata.clone().unwrap_or_default();
+pub fn net_args(id: &str, cfg: &PodSpec, pod_cidr: String) -> PodNetArgs {
     PodNetArgs {
         sandbox_id: id.to_string(),
-        pod_name: md.name,
-        pod_namespace: md.namespace,
-        pod_uid: md.uid,
+        pod_name: cfg.name.clone(),
+        pod_namespace: cfg.namespace.clone(),
+        pod_uid: cfg.uid.clone(),
         ifname: "eth0".into(),
         port_mappings: cfg
             .port_mappings
@@ -55,14 +54,14 @@ pub fn net_args(id: &str, cfg: &PodSandboxConfig, pod_cidr: String) -> PodNetArg
                 host_port: p.host_port,
                 container_port: p.container_port,
                 protocol: match p.protocol {
-                    1 => "udp".into(),
-                    2 => "sctp".into(),
-                    _ => "tcp".into(),
+                    Protocol::Tcp => "tcp".into(),
+                    Protocol::Udp => "udp".into(),
+                    Protocol::Sctp => "sctp".into(),
                 },
                 host_ip: p.host_ip.clone(),
             })
             .collect(),
-        dns: cfg.dns_config.as_ref().map(|d| crate::network::DnsArgs {
+        dns: cfg.dns.as_ref().map(|d| crate::network::DnsArgs {
             servers: d.servers.clone(),
             searches: d.searches.clone(),
             options: d.options.clone(),
@@ -108,15 +107,8 @@ impl Undo {
 
 impl Pods {
     /// Makes a pod Ready; returns its id and shim (the caller starts watching it).
-    pub async fn run(
-        &self,
-        cfg: PodSandboxConfig,
-        handler: String,
-    ) -> Result<(String, ShimHandle)> {
-        let md = cfg
-            .metadata
-            .clone()
-            .ok_or_else(|| Error::InvalidArgument("sandbox metadata is required".into()))?;
+    pub async fn run(&self, cfg: PodSpec, handler: String) -> Result<(String, ShimHandle)> {
+        let md = &cfg;
         validate_name("sandbox name", &md.name)?;
         validate_name("sandbox namespace", &md.namespace)?;
         validate_name("sandbox uid", &md.uid)?;
@@ -203,18 +195,8 @@ impl Pods {
             undo.cni = Some((list.clone(), args.clone()));
             cni_job = Some((list, nsp, args));
         }
-        let sc = rec
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.clone())
-            .unwrap_or_default();
-        // Older kubelets still send the deprecated string form.
-        #[allow(deprecated)]
-        let localhost_profile = crate::container::load_localhost_profile(
-            sc.seccomp.as_ref(),
-            &sc.seccomp_profile_path,
-        )?;
+        let localhost_profile =
+            crate::container::load_localhost_profile(rec.config.security.seccomp.as_ref())?;
         let (rootfs, args, rootfs_mounts) = self.infra_root(&rec).await?;
         let spec = crate::oci_config::sandbox_spec(
             &rec.config,
@@ -241,8 +223,8 @@ impl Pods {
         )?;
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
-        std::fs::write(rec.bundle.join("config.json"), json)
-            .map_err(|e| Error::io("write config.json", e))?;
+        // The spec holds the container's env (Secret values): root's alone.
+        crate::util::modes::write_private(&rec.bundle.join("config.json"), &json)?;
         // CNI wires the pinned netns while the shim starts the infra process in it: the
         // two only share the netns path, and a pod's start takes the longer of the two.
         let network = async {

@@ -2,16 +2,12 @@
 //! running container, each sampled from its cgroup through the pod's shim), the network
 //! counters of the pod's namespace, and each container's own stats.
 
-use k8s_cri::v1::{
-    ContainerStats, LinuxPodSandboxStats, NetworkInterfaceUsage, NetworkUsage,
-    PodSandboxAttributes, PodSandboxStats, ProcessUsage, UInt64Value,
-};
-
 use crate::error::Result;
 use crate::shim_client::Sample;
 
 use super::Pods;
-use crate::records::{PodRecord, PodState, Records};
+use crate::container::ContainerUsage;
+use crate::records::{ContainerRecord, PodRecord, PodState, Records};
 
 /// One interface's counters from `/proc/<pid>/net/dev`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,77 +60,41 @@ pub fn pod_ifaces(rec: &PodRecord) -> Vec<IfaceCounters> {
         .unwrap_or_default()
 }
 
-/// The pod's sample, its network counters and each container's stats.
+/// The pod's sample, its network counters and each container's usage.
 pub struct PodSample {
+    /// When it was taken (ns since the epoch).
+    pub at: i64,
     pub total: Option<Sample>,
     pub ifaces: Vec<IfaceCounters>,
-    pub containers: Vec<(ContainerStats, Option<Sample>)>,
+    pub containers: Vec<(ContainerRecord, ContainerUsage)>,
 }
 
 impl Pods {
     pub async fn sample(&self, rec: &PodRecord) -> Result<PodSample> {
+        let at = crate::util::now_ns();
         let mut containers = Vec::new();
         for c in self.store.containers_of(&rec.id)? {
-            containers.push(self.containers.stats_sampled(&c).await?);
+            let usage = self.containers.usage(&c).await?;
+            containers.push((c, usage));
         }
         if rec.state != PodState::Ready || rec.pid == 0 {
             return Ok(PodSample {
+                at,
                 total: None,
                 ifaces: Vec::new(),
                 containers,
             });
         }
         let mut total = self.shim_of(rec).await?.stats(&rec.id).await?;
-        for s in containers.iter().filter_map(|(_, s)| s.as_ref()) {
+        for s in containers.iter().filter_map(|(_, u)| u.sample.as_ref()) {
             total.add(s);
         }
         let ifaces = pod_ifaces(rec);
         Ok(PodSample {
+            at,
             total: Some(total),
             ifaces,
             containers,
-        })
-    }
-
-    pub async fn stats(&self, rec: &PodRecord) -> Result<PodSandboxStats> {
-        let now = crate::util::now_ns();
-        let s = self.sample(rec).await?;
-        let v = |value| Some(UInt64Value { value });
-        let usage = |i: &IfaceCounters| NetworkInterfaceUsage {
-            name: i.name.clone(),
-            rx_bytes: v(i.rx_bytes),
-            rx_errors: v(i.rx_errors),
-            tx_bytes: v(i.tx_bytes),
-            tx_errors: v(i.tx_errors),
-        };
-        let network = (!s.ifaces.is_empty()).then(|| NetworkUsage {
-            timestamp: now,
-            default_interface: s
-                .ifaces
-                .iter()
-                .find(|i| i.name == "eth0")
-                .or(s.ifaces.first())
-                .map(usage),
-            interfaces: s.ifaces.iter().map(usage).collect(),
-        });
-        Ok(PodSandboxStats {
-            attributes: Some(PodSandboxAttributes {
-                id: rec.id.clone(),
-                metadata: rec.config.metadata.clone(),
-                labels: rec.config.labels.clone(),
-                annotations: rec.config.annotations.clone(),
-            }),
-            linux: Some(LinuxPodSandboxStats {
-                cpu: s.total.map(|t| t.cpu(now)),
-                memory: s.total.map(|t| t.memory(now)),
-                network,
-                process: s.total.map(|t| ProcessUsage {
-                    timestamp: now,
-                    process_count: v(t.pids),
-                }),
-                containers: s.containers.into_iter().map(|(c, _)| c).collect(),
-            }),
-            windows: None,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! nothing behind; a pod runs, stops and goes with every step taken in its shim.
 
 use crate::events::Kind;
-use crate::records::{PodState, Records};
+use crate::records::{CtrState, PodState, Records};
+use crate::store::{CONTAINERS, PODS};
 use crate::testkit::{host_pod, kit, Kit};
 
 fn leftovers(k: &Kit) -> Vec<std::path::PathBuf> {
@@ -115,4 +116,36 @@ async fn stop_and_remove_end_the_infra_and_the_shim() {
     // Idempotent, as kubelet expects.
     pods.stop(&id).await.unwrap();
     pods.remove(&id).await.unwrap();
+}
+
+#[test]
+fn an_undecodable_record_is_left_out_of_the_lists_not_failing_them() {
+    let k = kit();
+    k.ready_pod("p1");
+    k.container("c1", "p1", CtrState::Running);
+    let store = k.core.store();
+    store
+        .put(PODS, "garbage", &serde_json::json!({"id": 7}))
+        .unwrap();
+    store
+        .put(CONTAINERS, "garbage", &serde_json::json!("not a record"))
+        .unwrap();
+    let pods: Vec<_> = k
+        .core
+        .pods
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(pods, ["p1"]);
+    let ctrs: Vec<_> = k
+        .core
+        .containers
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ctrs, ["c1"]);
 }

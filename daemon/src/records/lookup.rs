@@ -13,8 +13,23 @@ pub trait Records {
     /// The container's record; NotFound names it.
     fn container(&self, id: &str) -> Result<ContainerRecord>;
     fn containers(&self) -> Result<Vec<ContainerRecord>>;
+    /// Every pod whose record decodes, for a List call; undecodable ones are logged.
+    fn listed_pods(&self) -> Result<Vec<PodRecord>>;
+    /// Every container whose record decodes, for a List call; undecodable ones are logged.
+    fn listed_containers(&self) -> Result<Vec<ContainerRecord>>;
     /// Every container of a pod.
     fn containers_of(&self, pod_id: &str) -> Result<Vec<ContainerRecord>>;
+}
+
+fn readable<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    table: redb::TableDefinition<&str, &[u8]>,
+) -> Result<Vec<T>> {
+    let (records, bad) = store.list_readable(table)?;
+    for key in bad {
+        tracing::error!(%table, key = %key, "undecodable record left out of the list");
+    }
+    Ok(records)
 }
 
 impl Records for Store {
@@ -34,6 +49,14 @@ impl Records for Store {
 
     fn containers(&self) -> Result<Vec<ContainerRecord>> {
         self.list(CONTAINERS)
+    }
+
+    fn listed_pods(&self) -> Result<Vec<PodRecord>> {
+        readable(self, PODS)
+    }
+
+    fn listed_containers(&self) -> Result<Vec<ContainerRecord>> {
+        readable(self, CONTAINERS)
     }
 
     fn containers_of(&self, pod_id: &str) -> Result<Vec<ContainerRecord>> {

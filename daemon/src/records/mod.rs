@@ -4,14 +4,14 @@
 
 mod lookup;
 pub mod migrate;
-mod wire;
 
 use std::path::PathBuf;
 
-use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 
 pub use lookup::Records;
+
+use crate::workload::{ContainerSpec, PodSpec};
 
 /// CRI sandbox states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +26,8 @@ pub struct PodRecord {
     pub id: String,
     /// kubelet's unique pod name: name_namespace_uid_attempt (the reserved name).
     pub name_key: String,
-    #[serde(with = "wire")]
-    pub config: PodSandboxConfig,
+    /// What kubelet asked for.
+    pub config: PodSpec,
     pub runtime_handler: String,
     pub state: PodState,
     /// Nanoseconds since the epoch.
@@ -59,22 +59,14 @@ impl PodRecord {
 
     /// The cgroup parent of the pod's tasks: its own, else `default` (the configured).
     pub fn cgroup_parent(&self, default: &str) -> String {
-        self.config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| default.to_string())
+        match self.config.cgroup_parent.as_str() {
+            "" => default.to_string(),
+            p => p.to_string(),
+        }
     }
 
     pub fn host_network(&self) -> bool {
-        use k8s_cri::v1::NamespaceMode;
-        self.config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.as_ref())
-            .is_some_and(|n| n.network == NamespaceMode::Node as i32)
+        self.config.host_network()
     }
 }
 
@@ -92,8 +84,8 @@ pub struct ContainerRecord {
     pub pod_id: String,
     /// kubelet's unique name: name_podname_podnamespace_poduid_attempt (reserved).
     pub name_key: String,
-    #[serde(with = "wire")]
-    pub config: ContainerConfig,
+    /// What kubelet asked for.
+    pub config: ContainerSpec,
     /// The image as asked for, and the image id (config digest) it resolved to.
     pub image_name: String,
     pub image_id: String,

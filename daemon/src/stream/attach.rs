@@ -17,6 +17,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use super::exec::{self, Sink, Streams};
+use super::queue::ByteRx;
 use super::spdy::conn::{Incoming, Session};
 use super::Server;
 use crate::container::session::SessionIo;
@@ -56,7 +57,8 @@ pub async fn serve_spdy(
     session: Session,
 ) {
     let mut done = Vec::new();
-    match exec::collect(req.flags(), protocol, &mut incoming, &mut done).await {
+    let within = server.limits().creation_timeout;
+    match exec::collect(req.flags(), protocol, &mut incoming, &mut done, within).await {
         Ok(streams) => {
             // The stream receiver ends with the connection's read side.
             let gone = Box::pin(async move { while incoming.recv().await.is_some() {} });
@@ -111,7 +113,7 @@ async fn forward(mut r: pipe::Receiver, tx: Sink) {
 
 /// Copies the client's stdin into the container's stdin FIFO until the client's stdin
 /// ends (or the container stops reading it).
-async fn stdin_in(mut rx: mpsc::Receiver<Vec<u8>>, mut w: pipe::Sender) {
+async fn stdin_in(mut rx: ByteRx, mut w: pipe::Sender) {
     while let Some(b) = rx.recv().await {
         if w.write_all(&b).await.is_err() {
             return;
@@ -161,8 +163,8 @@ async fn run(server: &Server, req: &AttachReq, s: Streams, gone: Gone) -> Result
             }
             _ => None,
         };
-        if let Some(rx) = s.resize.filter(|_| ctty) {
-            let h = tokio::spawn(exec::pump_resize(rx, control.clone()));
+        if let Some(r) = s.resize.filter(|_| ctty) {
+            let h = tokio::spawn(exec::pump_resize(r, control.clone()));
             pumps.push(h.abort_handle());
         }
         let has_outs = !outs.is_empty();

@@ -12,14 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
-use super::spdy::conn::{Incoming, Session, StreamTx};
+use super::limits::RESIZE_PENDING_MAX;
+use super::queue::ByteRx;
+use super::spdy::conn::{self, Incoming, Session, StreamTx};
 use super::spdy::frame::header;
 use super::Server;
 use crate::container::session::{Control, SessionIo};
 use crate::error::{Error, Result};
-
-/// How long the client has to open every stream it announced.
-const STREAMS_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct ExecReq {
@@ -49,10 +48,18 @@ pub type Sink = mpsc::Sender<Vec<u8>>;
 #[derive(Default)]
 pub struct Streams {
     pub error: Option<Sink>,
-    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    pub stdin: Option<ByteRx>,
     pub stdout: Option<Sink>,
     pub stderr: Option<Sink>,
-    pub resize: Option<mpsc::Receiver<Vec<u8>>>,
+    pub resize: Option<Resize>,
+}
+
+/// The client's terminal sizes, and how to end their stream when they make no sense.
+pub struct Resize {
+    pub rx: ByteRx,
+    /// SPDY: the stream, reset on a parse error (a WebSocket channel has nothing to reset:
+    /// its messages are dropped from then on).
+    pub stream: Option<StreamTx>,
 }
 
 /// A sink that writes to a SPDY stream and half-closes it when dropped; the handle ends
@@ -70,11 +77,14 @@ pub(super) fn spdy_sink(tx: StreamTx, done: &mut Vec<tokio::task::JoinHandle<()>
     s
 }
 
+/// The streams of a session, waiting up to `within` (the stream creation timeout) for
+/// every one the request announced.
 pub(super) async fn collect(
     req: SessionIo,
     protocol: &str,
     incoming: &mut mpsc::Receiver<Incoming>,
     done: &mut Vec<tokio::task::JoinHandle<()>>,
+    within: Duration,
 ) -> Result<Streams> {
     // v3 and later clients open a resize stream for a terminal.
     let resize = req.tty && matches!(protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
@@ -85,7 +95,7 @@ pub(super) async fn collect(
         + usize::from(resize);
     let mut s = Streams::default();
     let mut got = 0;
-    let deadline = tokio::time::Instant::now() + STREAMS_WAIT;
+    let deadline = tokio::time::Instant::now() + within;
     while got < want {
         let inc = tokio::time::timeout_at(deadline, incoming.recv())
             .await
@@ -101,7 +111,12 @@ pub(super) async fn collect(
             "stdin" => s.stdin = Some(inc.rx),
             "stdout" => s.stdout = Some(spdy_sink(inc.tx, done)),
             "stderr" => s.stderr = Some(spdy_sink(inc.tx, done)),
-            "resize" => s.resize = Some(inc.rx),
+            "resize" => {
+                s.resize = Some(Resize {
+                    rx: inc.rx,
+                    stream: Some(inc.tx),
+                })
+            }
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown stream type {other:?}"
@@ -146,7 +161,8 @@ pub async fn serve_spdy(
     session: Session,
 ) {
     let mut done = Vec::new();
-    match collect(req.flags(), protocol, &mut incoming, &mut done).await {
+    let within = server.limits().creation_timeout;
+    match collect(req.flags(), protocol, &mut incoming, &mut done, within).await {
         Ok(streams) => serve(server, &req, protocol, streams).await,
         Err(e) => tracing::warn!(container_id = %req.container_id, error = %e, "exec session"),
     }
@@ -188,7 +204,7 @@ async fn pump_out(mut r: pipe::Receiver, mut tx: Option<Sink>) {
     }
 }
 
-async fn pump_in(mut rx: mpsc::Receiver<Vec<u8>>, mut w: pipe::Sender, control: Control) {
+async fn pump_in(mut rx: ByteRx, mut w: pipe::Sender, control: Control) {
     while let Some(b) = rx.recv().await {
         if w.write_all(&b).await.is_err() {
             break;
@@ -204,25 +220,62 @@ async fn pump_in(mut rx: mpsc::Receiver<Vec<u8>>, mut w: pipe::Sender, control: 
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TermSize {
+pub(super) struct TermSize {
     width: u32,
     height: u32,
 }
 
-/// Terminal sizes arrive as a run of JSON objects.
-pub(super) async fn pump_resize(mut rx: mpsc::Receiver<Vec<u8>>, control: Control) {
+/// Terminal sizes arrive as a run of JSON objects. At most `RESIZE_PENDING_MAX` bytes of
+/// an incomplete one are kept, so each chunk is parsed in time bounded by that plus its
+/// own length; anything that is not a size (bad JSON, a wrong shape, an object larger
+/// than the bound) ends the stream, as kubelet stops reading it on its first decode
+/// error, instead of piling up behind it. Ends with the stream.
+pub(super) async fn pump_resize(resize: Resize, control: Control) {
+    let Resize { mut rx, stream } = resize;
     let mut buf = Vec::new();
     while let Some(b) = rx.recv().await {
         buf.extend_from_slice(&b);
-        let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<TermSize>();
-        let mut used = 0;
-        while let Some(Ok(sz)) = it.next() {
-            used = it.byte_offset();
+        let (sizes, used, bad) = parse_sizes(&buf);
+        for sz in sizes {
             if let Err(e) = control.resize(sz.width, sz.height).await {
                 tracing::debug!(error = %e, "resize");
             }
         }
         buf.drain(..used);
+        let why = match bad {
+            Some(e) => e,
+            None if buf.len() > RESIZE_PENDING_MAX => {
+                format!("a terminal size of more than {RESIZE_PENDING_MAX} bytes")
+            }
+            None => continue,
+        };
+        tracing::warn!(error = %why, "resize stream ended");
+        // Dropping the receiver first: the session forgets the stream and drops what
+        // the client still sends on it.
+        drop(rx);
+        if let Some(s) = stream {
+            s.reset(conn::PROTOCOL_ERROR).await;
+        }
+        return;
+    }
+}
+
+/// The whole sizes at the front of `buf`, the bytes they took, and the parse error that
+/// stopped them (None when only an incomplete object is left).
+pub(super) fn parse_sizes(buf: &[u8]) -> (Vec<TermSize>, usize, Option<String>) {
+    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<TermSize>();
+    let mut sizes = Vec::new();
+    let mut used = 0;
+    loop {
+        match it.next() {
+            Some(Ok(sz)) => {
+                used = it.byte_offset();
+                sizes.push(sz);
+            }
+            None => return (sizes, used, None),
+            Some(Err(e)) if e.is_eof() => return (sizes, used, None),
+            Some(Err(e)) => return (sizes, used, Some(format!("bad terminal size: {e}"))),
+        }
     }
 }
 
@@ -245,8 +298,8 @@ async fn run(server: &Server, req: &ExecReq, s: Streams) -> Result<i32> {
         (Some(rx), Some(w)) => Some(tokio::spawn(pump_in(rx, w, control.clone()))),
         _ => None,
     };
-    if let Some(rx) = s.resize {
-        tokio::spawn(pump_resize(rx, control.clone()));
+    if let Some(r) = s.resize {
+        tokio::spawn(pump_resize(r, control.clone()));
     }
     let exit = session
         .wait(Duration::from_secs(10 * 365 * 24 * 3600))
@@ -270,4 +323,29 @@ async fn run(server: &Server, req: &ExecReq, s: Streams) -> Result<i32> {
     );
     deleted?;
     Ok(exit.status as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_sizes;
+
+    #[test]
+    fn sizes_are_taken_whole_and_bad_input_is_named() {
+        let (s, used, bad) = parse_sizes(br#"{"Width":80,"Height":24} {"Width":100,"#);
+        assert_eq!((s.len(), s[0].width, s[0].height), (1, 80, 24));
+        assert_eq!((used, bad), (24, None), "an incomplete object waits");
+        let (s, _, bad) = parse_sizes(br#"{"Width":1,"Height":2}nonsense"#);
+        assert_eq!(s.len(), 1);
+        assert!(bad.is_some(), "garbage after a size ends the stream");
+        assert!(
+            parse_sizes(br#"{"Width":"wide","Height":2}"#).2.is_some(),
+            "a wrong shape ends it"
+        );
+        assert!(parse_sizes(b"[1,2,3]").2.is_some());
+        let (s, used, bad) = parse_sizes(br#"{"Width":"aaaaaaaaaaaaaa"#);
+        assert!(
+            s.is_empty() && used == 0 && bad.is_none(),
+            "an unterminated string waits"
+        );
+    }
 }

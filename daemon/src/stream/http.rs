@@ -5,12 +5,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Server;
 use super::{attach, exec, portforward, spdy, ws, ws_portforward, Pending};
@@ -47,6 +49,7 @@ fn websocket(
     server: Server,
     mut req: Request<Incoming>,
     pending: Pending,
+    slot: Slot,
 ) -> Response<Full<Bytes>> {
     use hyper::header::HeaderValue;
     let ours: &[&'static str] = match pending {
@@ -102,6 +105,7 @@ fn websocket(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        let _slot = slot;
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {
@@ -123,7 +127,8 @@ fn websocket(
                     ws_portforward::serve(server, pod_id, ports, base64, socket).await
                 }
                 None => {
-                    let (streams, session) = spdy::conn::start(ws::Bytes::new(socket));
+                    let limits = *server.limits();
+                    let (streams, session) = spdy::conn::start(ws::Bytes::new(socket), limits);
                     portforward::serve_spdy(server, pod_id, streams, session).await
                 }
             },
@@ -152,12 +157,28 @@ fn websocket(
     r
 }
 
-pub async fn connection<IO>(server: Server, sock: IO, peer: SocketAddr)
+/// The connection's place under `max_connections`, held by its session once upgraded.
+type Slot = Arc<OwnedSemaphorePermit>;
+
+/// Largest request head read (kubelet's upgrade requests are well under 4 KiB).
+const MAX_HEAD: usize = 64 << 10;
+
+pub async fn connection<IO>(server: Server, sock: IO, peer: SocketAddr, slot: OwnedSemaphorePermit)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| handle(server.clone(), req));
+    let slot: Slot = Arc::new(slot);
+    let limits = *server.limits();
+    let svc = hyper::service::service_fn(move |req| handle(server.clone(), req, slot.clone()));
+    // hyper bounds the head, in size and in time (the timeout needs its timer; without
+    // one hyper waits forever). The timer restarts for each request head, so a kept-alive
+    // connection that sends nothing more is closed as well. (keep_alive(false) is no
+    // option: hyper then answers the upgrade with `Connection: close`, which WebSocket
+    // clients refuse.)
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(sock), svc)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -168,6 +189,7 @@ where
 async fn handle(
     server: Server,
     mut req: Request<Incoming>,
+    slot: Slot,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -185,7 +207,7 @@ async fn handle(
         .unwrap_or("")
         .to_ascii_lowercase();
     if upgrade == "websocket" {
-        return Ok(websocket(server, req, pending));
+        return Ok(websocket(server, req, pending, slot));
     }
     if upgrade != "spdy/3.1" {
         return Ok(reply(
@@ -205,6 +227,7 @@ async fn handle(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        let _slot = slot;
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {
@@ -212,7 +235,7 @@ async fn handle(
                 return;
             }
         };
-        let (streams, session) = spdy::conn::start(io);
+        let (streams, session) = spdy::conn::start(io, *server.limits());
         match pending {
             Pending::Exec(e) => exec::serve_spdy(server, e, protocol, streams, session).await,
             Pending::Attach(a) => attach::serve_spdy(server, a, protocol, streams, session).await,

@@ -3,15 +3,21 @@
 //! on behalf of the API server, or crictl) upgrades an HTTP/1.1 connection (optionally
 //! inside TLS) there to
 //! SPDY/3.1 or WebSocket (`http`, `spdy`, `ws`), and the session runs over its streams
-//! (`exec`, `attach`, `portforward`).
+//! (`exec`, `attach`, `portforward`). What a client can make it hold is bounded
+//! (`limits`, `queue`).
 
 mod attach;
 mod exec;
 mod http;
+pub mod limits;
 mod portforward;
+mod queue;
 mod spdy;
 mod ws;
 mod ws_portforward;
+
+#[cfg(test)]
+mod fuzz;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,6 +61,12 @@ pub struct Server {
     backend: Arc<dyn Backend>,
 }
 
+impl Server {
+    fn limits(&self) -> &limits::Limits {
+        &self.streaming.limits
+    }
+}
+
 /// How long a URL handed out by Exec/Attach/PortForward stays usable.
 const TOKEN_TTL: Duration = Duration::from_secs(60);
 
@@ -82,6 +94,7 @@ pub struct Streaming {
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
     /// Set when the server speaks TLS (`tls_cert_file` + `tls_key_file`).
     tls: Option<tokio_native_tls::TlsAcceptor>,
+    limits: limits::Limits,
 }
 
 /// The TLS acceptor for a certificate and PKCS #8 key (PEM files), if both are set.
@@ -122,6 +135,7 @@ impl Streaming {
             listener: Mutex::new(Some(l)),
             tokens: Mutex::new(HashMap::new()),
             tls,
+            limits: limits::Limits::from_config(cfg),
         })
     }
 
@@ -157,28 +171,42 @@ pub async fn serve(streaming: Arc<Streaming>, backend: Arc<dyn Backend>) -> Resu
         .ok_or_else(|| Error::Internal("streaming server already serving".into()))?;
     let listener = tokio::net::TcpListener::from_std(std_listener)
         .map_err(|e| Error::io("streaming listener", e))?;
-    tracing::info!(addr = %server.streaming.addr, "streaming server");
+    let limits = *server.limits();
+    tracing::info!(addr = %server.streaming.addr, ?limits, "streaming server");
+    // One permit per connection served; a connection holds its permit until it and its
+    // session (upgraded or not) are gone.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // EMFILE and the like: wait instead of spinning; a connection that ends
+                // gives its descriptor back.
                 tracing::warn!(error = %e, "streaming accept");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        // Past the cap the connection is closed at once (the client sees it refused):
+        // leaving it in the kernel's backlog would only make honest clients wait behind it.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = limits.max_connections, "streaming connection refused: at the cap");
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
+        let server = server.clone();
         match server.streaming.tls.clone() {
             None => {
-                tokio::spawn(http::connection(server.clone(), sock, peer));
+                tokio::spawn(http::connection(server, sock, peer, slot));
             }
             Some(tls) => {
-                let server = server.clone();
                 tokio::spawn(async move {
-                    // Bounded: a peer that never finishes its handshake holds nothing long.
-                    let hs = tokio::time::timeout(Duration::from_secs(10), tls.accept(sock));
+                    // Bounded like a request head: a peer that never finishes its
+                    // handshake holds nothing long.
+                    let hs = tokio::time::timeout(limits.header_read_timeout, tls.accept(sock));
                     match hs.await {
-                        Ok(Ok(s)) => http::connection(server, s, peer).await,
+                        Ok(Ok(s)) => http::connection(server, s, peer, slot).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -198,6 +226,10 @@ mod tests {
             port: 0,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            header_read_timeout: 10,
+            stream_creation_timeout: 30,
+            stream_idle_timeout: 14400,
+            max_connections: 16,
         })
         .unwrap()
     }

@@ -2,15 +2,20 @@
 //! a data stream per connection, both tagged with the port and a request id. Each data
 //! stream is joined to a TCP connection to that port on the pod's localhost, made from
 //! inside the pod's network namespace, so listeners bound to 127.0.0.1 are reachable.
+//!
+//! A stream whose partner does not arrive within the stream creation timeout is dropped,
+//! as kubelet drops it: the error half is told why and closed, the data half is reset.
+//! At most `MAX_PENDING_PAIRS` halves wait at once; more are reset at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::spdy::conn::{Incoming, Session, StreamTx};
+use super::limits::MAX_PENDING_PAIRS;
+use super::spdy::conn::{self, Incoming, Session, StreamTx};
 use super::spdy::frame::header;
 use super::Server;
 use crate::error::{Error, Result};
@@ -103,6 +108,78 @@ async fn forward(netns: Option<PathBuf>, port: u16, data: Incoming, error: Optio
     }
 }
 
+/// One half of a port-forward pair, waiting for the other.
+enum Half {
+    Error(StreamTx),
+    Data(u16, Incoming),
+}
+
+/// The halves waiting for their partner, by request id, and when each expires.
+#[derive(Default)]
+struct Waiting {
+    halves: HashMap<String, (Half, u64)>,
+    /// (deadline, request id, sequence): in arrival order, hence in deadline order.
+    queue: VecDeque<(tokio::time::Instant, String, u64)>,
+    seq: u64,
+}
+
+impl Waiting {
+    fn insert(&mut self, rid: String, half: Half, deadline: tokio::time::Instant) {
+        self.seq += 1;
+        self.queue.push_back((deadline, rid.clone(), self.seq));
+        self.halves.insert(rid, (half, self.seq));
+    }
+
+    fn take(&mut self, rid: &str) -> Option<Half> {
+        self.halves.remove(rid).map(|(h, _)| h)
+    }
+
+    /// The halves whose time is up (an entry already paired is skipped).
+    fn expired(&mut self, now: tokio::time::Instant) -> Vec<(String, Half)> {
+        let mut out = Vec::new();
+        while let Some((at, _, _)) = self.queue.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, rid, seq)) = self.queue.pop_front() else {
+                break;
+            };
+            if self.halves.get(&rid).is_some_and(|(_, s)| *s == seq) {
+                if let Some((h, _)) = self.halves.remove(&rid) {
+                    out.push((rid, h));
+                }
+            }
+        }
+        // Paired entries leave stale queue items behind: keep the queue near the map.
+        if self.queue.len() > 2 * self.halves.len() + 64 {
+            let live = &self.halves;
+            self.queue
+                .retain(|(_, rid, seq)| live.get(rid).is_some_and(|(_, s)| s == seq));
+        }
+        out
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.queue.front().map(|(at, _, _)| *at)
+    }
+}
+
+/// Ends a half whose partner never came.
+async fn drop_half(rid: &str, half: Half) {
+    match half {
+        Half::Error(tx) => {
+            let msg = format!("timed out waiting for the data stream of request {rid}");
+            tx.send(msg.as_bytes()).await;
+            tx.close().await;
+        }
+        Half::Data(_, inc) => {
+            let Incoming { rx, tx, .. } = inc;
+            drop(rx);
+            tx.reset(conn::CANCEL).await;
+        }
+    }
+}
+
 pub async fn serve_spdy(
     server: Server,
     pod_id: String,
@@ -117,10 +194,28 @@ pub async fn serve_spdy(
             return;
         }
     };
+    let within = server.limits().creation_timeout;
     // Error streams wait here for their data stream (same request id), and the reverse.
-    let mut errors: HashMap<String, StreamTx> = HashMap::new();
-    let mut datas: HashMap<String, (u16, Incoming)> = HashMap::new();
-    while let Some(inc) = incoming.recv().await {
+    let mut waiting = Waiting::default();
+    loop {
+        let next = waiting.next_deadline();
+        let inc = tokio::select! {
+            inc = incoming.recv() => match inc {
+                Some(inc) => inc,
+                None => break,
+            },
+            _ = async { tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)).await },
+                if next.is_some() => {
+                let expired = waiting.expired(tokio::time::Instant::now());
+                if !expired.is_empty() {
+                    tracing::debug!(pod_id = %pod_id, count = expired.len(), "port-forward: half-open pairs expired");
+                }
+                for (rid, half) in expired {
+                    drop_half(&rid, half).await;
+                }
+                continue;
+            }
+        };
         let rid = header(&inc.headers, "requestid").unwrap_or("").to_string();
         let port: Option<u16> = header(&inc.headers, "port").and_then(|p| p.parse().ok());
         let Some(port) = port.filter(|p| *p > 0) else {
@@ -128,26 +223,69 @@ pub async fn serve_spdy(
             inc.tx.close().await;
             continue;
         };
-        match header(&inc.headers, "streamtype").unwrap_or("") {
-            "error" => match datas.remove(&rid) {
-                Some((port, data)) => {
+        let deadline = tokio::time::Instant::now() + within;
+        let half = match header(&inc.headers, "streamtype").unwrap_or("") {
+            "error" => match waiting.take(&rid) {
+                Some(Half::Data(port, data)) => {
                     tokio::spawn(forward(netns.clone(), port, data, Some(inc.tx)));
+                    continue;
                 }
-                None => {
-                    errors.insert(rid, inc.tx);
-                }
+                other => (other, Half::Error(inc.tx)),
             },
-            "data" => match errors.remove(&rid) {
-                Some(err) => {
+            "data" => match waiting.take(&rid) {
+                Some(Half::Error(err)) => {
                     tokio::spawn(forward(netns.clone(), port, inc, Some(err)));
+                    continue;
                 }
-                None => {
-                    datas.insert(rid, (port, inc));
-                }
+                other => (other, Half::Data(port, inc)),
             },
-            _ => inc.tx.close().await,
+            _ => {
+                inc.tx.close().await;
+                continue;
+            }
+        };
+        // A second half of the same kind replaces the first, which is dropped.
+        let (replaced, half) = half;
+        if let Some(old) = replaced {
+            drop_half(&rid, old).await;
         }
+        if waiting.halves.len() >= MAX_PENDING_PAIRS {
+            drop_half(&rid, half).await;
+            continue;
+        }
+        waiting.insert(rid, half, deadline);
     }
     // The client closed the session; forwards in flight end with their streams.
     tracing::debug!(pod_id = %pod_id, "port-forward session ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn err_half() -> Half {
+        let (out, _rx) = mpsc::channel(1);
+        Half::Error(StreamTx::for_test(1, out))
+    }
+
+    #[test]
+    fn halves_expire_in_order_and_paired_ones_do_not() {
+        let t0 = tokio::time::Instant::now();
+        let mut w = Waiting::default();
+        for i in 0..200 {
+            w.insert(format!("{i}"), err_half(), t0 + Duration::from_millis(i));
+        }
+        for i in 0..100 {
+            assert!(w.take(&format!("{i}")).is_some());
+        }
+        let gone = w.expired(t0 + Duration::from_millis(149));
+        let ids: Vec<_> = gone.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(ids.len(), 50);
+        assert_eq!((ids[0], ids[49]), ("100", "149"));
+        assert_eq!(w.halves.len(), 50);
+        assert!(w.queue.len() <= 2 * w.halves.len() + 64);
+        assert_eq!(w.expired(t0 + Duration::from_secs(1)).len(), 50);
+        assert!(w.halves.is_empty() && w.next_deadline().is_none());
+    }
 }

@@ -16,12 +16,14 @@ use futures_util::{Sink as _, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::attach::{self, AttachReq};
-use super::exec::{self, ExecReq, Streams};
+use super::exec::{self, ExecReq, Resize, Streams};
+use super::limits::{Activity, RESIZE_PENDING_MAX, SESSION_INBOUND_BYTES, WS_MAX_MESSAGE};
+use super::queue;
 use super::Server;
 
 pub const EXEC: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -38,11 +40,16 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
+/// A server-side WebSocket on an upgraded connection. tungstenite's defaults admit 64 MiB
+/// messages; kubelet and kubectl write 32 KiB at most, so 1 MiB is generous.
 pub async fn socket<IO>(io: IO) -> WebSocketStream<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    WebSocketStream::from_raw_socket(io, Role::Server, None).await
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(WS_MAX_MESSAGE))
+        .max_frame_size(Some(WS_MAX_MESSAGE));
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await
 }
 
 /// A remote command over WebSocket channels.
@@ -65,6 +72,9 @@ pub async fn serve_remotecommand<IO>(
     };
     let (mut tx, mut rx) = ws.split();
     let (out, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+    let activity = Activity::default();
+    let idle = server.limits().idle_timeout;
+    let wrote = activity.clone();
     let writer = tokio::spawn(async move {
         while let Some((ch, data)) = out_rx.recv().await {
             let mut m = Vec::with_capacity(data.len() + 1);
@@ -73,6 +83,7 @@ pub async fn serve_remotecommand<IO>(
             if tx.send(Message::Binary(m.into())).await.is_err() {
                 return;
             }
+            wrote.touch();
         }
         // A normal closure (1000): clients take a close without a code (1005) as an
         // error even after the status arrived.
@@ -97,14 +108,18 @@ pub async fn serve_remotecommand<IO>(
         }));
         s
     };
-    let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(64);
-    let (resize_tx, resize_rx) = mpsc::channel::<Vec<u8>>(8);
+    // Bounded by bytes: a message may be 1 MiB.
+    let (stdin_tx, stdin_rx) = queue::queue(SESSION_INBOUND_BYTES);
+    let (resize_tx, resize_rx) = queue::queue(RESIZE_PENDING_MAX);
     let streams = Streams {
         error: Some(sink(ERROR)),
         stdin: req.stdin.then_some(stdin_rx),
         stdout: req.stdout.then(|| sink(STDOUT)),
         stderr: (req.stderr && !req.tty).then(|| sink(STDERR)),
-        resize: req.tty.then_some(resize_rx),
+        resize: req.tty.then_some(Resize {
+            rx: resize_rx,
+            stream: None,
+        }),
     };
     let first = if req.stdout {
         STDOUT
@@ -115,9 +130,18 @@ pub async fn serve_remotecommand<IO>(
     };
     let _ = out.send((first, Vec::new())).await;
     drop(out);
+    let stop_writer = writer.abort_handle();
     let reader = tokio::spawn(async move {
         let mut stdin = Some(stdin_tx);
-        while let Some(Ok(m)) = rx.next().await {
+        loop {
+            let Some(next) = activity.read(idle, rx.next()).await else {
+                // Idle both ways for the idle timeout: the connection goes (both halves
+                // dropped), as kubelet's does.
+                tracing::info!(?idle, "websocket session idle: closed");
+                stop_writer.abort();
+                break;
+            };
+            let Some(Ok(m)) = next else { break };
             let data = match m {
                 Message::Binary(b) => b.to_vec(),
                 Message::Text(t) => t.as_bytes().to_vec(),
@@ -136,6 +160,7 @@ pub async fn serve_remotecommand<IO>(
                     }
                 }
                 RESIZE => {
+                    // Fails once the resize pump gave up on bad sizes: dropped.
                     let _ = resize_tx.send(payload.to_vec()).await;
                 }
                 CLOSE if payload.first() == Some(&STDIN) => stdin = None,

@@ -15,7 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::limits::{Activity, SESSION_INBOUND_BYTES};
 use super::portforward::connect;
+use super::queue;
 use super::Server;
 
 pub const BINARY: &str = "v4.channel.k8s.io";
@@ -56,7 +58,7 @@ fn encode(base64: bool, ch: u8, data: &[u8]) -> Message {
     }
 }
 
-fn decode(base64: bool, m: Message) -> Option<(u8, Vec<u8>)> {
+pub(super) fn decode(base64: bool, m: Message) -> Option<(u8, Vec<u8>)> {
     match (base64, m) {
         (false, Message::Binary(b)) => b.split_first().map(|(c, d)| (*c, d.to_vec())),
         (true, Message::Text(t)) => {
@@ -79,11 +81,15 @@ pub async fn serve<IO>(
 {
     let (mut tx, mut rx) = ws.split();
     let (out, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+    let activity = Activity::default();
+    let idle = server.limits().idle_timeout;
+    let wrote = activity.clone();
     let writer = tokio::spawn(async move {
         while let Some((ch, data)) = out_rx.recv().await {
             if tx.send(encode(base64, ch, &data)).await.is_err() {
                 return;
             }
+            wrote.touch();
         }
         let bye = CloseFrame {
             code: CloseCode::Normal,
@@ -103,11 +109,14 @@ pub async fn serve<IO>(
     };
     let mut inputs = Vec::new();
     let mut pairs = Vec::new();
+    // What the client sent towards its ports and they have not taken yet, all ports
+    // together, is bounded by bytes.
+    let budget = queue::Budget::new(SESSION_INBOUND_BYTES);
     for (i, port) in ports.iter().copied().enumerate() {
         let (data_ch, err_ch) = (2 * i as u8, 2 * i as u8 + 1);
         let _ = out.send((data_ch, port.to_le_bytes().to_vec())).await;
         let _ = out.send((err_ch, port.to_le_bytes().to_vec())).await;
-        let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(64);
+        let (in_tx, mut in_rx) = budget.queue();
         inputs.push(in_tx);
         let (out, netns) = (out.clone(), netns.clone());
         pairs.push(tokio::spawn(async move {
@@ -149,7 +158,8 @@ pub async fn serve<IO>(
     drop(out);
     // A data channel's bytes go to its port; the client's close ends the session.
     let reader = tokio::spawn(async move {
-        while let Some(Ok(m)) = rx.next().await {
+        // Idle both ways for the idle timeout ends the session like the client's leaving.
+        while let Some(Some(Ok(m))) = activity.read(idle, rx.next()).await {
             if matches!(m, Message::Close(_)) {
                 break;
             }

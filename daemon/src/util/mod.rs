@@ -1,8 +1,9 @@
 //! Small helpers every room of berthd uses and none owns: ids, clock, name checks, the
-//! mount table and disk usage.
+//! mount table, disk usage and the modes of Berth's own files.
 
 mod fs;
 mod ids;
+pub mod modes;
 mod mounts;
 
 pub use fs::{disk_usage, fsync_dir, reported_usage, unique_name, RemoveOnDrop};

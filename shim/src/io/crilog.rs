@@ -56,7 +56,8 @@ impl LogFile {
     /// Writes one record. If the file at the path is no longer ours (kubelet rotated it
     /// away, or deleted it), a new one is opened there first: rotation needs no RPC.
     fn write_line(&mut self, line: &[u8]) {
-        let current = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
+        // symlink_metadata: a symlink put at the path is not ours either.
+        let current = std::fs::symlink_metadata(&self.path).map(|m| m.ino()).ok();
         if current != Some(self.ino) {
             if let Ok((f, ino)) = open_append(&self.path) {
                 self.file = f;
@@ -67,15 +68,26 @@ impl LogFile {
     }
 }
 
+/// Opens (or creates) the log for appending. Whoever can write the pod's log dir could
+/// put a symlink (to a host file the shim, as root, would append to) or a FIFO (which
+/// would block the copier) at the path: the last component is never followed
+/// (O_NOFOLLOW), the open never blocks (O_NONBLOCK) and only a regular file is kept.
 fn open_append(path: &Path) -> Result<(std::fs::File, u64)> {
     let f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-    let ino = f.metadata().map_err(|e| Error::io("stat log", e))?.ino();
-    Ok((f, ino))
+    let md = f.metadata().map_err(|e| Error::io("stat log", e))?;
+    if !md.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "log path {} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok((f, md.ino()))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` for a system time (UTC).
@@ -251,5 +263,31 @@ mod tests {
         );
         assert!(new.ends_with(" stdout F out 2 no newline\n"), "{new}");
         assert_eq!(new.lines().count(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_symlink_or_fifo_at_the_log_path_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "victim\n").unwrap();
+        // At open: refused, the target untouched.
+        let link = d.path().join("c/link.log");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(LogFile::open(&link).is_err());
+        let fifo = d.path().join("c/fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(
+            LogFile::open(&fifo).is_err(),
+            "a FIFO is refused without blocking"
+        );
+        // After a rotation: a symlink put in the log's place is not followed.
+        let path = d.path().join("c/0.log");
+        let log = LogFile::open(&path).unwrap();
+        log.lock().unwrap().write_line(b"one\n");
+        std::fs::rename(&path, d.path().join("c/0.log.1")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        log.lock().unwrap().write_line(b"two\n");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
     }
 }

@@ -3,7 +3,7 @@
 
 mod binary;
 mod console;
-mod crilog;
+pub(crate) mod crilog;
 mod fanout;
 mod fifo;
 
@@ -86,7 +86,7 @@ fn chown_fd(fd: &OwnedFd, owner: IoOwner) -> Result<()> {
     .map_err(|e| Error::sys("fchown stdio pipe", e))
 }
 
-enum Scheme {
+pub(crate) enum Scheme {
     Fifo,
     Binary,
     File(PathBuf),
@@ -94,7 +94,7 @@ enum Scheme {
     CriLog(PathBuf),
 }
 
-fn scheme(stdout: &str) -> Result<Scheme> {
+pub(crate) fn scheme(stdout: &str) -> Result<Scheme> {
     match stdout.split_once("://") {
         None => Ok(Scheme::Fifo),
         Some(("fifo", _)) => Ok(Scheme::Fifo),

@@ -3,8 +3,12 @@
 //! go into the content store, each verified against its digest, layers streamed to disk
 //! (memory stays flat whatever their size). The image is then unpacked and recorded
 //! exactly as an import is. Pulls of the same image, and fetches of the same layer, are
-//! coalesced; blobs of a pull in flight are leased so no sweep removes them.
+//! coalesced; blobs of a pull in flight are leased so no sweep removes them. Every read
+//! from a registry is bounded in size and time (`fetch`): manifests, indexes and configs
+//! at 8 MiB, tokens at 1 MiB, each small exchange within `registry.timeout`, and a blob
+//! stream failed once a `registry.timeout` passes with less than 16 KiB of it.
 
+mod fetch;
 mod registry;
 
 use std::collections::HashMap;
@@ -12,20 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 pub use registry::Credentials;
-use registry::{map_err, Endpoint};
+use registry::{chain, Endpoint};
 
 use super::content::{hex, sha256_digest, MAX_JSON_BLOB};
 use super::oci::{self, Descriptor, Index, Manifest};
 use super::reference::{self, Reference};
 use super::{import, ImageRecord, ImageStore};
 use crate::config::Registry as RegistryConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, RegistryLimit, Result};
 
 const ACCEPT: [&str; 4] = [
     oci::OCI_MANIFEST,
@@ -88,10 +90,9 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// Where one pull reads from: an endpoint's client and the image's name there.
+/// Where one pull reads from: an endpoint's connection and the image's name there.
 struct Source<'a> {
-    client: Client,
-    auth: &'a RegistryAuth,
+    conn: Arc<fetch::Conn>,
     host: &'a str,
     path: &'a str,
     /// The reference as asked for, for messages.
@@ -99,29 +100,14 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn by_digest(&self, digest: &str) -> oci_client::Reference {
-        oci_client::Reference::with_digest(
-            self.host.to_string(),
-            self.path.to_string(),
-            digest.to_string(),
-        )
-    }
-
-    /// A manifest or index by tag or digest: its bytes and their (checked) digest.
-    async fn manifest(
-        &self,
-        r: &oci_client::Reference,
-        want: Option<&str>,
-    ) -> Result<(Vec<u8>, String)> {
+    /// A manifest or index by tag or digest: its bytes (at most 8 MiB, capped as they
+    /// stream) and their (checked) digest.
+    async fn manifest(&self, reference: &str, want: Option<&str>) -> Result<(Vec<u8>, String)> {
         let what = format!("manifest of {}", self.image);
-        let (body, _) = self
-            .client
-            .pull_manifest_raw(r, self.auth, &ACCEPT)
-            .await
-            .map_err(|e| map_err(self.host, &what, e))?;
-        if body.len() as u64 > MAX_JSON_BLOB {
-            return Err(Error::InvalidArgument(format!("{what} is too large")));
-        }
+        let body = self
+            .conn
+            .manifest(self.path, reference, &ACCEPT, &what, MAX_JSON_BLOB)
+            .await?;
         let got = sha256_digest(&body);
         if let Some(want) = want {
             if got != want {
@@ -131,7 +117,7 @@ impl Source<'_> {
                 )));
             }
         }
-        Ok((body.to_vec(), got))
+        Ok((body, got))
     }
 }
 
@@ -178,7 +164,12 @@ impl ImageStore {
         }
         // A definite answer (not found, refused credentials, bad content) from any
         // endpoint says more than an unreachable one.
-        let definite = errors.iter().position(|e| !matches!(e, Error::Registry(_)));
+        let definite = errors.iter().position(|e| {
+            !matches!(
+                e,
+                Error::Registry(_) | Error::RegistryLimit(RegistryLimit::Stalled { .. })
+            )
+        });
         Err(match definite {
             Some(i) => errors.swap_remove(i),
             None => errors
@@ -194,27 +185,17 @@ impl ImageStore {
         r: &Reference,
         creds: &Credentials,
     ) -> Result<ImageRecord> {
-        let auth = &creds.registry_auth();
         let image = r.to_string();
         let src = Source {
-            client: puller.clients.get(ep, creds, puller.timeout()),
-            auth,
+            conn: puller.clients.get(ep, creds, puller.timeout())?,
             host: &ep.host,
             path: &r.path,
             image: &image,
         };
         let top_ref = match (&r.digest, &r.tag) {
-            (Some(d), _) => src.by_digest(d),
-            (None, tag) => oci_client::Reference::with_tag(
-                ep.host.clone(),
-                r.path.clone(),
-                tag.clone().unwrap_or_else(|| "latest".into()),
-            ),
+            (Some(d), _) => d.clone(),
+            (None, tag) => tag.clone().unwrap_or_else(|| "latest".into()),
         };
-        src.client
-            .auth(&top_ref, auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| map_err(&ep.host, "authorization", e))?;
         let mut lease = Lease {
             leases: &self.leases,
             digests: Vec::new(),
@@ -247,9 +228,7 @@ impl ImageStore {
                     host.os, host.architecture
                 ))
             })?;
-            let (b, d) = src
-                .manifest(&src.by_digest(&pick.digest), Some(&pick.digest))
-                .await?;
+            let (b, d) = src.manifest(&pick.digest, Some(&pick.digest)).await?;
             self.store_small(&mut lease, &d, &b)?;
             mdesc = pick.clone();
             body = b;
@@ -260,6 +239,16 @@ impl ImageStore {
             )));
         }
         let m: Manifest = oci::parse("manifest", &mdesc.digest, &body)?;
+        // The config is read whole later (`read_small`): refused here, before a byte of
+        // it is fetched, when its descriptor says it is over that bound.
+        if m.config.size > MAX_JSON_BLOB {
+            return Err(RegistryLimit::TooLarge {
+                host: ep.host.clone(),
+                what: format!("config of {image} ({} bytes)", m.config.size),
+                limit: MAX_JSON_BLOB,
+            }
+            .into());
+        }
         self.fetch_blob(&src, &m.config, &mut lease).await?;
         for l in &m.layers {
             oci::layer_kind(&l.media_type)?;
@@ -323,39 +312,58 @@ impl ImageStore {
         res
     }
 
+    /// Streams one blob to an ingest file, hashing it. It may not be longer than its
+    /// descriptor says, and each `registry.timeout` must bring `MIN_PROGRESS` of it (or
+    /// its end): a registry that stalls or trickles fails the pull instead of holding it.
+    /// Any early return drops the ingest guard, which removes the partial file.
     async fn download(&self, src: &Source<'_>, d: &Descriptor) -> Result<()> {
         let what = format!("blob {}", d.digest);
         let (tmp, guard) = self.content.new_ingest();
         let io = |e: std::io::Error| Error::io(format!("write {what}"), e);
+        let too_long = || {
+            Error::InvalidArgument(format!(
+                "{what} from {} is larger than its descriptor's {} bytes",
+                src.host, d.size
+            ))
+        };
+        let mut resp = src.conn.blob(src.path, &d.digest, &what).await?;
+        if resp.content_length().is_some_and(|n| n > d.size) {
+            return Err(too_long());
+        }
         let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        let mut stream = src
-            .client
-            .pull_blob_stream(&src.by_digest(&d.digest), d.digest.as_str())
-            .await
-            .map_err(|e| map_err(src.host, &what, e))?;
+        let timeout = src.conn.timeout;
         let mut h = Sha256::new();
         let mut n: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                // The client checks the digest itself as the stream ends.
-                Err(e)
-                    if e.get_ref()
-                        .is_some_and(|x| x.is::<oci_client::errors::DigestError>()) =>
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "digest mismatch for {what} from {}: {e}",
-                        src.host
-                    )));
+        // The current progress window: when it began and what it has brought.
+        let (mut since, mut window) = (tokio::time::Instant::now(), 0u64);
+        loop {
+            let chunk = match tokio::time::timeout_at(since + timeout, resp.chunk()).await {
+                Err(_) => {
+                    return Err(RegistryLimit::Stalled {
+                        host: src.host.to_string(),
+                        what: what.clone(),
+                        got: window,
+                        after: timeout,
+                    }
+                    .into())
                 }
-                Err(e) => return Err(Error::Registry(format!("{what} from {}: {e}", src.host))),
+                Ok(Err(e)) => {
+                    return Err(Error::Registry(format!(
+                        "{what} from {}: {}",
+                        src.host,
+                        chain(&e)
+                    )))
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
             };
             n += chunk.len() as u64;
             if n > d.size {
-                return Err(Error::InvalidArgument(format!(
-                    "{what} from {} is larger than its descriptor's {} bytes",
-                    src.host, d.size
-                )));
+                return Err(too_long());
+            }
+            window += chunk.len() as u64;
+            if window >= fetch::MIN_PROGRESS {
+                (since, window) = (tokio::time::Instant::now(), 0);
             }
             h.update(&chunk);
             f.write_all(&chunk).await.map_err(io)?;

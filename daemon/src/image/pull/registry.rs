@@ -1,18 +1,13 @@
 //! Talking to registries: which endpoints serve a registry (its mirrors, then itself),
-//! one `oci-client` client per endpoint (plain HTTP / skip-verify per host, token cache
-//! kept across pulls), CRI credentials, and registry failures mapped to berthd errors.
+//! one bounded connection (`fetch::Conn`) per endpoint and credentials (plain HTTP /
+//! skip-verify per host, tokens kept across pulls), and CRI credentials.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
-
+use super::fetch::Conn;
 use crate::config::Registry as RegistryConfig;
-use crate::error::Error;
+use crate::error::Result;
 
 /// One place a registry's content can be fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +57,8 @@ pub fn endpoints(cfg: &RegistryConfig, domain: &str) -> Vec<Endpoint> {
     out
 }
 
-/// Registry credentials from a CRI AuthConfig. Debug never shows secrets.
+/// Registry credentials (the CRI adapter makes them from an AuthConfig). Debug never
+/// shows secrets.
 #[derive(Clone, Default)]
 pub struct Credentials {
     pub username: String,
@@ -78,44 +74,6 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// From the CRI fields: username/password, `auth` (base64 "user:password"), or a
-    /// registry token. An identity token (OAuth refresh token) is used as a bearer token.
-    pub fn from_cri(a: &k8s_cri::v1::AuthConfig) -> Result<Credentials, Error> {
-        let mut c = Credentials {
-            username: a.username.clone(),
-            password: a.password.clone(),
-            token: if a.registry_token.is_empty() {
-                a.identity_token.clone()
-            } else {
-                a.registry_token.clone()
-            },
-        };
-        if c.username.is_empty() && !a.auth.is_empty() {
-            use base64::Engine as _;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(a.auth.trim())
-                .map_err(|_| Error::InvalidArgument("auth is not valid base64".into()))?;
-            let text = String::from_utf8(raw)
-                .map_err(|_| Error::InvalidArgument("auth is not UTF-8".into()))?;
-            let (u, p) = text
-                .split_once(':')
-                .ok_or_else(|| Error::InvalidArgument("auth is not \"user:password\"".into()))?;
-            c.username = u.to_string();
-            c.password = p.to_string();
-        }
-        Ok(c)
-    }
-
-    pub fn registry_auth(&self) -> RegistryAuth {
-        if !self.token.is_empty() {
-            RegistryAuth::Bearer(self.token.clone())
-        } else if !self.username.is_empty() {
-            RegistryAuth::Basic(self.username.clone(), self.password.clone())
-        } else {
-            RegistryAuth::Anonymous
-        }
-    }
-
     /// Identifies the credentials without holding them: clients are kept per
     /// credentials, so a pull never rides on tokens another pull's secret obtained.
     fn key(&self) -> String {
@@ -129,15 +87,29 @@ impl Credentials {
     }
 }
 
-/// Clients by endpoint and credentials, so tokens are reused across pulls that present
-/// the same credentials, and only by those.
-#[derive(Default)]
+/// How many endpoint/credential connections are kept: every pull with new credentials
+/// (kubelet sends each pod's pull secrets) would otherwise add one forever.
+const MAX_CONNS: usize = 64;
+
+/// Connections by endpoint and credentials, so tokens are reused across pulls that
+/// present the same credentials, and only by those; the least recently used beyond
+/// [`MAX_CONNS`] is dropped.
 pub struct Clients {
-    by_endpoint: Mutex<HashMap<String, Client>>,
+    by_endpoint: Mutex<lru::LruCache<String, Arc<Conn>>>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients {
+            by_endpoint: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_CONNS).expect("non-zero"),
+            )),
+        }
+    }
 }
 
 impl Clients {
-    pub fn get(&self, e: &Endpoint, creds: &Credentials, timeout: Duration) -> Client {
+    pub fn get(&self, e: &Endpoint, creds: &Credentials, timeout: Duration) -> Result<Arc<Conn>> {
         let key = format!(
             "{}|{}|{}|{}",
             e.host,
@@ -146,67 +118,22 @@ impl Clients {
             creds.key()
         );
         let mut m = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(key)
-            .or_insert_with(|| {
-                Client::new(ClientConfig {
-                    protocol: if e.plain_http {
-                        ClientProtocol::Http
-                    } else {
-                        ClientProtocol::Https
-                    },
-                    accept_invalid_certificates: e.skip_verify,
-                    connect_timeout: Some(timeout),
-                    read_timeout: Some(timeout),
-                    // No proxies from berthd's environment: pulls go where the config says.
-                    user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
-                    ..Default::default()
-                })
-            })
-            .clone()
-    }
-}
-
-/// A registry failure as a berthd error naming the registry (`host`) and what failed.
-pub fn map_err(host: &str, what: &str, e: OciDistributionError) -> Error {
-    use OciDistributionError as E;
-    let code = match &e {
-        E::ServerError { code, .. } => Some(*code),
-        _ => None,
-    };
-    match e {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => Error::Unauthenticated(
-            format!("authentication failed for registry {host} ({what})"),
-        ),
-        _ if matches!(code, Some(401) | Some(403)) => Error::Unauthenticated(format!(
-            "authentication failed for registry {host} ({what})"
-        )),
-        E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{what} not found ({host})")),
-        _ if code == Some(404) => Error::NotFound(format!("{what} not found ({host})")),
-        E::RegistryError { envelope, .. } => {
-            use oci_client::errors::OciErrorCode as C;
-            let codes = || envelope.errors.iter().map(|e| &e.code);
-            if codes().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
-                Error::Unauthenticated(format!(
-                    "authentication failed for registry {host} ({what})"
-                ))
-            } else if codes().any(|c| {
-                matches!(
-                    c,
-                    C::BlobUnknown | C::ManifestUnknown | C::NameUnknown | C::NotFound
-                )
-            }) {
-                Error::NotFound(format!("{what} not found ({host})"))
-            } else {
-                Error::Registry(format!("{what} from {host}: {envelope}"))
-            }
+        if let Some(c) = m.get(&key) {
+            return Ok(c.clone());
         }
-        E::DigestError(d) => Error::InvalidArgument(format!("{what} from {host}: {d}")),
-        other => Error::Registry(format!("{what} from {host}: {}", chain(&other))),
+        let c = Arc::new(Conn::new(e, creds, timeout)?);
+        m.put(key, c.clone());
+        Ok(c)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_endpoint.lock().unwrap().len()
     }
 }
 
 /// An error with its causes (reqwest hides "connection refused" in its source chain).
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -223,6 +150,21 @@ mod tests {
 
     fn cfg(toml: &str) -> RegistryConfig {
         crate::config::Config::from_toml(toml).unwrap().registry
+    }
+
+    #[test]
+    fn connections_are_bounded_however_many_credentials_come() {
+        let clients = Clients::default();
+        let e = &endpoints(&cfg(""), "reg.example")[0];
+        for i in 0..(MAX_CONNS * 3) {
+            let creds = Credentials {
+                username: format!("user{i}"),
+                password: "p".into(),
+                token: String::new(),
+            };
+            clients.get(e, &creds, Duration::from_secs(1)).unwrap();
+        }
+        assert_eq!(clients.len(), MAX_CONNS);
     }
 
     #[test]
@@ -245,35 +187,5 @@ mod tests {
         assert!(endpoints(&c, "127.0.0.1:5000")[0].plain_http);
         assert!(endpoints(&c, "localhost")[0].plain_http);
         assert!(!endpoints(&c, "docker.io")[0].plain_http);
-    }
-
-    #[test]
-    fn cri_credentials() {
-        let a = k8s_cri::v1::AuthConfig {
-            auth: "dXNlcjpwYXNzOndvcmQ=".into(), // user:pass:word
-            ..Default::default()
-        };
-        let c = Credentials::from_cri(&a).unwrap();
-        assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
-            ("user", "pass:word")
-        );
-        assert!(!format!("{c:?}").contains("pass"));
-        let bad = k8s_cri::v1::AuthConfig {
-            auth: "%%%".into(),
-            ..Default::default()
-        };
-        assert!(matches!(
-            Credentials::from_cri(&bad),
-            Err(Error::InvalidArgument(_))
-        ));
-        let tok = k8s_cri::v1::AuthConfig {
-            registry_token: "t0k".into(),
-            ..Default::default()
-        };
-        assert!(matches!(
-            Credentials::from_cri(&tok).unwrap().registry_auth(),
-            RegistryAuth::Bearer(t) if t == "t0k"
-        ));
     }
 }

@@ -11,12 +11,12 @@ fn namespace_modes_table() {
         (NamespaceMode::Node, None, Some("/proc/4242/ns/pid")),
     ];
     for (mode, target, want) in cases {
-        let c = ctr(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: mode as i32,
+        let c = ctr(ContainerSecurity {
+            namespaces: Namespaces {
+                pid: mode,
                 target_id: "other".into(),
                 ..Default::default()
-            }),
+            },
             ..Default::default()
         });
         let mut o = opts();
@@ -36,11 +36,11 @@ fn namespace_modes_table() {
         assert!(got.contains(&(LinuxNamespaceType::Uts, Some("/proc/4242/ns/uts".into()))));
         assert!(got.contains(&(LinuxNamespaceType::Mount, None)));
     }
-    let c = ctr(LinuxContainerSecurityContext {
-        namespace_options: Some(NamespaceOption {
-            pid: NamespaceMode::Target as i32,
+    let c = ctr(ContainerSecurity {
+        namespaces: Namespaces {
+            pid: NamespaceMode::Target,
             ..Default::default()
-        }),
+        },
         ..Default::default()
     });
     assert!(is_invalid(container_spec(
@@ -62,7 +62,7 @@ fn namespace_modes_table() {
 
 #[test]
 fn sandbox_files_and_host_ipc_shm() {
-    let s = build(&ctr(LinuxContainerSecurityContext {
+    let s = build(&ctr(ContainerSecurity {
         readonly_rootfs: true,
         ..Default::default()
     }));
@@ -93,11 +93,11 @@ fn sandbox_files_and_host_ipc_shm() {
         Some(Path::new("/run/berth/sb1/shm"))
     );
 
-    let c = ctr(LinuxContainerSecurityContext {
-        namespace_options: Some(NamespaceOption {
-            ipc: NamespaceMode::Node as i32,
+    let c = ctr(ContainerSecurity {
+        namespaces: Namespaces {
+            ipc: NamespaceMode::Node,
             ..Default::default()
-        }),
+        },
         ..Default::default()
     });
     let s = build(&c);
@@ -112,12 +112,11 @@ fn sandbox_files_and_host_ipc_shm() {
 }
 
 #[test]
-#[allow(deprecated)]
 fn privileged_vs_unprivileged() {
-    let mut c = ctr(LinuxContainerSecurityContext {
+    let mut c = ctr(ContainerSecurity {
         privileged: true,
-        seccomp_profile_path: "runtime/default".into(),
-        capabilities: Some(CriCapability {
+        seccomp: Some(crate::workload::Profile::RuntimeDefault),
+        capabilities: Some(Capabilities {
             drop_capabilities: vec!["ALL".into()],
             ..Default::default()
         }),
@@ -173,13 +172,7 @@ fn privileged_vs_unprivileged() {
         .unwrap();
     assert!(!sys.options().as_ref().unwrap().contains(&"ro".to_string()));
 
-    c.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .privileged = false;
+    c.security.privileged = false;
     let s = container_spec(&c, &pod(true), &image(), &opts()).unwrap();
     let linux = s.linux().as_ref().unwrap();
     assert!(!linux.masked_paths().as_ref().unwrap().is_empty());

@@ -8,32 +8,26 @@ mod shape;
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{
-    Capability as CriCapability, ContainerConfig, ContainerMetadata, Device, KeyValue,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, Mount,
-    MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig,
-};
 use oci_spec::runtime::{Capability, LinuxDevice, LinuxNamespaceType, Spec};
 
 use super::devices::tests::fake_lookup;
 use super::*;
-pub(super) fn pod(privileged: bool) -> PodSandboxConfig {
-    use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, PodSandboxMetadata};
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "web".into(),
-            uid: "uid-1".into(),
-            namespace: "team".into(),
-            attempt: 1,
-        }),
+use crate::workload::{
+    Capabilities, ContainerSecurity, ContainerSpec, Device, Mount, NamespaceMode, Namespaces,
+    PodSecurity, PodSpec, Propagation, Resources,
+};
+
+pub(super) fn pod(privileged: bool) -> PodSpec {
+    PodSpec {
+        name: "web".into(),
+        uid: "uid-1".into(),
+        namespace: "team".into(),
+        attempt: 1,
         hostname: "web-0".into(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                privileged,
-                ..Default::default()
-            }),
+        security: PodSecurity {
+            privileged,
             ..Default::default()
-        }),
+        },
         ..Default::default()
     }
 }
@@ -49,30 +43,19 @@ pub(super) fn image() -> ImageConfig {
     }
 }
 
-pub(super) fn ctr(sc: LinuxContainerSecurityContext) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: "app".into(),
-            attempt: 0,
-        }),
+pub(super) fn ctr(sc: ContainerSecurity) -> ContainerSpec {
+    ContainerSpec {
+        name: "app".into(),
         envs: vec![
-            KeyValue {
-                key: "LANG".into(),
-                value: "C.UTF-8".into(),
-            },
-            KeyValue {
-                key: "MODE".into(),
-                value: "prod".into(),
-            },
+            ("LANG".into(), "C.UTF-8".into()),
+            ("MODE".into(), "prod".into()),
         ],
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(sc),
-            resources: Some(LinuxContainerResources {
-                cpu_shares: 256,
-                memory_limit_in_bytes: 32 << 20,
-                oom_score_adj: 999,
-                ..Default::default()
-            }),
+        security: sc,
+        resources: Some(Resources {
+            cpu_shares: 256,
+            memory_limit_in_bytes: 32 << 20,
+            oom_score_adj: 999,
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -98,7 +81,7 @@ pub(super) fn opts() -> ContainerOpts {
     }
 }
 
-pub(super) fn build(c: &ContainerConfig) -> Spec {
+pub(super) fn build(c: &ContainerSpec) -> Spec {
     container_spec(c, &pod(false), &image(), &opts()).unwrap()
 }
 

@@ -62,14 +62,14 @@ fn entrypoint_cmd_table() {
         ),
     ];
     for (what, command, args, image, want) in cases {
-        let c = ContainerConfig {
+        let c = ContainerSpec {
             command,
             args,
             ..Default::default()
         };
         assert_eq!(container::process_args(&c, &image).unwrap(), want, "{what}");
     }
-    let c = ContainerConfig::default();
+    let c = ContainerSpec::default();
     assert!(matches!(
         container::process_args(&c, &img(&[], &[])),
         Err(Error::InvalidArgument(_))
@@ -110,13 +110,7 @@ fn process_env_cwd_user_terminal() {
     assert!(s.hostname().is_none(), "the UTS namespace is the pod's");
 
     c.working_dir = "/work".into();
-    c.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .no_new_privs = true;
+    c.security.no_new_privs = true;
     let s = build(&c);
     assert_eq!(s.process().as_ref().unwrap().cwd(), Path::new("/work"));
     assert_eq!(

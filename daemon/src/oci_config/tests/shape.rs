@@ -42,50 +42,39 @@ fn annotations_and_cgroups_paths() {
 }
 
 #[test]
-#[allow(deprecated)]
 fn bad_input_is_invalid_argument() {
     let ok = ctr(Default::default());
     let mut no_name = ok.clone();
-    no_name.metadata = None;
+    no_name.name.clear();
     let mut bad_mount = ok.clone();
     bad_mount.mounts = vec![Mount {
         container_path: "/data/../../etc".into(),
         host_path: "/srv".into(),
-        propagation: MountPropagation::PropagationPrivate as i32,
+        propagation: Propagation::Private,
         ..Default::default()
     }];
     let mut bad_cap = ok.clone();
-    bad_cap.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
-        capabilities: Some(CriCapability {
+    bad_cap.security = ContainerSecurity {
+        capabilities: Some(Capabilities {
             add_capabilities: vec!["FLY".into()],
             ..Default::default()
         }),
         ..Default::default()
-    });
+    };
     let mut bad_seccomp = ok.clone();
-    bad_seccomp.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
-        seccomp_profile_path: "my-profile".into(),
+    bad_seccomp.security = ContainerSecurity {
+        seccomp: Some(crate::workload::Profile::Localhost("my-profile".into())),
         ..Default::default()
-    });
+    };
     let mut bad_user = ok.clone();
-    bad_user.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+    bad_user.security = ContainerSecurity {
         run_as_username: "nobody-here".into(),
         ..Default::default()
-    });
+    };
     let mut bad_env = ok.clone();
-    bad_env.envs.push(KeyValue {
-        key: String::new(),
-        value: "x".into(),
-    });
+    bad_env.envs.push((String::new(), "x".into()));
     let mut bad_oom = ok.clone();
-    bad_oom
-        .linux
-        .as_mut()
-        .unwrap()
-        .resources
-        .as_mut()
-        .unwrap()
-        .oom_score_adj = -1001;
+    bad_oom.resources.as_mut().unwrap().oom_score_adj = -1001;
     let mut bad_device = ok.clone();
     bad_device.devices = vec![Device {
         container_path: "dev/x".into(),
@@ -113,12 +102,9 @@ fn bad_input_is_invalid_argument() {
 
 #[test]
 fn full_container_spec_round_trips_as_json() {
-    let mut c = ctr(LinuxContainerSecurityContext {
-        seccomp: Some(k8s_cri::v1::SecurityProfile {
-            profile_type: 0,
-            localhost_ref: String::new(),
-        }),
-        capabilities: Some(CriCapability {
+    let mut c = ctr(ContainerSecurity {
+        seccomp: Some(crate::workload::Profile::RuntimeDefault),
+        capabilities: Some(Capabilities {
             add_capabilities: vec!["NET_ADMIN".into()],
             drop_capabilities: vec!["MKNOD".into()],
             ..Default::default()
@@ -129,7 +115,7 @@ fn full_container_spec_round_trips_as_json() {
     c.mounts = vec![Mount {
         container_path: "/data".into(),
         host_path: "/srv/data".into(),
-        propagation: MountPropagation::PropagationHostToContainer as i32,
+        propagation: Propagation::HostToContainer,
         readonly: true,
         ..Default::default()
     }];

@@ -2,6 +2,11 @@
 //! (SYN_STREAM), each is answered at once (SYN_REPLY) and handed out with a receiver of
 //! its data and a sender for ours. One task reads, one writes; PINGs are echoed. As with
 //! spdystream (the Go side), there is no flow-control window to honour.
+//!
+//! Bounds: what the client sent and no handler has taken yet shares one byte budget per
+//! session (the reader waits while it is spent); what we send is at most `OUT_FRAMES`
+//! frames of at most `CHUNK` bytes; a session without a frame either way for the idle
+//! timeout is closed, as spdystream's idle timer closes kubelet's.
 
 use std::collections::HashMap;
 
@@ -10,19 +15,27 @@ use tokio::sync::mpsc;
 
 use super::frame::{self, Frame, HeaderCodec, Headers, FLAG_FIN};
 use crate::error::Result;
+use crate::stream::limits::{Activity, Limits, SESSION_INBOUND_BYTES};
+use crate::stream::queue::{Budget, ByteRx, ByteTx};
 
 /// Largest data frame written (clients read any size; small frames keep latency low).
 const CHUNK: usize = 32 << 10;
+/// Frames queued towards the client: with `CHUNK`, 2 MiB at most per session.
+const OUT_FRAMES: usize = 64;
+
+/// RST_STREAM statuses.
+pub const PROTOCOL_ERROR: u32 = 1;
+pub const CANCEL: u32 = 5;
 
 /// A stream the client opened.
 pub struct Incoming {
     pub headers: Headers,
     /// Data the client sends on it; ends at its FIN (or RST, or the session's end).
-    pub rx: mpsc::Receiver<Vec<u8>>,
+    pub rx: ByteRx,
     pub tx: StreamTx,
 }
 
-enum Out {
+pub(crate) enum Out {
     Reply(u32),
     Raw(Vec<u8>),
     /// GOAWAY, then the write side closes: the client ends the connection.
@@ -37,6 +50,11 @@ pub struct StreamTx {
 }
 
 impl StreamTx {
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u32, out: mpsc::Sender<Out>) -> StreamTx {
+        StreamTx { id, out }
+    }
+
     /// Sends `data`; false once the session is gone.
     pub async fn send(&self, data: &[u8]) -> bool {
         for chunk in data.chunks(CHUNK) {
@@ -46,6 +64,17 @@ impl StreamTx {
             }
         }
         true
+    }
+
+    /// Resets the stream (RST_STREAM with `status`): the client sees it refused; what it
+    /// still sends on it is dropped once the handler has dropped the stream's receiver.
+    pub async fn reset(&self, status: u32) {
+        let mut body = self.id.to_be_bytes().to_vec();
+        body.extend_from_slice(&status.to_be_bytes());
+        let _ = self
+            .out
+            .send(Out::Raw(frame::control(frame::RST_STREAM, 0, &body)))
+            .await;
     }
 
     /// Half-closes the stream (FIN): the client sees its end.
@@ -71,26 +100,37 @@ impl Session {
 
 /// Starts the session's reader and writer on `io`; new streams arrive on the receiver,
 /// which ends with the connection.
-pub fn start<IO>(io: IO) -> (mpsc::Receiver<Incoming>, Session)
+pub fn start<IO>(io: IO, limits: Limits) -> (mpsc::Receiver<Incoming>, Session)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(io);
-    let (out_tx, out_rx) = mpsc::channel::<Out>(256);
+    let (out_tx, out_rx) = mpsc::channel::<Out>(OUT_FRAMES);
     let (new_tx, new_rx) = mpsc::channel::<Incoming>(16);
-    tokio::spawn(write_loop(wr, out_rx));
+    let activity = Activity::default();
+    tokio::spawn(write_loop(wr, out_rx, activity.clone()));
     let session = Session {
         out: out_tx.clone(),
     };
     tokio::spawn(async move {
-        if let Err(e) = read_loop(rd, out_tx, new_tx).await {
-            tracing::debug!(error = %e, "spdy session ended");
+        let close = out_tx.clone();
+        match read_loop(rd, out_tx, new_tx, limits, activity).await {
+            Ok(true) => {
+                tracing::info!(idle = ?limits.idle_timeout, "spdy session idle: closed");
+                let _ = close.send(Out::Close).await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "spdy session ended");
+                // A protocol error ends the whole session, not just our reading of it.
+                let _ = close.send(Out::Close).await;
+            }
         }
     });
     (new_rx, session)
 }
 
-async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Out>) {
+async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Out>, activity: Activity) {
     tokio::pin!(wr);
     let mut codec = HeaderCodec::default();
     while let Some(o) = rx.recv().await {
@@ -114,6 +154,7 @@ async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Out>) {
         if wr.write_all(&bytes).await.is_err() {
             return;
         }
+        activity.touch();
         // Flush when nothing else is queued: interactive sessions see each write at once.
         if rx.is_empty() && wr.flush().await.is_err() {
             return;
@@ -122,14 +163,21 @@ async fn write_loop<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Out>) {
     let _ = wr.shutdown().await;
 }
 
+/// Reads frames until the client ends the session: Ok(true) if it was idle too long.
 async fn read_loop<R: AsyncRead>(
     rd: R,
     out: mpsc::Sender<Out>,
     new: mpsc::Sender<Incoming>,
-) -> Result<()> {
+    limits: Limits,
+    activity: Activity,
+) -> Result<bool> {
     tokio::pin!(rd);
     let mut codec = HeaderCodec::default();
-    let mut streams: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let budget = Budget::new(SESSION_INBOUND_BYTES);
+    let mut streams: HashMap<u32, ByteTx> = HashMap::new();
+    // Streams whose handler dropped the receiver are forgotten once the map doubles
+    // (amortized O(1) per stream), not only at the client's FIN or RST.
+    let mut prune_at = 64;
     let mut buf = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
     loop {
@@ -142,9 +190,10 @@ async fn read_loop<R: AsyncRead>(
                     body,
                 } => {
                     if let Some(tx) = streams.get(&stream) {
-                        if !body.is_empty() {
-                            // A handler that stopped reading drops its receiver: ignore.
-                            let _ = tx.send(body).await;
+                        // Waits while the session's budget is spent. A handler that
+                        // stopped reading dropped its receiver: forget the stream.
+                        if !body.is_empty() && tx.send(body).await.is_err() {
+                            streams.remove(&stream);
                         }
                     }
                     if flags & FLAG_FIN != 0 {
@@ -155,9 +204,13 @@ async fn read_loop<R: AsyncRead>(
                     frame::SYN_STREAM => {
                         let id = frame::stream_id(&body)?;
                         let headers = codec.decode(body.get(10..).unwrap_or_default())?;
-                        let (tx, rx) = mpsc::channel(64);
+                        let (tx, rx) = budget.queue();
                         if flags & FLAG_FIN == 0 {
                             streams.insert(id, tx);
+                            if streams.len() >= prune_at {
+                                streams.retain(|_, tx| !tx.is_closed());
+                                prune_at = (streams.len() * 2).max(64);
+                            }
                         }
                         let _ = out.send(Out::Reply(id)).await;
                         let inc = Incoming {
@@ -169,7 +222,7 @@ async fn read_loop<R: AsyncRead>(
                             },
                         };
                         if new.send(inc).await.is_err() {
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
                     frame::RST_STREAM => {
@@ -180,7 +233,7 @@ async fn read_loop<R: AsyncRead>(
                             .send(Out::Raw(frame::control(frame::PING, 0, &body)))
                             .await;
                     }
-                    frame::GOAWAY => return Ok(()),
+                    frame::GOAWAY => return Ok(false),
                     frame::HEADERS => {
                         // Keep the shared zlib stream in step even though we ignore them.
                         codec.decode(body.get(4..).unwrap_or_default())?;
@@ -190,12 +243,15 @@ async fn read_loop<R: AsyncRead>(
                 },
             }
         }
-        let n = rd
-            .read(&mut chunk)
+        let Some(read) = activity
+            .read(limits.idle_timeout, rd.read(&mut chunk))
             .await
-            .map_err(|e| crate::error::Error::io("spdy read", e))?;
+        else {
+            return Ok(true);
+        };
+        let n = read.map_err(|e| crate::error::Error::io("spdy read", e))?;
         if n == 0 {
-            return Ok(());
+            return Ok(false);
         }
         buf.extend_from_slice(&chunk[..n]);
     }

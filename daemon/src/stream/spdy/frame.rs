@@ -20,6 +20,10 @@ pub const HEADERS: u16 = 8;
 pub const FLAG_FIN: u8 = 0x01;
 /// Frames larger than this are refused (data frames are written far smaller).
 pub const MAX_FRAME: usize = 1 << 20;
+/// A decompressed header block larger than this is refused: Kubernetes' streams carry a
+/// handful of short headers, and zlib inflates up to 1032:1 (a 1 MiB frame could
+/// otherwise become a gigabyte).
+pub const MAX_HEADER_BLOCK: usize = 64 << 10;
 
 /// Header name → values (SPDY joins several values of one name with NUL).
 pub type Headers = Vec<(String, String)>;
@@ -83,10 +87,15 @@ impl HeaderCodec {
     }
 
     pub fn decode(&mut self, block: &[u8]) -> Result<Headers> {
-        let mut raw = Vec::with_capacity(block.len() * 4 + 64);
+        let mut raw = Vec::with_capacity((block.len() * 4 + 64).min(MAX_HEADER_BLOCK));
         let mut input = block;
         loop {
-            raw.reserve(1024);
+            // The output never grows past the bound: inflate writes only into the spare
+            // capacity reserved here.
+            if raw.len() >= MAX_HEADER_BLOCK {
+                return Err(bad("header block too large"));
+            }
+            raw.reserve_exact((MAX_HEADER_BLOCK - raw.len()).min(1024));
             let before = self.inflate.total_in();
             let res = self
                 .inflate
@@ -103,9 +112,6 @@ impl HeaderCodec {
                         .map_err(|e| bad(format!("dictionary: {e}")))?;
                 }
                 Err(e) => return Err(bad(format!("inflate: {e}"))),
-            }
-            if raw.len() > MAX_FRAME {
-                return Err(bad("header block too large"));
             }
         }
         parse_block(&raw)
@@ -226,6 +232,16 @@ mod tests {
             let block = tx.encode(&h).unwrap();
             assert_eq!(rx.decode(&block).unwrap(), h);
         }
+    }
+
+    #[test]
+    fn a_header_block_that_inflates_past_the_bound_is_refused() {
+        let mut tx = HeaderCodec::default();
+        let h: Headers = vec![("x".into(), "a".repeat(MAX_HEADER_BLOCK))];
+        let block = tx.encode(&h).unwrap();
+        assert!(block.len() < 4096, "compresses well: {}", block.len());
+        let err = HeaderCodec::default().decode(&block).unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,173 @@
+//! Container and pod usage → CRI ContainerStats / PodSandboxStats, and the List calls
+//! that gather them (one container or pod that cannot be sampled is left out and logged,
+//! never failing the whole list).
+
+use k8s_cri::v1::{
+    ContainerAttributes, ContainerStats, CpuUsage, FilesystemIdentifier, FilesystemUsage,
+    LinuxPodSandboxStats, MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes,
+    PodSandboxStats, ProcessUsage, UInt64Value,
+};
+
+use super::convert::{container_metadata, pod_metadata};
+use crate::container::ContainerUsage;
+use crate::core::Core;
+use crate::error::Result;
+use crate::pod::stats::{IfaceCounters, PodSample};
+use crate::records::{ContainerRecord, PodRecord};
+use crate::shim_client::Sample;
+
+fn v(value: u64) -> Option<UInt64Value> {
+    Some(UInt64Value { value })
+}
+
+fn cpu(s: &Sample, now: i64) -> CpuUsage {
+    CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: v(s.cpu_ns),
+        usage_nano_cores: None,
+    }
+}
+
+fn memory(s: &Sample, now: i64) -> MemoryUsage {
+    MemoryUsage {
+        timestamp: now,
+        working_set_bytes: v(s.working_set),
+        usage_bytes: v(s.memory_usage),
+        rss_bytes: v(s.rss),
+        page_faults: v(s.page_faults),
+        major_page_faults: v(s.major_page_faults),
+        available_bytes: None,
+    }
+}
+
+pub fn container_stats(rec: &ContainerRecord, u: &ContainerUsage) -> ContainerStats {
+    ContainerStats {
+        attributes: Some(ContainerAttributes {
+            id: rec.id.clone(),
+            metadata: Some(container_metadata(&rec.config)),
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+        }),
+        cpu: u.sample.as_ref().map(|s| cpu(s, u.at)),
+        memory: u.sample.as_ref().map(|s| memory(s, u.at)),
+        writable_layer: Some(FilesystemUsage {
+            timestamp: u.at,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: u.writable_layer.display().to_string(),
+            }),
+            used_bytes: v(u.writable_bytes),
+            inodes_used: v(u.writable_inodes),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn pod_stats(rec: &PodRecord, s: &PodSample) -> PodSandboxStats {
+    let now = s.at;
+    let usage = |i: &IfaceCounters| NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: v(i.rx_bytes),
+        rx_errors: v(i.rx_errors),
+        tx_bytes: v(i.tx_bytes),
+        tx_errors: v(i.tx_errors),
+    };
+    let network = (!s.ifaces.is_empty()).then(|| NetworkUsage {
+        timestamp: now,
+        default_interface: s
+            .ifaces
+            .iter()
+            .find(|i| i.name == "eth0")
+            .or(s.ifaces.first())
+            .map(usage),
+        interfaces: s.ifaces.iter().map(usage).collect(),
+    });
+    PodSandboxStats {
+        attributes: Some(PodSandboxAttributes {
+            id: rec.id.clone(),
+            metadata: Some(pod_metadata(&rec.config)),
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+        }),
+        linux: Some(LinuxPodSandboxStats {
+            cpu: s.total.as_ref().map(|t| cpu(t, now)),
+            memory: s.total.as_ref().map(|t| memory(t, now)),
+            network,
+            process: s.total.as_ref().map(|t| ProcessUsage {
+                timestamp: now,
+                process_count: v(t.pids),
+            }),
+            containers: s
+                .containers
+                .iter()
+                .map(|(c, u)| container_stats(c, u))
+                .collect(),
+        }),
+        windows: None,
+    }
+}
+
+/// ListContainerStats: the containers `keep` selects. A container whose shim does not
+/// answer (dead, or gone between the listing and its sampling) is left out and logged.
+pub async fn list_container_stats(
+    core: &Core,
+    keep: impl Fn(&ContainerRecord) -> bool,
+) -> Result<Vec<ContainerStats>> {
+    let mut out = Vec::new();
+    for c in core.containers.list()?.into_iter().filter(|c| keep(c)) {
+        match core.containers.usage(&c).await {
+            Ok(u) => out.push(container_stats(&c, &u)),
+            Err(e) => {
+                tracing::warn!(container_id = %c.id, error = %e, "no stats: left out of the list")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// ListPodSandboxStats: the pods `keep` selects; a pod that cannot be sampled is left
+/// out and logged.
+pub async fn list_pod_stats(
+    core: &Core,
+    keep: impl Fn(&PodRecord) -> bool,
+) -> Result<Vec<PodSandboxStats>> {
+    let mut out = Vec::new();
+    for p in core.pods.list()?.into_iter().filter(|p| keep(p)) {
+        match core.pods.sample(&p).await {
+            Ok(s) => out.push(pod_stats(&p, &s)),
+            Err(e) => tracing::warn!(pod_id = %p.id, error = %e, "no stats: left out of the list"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::CtrState;
+    use crate::testkit::kit;
+
+    #[tokio::test]
+    async fn a_container_whose_shim_fails_is_left_out_of_the_list() {
+        let k = kit();
+        let (_, good) = k.ready_pod("p1");
+        let (_, bad) = k.ready_pod("p2");
+        k.container("c1", "p1", CtrState::Running);
+        k.container("c2", "p2", CtrState::Running);
+        good.set_state("c1", crate::shim_client::TaskStatus::Running, 0, 0);
+        bad.set_state("c2", crate::shim_client::TaskStatus::Running, 0, 0);
+        bad.fail("stats");
+        let all = list_container_stats(&k.core, |_| true).await.unwrap();
+        let ids: Vec<_> = all
+            .iter()
+            .map(|s| s.attributes.as_ref().unwrap().id.as_str())
+            .collect();
+        assert_eq!(ids, ["c1"]);
+        assert!(all[0].cpu.is_some(), "the answering one is sampled");
+        let pods = list_pod_stats(&k.core, |_| true).await.unwrap();
+        let ids: Vec<_> = pods
+            .iter()
+            .map(|s| s.attributes.as_ref().unwrap().id.as_str())
+            .collect();
+        assert_eq!(ids, ["p1"]);
+    }
+}
