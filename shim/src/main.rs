@@ -11,6 +11,7 @@ mod delete;
 mod error;
 mod events;
 mod failpoints;
+mod info;
 mod io;
 mod journal;
 mod mount;
@@ -44,9 +45,16 @@ fn main() {
         return;
     }
     if args.info {
-        fail(&error::Error::Unimplemented(
-            "-info is not supported".into(),
-        ));
+        let argv0 = std::env::args().next().unwrap_or_default();
+        match info::run(&argv0) {
+            Ok(bytes) => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&bytes);
+                let _ = out.flush();
+                return;
+            }
+            Err(e) => fail(&e),
+        }
     }
     if let Err(e) = args.validate() {
         fail(&e);

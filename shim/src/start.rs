@@ -49,6 +49,10 @@ pub fn run(args: &Args) -> Result<String> {
         let _ = std::fs::remove_file(socket::socket_path(&address));
         return Err(e);
     }
+    if let Err(e) = sched_core_from_env() {
+        let _ = std::fs::remove_file(socket::socket_path(&address));
+        return Err(e);
+    }
     let child = match spawn_daemon(args, &address, &listener) {
         Ok(c) => c,
         Err(e) => {
@@ -71,6 +75,29 @@ pub fn run(args: &Args) -> Result<String> {
     }
     adjust_oom_score(pid);
     Ok(address)
+}
+
+/// `SCHED_CORE` set (containerd's `sched_core`, or 2.x's shim env): give this process group
+/// a core-scheduling cookie before the daemon forks, so the shim, runc and every container
+/// of the pod inherit it and never share an SMT core with other pods' tasks. As the Go shim,
+/// a kernel without core scheduling fails the start rather than silently running without.
+fn sched_core_from_env() -> Result<()> {
+    if std::env::var_os("SCHED_CORE").is_none_or(|v| v.is_empty()) {
+        return Ok(());
+    }
+    const PR_SCHED_CORE: libc::c_int = 62;
+    const PR_SCHED_CORE_CREATE: libc::c_ulong = 1;
+    const PIDTYPE_PGID: libc::c_ulong = 2;
+    // SAFETY: prctl with integer arguments only; `start` is single-threaded, so the cookie
+    // covers every thread this process will ever have.
+    let r = unsafe { libc::prctl(PR_SCHED_CORE, PR_SCHED_CORE_CREATE, 0, PIDTYPE_PGID, 0) };
+    if r != 0 {
+        return Err(Error::sys(
+            "enable sched core support",
+            nix::errno::Errno::last(),
+        ));
+    }
+    Ok(())
 }
 
 /// Re-executes this binary as the daemon: cwd = bundle, listener on fd 3, stdio on

@@ -50,7 +50,7 @@ fn classify(t: &Table, e: &Exit) -> Match {
 /// Consumes every reaped exit for the life of the daemon.
 pub async fn run(table: Arc<Mutex<Table>>, events: Publisher, mut sub: Subscription) {
     while let Some(e) = sub.rx.recv().await {
-        let kill_all = {
+        let job = {
             let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
             match classify(&t, &e) {
                 Match::Buffer => {
@@ -65,31 +65,53 @@ pub async fn run(table: Arc<Mutex<Table>>, events: Publisher, mut sub: Subscript
                 Match::Init(c) => init_exited(&mut t, &events, &c, e),
             }
         };
-        if let Some((id, runc)) = kill_all {
-            // Why a separate task: `runc kill` is itself a child whose exit this very loop
-            // must deliver; awaiting it here would deadlock.
-            let table = table.clone();
-            let events = events.clone();
-            let span = tracing::info_span!("init_exit", container_id = %id);
-            tokio::spawn(
-                async move {
-                    if let Err(err) = runc.kill(&id, libc::SIGKILL as u32, true).await {
-                        tracing::debug!(error = %err, "kill --all after init exit");
-                    }
-                    {
-                        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-                        maybe_finish_init(&mut t, &events, &id);
+        if let Some(job) = job {
+            job.spawn(table.clone(), events.clone());
+        }
+    }
+}
+
+/// Work an init's exit needs outside the table lock before it is published: resuming a
+/// container that was paused (its other processes stay frozen otherwise, and `runc delete`
+/// would wait on them; the Go shim resumes too) and killing what remains of a container
+/// that shares a PID namespace.
+pub struct InitJob {
+    id: String,
+    runc: crate::runc::Runc,
+    resume: bool,
+    kill_all: bool,
+}
+
+impl InitJob {
+    /// Runs the job on its own task, then publishes the init's exit.
+    ///
+    /// Why a separate task: `runc resume`/`runc kill` are themselves children whose exits
+    /// the exit loop must deliver; awaiting them on that loop would deadlock.
+    pub fn spawn(self, table: Arc<Mutex<Table>>, events: Publisher) {
+        let span = tracing::info_span!("init_exit", container_id = %self.id);
+        tokio::spawn(
+            async move {
+                if self.resume {
+                    if let Err(err) = self.runc.resume(&self.id).await {
+                        tracing::warn!(error = %err, "resuming exited container from paused state");
                     }
                 }
-                .instrument(span),
-            );
-        }
+                if self.kill_all {
+                    if let Err(err) = self.runc.kill(&self.id, libc::SIGKILL as u32, true).await {
+                        tracing::debug!(error = %err, "kill --all after init exit");
+                    }
+                }
+                let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+                maybe_finish_init(&mut t, &events, &self.id);
+            }
+            .instrument(span),
+        );
     }
 }
 
 /// Dispatches an exit that is already known to belong to a process (also used by Start
 /// and Create for buffered early exits). Returns a kill-all job for the caller to spawn.
-pub fn deliver(t: &mut Table, events: &Publisher, e: Exit) -> Option<(String, crate::runc::Runc)> {
+pub fn deliver(t: &mut Table, events: &Publisher, e: Exit) -> Option<InitJob> {
     match classify(t, &e) {
         Match::Init(c) => init_exited(t, events, &c, e),
         Match::Exec(c, x) => {
@@ -115,25 +137,27 @@ fn exec_exited(t: &mut Table, events: &Publisher, cid: &str, xid: &str, e: Exit)
     }
 }
 
-/// Records the init exit; returns the kill-all job when the container shares a PID
-/// namespace (the exit is then finished after the kill).
-fn init_exited(
-    t: &mut Table,
-    events: &Publisher,
-    cid: &str,
-    e: Exit,
-) -> Option<(String, crate::runc::Runc)> {
+/// Records the init exit; returns the job to run first when the container was paused or
+/// shares a PID namespace (the exit is then finished by the job).
+fn init_exited(t: &mut Table, events: &Publisher, cid: &str, e: Exit) -> Option<InitJob> {
     let c = t.containers.get_mut(cid)?;
     c.pending_init_exit = Some(e);
-    if c.kill_all_on_exit {
-        return Some((c.id.clone(), c.runc.clone()));
+    let resume = matches!(c.init.status, Status::Paused | Status::Pausing);
+    if resume || c.kill_all_on_exit {
+        return Some(InitJob {
+            id: c.id.clone(),
+            runc: c.runc.clone(),
+            resume,
+            kill_all: c.kill_all_on_exit,
+        });
     }
     maybe_finish_init(t, events, cid);
     None
 }
 
-/// Called once a kill-all job has run.
-pub fn finish_after_kill_all(t: &mut Table, events: &Publisher, cid: &str) {
+/// Called once an init job has run (tests drive the job's steps by hand).
+#[cfg(test)]
+fn finish_after_job(t: &mut Table, events: &Publisher, cid: &str) {
     maybe_finish_init(t, events, cid);
 }
 
@@ -304,9 +328,31 @@ mod tests {
         t.containers.insert("c".into(), c);
         assert!(deliver(&mut t, &events, exit(300, 0)).is_some());
         assert!(drain(&mut rx).is_empty());
-        finish_after_kill_all(&mut t, &events, "c");
+        finish_after_job(&mut t, &events, "c");
         assert_eq!(drain(&mut rx), [("c".to_string(), 0)]);
         // A second exit for a reused pid of a stopped init is not delivered again.
         assert!(matches!(classify(&t, &exit(300, 1)), Match::Ignore));
+    }
+
+    #[test]
+    fn a_paused_init_is_resumed_before_its_exit_is_published() {
+        let (events, mut rx) = Publisher::channel();
+        let mut t = Table::default();
+        for (id, pid, status) in [("p", 400, Status::Paused), ("q", 401, Status::Pausing)] {
+            let mut c = container(id, pid);
+            c.init.status = status;
+            t.containers.insert(id.into(), c);
+            let job = deliver(&mut t, &events, exit(pid, 137)).expect("a job");
+            assert!(job.resume && !job.kill_all, "{id}");
+            // Still paused until the job has run: State and Wait see no exit yet.
+            assert!(drain(&mut rx).is_empty());
+            assert_eq!(t.containers[id].init.status, status);
+            finish_after_job(&mut t, &events, id);
+            assert_eq!(drain(&mut rx), [(id.to_string(), 137)]);
+            assert_eq!(t.containers[id].init.status, Status::Stopped);
+        }
+        // A running init without a shared PID namespace needs no job.
+        t.containers.insert("r".into(), container("r", 402));
+        assert!(deliver(&mut t, &events, exit(402, 0)).is_none());
     }
 }

@@ -109,7 +109,7 @@ impl Service {
             .and_then(|e| exits::deliver(&mut t, &self.events, e));
         t.end_in_flight();
         drop(t);
-        self.spawn_kill_all(job);
+        self.spawn_init_job(job);
         Ok(pid as u32)
     }
 
@@ -234,7 +234,7 @@ impl Service {
             .and_then(|e| exits::deliver(&mut t, &self.events, e));
         t.end_in_flight();
         drop(t);
-        self.spawn_kill_all(job);
+        self.spawn_init_job(job);
         if let Some(cg) = cg {
             let events = self.events.clone();
             let cid = id.to_string();
@@ -362,7 +362,7 @@ impl Service {
             .and_then(|e| exits::deliver(&mut t, &self.events, e));
         t.end_in_flight();
         drop(t);
-        self.spawn_kill_all(job);
+        self.spawn_init_job(job);
         Ok(pid as u32)
     }
 
@@ -543,17 +543,10 @@ impl Service {
         Ok(resp)
     }
 
-    /// Runs a kill-all job returned by exit delivery outside the lock.
-    fn spawn_kill_all(&self, job: Option<(String, Runc)>) {
-        let Some((id, runc)) = job else { return };
-        let table = self.table.clone();
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let _ = runc.kill(&id, libc::SIGKILL as u32, true).await;
-            {
-                let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-                exits::finish_after_kill_all(&mut t, &events, &id);
-            }
-        });
+    /// Runs an init job returned by exit delivery outside the lock.
+    fn spawn_init_job(&self, job: Option<exits::InitJob>) {
+        if let Some(job) = job {
+            job.spawn(self.table.clone(), self.events.clone());
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Rootfs mounts applied by the shim: containerd's `Mount` list stacked onto `<bundle>/rootfs`.
 
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,11 @@ use nix::sched::{unshare, CloneFlags};
 
 use crate::error::{Error, Result};
 
-/// Mounts every entry, in order, onto `rootfs` (containerd 1.6 semantics: `Mount.target` is
-/// ignored and the mounts stack). On failure, whatever was mounted here is unmounted again.
+mod loopdev;
+
+/// Mounts every entry, in order, onto `rootfs`, or onto `rootfs/<target>` when the entry
+/// names a target (containerd 2.x; 1.6 never sets one, so its mounts stack on `rootfs`).
+/// On failure, whatever was mounted here is unmounted again.
 pub fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o711).create(rootfs) {
         Err(e) if e.kind() != ErrorKind::AlreadyExists => {
@@ -21,19 +25,76 @@ pub fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
         _ => {}
     }
     // Absolute, because an overlay mount may run with another working directory.
-    let target = std::path::absolute(rootfs).map_err(|e| Error::io("resolve rootfs path", e))?;
-    for (done, m) in mounts.iter().enumerate() {
-        if let Err(e) = mount_one(m, &target) {
-            // Only our own layers come off: a rootfs that was already a mount point stays.
-            for _ in 0..done {
-                if let Err(u) = umount2(&target, MntFlags::MNT_DETACH) {
-                    tracing::warn!(error = %u, rootfs = %target.display(), "rollback unmount");
+    let root = std::path::absolute(rootfs).map_err(|e| Error::io("resolve rootfs path", e))?;
+    let mut done: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        let result = mount_point(&root, &m.target).and_then(|point| {
+            mount_one(m, &point.path)?;
+            Ok(point.path)
+        });
+        match result {
+            Ok(p) => done.push(p),
+            Err(e) => {
+                // Only our own mounts come off, newest first: a rootfs that was already a
+                // mount point stays.
+                for p in done.iter().rev() {
+                    if let Err(u) = umount2(p, MntFlags::MNT_DETACH) {
+                        tracing::warn!(error = %u, path = %p.display(), "rollback unmount");
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
         }
     }
     Ok(())
+}
+
+/// Where one mount goes: `root` itself, or `target` resolved inside `root` as if `root` were
+/// `/` (symlinks and `..` in the image can never lead out of it, as containerd's secure join).
+struct MountPoint {
+    path: PathBuf,
+}
+
+fn mount_point(root: &Path, target: &str) -> Result<MountPoint> {
+    let rel = target.trim_start_matches('/');
+    if rel.is_empty() {
+        return Ok(MountPoint {
+            path: root.to_path_buf(),
+        });
+    }
+    use nix::fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    // Opened now, not before: an earlier entry may have mounted over `root`, and the target
+    // lives in what is visible there now.
+    let dir = open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open {}", root.display()), e))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(&dir, rel, how).map_err(|e| {
+        Error::sys(
+            format!("resolve mount target {target:?} in {}", root.display()),
+            e,
+        )
+    })?;
+    // The kernel's name for what was resolved: a path under `root` with no symlink left, so
+    // mounting on it walks to the same place (nothing else writes into the rootfs before the
+    // container starts). The string, not `/proc/self/fd/N`, is what the mount gets: a
+    // read-only remount through the fd would reach the directory under the new mount.
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| Error::io("read resolved mount target", e))?;
+    let canonical_root = std::fs::canonicalize(root)
+        .map_err(|e| Error::io(format!("resolve {}", root.display()), e))?;
+    if !path.starts_with(&canonical_root) {
+        return Err(Error::InvalidArgument(format!(
+            "mount target {target:?} resolves outside the rootfs"
+        )));
+    }
+    Ok(MountPoint { path })
 }
 
 /// Unmounts everything stacked on `target` (lazily); a missing path or no mount is Ok.
@@ -179,9 +240,21 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
             options = compacted;
         }
     }
-    let p = parse_mount_options(&options);
+    let mut p = parse_mount_options(&options);
+    let mut loop_params = None;
     if p.losetup {
-        return Err(Error::Unimplemented("loop mounts are not supported".into()));
+        // containerd's hasDirectIO: a loop-only word, never passed to the filesystem.
+        let words: Vec<&str> = p.data.split(',').filter(|w| !w.is_empty()).collect();
+        let direct_io = words.contains(&"direct-io");
+        p.data = words
+            .into_iter()
+            .filter(|w| *w != "direct-io")
+            .collect::<Vec<_>>()
+            .join(",");
+        loop_params = Some(loopdev::Params {
+            readonly: p.flags.contains(MsFlags::MS_RDONLY),
+            direct_io,
+        });
     }
     if p.data.len() > pagesize {
         return Err(Error::InvalidArgument("mount options is too long".into()));
@@ -191,7 +264,16 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     let mounted = !p.flags.contains(MsFlags::MS_REMOUNT) || !p.data.is_empty();
     if mounted {
         let data = (!p.data.is_empty()).then_some(p.data.as_str());
-        let (src, fstype) = (m.source.as_str(), m.type_.as_str());
+        // Held until the mount is made (autoclear frees an unreferenced device).
+        let device = match loop_params {
+            Some(lp) => Some(loopdev::attach(&m.source, lp)?),
+            None => None,
+        };
+        let src = match &device {
+            Some(d) => d.path.to_str().unwrap_or_default(),
+            None => m.source.as_str(),
+        };
+        let fstype = m.type_.as_str();
         match chdir {
             None => mount(Some(src), target, Some(fstype), p.flags, data),
             Some(dir) => mount_in_dir(dir, src, target, fstype, p.flags, data),
@@ -448,6 +530,111 @@ mod tests {
     }
 
     #[test]
+    fn targets_mount_inside_the_rootfs_and_never_outside() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let src = layer(t.path(), "src", &[("f", "data")]);
+        let base = layer(t.path(), "base", &[]);
+        let outside = layer(t.path(), "outside", &[]);
+        fs::create_dir_all(Path::new(&base).join("data")).expect("mkdir data");
+        // The image's `escape` points at a host dir: it must resolve inside the rootfs.
+        std::os::unix::fs::symlink(&outside, Path::new(&base).join("escape")).expect("symlink");
+        let rootfs = t.path().join("rootfs");
+        let _c = Cleanup(rootfs.clone());
+        let mut data = mnt("bind", &src, &["rbind", "ro"]);
+        data.target = "/data".into();
+        mount_rootfs(&[mnt("bind", &base, &["rbind"]), data], &rootfs).expect("mount");
+        assert_eq!(
+            fs::read_to_string(rootfs.join("data/f")).expect("read"),
+            "data"
+        );
+        let err = fs::write(rootfs.join("data/g"), "x").expect_err("ro target");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        unmount_all(&rootfs).expect("unmount_all");
+        assert!(!mounted(&rootfs) && !mounted(&rootfs.join("data")));
+
+        // `escape/..` and an absolute host path stay in the rootfs; a missing target fails
+        // and takes the mounts made before it off again.
+        let mut esc = mnt("bind", &src, &["rbind"]);
+        esc.target = "/escape".into();
+        let e = mount_rootfs(&[mnt("bind", &base, &["rbind"]), esc], &rootfs).unwrap_err();
+        assert!(e.to_string().contains("escape"), "{e}");
+        assert!(!mounted(&rootfs), "rollback left the base mount");
+        assert!(!mounted(Path::new(&outside)));
+        assert!(fs::read_dir(&outside).expect("outside").next().is_none());
+        let mut dotdot = mnt("bind", &src, &["rbind"]);
+        dotdot.target = "../../data".into();
+        mount_rootfs(&[mnt("bind", &base, &["rbind"]), dotdot], &rootfs).expect("dotdot");
+        assert_eq!(
+            fs::read_to_string(rootfs.join("data/f")).expect("read"),
+            "data"
+        );
+        unmount_all(&rootfs).expect("unmount_all");
+    }
+
+    /// The loop devices bound to `file` (from sysfs).
+    fn loops_of(file: &Path) -> Vec<String> {
+        let want = file.to_string_lossy().into_owned();
+        fs::read_dir("/sys/block")
+            .expect("sysfs")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+            .filter(|e| {
+                fs::read_to_string(e.path().join("loop/backing_file"))
+                    .is_ok_and(|b| b.trim() == want)
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn unbound_soon(file: &Path) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !loops_of(file).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        loops_of(file).is_empty()
+    }
+
+    #[test]
+    fn loop_mount_of_an_image_file_and_autoclear() {
+        if !is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().expect("tempdir");
+        let content = layer(t.path(), "content", &[("hello", "from the image file")]);
+        let img = t.path().join("layer.ext4");
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d", &content])
+            .arg(&img)
+            .arg("8M")
+            .output()
+            .expect("mkfs.ext4 (e2fsprogs)");
+        assert!(out.status.success(), "{out:?}");
+        let rootfs = t.path().join("rootfs");
+        let _c = Cleanup(rootfs.clone());
+        let m = mnt("ext4", &img.to_string_lossy(), &["ro", "loop", "direct-io"]);
+        mount_rootfs(&[m], &rootfs).expect("loop mount");
+        assert_eq!(
+            fs::read_to_string(rootfs.join("hello")).expect("read"),
+            "from the image file"
+        );
+        let err = fs::write(rootfs.join("x"), "x").expect_err("ro loop");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        assert_eq!(loops_of(&img).len(), 1, "one device bound while mounted");
+        unmount_all(&rootfs).expect("unmount_all");
+        // Autoclear: the device is released with the last mount (possibly a little later).
+        assert!(unbound_soon(&img), "loop device left bound");
+        // A file that is not a filesystem: the mount fails and leaves no device behind.
+        let junk = t.path().join("junk");
+        fs::write(&junk, vec![0u8; 1 << 20]).expect("junk");
+        let m = mnt("ext4", &junk.to_string_lossy(), &["ro", "loop"]);
+        assert!(mount_rootfs(&[m], &rootfs).is_err());
+        assert!(unbound_soon(&junk), "failed mount left a loop device");
+    }
+
+    #[test]
     fn long_lowerdir_list_is_compacted() {
         if !is_root() {
             return;
@@ -498,7 +685,8 @@ mod tests {
         let e = mount_rootfs(&[mnt("bind", &src, &["bind"]), bad], &rootfs).unwrap_err();
         assert!(matches!(e, Error::Sys { .. }), "{e}");
         assert!(!mounted(&rootfs));
-        let e = mount_rootfs(&[mnt("ext4", "/x.img", &["loop"])], &rootfs).unwrap_err();
-        assert!(matches!(e, Error::Unimplemented(_)), "{e}");
+        let e = mount_rootfs(&[mnt("ext4", "/nonexistent/x.img", &["loop"])], &rootfs).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x.img"), "{e}");
+        assert!(!mounted(&rootfs));
     }
 }
