@@ -1,0 +1,350 @@
+//! Mount tests: option parsing, lowerdir compaction, and real mounts (as root).
+
+use super::*;
+use std::fs;
+
+fn opts(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn mnt(type_: &str, source: &str, options: &[&str]) -> Mount {
+    Mount {
+        type_: type_.into(),
+        source: source.into(),
+        options: opts(options),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn parse_mount_options_table() {
+    use MsFlags as F;
+    let cases: &[(&[&str], MsFlags, &str, bool)] = &[
+        (
+            &["ro", "nosuid", "nodev"],
+            F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV,
+            "",
+            false,
+        ),
+        (&["ro", "rw"], F::empty(), "", false),
+        (
+            &["rbind", "ro"],
+            F::MS_BIND | F::MS_REC | F::MS_RDONLY,
+            "",
+            false,
+        ),
+        (
+            &["noexec", "exec", "nosuid", "suid", "sync", "async"],
+            F::empty(),
+            "",
+            false,
+        ),
+        (
+            &["noatime", "atime", "relatime", "strictatime"],
+            F::MS_RELATIME | F::MS_STRICTATIME,
+            "",
+            false,
+        ),
+        (
+            &["norelatime", "nostrictatime", "dirsync", "mand", "nomand"],
+            F::MS_DIRSYNC,
+            "",
+            false,
+        ),
+        (
+            &["nodiratime", "remount"],
+            F::MS_NODIRATIME | F::MS_REMOUNT,
+            "",
+            false,
+        ),
+        (&["dev", "diratime"], F::empty(), "", false),
+        (&["defaults"], F::empty(), "defaults", false),
+        (&["loop", "ro"], F::MS_RDONLY, "", true),
+        (
+            &[
+                "index=off",
+                "workdir=/w",
+                "upperdir=/u",
+                "lowerdir=/a:/b",
+                "shared",
+            ],
+            F::empty(),
+            "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b,shared",
+            false,
+        ),
+    ];
+    for (words, flags, data, losetup) in cases {
+        let want = ParsedOptions {
+            flags: *flags,
+            data: data.to_string(),
+            losetup: *losetup,
+        };
+        assert_eq!(parse_mount_options(&opts(words)), want, "{words:?}");
+    }
+}
+
+#[test]
+fn compact_lowerdirs() {
+    let o = opts(&[
+        "workdir=a",
+        "lowerdir=/s/snapshots/1/fs:/s/snapshots/10/fs",
+        "upperdir=b",
+    ]);
+    let (dir, out) = compact_lowerdir_option(&o).expect("compacted");
+    assert_eq!(dir, "/s/snapshots/");
+    assert_eq!(
+        out,
+        opts(&["workdir=a", "upperdir=b", "lowerdir=1/fs:10/fs"])
+    );
+    let o = opts(&["lowerdir=/s/snapshots/2/fs:/s/snapshots/3/fs:/s/snapshots/1/fs"]);
+    let (dir, out) = compact_lowerdir_option(&o).expect("compacted");
+    assert_eq!(
+        (dir.as_str(), out),
+        ("/s/snapshots/", opts(&["lowerdir=2/fs:3/fs:1/fs"]))
+    );
+    assert_eq!(compact_lowerdir_option(&opts(&["lowerdir=/s/1/fs"])), None);
+    assert_eq!(
+        compact_lowerdir_option(&opts(&["lowerdir=/a/1:/b/1"])),
+        None
+    );
+    assert_eq!(compact_lowerdir_option(&opts(&["upperdir=/a"])), None);
+    assert_eq!(longest_common_prefix(&["/x/é1", "/x/é2"]), "/x/é");
+    assert_eq!(longest_common_prefix(&["/x/\u{e9}", "/x/\u{e8}"]), "/x/");
+}
+
+fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+fn mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let p = path.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+/// Unmounts on drop, so a failed assertion leaves no mount behind.
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = unmount_all(&self.0);
+    }
+}
+
+fn layer(base: &Path, name: &str, files: &[(&str, &str)]) -> String {
+    let d = base.join(name);
+    fs::create_dir_all(&d).expect("mkdir layer");
+    for (f, body) in files {
+        fs::write(d.join(f), body).expect("write layer file");
+    }
+    d.to_string_lossy().into_owned()
+}
+
+#[test]
+fn overlay_two_lowerdirs_and_unmount_all() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let top = layer(t.path(), "l1", &[("f", "top")]);
+    let bottom = layer(t.path(), "l2", &[("f", "bottom"), ("only-bottom", "b")]);
+    let (up, work) = (layer(t.path(), "up", &[]), layer(t.path(), "work", &[]));
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    let o = [
+        "index=off".to_string(),
+        format!("workdir={work}"),
+        format!("upperdir={up}"),
+        format!("lowerdir={top}:{bottom}"),
+    ];
+    let o: Vec<&str> = o.iter().map(String::as_str).collect();
+    mount_rootfs(&[mnt("overlay", "overlay", &o)], &rootfs).expect("mount overlay");
+    assert_eq!(fs::read_to_string(rootfs.join("f")).expect("read f"), "top");
+    assert!(rootfs.join("only-bottom").exists());
+    fs::write(rootfs.join("new"), "x").expect("write to upper");
+    assert!(Path::new(&up).join("new").exists());
+    unmount_all(&rootfs).expect("unmount_all");
+    assert!(!mounted(&rootfs));
+    unmount_all(&rootfs).expect("second unmount_all is a no-op");
+    unmount_all(&t.path().join("missing")).expect("missing path is ok");
+}
+
+#[test]
+fn readonly_bind_refuses_writes() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = layer(t.path(), "src", &[("f", "data")]);
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    mount_rootfs(&[mnt("bind", &src, &["rbind", "ro"])], &rootfs).expect("mount bind");
+    assert_eq!(fs::read_to_string(rootfs.join("f")).expect("read"), "data");
+    let err = fs::write(rootfs.join("g"), "x").expect_err("write must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    unmount_all(&rootfs).expect("unmount_all");
+    assert!(!mounted(&rootfs));
+}
+
+#[test]
+fn targets_mount_inside_the_rootfs_and_never_outside() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = layer(t.path(), "src", &[("f", "data")]);
+    let base = layer(t.path(), "base", &[]);
+    let outside = layer(t.path(), "outside", &[]);
+    fs::create_dir_all(Path::new(&base).join("data")).expect("mkdir data");
+    // The image's `escape` points at a host dir: it must resolve inside the rootfs.
+    std::os::unix::fs::symlink(&outside, Path::new(&base).join("escape")).expect("symlink");
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    let mut data = mnt("bind", &src, &["rbind", "ro"]);
+    data.target = "/data".into();
+    mount_rootfs(&[mnt("bind", &base, &["rbind"]), data], &rootfs).expect("mount");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("data/f")).expect("read"),
+        "data"
+    );
+    let err = fs::write(rootfs.join("data/g"), "x").expect_err("ro target");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    unmount_all(&rootfs).expect("unmount_all");
+    assert!(!mounted(&rootfs) && !mounted(&rootfs.join("data")));
+
+    // `escape/..` and an absolute host path stay in the rootfs; a missing target fails
+    // and takes the mounts made before it off again.
+    let mut esc = mnt("bind", &src, &["rbind"]);
+    esc.target = "/escape".into();
+    let e = mount_rootfs(&[mnt("bind", &base, &["rbind"]), esc], &rootfs).unwrap_err();
+    assert!(e.to_string().contains("escape"), "{e}");
+    assert!(!mounted(&rootfs), "rollback left the base mount");
+    assert!(!mounted(Path::new(&outside)));
+    assert!(fs::read_dir(&outside).expect("outside").next().is_none());
+    let mut dotdot = mnt("bind", &src, &["rbind"]);
+    dotdot.target = "../../data".into();
+    mount_rootfs(&[mnt("bind", &base, &["rbind"]), dotdot], &rootfs).expect("dotdot");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("data/f")).expect("read"),
+        "data"
+    );
+    unmount_all(&rootfs).expect("unmount_all");
+}
+
+/// The loop devices bound to `file` (from sysfs).
+fn loops_of(file: &Path) -> Vec<String> {
+    let want = file.to_string_lossy().into_owned();
+    fs::read_dir("/sys/block")
+        .expect("sysfs")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter(|e| {
+            fs::read_to_string(e.path().join("loop/backing_file")).is_ok_and(|b| b.trim() == want)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn unbound_soon(file: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !loops_of(file).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    loops_of(file).is_empty()
+}
+
+#[test]
+fn loop_mount_of_an_image_file_and_autoclear() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let content = layer(t.path(), "content", &[("hello", "from the image file")]);
+    let img = t.path().join("layer.ext4");
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", &content])
+        .arg(&img)
+        .arg("8M")
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "{out:?}");
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    let m = mnt("ext4", &img.to_string_lossy(), &["ro", "loop", "direct-io"]);
+    mount_rootfs(&[m], &rootfs).expect("loop mount");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hello")).expect("read"),
+        "from the image file"
+    );
+    let err = fs::write(rootfs.join("x"), "x").expect_err("ro loop");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(loops_of(&img).len(), 1, "one device bound while mounted");
+    unmount_all(&rootfs).expect("unmount_all");
+    // Autoclear: the device is released with the last mount (possibly a little later).
+    assert!(unbound_soon(&img), "loop device left bound");
+    // A file that is not a filesystem: the mount fails and leaves no device behind.
+    let junk = t.path().join("junk");
+    fs::write(&junk, vec![0u8; 1 << 20]).expect("junk");
+    let m = mnt("ext4", &junk.to_string_lossy(), &["ro", "loop"]);
+    assert!(mount_rootfs(&[m], &rootfs).is_err());
+    assert!(unbound_soon(&junk), "failed mount left a loop device");
+}
+
+#[test]
+fn long_lowerdir_list_is_compacted() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let snaps = t
+        .path()
+        .join("io.containerd.snapshotter.v1.overlayfs")
+        .join("snapshots");
+    let pad = "p".repeat(40);
+    let dirs: Vec<String> = (0..60)
+        .map(|i| {
+            let files: &[(&str, &str)] = if i == 59 { &[("lowest", "yes")] } else { &[] };
+            layer(&snaps, &format!("{i}{pad}/fs"), files)
+        })
+        .collect();
+    let lower = format!("lowerdir={}", dirs.join(":"));
+    assert!(
+        lower.len() > page_size() - 512,
+        "test data too short: {}",
+        lower.len()
+    );
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    mount_rootfs(&[mnt("overlay", "overlay", &[&lower])], &rootfs).expect("mount overlay");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("lowest")).expect("read"),
+        "yes"
+    );
+    unmount_all(&rootfs).expect("unmount_all");
+    assert!(!mounted(&rootfs));
+}
+
+#[test]
+fn failure_unmounts_earlier_layers() {
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let src = layer(t.path(), "src", &[]);
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    let bad = mnt(
+        "overlay",
+        "overlay",
+        &["lowerdir=/nonexistent/berth/a:/nonexistent/b"],
+    );
+    let e = mount_rootfs(&[mnt("bind", &src, &["bind"]), bad], &rootfs).unwrap_err();
+    assert!(matches!(e, Error::Sys { .. }), "{e}");
+    assert!(!mounted(&rootfs));
+    let e = mount_rootfs(&[mnt("ext4", "/nonexistent/x.img", &["loop"])], &rootfs).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/x.img"), "{e}");
+    assert!(!mounted(&rootfs));
+}
