@@ -12,7 +12,7 @@ fi
 
 pkgs=(containerd runc crun containernetworking-plugins busybox-static criu skopeo
       docker-registry apache2-utils protobuf-compiler libssl-dev pkg-config openssl
-      iproute2 util-linux mount ca-certificates)
+      iproute2 util-linux mount ca-certificates e2fsprogs fuse3 fuse-overlayfs)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

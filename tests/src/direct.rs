@@ -363,6 +363,11 @@ impl Direct {
         procs::shims_of(&self.address)
     }
 
+    /// The busybox rootfs directory the default Create request bind-mounts.
+    pub fn rootfs_src(&self) -> &Path {
+        &self.rootfs_src
+    }
+
     /// A Create request: the busybox rootfs as a bind mount the shim applies on `rootfs/`.
     pub fn create_req(&self, id: &str, stdout: &str, stderr: &str) -> api::CreateTaskRequest {
         let m = api::Mount {

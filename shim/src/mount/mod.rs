@@ -4,6 +4,7 @@ use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use berth_proto::types::mount::Mount;
 use nix::errno::Errno;
@@ -11,13 +12,16 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
 use crate::error::{Error, Result};
+use crate::reaper::Reaper;
 
+mod helper;
 mod loopdev;
 
 /// Mounts every entry, in order, onto `rootfs`, or onto `rootfs/<target>` when the entry
 /// names a target (containerd 2.x; 1.6 never sets one, so its mounts stack on `rootfs`).
-/// On failure, whatever was mounted here is unmounted again.
-pub fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
+/// `fuse.*` types go through their mount helper ([`helper`]). On failure, whatever was
+/// mounted here is unmounted again.
+pub async fn mount_rootfs(mounts: &[Mount], rootfs: &Path, reaper: &Arc<Reaper>) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o711).create(rootfs) {
         Err(e) if e.kind() != ErrorKind::AlreadyExists => {
             return Err(Error::io(format!("mkdir {}", rootfs.display()), e))
@@ -28,10 +32,15 @@ pub fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
     let root = std::path::absolute(rootfs).map_err(|e| Error::io("resolve rootfs path", e))?;
     let mut done: Vec<PathBuf> = Vec::new();
     for m in mounts {
-        let result = mount_point(&root, &m.target).and_then(|point| {
-            mount_one(m, &point.path)?;
-            Ok(point.path)
-        });
+        let result = match mount_point(&root, &m.target) {
+            Ok(point) => if helper::helper_for(&m.type_).is_some() {
+                helper::mount(m, &point.path, reaper).await
+            } else {
+                mount_one(m, &point.path)
+            }
+            .map(|()| point.path),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(p) => done.push(p),
             Err(e) => {
@@ -224,12 +233,6 @@ fn page_size() -> usize {
 }
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
-    if m.type_.starts_with("fuse.") || m.type_.starts_with("fuse3.") {
-        return Err(Error::Unimplemented(format!(
-            "mount helper for {} mounts",
-            m.type_
-        )));
-    }
     let pagesize = page_size();
     let mut chdir = None;
     let mut options = m.options.clone();

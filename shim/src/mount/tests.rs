@@ -3,6 +3,16 @@
 use super::*;
 use std::fs;
 
+/// Runs [`mount_rootfs`] to completion. The reaper is never started: none of these mounts
+/// runs a helper, and a started reaper would collect other tests' children.
+fn mount_sync(mounts: &[Mount], rootfs: &Path) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(mount_rootfs(mounts, rootfs, &Arc::new(Reaper::default())))
+}
+
 fn opts(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
@@ -161,7 +171,7 @@ fn overlay_two_lowerdirs_and_unmount_all() {
         format!("lowerdir={top}:{bottom}"),
     ];
     let o: Vec<&str> = o.iter().map(String::as_str).collect();
-    mount_rootfs(&[mnt("overlay", "overlay", &o)], &rootfs).expect("mount overlay");
+    mount_sync(&[mnt("overlay", "overlay", &o)], &rootfs).expect("mount overlay");
     assert_eq!(fs::read_to_string(rootfs.join("f")).expect("read f"), "top");
     assert!(rootfs.join("only-bottom").exists());
     fs::write(rootfs.join("new"), "x").expect("write to upper");
@@ -181,7 +191,7 @@ fn readonly_bind_refuses_writes() {
     let src = layer(t.path(), "src", &[("f", "data")]);
     let rootfs = t.path().join("rootfs");
     let _c = Cleanup(rootfs.clone());
-    mount_rootfs(&[mnt("bind", &src, &["rbind", "ro"])], &rootfs).expect("mount bind");
+    mount_sync(&[mnt("bind", &src, &["rbind", "ro"])], &rootfs).expect("mount bind");
     assert_eq!(fs::read_to_string(rootfs.join("f")).expect("read"), "data");
     let err = fs::write(rootfs.join("g"), "x").expect_err("write must fail");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
@@ -205,7 +215,7 @@ fn targets_mount_inside_the_rootfs_and_never_outside() {
     let _c = Cleanup(rootfs.clone());
     let mut data = mnt("bind", &src, &["rbind", "ro"]);
     data.target = "/data".into();
-    mount_rootfs(&[mnt("bind", &base, &["rbind"]), data], &rootfs).expect("mount");
+    mount_sync(&[mnt("bind", &base, &["rbind"]), data], &rootfs).expect("mount");
     assert_eq!(
         fs::read_to_string(rootfs.join("data/f")).expect("read"),
         "data"
@@ -219,14 +229,14 @@ fn targets_mount_inside_the_rootfs_and_never_outside() {
     // and takes the mounts made before it off again.
     let mut esc = mnt("bind", &src, &["rbind"]);
     esc.target = "/escape".into();
-    let e = mount_rootfs(&[mnt("bind", &base, &["rbind"]), esc], &rootfs).unwrap_err();
+    let e = mount_sync(&[mnt("bind", &base, &["rbind"]), esc], &rootfs).unwrap_err();
     assert!(e.to_string().contains("escape"), "{e}");
     assert!(!mounted(&rootfs), "rollback left the base mount");
     assert!(!mounted(Path::new(&outside)));
     assert!(fs::read_dir(&outside).expect("outside").next().is_none());
     let mut dotdot = mnt("bind", &src, &["rbind"]);
     dotdot.target = "../../data".into();
-    mount_rootfs(&[mnt("bind", &base, &["rbind"]), dotdot], &rootfs).expect("dotdot");
+    mount_sync(&[mnt("bind", &base, &["rbind"]), dotdot], &rootfs).expect("dotdot");
     assert_eq!(
         fs::read_to_string(rootfs.join("data/f")).expect("read"),
         "data"
@@ -274,7 +284,7 @@ fn loop_mount_of_an_image_file_and_autoclear() {
     let rootfs = t.path().join("rootfs");
     let _c = Cleanup(rootfs.clone());
     let m = mnt("ext4", &img.to_string_lossy(), &["ro", "loop", "direct-io"]);
-    mount_rootfs(&[m], &rootfs).expect("loop mount");
+    mount_sync(&[m], &rootfs).expect("loop mount");
     assert_eq!(
         fs::read_to_string(rootfs.join("hello")).expect("read"),
         "from the image file"
@@ -289,7 +299,7 @@ fn loop_mount_of_an_image_file_and_autoclear() {
     let junk = t.path().join("junk");
     fs::write(&junk, vec![0u8; 1 << 20]).expect("junk");
     let m = mnt("ext4", &junk.to_string_lossy(), &["ro", "loop"]);
-    assert!(mount_rootfs(&[m], &rootfs).is_err());
+    assert!(mount_sync(&[m], &rootfs).is_err());
     assert!(unbound_soon(&junk), "failed mount left a loop device");
 }
 
@@ -318,7 +328,7 @@ fn long_lowerdir_list_is_compacted() {
     );
     let rootfs = t.path().join("rootfs");
     let _c = Cleanup(rootfs.clone());
-    mount_rootfs(&[mnt("overlay", "overlay", &[&lower])], &rootfs).expect("mount overlay");
+    mount_sync(&[mnt("overlay", "overlay", &[&lower])], &rootfs).expect("mount overlay");
     assert_eq!(
         fs::read_to_string(rootfs.join("lowest")).expect("read"),
         "yes"
@@ -341,10 +351,10 @@ fn failure_unmounts_earlier_layers() {
         "overlay",
         &["lowerdir=/nonexistent/berth/a:/nonexistent/b"],
     );
-    let e = mount_rootfs(&[mnt("bind", &src, &["bind"]), bad], &rootfs).unwrap_err();
+    let e = mount_sync(&[mnt("bind", &src, &["bind"]), bad], &rootfs).unwrap_err();
     assert!(matches!(e, Error::Sys { .. }), "{e}");
     assert!(!mounted(&rootfs));
-    let e = mount_rootfs(&[mnt("ext4", "/nonexistent/x.img", &["loop"])], &rootfs).unwrap_err();
+    let e = mount_sync(&[mnt("ext4", "/nonexistent/x.img", &["loop"])], &rootfs).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/x.img"), "{e}");
     assert!(!mounted(&rootfs));
 }

@@ -47,7 +47,7 @@ impl Service {
         let rootfs = bundle.join("rootfs");
         let mounts: Vec<_> = req.rootfs.to_vec();
         if !mounts.is_empty() {
-            crate::mount::mount_rootfs(&mounts, &rootfs)?;
+            crate::mount::mount_rootfs(&mounts, &rootfs, &self.reaper).await?;
         }
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
