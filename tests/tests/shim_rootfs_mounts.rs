@@ -30,7 +30,7 @@ fn run(d: &Direct, id: &str, script: &str, rootfs: Vec<api::Mount>) -> Result<Re
     let out = task_api::block_on(async {
         let cl = task_api::connect(&addr).await?;
         let mut req = d.create_req(id, "", "");
-        req.rootfs = rootfs.into();
+        req.rootfs = rootfs;
         let created = d
             .rpc::<_, api::CreateTaskResponse>(&cl, "Create", &req)
             .await;
