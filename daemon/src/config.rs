@@ -127,6 +127,15 @@ pub struct Streaming {
 #[serde(deny_unknown_fields)]
 pub struct Log {
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written: readable text, or one JSON object per line.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Recursively lays `over` on top of `base` (tables merge, everything else replaces).
@@ -320,6 +329,7 @@ mod tests {
         assert!(Config::from_toml("[server\n").is_err());
         assert!(Config::from_toml("[streaming]\nmax_connections = 0\n").is_err());
         assert!(Config::from_toml("[streaming]\nheader_read_timeout = 0\n").is_err());
+        assert!(Config::from_toml("[log]\nformat = \"xml\"\n").is_err());
     }
 
     #[test]
@@ -331,6 +341,7 @@ mod tests {
             (d.bridge.as_str(), d.subnet.as_str()),
             ("berth0", "10.87.0.0/16")
         );
+        assert_eq!(c.log.format, LogFormat::Text);
         let off = Config::from_toml("[cni.default]\nenabled = false\n").unwrap();
         assert!(!off.cni.default.enabled);
         assert_eq!(off.cni.default.bridge, "berth0");
