@@ -67,6 +67,22 @@ impl CgroupDriver {
 pub struct Cni {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// The built-in network used while `conf_dir` holds no config.
+    pub default: DefaultNetwork,
+}
+
+/// Berth's built-in pod network (`network::builtin`): a bridge with host-local IPAM
+/// and portmap, used only while the conf dir holds no config of the operator's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultNetwork {
+    pub enabled: bool,
+    /// The host bridge's name (an interface name: 1 to 15 characters).
+    pub bridge: String,
+    /// The pods' subnet (CIDR, host bits zero); the bridge takes its first address.
+    pub subnet: String,
+    /// Whether pod traffic leaving the subnet is masqueraded (the bridge plugin's ipMasq).
+    pub ip_masq: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -111,6 +127,15 @@ pub struct Streaming {
 #[serde(deny_unknown_fields)]
 pub struct Log {
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written: readable text, or one JSON object per line.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Recursively lays `over` on top of `base` (tables merge, everything else replaces).
@@ -123,6 +148,56 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
             }
         }
     }
+}
+
+/// The built-in network's bridge name and subnet, checked before any pod uses them (a
+/// plugin's own message would only come at the first RunPodSandbox).
+fn validate_default_network(d: &DefaultNetwork) -> Result<()> {
+    let b = &d.bridge;
+    if b.is_empty()
+        || b.len() > 15
+        || b == "."
+        || b == ".."
+        || b.contains(['/', ':', '\0'])
+        || b.contains(char::is_whitespace)
+    {
+        return Err(Error::Config(format!(
+            "cni.default.bridge {b:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        )));
+    }
+    parse_subnet(&d.subnet)
+        .map(drop)
+        .map_err(|why| Error::Config(format!("cni.default.subnet {:?}: {why}", d.subnet)))
+}
+
+/// A CIDR whose host bits are zero, with room for a gateway and pods (IPv4 /30 at most,
+/// IPv6 /126).
+pub fn parse_subnet(s: &str) -> std::result::Result<(std::net::IpAddr, u8), String> {
+    use std::net::IpAddr;
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| "not a CIDR (address/prefix length)".to_string())?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("{len:?} is not a prefix length"))?;
+    let (bits, max) = match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 30),
+        IpAddr::V6(a) => (u128::from(a), 126),
+    };
+    if len == 0 || len > max {
+        return Err(format!(
+            "prefix length {len} leaves no room (1 to {max} for this address family)"
+        ));
+    }
+    // Both families as the top bits of a u128 (IPv4 shifted up), so the mask is one.
+    let host_mask = u128::MAX >> len;
+    if bits & host_mask != 0 {
+        return Err("host bits are set (write the network address)".into());
+    }
+    Ok((addr, len))
 }
 
 impl Config {
@@ -169,6 +244,7 @@ impl Config {
                 )));
             }
         }
+        validate_default_network(&self.cni.default)?;
         for (host, endpoints) in &self.registry.mirrors {
             for e in endpoints {
                 let rest = e
@@ -253,5 +329,37 @@ mod tests {
         assert!(Config::from_toml("[server\n").is_err());
         assert!(Config::from_toml("[streaming]\nmax_connections = 0\n").is_err());
         assert!(Config::from_toml("[streaming]\nheader_read_timeout = 0\n").is_err());
+        assert!(Config::from_toml("[log]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
+    fn the_default_network_is_on_and_its_keys_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        let d = &c.cni.default;
+        assert!(d.enabled && d.ip_masq);
+        assert_eq!(
+            (d.bridge.as_str(), d.subnet.as_str()),
+            ("berth0", "10.87.0.0/16")
+        );
+        assert_eq!(c.log.format, LogFormat::Text);
+        let off = Config::from_toml("[cni.default]\nenabled = false\n").unwrap();
+        assert!(!off.cni.default.enabled);
+        assert_eq!(off.cni.default.bridge, "berth0");
+        for (bad, why) in [
+            ("bridge = \"\"", "interface name"),
+            ("bridge = \"a-very-long-bridge\"", "interface name"),
+            ("bridge = \"a/b\"", "interface name"),
+            ("subnet = \"10.87.0.0\"", "not a CIDR"),
+            ("subnet = \"10.87.0.1/16\"", "host bits"),
+            ("subnet = \"10.87.0.0/31\"", "no room"),
+            ("subnet = \"banana/16\"", "not an IP address"),
+            ("subnet = \"fd00::1/64\"", "host bits"),
+        ] {
+            let e = Config::from_toml(&format!("[cni.default]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+            assert!(e.to_string().contains("cni.default."), "{bad}: {e}");
+        }
+        assert!(Config::from_toml("[cni.default]\nsubnet = \"fd00:87::/64\"\n").is_ok());
+        assert!(Config::from_toml("[cni.default]\nsubnet = \"10.240.7.0/24\"\n").is_ok());
     }
 }

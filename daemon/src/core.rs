@@ -20,7 +20,7 @@ use crate::store::Store;
 /// The dirs berthd keeps in `paths.root` (made private at startup).
 const ROOT_DIRS: &[&str] = &["content", "snapshots", "pods", "containers", "pause"];
 /// The dirs berthd keeps in `paths.state`.
-const STATE_DIRS: &[&str] = &["pods", "containers", "netns", "exec"];
+const STATE_DIRS: &[&str] = &["pods", "containers", "netns", "exec", "cni"];
 
 pub struct Core {
     pub config: Arc<Config>,
@@ -61,13 +61,18 @@ impl Core {
         let store = Arc::new(Store::open(&config.store_path())?);
         crate::records::migrate::ensure_current(&store)?;
         let images = Arc::new(ImageStore::open(&config.paths.root, store.clone())?);
-        let cni = Arc::new(Cni::new(
-            config.cni.conf_dir.clone(),
-            config.cni.bin_dirs.clone(),
-        ));
+        // The built-in network's copy is written only when it is in use.
+        let builtin_on = config.cni.default.enabled;
+        let builtin =
+            crate::network::builtin::load(&config.cni.default, &config.paths.state, builtin_on)?;
+        let cni = Arc::new(
+            Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone())
+                .with_builtin(builtin, builtin_on),
+        );
         let puller = Arc::new(Puller::new(config.registry.clone()));
         let node = Arc::new(Node::new(
             config.cni.conf_dir.clone(),
+            builtin_on,
             config.runtime.binary.clone(),
         ));
         let shims = Arc::new(Shims::new(

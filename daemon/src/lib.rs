@@ -10,6 +10,7 @@ pub mod events;
 pub mod failpoints;
 pub mod image;
 pub mod intent;
+pub mod logging;
 pub mod network;
 pub mod node;
 pub mod oci_config;

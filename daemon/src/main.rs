@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use berthd::{config, core, cri, error, failpoints, image, store, stream};
+use berthd::{config, core, cri, error, failpoints, image, logging, store, stream};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,6 +29,9 @@ struct Cli {
     /// Log level, overriding log.level.
     #[arg(long)]
     log_level: Option<String>,
+    /// Log format ("text" or "json"), overriding log.format.
+    #[arg(long)]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -94,6 +97,15 @@ fn main() {
     if let Some(l) = cli.log_level {
         cfg.log.level = l;
     }
+    if let Some(f) = cli.log_format {
+        cfg.log.format = match f.as_str() {
+            "text" => config::LogFormat::Text,
+            "json" => config::LogFormat::Json,
+            other => fail(&error::Error::Config(format!(
+                "--log-format {other:?} is not \"text\" or \"json\""
+            ))),
+        };
+    }
     if let Some(Command::Config {
         what: ConfigCommand::Check,
     }) = cli.command
@@ -101,7 +113,15 @@ fn main() {
         println!("{cfg:#?}");
         return;
     }
-    init_tracing(&cfg.log.level);
+    // The level was validated with the config (a --log-level is checked here).
+    let level = match cfg.log.level.parse() {
+        Ok(l) => l,
+        Err(_) => fail(&error::Error::Config(format!(
+            "log level {:?} is not one of error, warn, info, debug, trace",
+            cfg.log.level
+        ))),
+    };
+    logging::init(level, cfg.log.format);
     if let Err(e) = failpoints::arm_from_env() {
         fail(&error::Error::Config(e));
     }
@@ -182,15 +202,6 @@ fn export_images(
         println!("{} {}", rec.id, rec.repo_tags.join(","));
     }
     Ok(())
-}
-
-fn init_tracing(level: &str) {
-    let level = level.parse().unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn fail(e: &error::Error) -> ! {

@@ -21,6 +21,8 @@ pub struct Condition {
 
 pub struct Node {
     cni_conf_dir: PathBuf,
+    /// Whether the built-in network stands in while the conf dir holds no config.
+    builtin_network: bool,
     /// The OCI runtime binary (asked for its features).
     runtime_binary: String,
     /// Whether recursive read-only mounts work (kernel and OCI runtime), probed once.
@@ -30,9 +32,10 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(cni_conf_dir: PathBuf, runtime_binary: String) -> Node {
+    pub fn new(cni_conf_dir: PathBuf, builtin_network: bool, runtime_binary: String) -> Node {
         Node {
             cni_conf_dir,
+            builtin_network,
             runtime_binary,
             rro: Default::default(),
             pod_cidr: RwLock::new(String::new()),
@@ -43,7 +46,8 @@ impl Node {
         env!("CARGO_PKG_VERSION")
     }
 
-    /// NetworkReady: a CNI network configuration exists in the configured directory.
+    /// NetworkReady: a CNI network configuration exists in the configured directory, or
+    /// the built-in network stands in for it.
     pub fn network_condition(&self) -> Condition {
         let dir = &self.cni_conf_dir;
         let found = std::fs::read_dir(dir)
@@ -55,7 +59,7 @@ impl Node {
                 })
             })
             .unwrap_or(false);
-        if found {
+        if found || self.builtin_network {
             Condition {
                 ready: true,
                 reason: String::new(),
@@ -118,17 +122,20 @@ mod tests {
     #[test]
     fn network_ready_follows_the_conf_dir() {
         let d = tempfile::tempdir().unwrap();
-        let node = Node::new(d.path().to_path_buf(), "runc".into());
+        let node = Node::new(d.path().to_path_buf(), false, "runc".into());
         let c = node.network_condition();
         assert!(!c.ready);
         assert_eq!(c.reason, "NetworkPluginNotReady");
         std::fs::write(d.path().join("10-test.conflist"), "{}").unwrap();
         assert!(node.network_condition().ready);
+        let empty = tempfile::tempdir().unwrap();
+        let with_builtin = Node::new(empty.path().join("missing"), true, "runc".into());
+        assert!(with_builtin.network_condition().ready);
     }
 
     #[test]
     fn pod_cidr_is_validated() {
-        let node = Node::new(PathBuf::from("/nonexistent"), "runc".into());
+        let node = Node::new(PathBuf::from("/nonexistent"), false, "runc".into());
         node.set_pod_cidr("10.1.0.0/16").unwrap();
         assert_eq!(node.pod_cidr(), "10.1.0.0/16");
         assert!(node.set_pod_cidr("bogus").is_err());

@@ -48,6 +48,7 @@ impl Kit {
             bundle: self.dir.path().join("state/pods").join(id),
             files: self.dir.path().join("root/pods").join(id),
             netns: None,
+            network: String::new(),
             ips: vec![],
             pid: 4242,
             shim_address: address.clone(),

@@ -51,6 +51,7 @@ pub struct Builder {
     #[allow(clippy::type_complexity)]
     images: Vec<Box<dyn FnOnce(&Path) -> Result<ImageTar>>>,
     bridge: Option<u32>,
+    default_network: Option<u32>,
 }
 
 impl Builder {
@@ -79,9 +80,24 @@ impl Builder {
         self
     }
 
+    /// Turns berthd's built-in network on (`[cni.default]`, off otherwise) with a bridge
+    /// name and /24 of this test's own and masquerade off (`cni::default_network`; `slot`
+    /// 0..=4); the guard deletes the bridge.
+    pub fn default_network(mut self, slot: u32) -> Builder {
+        self.default_network = Some(slot);
+        self
+    }
+
     /// Writes the config and imports the images, without starting berthd.
-    pub fn configure(self) -> Result<Berthd> {
+    pub fn configure(mut self) -> Result<Berthd> {
+        let mut default_bridge = None;
+        if let Some(slot) = self.default_network {
+            let (toml, bridge) = cni::default_network(slot);
+            self.config.push_str(&toml);
+            default_bridge = Some(bridge);
+        }
         let mut d = Berthd::configure(&self.config)?;
+        d.default_bridge = default_bridge;
         if self.busybox {
             d.import(&image::busybox(d.dir.path())?)?;
         }
@@ -127,6 +143,8 @@ pub struct Berthd {
     pub cni_dir: PathBuf,
     child: Option<Child>,
     bridge: Option<Bridge>,
+    /// The built-in network's bridge (`Builder::default_network`).
+    default_bridge: Option<Bridge>,
     finished: bool,
 }
 
@@ -153,8 +171,15 @@ impl Berthd {
         } else {
             "[streaming]\nport = 0\n"
         };
+        // The built-in network would make the node's berth0 bridge, 10.87.0.0/16 and a
+        // masquerade rule: off unless the test sets its own keys (`default_network`).
+        let builtin = if extra.contains("[cni.default]") {
+            ""
+        } else {
+            "[cni.default]\nenabled = false\n"
+        };
         let text = format!(
-            "[server]\nsocket = \"{}\"\n[paths]\nroot = \"{}/root\"\nstate = \"{}/state\"\n[cni]\nconf_dir = \"{}\"\n{streaming}{extra}",
+            "[server]\nsocket = \"{}\"\n[paths]\nroot = \"{}/root\"\nstate = \"{}/state\"\n[cni]\nconf_dir = \"{}\"\n{builtin}{streaming}{extra}",
             socket.display(),
             root.display(),
             root.display(),
@@ -168,6 +193,7 @@ impl Berthd {
             cni_dir,
             child: None,
             bridge: None,
+            default_bridge: None,
             finished: false,
         })
     }
@@ -195,6 +221,13 @@ impl Berthd {
         self.bridge
             .as_ref()
             .expect("no CNI bridge: build the berthd with .cni_bridge(slot)")
+    }
+
+    /// The built-in network's bridge (`Builder::default_network`).
+    pub fn default_bridge(&self) -> &Bridge {
+        self.default_bridge
+            .as_ref()
+            .expect("no built-in network: build the berthd with .default_network(slot)")
     }
 
     /// A host-network pod config named `name`, logging under `<dir>/logs/<name>`.
@@ -358,6 +391,9 @@ impl Berthd {
         for id in leaks::runc_states_under(self.dir.path()) {
             leaks.push(format!("runc state {id} left"));
         }
+        for ip in reserved_ips(&self.dir.path().join("state/cni/ipam")) {
+            leaks.push(format!("built-in network: IP {ip} still reserved"));
+        }
         leaks
     }
 
@@ -409,6 +445,20 @@ impl Berthd {
             let _ = nix_umount(&m);
         }
     }
+}
+
+/// The addresses host-local holds reserved under `data_dir` (one file per address, in a
+/// dir per network; its `lock` and `last_reserved_ip.*` files are not reservations).
+pub fn reserved_ips(data_dir: &Path) -> Vec<String> {
+    let mut ips = Vec::new();
+    for net in crate::host::names_in(data_dir) {
+        for name in crate::host::names_in(&data_dir.join(net)) {
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                ips.push(name);
+            }
+        }
+    }
+    ips
 }
 
 fn nix_umount(p: &Path) -> std::io::Result<()> {

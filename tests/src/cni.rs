@@ -1,5 +1,6 @@
 //! A private CNI network for one berthd: a bridge + portmap conflist with its own bridge
-//! name and /24, and a guard that deletes the bridge.
+//! name and /24, or the `[cni.default]` keys that give berthd's built-in network the same
+//! (own bridge name and /24, masquerade off); and a guard that deletes the bridge.
 
 use anyhow::Result;
 use std::path::Path;
@@ -46,4 +47,22 @@ pub fn bridge(cni_dir: &Path, ipam: &Path, slot: u32) -> Result<Bridge> {
     });
     std::fs::write(cni_dir.join("10-berth-feat.conflist"), conflist.to_string())?;
     Ok(bridge)
+}
+
+/// `[cni.default]` keys that turn berthd's built-in network on with a bridge name and /24
+/// of this test process's own (ipMasq off: no rule for traffic leaving the subnet), and
+/// the guard of that bridge. `slot` (0..=4) keeps tests of one process apart, and apart
+/// from `bridge`'s networks (10.240-249.x).
+pub fn default_network(slot: u32) -> (String, Bridge) {
+    assert!(slot <= 4, "default network slot {slot} out of 0..=4");
+    let n = std::process::id() % 200 + 20;
+    let bridge = Bridge {
+        name: format!("bd{slot}x{n}"),
+        prefix: format!("10.{}.{n}", 250 + slot),
+    };
+    let toml = format!(
+        "[cni.default]\nenabled = true\nbridge = \"{}\"\nsubnet = \"{}.0/24\"\nip_masq = false\n",
+        bridge.name, bridge.prefix
+    );
+    (toml, bridge)
 }

@@ -11,14 +11,21 @@ use tokio::net::unix::pipe;
 use super::Containers;
 use crate::error::{Error, Result};
 
-use super::session::{AttachTarget, ProcessSession, SessionIo};
+use super::session::{AttachTarget, ConsoleSize, ProcessSession, SessionIo};
 use crate::records::{ContainerRecord, CtrState, Records};
 
 /// Output kept per stream (kubelet's limit for exec probes is 16 MiB).
 const MAX_OUTPUT: usize = 16 << 20;
 
-/// The container's process spec with `cmd` as its args (same env, cwd, user, caps).
-fn exec_spec(bundle: &Path, cmd: &[String], tty: bool) -> Result<Vec<u8>> {
+/// The container's process spec with `cmd` as its args (same env, cwd, user, caps); a
+/// terminal gets `console` as its size before the process runs (OCI `consoleSize`, which
+/// the runtime sets on the pty it makes).
+fn exec_spec(
+    bundle: &Path,
+    cmd: &[String],
+    tty: bool,
+    console: Option<ConsoleSize>,
+) -> Result<Vec<u8>> {
     let bytes =
         std::fs::read(bundle.join("config.json")).map_err(|e| Error::io("read config.json", e))?;
     let spec: serde_json::Value =
@@ -29,6 +36,17 @@ fn exec_spec(bundle: &Path, cmd: &[String], tty: bool) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::Internal("config.json has no process".into()))?;
     process["args"] = serde_json::json!(cmd);
     process["terminal"] = serde_json::Value::Bool(tty);
+    match console.filter(|_| tty) {
+        Some(c) => {
+            process["consoleSize"] = serde_json::json!({"height": c.height, "width": c.width});
+        }
+        // The container's own size (if any) is not the exec's client's.
+        None => {
+            if let Some(p) = process.as_object_mut() {
+                p.remove("consoleSize");
+            }
+        }
+    }
     serde_json::to_vec(&process).map_err(|e| Error::Internal(format!("exec spec: {e}")))
 }
 
@@ -68,17 +86,19 @@ impl Containers {
         Ok(rec)
     }
 
-    /// A session for an exec of `cmd` in running container `id` (started by the caller).
+    /// A session for an exec of `cmd` in running container `id` (started by the caller);
+    /// a terminal starts at `console`'s size when given.
     pub async fn exec_session(
         &self,
         id: &str,
         cmd: &[String],
         io: SessionIo,
+        console: Option<ConsoleSize>,
     ) -> Result<ProcessSession> {
         require_command(cmd)?;
         let rec = self.running(id)?;
         let shim = self.shim_of(&self.store.pod(&rec.pod_id)?).await?;
-        let spec = exec_spec(&rec.bundle, cmd, io.tty)?;
+        let spec = exec_spec(&rec.bundle, cmd, io.tty, console)?;
         ProcessSession::exec(shim, id, &self.exec_root(), spec, io)
     }
 
@@ -124,7 +144,7 @@ impl Containers {
             stderr: true,
             ..Default::default()
         };
-        let mut s = self.exec_session(id, &cmd, io).await?;
+        let mut s = self.exec_session(id, &cmd, io, None).await?;
         let read = |r: Option<pipe::Receiver>| async move {
             match r {
                 Some(r) => drain(r).await,

@@ -22,6 +22,13 @@ pub struct SessionIo {
     pub stderr: bool,
 }
 
+/// A terminal's size in characters (the client's first one, for an exec's terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSize {
+    pub width: u32,
+    pub height: u32,
+}
+
 /// What a session runs: a new exec process (its OCI Process JSON), or the container's
 /// own init process, whose output is copied to the session (Berth's Attach service).
 enum Kind {

@@ -416,6 +416,7 @@ mod tests {
             bundle: "/b".into(),
             files: "/f".into(),
             netns: None,
+            network: String::new(),
             ips: vec![],
             pid: 1,
             shim_address: String::new(),

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::container::session::{AttachTarget, ProcessSession, SessionIo};
+use crate::container::session::{AttachTarget, ConsoleSize, ProcessSession, SessionIo};
 use crate::core::Core;
 use crate::error::Result;
 use crate::stream::Backend;
@@ -16,8 +16,11 @@ impl Backend for Core {
         container_id: &str,
         cmd: &[String],
         io: SessionIo,
+        console: Option<ConsoleSize>,
     ) -> Result<ProcessSession> {
-        self.containers.exec_session(container_id, cmd, io).await
+        self.containers
+            .exec_session(container_id, cmd, io, console)
+            .await
     }
 
     async fn attach_session(

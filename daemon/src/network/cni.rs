@@ -16,12 +16,17 @@ use crate::error::{Error, Result};
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where berthd finds the network config and the plugins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cni {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
     /// Bound on each plugin call (PLUGIN_TIMEOUT by default).
     pub timeout: Duration,
+    /// Berth's built-in network (`builtin`): used for new pods while conf_dir holds no
+    /// config and `builtin_enabled` is set; always known, so that a pod wired to it is
+    /// unwired through it even after the operator's config arrived or it was switched off.
+    pub builtin: Option<NetworkConfigList>,
+    pub builtin_enabled: bool,
 }
 
 impl Cni {
@@ -30,14 +35,44 @@ impl Cni {
             conf_dir,
             bin_dirs,
             timeout: PLUGIN_TIMEOUT,
+            builtin: None,
+            builtin_enabled: false,
         }
     }
 
-    /// The network config berthd uses: the first `*.conflist`, `*.conf` or `*.json` in
-    /// conf_dir by file name (a `.conf` becomes a one-plugin list). None when there is none
-    /// (NetworkReady=false then).
+    /// Adds the built-in network, used for new pods only when `enabled`.
+    pub fn with_builtin(mut self, list: NetworkConfigList, enabled: bool) -> Cni {
+        self.builtin = Some(list);
+        self.builtin_enabled = enabled;
+        self
+    }
+
+    /// The network config a new pod gets: the first `*.conflist`, `*.conf` or `*.json` in
+    /// conf_dir by file name (a `.conf` becomes a one-plugin list), read anew each time so
+    /// that an operator's config wins as soon as it is there; else the built-in network
+    /// when enabled. None when there is neither (NetworkReady=false then).
     pub fn load(&self) -> Result<Option<NetworkConfigList>> {
-        conf::load_dir(&self.conf_dir)
+        match conf::load_dir(&self.conf_dir)? {
+            Some(l) => Ok(Some(l)),
+            None if self.builtin_enabled => Ok(self.builtin.clone()),
+            None => Ok(None),
+        }
+    }
+
+    /// The config to unwire a pod wired to network `network` ("" when unknown: a record
+    /// from an older berthd): what `load` gives, unless that is another network and
+    /// `network` is the built-in one (the operator's config came after the pod did).
+    pub fn load_for(&self, network: &str) -> Result<Option<NetworkConfigList>> {
+        let current = self.load();
+        if let Ok(Some(l)) = &current {
+            if network.is_empty() || l.name == network {
+                return current;
+            }
+        }
+        match self.builtin.as_ref().filter(|b| b.name == network) {
+            Some(b) => Ok(Some(b.clone())),
+            None => current,
+        }
     }
 
     /// CNI ADD: `lo` up through the loopback plugin, then every plugin of `list` in order,

@@ -1,5 +1,6 @@
 //! Pod networking: pinned network namespaces and the CNI plugins that wire them (ADD/DEL).
 
+pub mod builtin;
 mod cni;
 mod conf;
 mod exec;

@@ -131,6 +131,7 @@ impl Pods {
                 bundle: self.config.paths.state.join("pods").join(&id),
                 files: self.config.paths.root.join("pods").join(&id),
                 netns: None,
+                network: String::new(),
                 ips: vec![],
                 pid: 0,
                 shim_address: String::new(),
@@ -185,6 +186,7 @@ impl Pods {
                     self.config.cni.conf_dir.display()
                 ))
             })?;
+            rec.network = list.name.clone();
             let ns = NetNs::create(&self.config.paths.state.join("netns"), &rec.id)?;
             rec.netns = Some(ns.path.clone());
             let nsp = ns.path.clone();

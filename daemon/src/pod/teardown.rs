@@ -125,7 +125,7 @@ impl Pods {
     /// CNI DEL and the netns pin's removal.
     async fn unwire(&self, rec: &PodRecord) -> Result<()> {
         if let Some(ns) = rec.netns.clone() {
-            if let Some(list) = self.cni.load()? {
+            if let Some(list) = self.cni.load_for(&rec.network)? {
                 let args = net_args(&rec.id, &rec.config, self.node.pod_cidr());
                 // A pin without its namespace (a crash) is DEL'd without one: IPAM only.
                 let present = NetNs::is_pinned(&ns).then_some(ns.as_path());

@@ -36,6 +36,10 @@ pub struct PodRecord {
     /// Per-pod files shared with its containers (hostname, hosts, resolv.conf).
     pub files: PathBuf,
     pub netns: Option<PathBuf>,
+    /// The CNI network it was wired to ("" for a host-network pod, or a record from an
+    /// older berthd): its unwiring goes through the same network.
+    #[serde(default)]
+    pub network: String,
     pub ips: Vec<String>,
     pub pid: u32,
     pub shim_address: String,

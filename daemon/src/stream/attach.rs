@@ -155,6 +155,16 @@ async fn run(server: &Server, req: &AttachReq, s: Streams, gone: Gone) -> Result
             .collect();
         // Every pump ends with the session: a dropped handle would leave it running.
         let mut pumps: Vec<_> = outs.iter().map(|h| h.abort_handle()).collect();
+        let mut resize = s.resize.filter(|_| ctty);
+        // Why before stdin flows: what the client types first (`stty size`, a full-screen
+        // program) must find the client's window, not the one the terminal had before.
+        if let Some(r) = resize.as_mut() {
+            if let Some(sz) = exec::first_size(r, exec::FIRST_SIZE_WAIT).await {
+                if let Err(e) = control.resize(sz.width, sz.height).await {
+                    tracing::debug!(container_id = %id, error = %e, "first resize");
+                }
+            }
+        }
         let stdin = match (s.stdin, stdin_w) {
             (Some(rx), Some(w)) => {
                 let h = tokio::spawn(stdin_in(rx, w));
@@ -163,7 +173,7 @@ async fn run(server: &Server, req: &AttachReq, s: Streams, gone: Gone) -> Result
             }
             _ => None,
         };
-        if let Some(r) = s.resize.filter(|_| ctty) {
+        if let Some(r) = resize {
             let h = tokio::spawn(exec::pump_resize(r, control.clone()));
             pumps.push(h.abort_handle());
         }

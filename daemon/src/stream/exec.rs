@@ -17,7 +17,7 @@ use super::queue::ByteRx;
 use super::spdy::conn::{self, Incoming, Session, StreamTx};
 use super::spdy::frame::header;
 use super::Server;
-use crate::container::session::{Control, SessionIo};
+use crate::container::session::{ConsoleSize, Control, SessionIo};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -60,7 +60,25 @@ pub struct Resize {
     /// SPDY: the stream, reset on a parse error (a WebSocket channel has nothing to reset:
     /// its messages are dropped from then on).
     pub stream: Option<StreamTx>,
+    /// Bytes read but not yet parsed (what followed the first size).
+    pub pending: Vec<u8>,
 }
+
+impl Resize {
+    pub fn new(rx: ByteRx, stream: Option<StreamTx>) -> Resize {
+        Resize {
+            rx,
+            stream,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// How long a terminal session waits for the client's first size before its process
+/// runs (exec) or its stdin flows (attach). kubectl, crictl and kubelet send it right
+/// after opening their streams, so it is normally there at once; a client that never
+/// sends one (a terminal without a size) only delays its start by this much.
+pub const FIRST_SIZE_WAIT: Duration = Duration::from_secs(1);
 
 /// A sink that writes to a SPDY stream and half-closes it when dropped; the handle ends
 /// once everything sent has been queued on the session.
@@ -111,12 +129,7 @@ pub(super) async fn collect(
             "stdin" => s.stdin = Some(inc.rx),
             "stdout" => s.stdout = Some(spdy_sink(inc.tx, done)),
             "stderr" => s.stderr = Some(spdy_sink(inc.tx, done)),
-            "resize" => {
-                s.resize = Some(Resize {
-                    rx: inc.rx,
-                    stream: Some(inc.tx),
-                })
-            }
+            "resize" => s.resize = Some(Resize::new(inc.rx, Some(inc.tx))),
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown stream type {other:?}"
@@ -218,11 +231,42 @@ async fn pump_in(mut rx: ByteRx, mut w: pipe::Sender, control: Control) {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(super) struct TermSize {
     width: u32,
     height: u32,
+}
+
+/// The client's first terminal size (the latest of those already sent), waiting at most
+/// `within` for it. What follows it stays in `resize.pending` for `pump_resize`, which
+/// also deals with a stream that starts with something other than a size (None here).
+/// A 0x0 size is no size (runc and the pty leave a window of 0 alone).
+pub(super) async fn first_size(resize: &mut Resize, within: Duration) -> Option<ConsoleSize> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (sizes, used, bad) = parse_sizes(&resize.pending);
+        resize.pending.drain(..used);
+        let found = sizes
+            .iter()
+            .rev()
+            .find(|s| s.width > 0 && s.height > 0)
+            .map(|s| ConsoleSize {
+                width: s.width,
+                height: s.height,
+            });
+        if found.is_some() {
+            return found;
+        }
+        if bad.is_some() || resize.pending.len() > RESIZE_PENDING_MAX {
+            return None;
+        }
+        match tokio::time::timeout_at(deadline, resize.rx.recv()).await {
+            Ok(Some(b)) => resize.pending.extend_from_slice(&b),
+            // The stream ended, or the client sent no size in time.
+            Ok(None) | Err(_) => return None,
+        }
+    }
 }
 
 /// Terminal sizes arrive as a run of JSON objects. At most `RESIZE_PENDING_MAX` bytes of
@@ -231,10 +275,12 @@ pub(super) struct TermSize {
 /// than the bound) ends the stream, as kubelet stops reading it on its first decode
 /// error, instead of piling up behind it. Ends with the stream.
 pub(super) async fn pump_resize(resize: Resize, control: Control) {
-    let Resize { mut rx, stream } = resize;
-    let mut buf = Vec::new();
-    while let Some(b) = rx.recv().await {
-        buf.extend_from_slice(&b);
+    let Resize {
+        mut rx,
+        stream,
+        pending: mut buf,
+    } = resize;
+    loop {
         let (sizes, used, bad) = parse_sizes(&buf);
         for sz in sizes {
             if let Err(e) = control.resize(sz.width, sz.height).await {
@@ -247,7 +293,13 @@ pub(super) async fn pump_resize(resize: Resize, control: Control) {
             None if buf.len() > RESIZE_PENDING_MAX => {
                 format!("a terminal size of more than {RESIZE_PENDING_MAX} bytes")
             }
-            None => continue,
+            None => match rx.recv().await {
+                Some(b) => {
+                    buf.extend_from_slice(&b);
+                    continue;
+                }
+                None => return,
+            },
         };
         tracing::warn!(error = %why, "resize stream ended");
         // Dropping the receiver first: the session forgets the stream and drops what
@@ -279,10 +331,18 @@ pub(super) fn parse_sizes(buf: &[u8]) -> (Vec<TermSize>, usize, Option<String>) 
     }
 }
 
-async fn run(server: &Server, req: &ExecReq, s: Streams) -> Result<i32> {
+async fn run(server: &Server, req: &ExecReq, mut s: Streams) -> Result<i32> {
+    // Why wait: a terminal made without the client's size has a 0x0 window, and what
+    // reads it at once (`stty size`, a shell, top, vim) fails or draws for no screen. The
+    // first size goes into the process spec, so the runtime sets it on the pty before
+    // the process runs; later sizes are resizes.
+    let console = match s.resize.as_mut() {
+        Some(r) if req.tty => first_size(r, FIRST_SIZE_WAIT).await,
+        _ => None,
+    };
     let mut session = server
         .backend
-        .exec_session(&req.container_id, &req.cmd, req.flags())
+        .exec_session(&req.container_id, &req.cmd, req.flags(), console)
         .await?;
     let control = session.control();
     let outs: Vec<_> = [
@@ -327,7 +387,43 @@ async fn run(server: &Server, req: &ExecReq, s: Streams) -> Result<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_sizes;
+    use super::{first_size, parse_sizes, Resize};
+    use crate::container::session::ConsoleSize;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_first_size_is_taken_whole_and_the_rest_kept() {
+        let (tx, rx) = super::super::queue::queue(4096);
+        let mut r = Resize::new(rx, None);
+        tx.send(br#"{"Width":0,"Height":0}{"Width":97,"#.to_vec())
+            .await
+            .unwrap();
+        tx.send(br#""Height":31}{"Width":1"#.to_vec())
+            .await
+            .unwrap();
+        let got = first_size(&mut r, Duration::from_secs(30)).await;
+        assert_eq!(
+            got,
+            Some(ConsoleSize {
+                width: 97,
+                height: 31
+            })
+        );
+        assert_eq!(r.pending, br#"{"Width":1"#);
+        // A stream that ends, or sends garbage, gives no size (and keeps the garbage for
+        // the pump, which ends the stream over it).
+        drop(tx);
+        assert_eq!(first_size(&mut r, Duration::from_secs(30)).await, None);
+        let (tx, rx) = super::super::queue::queue(4096);
+        let mut r = Resize::new(rx, None);
+        tx.send(b"nonsense".to_vec()).await.unwrap();
+        assert_eq!(first_size(&mut r, Duration::from_secs(30)).await, None);
+        assert_eq!(r.pending, b"nonsense");
+        // No size within the bound: none (the session goes on without one).
+        let (_tx, rx) = super::super::queue::queue(4096);
+        let mut r = Resize::new(rx, None);
+        assert_eq!(first_size(&mut r, Duration::from_millis(20)).await, None);
+    }
 
     #[test]
     fn sizes_are_taken_whole_and_bad_input_is_named() {

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::container::session::{AttachTarget, ProcessSession, SessionIo};
+use crate::container::session::{AttachTarget, ConsoleSize, ProcessSession, SessionIo};
 use crate::error::{Error, Result};
 
 pub use attach::AttachReq;
@@ -36,12 +36,14 @@ pub use exec::ExecReq;
 /// namespace. Each session carries the handles it needs from then on.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
-    /// An exec of `cmd` in running container `container_id`, not yet started.
+    /// An exec of `cmd` in running container `container_id`, not yet started; its
+    /// terminal (if any) starts at `console`'s size when given.
     async fn exec_session(
         &self,
         container_id: &str,
         cmd: &[String],
         io: SessionIo,
+        console: Option<ConsoleSize>,
     ) -> Result<ProcessSession>;
     /// A session receiving running container `container_id`'s output, and what its
     /// stdin is.

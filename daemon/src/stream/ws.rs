@@ -116,10 +116,7 @@ pub async fn serve_remotecommand<IO>(
         stdin: req.stdin.then_some(stdin_rx),
         stdout: req.stdout.then(|| sink(STDOUT)),
         stderr: (req.stderr && !req.tty).then(|| sink(STDERR)),
-        resize: req.tty.then_some(Resize {
-            rx: resize_rx,
-            stream: None,
-        }),
+        resize: req.tty.then_some(Resize::new(resize_rx, None)),
     };
     let first = if req.stdout {
         STDOUT
