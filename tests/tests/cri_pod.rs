@@ -10,7 +10,7 @@ use std::time::Duration;
 
 fn pod_suite(runtime: Runtime) -> Result<()> {
     berth_tests::ensure_hugetlb_v1();
-    let inst = Instance::start(Setup { runtime, cri: true })?;
+    let inst = Instance::start(Setup::new(runtime).with_cri())?;
     let logs = inst.path().join("pods");
     std::fs::create_dir_all(&logs)?;
     let res = cri::block_on(pod_scenario(&inst, &logs))?;
