@@ -23,9 +23,6 @@ pub enum Containerd {
     V2_1,
 }
 
-/// Both versions, for suites that run against each.
-pub const ALL_CONTAINERDS: [Containerd; 2] = [Containerd::V1_6, Containerd::V2_1];
-
 /// The env var naming the directory with containerd 2.1's binaries.
 pub const CONTAINERD2_BIN_ENV: &str = "BERTH_CONTAINERD2_BIN";
 

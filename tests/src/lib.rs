@@ -41,7 +41,7 @@ pub mod task_reqs;
 pub mod ws;
 
 pub use containerd::{Instance, Setup};
-pub use containerd_version::{Containerd, ALL_CONTAINERDS};
+pub use containerd_version::Containerd;
 pub use shim::{Oci, Runtime};
 
 /// Every runtime set-up the `ctr` suites run against: berth.v2, and the drop-in with runc and crun.
