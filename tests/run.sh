@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Berth's whole test command: run as root on a fresh Debian 12 from the repository root.
 # Installs what the black-box suites need, then fmt check, clippy -D warnings, build, test.
-# BERTH_TEST_REFERENCE=1 runs the suites against Debian's Go shim instead of ours.
+# BERTH_TEST_REFERENCE=1 runs the suites against containerd's Go shim instead of ours
+# (Debian 12's for containerd 1.6, the 2.1 package's own for containerd 2.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}"
 fi
+
+# containerd 2.1 (Debian sid's package, unpacked under target/, nothing installed): the
+# containerd suites also run against it. Fails here when it cannot be had.
+BERTH_CONTAINERD2_BIN="$(bash tests/containerd2.sh)"
+export BERTH_CONTAINERD2_BIN
+echo "tests/run.sh: containerd 2.1 from $BERTH_CONTAINERD2_BIN"
 
 # crun 1.8 wants a v1 hugetlb hierarchy when the host is cgroup v1 with hugetlb left on v2.
 if [ ! -e /sys/fs/cgroup/cgroup.controllers ]; then

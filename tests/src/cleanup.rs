@@ -50,7 +50,9 @@ pub fn everything(t: &Target) {
         }
     }
     for key in ids.iter().chain(t.group_keys) {
-        let _ = std::fs::remove_file(leaks::shim_socket(t.address, t.namespace, key));
+        for s in leaks::shim_sockets(t.address, t.namespace, key) {
+            let _ = std::fs::remove_file(s);
+        }
     }
     if t.ids.is_none() {
         let _ = std::fs::remove_dir(&runc_root);

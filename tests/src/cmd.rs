@@ -1,6 +1,7 @@
 //! Running external commands with a bound on every wait (pipes or a pseudo-terminal).
 
 use anyhow::{bail, Context, Result};
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -102,17 +103,18 @@ fn join_bounded(h: JoinHandle<String>) -> String {
 
 /// Runs `program args` with a fresh pseudo-terminal as stdin/stdout/stderr (for `ctr ... -t`).
 /// The terminal output is returned as `stdout`.
-pub fn run_pty(program: &str, args: &[String], timeout: Duration) -> Result<Output> {
+pub fn run_pty(program: impl AsRef<OsStr>, args: &[String], timeout: Duration) -> Result<Output> {
     run_pty_sized(program, args, timeout, None)
 }
 
 /// [`run_pty`] with the terminal set to `size` = (rows, cols) before the program starts.
 pub fn run_pty_sized(
-    program: &str,
+    program: impl AsRef<OsStr>,
     args: &[String],
     timeout: Duration,
     size: Option<(u16, u16)>,
 ) -> Result<Output> {
+    let program = program.as_ref();
     let (master, slave) = open_pty()?;
     if let Some((rows, cols)) = size {
         let ws = libc::winsize {
@@ -133,7 +135,7 @@ pub fn run_pty_sized(
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
         cmd.spawn()
-            .with_context(|| format!("spawn {program} {args:?}"))?
+            .with_context(|| format!("spawn {program:?} {args:?}"))?
         // `cmd` (and with it our copies of the slave) is dropped here, so EOF/EIO can arrive.
     };
     let deadline = Instant::now() + timeout;
@@ -158,7 +160,7 @@ pub fn run_pty_sized(
             stdout,
             stderr: String::new(),
         }),
-        None => bail!("timed out after {timeout:?}: {program} {args:?}\noutput: {stdout}"),
+        None => bail!("timed out after {timeout:?}: {program:?} {args:?}\noutput: {stdout}"),
     }
 }
 

@@ -1,5 +1,7 @@
-//! One private containerd 1.6 per test: start, kill -9, restart, and a teardown that fails on leaks.
+//! One private containerd (1.6 or 2.1) per test: start, kill -9, restart, and a teardown that
+//! fails on leaks.
 
+pub use crate::containerd_version::Containerd;
 use crate::{cleanup, cmd, config, ctr::Ctr, image, leaks, procs, shim};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -13,14 +15,30 @@ pub struct Setup {
     pub runtime: shim::Runtime,
     /// Enable containerd's CRI plugin (namespace `k8s.io`, pause image imported).
     pub cri: bool,
+    /// Which containerd runs (1.6 unless set).
+    pub containerd: Containerd,
 }
 
 impl Setup {
+    /// `runtime` on containerd 1.6, CRI off.
     pub fn new(runtime: shim::Runtime) -> Self {
         Setup {
             runtime,
             cri: false,
+            containerd: Containerd::V1_6,
         }
+    }
+
+    /// This set-up on containerd `version`.
+    pub fn on(mut self, version: Containerd) -> Self {
+        self.containerd = version;
+        self
+    }
+
+    /// This set-up with containerd's CRI plugin on.
+    pub fn with_cri(mut self) -> Self {
+        self.cri = true;
+        self
     }
 }
 
@@ -32,6 +50,10 @@ pub struct Instance {
     pub namespace: String,
     pub runtime: shim::Runtime,
     pub shim: PathBuf,
+    /// The containerd version this instance runs.
+    pub containerd: Containerd,
+    containerd_bin: PathBuf,
+    ctr_bin: PathBuf,
     bin_dir: PathBuf,
     log: PathBuf,
     cri: bool,
@@ -50,12 +72,15 @@ impl Instance {
     /// Like [`Instance::start`], with `extra_toml` appended to the rendered config (e.g. a
     /// second CRI runtime handler, so one containerd drives two shims side by side).
     pub fn start_with_config(setup: Setup, extra_toml: &str) -> Result<Instance> {
+        let version = setup.containerd;
+        let containerd_bin = version.containerd()?;
+        let ctr_bin = version.ctr()?;
         let shim::Scratch {
             shim,
             tmp,
             dir,
             suffix,
-        } = shim::scratch("berth-t")?;
+        } = shim::scratch_with("berth-t", version.shim_under_test()?)?;
         let namespace = if setup.cri {
             "k8s.io".to_string()
         } else {
@@ -69,7 +94,7 @@ impl Instance {
         let address = dir.join("containerd.sock").display().to_string();
         std::fs::write(
             dir.join("config.toml"),
-            config::render(&dir, &address, setup.runtime, setup.cri) + extra_toml,
+            config::render(version, &dir, &address, setup.runtime, setup.cri) + extra_toml,
         )?;
         let mut inst = Instance {
             tmp: Some(tmp),
@@ -79,6 +104,9 @@ impl Instance {
             namespace,
             runtime: setup.runtime,
             shim,
+            containerd: version,
+            containerd_bin,
+            ctr_bin,
             bin_dir,
             cri: setup.cri,
             child: None,
@@ -133,7 +161,7 @@ impl Instance {
 
     /// A `ctr` bound to this instance's socket and namespace.
     pub fn ctr(&self) -> Ctr {
-        Ctr::new(&self.address, &self.namespace, self.runtime)
+        Ctr::new(&self.ctr_bin, &self.address, &self.namespace, self.runtime)
     }
 
     /// Live shim processes of this containerd.
@@ -158,7 +186,7 @@ impl Instance {
             self.bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
+        let child = Command::new(&self.containerd_bin)
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .current_dir(&self.bin_dir)
@@ -168,7 +196,13 @@ impl Instance {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("spawn containerd (install the containerd package)")?;
+            .with_context(|| {
+                format!(
+                    "spawn {} (containerd {}; for 1.6 install the containerd package)",
+                    self.containerd_bin.display(),
+                    self.containerd.label()
+                )
+            })?;
         self.child = Some(child);
         let ctr = self.ctr();
         procs::poll(

@@ -5,16 +5,18 @@ use crate::image::BUSYBOX_IMAGE;
 use crate::procs;
 use crate::shim::Runtime;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 /// Default bound for one `ctr` call.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `ctr --address <sock> --namespace <ns> ...`.
+/// `<ctr binary> --address <sock> --namespace <ns> ...`.
 #[derive(Debug, Clone)]
 pub struct Ctr {
+    /// The `ctr` binary matching the instance's containerd (`ctr` from the PATH for 1.6).
+    pub bin: PathBuf,
     pub address: String,
     pub namespace: String,
     pub runtime: Runtime,
@@ -28,8 +30,9 @@ pub struct TaskRow {
 }
 
 impl Ctr {
-    pub fn new(address: &str, namespace: &str, runtime: Runtime) -> Ctr {
+    pub fn new(bin: &Path, address: &str, namespace: &str, runtime: Runtime) -> Ctr {
         Ctr {
+            bin: bin.to_path_buf(),
             address: address.into(),
             namespace: namespace.into(),
             runtime,
@@ -50,7 +53,7 @@ impl Ctr {
 
     /// A `Command` for `ctr args...` (for callers that manage the child themselves).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(&self.bin);
         c.args(self.argv(args))
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE");
@@ -145,7 +148,7 @@ impl Ctr {
         a.push(id);
         a.extend_from_slice(argv);
         if tty {
-            cmd::run_pty("ctr", &self.argv(&a), TIMEOUT)
+            cmd::run_pty(&self.bin, &self.argv(&a), TIMEOUT)
         } else {
             self.run(&a, TIMEOUT)
         }

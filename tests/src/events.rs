@@ -98,4 +98,14 @@ mod tests {
         assert_eq!(e.topic, "/tasks/exit");
         assert!(e.payload.contains("\"exit_status\":3"));
     }
+
+    #[test]
+    fn parses_ctr_2_1_events_line() {
+        // ctr 2.x prints the same columns; exited_at is a protobuf Timestamp object.
+        let l = r#"2026-12-05 16:37:10.154946509 +0000 UTC bt-x /tasks/exit {"container_id":"c","id":"e1","pid":30090,"exit_status":5,"exited_at":{"seconds":1796488630,"nanos":153771654}}"#;
+        let e = super::parse(l, "bt-x").expect("parsed");
+        assert_eq!(e.topic, "/tasks/exit");
+        assert!(e.payload.contains("\"id\":\"e1\""));
+        assert!(e.payload.contains("\"exit_status\":5"));
+    }
 }

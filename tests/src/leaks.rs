@@ -18,6 +18,20 @@ pub fn shim_socket(address: &str, namespace: &str, group_key: &str) -> PathBuf {
     ))
 }
 
+/// The debug socket containerd 2.x's Go shim also binds when containerd runs at debug level:
+/// the same scheme over `join(address, ns, key, "debug")` (containerd 1.6's shim has none).
+pub fn shim_debug_socket(address: &str, namespace: &str, group_key: &str) -> PathBuf {
+    shim_socket(address, namespace, &format!("{group_key}/debug"))
+}
+
+/// Every shim socket a grouping key may have: the task socket and the debug socket.
+pub fn shim_sockets(address: &str, namespace: &str, group_key: &str) -> [PathBuf; 2] {
+    [
+        shim_socket(address, namespace, group_key),
+        shim_debug_socket(address, namespace, group_key),
+    ]
+}
+
 /// Mount points at or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -75,12 +89,13 @@ impl Scope<'_> {
             out.push(format!("leaked mount {}", m.display()));
         }
         for k in self.group_keys {
-            let s = shim_socket(self.address, self.namespace, k);
-            if s.exists() {
-                out.push(format!(
-                    "leaked shim socket {} (group key {k})",
-                    s.display()
-                ));
+            for s in shim_sockets(self.address, self.namespace, k) {
+                if s.exists() {
+                    out.push(format!(
+                        "leaked shim socket {} (group key {k})",
+                        s.display()
+                    ));
+                }
             }
         }
         for base in [self.state, self.root] {
@@ -90,7 +105,32 @@ impl Scope<'_> {
             for e in leftover_entries(&d) {
                 out.push(format!("leaked bundle/work dir {}", e.display()));
             }
+            // CRI's per-sandbox and per-container dirs (same layout in 1.6 and 2.x).
+            for kind in ["sandboxes", "containers"] {
+                let d = base.join("io.containerd.grpc.v1.cri").join(kind);
+                for e in leftover_entries(&d) {
+                    out.push(format!("leaked CRI {kind} dir {}", e.display()));
+                }
+            }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_socket_hashes_the_debug_path() {
+        // containerd 2.x: sha256("<address>/<ns>/<id>/debug").
+        let want = format!(
+            "/run/containerd/s/{:x}",
+            Sha256::digest(b"/x/c.sock/ns/id/debug")
+        );
+        assert_eq!(
+            shim_debug_socket("/x/c.sock", "ns", "id"),
+            PathBuf::from(want)
+        );
     }
 }

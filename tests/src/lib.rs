@@ -2,8 +2,10 @@
 //! under test, and the berthd fixture (`berthd::Berthd::builder`, `pod::Pod`, one CRI
 //! client in `cri` (its calls in short form in `cri_calls`), one CRI log decoder in `cri_log`).
 //!
-//! Set `BERTH_TEST_REFERENCE=1` to run the same tests against Debian's Go `containerd-shim-runc-v2`
-//! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
+//! Set `BERTH_TEST_REFERENCE=1` to run the same tests against the Go `containerd-shim-runc-v2`
+//! shipped with the containerd under test (validates the tests), or `BERTH_SHIM=<path>` to
+//! pick another build of ours. Suites run against containerd 1.6 (Debian 12) and, where
+//! they say so, containerd 2.1 (`containerd_version`, `tests/containerd2.sh`).
 
 pub mod berthd;
 pub mod caps;
@@ -12,6 +14,7 @@ pub mod cmd;
 pub mod cni;
 pub mod config;
 pub mod containerd;
+pub mod containerd_version;
 pub mod cri;
 pub mod cri_calls;
 pub mod cri_images;
@@ -38,6 +41,7 @@ pub mod task_reqs;
 pub mod ws;
 
 pub use containerd::{Instance, Setup};
+pub use containerd_version::Containerd;
 pub use shim::{Oci, Runtime};
 
 /// Every runtime set-up the `ctr` suites run against: berth.v2, and the drop-in with runc and crun.

@@ -3,7 +3,9 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Debian's Go shim, used to validate the tests themselves (`BERTH_TEST_REFERENCE=1`).
+/// Debian 12's Go shim (containerd 1.6), used to validate the tests themselves
+/// (`BERTH_TEST_REFERENCE=1`); with containerd 2.1 the reference is that package's own shim
+/// (`Containerd::reference_shim`).
 pub const REFERENCE_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 
 /// True when the suite runs against Debian's Go shim instead of ours.
@@ -22,7 +24,11 @@ pub struct Scratch {
 
 /// Finds the shim under test ([`binary`]) and makes a tempdir named `<prefix>XXXXXX`.
 pub fn scratch(prefix: &str) -> Result<Scratch> {
-    let shim = binary()?;
+    scratch_with(prefix, binary()?)
+}
+
+/// Makes a tempdir named `<prefix>XXXXXX` for the shim binary `shim`.
+pub fn scratch_with(prefix: &str, shim: PathBuf) -> Result<Scratch> {
     let tmp = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
@@ -44,10 +50,17 @@ pub fn scratch(prefix: &str) -> Result<Scratch> {
 }
 
 /// The shim binary under test: `$BERTH_SHIM`, else `<target>/debug/containerd-shim-berth-v2`
-/// next to this test binary, or the Go shim in reference mode. Fails clearly when missing.
+/// next to this test binary, or Debian 12's Go shim ([`REFERENCE_SHIM`]) in reference mode.
+/// Fails clearly when missing.
 pub fn binary() -> Result<PathBuf> {
+    binary_with_reference(Path::new(REFERENCE_SHIM))
+}
+
+/// [`binary`] with `reference` as the Go shim of reference mode (the one shipped with the
+/// containerd under test, e.g. containerd 2.1's `containerd-shim-runc-v2`).
+pub fn binary_with_reference(reference: &Path) -> Result<PathBuf> {
     if is_reference() {
-        return checked(PathBuf::from(REFERENCE_SHIM), "BERTH_TEST_REFERENCE=1");
+        return checked(reference.to_path_buf(), "BERTH_TEST_REFERENCE=1");
     }
     if let Some(p) = std::env::var_os("BERTH_SHIM") {
         return checked(PathBuf::from(p), "$BERTH_SHIM");

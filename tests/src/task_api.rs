@@ -13,10 +13,66 @@ pub const TASK_V3: &str = "containerd.task.v3.Task";
 /// Bound for one direct call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The shim address written into a bundle by `start` (e.g. `unix:///run/containerd/s/<hex>`).
+/// The shim address of a bundle (e.g. `unix:///run/containerd/s/<hex>`): from containerd
+/// 2.x's `bootstrap.json` when present, else the `address` file `start` wrote (containerd
+/// 2.x's Go shim writes none).
 pub fn address_of(bundle: &Path) -> Result<String> {
-    let p = bundle.join("address");
-    std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))
+    Ok(bootstrap_of(bundle)?.address)
+}
+
+/// How containerd talks to a bundle's shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// The task API version: 2 (`containerd.task.v2.Task`) or 3 (`containerd.task.v3.Task`).
+    pub version: i64,
+    pub address: String,
+    pub protocol: String,
+    /// True when read from containerd 2.x's `bootstrap.json` (which it writes for every shim
+    /// it starts, from the shim's `start` output).
+    pub from_json: bool,
+}
+
+impl Bootstrap {
+    /// The task service containerd calls on this shim.
+    pub fn task_service(&self) -> &'static str {
+        if self.version >= 3 {
+            TASK_V3
+        } else {
+            TASK_V2
+        }
+    }
+}
+
+/// Reads `bootstrap.json` (containerd 2.x), else the `address` file as containerd 2.x's own
+/// migration does (version 2, ttrpc).
+pub fn bootstrap_of(bundle: &Path) -> Result<Bootstrap> {
+    let json = bundle.join("bootstrap.json");
+    match std::fs::read(&json) {
+        Ok(raw) => {
+            let v: serde_json::Value = serde_json::from_slice(&raw)
+                .with_context(|| format!("parse {}", json.display()))?;
+            let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            Ok(Bootstrap {
+                version: v.get("version").and_then(|x| x.as_i64()).unwrap_or(2),
+                address: field("address")
+                    .with_context(|| format!("no address in {}", json.display()))?,
+                protocol: field("protocol").unwrap_or_else(|| "ttrpc".into()),
+                from_json: true,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let p = bundle.join("address");
+            let address =
+                std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+            Ok(Bootstrap {
+                version: 2,
+                address: address.trim().to_string(),
+                protocol: "ttrpc".into(),
+                from_json: false,
+            })
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", json.display())),
+    }
 }
 
 /// Dials a shim socket (`unix://...`).
@@ -107,4 +163,37 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
         .enable_all()
         .build()?
         .block_on(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_json_wins_over_address_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("address"), "unix:///run/containerd/s/aa").unwrap();
+        let b = bootstrap_of(d.path()).unwrap();
+        assert_eq!(
+            (b.version, b.address.as_str(), b.from_json),
+            (2, "unix:///run/containerd/s/aa", false)
+        );
+        assert_eq!(b.task_service(), TASK_V2);
+        std::fs::write(
+            d.path().join("bootstrap.json"),
+            r#"{"version":3,"address":"unix:///run/containerd/s/bb","protocol":"ttrpc"}"#,
+        )
+        .unwrap();
+        let b = bootstrap_of(d.path()).unwrap();
+        assert_eq!(
+            (
+                b.version,
+                b.address.as_str(),
+                b.protocol.as_str(),
+                b.from_json
+            ),
+            (3, "unix:///run/containerd/s/bb", "ttrpc", true)
+        );
+        assert_eq!(b.task_service(), TASK_V3);
+    }
 }

@@ -1,16 +1,18 @@
 //! containerd's own CRI plugin drives the shim: one shim per pod, ExecSync, exit codes in ContainerStatus.
+//! On containerd 1.6 (`io.containerd.grpc.v1.cri`) and 2.1 (CRI split into
+//! `io.containerd.cri.v1.runtime`/`images` and `io.containerd.grpc.v1.cri`).
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::cri::{self, container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image::BUSYBOX_IMAGE;
-use berth_tests::{procs, Instance, Oci, Runtime, Setup};
+use berth_tests::{procs, Containerd, Instance, Oci, Runtime, Setup};
 use k8s_cri::v1 as api;
 use std::time::Duration;
 
-fn pod_suite(runtime: Runtime) -> Result<()> {
+fn pod_suite(runtime: Runtime, version: Containerd) -> Result<()> {
     berth_tests::ensure_hugetlb_v1();
-    let inst = Instance::start(Setup { runtime, cri: true })?;
+    let inst = Instance::start(Setup::new(runtime).with_cri().on(version))?;
     let logs = inst.path().join("pods");
     std::fs::create_dir_all(&logs)?;
     let res = cri::block_on(pod_scenario(&inst, &logs))?;
@@ -115,10 +117,20 @@ async fn pod_scenario(inst: &Instance, logs: &std::path::Path) -> Result<()> {
 
 #[test]
 fn cri_pod_berth_v2() -> Result<()> {
-    pod_suite(Runtime::Berth)
+    pod_suite(Runtime::Berth, Containerd::V1_6)
 }
 
 #[test]
 fn cri_pod_drop_in_runc() -> Result<()> {
-    pod_suite(Runtime::DropIn(Oci::Runc))
+    pod_suite(Runtime::DropIn(Oci::Runc), Containerd::V1_6)
+}
+
+#[test]
+fn cri_pod_berth_v2_containerd21() -> Result<()> {
+    pod_suite(Runtime::Berth, Containerd::V2_1)
+}
+
+#[test]
+fn cri_pod_drop_in_runc_containerd21() -> Result<()> {
+    pod_suite(Runtime::DropIn(Oci::Runc), Containerd::V2_1)
 }

@@ -110,13 +110,7 @@ fn cri_handler_config_path_selects_crun() -> Result<()> {
     let extra = format!(
         "      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.berth.options]\n        ConfigPath = \"{cfg}\"\n"
     );
-    let inst = Instance::start_with_config(
-        Setup {
-            runtime: Runtime::Berth,
-            cri: true,
-        },
-        &extra,
-    )?;
+    let inst = Instance::start_with_config(Setup::new(Runtime::Berth).with_cri(), &extra)?;
     let logs = inst.path().join("pods");
     std::fs::create_dir_all(&logs)?;
     let res = cri::block_on(async {

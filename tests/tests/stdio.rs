@@ -1,12 +1,14 @@
 //! Stdio as containerd's shims hand it out: a `binary://` logger gets stdout on fd 3 and stderr on fd 4, its query
 //! as arguments and CONTAINER_ID/CONTAINER_NAMESPACE, and is gone after the task is deleted;
-//! `ctr run -t` gets a pty with the harness terminal's size; null IO gives /dev/null.
+//! `ctr run -t` gets a pty with the harness terminal's size; null IO gives /dev/null (through
+//! `ctr run --null-io`, and on a shim started directly). The containerd-driven tests run on
+//! containerd 1.6 and 2.1.
 
 use anyhow::{ensure, Context, Result};
 use berth_proto::api;
 use berth_tests::direct::Direct;
 use berth_tests::task_reqs;
-use berth_tests::{cmd, procs, task_api, Instance, Runtime, Setup};
+use berth_tests::{cmd, procs, task_api, Containerd, Instance, Runtime, Setup};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -42,12 +44,21 @@ fn logger_pids(d: &Path) -> Vec<i32> {
 
 #[test]
 fn binary_logger_gets_stdout_stderr_and_is_stopped() -> Result<()> {
+    binary_logger(Containerd::V1_6)
+}
+
+#[test]
+fn binary_logger_gets_stdout_stderr_and_is_stopped_containerd21() -> Result<()> {
+    binary_logger(Containerd::V2_1)
+}
+
+fn binary_logger(version: Containerd) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("berth-l").tempdir()?;
     let d = tmp.path();
     let script = d.join("logger.sh");
     std::fs::write(&script, LOGGER)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    let inst = Instance::start(Setup::new(Runtime::Berth))?;
+    let inst = Instance::start(Setup::new(Runtime::Berth).on(version))?;
     let ctr = inst.ctr();
     let id = inst.new_id("logged");
     let uri = format!(
@@ -130,7 +141,16 @@ fn binary_logger_gets_stdout_stderr_and_is_stopped() -> Result<()> {
 
 #[test]
 fn tty_run_has_pts_and_harness_size() -> Result<()> {
-    let inst = Instance::start(Setup::new(Runtime::Berth))?;
+    tty_run(Containerd::V1_6)
+}
+
+#[test]
+fn tty_run_has_pts_and_harness_size_containerd21() -> Result<()> {
+    tty_run(Containerd::V2_1)
+}
+
+fn tty_run(version: Containerd) -> Result<()> {
+    let inst = Instance::start(Setup::new(Runtime::Berth).on(version))?;
     let ctr = inst.ctr();
     let id = inst.new_id("tty");
     let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "-t".into()];
@@ -147,7 +167,7 @@ fn tty_run_has_pts_and_harness_size() -> Result<()> {
         .map(String::from),
     );
     let argv = ctr.argv(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let out = cmd::run_pty_sized("ctr", &argv, Duration::from_secs(60), Some((37, 123)))?;
+    let out = cmd::run_pty_sized(&ctr.bin, &argv, Duration::from_secs(60), Some((37, 123)))?;
     ensure!(
         out.code == 4 && out.stdout.contains("/dev/pts/") && out.stdout.contains("size=37 123"),
         "ctr run -t: {out:?}\n{}",
@@ -156,6 +176,37 @@ fn tty_run_has_pts_and_harness_size() -> Result<()> {
     inst.finish()
 }
 
+#[test]
+fn ctr_null_io_is_dev_null() -> Result<()> {
+    ctr_null_io(Containerd::V1_6)
+}
+
+#[test]
+fn ctr_null_io_is_dev_null_containerd21() -> Result<()> {
+    ctr_null_io(Containerd::V2_1)
+}
+
+/// `ctr run -d --null-io`: containerd hands the shim empty stdio paths; the init's stdin,
+/// stdout and stderr are /dev/null.
+fn ctr_null_io(version: Containerd) -> Result<()> {
+    let inst = Instance::start(Setup::new(Runtime::Berth).on(version))?;
+    let ctr = inst.ctr();
+    let id = inst.new_id("nullio");
+    let init = ctr.run_detached(&["--null-io"], &id, &["sleep", "600"])?;
+    for fd in 0..3 {
+        let l = std::fs::read_link(format!("/proc/{}/fd/{fd}", init.pid))?;
+        ensure!(
+            l == Path::new("/dev/null"),
+            "fd {fd} of the --null-io init points to {}\n{}",
+            l.display(),
+            inst.log_tail(30)
+        );
+    }
+    ctr.kill_and_delete(&id)?;
+    inst.finish()
+}
+
+/// The same on a shim started directly (no containerd): Create with empty stdio paths.
 #[test]
 fn null_io_is_dev_null() -> Result<()> {
     let d = Direct::new()?;

@@ -1,9 +1,10 @@
 //! Detached task: exec (pipe and tty), ps with exec ids, pause/resume, metrics, memory update,
 //! kill, delete; `ctr events` order (create, start, exec-added, exit, delete as containerd publishes them); OOM kill giving /tasks/oom and 137.
+//! Each on containerd 1.6 and 2.1.
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::events::{Event, Events};
-use berth_tests::{task_api, Instance, Runtime, Setup};
+use berth_tests::{task_api, Containerd, Instance, Runtime, Setup};
 use std::time::Duration;
 
 fn pos(evs: &[Event], topic: &str, needle: &str) -> Result<usize> {
@@ -27,7 +28,16 @@ fn memory_limit_of(pid: i32) -> Result<u64> {
 
 #[test]
 fn detached_task_lifecycle_and_events() -> Result<()> {
-    let inst = Instance::start(Setup::new(Runtime::Berth))?;
+    lifecycle(Containerd::V1_6)
+}
+
+#[test]
+fn detached_task_lifecycle_and_events_containerd21() -> Result<()> {
+    lifecycle(Containerd::V2_1)
+}
+
+fn lifecycle(version: Containerd) -> Result<()> {
+    let inst = Instance::start(Setup::new(Runtime::Berth).on(version))?;
     let ctr = inst.ctr();
     let events = Events::start(&ctr)?;
     let id = inst.new_id("life");
@@ -94,16 +104,18 @@ fn detached_task_lifecycle_and_events() -> Result<()> {
         "metrics: {m}"
     );
 
-    // ctr 1.6 has no `task update`: send the Update RPC the way containerd does.
+    // ctr (1.6 and 2.1) has no `task update`: send the Update RPC the way containerd does,
+    // on the task API version containerd uses with this shim (2.x: from bootstrap.json).
     let limit: i64 = 64 << 20;
-    let addr = task_api::address_of(&inst.bundle(&id))?;
+    let boot = task_api::bootstrap_of(&inst.bundle(&id))?;
     let ns = inst.namespace.clone();
     let (tid, upd) = (id.clone(), task_api::memory_update_req(&id, limit));
+    let service = boot.task_service();
     task_api::block_on(async move {
-        let c = task_api::connect(&addr).await?;
-        task_api::call::<_, berth_proto::api::Empty>(&c, &ns, task_api::TASK_V2, "Update", &upd)
+        let c = task_api::connect(&boot.address).await?;
+        task_api::call::<_, berth_proto::api::Empty>(&c, &ns, service, "Update", &upd)
             .await
-            .with_context(|| format!("Update {tid}"))
+            .with_context(|| format!("{service}/Update {tid}"))
     })??;
     ensure!(
         memory_limit_of(init.pid)? == limit as u64,
@@ -163,7 +175,16 @@ fn detached_task_lifecycle_and_events() -> Result<()> {
 
 #[test]
 fn oom_kill_reports_oom_event_and_137() -> Result<()> {
-    let inst = Instance::start(Setup::new(Runtime::Berth))?;
+    oom(Containerd::V1_6)
+}
+
+#[test]
+fn oom_kill_reports_oom_event_and_137_containerd21() -> Result<()> {
+    oom(Containerd::V2_1)
+}
+
+fn oom(version: Containerd) -> Result<()> {
+    let inst = Instance::start(Setup::new(Runtime::Berth).on(version))?;
     let ctr = inst.ctr();
     let events = Events::start(&ctr)?;
     let id = inst.new_id("oom");

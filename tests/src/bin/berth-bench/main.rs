@@ -232,13 +232,7 @@ fn main() -> Result<()> {
 
     berth_tests::ensure_hugetlb_v1();
     let inst = phase("start containerd", || {
-        Instance::start_with_config(
-            Setup {
-                runtime: Runtime::Berth,
-                cri: true,
-            },
-            GO_HANDLER_TOML,
-        )
+        Instance::start_with_config(Setup::new(Runtime::Berth).with_cri(), GO_HANDLER_TOML)
     })?;
     let logs = inst.path().join("pods");
     std::fs::create_dir_all(&logs)?;
