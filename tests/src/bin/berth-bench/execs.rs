@@ -30,19 +30,20 @@ pub(crate) fn exec_spec() -> Any {
 /// Exec (null IO) + Wait (sent first, as containerd does) + Start + Delete of one `true`.
 pub(crate) async fn exec_cycle(
     client: &berth_proto::ttrpc::r#async::Client,
+    svc: &str,
     ns: &str,
     id: &str,
     exec_id: &str,
     spec: &Any,
 ) -> Result<()> {
-    let v2 = task_api::TASK_V2;
+    let v = svc;
     let req = api::ExecProcessRequest {
         id: id.into(),
         exec_id: exec_id.into(),
         spec: MessageField::some(spec.clone()),
         ..Default::default()
     };
-    task_api::call::<_, api::Empty>(client, ns, v2, "Exec", &req)
+    task_api::call::<_, api::Empty>(client, ns, v, "Exec", &req)
         .await
         .with_context(|| format!("Exec {exec_id}"))?;
     let wait = api::WaitRequest {
@@ -56,10 +57,10 @@ pub(crate) async fn exec_cycle(
         ..Default::default()
     };
     let (w, s) = tokio::join!(
-        task_api::call::<_, api::WaitResponse>(client, ns, v2, "Wait", &wait),
+        task_api::call::<_, api::WaitResponse>(client, ns, v, "Wait", &wait),
         async {
             tokio::task::yield_now().await;
-            task_api::call::<_, api::StartResponse>(client, ns, v2, "Start", &start).await
+            task_api::call::<_, api::StartResponse>(client, ns, v, "Start", &start).await
         }
     );
     s.with_context(|| format!("Start {exec_id}"))?;
@@ -74,7 +75,7 @@ pub(crate) async fn exec_cycle(
         exec_id: exec_id.into(),
         ..Default::default()
     };
-    task_api::call::<_, api::DeleteResponse>(client, ns, v2, "Delete", &del)
+    task_api::call::<_, api::DeleteResponse>(client, ns, v, "Delete", &del)
         .await
         .with_context(|| format!("Delete {exec_id}"))?;
     Ok(())
@@ -83,6 +84,7 @@ pub(crate) async fn exec_cycle(
 /// `count` exec cycles numbered from `first`, `parallel` in flight; stops at the first error.
 pub(crate) async fn exec_batch(
     client: &berth_proto::ttrpc::r#async::Client,
+    svc: &'static str,
     ns: &str,
     id: &str,
     first: usize,
@@ -99,7 +101,7 @@ pub(crate) async fn exec_batch(
                 return Ok(());
             }
             let exec_id = format!("bench-{}", first + i);
-            if let Err(e) = exec_cycle(client, ns, id, &exec_id, spec).await {
+            if let Err(e) = exec_cycle(client, svc, ns, id, &exec_id, spec).await {
                 stop.store(true, Ordering::SeqCst);
                 return Err(e.context(format!("exec cycle #{} of {count}", first + i + 1)));
             }
@@ -121,7 +123,9 @@ pub(crate) fn execs(ctx: &Ctx, w: Which, n: usize) -> Result<ExecFigure> {
 pub(crate) fn execs_on(ctx: &Ctx, id: &str, n: usize) -> Result<ExecFigure> {
     ctx.ctr()
         .wait_status(id, "RUNNING", Duration::from_secs(20))?;
-    let addr = task_api::address_of(&ctx.inst.bundle(id))?;
+    // The task API the shim announced (containerd 2.1's Go shim serves only v3).
+    let boot = task_api::bootstrap_of(&ctx.inst.bundle(id))?;
+    let (addr, svc) = (boot.address.clone(), boot.task_service());
     let ns = ctx.inst.namespace.clone();
     let parallel = ctx.parallel;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -130,20 +134,15 @@ pub(crate) fn execs_on(ctx: &Ctx, id: &str, n: usize) -> Result<ExecFigure> {
         .build()?;
     rt.block_on(async {
         let client = task_api::connect(&addr).await?;
-        let c: api::ConnectResponse = task_api::call(
-            &client,
-            &ns,
-            task_api::TASK_V2,
-            "Connect",
-            &task_api::connect_req(id),
-        )
-        .await
-        .context("Connect")?;
+        let c: api::ConnectResponse =
+            task_api::call(&client, &ns, svc, "Connect", &task_api::connect_req(id))
+                .await
+                .context("Connect")?;
         let pid = c.shim_pid as i32;
         tokio::time::sleep(SETTLE).await;
         let before = mem_of(pid)?;
         let warm_n = WARMUP_EXECS.min(n);
-        exec_batch(&client, &ns, id, 0, warm_n, parallel).await?;
+        exec_batch(&client, svc, &ns, id, 0, warm_n, parallel).await?;
         tokio::time::sleep(SETTLE).await;
         let warm = mem_of(pid)?;
         // Four equal chunks, RSS read (without settling) after each: shows whether growth levels off.
@@ -153,7 +152,7 @@ pub(crate) fn execs_on(ctx: &Ctx, id: &str, n: usize) -> Result<ExecFigure> {
         let t0 = Instant::now();
         for q in 1..=4 {
             let upto = rest * q / 4;
-            exec_batch(&client, &ns, id, warm_n + done, upto - done, parallel).await?;
+            exec_batch(&client, svc, &ns, id, warm_n + done, upto - done, parallel).await?;
             done = upto;
             quarters.push(mem_of(pid)?.rss);
         }

@@ -9,8 +9,15 @@ pub(crate) fn ctr_run(
     id: &str,
     argv: &[&str],
 ) -> Result<cmd::Output> {
-    // The same flags for both shims: only the runtime name differs (no runc options).
-    let mut a = vec!["run", mode, "--runtime", w.runtime(), BUSYBOX_IMAGE, id];
+    // The same flags for both shims: only the runtime differs (no runc options). Under
+    // containerd 2.x the Go shim is named by path: its runtime-path cache already holds
+    // /usr/bin's 1.6 shim for `io.containerd.runc.v2` (resolved when CRI starts).
+    let go_path = ctx.go_exe.display().to_string();
+    let runtime = match w {
+        Which::Go if ctx.inst.containerd.is_v2() => go_path.as_str(),
+        _ => w.runtime(),
+    };
+    let mut a = vec!["run", mode, "--runtime", runtime, BUSYBOX_IMAGE, id];
     a.extend_from_slice(argv);
     ctx.ctr().run(&a, Duration::from_secs(60))
 }

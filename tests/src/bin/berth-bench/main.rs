@@ -17,11 +17,12 @@ use anyhow::{bail, ensure, Context, Result};
 use berth_proto::api;
 use berth_proto::protobuf::well_known_types::any::Any;
 use berth_proto::protobuf::MessageField;
+use berth_tests::containerd::Containerd;
 use berth_tests::cri::{self, container_config, pod_config};
 use berth_tests::ctr::Ctr;
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::procs::field_kb;
-use berth_tests::{cmd, shim, task_api, Instance, Runtime, Setup};
+use berth_tests::{cmd, task_api, Instance, Runtime, Setup};
 use k8s_cri::v1 as criapi;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,11 +61,25 @@ impl Which {
     }
 }
 
-/// The second CRI handler: Debian's Go shim, resolved by containerd from PATH (`/usr/bin`).
-const GO_HANDLER_TOML: &str = r#"
+/// The second CRI handler: the Go shim of the containerd under test. containerd 1.6 finds
+/// Debian's on PATH; 2.x is given its own shim's path (`runtime_path`, which 1.6.20 ignores).
+fn go_handler_toml(version: Containerd, go_shim: &Path) -> String {
+    match version {
+        Containerd::V1_6 => r#"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-"#;
+"#
+        .to_string(),
+        Containerd::V2_1 => format!(
+            r#"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  runtime_path = "{}"
+"#,
+            go_shim.display()
+        ),
+    }
+}
 
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -80,6 +95,7 @@ struct Args {
     pods: usize,
     execs: usize,
     parallel: usize,
+    containerd: Containerd,
 }
 
 fn usage() -> &'static str {
@@ -90,7 +106,9 @@ fn usage() -> &'static str {
      \x20 --runs N       `ctr run --rm` runs per shim (default 20)\n\
      \x20 --pods N       pods per shim for the PSS figure (default 50)\n\
      \x20 --execs N      exec cycles per shim (default 10000)\n\
-     \x20 --parallel N   concurrent pod set-ups / exec cycles (default 2)"
+     \x20 --parallel N   concurrent pod set-ups / exec cycles (default 2)\n\
+     \x20 --containerd V 1.6 (Debian 12's, default) or 2.1 (Debian sid's, fetched by\n\
+     \x20                tests/containerd2.sh); the Go shim compared is the one shipped with it"
 }
 
 fn default_shim() -> PathBuf {
@@ -118,6 +136,7 @@ fn parse_args() -> Result<Args> {
         pods: 50,
         execs: 10_000,
         parallel: 2,
+        containerd: Containerd::V1_6,
     };
     let (mut runs, mut pods, mut execs) = (None, None, None);
     let mut it = std::env::args().skip(1);
@@ -137,6 +156,13 @@ fn parse_args() -> Result<Args> {
             "--pods" => pods = Some(num(it.next(), "--pods")?),
             "--execs" => execs = Some(num(it.next(), "--execs")?),
             "--parallel" => a.parallel = num(it.next(), "--parallel")?,
+            "--containerd" => {
+                a.containerd = match it.next().as_deref() {
+                    Some("1.6") => Containerd::V1_6,
+                    Some("2.1") => Containerd::V2_1,
+                    v => bail!("--containerd {v:?}: 1.6 or 2.1\n{}", usage()),
+                }
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -187,17 +213,23 @@ fn main() -> Result<()> {
         );
     }
     let shim_path = std::fs::canonicalize(&args.shim)?;
-    let go_path = std::fs::canonicalize(shim::REFERENCE_SHIM).with_context(|| {
+    let go_ref = args.containerd.reference_shim()?;
+    let go_path = std::fs::canonicalize(&go_ref).with_context(|| {
         format!(
-            "Go shim {} missing (apt-get install containerd)",
-            shim::REFERENCE_SHIM
+            "Go shim {} of containerd {} missing",
+            go_ref.display(),
+            args.containerd.label()
         )
     })?;
+    let containerd_bin = args.containerd.containerd()?;
     // The harness takes the shim under test from $BERTH_SHIM; never the reference mode.
     std::env::set_var("BERTH_SHIM", &shim_path);
     std::env::remove_var("BERTH_TEST_REFERENCE");
 
-    println!("berth-bench: Berth shim vs Debian's Go containerd-shim-runc-v2, one containerd");
+    println!(
+        "berth-bench: Berth shim vs containerd {}'s Go containerd-shim-runc-v2, one containerd",
+        args.containerd.label()
+    );
     println!(
         "command:    {}",
         std::env::args().collect::<Vec<_>>().join(" ")
@@ -217,13 +249,16 @@ fn main() -> Result<()> {
             "v1"
         }
     );
-    println!("containerd: {}", first_line("containerd", &["--version"]));
+    println!(
+        "containerd: {}",
+        first_line(&containerd_bin.display().to_string(), &["--version"])
+    );
     println!("runc:       {}", first_line("runc", &["--version"]));
     println!("berth shim: {}", describe_bin(&shim_path));
     println!(
         "go shim:    {} — {}",
         describe_bin(&go_path),
-        all_lines(shim::REFERENCE_SHIM, &["-v"])
+        all_lines(&go_path.display().to_string(), &["-v"])
     );
     println!(
         "plan:       {} latency runs/shim, pods of 1 and 3 containers, {} pods/shim, {} execs/shim, parallel {}",
@@ -232,7 +267,10 @@ fn main() -> Result<()> {
 
     berth_tests::ensure_hugetlb_v1();
     let inst = phase("start containerd", || {
-        Instance::start_with_config(Setup::new(Runtime::Berth).with_cri(), GO_HANDLER_TOML)
+        Instance::start_with_config(
+            Setup::new(Runtime::Berth).with_cri().on(args.containerd),
+            &go_handler_toml(args.containerd, &go_path),
+        )
     })?;
     let logs = inst.path().join("pods");
     std::fs::create_dir_all(&logs)?;
