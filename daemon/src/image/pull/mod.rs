@@ -8,6 +8,7 @@
 //! at 8 MiB, tokens at 1 MiB, each small exchange within `registry.timeout`, and a blob
 //! stream failed once a `registry.timeout` passes with less than 16 KiB of it.
 
+mod clients;
 mod fetch;
 mod registry;
 
@@ -42,7 +43,7 @@ const PARALLEL_FETCHES: usize = 3;
 /// Registry access for pulls: the configured endpoints and their clients.
 pub struct Puller {
     cfg: RegistryConfig,
-    clients: registry::Clients,
+    clients: clients::Clients,
 }
 
 impl Puller {

@@ -1,13 +1,7 @@
-//! Talking to registries: which endpoints serve a registry (its mirrors, then itself),
-//! one bounded connection (`fetch::Conn`) per endpoint and credentials (plain HTTP /
-//! skip-verify per host, tokens kept across pulls), and CRI credentials.
+//! Registries as configured: which endpoints serve a registry (its mirrors, then itself,
+//! plain HTTP / skip-verify per host), the credentials a pull presents, and error chains.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use super::fetch::Conn;
 use crate::config::Registry as RegistryConfig;
-use crate::error::Result;
 
 /// One place a registry's content can be fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +70,7 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Identifies the credentials without holding them: clients are kept per
     /// credentials, so a pull never rides on tokens another pull's secret obtained.
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         use sha2::{Digest as _, Sha256};
         let mut h = Sha256::new();
         for part in [&self.username, &self.password, &self.token] {
@@ -84,51 +78,6 @@ impl Credentials {
             h.update(part.as_bytes());
         }
         format!("{:x}", h.finalize())
-    }
-}
-
-/// How many endpoint/credential connections are kept: every pull with new credentials
-/// (kubelet sends each pod's pull secrets) would otherwise add one forever.
-const MAX_CONNS: usize = 64;
-
-/// Connections by endpoint and credentials, so tokens are reused across pulls that
-/// present the same credentials, and only by those; the least recently used beyond
-/// [`MAX_CONNS`] is dropped.
-pub struct Clients {
-    by_endpoint: Mutex<lru::LruCache<String, Arc<Conn>>>,
-}
-
-impl Default for Clients {
-    fn default() -> Self {
-        Clients {
-            by_endpoint: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(MAX_CONNS).expect("non-zero"),
-            )),
-        }
-    }
-}
-
-impl Clients {
-    pub fn get(&self, e: &Endpoint, creds: &Credentials, timeout: Duration) -> Result<Arc<Conn>> {
-        let key = format!(
-            "{}|{}|{}|{}",
-            e.host,
-            e.plain_http,
-            e.skip_verify,
-            creds.key()
-        );
-        let mut m = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = m.get(&key) {
-            return Ok(c.clone());
-        }
-        let c = Arc::new(Conn::new(e, creds, timeout)?);
-        m.put(key, c.clone());
-        Ok(c)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.by_endpoint.lock().unwrap().len()
     }
 }
 
@@ -150,21 +99,6 @@ mod tests {
 
     fn cfg(toml: &str) -> RegistryConfig {
         crate::config::Config::from_toml(toml).unwrap().registry
-    }
-
-    #[test]
-    fn connections_are_bounded_however_many_credentials_come() {
-        let clients = Clients::default();
-        let e = &endpoints(&cfg(""), "reg.example")[0];
-        for i in 0..(MAX_CONNS * 3) {
-            let creds = Credentials {
-                username: format!("user{i}"),
-                password: "p".into(),
-                token: String::new(),
-            };
-            clients.get(e, &creds, Duration::from_secs(1)).unwrap();
-        }
-        assert_eq!(clients.len(), MAX_CONNS);
     }
 
     #[test]
