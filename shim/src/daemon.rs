@@ -45,6 +45,15 @@ pub fn run(args: &Args) -> Result<()> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("listener", e))?;
+    // Why: fd 3 arrives without close-on-exec (it had to survive the exec from `start`).
+    // Left so, every child (runc, its init, mount helpers, loggers) would inherit the
+    // listening socket: one that outlives the shim keeps accepting the manager's
+    // connections that nobody answers, so a killed shim would never look gone.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| Error::sys("close-on-exec on the listening socket", e))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

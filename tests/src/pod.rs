@@ -162,6 +162,11 @@ impl Pod {
     }
 
     /// Stop and remove the pod (and so its containers).
+    /// The same pod over another connection (a restarted berthd's).
+    pub fn reconnect(self, rs: Rs) -> Pod {
+        Pod { rs, ..self }
+    }
+
     pub async fn remove(self) -> Result<()> {
         Ok(self.rs.stop_and_remove_pod(&self.id).await?)
     }

@@ -16,6 +16,9 @@ use crate::records::{ContainerRecord, CtrState, Records};
 
 /// Output kept per stream (kubelet's limit for exec probes is 16 MiB).
 const MAX_OUTPUT: usize = 16 << 20;
+/// Beyond an ExecSync's own timeout: the shim's calls around the process (register, start,
+/// kill and delete of a timed-out one) on a loaded node.
+const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// The container's process spec with `cmd` as its args (same env, cwd, user, caps); a
 /// terminal gets `console` as its size before the process runs (OCI `consoleSize`, which
@@ -132,8 +135,29 @@ impl Containers {
     /// Runs `cmd` in container `id`; returns (stdout, stderr, exit code). The output is
     /// read while the process runs (a pipe holds 64 KiB: a process writing more would
     /// block until its timeout otherwise); past [`MAX_OUTPUT`] per stream it is read and
-    /// dropped, so the process never blocks on it.
+    /// dropped, so the process never blocks on it. With a timeout, the whole call is bounded
+    /// by it plus [`EXEC_GRACE`], also when the pod's shim does not answer (a hung shim):
+    /// the caller gets DeadlineExceeded, and the session's FIFOs go with the dropped call.
     pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
+        if timeout <= 0 {
+            return self.exec_sync_unbounded(id, cmd, timeout).await;
+        }
+        let bound = Duration::from_secs(timeout as u64) + EXEC_GRACE;
+        tokio::time::timeout(bound, self.exec_sync_unbounded(id, cmd, timeout))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::DeadlineExceeded(format!(
+                    "exec in {id} did not finish within {timeout}s: the pod's shim did not answer in time"
+                )))
+            })
+    }
+
+    async fn exec_sync_unbounded(
         &self,
         id: &str,
         cmd: Vec<String>,

@@ -112,10 +112,16 @@ impl Containers {
             Err(e) => Err(e),
         };
         // The shim died before or during the stop (the pod's settling may still be under
-        // way): this container is settled here, as the shim-death path does. A shim that
-        // is only wedged keeps its tasks, and the stop fails.
+        // way), or it did not answer and has been put down: this container is settled
+        // here, as the shim-death path does. A shim that fails otherwise keeps its tasks,
+        // and the stop fails.
         let stopped = match stopped {
-            Err(e) if self.shims.gone(&pod.shim_address) => {
+            Err(e)
+                if self
+                    .shims
+                    .gone_or_put_down(&pod.id, &pod.shim_address, &e)
+                    .await =>
+            {
                 tracing::warn!(container_id = %id, error = %e, "the pod's shim is gone; settling the container");
                 match self.store.get::<ContainerRecord>(CONTAINERS, id)? {
                     Some(c) => self.settle_without_shim(&c).await,
@@ -196,8 +202,13 @@ impl Containers {
         match shim {
             Some((shim, pod)) => match shim.delete(id, None).await {
                 Ok(()) => {}
-                // A cached client of a shim that has died since.
-                Err(e) if self.shims.gone(&pod.shim_address) => {
+                // A cached client of a shim that has died since, or a hung one put down.
+                Err(e)
+                    if self
+                        .shims
+                        .gone_or_put_down(&pod.id, &pod.shim_address, &e)
+                        .await =>
+                {
                     tracing::warn!(container_id = %id, error = %e, "the pod's shim is gone");
                     forget_task(&rec.bundle, id).await;
                 }

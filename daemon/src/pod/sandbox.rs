@@ -105,6 +105,9 @@ impl Undo {
     }
 }
 
+/// How long a status call waits for the shim's word on the infra process.
+const LIVE_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Pods {
     /// Makes a pod Ready; returns its id and shim (the caller starts watching it).
     pub async fn run(&self, cfg: PodSpec, handler: String) -> Result<(String, ShimHandle)> {
@@ -332,10 +335,16 @@ impl Pods {
             return Ok(rec);
         }
         let running = match self.shim_of(&rec).await {
-            Ok(shim) => shim
-                .state(id)
-                .await
-                .is_ok_and(|s| s.status == TaskStatus::Running),
+            Ok(shim) => match tokio::time::timeout(LIVE_PROBE, shim.state(id)).await {
+                Ok(Ok(s)) => s.status == TaskStatus::Running,
+                // A shim that does not answer (stopped, wedged) says nothing about the
+                // infra: the pod stays as recorded, and the status call does not wait on it.
+                Err(_) | Ok(Err(Error::DeadlineExceeded(_))) => {
+                    tracing::warn!(pod_id = %id, "the pod's shim does not answer; reporting the pod as recorded");
+                    return Ok(rec);
+                }
+                Ok(Err(_)) => false,
+            },
             Err(_) => false,
         };
         if !running {

@@ -99,8 +99,12 @@ impl Pods {
             match shim.kill(id, None, libc::SIGKILL as u32, true).await {
                 Ok(()) | Err(Error::NotFound(_)) => {}
                 // A cached client of a shim that has died since (its settling may still be
-                // under way): the task is cleaned here instead.
-                Err(e) if !self.shims.answers(&rec.shim_address, id).await => {
+                // under way), or one that did not answer and has been put down: the task
+                // is cleaned here instead.
+                Err(e)
+                    if self.shims.gone_or_put_down(id, &rec.shim_address, &e).await
+                        || !self.shims.answers(&rec.shim_address, id).await =>
+                {
                     tracing::warn!(pod_id = %id, error = %e, "the pod's shim is gone");
                     self.shims.forget(id).await;
                     forget_task(&rec.bundle, id).await;

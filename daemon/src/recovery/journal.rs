@@ -29,6 +29,16 @@ impl Recovery {
             loop {
                 let (entries, first) = match shim.read_journal(after, WAIT).await {
                     Ok(r) => (r.entries, r.first),
+                    // A shim that does not answer (stopped, wedged) is not a dead one: it is
+                    // read again, and whatever it journals meanwhile comes when it answers.
+                    Err(crate::error::Error::DeadlineExceeded(e)) => {
+                        if !rt.shims.gone(&pod.shim_address) {
+                            tracing::warn!(pod_id = %pod_id, error = %e, "the pod's shim does not answer; still following it");
+                            continue;
+                        }
+                        rt.on_wait_failed(&pod_id);
+                        return;
+                    }
                     Err(_) => {
                         rt.on_wait_failed(&pod_id);
                         return;

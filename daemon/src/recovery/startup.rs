@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Recovery;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::records::{PodRecord, PodState, Records};
 use crate::store::PODS;
@@ -30,12 +30,34 @@ impl Recovery {
         for rec in pods.iter().filter(|p| p.state == PodState::Ready).cloned() {
             let rt = self.clone();
             tasks.push(tokio::spawn(async move {
-                let res = tokio::time::timeout(RECONNECT_TIMEOUT, async {
-                    let shim = rt.shims.connect(&rec.shim_address).await?;
-                    let st = shim.state(&rec.id).await?;
-                    Ok::<_, crate::error::Error>((shim, st.status == TaskStatus::Running))
-                })
-                .await;
+                // Connect and ask, each bounded. A shim that took the connection but does
+                // not answer is hung (stopped, wedged), not dead: the pod and its
+                // containers stay as recorded and are followed until it answers again
+                // (SIGCONT), and startup does not wait for it.
+                let shim = match tokio::time::timeout(
+                    RECONNECT_TIMEOUT,
+                    rt.shims.connect(&rec.shim_address),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::DeadlineExceeded("connect".into())),
+                };
+                let res = match shim {
+                    Ok(shim) => {
+                        match tokio::time::timeout(RECONNECT_TIMEOUT, shim.state(&rec.id)).await {
+                            Err(_) | Ok(Err(Error::DeadlineExceeded(_))) => {
+                                tracing::warn!(pod_id = %rec.id, "the pod's shim does not answer; its pod is kept as recorded and followed");
+                                rt.shims.insert(&rec.id, shim.clone()).await;
+                                rt.watch(rec.id.clone(), shim);
+                                return;
+                            }
+                            Ok(st) => Ok(st.map(|st| (shim, st.status == TaskStatus::Running))),
+                        }
+                    }
+                    Err(Error::DeadlineExceeded(_)) => Err(()),
+                    Err(e) => Ok(Err(e)),
+                };
                 match res {
                     Ok(Ok((shim, true))) => {
                         rt.shims.insert(&rec.id, shim.clone()).await;

@@ -195,4 +195,11 @@ impl Launcher for FakeLauncher {
     fn gone(&self, address: &str) -> bool {
         self.dead.lock().unwrap().contains(address)
     }
+    async fn put_down(&self, id: &str) -> bool {
+        self.dead
+            .lock()
+            .unwrap()
+            .insert(format!("unix:///fake/{id}"));
+        true
+    }
 }

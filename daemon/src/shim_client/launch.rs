@@ -26,6 +26,10 @@ pub trait Launcher: Send + Sync {
     /// connections. One that accepts but does not answer is only wedged (stopped,
     /// overloaded).
     fn gone(&self, address: &str) -> bool;
+    /// Kills pod `id`'s shim process (SIGKILL, which also ends a stopped one) and waits
+    /// until it is gone: for a shim that no longer answers, so a stop or removal can settle
+    /// the pod as after a shim's death. True once no such process is left.
+    async fn put_down(&self, id: &str) -> bool;
 }
 
 /// The real launcher: `containerd-shim-berth-v2` as a child process.
@@ -81,6 +85,14 @@ impl Launcher for ShimLauncher {
         Ok(Arc::new(Shim::connect(address).await?))
     }
 
+    async fn put_down(&self, id: &str) -> bool {
+        let (id, address) = (id.to_string(), self.grpc_address.clone());
+        // Reading /proc is blocking file I/O: not on the async workers.
+        tokio::task::spawn_blocking(move || put_down(&id, &address))
+            .await
+            .unwrap_or(false)
+    }
+
     fn gone(&self, address: &str) -> bool {
         let path = address.strip_prefix("unix://").unwrap_or(address);
         // A local connect: it succeeds or fails at once, never waits on the peer.
@@ -91,6 +103,71 @@ impl Launcher for ShimLauncher {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ),
         }
+    }
+}
+
+/// The pids of pod `id`'s shim daemons: processes whose command line is a
+/// `containerd-shim-*` binary with `-id <id>` and `-address <berthd's address>` (how
+/// [`ShimLauncher::start`] runs it, and what the shim re-executes itself with). Matched by
+/// command line at the moment of the kill, not by a remembered pid, which may be reused.
+fn shim_pids(id: &str, address: &Path) -> Vec<i32> {
+    let address = address.to_string_lossy();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+            let flag = |name: &str, value: &str| {
+                argv.windows(2)
+                    .any(|w| w[0] == name.as_bytes() && w[1] == value.as_bytes())
+            };
+            let is_shim = argv.first().is_some_and(|a0| {
+                use std::os::unix::ffi::OsStrExt;
+                Path::new(std::ffi::OsStr::from_bytes(a0))
+                    .file_name()
+                    .is_some_and(|f| f.as_bytes().starts_with(b"containerd-shim"))
+            });
+            is_shim && flag("-id", id) && flag("-address", &address)
+        })
+        .collect()
+}
+
+/// Whether `pid` has exited: no longer in /proc, or a zombie. Why not "its command line
+/// is empty": the kernel drops a dying process's memory (and so its command line) before it
+/// closes its files, and the shim's listening socket must be closed when this says so.
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// SIGKILLs pod `id`'s shim daemons and waits (5 s at most) for them to be gone.
+fn put_down(id: &str, address: &Path) -> bool {
+    let pids = shim_pids(id, address);
+    for &pid in &pids {
+        tracing::warn!(pod_id = %id, pid, "the pod's shim does not answer: killing it");
+        // SAFETY: kill(2) on a pid just matched by its command line; no memory is touched.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if pids.iter().all(|&p| exited(p)) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

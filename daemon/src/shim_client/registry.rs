@@ -86,6 +86,20 @@ impl Shims {
         self.launcher.gone(address)
     }
 
+    /// Whether a stop or removal that got `err` from pod `pod_id`'s shim at `address` may
+    /// settle the pod's tasks without it: the shim is gone, or it did not answer in time and
+    /// has now been killed (its processes are then settled as after a shim's death).
+    pub async fn gone_or_put_down(&self, pod_id: &str, address: &str, err: &Error) -> bool {
+        if self.gone(address) {
+            return true;
+        }
+        if !matches!(err, Error::DeadlineExceeded(_)) {
+            return false;
+        }
+        // The death is then noticed and settled as any shim's (the pod's watch).
+        self.launcher.put_down(pod_id).await && self.gone(address)
+    }
+
     pub async fn cached(&self, pod_id: &str) -> Option<ShimHandle> {
         self.connected.lock().await.get(pod_id).cloned()
     }

@@ -22,7 +22,13 @@ use super::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls that run the OCI runtime on real work (create, start, delete with its output drain,
+/// update) on a loaded node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls a healthy shim answers at once (state, signals, registering an exec, resizes,
+/// stats). A shim that takes longer is hung (stopped, wedged): the caller gets
+/// DeadlineExceeded, and a stop or removal puts the shim down (`Shims::put_down`).
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected shim.
 #[derive(Clone)]
@@ -46,6 +52,10 @@ fn ts_ns(t: &Timestamp) -> i64 {
 
 fn ctx() -> context::Context {
     context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+fn quick() -> context::Context {
+    context::with_timeout(QUICK_TIMEOUT.as_nanos() as i64)
 }
 
 /// The wire's exec id: "" is the init process.
@@ -74,7 +84,14 @@ fn rpc(what: &str, e: berth_proto::ttrpc::Error) -> Error {
         T::RpcStatus(s) if s.code() == Code::ALREADY_EXISTS => {
             Error::AlreadyExists(format!("{what}: {}", s.message()))
         }
+        T::RpcStatus(s) if s.code() == Code::DEADLINE_EXCEEDED => {
+            Error::DeadlineExceeded(format!("{what}: {}", s.message()))
+        }
         T::RpcStatus(s) => Error::Internal(format!("{what}: {}", s.message())),
+        // ttrpc's own deadline (the request's timeout) ran out: the shim did not answer.
+        T::Others(m) if m == "Request deadline elapsed" => Error::DeadlineExceeded(format!(
+            "{what}: the pod's shim did not answer in time (hung or stopped)"
+        )),
         other => Error::Internal(format!("{what}: {other}")),
     }
 }
@@ -202,7 +219,7 @@ impl TaskShim for Shim {
             ..Default::default()
         };
         self.client
-            .kill(ctx(), &req)
+            .kill(quick(), &req)
             .await
             .map(drop)
             .map_err(|e| rpc(what("kill task", "kill exec", exec), e))
@@ -233,7 +250,7 @@ impl TaskShim for Shim {
         };
         let r = self
             .client
-            .state(ctx(), &req)
+            .state(quick(), &req)
             .await
             .map_err(|e| rpc("task state", e))?;
         Ok(TaskState {
@@ -281,7 +298,7 @@ impl TaskShim for Shim {
             ..Default::default()
         };
         self.client
-            .exec(ctx(), &req)
+            .exec(quick(), &req)
             .await
             .map(drop)
             .map_err(|e| rpc("exec", e))
@@ -295,7 +312,7 @@ impl TaskShim for Shim {
             ..Default::default()
         };
         self.client
-            .close_io(ctx(), &req)
+            .close_io(quick(), &req)
             .await
             .map(drop)
             .map_err(|e| rpc("close stdin", e))
@@ -310,7 +327,7 @@ impl TaskShim for Shim {
             ..Default::default()
         };
         self.client
-            .resize_pty(ctx(), &req)
+            .resize_pty(quick(), &req)
             .await
             .map(drop)
             .map_err(|e| rpc("resize", e))
@@ -325,7 +342,7 @@ impl TaskShim for Shim {
             ..Default::default()
         };
         self.attach
-            .attach(ctx(), &req)
+            .attach(quick(), &req)
             .await
             .map(drop)
             .map_err(|e| rpc("attach", e))
@@ -338,7 +355,7 @@ impl TaskShim for Shim {
         };
         let r = self
             .client
-            .stats(ctx(), &req)
+            .stats(quick(), &req)
             .await
             .map_err(|e| rpc("stats", e))?;
         let any = r
@@ -385,7 +402,7 @@ impl TaskShim for Shim {
 
     async fn shutdown(&self, wait: bool) {
         let req = api::ShutdownRequest::default();
-        let _ = self.client.shutdown(ctx(), &req).await;
+        let _ = self.client.shutdown(quick(), &req).await;
         if !wait {
             return;
         }
