@@ -1,10 +1,12 @@
 //! Shared harness for Berth black-box tests: private containerd instances driving the shim
 //! under test, and the berthd fixture (`berthd::Berthd::builder`, `pod::Pod`, one CRI
-//! client in `cri` (its calls in short form in `cri_calls`), one CRI log decoder in `cri_log`).
+//! client in `cri` (its calls in short form in `cri_calls`), one CRI log decoder in `cri_log`,
+//! the `berthctl` binary driven in `berthctl`).
 //!
 //! Set `BERTH_TEST_REFERENCE=1` to run the same tests against Debian's Go `containerd-shim-runc-v2`
 //! (validates the tests), or `BERTH_SHIM=<path>` to pick another build of ours.
 
+pub mod berthctl;
 pub mod berthd;
 pub mod caps;
 pub mod cleanup;
