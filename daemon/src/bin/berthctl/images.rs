@@ -125,6 +125,7 @@ pub async fn pull_image(ctx: &Ctx, image: &str, creds: Option<&str>) -> Result<S
     let mut grown = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut frame = 0usize;
+    let mut next_fs = 5usize;
     let mut err = tokio::io::stderr();
     let answer = loop {
         tokio::select! {
@@ -132,7 +133,8 @@ pub async fn pull_image(ctx: &Ctx, image: &str, creds: Option<&str>) -> Result<S
             _ = tick.tick(), if progress => {
                 frame += 1;
                 // The image filesystem is walked by the runtime: once a second is enough.
-                if frame % 5 == 0 {
+                if frame >= next_fs {
+                    next_fs = frame + 5;
                     if let (Some(b), Some(now)) = (base, fs_used(ctx).await) {
                         grown = Some(now.saturating_sub(b));
                     }

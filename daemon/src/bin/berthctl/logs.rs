@@ -132,7 +132,8 @@ async fn follow(
             // The container's state, every few idle polls: once it has exited, one
             // more read takes what it wrote last.
             polls += 1;
-            if polls % 5 == 0 {
+            if polls == 5 {
+                polls = 0;
                 let st = status(ctx, id).await?;
                 exited_seen = st.state == cri::ContainerState::ContainerExited as i32;
                 if exited_seen {
