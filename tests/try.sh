@@ -57,6 +57,8 @@ our_berthd() {
     local pid
     pid=$(cat "$run/berthd.pid" 2>/dev/null) || return 1
     [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = berthd ] || return 1
+    # A berthd killed but not yet reaped is no berthd.
+    [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" != Z ] || return 1
     echo "$pid"
 }
 
@@ -88,6 +90,16 @@ unmount_under() {
     done
 }
 
+# The pids of the shims berthd started for pods (`-address SOCKET` on their command line).
+shims_of() {
+    local f pid
+    for f in /proc/[0-9]*/cmdline; do
+        pid=${f#/proc/}; pid=${pid%/cmdline}
+        tr '\0' ' ' <"$f" 2>/dev/null | grep -q -- "containerd-shim.* -address $1\( \|$\)" && printf '%s ' "$pid"
+    done
+    return 0
+}
+
 stop_containerd() {
     local cdir=$run/containerd pid
     pid=$(cat "$cdir/containerd.pid" 2>/dev/null) || return 0
@@ -106,11 +118,13 @@ stop_containerd() {
 
 stop() {
     [ -d "$run" ] || { say "nothing to stop ($run does not exist)"; return 0; }
-    if [ -f "$run/berthd.pid" ]; then
-        # A berthd try.sh started that has died meanwhile comes back to remove its pods.
-        our_berthd >/dev/null || start_berthd
-        local pid
-        pid=$(our_berthd) || die "berthd did not come back to remove its pods"
+    local pid
+    if [ -f "$run/berthd.pid" ] && ! our_berthd >/dev/null && [ -x "$bin/berthd" ]; then
+        # A berthd try.sh started that has died meanwhile comes back to remove its pods
+        # (in a subshell: if it cannot, the rest is still cleaned up).
+        (start_berthd) || say "berthd did not come back: its pods may be left"
+    fi
+    if pid=$(our_berthd); then
         ctl rmp --all || say "removing the pods failed (see above)"
         kill -TERM "$pid"
         for _ in $(seq 75); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -120,6 +134,10 @@ stop() {
         fi
     fi
     stop_containerd
+    # The pods' shims outlive berthd by design: while one runs, its dirs stay.
+    local shims
+    shims=$(shims_of "$socket")
+    [ -z "$shims" ] || die "pod shims still run (pids $shims): nothing removed; run 'try.sh stop' again"
     if [ -f "$run/made-bridge" ] && ip link show "$bridge" >/dev/null 2>&1; then
         ip link del "$bridge"
     fi
