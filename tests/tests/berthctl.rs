@@ -2,15 +2,19 @@
 //! berthd of the fixture. `run` makes a pod (pod network) and a busybox container in one
 //! step; `pods` and `ps` list them (tables and `-o json`); `logs` shows what it wrote;
 //! `exec` runs commands (exit codes, stdin, and a terminal that has the window's size
-//! from the start and follows a resize); `inspect` is JSON; `stats` lists it; `events`
-//! shows a container started meanwhile; `stop`, `rm` and `rmp` clean up; an unknown id
-//! fails with the CRI code. `--endpoint` reaches containerd's CRI socket too.
+//! from the start and follows a resize); `attach -it` reaches a container's shell and
+//! detaches; `inspect` is JSON; `stats` lists it; `events` shows a container started
+//! meanwhile; `stop`, `rm` and `rmp` clean up; an unknown id fails with the CRI code;
+//! `pull` shows its progress on a terminal, `images` and `rmi` follow. `--endpoint`
+//! reaches containerd's CRI socket too.
 
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthctl::{Ctl, Pty};
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::procs;
+use berth_tests::registry::Registry;
+use berth_tests::slow_proxy::SlowProxy;
 use berth_tests::{Instance, Runtime, Setup};
 use serde_json::Value;
 use std::time::Duration;
@@ -208,6 +212,35 @@ fn exec_with_a_terminal_has_its_size_and_follows_a_resize() -> Result<()> {
         p.type_in(b"exit 5\r")?;
         let code = p.wait(WITHIN)?;
         ensure!(code == 5, "the shell's exit 5 came back as {code}");
+
+        // attach -it to a container's own shell, then detach: the container runs on.
+        ctl.ok(&[
+            "run",
+            "--host-network",
+            "-i",
+            "-t",
+            "--name",
+            "shell",
+            "--log-root",
+            &log_root,
+            BUSYBOX_IMAGE,
+            "--",
+            "sh",
+        ])?;
+        let mut p = Pty::spawn(ctl.command(&["attach", "-i", "-t", "shell"])?, 90, 30)?;
+        p.read_until(0, "detach with ctrl-p ctrl-q", WITHIN)?;
+        let mark = p.seen.len();
+        p.type_in(b"echo attached-$((40+2))\r")?;
+        p.read_until(mark, "attached-42", WITHIN)?;
+        p.type_in(&[0x10, 0x11])?;
+        let code = p.wait(WITHIN)?;
+        let seen = String::from_utf8_lossy(&p.seen).into_owned();
+        ensure!(
+            code == 0 && seen.contains("detached"),
+            "exit {code}: {seen:?}"
+        );
+        let ps = ctl.ok(&["ps", "--name", "shell"])?;
+        ensure!(ps.contains("Running"), "after detaching: {ps}");
         Ok(())
     })
 }
@@ -249,6 +282,52 @@ fn events_show_a_container_started_meanwhile() -> Result<()> {
         let line = json_events.wait_line(WITHIN, |l| l.contains("CONTAINER_DELETED_EVENT"))?;
         let e = json(&line)?;
         ensure!(e["containerId"] == cid.trim(), "{e}");
+        Ok(())
+    })
+}
+
+#[test]
+fn pull_shows_its_progress_on_a_terminal_then_images_and_rmi() -> Result<()> {
+    let (reg, _) = Registry::with_busybox("library/busybox:1")?;
+    // The layer (about 1 MB) at 256 KiB/s: the pull lasts seconds, a progress line shows.
+    let proxy = SlowProxy::start(reg.port, 256 << 10)?;
+    let image = format!("127.0.0.1:{}/library/busybox:1", proxy.port);
+    berthd_test(Berthd::builder(), async |d| {
+        let ctl = Ctl::new(&d.socket);
+        let mut p = Pty::spawn(ctl.command(&["pull", &image])?, 120, 30)?;
+        let code = p.wait(Duration::from_secs(120))?;
+        let seen = String::from_utf8_lossy(&p.seen).into_owned();
+        ensure!(
+            code == 0
+                && seen.contains(&format!("pulling {image}: "))
+                && seen.contains("Image is up to date for sha256:"),
+            "exit {code}, terminal: {seen:?}"
+        );
+        let images = ctl.ok(&["images"])?;
+        let repo = format!("127.0.0.1:{}/library/busybox", proxy.port);
+        ensure!(
+            images
+                .lines()
+                .any(|l| l.starts_with(&format!("{repo} ")) && l.contains(" 1 ")),
+            "{images}"
+        );
+        let listed = json(&ctl.ok(&["images", "-o", "json"])?)?;
+        ensure!(
+            listed["images"][0]["repoTags"][0] == image.as_str(),
+            "{listed}"
+        );
+
+        // Not on a terminal: no progress line, only the answer.
+        let o = ctl.run(&["pull", &image])?;
+        ensure!(
+            o.code == 0 && o.stderr.is_empty() && o.stdout.starts_with("Image is up to date for "),
+            "{o:?}"
+        );
+        ctl.ok(&["rmi", &image])?;
+        ensure!(
+            ctl.ok(&["images", "-q"])?.trim().is_empty(),
+            "rmi left the image"
+        );
         Ok(())
     })
 }
