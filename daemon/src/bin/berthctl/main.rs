@@ -34,7 +34,7 @@ pub const DEFAULT_ENDPOINT: &str = "unix:///run/berth/berth.sock";
     name = "berthctl",
     version,
     about = "A CRI client for Berth (and any CRI runtime): pods, containers, images, logs, exec",
-    after_help = "Examples:\n  berthctl run --name hello busybox -- sh -c 'echo hello'\n  berthctl logs -f hello\n  berthctl exec -it hello sh\n  berthctl --endpoint unix:///run/containerd/containerd.sock pods"
+    after_help = "Examples:\n  berthctl run --name hello localhost/busybox -- sh -c 'echo hello; sleep 3600'\n  berthctl logs -f hello\n  berthctl exec -it hello sh\n  berthctl --endpoint unix:///run/containerd/containerd.sock pods"
 )]
 struct Cli {
     /// The runtime's CRI socket, unix:///path or /path.

@@ -43,6 +43,12 @@ pub async fn connect(address: &str) -> Result<(Rs, Is)> {
 /// may rightly take long).
 pub async fn connect_endpoint(endpoint: &str, timeout: Option<Duration>) -> Result<(Rs, Is)> {
     let path = socket_path(endpoint)?;
+    if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
+        bail!(
+            "no CRI socket at {} (is the runtime running?)",
+            path.display()
+        );
+    }
     let mut ep = Endpoint::try_from("http://[::]:50051")?.connect_timeout(CONNECT_TIMEOUT);
     if let Some(t) = timeout {
         ep = ep.timeout(t);
