@@ -1,42 +1,14 @@
 //! The one CRI v1 client (k8s-cri over tonic on a unix socket: containerd's or berthd's),
-//! plus pod/container config builders.
+//! berthd's client library's (`berthd::cri::client`, berthctl's too), plus pod/container
+//! config builders.
 
-use anyhow::{Context, Result};
-use hyper_util::rt::TokioIo;
+use anyhow::Result;
 use k8s_cri::v1 as cri;
 use std::path::Path;
-use std::time::Duration;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use k8s_cri::v1::image_service_client::ImageServiceClient;
-pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-
-/// The runtime service client the suites pass around.
-pub type Rs = RuntimeServiceClient<Channel>;
-/// The image service client.
-pub type Is = ImageServiceClient<Channel>;
-
-/// Bound for one CRI call.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Connects both CRI services to the containerd socket at `address`.
-pub async fn connect(address: &str) -> Result<(Rs, Is)> {
-    let path = address.to_string();
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .timeout(CALL_TIMEOUT)
-        .connect_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-        }))
-        .await
-        .with_context(|| format!("CRI connect {address}"))?;
-    Ok((
-        RuntimeServiceClient::new(channel.clone()),
-        ImageServiceClient::new(channel),
-    ))
-}
+pub use berthd::cri::client::{
+    connect, ImageServiceClient, Is, Rs, RuntimeServiceClient, CALL_TIMEOUT,
+};
 
 /// A host-network pod (no CNI involved) logging under `log_dir`.
 pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {

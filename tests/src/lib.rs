@@ -1,12 +1,14 @@
 //! Shared harness for Berth black-box tests: private containerd instances driving the shim
 //! under test, and the berthd fixture (`berthd::Berthd::builder`, `pod::Pod`, one CRI
-//! client in `cri` (its calls in short form in `cri_calls`), one CRI log decoder in `cri_log`).
+//! client in `cri` (its calls in short form in `cri_calls`), one CRI log decoder in `cri_log`,
+//! the `berthctl` binary driven in `berthctl`).
 //!
 //! Set `BERTH_TEST_REFERENCE=1` to run the same tests against the Go `containerd-shim-runc-v2`
 //! shipped with the containerd under test (validates the tests), or `BERTH_SHIM=<path>` to
 //! pick another build of ours. Suites run against containerd 1.6 (Debian 12) and, where
 //! they say so, containerd 2.1 (`containerd_version`, `tests/containerd2.sh`).
 
+pub mod berthctl;
 pub mod berthd;
 pub mod caps;
 pub mod cleanup;

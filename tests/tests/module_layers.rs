@@ -2,7 +2,8 @@
 //! top-level modules' imports (`crate::<module>`) form no circle, so every module can be
 //! read and tested with only the ones below it. Prints each crate's floors (a module's
 //! floor is one above the highest module it uses). In berthd, CRI's generated types
-//! (`k8s_cri`) appear only in the CRI adapter (`cri/`): the rooms below speak Berth's own
+//! (`k8s_cri`) appear only in the CRI adapter (`cri/`, its client library included) and in
+//! berthctl (`bin/berthctl/`, a CRI client speaks CRI): the rooms below speak Berth's own
 //! `workload` types.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,7 +151,7 @@ fn berthd_modules_form_no_import_circle() {
     check("daemon");
 }
 
-/// The berthd source files outside `cri/` that name `k8s_cri`.
+/// The berthd source files outside `cri/` and berthctl's `bin/berthctl/` that name `k8s_cri`.
 fn cri_types_outside_the_adapter() -> Vec<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src");
     let mut files = Vec::new();
@@ -158,7 +159,7 @@ fn cri_types_outside_the_adapter() -> Vec<PathBuf> {
     files.sort();
     files
         .into_iter()
-        .filter(|f| !f.starts_with(src.join("cri")))
+        .filter(|f| !f.starts_with(src.join("cri")) && !f.starts_with(src.join("bin/berthctl")))
         .filter(|f| {
             std::fs::read_to_string(f)
                 .unwrap()
@@ -176,6 +177,35 @@ fn cri_types_stay_in_the_cri_adapter() {
         found.is_empty(),
         "CRI types outside daemon/src/cri/ (convert them in cri::convert): {found:?}"
     );
+}
+
+/// berthctl reaches berthd only through CRI (`berthd::cri::client`), never through the
+/// daemon's rooms: what it shows is what any CRI client sees, and it works against any
+/// runtime's socket.
+#[test]
+fn berthctl_uses_only_the_cri_client() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src/bin/berthctl");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(
+        !files.is_empty(),
+        "no berthctl sources under {}",
+        src.display()
+    );
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, _) in text.match_indices("berthd::") {
+            let rest = &text[i + "berthd::".len()..];
+            assert!(
+                rest.starts_with("cri::client"),
+                "{} uses berthd::{} (berthctl speaks CRI through cri::client only)",
+                f.display(),
+                rest.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                    .next()
+                    .unwrap_or_default()
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The CRI v1 gRPC face of berthd: the unix socket server and thin tonic services that
 //! decode, open a span, call the domain core and encode, plus the streaming server's
 //! backend over the same core. Conversions live next to the service that needs them.
+//! `client` is the other side: a CRI client (berthctl's, and the black-box tests').
 
+pub mod client;
 mod container;
 pub mod convert;
 mod events;

@@ -39,17 +39,7 @@ impl ExecOutput {
     /// The exit code a v4 Status reports: 0 for Success, the ExitCode cause for
     /// NonZeroExitCode; None for anything else.
     pub fn exit_code(&self) -> Option<i32> {
-        match self.status["status"].as_str()? {
-            "Success" => Some(0),
-            _ if self.status["reason"] == "NonZeroExitCode" => self.status["details"]["causes"]
-                .as_array()?
-                .iter()
-                .find(|c| c["reason"] == "ExitCode")?["message"]
-                .as_str()?
-                .parse()
-                .ok(),
-            _ => None,
-        }
+        berthd::cri::client::ws::exit_code(&self.status)
     }
 }
 
