@@ -334,10 +334,7 @@ fn pull_shows_its_progress_on_a_terminal_then_images_and_rmi() -> Result<()> {
 
 #[test]
 fn endpoint_reaches_containerds_cri_socket() -> Result<()> {
-    let inst = Instance::start(Setup {
-        runtime: Runtime::Berth,
-        cri: true,
-    })?;
+    let inst = Instance::start(Setup::new(Runtime::Berth).with_cri())?;
     let ctl = Ctl {
         endpoint: format!("unix://{}", inst.address),
     };
