@@ -1,7 +1,8 @@
 //! A SIGTERM stops berthd within a bound even while calls stay open: a GetContainerEvents
-//! subscriber (kubelet's evented PLEG holds one for ever) and an exec session on the
-//! streaming server. systemd's stop or restart must never wait out its timeout and
-//! SIGKILL. The pods keep running, and a restarted berthd finds them as they were.
+//! subscriber (kubelet's evented PLEG holds one for ever), an exec session and a
+//! port-forward session on the streaming server. systemd's stop or restart must never wait
+//! out its timeout and SIGKILL. The pods keep running, and a restarted berthd finds them
+//! as they were.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::pod::Pod;
+use berth_tests::spdy::PortForward;
+use berth_tests::streaming::port_forward_url;
 use berth_tests::ws::WsSession;
 use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
@@ -30,7 +33,7 @@ fn sigterm_ends_open_calls_and_leaves_pods_running() -> Result<()> {
             .as_i64()
             .context("infra pid")? as i32;
 
-        // An event subscriber, and an exec session that stays open.
+        // An event subscriber, an exec session and a port-forward session that stay open.
         let mut events = rs
             .clone()
             .get_container_events(cri::GetEventsRequest {})
@@ -38,6 +41,7 @@ fn sigterm_ends_open_calls_and_leaves_pods_running() -> Result<()> {
             .into_inner();
         let url = rs.exec_url(&id, &["sleep", "100"], true, false).await?;
         let _session = WsSession::connect(&url, &["v4.channel.k8s.io"]).await?;
+        let _forward = PortForward::connect(&port_forward_url(&rs, &pod.id).await?).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         let t = Instant::now();
