@@ -11,6 +11,7 @@ pub mod failpoints;
 pub mod image;
 pub mod intent;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod oci_config;

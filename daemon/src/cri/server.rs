@@ -86,6 +86,8 @@ pub async fn serve(
     let images = crate::cri::image_service::Service { core: core.clone() };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        // Every call counted and timed by method and code, here and nowhere else.
+        .layer(core.metrics.cri_layer())
         .add_service(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
