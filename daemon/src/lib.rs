@@ -21,6 +21,7 @@ pub mod recovery;
 pub mod shim_client;
 pub mod store;
 pub mod stream;
+pub mod systemd;
 #[cfg(test)]
 mod testkit;
 pub mod util;

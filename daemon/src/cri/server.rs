@@ -94,9 +94,18 @@ pub async fn serve(
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
+    // Told once the server has been polled (it accepts from then on); never ends.
+    let ready = async {
+        crate::systemd::ready().await;
+        std::future::pending::<()>().await
+    };
     let res = tokio::select! {
+        // In this order: the server starts accepting before systemd hears READY=1.
+        biased;
         r = &mut server => r,
+        _ = ready => unreachable!("never ends"),
         _ = shutdown_signal() => {
+            crate::systemd::stopping().await;
             // Stop accepting, let open calls finish, but not for longer than the grace:
             // an event subscriber (kubelet's evented PLEG) never ends its call itself.
             let _ = stop_tx.send(());
