@@ -263,18 +263,35 @@ impl Berthd {
     }
 
     fn spawn_nowait(&mut self) -> Result<()> {
+        let args = [
+            std::ffi::OsString::from("--config"),
+            self.config.clone().into(),
+        ];
+        self.spawn_with(&args, |_| {})
+    }
+
+    /// Starts berthd with `args` (instead of `--config <config>`) on a command `adjust`
+    /// may change further (environment, limits), as a service manager would, and returns
+    /// without waiting for its socket. The guard stops and cleans up as usual.
+    pub fn spawn_with(
+        &mut self,
+        args: &[std::ffi::OsString],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<()> {
+        if self.child.is_some() {
+            bail!("berthd is still running (pid {})", self.pid());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("berthd.log"))?;
-        let child = Command::new(binary()?)
-            .arg("--config")
-            .arg(&self.config)
+        let mut cmd = Command::new(binary()?);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn berthd")?;
+            .stderr(log);
+        adjust(&mut cmd);
+        let child = cmd.spawn().context("spawn berthd")?;
         self.child = Some(child);
         Ok(())
     }
