@@ -19,13 +19,20 @@ use tonic::Code;
 
 /// The port berthd's log says the endpoint is bound to (`[metrics] address` has port 0).
 fn metrics_port(d: &Berthd) -> Result<u16> {
-    procs::poll(Duration::from_secs(10), "the 'serving metrics' log line", || {
-        let log = d.log();
-        let line = log.lines().find(|l| l.contains("serving metrics"))?.to_string();
-        let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-        let (ip, port) = addr.rsplit_once(':')?;
-        (ip == "127.0.0.1").then(|| port.parse().ok()).flatten()
-    })
+    procs::poll(
+        Duration::from_secs(10),
+        "the 'serving metrics' log line",
+        || {
+            let log = d.log();
+            let line = log
+                .lines()
+                .find(|l| l.contains("serving metrics"))?
+                .to_string();
+            let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+            let (ip, port) = addr.rsplit_once(':')?;
+            (ip == "127.0.0.1").then(|| port.parse().ok()).flatten()
+        },
+    )
 }
 
 /// One scrape, parsed.
@@ -106,7 +113,8 @@ fn counters_move_by_what_was_called_and_gauges_match() -> Result<()> {
         ensure!(out.stdout_text() == "hi\n", "exec: {out:?}");
 
         let after = scrape(port)?;
-        let delta = |method: &str, code: &str| calls(&after, method, code) - calls(&before, method, code);
+        let delta =
+            |method: &str, code: &str| calls(&after, method, code) - calls(&before, method, code);
         for (method, code, want) in [
             ("Version", "OK", 3.0),
             ("PodSandboxStatus", "NotFound", 1.0),
@@ -117,7 +125,10 @@ fn counters_move_by_what_was_called_and_gauges_match() -> Result<()> {
             ("Exec", "OK", 1.0),
         ] {
             let got = delta(method, code);
-            ensure!(got == want, "{method} {code}: {got} calls counted, {want} made");
+            ensure!(
+                got == want,
+                "{method} {code}: {got} calls counted, {want} made"
+            );
         }
         // The histogram of RunPodSandbox has its one observation, in every bucket's
         // cumulative count up to +Inf.
@@ -147,11 +158,7 @@ fn counters_move_by_what_was_called_and_gauges_match() -> Result<()> {
             ("berth_pods", [("state", "notready")], 0.0),
             ("berth_containers", [("state", "running")], 1.0),
             ("berth_containers", [("state", "exited")], 0.0),
-            (
-                "berth_streaming_sessions_total",
-                [("kind", "exec")],
-                1.0,
-            ),
+            ("berth_streaming_sessions_total", [("kind", "exec")], 1.0),
         ] {
             let got = value(&after, name, &labels);
             ensure!(got == want, "{name}{labels:?} = {got}, want {want}");
@@ -163,8 +170,7 @@ fn counters_move_by_what_was_called_and_gauges_match() -> Result<()> {
         // The exec's session ends with it (the server side a moment after the client).
         procs::poll(Duration::from_secs(10), "the exec session closed", || {
             let s = scrape(port).ok()?;
-            (value(&s, "berth_streaming_sessions_active", &[("kind", "exec")]) == 0.0)
-                .then_some(())
+            (value(&s, "berth_streaming_sessions_active", &[("kind", "exec")]) == 0.0).then_some(())
         })?;
 
         pod.remove().await?;
