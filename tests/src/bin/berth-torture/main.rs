@@ -36,7 +36,59 @@ use workload::{Rs, Shape};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
 [--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
-[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]";
+[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
+Try 'berth-torture --help' for what each option does.";
+
+/// `--help`: what the harness does to the node, each option, and how it ends.
+const HELP: &str = "\
+berth-torture: crash-recovery testing of a CRI runtime on this node.
+
+Starts the runtime's daemon (--daemon), runs pods and containers through its CRI socket,
+kills the daemon at random moments (SIGKILL) or makes it die at each failpoint in turn,
+restarts it and checks that nothing was lost or leaked: containers keep running with the
+same pid and every line they print, exits that happened while the daemon was down are
+reported with their real codes and times, GetContainerEvents announces every transition
+once and in order, and everything it made can be removed, leaving no shim, mount, netns,
+cgroup, runtime state, IP allocation, snapshot or blob behind.
+
+Run it as root on a node (or a test machine) where no kubelet uses the runtime: it owns
+the daemon while it runs, and removes only what it made. docs/crash-recovery.md has more.
+
+USAGE:
+    berth-torture --socket PATH --daemon CMDLINE --image IMAGE [OPTIONS]
+
+REQUIRED:
+    --socket PATH         The CRI socket the daemon serves (e.g. /run/berth/berth.sock).
+    --daemon CMDLINE      How to start the daemon, split on spaces
+                          (e.g. \"berthd --config /etc/berth/config.toml\").
+    --image IMAGE         An image with busybox's sh, sleep and echo that the runtime
+                          already has (it is not pulled), e.g. docker.io/library/busybox.
+
+OPTIONS:
+    --iterations N        Kill-restart-check rounds with a random kill moment [20].
+    --failpoints LIST     Also make the daemon (or new pods' shims) die at failpoints, each
+                          once: all, none, or names separated by commas. Berth only: armed
+                          through BERTH_FAILPOINTS / BERTH_SHIM_FAILPOINTS [none].
+    --pod-network         Pods get the runtime's pod network (CNI) instead of the host's.
+    --root DIR            The daemon's persistent root (paths.root), checked for leftover
+                          pod and container dirs, snapshots, blobs and downloads.
+    --state DIR           The daemon's state dir (paths.state), checked for leftover
+                          bundles and netns pins.
+    --cgroup-parent PATH  The pods' parent cgroup, checked for leftover cgroups [/berth].
+    --ipam-dir DIR        The CNI host-local data dir, checked for leaked IPs.
+    --runc-root DIR       The OCI runtime's state root, checked for leftover containers
+                          [/run/containerd/runc/berth].
+    --pull IMAGE          A third loop pulls and removes IMAGE (an image of its own:
+                          removing it must not touch --image).
+    --counters N          Long-lived counter containers whose every line is checked [3].
+    --seed N              Seed of the kill moments, to replay a run [the time].
+    --work DIR            Where logs and the daemon's output go [a new temp dir].
+    -h, --help            This text.
+
+EXIT STATUS:
+    0 when every check passed; 1 on any violation (a table of violations by kind is
+    printed) or when the daemon could not be started.
+";
 
 /// berthd's failpoints (daemon/src/failpoints.rs) and the shim's (shim/src/failpoints.rs)
 /// that the workload passes through.
@@ -130,7 +182,7 @@ fn parse() -> Result<Args> {
             "--seed" => a.seed = v()?.parse()?,
             "--work" => a.work = Some(v()?.into()),
             "-h" | "--help" => {
-                println!("{USAGE}");
+                print!("{HELP}");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
