@@ -52,9 +52,16 @@ pub struct Builder {
     images: Vec<Box<dyn FnOnce(&Path) -> Result<ImageTar>>>,
     bridge: Option<u32>,
     default_network: Option<u32>,
+    binary: Option<PathBuf>,
 }
 
 impl Builder {
+    /// Runs this berthd binary instead of [`binary`] (e.g. one installed from the package).
+    pub fn binary(mut self, path: &Path) -> Builder {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
     /// Appends TOML to berthd's config.
     pub fn config(mut self, toml: &str) -> Builder {
         self.config.push_str(toml);
@@ -98,6 +105,7 @@ impl Builder {
         }
         let mut d = Berthd::configure(&self.config)?;
         d.default_bridge = default_bridge;
+        d.binary = self.binary;
         if self.busybox {
             d.import(&image::busybox(d.dir.path())?)?;
         }
@@ -145,6 +153,8 @@ pub struct Berthd {
     bridge: Option<Bridge>,
     /// The built-in network's bridge (`Builder::default_network`).
     default_bridge: Option<Bridge>,
+    /// The berthd binary (None: [`binary`]).
+    binary: Option<PathBuf>,
     finished: bool,
 }
 
@@ -194,13 +204,14 @@ impl Berthd {
             child: None,
             bridge: None,
             default_bridge: None,
+            binary: None,
             finished: false,
         })
     }
 
     /// `berthd image import` of `tar` (berthd must not be running).
     pub fn import(&self, tar: &ImageTar) -> Result<()> {
-        let out = Command::new(binary()?)
+        let out = Command::new(self.binary()?)
             .arg("--config")
             .arg(&self.config)
             .args(["image", "import"])
@@ -285,7 +296,7 @@ impl Berthd {
             .create(true)
             .append(true)
             .open(self.dir.path().join("berthd.log"))?;
-        let mut cmd = Command::new(binary()?);
+        let mut cmd = Command::new(self.binary()?);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -294,6 +305,14 @@ impl Berthd {
         let child = cmd.spawn().context("spawn berthd")?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The berthd binary this guard runs.
+    pub fn binary(&self) -> Result<PathBuf> {
+        match &self.binary {
+            Some(p) => Ok(p.clone()),
+            None => binary(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
