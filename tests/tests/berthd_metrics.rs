@@ -2,8 +2,9 @@
 //! parsed with a real text-format parser (`prometheus-parse`): CRI calls are counted by
 //! method and code by exactly what the test called, the histogram of a call has its
 //! count, the pod, container and shim gauges match what runs, an exec is a streaming
-//! session; with metrics off (the default) berthd listens on no port but the streaming
-//! server's.
+//! session; a restart counts what its recovery resolved (a pod reconnected, an exit that
+//! happened while berthd was down replayed); with metrics off (the default) berthd listens
+//! on no port but the streaming server's.
 
 use anyhow::{bail, ensure, Context, Result};
 use berth_tests::berthd::{berthd_test, Berthd};
@@ -17,8 +18,9 @@ use prometheus_parse::{Scrape, Value};
 use std::time::Duration;
 use tonic::Code;
 
-/// The port berthd's log says the endpoint is bound to (`[metrics] address` has port 0).
-fn metrics_port(d: &Berthd) -> Result<u16> {
+/// The port berthd's log says the endpoint is bound to (`[metrics] address` has port 0):
+/// the `nth` start's (the log is kept across restarts).
+fn metrics_port(d: &Berthd, nth: usize) -> Result<u16> {
     procs::poll(
         Duration::from_secs(10),
         "the 'serving metrics' log line",
@@ -26,7 +28,8 @@ fn metrics_port(d: &Berthd) -> Result<u16> {
             let log = d.log();
             let line = log
                 .lines()
-                .find(|l| l.contains("serving metrics"))?
+                .filter(|l| l.contains("serving metrics"))
+                .nth(nth)?
                 .to_string();
             let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
             let (ip, port) = addr.rsplit_once(':')?;
@@ -79,7 +82,7 @@ fn counters_move_by_what_was_called_and_gauges_match() -> Result<()> {
         .busybox()
         .config("[metrics]\naddress = \"127.0.0.1:0\"\n");
     berthd_test(b, async |d| {
-        let port = metrics_port(d)?;
+        let port = metrics_port(d, 0)?;
         // The fixture's own readiness calls are in here: what follows is counted from it.
         let before = scrape(port)?;
         ensure!(value(&before, "berth_pods", &[("state", "ready")]) == 0.0);
@@ -186,6 +189,65 @@ fn counters_move_by_what_was_called_and_gauges_match() -> Result<()> {
         }
         ensure!(value(&gone, "berth_shims_alive", &[]) == 0.0);
         Ok(())
+    })
+}
+
+#[test]
+fn a_restart_counts_what_recovery_resolved() -> Result<()> {
+    let b = Berthd::builder()
+        .busybox()
+        .config("[metrics]\naddress = \"127.0.0.1:0\"\n");
+    berthd_test(b, async |d| {
+        let pod = Pod::run(d, d.pod_config("recovered")).await?;
+        let cid = pod
+            .start(container_config(
+                "victim",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "100000"],
+            ))
+            .await?;
+        let socket = d.socket.display().to_string();
+        let victim =
+            procs::shim_children(&socket, |argv| argv.first().is_some_and(|a| a == "sleep"));
+        ensure!(victim.len() == 1, "container process {victim:?}");
+        // The container dies while berthd is down: its exit waits in the shim's journal.
+        d.kill9()?;
+        procs::signal(victim[0], libc::SIGKILL)?;
+        procs::poll(Duration::from_secs(10), "the container's death", || {
+            (!procs::alive(victim[0])).then_some(())
+        })?;
+        d.restart()?;
+        let port = metrics_port(d, 1)?;
+        // The journal is followed once CRI is served: the replayed exit shows up then.
+        let s = procs::poll(Duration::from_secs(10), "the exit replayed", || {
+            let s = scrape(port).ok()?;
+            (value(&s, "berth_recovery_exits_replayed_total", &[]) == 1.0).then_some(s)
+        })?;
+        for (name, labels, want) in [
+            (
+                "berth_recovery_pods_total",
+                vec![("outcome", "reconnected")],
+                1.0,
+            ),
+            (
+                "berth_recovery_pods_total",
+                vec![("outcome", "shim_gone")],
+                0.0,
+            ),
+            ("berth_recovery_intents_total", vec![], 0.0),
+            ("berth_recovery_orphans_removed_total", vec![], 0.0),
+            ("berth_shim_deaths_total", vec![], 0.0),
+            ("berth_pods", vec![("state", "ready")], 1.0),
+            ("berth_containers", vec![("state", "exited")], 1.0),
+            ("berth_shims_alive", vec![], 1.0),
+        ] {
+            let got = value(&s, name, &labels);
+            ensure!(got == want, "{name}{labels:?} = {got}, want {want}");
+        }
+        ensure!(value(&s, "berth_recovery_duration_seconds", &[]) > 0.0);
+        let st = pod.container_status(&cid).await?;
+        ensure!(st.exit_code == 137, "exit {st:?}");
+        pod.remove().await
     })
 }
 
