@@ -1,5 +1,7 @@
 //! The CRI endpoint: a unix socket (mode 0660, root and the configured group) serving the
 //! RuntimeService until SIGTERM/SIGINT, which stops serving and leaves every pod running.
+//! Every call passes the metrics layer; systemd hears READY=1 once the server is polled
+//! and STOPPING=1 at the signal.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -97,13 +99,13 @@ pub async fn serve(
     // Told once the server has been polled (it accepts from then on); never ends.
     let ready = async {
         crate::systemd::ready().await;
-        std::future::pending::<()>().await
+        std::future::pending::<std::convert::Infallible>().await
     };
     let res = tokio::select! {
         // In this order: the server starts accepting before systemd hears READY=1.
         biased;
         r = &mut server => r,
-        _ = ready => unreachable!("never ends"),
+        never = ready => match never {},
         _ = shutdown_signal() => {
             crate::systemd::stopping().await;
             // Stop accepting, let open calls finish, but not for longer than the grace:
