@@ -13,7 +13,8 @@ fi
 
 pkgs=(containerd runc crun containernetworking-plugins busybox-static criu skopeo
       docker-registry apache2-utils protobuf-compiler libssl-dev pkg-config openssl
-      iproute2 util-linux mount ca-certificates e2fsprogs fuse3 fuse-overlayfs)
+      iproute2 util-linux mount ca-certificates e2fsprogs fuse3 fuse-overlayfs
+      dpkg-dev systemd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,9 +40,16 @@ fi
 
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install rustup)" >&2; exit 1; }
 
+# cargo-deb packs the Debian package (daemon/packaging/build-deb.sh); built once per machine.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version 3.8.0
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace
+# The berth package, for tests/tests/deb_package.rs (a release build: a few minutes).
+BERTH_DEB="$(bash daemon/packaging/build-deb.sh | tail -n 1)"
+export BERTH_DEB
+echo "tests/run.sh: package $BERTH_DEB"
 # Each test starts its own containerd; two at a time suit a 2-core machine.
 threads="${BERTH_TEST_THREADS:-2}"
 start=$(date +%s)

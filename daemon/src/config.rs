@@ -20,6 +20,7 @@ pub struct Config {
     pub cni: Cni,
     pub registry: Registry,
     pub streaming: Streaming,
+    pub metrics: Metrics,
     pub log: Log,
 }
 
@@ -121,6 +122,14 @@ pub struct Streaming {
     pub stream_idle_timeout: u64,
     /// Connections served at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+}
+
+/// The Prometheus endpoint (`metrics`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// `ip:port` serving `GET /metrics` (port 0: any free port); "" = off.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -277,6 +286,12 @@ impl Config {
                 return Err(Error::Config(format!("streaming.{what} must be above 0")));
             }
         }
+        let m = &self.metrics.address;
+        if !m.is_empty() && m.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Config(format!(
+                "metrics.address {m:?} is not ip:port (e.g. \"127.0.0.1:9323\"), or \"\" for off"
+            )));
+        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -330,6 +345,16 @@ mod tests {
         assert!(Config::from_toml("[streaming]\nmax_connections = 0\n").is_err());
         assert!(Config::from_toml("[streaming]\nheader_read_timeout = 0\n").is_err());
         assert!(Config::from_toml("[log]\nformat = \"xml\"\n").is_err());
+        assert!(Config::from_toml("[metrics]\naddress = \"localhost\"\n").is_err());
+        assert!(Config::from_toml("[metrics]\naddress = \"127.0.0.1\"\n").is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_set() {
+        assert_eq!(Config::from_toml("").unwrap().metrics.address, "");
+        let on = Config::from_toml("[metrics]\naddress = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(on.metrics.address, "127.0.0.1:0");
+        assert!(Config::from_toml("[metrics]\naddress = \"[::1]:9323\"\n").is_ok());
     }
 
     #[test]

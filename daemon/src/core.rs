@@ -10,9 +10,11 @@ use crate::container::Containers;
 use crate::error::Result;
 use crate::events::EventHub;
 use crate::image::{ImageStore, Puller};
+use crate::metrics::{Census, Metrics};
 use crate::network::Cni;
 use crate::node::Node;
 use crate::pod::{Pods, PodsDeps};
+use crate::records::{CtrState, PodState, Records};
 use crate::recovery::{Recovery, RecoveryDeps};
 use crate::shim_client::{Launcher, ShimLauncher, Shims, TaskOptions};
 use crate::store::Store;
@@ -36,6 +38,32 @@ pub struct Core {
     pub containers: Arc<Containers>,
     pub pods: Arc<Pods>,
     pub recovery: Arc<Recovery>,
+    /// The metrics every service records into (served when `[metrics] address` is set).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Pods and containers by state, from the records (for the metrics' census).
+fn census(store: &Store) -> Option<Census> {
+    let read = || -> Result<Census> {
+        let pods = store.pods()?;
+        let ctrs = store.containers()?;
+        let pods_in = |s: PodState| pods.iter().filter(|p| p.state == s).count() as i64;
+        let ctrs_in = |s: CtrState| ctrs.iter().filter(|c| c.state == s).count() as i64;
+        Ok(Census {
+            pods: vec![
+                ("ready", pods_in(PodState::Ready)),
+                ("notready", pods_in(PodState::NotReady)),
+            ],
+            containers: vec![
+                ("created", ctrs_in(CtrState::Created)),
+                ("running", ctrs_in(CtrState::Running)),
+                ("exited", ctrs_in(CtrState::Exited)),
+            ],
+        })
+    };
+    read()
+        .map_err(|e| tracing::warn!(error = %e, "metrics: reading the records"))
+        .ok()
 }
 
 impl Core {
@@ -61,6 +89,8 @@ impl Core {
         let store = Arc::new(Store::open(&config.store_path())?);
         crate::records::migrate::ensure_current(&store)?;
         let images = Arc::new(ImageStore::open(&config.paths.root, store.clone())?);
+        let census_store = store.clone();
+        let metrics = Arc::new(Metrics::new(Box::new(move || census(&census_store))));
         // The built-in network's copy is written only when it is in use.
         let builtin_on = config.cni.default.enabled;
         let builtin =
@@ -69,7 +99,7 @@ impl Core {
             Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone())
                 .with_builtin(builtin, builtin_on),
         );
-        let puller = Arc::new(Puller::new(config.registry.clone()));
+        let puller = Arc::new(Puller::new(config.registry.clone(), metrics.pull.clone()));
         let node = Arc::new(Node::new(
             config.cni.conf_dir.clone(),
             builtin_on,
@@ -81,8 +111,9 @@ impl Core {
                 binary: config.runtime.binary.clone(),
                 systemd_cgroup: config.runtime.cgroup_driver.is_systemd(),
             },
+            metrics.shims_alive.clone(),
         ));
-        let events = Arc::new(EventHub::new(store.clone()));
+        let events = Arc::new(EventHub::new(store.clone(), metrics.events.clone()));
         let containers = Arc::new(Containers::new(
             config.clone(),
             store.clone(),
@@ -113,6 +144,7 @@ impl Core {
             events: events.clone(),
             pods: pods.clone(),
             containers: containers.clone(),
+            metrics: metrics.recovery.clone(),
         });
         Ok(Arc::new(Core {
             config,
@@ -124,6 +156,7 @@ impl Core {
             containers,
             pods,
             recovery,
+            metrics,
         }))
     }
 

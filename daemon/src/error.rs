@@ -124,11 +124,12 @@ impl Error {
     }
 }
 
-/// The one place berthd errors become gRPC statuses.
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
+impl Error {
+    /// The gRPC code this error is answered with: the one place berthd errors become
+    /// gRPC statuses (also how metrics name a failure).
+    pub fn code(&self) -> tonic::Code {
         use tonic::Code;
-        let code = match &e {
+        match self {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::InvalidArgument(_) => Code::InvalidArgument,
@@ -153,8 +154,13 @@ impl From<Error> for tonic::Status {
             | Error::Io { .. }
             | Error::Network(_)
             | Error::Internal(_) => Code::Internal,
-        };
-        tonic::Status::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
     }
 }
 

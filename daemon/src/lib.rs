@@ -11,6 +11,7 @@ pub mod failpoints;
 pub mod image;
 pub mod intent;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod oci_config;
@@ -20,6 +21,7 @@ pub mod recovery;
 pub mod shim_client;
 pub mod store;
 pub mod stream;
+pub mod systemd;
 #[cfg(test)]
 mod testkit;
 pub mod util;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use berthd::{config, core, cri, error, failpoints, image, logging, store, stream};
+use berthd::{config, core, cri, error, failpoints, image, logging, metrics, store, stream};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -150,22 +150,36 @@ fn main() {
         let listener = cri::server::bind(&cfg.server.socket, &cfg.server.socket_group)?;
         // A store from an older berthd holds CRI messages: the CRI adapter upgrades it
         // before the core reads a record.
+        // The other listeners next, so a port in use fails the start before anything else.
         let opened = stream::Streaming::bind(&cfg.streaming).and_then(|s| {
+            let ep = match cfg.metrics.address.as_str() {
+                "" => None,
+                a => Some(metrics::bind(a)?),
+            };
             cri::store_upgrade::upgrade(&cfg.store_path())?;
-            Ok((s, core::Core::open(cfg)?))
+            Ok((s, ep, core::Core::open(cfg)?))
         });
-        let (streaming, core) = match opened {
-            Ok((s, r)) => (std::sync::Arc::new(s), r),
+        let (streaming, metrics_ep, core) = match opened {
+            Ok((s, ep, r)) => (std::sync::Arc::new(s), ep, r),
             Err(e) => {
                 let _ = std::fs::remove_file(&socket);
                 return Err(e);
             }
         };
+        if let Some(ep) = metrics_ep {
+            let m = core.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(ep, m).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+        }
         core.recovery.recover().await?;
+        let stream_metrics = core.metrics.streaming.clone();
         let backend: std::sync::Arc<dyn stream::Backend> = core.clone();
         let tokens = streaming.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream::serve(tokens, backend).await {
+            if let Err(e) = stream::serve(tokens, backend, stream_metrics).await {
                 tracing::error!(error = %e, "streaming server stopped");
             }
         });

@@ -52,9 +52,16 @@ pub struct Builder {
     images: Vec<Box<dyn FnOnce(&Path) -> Result<ImageTar>>>,
     bridge: Option<u32>,
     default_network: Option<u32>,
+    binary: Option<PathBuf>,
 }
 
 impl Builder {
+    /// Runs this berthd binary instead of [`binary`] (e.g. one installed from the package).
+    pub fn binary(mut self, path: &Path) -> Builder {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
     /// Appends TOML to berthd's config.
     pub fn config(mut self, toml: &str) -> Builder {
         self.config.push_str(toml);
@@ -98,6 +105,7 @@ impl Builder {
         }
         let mut d = Berthd::configure(&self.config)?;
         d.default_bridge = default_bridge;
+        d.binary = self.binary;
         if self.busybox {
             d.import(&image::busybox(d.dir.path())?)?;
         }
@@ -145,6 +153,8 @@ pub struct Berthd {
     bridge: Option<Bridge>,
     /// The built-in network's bridge (`Builder::default_network`).
     default_bridge: Option<Bridge>,
+    /// The berthd binary (None: [`binary`]).
+    binary: Option<PathBuf>,
     finished: bool,
 }
 
@@ -194,13 +204,14 @@ impl Berthd {
             child: None,
             bridge: None,
             default_bridge: None,
+            binary: None,
             finished: false,
         })
     }
 
     /// `berthd image import` of `tar` (berthd must not be running).
     pub fn import(&self, tar: &ImageTar) -> Result<()> {
-        let out = Command::new(binary()?)
+        let out = Command::new(self.binary()?)
             .arg("--config")
             .arg(&self.config)
             .args(["image", "import"])
@@ -263,20 +274,45 @@ impl Berthd {
     }
 
     fn spawn_nowait(&mut self) -> Result<()> {
+        let args = [
+            std::ffi::OsString::from("--config"),
+            self.config.clone().into(),
+        ];
+        self.spawn_with(&args, |_| {})
+    }
+
+    /// Starts berthd with `args` (instead of `--config <config>`) on a command `adjust`
+    /// may change further (environment, limits), as a service manager would, and returns
+    /// without waiting for its socket. The guard stops and cleans up as usual.
+    pub fn spawn_with(
+        &mut self,
+        args: &[std::ffi::OsString],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Result<()> {
+        if self.child.is_some() {
+            bail!("berthd is still running (pid {})", self.pid());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("berthd.log"))?;
-        let child = Command::new(binary()?)
-            .arg("--config")
-            .arg(&self.config)
+        let mut cmd = Command::new(self.binary()?);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn berthd")?;
+            .stderr(log);
+        adjust(&mut cmd);
+        let child = cmd.spawn().context("spawn berthd")?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The berthd binary this guard runs.
+    pub fn binary(&self) -> Result<PathBuf> {
+        match &self.binary {
+            Some(p) => Ok(p.clone()),
+            None => binary(),
+        }
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,5 +1,7 @@
 //! The CRI endpoint: a unix socket (mode 0660, root and the configured group) serving the
 //! RuntimeService until SIGTERM/SIGINT, which stops serving and leaves every pod running.
+//! Every call passes the metrics layer; systemd hears READY=1 once the server is polled
+//! and STOPPING=1 at the signal.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -86,15 +88,26 @@ pub async fn serve(
     let images = crate::cri::image_service::Service { core: core.clone() };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        // Every call counted and timed by method and code, here and nowhere else.
+        .layer(core.metrics.cri_layer())
         .add_service(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(images))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
+    // Told once the server has been polled (it accepts from then on); never ends.
+    let ready = async {
+        crate::systemd::ready().await;
+        std::future::pending::<std::convert::Infallible>().await
+    };
     let res = tokio::select! {
+        // In this order: the server starts accepting before systemd hears READY=1.
+        biased;
         r = &mut server => r,
+        never = ready => match never {},
         _ = shutdown_signal() => {
+            crate::systemd::stopping().await;
             // Stop accepting, let open calls finish, but not for longer than the grace:
             // an event subscriber (kubelet's evented PLEG) never ends its call itself.
             let _ = stop_tx.send(());

@@ -53,6 +53,7 @@ pub struct EventHub {
     /// Events dropped from a full backlog since the last subscription (said once in the
     /// log when it starts, counted, and reported to the next subscriber's log line).
     dropped: std::sync::atomic::AtomicU64,
+    metrics: crate::metrics::EventMetrics,
 }
 
 impl Default for EventHub {
@@ -64,14 +65,16 @@ impl Default for EventHub {
             marking: Mutex::new(()),
             unannounced: Default::default(),
             dropped: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
 
 impl EventHub {
-    pub fn new(store: Arc<crate::store::Store>) -> EventHub {
+    pub fn new(store: Arc<crate::store::Store>, metrics: crate::metrics::EventMetrics) -> EventHub {
         EventHub {
             store: Some(store),
+            metrics,
             ..Default::default()
         }
     }
@@ -94,6 +97,7 @@ impl EventHub {
         let missed = ledger::undelivered(store, records, crate::util::now_ns())?;
         if !missed.is_empty() {
             tracing::info!(events = missed.len(), "events not yet delivered are queued");
+            self.metrics.redelivered.inc_by(missed.len() as u64);
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let skip = missed.len().saturating_sub(BACKLOG);
@@ -109,6 +113,7 @@ impl EventHub {
         if events.is_empty() {
             return;
         }
+        self.metrics.redelivered.inc_by(events.len() as u64);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for e in events.into_iter().rev() {
             pending.push_front(e);
@@ -118,6 +123,7 @@ impl EventHub {
 
     /// Marks events as received by a client (the stream took them).
     pub fn delivered(&self, events: &[Event]) {
+        self.metrics.delivered.inc_by(events.len() as u64);
         let Some(store) = &self.store else {
             return;
         };
@@ -144,6 +150,7 @@ impl EventHub {
             at,
         };
         tracing::debug!(container_id = %id, pod_id = %pod_id, kind = ?kind, "event");
+        self.metrics.emitted.inc();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if self.tx.receiver_count() > 0 {
             let _ = self.tx.send(e);
@@ -151,6 +158,7 @@ impl EventHub {
         }
         if pending.len() >= BACKLOG {
             pending.pop_front();
+            self.metrics.dropped.inc();
             // Normal on a node without an event subscriber (kubelet's evented PLEG is
             // off by default): said once, not for every event.
             use std::sync::atomic::Ordering;

@@ -29,8 +29,11 @@ impl Recovery {
                 },
                 Op::Run => Ok(()),
             };
-            if let Err(e) = r {
+            if let Err(e) = &r {
                 tracing::warn!(container_id = %c.id, ?op, error = %e, "could not finish it");
+            }
+            if op != Op::Run {
+                self.count_intent(op, Op::Create, r.is_ok());
             }
         }
         for p in self.store.pods()? {
@@ -41,11 +44,33 @@ impl Recovery {
                 Op::Stop => self.pods.stop(&p.id).await,
                 Op::Create | Op::Start => Ok(()),
             };
-            if let Err(e) = r {
+            if let Err(e) = &r {
                 tracing::warn!(pod_id = %p.id, ?op, error = %e, "could not finish it");
+            }
+            if !matches!(op, Op::Create | Op::Start) {
+                self.count_intent(op, Op::Run, r.is_ok());
             }
         }
         Ok(())
+    }
+
+    /// Counts a resolved intent; `undone`: the operation whose cut is rolled back (a
+    /// container's create, a pod's run).
+    fn count_intent(&self, op: Op, undone: Op, ok: bool) {
+        use crate::metrics::IntentOutcome;
+        let name = match op {
+            Op::Run => "run",
+            Op::Create => "create",
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Remove => "remove",
+        };
+        let outcome = match (ok, op == undone) {
+            (false, _) => IntentOutcome::Failed,
+            (true, true) => IntentOutcome::RolledBack,
+            (true, false) => IntentOutcome::Finished,
+        };
+        self.metrics.intent(name, outcome);
     }
 
     fn clear_op(&self, id: &str, op: Op) -> Result<()> {

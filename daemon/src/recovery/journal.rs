@@ -18,7 +18,15 @@ use crate::store::PODS;
 const WAIT: Duration = Duration::from_secs(30);
 
 impl Recovery {
-    pub(super) fn follow_journal(self: &Arc<Self>, pod_id: String, shim: ShimHandle) {
+    /// `recovering`: berthd has just reconnected the shim, and the first read takes what
+    /// the journal holds now, without waiting: exactly what happened while berthd was
+    /// down (counted as replayed).
+    pub(super) fn follow_journal(
+        self: &Arc<Self>,
+        pod_id: String,
+        shim: ShimHandle,
+        recovering: bool,
+    ) {
         let rt = self.clone();
         tokio::spawn(async move {
             let Ok(Some(pod)) = rt.store.get::<PodRecord>(PODS, &pod_id) else {
@@ -26,8 +34,11 @@ impl Recovery {
             };
             let mut after = pod.journal_seq;
             let mut caught_up = false;
+            let mut wait = if recovering { Duration::ZERO } else { WAIT };
             loop {
-                let (entries, first) = match shim.read_journal(after, WAIT).await {
+                let read = shim.read_journal(after, wait).await;
+                wait = WAIT;
+                let (entries, first) = match read {
                     Ok(r) => (r.entries, r.first),
                     // A shim that does not answer (stopped, wedged) is not a dead one: it is
                     // read again, and whatever it journals meanwhile comes when it answers.
@@ -50,6 +61,8 @@ impl Recovery {
                         tracing::warn!(pod_id = %pod_id, error = %e, "resync from task state");
                     }
                 }
+                // The first read after a reconnect at startup: what berthd missed.
+                let replaying = recovering && !caught_up;
                 if !caught_up {
                     // What berthd missed (while it was down): exactly these entries.
                     caught_up = true;
@@ -60,8 +73,14 @@ impl Recovery {
                     continue;
                 };
                 for e in &entries {
-                    if let Err(err) = rt.apply_entry(&pod_id, e) {
-                        tracing::warn!(pod_id = %pod_id, seq = e.seq, error = %err, "applying a journal entry");
+                    match rt.apply_entry(&pod_id, e) {
+                        Ok(true) if replaying => {
+                            rt.metrics.exits_replayed.inc();
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(pod_id = %pod_id, seq = e.seq, error = %err, "applying a journal entry")
+                        }
                     }
                 }
                 after = last;
@@ -82,16 +101,17 @@ impl Recovery {
         });
     }
 
-    /// Applies one entry: an init's exit is the container's exit.
-    fn apply_entry(&self, pod_id: &str, e: &JournalEntry) -> Result<()> {
+    /// Applies one entry: an init's exit is the container's exit (true: it was one).
+    fn apply_entry(&self, pod_id: &str, e: &JournalEntry) -> Result<bool> {
         let Some(x) = &e.exit else {
-            return Ok(());
+            return Ok(false);
         };
         // Execs' exits are the exec calls' business; the infra's is watched on its own.
         if x.exec_id.is_some() || x.container_id == pod_id {
-            return Ok(());
+            return Ok(false);
         }
-        self.containers.exit_seen(&x.container_id, x.exit)
+        self.containers.exit_seen(&x.container_id, x.exit)?;
+        Ok(true)
     }
 
     /// The journal lost entries: every container recorded Running is asked its state.

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::container::Containers;
 use crate::events::EventHub;
 use crate::image::ImageStore;
+use crate::metrics::RecoveryMetrics;
 use crate::network::Cni;
 use crate::node::Node;
 use crate::pod::Pods;
@@ -34,6 +35,7 @@ pub struct Recovery {
     events: Arc<EventHub>,
     pods: Arc<Pods>,
     containers: Arc<Containers>,
+    metrics: RecoveryMetrics,
 }
 
 /// What the recovery service is made of.
@@ -47,6 +49,7 @@ pub struct RecoveryDeps {
     pub events: Arc<EventHub>,
     pub pods: Arc<Pods>,
     pub containers: Arc<Containers>,
+    pub metrics: RecoveryMetrics,
 }
 
 impl Recovery {
@@ -61,6 +64,7 @@ impl Recovery {
             events: d.events,
             pods: d.pods,
             containers: d.containers,
+            metrics: d.metrics,
         })
     }
 }

@@ -106,6 +106,7 @@ impl Recovery {
                 shims.insert(l.pod_id.clone(), shim);
             }
             tracing::warn!(id = %l.id, pod_id = %l.pod_id, "removing a task no record owns");
+            self.metrics.orphans_removed.inc();
             if let Some(shim) = shims.get(&l.pod_id).and_then(Option::as_ref) {
                 let _ = shim.kill(&l.id, None, libc::SIGKILL as u32, true).await;
                 let _ = shim.wait(&l.id, None, TASK_EXIT_WAIT).await;
@@ -135,6 +136,7 @@ impl Recovery {
                 let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
                 if name.is_some_and(|n| !owned.contains(&n)) {
                     tracing::warn!(dir = %d.display(), "removing a directory no record owns");
+                    self.metrics.orphans_removed.inc();
                     let _ = crate::util::unmount_under(&d);
                     let _ = std::fs::remove_dir_all(&d);
                 }
@@ -169,6 +171,7 @@ impl Recovery {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             tracing::warn!(netns = %ns.display(), "removing a network namespace no pod owns");
+            self.metrics.orphans_removed.inc();
             if let Some(list) = &list {
                 let args = crate::pod::net_args(&id, &Default::default(), self.node.pod_cidr());
                 let present = NetNs::is_pinned(&ns).then_some(ns.as_path());

@@ -57,6 +57,7 @@ impl Recovery {
     pub(super) async fn settle_dead_pod(&self, pod: &PodRecord) -> Result<()> {
         let pod_id = pod.id.as_str();
         tracing::warn!(pod_id = %pod_id, "the pod's shim is gone; settling its tasks");
+        self.metrics.shim_deaths.inc();
         for c in self.store.containers_of(pod_id)? {
             if c.state == CtrState::Running {
                 self.containers.settle_without_shim(&c).await?;

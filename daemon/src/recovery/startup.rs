@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Recovery;
 use crate::error::{Error, Result};
 use crate::events::Kind;
+use crate::metrics::PodOutcome;
 use crate::records::{PodRecord, PodState, Records};
 use crate::store::PODS;
 
@@ -19,6 +20,13 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 impl Recovery {
     /// Brings the records in line with what survived, before berthd serves.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let began = std::time::Instant::now();
+        let res = self.recover_all().await;
+        self.metrics.duration.set(began.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn recover_all(self: &Arc<Self>) -> Result<()> {
         let pods: Vec<PodRecord> = self.store.list(PODS)?;
         self.restore_events(&pods)?;
         let mut tasks = Vec::new();
@@ -61,13 +69,15 @@ impl Recovery {
                 match res {
                     Ok(Ok((shim, true))) => {
                         rt.shims.insert(&rec.id, shim.clone()).await;
-                        rt.watch(rec.id.clone(), shim);
+                        rt.watch_from(rec.id.clone(), shim, true);
+                        rt.metrics.pod(PodOutcome::Reconnected);
                         tracing::info!(pod_id = %rec.id, "shim reconnected");
                     }
                     Ok(Err(e)) if rt.shims.gone(&rec.shim_address) => {
                         // The shim died while berthd was down: its tasks are settled from
                         // the exits it recorded, what it left running is killed.
                         tracing::warn!(pod_id = %rec.id, error = %e, "shim is gone");
+                        rt.metrics.pod(PodOutcome::ShimGone);
                         if let Err(e) = rt.settle_dead_pod(&rec).await {
                             tracing::warn!(pod_id = %rec.id, error = %e, "settling a dead shim");
                         }
@@ -76,8 +86,9 @@ impl Recovery {
                         if let Ok(Ok((shim, false))) = &other {
                             // The shim lives and so may the pod's containers.
                             rt.shims.insert(&rec.id, shim.clone()).await;
-                            rt.follow_journal(rec.id.clone(), shim.clone());
+                            rt.follow_journal(rec.id.clone(), shim.clone(), true);
                         }
+                        rt.metrics.pod(PodOutcome::NotReady);
                         let why = match other {
                             Ok(Ok(_)) => "infra process exited while berthd was down".to_string(),
                             Ok(Err(e)) => format!("shim unreachable: {e}"),

@@ -48,6 +48,20 @@ async fn a_cut_start_takes_the_state_the_shim_reports() {
         .collect();
     events.sort();
     assert_eq!(events, ["Started ran", "Started runs", "Stopped ran"]);
+    // Counted as finished intents; the census reads the records as they are now.
+    let text = k.core.metrics.encode(false);
+    for line in [
+        r#"berth_recovery_intents_total{op="start",outcome="finished"} 3"#,
+        r#"berth_pods{state="ready"} 1"#,
+        r#"berth_containers{state="created"} 1"#,
+        r#"berth_containers{state="running"} 1"#,
+        r#"berth_containers{state="exited"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -13,7 +13,13 @@ use super::Recovery;
 impl Recovery {
     /// Starts watching pod `id` through its shim.
     pub fn watch(self: &Arc<Self>, id: String, shim: ShimHandle) {
-        self.follow_journal(id.clone(), shim.clone());
+        self.watch_from(id, shim, false);
+    }
+
+    /// `recovering`: the pod was reconnected at startup, and what its journal holds
+    /// beyond the record's position happened while berthd was down.
+    pub(super) fn watch_from(self: &Arc<Self>, id: String, shim: ShimHandle, recovering: bool) {
+        self.follow_journal(id.clone(), shim.clone(), recovering);
         let rec = self.clone();
         tokio::spawn(async move {
             match shim

@@ -18,14 +18,21 @@ pub struct Shims {
     launcher: Arc<dyn Launcher>,
     options: TaskOptions,
     connected: Mutex<HashMap<String, ShimHandle>>,
+    /// How many are connected (the metrics' shims alive).
+    alive: crate::metrics::Gauge,
 }
 
 impl Shims {
-    pub fn new(launcher: Arc<dyn Launcher>, options: TaskOptions) -> Shims {
+    pub fn new(
+        launcher: Arc<dyn Launcher>,
+        options: TaskOptions,
+        alive: crate::metrics::Gauge,
+    ) -> Shims {
         Shims {
             launcher,
             options,
             connected: Mutex::default(),
+            alive,
         }
     }
 
@@ -105,12 +112,17 @@ impl Shims {
     }
 
     pub async fn insert(&self, pod_id: &str, shim: ShimHandle) {
-        self.connected.lock().await.insert(pod_id.to_string(), shim);
+        let mut m = self.connected.lock().await;
+        m.insert(pod_id.to_string(), shim);
+        self.alive.set(m.len() as i64);
     }
 
     /// Forgets the pod's client; Some if it was cached (the first to forget a dead
     /// shim's client is the one that settles it).
     pub async fn forget(&self, pod_id: &str) -> Option<ShimHandle> {
-        self.connected.lock().await.remove(pod_id)
+        let mut m = self.connected.lock().await;
+        let gone = m.remove(pod_id);
+        self.alive.set(m.len() as i64);
+        gone
     }
 }

@@ -113,6 +113,7 @@ fn websocket(
                 return;
             }
         };
+        let _session = server.metrics.session(pending.kind(), "websocket");
         let socket = ws::socket(io).await;
         match pending {
             Pending::Exec(e) => {
@@ -235,6 +236,7 @@ async fn handle(
                 return;
             }
         };
+        let _session = server.metrics.session(pending.kind(), "spdy");
         let (streams, session) = spdy::conn::start(io, *server.limits());
         match pending {
             Pending::Exec(e) => exec::serve_spdy(server, e, protocol, streams, session).await,

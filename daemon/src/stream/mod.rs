@@ -61,6 +61,8 @@ pub trait Backend: Send + Sync {
 pub struct Server {
     streaming: Arc<Streaming>,
     backend: Arc<dyn Backend>,
+    /// Where sessions are counted.
+    metrics: crate::metrics::StreamMetrics,
 }
 
 impl Server {
@@ -81,7 +83,7 @@ pub enum Pending {
 }
 
 impl Pending {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
             Pending::Attach(_) => "attach",
@@ -162,8 +164,16 @@ impl Streaming {
 }
 
 /// Accepts streaming connections until berthd stops.
-pub async fn serve(streaming: Arc<Streaming>, backend: Arc<dyn Backend>) -> Result<()> {
-    let server = Server { streaming, backend };
+pub async fn serve(
+    streaming: Arc<Streaming>,
+    backend: Arc<dyn Backend>,
+    metrics: crate::metrics::StreamMetrics,
+) -> Result<()> {
+    let server = Server {
+        streaming,
+        backend,
+        metrics,
+    };
     let std_listener = server
         .streaming
         .listener

@@ -29,6 +29,7 @@ use super::reference::{self, Reference};
 use super::{import, ImageRecord, ImageStore};
 use crate::config::Registry as RegistryConfig;
 use crate::error::{Error, RegistryLimit, Result};
+use crate::metrics::PullMetrics;
 
 const ACCEPT: [&str; 4] = [
     oci::OCI_MANIFEST,
@@ -44,13 +45,15 @@ const PARALLEL_FETCHES: usize = 3;
 pub struct Puller {
     cfg: RegistryConfig,
     clients: clients::Clients,
+    metrics: PullMetrics,
 }
 
 impl Puller {
-    pub fn new(cfg: RegistryConfig) -> Puller {
+    pub fn new(cfg: RegistryConfig, metrics: PullMetrics) -> Puller {
         Puller {
             cfg,
             clients: Default::default(),
+            metrics,
         }
     }
 
@@ -98,6 +101,8 @@ struct Source<'a> {
     path: &'a str,
     /// The reference as asked for, for messages.
     image: &'a str,
+    /// Where the bytes received are counted.
+    metrics: &'a PullMetrics,
 }
 
 impl Source<'_> {
@@ -133,11 +138,19 @@ impl ImageStore {
         let r = reference::parse(reference)?;
         let key = format!("image:{r}");
         let gate = self.gate(&key);
+        let began = std::time::Instant::now();
         let res = {
             let _turn = gate.lock().await;
             self.pull_endpoints(puller, &r, creds).await
         };
         self.release_gate(&key, gate);
+        let failed = res
+            .as_ref()
+            .err()
+            .map(|e| crate::metrics::code_name(e.code() as i32));
+        puller
+            .metrics
+            .finished(began.elapsed().as_secs_f64(), failed);
         if res.is_err() {
             // What a failed pull fetched (its leases are gone now) is not kept.
             if let Err(e) = tokio::task::block_in_place(|| self.gc()) {
@@ -192,6 +205,7 @@ impl ImageStore {
             host: &ep.host,
             path: &r.path,
             image: &image,
+            metrics: &puller.metrics,
         };
         let top_ref = match (&r.digest, &r.tag) {
             (Some(d), _) => d.clone(),
@@ -359,6 +373,7 @@ impl ImageStore {
                 Ok(Ok(Some(c))) => c,
             };
             n += chunk.len() as u64;
+            src.metrics.bytes.inc_by(chunk.len() as u64);
             if n > d.size {
                 return Err(too_long());
             }

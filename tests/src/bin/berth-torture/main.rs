@@ -19,13 +19,15 @@
 //! to a host dir), everything churn made removable, and no leftover beyond the baseline.
 //! Prints violations by kind; exits 1 on any.
 
+mod args;
 mod checks;
 mod daemon;
 mod events;
 mod report;
 mod workload;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use args::{parse, Args};
 use k8s_cri::v1 as cri;
 use report::{print_report, Report};
 use std::path::PathBuf;
@@ -33,117 +35,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use workload::{Rs, Shape};
-
-const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
-[--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
-[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]";
-
-/// berthd's failpoints (daemon/src/failpoints.rs) and the shim's (shim/src/failpoints.rs)
-/// that the workload passes through.
-const FAILPOINTS: &[&str] = &[
-    "pod.run.after_record",
-    "pod.run.after_netns",
-    "pod.run.after_infra",
-    "ctr.create.after_record",
-    "ctr.create.after_bundle",
-    "ctr.create.after_task",
-    "ctr.start.before_task",
-    "ctr.start.after_task",
-    "ctr.stop.after_kill",
-    "ctr.remove.after_delete",
-    "pod.stop.after_containers",
-    "pod.stop.after_infra",
-    "pod.remove.after_stop",
-    // Only on the workload's path with --pull.
-    "image.pull.after_blobs",
-    // The shim's (BERTH_SHIM_FAILPOINTS): churn pods' shims die there, the daemon lives.
-    "shim.create.after_runtime",
-    "shim.start.after_runtime",
-    "shim.exit.before_record",
-    "shim.exit.after_record",
-];
-
-struct Args {
-    socket: String,
-    daemon: String,
-    image: String,
-    iterations: usize,
-    failpoints: Vec<String>,
-    pod_network: bool,
-    root: Option<PathBuf>,
-    state: Option<PathBuf>,
-    cgroup_parent: String,
-    ipam_dir: Option<PathBuf>,
-    runc_root: PathBuf,
-    pull: Option<String>,
-    counters: usize,
-    seed: u64,
-    work: Option<PathBuf>,
-}
-
-fn parse() -> Result<Args> {
-    let mut a = Args {
-        socket: String::new(),
-        daemon: String::new(),
-        image: String::new(),
-        iterations: 20,
-        failpoints: Vec::new(),
-        pod_network: false,
-        root: None,
-        state: None,
-        cgroup_parent: "/berth".into(),
-        ipam_dir: None,
-        runc_root: "/run/containerd/runc/berth".into(),
-        pull: None,
-        counters: 3,
-        seed: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-        work: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || {
-            it.next()
-                .with_context(|| format!("{k} needs a value\n{USAGE}"))
-        };
-        match k.as_str() {
-            "--socket" => a.socket = v()?,
-            "--daemon" => a.daemon = v()?,
-            "--image" => a.image = v()?,
-            "--iterations" => a.iterations = v()?.parse()?,
-            "--failpoints" => {
-                a.failpoints = match v()?.as_str() {
-                    "all" => FAILPOINTS.iter().map(|s| s.to_string()).collect(),
-                    "none" => Vec::new(),
-                    list => list.split(',').map(String::from).collect(),
-                }
-            }
-            "--pod-network" => a.pod_network = true,
-            "--root" => a.root = Some(v()?.into()),
-            "--state" => a.state = Some(v()?.into()),
-            "--cgroup-parent" => a.cgroup_parent = v()?,
-            "--ipam-dir" => a.ipam_dir = Some(v()?.into()),
-            "--runc-root" => a.runc_root = v()?.into(),
-            "--pull" => a.pull = Some(v()?),
-            "--counters" => a.counters = v()?.parse()?,
-            "--seed" => a.seed = v()?.parse()?,
-            "--work" => a.work = Some(v()?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
-    }
-    if a.pull.is_none() {
-        a.failpoints.retain(|f| !f.starts_with("image.pull."));
-    }
-    if a.socket.is_empty() || a.daemon.is_empty() || a.image.is_empty() {
-        bail!("--socket, --daemon and --image are required\n{USAGE}");
-    }
-    Ok(a)
-}
 
 static VICTIM_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

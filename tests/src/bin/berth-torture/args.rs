@@ -1,0 +1,169 @@
+//! berth-torture's command line: the options, their defaults, the usage line and
+//! `--help`.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
+[--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
+Try 'berth-torture --help' for what each option does.";
+
+/// `--help`: what the harness does to the node, each option, and how it ends.
+const HELP: &str = "\
+berth-torture: crash-recovery testing of a CRI runtime on this node.
+
+Starts the runtime's daemon (--daemon), runs pods and containers through its CRI socket,
+kills the daemon at random moments (SIGKILL) or makes it die at each failpoint in turn,
+restarts it and checks that nothing was lost or leaked: containers keep running with the
+same pid and every line they print, exits that happened while the daemon was down are
+reported with their real codes and times, GetContainerEvents announces every transition
+once and in order, and everything it made can be removed, leaving no shim, mount, netns,
+cgroup, runtime state, IP allocation, snapshot or blob behind.
+
+Run it as root on a node (or a test machine) where no kubelet uses the runtime: it owns
+the daemon while it runs, and removes only what it made. docs/crash-recovery.md has more.
+
+USAGE:
+    berth-torture --socket PATH --daemon CMDLINE --image IMAGE [OPTIONS]
+
+REQUIRED:
+    --socket PATH         The CRI socket the daemon serves (e.g. /run/berth/berth.sock).
+    --daemon CMDLINE      How to start the daemon, split on spaces
+                          (e.g. \"berthd --config /etc/berth/config.toml\").
+    --image IMAGE         An image with busybox's sh, sleep and echo that the runtime
+                          already has (it is not pulled), e.g. docker.io/library/busybox.
+
+OPTIONS:
+    --iterations N        Kill-restart-check rounds with a random kill moment [20].
+    --failpoints LIST     Also make the daemon (or new pods' shims) die at failpoints, each
+                          once: all, none, or names separated by commas. Berth only: armed
+                          through BERTH_FAILPOINTS / BERTH_SHIM_FAILPOINTS [none].
+    --pod-network         Pods get the runtime's pod network (CNI) instead of the host's.
+    --root DIR            The daemon's persistent root (paths.root), checked for leftover
+                          pod and container dirs, snapshots, blobs and downloads.
+    --state DIR           The daemon's state dir (paths.state), checked for leftover
+                          bundles and netns pins.
+    --cgroup-parent PATH  The pods' parent cgroup, checked for leftover cgroups [/berth].
+    --ipam-dir DIR        The CNI host-local data dir, checked for leaked IPs.
+    --runc-root DIR       The OCI runtime's state root, checked for leftover containers
+                          [/run/containerd/runc/berth].
+    --pull IMAGE          A third loop pulls and removes IMAGE (an image of its own:
+                          removing it must not touch --image).
+    --counters N          Long-lived counter containers whose every line is checked [3].
+    --seed N              Seed of the kill moments, to replay a run [the time].
+    --work DIR            Where logs and the daemon's output go [a new temp dir].
+    -h, --help            This text.
+
+EXIT STATUS:
+    0 when every check passed; 1 on any violation (a table of violations by kind is
+    printed) or when the daemon could not be started.
+";
+
+/// berthd's failpoints (daemon/src/failpoints.rs) and the shim's (shim/src/failpoints.rs)
+/// that the workload passes through.
+const FAILPOINTS: &[&str] = &[
+    "pod.run.after_record",
+    "pod.run.after_netns",
+    "pod.run.after_infra",
+    "ctr.create.after_record",
+    "ctr.create.after_bundle",
+    "ctr.create.after_task",
+    "ctr.start.before_task",
+    "ctr.start.after_task",
+    "ctr.stop.after_kill",
+    "ctr.remove.after_delete",
+    "pod.stop.after_containers",
+    "pod.stop.after_infra",
+    "pod.remove.after_stop",
+    // Only on the workload's path with --pull.
+    "image.pull.after_blobs",
+    // The shim's (BERTH_SHIM_FAILPOINTS): churn pods' shims die there, the daemon lives.
+    "shim.create.after_runtime",
+    "shim.start.after_runtime",
+    "shim.exit.before_record",
+    "shim.exit.after_record",
+];
+
+pub struct Args {
+    pub socket: String,
+    pub daemon: String,
+    pub image: String,
+    pub iterations: usize,
+    pub failpoints: Vec<String>,
+    pub pod_network: bool,
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub cgroup_parent: String,
+    pub ipam_dir: Option<PathBuf>,
+    pub runc_root: PathBuf,
+    pub pull: Option<String>,
+    pub counters: usize,
+    pub seed: u64,
+    pub work: Option<PathBuf>,
+}
+
+pub fn parse() -> Result<Args> {
+    let mut a = Args {
+        socket: String::new(),
+        daemon: String::new(),
+        image: String::new(),
+        iterations: 20,
+        failpoints: Vec::new(),
+        pod_network: false,
+        root: None,
+        state: None,
+        cgroup_parent: "/berth".into(),
+        ipam_dir: None,
+        runc_root: "/run/containerd/runc/berth".into(),
+        pull: None,
+        counters: 3,
+        seed: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+        work: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || {
+            it.next()
+                .with_context(|| format!("{k} needs a value\n{USAGE}"))
+        };
+        match k.as_str() {
+            "--socket" => a.socket = v()?,
+            "--daemon" => a.daemon = v()?,
+            "--image" => a.image = v()?,
+            "--iterations" => a.iterations = v()?.parse()?,
+            "--failpoints" => {
+                a.failpoints = match v()?.as_str() {
+                    "all" => FAILPOINTS.iter().map(|s| s.to_string()).collect(),
+                    "none" => Vec::new(),
+                    list => list.split(',').map(String::from).collect(),
+                }
+            }
+            "--pod-network" => a.pod_network = true,
+            "--root" => a.root = Some(v()?.into()),
+            "--state" => a.state = Some(v()?.into()),
+            "--cgroup-parent" => a.cgroup_parent = v()?,
+            "--ipam-dir" => a.ipam_dir = Some(v()?.into()),
+            "--runc-root" => a.runc_root = v()?.into(),
+            "--pull" => a.pull = Some(v()?),
+            "--counters" => a.counters = v()?.parse()?,
+            "--seed" => a.seed = v()?.parse()?,
+            "--work" => a.work = Some(v()?.into()),
+            "-h" | "--help" => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if a.pull.is_none() {
+        a.failpoints.retain(|f| !f.starts_with("image.pull."));
+    }
+    if a.socket.is_empty() || a.daemon.is_empty() || a.image.is_empty() {
+        bail!("--socket, --daemon and --image are required\n{USAGE}");
+    }
+    Ok(a)
+}
