@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,8 +177,8 @@ pub struct Pty {
 impl Pty {
     /// Starts `cmd` on a new terminal of `cols` x `rows`.
     pub fn spawn(mut cmd: Command, cols: u16, rows: u16) -> Result<Pty> {
-        let (master, slave) = open_pty()?;
-        set_size(&master, cols, rows)?;
+        let (master, slave) = crate::cmd::open_pty()?;
+        crate::cmd::set_pty_size(&master, cols, rows)?;
         cmd.stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
@@ -228,7 +228,7 @@ impl Pty {
 
     /// Resizes the terminal (the kernel signals the command's foreground group).
     pub fn resize(&self, cols: u16, rows: u16) -> Result<()> {
-        set_size(&self.master, cols, rows)
+        crate::cmd::set_pty_size(&self.master, cols, rows)
     }
 
     /// Reads until the output since `from` contains `want` (bounded); the output seen.
@@ -290,48 +290,5 @@ impl Drop for Pty {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn set_size(master: &OwnedFd, cols: u16, rows: u16) -> Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ on a pty master we own, with a valid winsize.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
-        bail!("TIOCSWINSZ: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
-    // SAFETY: plain libc pty calls; every returned fd is checked and wrapped in an OwnedFd.
-    // The master is non-blocking (reads drain what is there); neither end becomes our
-    // controlling terminal (O_NOCTTY): the child takes the slave as its own.
-    unsafe {
-        let m =
-            libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC);
-        if m < 0 {
-            bail!("posix_openpt: {}", std::io::Error::last_os_error());
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        if libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
-            bail!("grantpt/unlockpt: {}", std::io::Error::last_os_error());
-        }
-        let mut name = [0 as libc::c_char; 128];
-        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
-            bail!("ptsname_r: {}", std::io::Error::last_os_error());
-        }
-        let s = libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if s < 0 {
-            bail!("open pty slave: {}", std::io::Error::last_os_error());
-        }
-        Ok((master, OwnedFd::from_raw_fd(s)))
     }
 }

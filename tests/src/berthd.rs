@@ -315,6 +315,16 @@ impl Berthd {
         }
     }
 
+    /// The pid of pod `pod_id`'s shim daemon (its command line names berthd's socket and
+    /// the pod).
+    pub fn shim_of_pod(&self, pod_id: &str) -> Result<i32> {
+        procs::shims_of(&self.socket.display().to_string())
+            .into_iter()
+            .find(|p| p.argv.iter().any(|a| a == pod_id))
+            .map(|p| p.pid)
+            .with_context(|| format!("no shim for pod {pod_id}"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }

@@ -117,16 +117,7 @@ pub fn run_pty_sized(
     let program = program.as_ref();
     let (master, slave) = open_pty()?;
     if let Some((rows, cols)) = size {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ on a pty master we own, with a valid winsize.
-        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
-            bail!("TIOCSWINSZ: {}", std::io::Error::last_os_error());
-        }
+        set_pty_size(&master, cols, rows)?;
     }
     let mut child = {
         let mut cmd = Command::new(program);
@@ -176,7 +167,24 @@ fn drain(master: &OwnedFd, buf: &mut Vec<u8>) {
     }
 }
 
-fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
+/// Sets the window size of the terminal whose master is `master`.
+pub fn set_pty_size(master: &OwnedFd, cols: u16, rows: u16) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on a pty master we own, with a valid winsize.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+        bail!("TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new pseudo-terminal: (master, slave). The master is non-blocking (reads drain what is
+/// there); neither end becomes our controlling terminal (O_NOCTTY): a child takes the slave.
+pub fn open_pty() -> Result<(OwnedFd, OwnedFd)> {
     // SAFETY: plain libc pty calls; every returned fd is checked and wrapped in an OwnedFd.
     unsafe {
         let m =

@@ -183,18 +183,14 @@ mod tests {
 
     #[test]
     fn plain_instance_disables_cri() {
-        let s = render(
-            Containerd::V1_6,
-            Path::new("/x"),
-            "/x/c.sock",
-            Runtime::Berth,
-            false,
-        );
-        assert!(
-            s.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"),
-            "{s}"
-        );
-        assert!(!s.contains("runtimes.berth"), "{s}");
+        for v in [Containerd::V1_6, Containerd::V2_1] {
+            let s = render(v, Path::new("/x"), "/x/c.sock", Runtime::Berth, false);
+            assert!(
+                s.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"),
+                "{s}"
+            );
+            assert!(!s.contains("runtimes.berth"), "{s}");
+        }
     }
 
     #[test]
@@ -220,22 +216,6 @@ mod tests {
         }
         assert!(!s.contains("disabled_plugins"), "{s}");
         assert!(!s.contains("sandbox_image"), "{s}");
-    }
-
-    #[test]
-    fn v3_plain_instance_disables_cri() {
-        let s = render(
-            Containerd::V2_1,
-            Path::new("/x"),
-            "/x/c.sock",
-            Runtime::Berth,
-            false,
-        );
-        assert!(
-            s.contains("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]"),
-            "{s}"
-        );
-        assert!(!s.contains("runtimes.berth"), "{s}");
     }
 
     #[test]

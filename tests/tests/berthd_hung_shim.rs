@@ -15,14 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-fn shim_of_pod(d: &Berthd, pod_id: &str) -> Result<i32> {
-    procs::shims_of(&d.socket.display().to_string())
-        .into_iter()
-        .find(|p| p.argv.iter().any(|a| a == pod_id))
-        .map(|p| p.pid)
-        .with_context(|| format!("no shim for pod {pod_id}"))
-}
-
 /// Resumes the shim however the test ends (a stopped process would outlive the teardown).
 struct Cont(i32);
 impl Drop for Cont {
@@ -140,7 +132,7 @@ fn a_hung_shim_costs_its_own_pod_only_and_can_be_removed() -> Result<()> {
         let hung = Pod::run(d, pod_config("hung", &logs.join("hung"))).await?;
         let ok = Pod::run(d, pod_config("fine", &logs.join("fine"))).await?;
         let (hc, oc) = (sleeper(&hung).await?, sleeper(&ok).await?);
-        let shim = shim_of_pod(d, &hung.id)?;
+        let shim = d.shim_of_pod(&hung.id)?;
         listener_held_by_the_shim_only(shim)?;
         procs::signal(shim, libc::SIGSTOP)?;
         let cont = Cont(shim);

@@ -13,14 +13,6 @@ use berth_tests::{image, procs};
 use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 
-fn shim_of_pod(d: &Berthd, pod_id: &str) -> Result<i32> {
-    procs::shims_of(&d.socket.display().to_string())
-        .into_iter()
-        .find(|p| p.argv.iter().any(|a| a == pod_id))
-        .map(|p| p.pid)
-        .with_context(|| format!("no shim for pod {pod_id}"))
-}
-
 async fn pid_of(pod: &Pod, id: &str) -> Result<i32> {
     let r = pod
         .rs
@@ -52,7 +44,7 @@ fn a_shim_killed_under_a_running_berthd_is_noticed_and_its_pod_settled() -> Resu
             ))
             .await?;
         let pid = pid_of(&pod, &cid).await?;
-        let shim = shim_of_pod(d, &pod.id)?;
+        let shim = d.shim_of_pod(&pod.id)?;
         let t0 = Instant::now();
         procs::signal(shim, libc::SIGKILL)?;
         let mut st = pod.container_status(&cid).await?;
@@ -131,7 +123,7 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
         });
         let hog = pod.start(hog).await?;
         let sleeper_pid = pid_of(&pod, &sleeper).await?;
-        let shim = shim_of_pod(d, &pod.id)?;
+        let shim = d.shim_of_pod(&pod.id)?;
         d.kill9()?;
         // The quitter exits (recorded by its shim), then the shim dies.
         tokio::time::sleep(Duration::from_millis(1500)).await;
