@@ -10,7 +10,7 @@
 //! ```
 
 use anyhow::{bail, ensure, Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -547,7 +547,7 @@ fn answers_version(socket: &str) -> bool {
             .ok()?;
         rt.block_on(async {
             let (mut rs, _) = crate::cri::connect(&socket).await.ok()?;
-            let req = k8s_cri::v1::VersionRequest::default();
+            let req = berth_cri::v1::VersionRequest::default();
             tokio::time::timeout(Duration::from_secs(5), rs.version(req))
                 .await
                 .ok()?

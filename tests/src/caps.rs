@@ -111,8 +111,8 @@ pub fn own_status_field(field: &str) -> Result<String> {
 }
 
 /// A CRI capability change: `add` and `drop` (names without `CAP_`, or `ALL`).
-pub fn caps(add: &[&str], drop: &[&str]) -> Option<k8s_cri::v1::Capability> {
-    Some(k8s_cri::v1::Capability {
+pub fn caps(add: &[&str], drop: &[&str]) -> Option<berth_cri::v1::Capability> {
+    Some(berth_cri::v1::Capability {
         add_capabilities: add.iter().map(|s| s.to_string()).collect(),
         drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
         ..Default::default()

@@ -1,9 +1,9 @@
-//! The one CRI v1 client (k8s-cri over tonic on a unix socket: containerd's or berthd's),
+//! The one CRI v1 client (berth-cri over tonic on a unix socket: containerd's or berthd's),
 //! berthd's client library's (`berthd::cri::client`, berthctl's too), plus pod/container
 //! config builders.
 
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use std::path::Path;
 
 pub use berthd::cri::client::{

@@ -2,7 +2,7 @@
 //! ImageFsInfo), and a look at berthd's content store.
 
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use std::path::Path;
 use tonic::transport::Channel;
 

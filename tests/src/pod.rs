@@ -2,7 +2,7 @@
 //! running containers in it (to their exit, with their log decoded) and removing it.
 
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

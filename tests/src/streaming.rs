@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::berthd::Berthd;
 pub use crate::cri::Rs;
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 /// PortForward's URL for the pod `pod_id`.
 pub async fn port_forward_url(rs: &Rs, pod_id: &str) -> Result<String> {

@@ -5,6 +5,7 @@
 //! bad requests. Leaks are judged from the attach FIFO dirs and the shim's and berthd's fds.
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
@@ -15,7 +16,6 @@ use berth_tests::procs;
 use berth_tests::spdy::{ExecSession, EXEC_PROTOCOLS};
 use berth_tests::streaming::{eventually, open_fds, Rs};
 use berth_tests::ws::WsSession;
-use k8s_cri::v1 as cri;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(20);

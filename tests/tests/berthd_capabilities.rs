@@ -4,6 +4,7 @@
 //! masks) beside a plain one that stays confined.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::caps::{
     cap_field, cap_set, caps, caps_from_hex, own_status_field, status_field,
@@ -11,7 +12,6 @@ use berth_tests::caps::{
 };
 use berth_tests::cri::{privileged, seccomp, secured};
 use berth_tests::image::BUSYBOX_IMAGE;
-use k8s_cri::v1 as cri;
 
 /// A busybox container running `sh -c script` with security context `sc`.
 fn ctr(name: &str, script: &str, sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {

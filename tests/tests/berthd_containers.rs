@@ -4,13 +4,13 @@
 //! the error codes for bad input.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
+use berth_cri::v1::ContainerState::ContainerExited as Exited;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::cri_calls::{in_state, CriCalls};
 use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::ContainerState::ContainerExited as Exited;
 use std::time::Duration;
 use tonic::Code;
 
@@ -370,4 +370,67 @@ fn a_container_over_its_memory_limit_is_oomkilled() -> Result<()> {
         pod.rs.remove_pod(&pod.id).await?;
         Ok(())
     })
+}
+
+/// kubelet's stop signal (a container's `lifecycle.stopSignal`, Kubernetes 1.33+) is what
+/// StopContainer sends, also a real-time one, and ContainerStatus reports the effective
+/// signal (SIGTERM when neither kubelet nor the image names one).
+#[test]
+fn stop_container_sends_kubelets_stop_signal_and_status_reports_it() -> Result<()> {
+    let d = Berthd::builder().busybox().start()?;
+    let logs = d.dir.path().join("logs");
+    block_on(async {
+        let pod = Pod::run(&d, pod_config("sig", &logs.join("sig"))).await?;
+        let rtmin3 = libc::SIGRTMIN() + 3;
+        let cases = [
+            ("usr1", cri::Signal::Sigusr1, 7),
+            ("rt", cri::Signal::Sigrtminplus3, 33),
+            ("default", cri::Signal::RuntimeDefault, 15),
+        ];
+        for (name, signal, code) in cases {
+            // Each trap exits with its own code, so the exit code says which signal came.
+            let script = format!(
+                "trap 'exit 7' USR1; trap 'exit 33' {rtmin3}; trap 'exit 15' TERM; \
+                 touch /ready; while true; do sleep 0.1; done"
+            );
+            let mut c = container_config(name, image::BUSYBOX_IMAGE, &["sh", "-c", &script]);
+            c.stop_signal = signal as i32;
+            let id = pod.start(c).await?;
+            let mut ready = false;
+            for _ in 0..100 {
+                if pod.exec(&id, &["test", "-e", "/ready"]).await?.exit_code == 0 {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ensure!(ready, "{name}: the traps were never set");
+            let st = pod.container_status(&id).await?;
+            let effective = if signal == cri::Signal::RuntimeDefault {
+                cri::Signal::Sigterm
+            } else {
+                signal
+            };
+            ensure!(
+                st.stop_signal == effective as i32,
+                "{name}: status stop_signal {} (want {effective:?})",
+                st.stop_signal
+            );
+            pod.rs
+                .clone()
+                .stop_container(cri::StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 10,
+                })
+                .await?;
+            let st = pod.container_status(&id).await?;
+            ensure!(
+                st.exit_code == code,
+                "{name}: exit code {} (want {code}: the trap of {effective:?})",
+                st.exit_code
+            );
+        }
+        pod.remove().await
+    })??;
+    d.finish()
 }

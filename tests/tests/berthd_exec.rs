@@ -8,6 +8,7 @@
 //! Not covered: a URL unused for more than 60 s answering 404 (too slow for this suite).
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
@@ -20,7 +21,6 @@ use berth_tests::streaming::{
     ensure_fds_settle, eventually, port_forward_url, settled_fds, sha, Rs,
 };
 use berth_tests::ws::{self, WsSession};
-use k8s_cri::v1 as cri;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -5,12 +5,12 @@
 //! kills the shim and what runs in the pod, and cleans up (the fixture's leak check).
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
-use k8s_cri::v1 as cri;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tonic::Code;

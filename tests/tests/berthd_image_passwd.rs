@@ -7,13 +7,13 @@
 //! berthd keeps answering other calls, and no user of the host's /etc/passwd resolves.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd, Builder};
 use berth_tests::cri::{secured, Rs};
 use berth_tests::cri_calls::{Answer, CriCalls};
 use berth_tests::image::{self, ImageDef, ImageTar, LayerCompression, LayerTar};
 use berth_tests::pod::Pod;
 use berth_tests::procs;
-use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tonic::Code;
 

@@ -3,6 +3,7 @@
 //! repository path kept, a container run from the mirrored image).
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::cri_images::{list, pull_err, pull_ok, remove, status};
@@ -10,7 +11,6 @@ use berth_tests::http::basic_auth;
 use berth_tests::image::busybox_layout;
 use berth_tests::pod::Pod;
 use berth_tests::registry::{DeadPort, Registry};
-use k8s_cri::v1 as cri;
 use serde_json::json;
 use tonic::Code;
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tonic::Code;
 
-fn sh(name: &str, image: &str, script: &str) -> k8s_cri::v1::ContainerConfig {
+fn sh(name: &str, image: &str, script: &str) -> berth_cri::v1::ContainerConfig {
     container_config(name, image, &["sh", "-c", script])
 }
 

@@ -5,13 +5,13 @@
 //! grows less than 16 MiB, and nothing is left in content/ingest.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri_images::{content_files, list, pull};
 use berth_tests::hostile_registry::{
     HostileRegistry, ENDLESS_CONFIG, ENDLESS_MANIFEST, ENDLESS_TOKEN, HUGE_CONFIG, SLOW_LAYER,
     SLOW_MANIFEST,
 };
-use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tonic::Code;
 

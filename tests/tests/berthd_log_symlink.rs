@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::pod_config;
 use berth_tests::pod::Pod;
-use k8s_cri::v1 as cri;
 use tonic::Code;
 
 #[test]

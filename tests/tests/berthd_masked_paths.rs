@@ -2,10 +2,10 @@
 //! a read-only /proc/sys), as a container sees them.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::secured;
 use berth_tests::image::BUSYBOX_IMAGE;
-use k8s_cri::v1 as cri;
 
 /// A busybox container running `sh -c script` with security context `sc`.
 fn ctr(name: &str, script: &str, sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {

@@ -7,13 +7,13 @@
 //! on no port but the streaming server's.
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::container_config;
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::http::http_get;
 use berth_tests::pod::Pod;
 use berth_tests::{image, procs, spdy};
-use k8s_cri::v1 as cri;
 use prometheus_parse::{Scrape, Value};
 use std::time::Duration;
 use tonic::Code;

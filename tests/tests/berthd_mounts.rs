@@ -2,11 +2,11 @@
 //! propagation (rslave, private, rshared from a privileged container to the host).
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image;
 use berth_tests::pod::Pod;
-use k8s_cri::v1 as cri;
 use std::path::{Path, PathBuf};
 
 fn sh(name: &str, script: &str) -> cri::ContainerConfig {

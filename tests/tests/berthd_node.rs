@@ -3,8 +3,8 @@
 //! `berthd config default`, graceful SIGTERM, and a second berthd refused on a live socket.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{binary, Berthd};
-use k8s_cri::v1 as cri;
 use std::os::unix::fs::PermissionsExt;
 
 fn rt() -> tokio::runtime::Runtime {

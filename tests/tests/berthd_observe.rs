@@ -3,12 +3,12 @@
 //! PodSandboxStats / ListPodSandboxStats, ListMetricDescriptors and ListPodSandboxMetrics.
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config, pod_network};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
 use berth_tests::pod::Pod;
-use k8s_cri::v1 as cri;
 use std::time::Duration;
 use tonic::Streaming;
 

@@ -4,12 +4,12 @@
 //! behind is an orphan that the next berthd must clean up.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
 use berth_tests::host::{cgroup_dir, container_pid};
 use berth_tests::pod::Pod;
 use berth_tests::{image, leaks, procs};
-use k8s_cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

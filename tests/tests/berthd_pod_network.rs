@@ -6,13 +6,13 @@
 //! leaves the host's own bridges.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{binary, reserved_ips, Berthd};
 use berth_tests::cni;
 use berth_tests::cri::{block_on, container_config, pod_config, pod_network};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
 use berth_tests::pod::Pod;
-use k8s_cri::v1 as cri;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

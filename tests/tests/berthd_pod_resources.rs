@@ -3,12 +3,12 @@
 //! shared namespaces.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, container_config, ns_options, pod_config, pod_network};
 use berth_tests::host::{cgroup_dir, cgroup_value, container_pid, ns_of, own_ns};
 use berth_tests::pod::Pod;
 use berth_tests::{image, procs};
-use k8s_cri::v1 as cri;
 use std::path::Path;
 use std::time::Duration;
 

@@ -3,12 +3,12 @@
 //! duplicate names and bad metadata are refused with nothing left behind.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{block_on, pod_config, pod_network};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::pod::Pod;
 use berth_tests::procs;
-use k8s_cri::v1 as cri;
 use tonic::Code;
 
 fn infra_pids(d: &Berthd) -> Vec<i32> {

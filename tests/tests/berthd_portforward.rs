@@ -5,6 +5,7 @@
 //! berthd's open fds. Spent and unknown URLs are in `berthd_exec`.
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config, pod_network};
 use berth_tests::image;
@@ -12,7 +13,6 @@ use berth_tests::pod::Pod;
 use berth_tests::spdy::{port_forward, Forwarded, PortForward, Stream, PORT_FORWARD_PROTOCOL};
 use berth_tests::streaming::{ensure_fds_settle, port_forward_url, settled_fds, sha};
 use berth_tests::ws::WsSession;
-use k8s_cri::v1 as cri;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -3,11 +3,11 @@
 //! dir, hostname, DNS config and the hosts and hostname files.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd, Builder};
 use berth_tests::cri::{container_config, pod_config, pod_network};
 use berth_tests::image;
 use berth_tests::pod::Pod;
-use k8s_cri::v1 as cri;
 
 /// An image with an entrypoint, a cmd, its own env and a working dir.
 const ENTRY_IMAGE: &str = "berth.test/entry:1";

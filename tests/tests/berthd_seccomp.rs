@@ -2,11 +2,11 @@
 //! checked from inside the container.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::caps::{caps, status_field};
 use berth_tests::cri::{seccomp, secured};
 use berth_tests::image::BUSYBOX_IMAGE;
-use k8s_cri::v1 as cri;
 
 /// A busybox container running `sh -c script` with security context `sc`.
 fn ctr(name: &str, script: &str, sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {

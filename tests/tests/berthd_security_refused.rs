@@ -3,12 +3,12 @@
 //! InvalidArgument and nothing left half-made; the name is free again afterwards.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::caps::caps;
 use berth_tests::cri::{seccomp, secured};
 use berth_tests::host::names_in;
 use berth_tests::image::BUSYBOX_IMAGE;
-use k8s_cri::v1 as cri;
 use tonic::Code;
 
 /// A busybox container running `sh -c script` with security context `sc`.

@@ -5,12 +5,12 @@
 //! (the teardown's leak check: shims, mounts, socket).
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::pod::Pod;
 use berth_tests::streaming::eventually;
 use berth_tests::{image, procs};
-use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 
 async fn pid_of(pod: &Pod, id: &str) -> Result<i32> {

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
 use berth_tests::pod::Pod;
-use k8s_cri::v1 as cri;
 
 /// Runs `args` as nobody:nogroup with no supplementary groups; Ok(stdout) when it
 /// succeeded, Err(stderr) when it did not.

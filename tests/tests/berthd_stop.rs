@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
@@ -15,7 +16,6 @@ use berth_tests::spdy::PortForward;
 use berth_tests::streaming::port_forward_url;
 use berth_tests::ws::WsSession;
 use berth_tests::{image, procs};
-use k8s_cri::v1 as cri;
 
 #[test]
 fn sigterm_ends_open_calls_and_leaves_pods_running() -> Result<()> {

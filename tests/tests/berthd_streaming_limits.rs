@@ -10,6 +10,7 @@
 //! The timeouts are set short through `[streaming]` so each case takes seconds.
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
@@ -20,7 +21,6 @@ use berth_tests::streaming::{
     ensure_cri_answers, port_forward_url, raise_nofile_limit, rss_kb, Rs,
 };
 use berth_tests::ws::{self, WsSession};
-use k8s_cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -3,12 +3,12 @@
 //! WebSocket inside TLS that trusts only the test's self-signed certificate.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::cri::{block_on, container_config, pod_config};
 use berth_tests::image;
 use berth_tests::pod::Pod;
 use berth_tests::ws::WsSession;
-use k8s_cri::v1 as cri;
 use std::path::Path;
 use std::time::Duration;
 

@@ -11,12 +11,12 @@
 //! pid 1 here).
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{self, Berthd};
 use berth_tests::cri::{block_on, container_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::pod::Pod;
 use berth_tests::{cmd, image, procs};
-use k8s_cri::v1 as cri;
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;

@@ -6,6 +6,7 @@
 //! reaches it.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
@@ -14,7 +15,6 @@ use berth_tests::pod::Pod;
 use berth_tests::spdy::{ExecSession, EXEC_PROTOCOLS};
 use berth_tests::streaming::Rs;
 use berth_tests::ws::{self, WsSession};
-use k8s_cri::v1 as cri;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(30);

@@ -2,11 +2,11 @@
 //! no_new_privs, checked from inside the container.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::Berthd;
 use berth_tests::caps::{cap_field, status_field};
 use berth_tests::cri::secured;
 use berth_tests::image::BUSYBOX_IMAGE;
-use k8s_cri::v1 as cri;
 use std::collections::BTreeSet;
 
 /// A busybox container running `sh -c script` with security context `sc`.

@@ -4,12 +4,12 @@
 //! does with containerd's own Go shim (`BERTH_TEST_REFERENCE=1`).
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as api;
 use berth_tests::containerd::Containerd;
 use berth_tests::cri::{self, container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::{Instance, Oci, Runtime, Setup};
-use k8s_cri::v1 as api;
 use std::time::Duration;
 
 /// Unmounts the test's submount however the test ends.

@@ -3,11 +3,11 @@
 //! `io.containerd.cri.v1.runtime`/`images` and `io.containerd.grpc.v1.cri`).
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as api;
 use berth_tests::cri::{self, container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::{procs, Containerd, Instance, Oci, Runtime, Setup};
-use k8s_cri::v1 as api;
 use std::time::Duration;
 
 fn pod_suite(runtime: Runtime, version: Containerd) -> Result<()> {

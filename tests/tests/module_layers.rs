@@ -2,7 +2,7 @@
 //! top-level modules' imports (`crate::<module>`) form no circle, so every module can be
 //! read and tested with only the ones below it. Prints each crate's floors (a module's
 //! floor is one above the highest module it uses). In berthd, CRI's generated types
-//! (`k8s_cri`) appear only in the CRI adapter (`cri/`, its client library included) and in
+//! (`berth_cri`) appear only in the CRI adapter (`cri/`, its client library included) and in
 //! berthctl (`bin/berthctl/`, a CRI client speaks CRI): the rooms below speak Berth's own
 //! `workload` types.
 
@@ -151,7 +151,7 @@ fn berthd_modules_form_no_import_circle() {
     check("daemon");
 }
 
-/// The berthd source files outside `cri/` and berthctl's `bin/berthctl/` that name `k8s_cri`.
+/// The berthd source files outside `cri/` and berthctl's `bin/berthctl/` that name `berth_cri::`.
 fn cri_types_outside_the_adapter() -> Vec<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src");
     let mut files = Vec::new();
@@ -164,7 +164,7 @@ fn cri_types_outside_the_adapter() -> Vec<PathBuf> {
             std::fs::read_to_string(f)
                 .unwrap()
                 .lines()
-                .any(|l| !l.trim_start().starts_with("//") && l.contains("k8s_cri"))
+                .any(|l| !l.trim_start().starts_with("//") && l.contains("berth_cri::"))
         })
         .map(|f| f.strip_prefix(&src).unwrap().to_path_buf())
         .collect()

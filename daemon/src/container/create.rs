@@ -174,7 +174,11 @@ impl Containers {
             bundle: self.config.paths.state.join("containers").join(&id),
             dir: self.config.paths.root.join("containers").join(&id),
             log_path,
-            stop_signal: image.config.stop_signal.clone(),
+            // kubelet's (a pod's lifecycle.stopSignal) wins over the image's.
+            stop_signal: cfg
+                .stop_signal
+                .clone()
+                .unwrap_or_else(|| image.config.stop_signal.clone()),
             user: None,
             op: Some(Op::Create),
         };
@@ -222,7 +226,7 @@ impl Containers {
         let lowers = self.images.lower_dirs(image)?;
         // The spec sees image volumes as read-only binds of the images mounted here.
         let mut spec_cfg = rec.config.clone();
-        spec_cfg.mounts = self.mount_image_volumes(&rec.id, &rec.bundle, &rec.config.mounts)?;
+        spec_cfg.mounts = self.mount_image_volumes(&rec.id, &rec.bundle, &mut rec.config.mounts)?;
         let host_devices = if rec.config.security.privileged {
             Some(crate::oci_config::host_devices()?)
         } else {

@@ -13,18 +13,18 @@ use crate::util::now_ns;
 
 use super::Containers;
 
+/// The signal that stops a container: its recorded stop signal, SIGTERM when there is
+/// none or the image named one that does not exist.
 fn signal_number(name: &str) -> u32 {
-    let n = name.trim_start_matches("SIG");
-    match n {
-        "" | "TERM" => 15,
-        "KILL" => 9,
-        "INT" => 2,
-        "QUIT" => 3,
-        "HUP" => 1,
-        "USR1" => 10,
-        "USR2" => 12,
-        "WINCH" => 28,
-        other => other.parse().unwrap_or(15),
+    if name.is_empty() {
+        return 15;
+    }
+    match crate::workload::signal::number(name) {
+        Some(n) => n as u32,
+        None => {
+            tracing::warn!(signal = name, "unknown stop signal; stopping with SIGTERM");
+            15
+        }
     }
 }
 
@@ -247,5 +247,8 @@ mod tests {
         assert_eq!(signal_number("SIGKILL"), 9);
         assert_eq!(signal_number("SIGQUIT"), 3);
         assert_eq!(signal_number("2"), 2);
+        assert_eq!(signal_number("SIGPWR"), 30);
+        assert_eq!(signal_number("SIGRTMIN+3") as i32, libc::SIGRTMIN() + 3);
+        assert_eq!(signal_number("SIGBOGUS"), 15);
     }
 }

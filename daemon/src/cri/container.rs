@@ -1,6 +1,6 @@
 //! Container records ↔ CRI container messages (status, list items, filters).
 
-use k8s_cri::v1::*;
+use berth_cri::v1::*;
 
 use super::convert::{container_metadata, container_to_cri, mount_to_cri, resources_to_cri};
 use crate::records::{ContainerRecord, CtrState};
@@ -67,6 +67,12 @@ pub fn status(rec: &ContainerRecord) -> ContainerStatus {
         mounts: rec.config.mounts.iter().map(mount_to_cri).collect(),
         log_path: rec.log_path.clone(),
         image_id: rec.image_id.clone(),
+        // The effective one: kubelet's, else the image's, else SIGTERM.
+        stop_signal: super::convert::stop_signal_to_cri(if rec.stop_signal.is_empty() {
+            "SIGTERM"
+        } else {
+            &rec.stop_signal
+        }) as i32,
         user: rec.user.as_ref().map(|u| ContainerUser {
             linux: Some(LinuxContainerUser {
                 uid: u.uid.into(),

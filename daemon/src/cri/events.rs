@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
+use berth_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 

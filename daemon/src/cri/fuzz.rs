@@ -49,7 +49,7 @@ proptest! {
 
     #[test]
     fn pod_configs_from_the_wire_never_panic(bytes in mutated(full_pod().encode_to_vec())) {
-        let Ok(cfg) = k8s_cri::v1::PodSandboxConfig::decode(bytes.as_slice()) else {
+        let Ok(cfg) = berth_cri::v1::PodSandboxConfig::decode(bytes.as_slice()) else {
             return Ok(());
         };
         let spec = match pod_from_cri(&cfg) {
@@ -77,10 +77,10 @@ proptest! {
         bytes in mutated(full_container().encode_to_vec()),
         pod_bytes in mutated(full_pod().encode_to_vec()),
     ) {
-        let Ok(cfg) = k8s_cri::v1::ContainerConfig::decode(bytes.as_slice()) else {
+        let Ok(cfg) = berth_cri::v1::ContainerConfig::decode(bytes.as_slice()) else {
             return Ok(());
         };
-        let pod = k8s_cri::v1::PodSandboxConfig::decode(pod_bytes.as_slice())
+        let pod = berth_cri::v1::PodSandboxConfig::decode(pod_bytes.as_slice())
             .ok()
             .and_then(|p| pod_from_cri(&p).ok())
             .unwrap_or_default();

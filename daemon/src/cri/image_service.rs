@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use k8s_cri::v1::image_service_server::ImageService;
-use k8s_cri::v1::*;
+use berth_cri::v1::image_service_server::ImageService;
+use berth_cri::v1::*;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -59,6 +59,22 @@ impl Service {
 
 #[tonic::async_trait]
 impl ImageService for Service {
+    type StreamImagesStream = super::list_stream::ListStream<StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        req: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = self
+            .list_images(Request::new(ListImagesRequest { filter }))
+            .await?;
+        Ok(Response::new(super::list_stream::chunked(
+            list.into_inner().images,
+            |images| StreamImagesResponse { images },
+        )))
+    }
+
     async fn list_images(
         &self,
         req: Request<ListImagesRequest>,

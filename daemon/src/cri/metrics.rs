@@ -5,7 +5,7 @@
 //! network metrics are the pod's (its network namespace). Time counters are in
 //! nanoseconds and times in seconds since the epoch, as integers.
 
-use k8s_cri::v1::{
+use berth_cri::v1::{
     ContainerMetrics, Metric, MetricDescriptor, MetricType, PodSandboxMetrics, UInt64Value,
 };
 

@@ -10,6 +10,7 @@ mod events;
 #[cfg(test)]
 mod fuzz;
 pub mod image_service;
+mod list_stream;
 mod metrics;
 mod pod;
 pub mod runtime_service;

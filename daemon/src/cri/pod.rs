@@ -1,6 +1,6 @@
 //! Pod records ↔ CRI sandbox messages (status, list items, filters).
 
-use k8s_cri::v1::*;
+use berth_cri::v1::*;
 
 use super::convert::{namespaces_to_cri, pod_metadata, pod_to_cri};
 use crate::records::{PodRecord, PodState};

@@ -6,11 +6,12 @@ use crate::stream::Pending;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use k8s_cri::v1::runtime_service_server::RuntimeService;
-use k8s_cri::v1::*;
+use berth_cri::v1::runtime_service_server::RuntimeService;
+use berth_cri::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::list_stream::{chunked, ListStream};
 use crate::core::Core;
 use crate::node::{RUNTIME_API_VERSION, RUNTIME_NAME};
 
@@ -29,6 +30,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Stat
 #[tonic::async_trait]
 impl RuntimeService for Service {
     type GetContainerEventsStream = EventStream;
+    type StreamPodSandboxesStream = ListStream<StreamPodSandboxesResponse>;
+    type StreamContainersStream = ListStream<StreamContainersResponse>;
+    type StreamContainerStatsStream = ListStream<StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = ListStream<StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = ListStream<StreamPodSandboxMetricsResponse>;
 
     async fn version(
         &self,
@@ -75,6 +81,8 @@ impl RuntimeService for Service {
             runtime_handlers,
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
+                // No user namespaces yet, with or without the host's network.
+                user_namespaces_host_network: false,
             }),
             ..Default::default()
         }))
@@ -467,5 +475,83 @@ impl RuntimeService for Service {
             pod_metrics.push(super::metrics::pod_metrics(&p, &ifaces, containers, now));
         }
         Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
+    }
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = ListPodSandboxRequest { filter };
+        let items = self.list_pod_sandbox(Request::new(list)).await?;
+        Ok(Response::new(chunked(
+            items.into_inner().items,
+            |pod_sandboxes| StreamPodSandboxesResponse { pod_sandboxes },
+        )))
+    }
+
+    async fn stream_containers(
+        &self,
+        req: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = ListContainersRequest { filter };
+        let items = self.list_containers(Request::new(list)).await?;
+        Ok(Response::new(chunked(
+            items.into_inner().containers,
+            |containers| StreamContainersResponse { containers },
+        )))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        req: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = ListContainerStatsRequest { filter };
+        let items = self.list_container_stats(Request::new(list)).await?;
+        Ok(Response::new(chunked(
+            items.into_inner().stats,
+            |container_stats| StreamContainerStatsResponse { container_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        req: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = ListPodSandboxStatsRequest { filter };
+        let items = self.list_pod_sandbox_stats(Request::new(list)).await?;
+        Ok(Response::new(chunked(
+            items.into_inner().stats,
+            |pod_sandbox_stats| StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let list = ListPodSandboxMetricsRequest {};
+        let items = self.list_pod_sandbox_metrics(Request::new(list)).await?;
+        Ok(Response::new(chunked(
+            items.into_inner().pod_metrics,
+            |pod_sandbox_metrics| StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
+    }
+
+    /// kubelet tells the runtime the pod-level resources it has just set on the pod's
+    /// cgroup (best effort, kubelet goes on whatever the answer). berthd has nothing to
+    /// apply (the cgroup is kubelet's doing; no NRI plugin to tell yet): the pod must exist.
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        let r = req.into_inner();
+        self.core.pods.get(&r.pod_sandbox_id)?;
+        tracing::debug!(pod_id = %r.pod_sandbox_id, "pod-level resources updated by kubelet");
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
     }
 }

@@ -2,7 +2,7 @@
 //! that gather them (one container or pod that cannot be sampled is left out and logged,
 //! never failing the whole list).
 
-use k8s_cri::v1::{
+use berth_cri::v1::{
     ContainerAttributes, ContainerStats, CpuUsage, FilesystemIdentifier, FilesystemUsage,
     LinuxPodSandboxStats, MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes,
     PodSandboxStats, ProcessUsage, UInt64Value,
@@ -25,6 +25,7 @@ fn cpu(s: &Sample, now: i64) -> CpuUsage {
         timestamp: now,
         usage_core_nano_seconds: v(s.cpu_ns),
         usage_nano_cores: None,
+        psi: None,
     }
 }
 
@@ -37,6 +38,7 @@ fn memory(s: &Sample, now: i64) -> MemoryUsage {
         page_faults: v(s.page_faults),
         major_page_faults: v(s.major_page_faults),
         available_bytes: None,
+        psi: None,
     }
 }
 
@@ -92,6 +94,7 @@ pub fn pod_stats(rec: &PodRecord, s: &PodSample) -> PodSandboxStats {
             cpu: s.total.as_ref().map(|t| cpu(t, now)),
             memory: s.total.as_ref().map(|t| memory(t, now)),
             network,
+            io: None,
             process: s.total.as_ref().map(|t| ProcessUsage {
                 timestamp: now,
                 process_count: v(t.pids),

@@ -4,7 +4,7 @@
 //! berthd's startup runs it before the core opens the store.
 
 use base64::Engine as _;
-use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+use berth_cri::v1::{ContainerConfig, PodSandboxConfig};
 use redb::TableHandle as _;
 
 use super::convert::{container_from_cri, pod_from_cri};

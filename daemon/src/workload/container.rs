@@ -28,6 +28,9 @@ pub struct ContainerSpec {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// The signal that stops the container ("SIGUSR1", "SIGRTMIN+3"); None: the image's,
+    /// else SIGTERM.
+    pub stop_signal: Option<String>,
     pub resources: Option<Resources>,
     pub security: ContainerSecurity,
 }
@@ -46,6 +49,11 @@ pub struct Mount {
     pub recursive_read_only: bool,
     /// An image volume: the image whose content is mounted (never "").
     pub image: Option<String>,
+    /// An image volume's directory (or file) to mount instead of the image's root,
+    /// relative to it ("" = the root).
+    pub image_sub_path: String,
+    /// An image volume's image id as create resolved it (ContainerStatus reports it).
+    pub image_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ mod container;
 mod pod;
 mod resources;
 mod security;
+pub mod signal;
 
 pub use container::{Capabilities, ContainerSecurity, ContainerSpec, Device, Mount, Propagation};
 pub use pod::{Dns, PodSecurity, PodSpec, PortMapping, Protocol};

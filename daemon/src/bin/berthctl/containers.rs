@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use serde_json::json;
 
 use crate::ctx::Ctx;

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use berth_cri::v1 as cri;
 use berthd::cri::client::{connect_endpoint, Is, Rs};
-use k8s_cri::v1 as cri;
 
 use crate::show::Format;
 

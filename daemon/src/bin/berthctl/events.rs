@@ -5,7 +5,7 @@
 //! is the subscriber it keeps them for), then live ones.
 
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use tokio::io::AsyncWriteExt;
 
 use crate::ctx::Ctx;

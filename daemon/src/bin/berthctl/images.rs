@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use tokio::io::AsyncWriteExt;
 
 use crate::ctx::Ctx;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use berth_cri::v1 as cri;
 use berthd::cri::client::log;
-use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::ctx::Ctx;

@@ -1,7 +1,7 @@
 //! The runtime and its pod sandboxes: `info`, `pods`, `stopp`, `rmp`, `inspectp`.
 
 use anyhow::Result;
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use serde_json::json;
 
 use crate::ctx::Ctx;

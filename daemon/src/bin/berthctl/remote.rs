@@ -5,8 +5,8 @@
 //! (SIGWINCH); the exit code is the remote command's.
 
 use anyhow::{bail, Context, Result};
+use berth_cri::v1 as cri;
 use berthd::cri::client::ws::{self, WsSession};
-use k8s_cri::v1 as cri;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, SignalKind};
 

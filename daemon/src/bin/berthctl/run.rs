@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use crate::ctx::Ctx;
 use crate::images;

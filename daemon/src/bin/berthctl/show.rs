@@ -173,7 +173,7 @@ pub fn cri_json<T: serde::Serialize>(msg: &T, states: States) -> Value {
 }
 
 fn cri_enum(states: States, parent: &str, key: &str, n: i64) -> Option<String> {
-    use k8s_cri::v1 as cri;
+    use berth_cri::v1 as cri;
     let n = i32::try_from(n).ok()?;
     let states = match parent {
         "podSandboxStatus" => States::Pod,

@@ -4,7 +4,7 @@
 //! for the error-code checks.
 
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tonic::Status;
 

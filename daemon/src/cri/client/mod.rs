@@ -9,7 +9,7 @@ pub mod connect;
 pub mod log;
 pub mod ws;
 
+pub use berth_cri::v1::image_service_client::ImageServiceClient;
+pub use berth_cri::v1::runtime_service_client::RuntimeServiceClient;
 pub use calls::{Answer, CriCalls};
 pub use connect::{connect, connect_endpoint, socket_path, Is, Rs, CALL_TIMEOUT};
-pub use k8s_cri::v1::image_service_client::ImageServiceClient;
-pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;

@@ -1,7 +1,7 @@
 //! `AuthConfig` → registry [`Credentials`].
 
 use base64::Engine as _;
-use k8s_cri::v1::AuthConfig;
+use berth_cri::v1::AuthConfig;
 
 use super::invalid;
 use crate::error::Result;

@@ -1,6 +1,6 @@
 //! `ContainerConfig` ↔ [`ContainerSpec`], mounts and devices.
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::known;
 use super::resources::{resources_from_cri, resources_to_cri};
@@ -8,7 +8,7 @@ use super::security::{
     id_mappings_from_cri, id_mappings_to_cri, namespaces_from_cri, namespaces_to_cri,
     policy_from_cri, policy_to_cri, profile_from_cri, profile_to_cri, ProfileKind,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::workload::{Capabilities, ContainerSecurity, ContainerSpec, Device, Mount, Propagation};
 
 fn mount_from_cri(m: &cri::Mount) -> Result<Mount> {
@@ -33,7 +33,45 @@ fn mount_from_cri(m: &cri::Mount) -> Result<Mount> {
             .as_ref()
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty()),
+        image_sub_path: m.image_sub_path.clone(),
+        image_id: None,
     })
+}
+
+/// An env variable: its value is bytes on the wire since Kubernetes 1.34, but the OCI
+/// config that carries it is JSON, whose strings are UTF-8; refused rather than mangled.
+fn env_from_cri(kv: &cri::KeyValue) -> Result<(String, String)> {
+    let value = String::from_utf8(kv.value.clone()).map_err(|_| {
+        Error::InvalidArgument(format!("env {:?}: value is not valid UTF-8", kv.key))
+    })?;
+    Ok((kv.key.clone(), value))
+}
+
+/// kubelet's stop signal as a signal name ("SIGRTMIN+3"), None for the runtime's default.
+pub fn stop_signal_from_cri(n: i32) -> Result<Option<String>> {
+    let sig = known::<cri::Signal>("stop_signal:", n)?;
+    if sig == cri::Signal::RuntimeDefault {
+        return Ok(None);
+    }
+    let name = sig
+        .as_str_name()
+        .replace("RTMINPLUS", "RTMIN+")
+        .replace("RTMAXMINUS", "RTMAX-");
+    Ok(Some(name))
+}
+
+/// A signal name (as kept in records: "SIGUSR1", "SIGRTMIN+3", or an image's "TERM"/"15")
+/// as kubelet's enum; RUNTIME_DEFAULT when it names no signal the enum has.
+pub fn stop_signal_to_cri(name: &str) -> cri::Signal {
+    let Some(canonical) =
+        crate::workload::signal::number(name).and_then(crate::workload::signal::name)
+    else {
+        return cri::Signal::RuntimeDefault;
+    };
+    let enum_name = canonical
+        .replace("RTMIN+", "RTMINPLUS")
+        .replace("RTMAX-", "RTMAXMINUS");
+    cri::Signal::from_str_name(&enum_name).unwrap_or(cri::Signal::RuntimeDefault)
 }
 
 /// A mount as ContainerStatus reports it.
@@ -53,8 +91,10 @@ pub fn mount_to_cri(m: &Mount) -> cri::Mount {
         recursive_read_only: m.recursive_read_only,
         image: m.image.as_ref().map(|image| cri::ImageSpec {
             image: image.clone(),
+            image_ref: m.image_id.clone().unwrap_or_default(),
             ..Default::default()
         }),
+        image_sub_path: m.image_sub_path.clone(),
     }
 }
 
@@ -86,12 +126,9 @@ pub fn container_from_cri(c: &cri::ContainerConfig) -> Result<ContainerSpec> {
         command: c.command.clone(),
         args: c.args.clone(),
         working_dir: c.working_dir.clone(),
-        envs: c
-            .envs
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect(),
+        envs: c.envs.iter().map(env_from_cri).collect::<Result<_>>()?,
         mounts: c.mounts.iter().map(mount_from_cri).collect::<Result<_>>()?,
+        stop_signal: stop_signal_from_cri(c.stop_signal)?,
         devices: c
             .devices
             .iter()
@@ -155,10 +192,14 @@ pub fn container_to_cri(c: &ContainerSpec) -> cri::ContainerConfig {
             .iter()
             .map(|(key, value)| cri::KeyValue {
                 key: key.clone(),
-                value: value.clone(),
+                value: value.clone().into_bytes(),
             })
             .collect(),
         mounts: c.mounts.iter().map(mount_to_cri).collect(),
+        stop_signal: c
+            .stop_signal
+            .as_deref()
+            .map_or(cri::Signal::RuntimeDefault, stop_signal_to_cri) as i32,
         devices: c
             .devices
             .iter()

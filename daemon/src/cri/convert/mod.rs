@@ -10,7 +10,9 @@ mod resources;
 mod security;
 
 pub use auth::credentials_from_cri;
-pub use container::{container_from_cri, container_metadata, container_to_cri, mount_to_cri};
+pub use container::{
+    container_from_cri, container_metadata, container_to_cri, mount_to_cri, stop_signal_to_cri,
+};
 pub use pod::{pod_from_cri, pod_metadata, pod_to_cri};
 pub use resources::{resources_from_cri, resources_to_cri};
 pub use security::namespaces_to_cri;

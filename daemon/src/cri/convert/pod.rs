@@ -1,6 +1,6 @@
 //! `PodSandboxConfig` ↔ [`PodSpec`].
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::known;
 use super::resources::{resources_from_cri, resources_to_cri};

@@ -1,6 +1,6 @@
 //! `LinuxContainerResources` ↔ [`Resources`] (field for field).
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use crate::workload::{HugepageLimit, Resources};
 

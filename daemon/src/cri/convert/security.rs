@@ -1,8 +1,8 @@
 //! Namespace options, user namespaces, seccomp/AppArmor profiles (new and deprecated
 //! forms) and the supplemental groups policy.
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::security_profile::ProfileType;
+use berth_cri::v1 as cri;
+use berth_cri::v1::security_profile::ProfileType;
 
 use super::{invalid, known};
 use crate::error::Result;

@@ -2,9 +2,10 @@
 //! unchanged, the deprecated string forms fold into one profile, unknown enum numbers
 //! are InvalidArgument naming the field.
 
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::security_profile::ProfileType;
+use berth_cri::v1 as cri;
+use berth_cri::v1::security_profile::ProfileType;
 
+use super::container::stop_signal_from_cri;
 use super::*;
 use crate::error::Error;
 use crate::workload::{NamespaceMode, Profile, Propagation, Protocol, SupplementalGroupsPolicy};
@@ -57,6 +58,7 @@ pub(crate) fn full_container() -> cri::ContainerConfig {
                 gid_mappings: vec![],
                 recursive_read_only: true,
                 image: None,
+                image_sub_path: String::new(),
             },
             cri::Mount {
                 container_path: "/img".into(),
@@ -65,6 +67,7 @@ pub(crate) fn full_container() -> cri::ContainerConfig {
                     image: "registry/vol:1".into(),
                     ..Default::default()
                 }),
+                image_sub_path: "etc/ssl".into(),
                 ..Default::default()
             },
         ],
@@ -76,6 +79,7 @@ pub(crate) fn full_container() -> cri::ContainerConfig {
         labels: [("l".to_string(), "1".to_string())].into(),
         annotations: [("an".to_string(), "2".to_string())].into(),
         log_path: "app/3.log".into(),
+        stop_signal: cri::Signal::Sigrtmaxminus2 as i32,
         stdin: true,
         stdin_once: true,
         tty: true,
@@ -145,6 +149,7 @@ fn a_full_container_config_goes_there_and_back_unchanged() {
         s.envs,
         vec![("A".into(), "1".into()), ("A".into(), "2".into())]
     );
+    assert_eq!(s.stop_signal.as_deref(), Some("SIGRTMAX-2"));
     assert_eq!(s.mounts[0].propagation, Propagation::HostToContainer);
     assert_eq!(s.mounts[0].image, None);
     assert_eq!(s.mounts[1].image.as_deref(), Some("registry/vol:1"));
@@ -273,4 +278,44 @@ fn unknown_enum_numbers_are_invalid_argument_naming_the_field() {
     p.port_mappings[0].protocol = 7;
     let e = pod_from_cri(&p).unwrap_err();
     assert!(e.to_string().contains("port protocol 7"), "{e}");
+}
+
+#[test]
+fn an_env_value_that_is_not_utf8_is_invalid_argument_naming_the_variable() {
+    let mut c = full_container();
+    c.envs.push(cri::KeyValue {
+        key: "BIN".into(),
+        value: vec![0xff, 0xfe],
+    });
+    let e = container_from_cri(&c).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("\"BIN\"")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn stop_signals_map_to_names_and_back() {
+    assert_eq!(stop_signal_from_cri(0).unwrap(), None);
+    assert_eq!(
+        stop_signal_from_cri(cri::Signal::Sigrtminplus3 as i32)
+            .unwrap()
+            .as_deref(),
+        Some("SIGRTMIN+3")
+    );
+    assert!(matches!(
+        stop_signal_from_cri(999),
+        Err(Error::InvalidArgument(_))
+    ));
+    // An image's forms of a name come back as kubelet's enum.
+    for (name, sig) in [
+        ("SIGUSR1", cri::Signal::Sigusr1),
+        ("TERM", cri::Signal::Sigterm),
+        ("9", cri::Signal::Sigkill),
+        ("SIGRTMIN+3", cri::Signal::Sigrtminplus3),
+        ("SIGRTMAX", cri::Signal::Sigrtmax),
+        ("SIGBOGUS", cri::Signal::RuntimeDefault),
+    ] {
+        assert_eq!(stop_signal_to_cri(name), sig, "{name}");
+    }
 }

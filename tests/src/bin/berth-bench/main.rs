@@ -14,6 +14,7 @@
 //! `--parallel N` (concurrent pod set-ups / exec cycles, default 2).
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as criapi;
 use berth_proto::api;
 use berth_proto::protobuf::well_known_types::any::Any;
 use berth_proto::protobuf::MessageField;
@@ -23,7 +24,6 @@ use berth_tests::ctr::Ctr;
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::procs::field_kb;
 use berth_tests::{cmd, task_api, Instance, Runtime, Setup};
-use k8s_cri::v1 as criapi;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

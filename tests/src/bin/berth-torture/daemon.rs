@@ -3,8 +3,8 @@
 //! environment, killed with SIGKILL, and timed back to ready.
 
 use anyhow::{bail, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::cri::{connect, RuntimeServiceClient};
-use k8s_cri::v1 as cri;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 type Kind = cri::ContainerEventType;
 

@@ -28,7 +28,7 @@ mod workload;
 
 use anyhow::Result;
 use args::{parse, Args};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use report::{print_report, Report};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

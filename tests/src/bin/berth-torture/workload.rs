@@ -4,8 +4,8 @@
 //! churn (pods and containers made and removed in a loop, cut by the kills).
 
 use anyhow::{bail, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::cri::RuntimeServiceClient;
-use k8s_cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! `berthd-bench`: berthd side by side with the reference containerd 1.6, in one run, both
-//! driven by the same gRPC CRI client (k8s-cri over tonic).
+//! driven by the same gRPC CRI client (berth-cri over tonic).
 //!
 //! Figures (printed, never asserted): RunPodSandbox, CreateContainer+StartContainer and
 //! StopPodSandbox+RemovePodSandbox medians (one pod-network pod with one busybox
@@ -39,11 +39,11 @@ mod side;
 mod stream;
 
 use anyhow::{bail, ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::cri::{connect, container_config, pod_config};
 use berth_tests::image::BUSYBOX_IMAGE;
 use berth_tests::{cmd, procs};
 use daemon::Daemon;
-use k8s_cri::v1 as cri;
 use ready::{rss_kb, Ready};
 use report::Col;
 use side::{list_run_pods, Figures, Side};
