@@ -85,6 +85,11 @@ pub fn examine(path: &Path, exe: &Path) -> Found {
         }
     };
     let said = reader.join().unwrap_or_default();
+    // `berthd store check` names the file; the caller's log does already.
+    let said = said
+        .strip_prefix(&format!("{}: ", path.display()))
+        .map(str::to_string)
+        .unwrap_or(said);
     use std::os::unix::process::ExitStatusExt as _;
     match status {
         Some(st) if st.success() => Found::Healthy,
