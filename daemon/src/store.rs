@@ -46,6 +46,13 @@ pub trait Copies: Send + Sync {
     fn removed(&self, table: &str, id: &str);
 }
 
+/// A raw row for [`Store::restore`]: its table, key and value.
+pub type Row = (
+    TableDefinition<'static, &'static str, &'static [u8]>,
+    String,
+    Vec<u8>,
+);
+
 /// The tables whose records have copies.
 fn copied(table: &str) -> bool {
     table == PODS.name() || table == CONTAINERS.name()
@@ -105,11 +112,7 @@ impl Store {
 
     /// Writes raw rows (`table`, key, value) and name reservations into the store in
     /// one transaction: a store rebuilt from copies is all there or not at all.
-    pub fn restore(
-        &self,
-        rows: &[(TableDefinition<&str, &[u8]>, String, Vec<u8>)],
-        names: &[(String, String)],
-    ) -> Result<()> {
+    pub fn restore(&self, rows: &[Row], names: &[(String, String)]) -> Result<()> {
         let tx = self.db.begin_write().map_err(err)?;
         {
             for (table, k, v) in rows {

@@ -206,7 +206,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("berth.redb");
         let _open = crate::store::Store::open(&p).unwrap();
-        assert_eq!(verify(&p).unwrap_err().0, true);
+        assert!(verify(&p).unwrap_err().0, "in use, not damaged");
     }
 
     #[test]

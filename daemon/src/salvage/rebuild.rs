@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::records::copies::RecordCopy;
 use crate::records::{ContainerRecord, PodRecord};
-use crate::store::{Store, CONTAINERS, IMAGES, LEASES, PODS, SNAPSHOTS};
+use crate::store::{Row, Store, CONTAINERS, IMAGES, LEASES, PODS, SNAPSHOTS};
 
 /// What a rebuild put back, and what it left out (with why).
 #[derive(Debug, Default)]
@@ -23,12 +23,6 @@ pub struct Rebuilt {
     pub snapshots: usize,
     pub skipped: Vec<String>,
 }
-
-type Row = (
-    redb::TableDefinition<'static, &'static str, &'static [u8]>,
-    String,
-    Vec<u8>,
-);
 
 fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Internal(format!("encode: {e}")))

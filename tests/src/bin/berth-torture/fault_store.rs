@@ -218,7 +218,7 @@ impl StoreFault {
                 || now.annotations != was.annotations
                 || now.created_at != was.created_at
                 || now.state != was.state
-                || ip(&now) != ip(&was)
+                || ip(&now) != ip(was)
             {
                 report.add(
                     "store: pod changed",

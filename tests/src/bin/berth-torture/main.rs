@@ -133,14 +133,15 @@ async fn run(args: Args) -> Result<()> {
         ipam_dir: args.ipam_dir.clone(),
         runc_root: args.runc_root.clone(),
     };
-    let mut store_fault = match args.faults.contains(&faults::Fault::Store) {
-        true => Some(fault_store::StoreFault::new(
+    let mut store_fault = None;
+    if args.faults.contains(&faults::Fault::Store) {
+        let log = work.join("daemon.log");
+        store_fault = Some(fault_store::StoreFault::new(
             args.root.as_deref(),
-            work.join("daemon.log"),
+            log,
             args.seed,
-        )?),
-        false => None,
-    };
+        )?);
+    }
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
 
