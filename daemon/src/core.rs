@@ -86,8 +86,20 @@ impl Core {
         crate::util::modes::secure_top(&config.paths.root, ROOT_DIRS)?;
         crate::util::modes::secure_top(&config.paths.state, STATE_DIRS)?;
         let config = Arc::new(config);
-        let store = Arc::new(Store::open(&config.store_path())?);
+        let mut store = Store::open(&config.store_path())?;
         crate::records::migrate::ensure_current(&store)?;
+        // Every pod and container record is kept as a copy too (a lost store is rebuilt
+        // from them, `salvage`); records a berthd without copies wrote get theirs now.
+        let copies = Arc::new(crate::records::copies::RecordCopies::new(
+            &config.paths.root,
+        ));
+        match copies.sync(&store) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(written = n, "record copies brought up to date"),
+            Err(e) => tracing::warn!(error = %e, "record copies not brought up to date"),
+        }
+        store.set_copies(copies);
+        let store = Arc::new(store);
         let images = Arc::new(ImageStore::open(&config.paths.root, store.clone())?);
         let census_store = store.clone();
         let metrics = Arc::new(Metrics::new(Box::new(move || census(&census_store))));

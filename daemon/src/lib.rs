@@ -18,6 +18,7 @@ pub mod oci_config;
 pub mod pod;
 pub mod records;
 pub mod recovery;
+pub mod salvage;
 pub mod shim_client;
 pub mod store;
 pub mod stream;

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use berthd::{config, core, cri, error, failpoints, image, logging, metrics, store, stream};
+use berthd::{
+    config, core, cri, error, failpoints, image, logging, metrics, salvage, store, stream,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -48,6 +50,19 @@ enum Command {
         #[command(subcommand)]
         what: ImageCommand,
     },
+    /// The state store.
+    Store {
+        #[command(subcommand)]
+        what: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check that the state store (PATH, else the configured one) can be read through:
+    /// exit 0, or 1 with what is wrong, or 2 when another process holds it. berthd runs
+    /// this on its store before each start.
+    Check { path: Option<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +95,13 @@ fn main() {
     {
         print!("{}", config::DEFAULT_TOML);
         return;
+    }
+    // Before the configuration: berthd's own startup check names the file.
+    if let Some(Command::Store {
+        what: StoreCommand::Check { path: Some(p) },
+    }) = &cli.command
+    {
+        check_store(p);
     }
     let mut cfg = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -125,6 +147,12 @@ fn main() {
     if let Err(e) = failpoints::arm_from_env() {
         fail(&error::Error::Config(e));
     }
+    if let Some(Command::Store {
+        what: StoreCommand::Check { path: None },
+    }) = &cli.command
+    {
+        check_store(&cfg.store_path());
+    }
     if let Some(Command::Image { what }) = cli.command {
         let res = match what {
             ImageCommand::Import { files } => import_images(&cfg, &files),
@@ -156,6 +184,10 @@ fn main() {
                 "" => None,
                 a => Some(metrics::bind(a)?),
             };
+            // A store that is gone or cannot be read is rebuilt from the record copies
+            // before anything reads it (the socket above keeps a second berthd out).
+            let exe = std::env::current_exe().map_err(|e| error::Error::io("current_exe", e))?;
+            salvage::prepare(&cfg, &exe)?;
             cri::store_upgrade::upgrade(&cfg.store_path())?;
             Ok((s, ep, core::Core::open(cfg)?))
         });
@@ -216,6 +248,25 @@ fn export_images(
         println!("{} {}", rec.id, rec.repo_tags.join(","));
     }
     Ok(())
+}
+
+/// `berthd store check`: exits with the verdict (may abort inside redb on garbage, which
+/// is what the caller's check is for).
+fn check_store(path: &std::path::Path) -> ! {
+    match salvage::check::verify(path) {
+        Ok(()) => {
+            println!("{}: readable", path.display());
+            std::process::exit(0)
+        }
+        Err((in_use, why)) => {
+            eprintln!("{}: {why}", path.display());
+            std::process::exit(if in_use {
+                salvage::check::EXIT_IN_USE
+            } else {
+                salvage::check::EXIT_DAMAGED
+            })
+        }
+    }
 }
 
 fn fail(e: &error::Error) -> ! {

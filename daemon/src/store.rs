@@ -32,6 +32,30 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub struct Store {
     db: Database,
+    /// Keeps a copy of each pod and container record outside the store (`records::copies`).
+    copies: Option<std::sync::Arc<dyn Copies>>,
+}
+
+/// A durable copy of every pod and container record outside the store, from which a lost
+/// or damaged store is rebuilt (`records::copies`, `salvage`). Told of each new record
+/// value before its transaction commits (so a copy is never behind a committed record),
+/// and of each removal. A copy that cannot be written is its own business (logged): the
+/// store stays the truth.
+pub trait Copies: Send + Sync {
+    fn written(&self, store: &Store, table: &str, id: &str, bytes: &[u8]);
+    fn removed(&self, table: &str, id: &str);
+}
+
+/// A raw row for [`Store::restore`]: its table, key and value.
+pub type Row = (
+    TableDefinition<'static, &'static str, &'static [u8]>,
+    String,
+    Vec<u8>,
+);
+
+/// The tables whose records have copies.
+fn copied(table: &str) -> bool {
+    table == PODS.name() || table == CONTAINERS.name()
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -66,7 +90,43 @@ impl Store {
         tx.open_table(TOMBSTONES).map_err(err)?;
         tx.open_table(META).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Store { db })
+        Ok(Store { db, copies: None })
+    }
+
+    /// From now on, every pod and container record is also kept by `copies`.
+    pub fn set_copies(&mut self, copies: std::sync::Arc<dyn Copies>) {
+        self.copies = Some(copies);
+    }
+
+    fn copy_written(&self, table: TableDefinition<&str, &[u8]>, id: &str, bytes: &[u8]) {
+        if let Some(c) = self.copies.as_ref().filter(|_| copied(table.name())) {
+            c.written(self, table.name(), id, bytes);
+        }
+    }
+
+    fn copy_removed(&self, table: TableDefinition<&str, &[u8]>, id: &str) {
+        if let Some(c) = self.copies.as_ref().filter(|_| copied(table.name())) {
+            c.removed(table.name(), id);
+        }
+    }
+
+    /// Writes raw rows (`table`, key, value) and name reservations into the store in
+    /// one transaction: a store rebuilt from copies is all there or not at all.
+    pub fn restore(&self, rows: &[Row], names: &[(String, String)]) -> Result<()> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            for (table, k, v) in rows {
+                tx.open_table(*table)
+                    .map_err(err)?
+                    .insert(k.as_str(), v.as_slice())
+                    .map_err(err)?;
+            }
+            let mut t = tx.open_table(NAMES).map_err(err)?;
+            for (name, id) in names {
+                t.insert(name.as_str(), id.as_str()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     /// Inserts a new record under a name that must be free, both in one transaction.
@@ -95,6 +155,7 @@ impl Store {
             }
             t.insert(id, bytes.as_slice()).map_err(err)?;
         }
+        self.copy_written(table, id, &bytes);
         tx.commit().map_err(err)
     }
 
@@ -111,6 +172,7 @@ impl Store {
             .map_err(err)?
             .insert(id, bytes.as_slice())
             .map_err(err)?;
+        self.copy_written(table, id, &bytes);
         tx.commit().map_err(err)
     }
 
@@ -135,6 +197,7 @@ impl Store {
                     if f(&mut rec) {
                         let bytes = serde_json::to_vec(&rec).map_err(err)?;
                         t.insert(id, bytes.as_slice()).map_err(err)?;
+                        self.copy_written(table, id, &bytes);
                         Some(rec)
                     } else {
                         None
@@ -229,9 +292,11 @@ impl Store {
             for (id, rec) in puts {
                 let bytes = serde_json::to_vec(rec).map_err(err)?;
                 t.insert(*id, bytes.as_slice()).map_err(err)?;
+                self.copy_written(table, id, &bytes);
             }
             for id in deletes {
                 t.remove(*id).map_err(err)?;
+                self.copy_removed(table, id);
             }
         }
         tx.commit().map_err(err)
@@ -244,6 +309,9 @@ impl Store {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
+        // The copy goes first: a crash in between leaves a record without a copy (written
+        // again at the next start), never a copy that would bring a removed record back.
+        self.copy_removed(table, id);
         let tx = self.db.begin_write().map_err(err)?;
         {
             tx.open_table(table).map_err(err)?.remove(id).map_err(err)?;

@@ -1,5 +1,6 @@
 //! Leftovers without an owner are removed when berthd starts: here every pod and container
-//! loses its record at once (the state store is deleted while berthd is down), so each
+//! loses its record at once (the state store and the record copies it would be rebuilt
+//! from, docs/crash-recovery.md, are deleted while berthd is down), so each
 //! shim, container process, cgroup, rootfs mount, bundle, netns pin and IP allocation left
 //! behind is an orphan that the next berthd must clean up.
 
@@ -86,6 +87,16 @@ fn leftovers_of_a_lost_state_store_are_removed_at_startup() -> Result<()> {
 
     d.kill9()?;
     std::fs::remove_file(root.join("berth.redb")).context("remove the state store")?;
+    let copies: Vec<PathBuf> = [root.join("pods"), root.join("containers")]
+        .iter()
+        .flat_map(|d| entries(d))
+        .map(|d| d.join("berth-record.json"))
+        .filter(|f| f.exists())
+        .collect();
+    ensure!(copies.len() == 4, "record copies: {copies:?}");
+    for f in copies {
+        std::fs::remove_file(f)?;
+    }
     d.restart()?;
 
     block_on(async {

@@ -91,7 +91,8 @@ fn another_local_user_can_read_nothing_of_berthds_state() -> Result<()> {
             let r = as_nobody(&["ls", &s(dir)]);
             ensure!(r.is_err(), "nobody lists {}: {r:?}", dir.display());
         }
-        for file in [&root.join("berth.redb"), &spec, &layer_file] {
+        let copy = root.join("containers").join(&id).join("berth-record.json");
+        for file in [&root.join("berth.redb"), &spec, &copy, &layer_file] {
             let r = as_nobody(&["cat", &s(file)]);
             ensure!(r.is_err(), "nobody reads {}", file.display());
         }
@@ -113,6 +114,7 @@ fn another_local_user_can_read_nothing_of_berthds_state() -> Result<()> {
             (&root.join("containers"), 0o700),
             (&state.join("containers"), 0o700),
             (&spec, 0o600),
+            (&copy, 0o600),
         ] {
             ensure!(
                 mode(p)? == want,

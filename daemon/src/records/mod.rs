@@ -1,7 +1,9 @@
 //! Berth's records of pods and containers as the state store keeps them (committed
 //! before any CRI call is answered), and their typed lookup in the store (`lookup`).
-//! The services own the transitions; this module only the shapes.
+//! The services own the transitions; this module only the shapes, and the copies of the
+//! records kept outside the store (`copies`) to rebuild a lost one from.
 
+pub mod copies;
 mod lookup;
 pub mod migrate;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
-[--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--iterations N] [--faults kill,store] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
 [--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
 Try 'berth-torture --help' for what each option does.";
 
@@ -37,6 +37,10 @@ REQUIRED:
 
 OPTIONS:
     --iterations N        Kill-restart-check rounds with a random kill moment [20].
+    --faults LIST         What each round does besides the kill, the rounds taking the
+                          list's faults in turn: kill (nothing more), store (the daemon's
+                          state store <root>/berth.redb is deleted, truncated or garbled,
+                          in turn, while it is down; needs --root) [kill].
     --failpoints LIST     Also make the daemon (or new pods' shims) die at failpoints, each
                           once: all, none, or names separated by commas. Berth only: armed
                           through BERTH_FAILPOINTS / BERTH_SHIM_FAILPOINTS [none].
@@ -91,6 +95,7 @@ pub struct Args {
     pub daemon: String,
     pub image: String,
     pub iterations: usize,
+    pub faults: Vec<crate::faults::Fault>,
     pub failpoints: Vec<String>,
     pub pod_network: bool,
     pub root: Option<PathBuf>,
@@ -110,6 +115,7 @@ pub fn parse() -> Result<Args> {
         daemon: String::new(),
         image: String::new(),
         iterations: 20,
+        faults: vec![crate::faults::Fault::Kill],
         failpoints: Vec::new(),
         pod_network: false,
         root: None,
@@ -135,6 +141,7 @@ pub fn parse() -> Result<Args> {
             "--daemon" => a.daemon = v()?,
             "--image" => a.image = v()?,
             "--iterations" => a.iterations = v()?.parse()?,
+            "--faults" => a.faults = crate::faults::Fault::parse(&v()?)?,
             "--failpoints" => {
                 a.failpoints = match v()?.as_str() {
                     "all" => FAILPOINTS.iter().map(|s| s.to_string()).collect(),

@@ -23,6 +23,8 @@ mod args;
 mod checks;
 mod daemon;
 mod events;
+mod fault_store;
+mod faults;
 mod report;
 mod workload;
 
@@ -131,6 +133,15 @@ async fn run(args: Args) -> Result<()> {
         ipam_dir: args.ipam_dir.clone(),
         runc_root: args.runc_root.clone(),
     };
+    let mut store_fault = None;
+    if args.faults.contains(&faults::Fault::Store) {
+        let log = work.join("daemon.log");
+        store_fault = Some(fault_store::StoreFault::new(
+            args.root.as_deref(),
+            log,
+            args.seed,
+        )?);
+    }
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
 
@@ -141,6 +152,14 @@ async fn run(args: Args) -> Result<()> {
             .get(iter.wrapping_sub(args.iterations))
             .cloned();
         let fp = if iter >= args.iterations { fp } else { None };
+        // Random-kill rounds take the faults in turn; failpoint rounds only kill.
+        let fault = match fp {
+            None => args.faults[iter % args.faults.len()],
+            Some(_) => faults::Fault::Kill,
+        };
+        let store = store_fault
+            .as_mut()
+            .filter(|_| fault == faults::Fault::Store);
         let r = iteration(
             &mut d,
             &mut rs,
@@ -153,6 +172,7 @@ async fn run(args: Args) -> Result<()> {
             &mut report,
             &mut lived,
             args.pull.as_deref(),
+            store,
         )
         .await;
         if let Err(e) = r {
@@ -199,7 +219,11 @@ async fn run(args: Args) -> Result<()> {
         last = n;
     }
     watching.abort();
-    let (bad, redelivered, ids) = watcher.check(&lived);
+    let (mut bad, redelivered, ids) = watcher.check(&lived);
+    if let Some(sf) = store_fault.as_mut() {
+        bad = sf.sort_events(bad, &lived);
+        println!("{}", sf.summary());
+    }
     for b in bad {
         report.add("events", b);
     }
@@ -234,6 +258,7 @@ async fn iteration(
     report: &mut Report,
     lived: &mut Vec<String>,
     pull: Option<&str>,
+    mut store: Option<&mut fault_store::StoreFault>,
 ) -> Result<()> {
     // Unique per run: a victim's log file is named after it, and a repeated name would
     // append to an earlier victim's log.
@@ -249,6 +274,10 @@ async fn iteration(
         d.start(Some(&format!("{f}=panic"))).await?;
         *rs = d.client().await?;
     }
+    let known = match store.as_deref_mut() {
+        Some(sf) => Some(sf.before(rs, shape, vpod, vcfg).await?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut churn: Vec<_> = (0..2)
         .map(|n| workload::churn(d_socket(d), shape.clone(), stop.clone(), n))
@@ -304,6 +333,9 @@ async fn iteration(
     tokio::time::sleep(Duration::from_millis(300)).await;
     for c in churn {
         c.abort();
+    }
+    if let Some(sf) = store.as_deref_mut() {
+        sf.damage()?;
     }
     let up_at = now_ns();
     let ready = d.start(None).await?;
@@ -449,6 +481,9 @@ async fn iteration(
                 );
             }
         }
+    }
+    if let (Some(sf), Some(k)) = (store, known) {
+        sf.after(rs, k, report).await?;
     }
     // Everything churn made can be removed (the pulled image too); the victims go too.
     if let Some(image) = pull {
