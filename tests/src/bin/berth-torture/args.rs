@@ -1,12 +1,13 @@
 //! berth-torture's command line: the options, their defaults, the usage line and
 //! `--help`.
 
+use crate::faults::Fault;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
-[--iterations N] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--iterations N] [--faults kill,reboot] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
 [--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
 Try 'berth-torture --help' for what each option does.";
 
@@ -36,7 +37,14 @@ REQUIRED:
                           already has (it is not pulled), e.g. docker.io/library/busybox.
 
 OPTIONS:
-    --iterations N        Kill-restart-check rounds with a random kill moment [20].
+    --iterations N        Kill-restart-check rounds with a random kill moment [20]; also
+                          the number of rounds of every other fault in --faults.
+    --faults LIST         The faults, in order, separated by commas [kill]: kill (the
+                          random kills, then --failpoints), reboot (a simulated node
+                          reboot: every shim and container killed -9, the state dir
+                          unmounted and emptied, netns pins gone; checks that old pods are
+                          NotReady, their containers exited with a reason, their IPs
+                          released, everything removable, nothing left, new pods run).
     --failpoints LIST     Also make the daemon (or new pods' shims) die at failpoints, each
                           once: all, none, or names separated by commas. Berth only: armed
                           through BERTH_FAILPOINTS / BERTH_SHIM_FAILPOINTS [none].
@@ -91,6 +99,7 @@ pub struct Args {
     pub daemon: String,
     pub image: String,
     pub iterations: usize,
+    pub faults: Vec<Fault>,
     pub failpoints: Vec<String>,
     pub pod_network: bool,
     pub root: Option<PathBuf>,
@@ -110,6 +119,7 @@ pub fn parse() -> Result<Args> {
         daemon: String::new(),
         image: String::new(),
         iterations: 20,
+        faults: vec![Fault::Kill],
         failpoints: Vec::new(),
         pod_network: false,
         root: None,
@@ -135,6 +145,7 @@ pub fn parse() -> Result<Args> {
             "--daemon" => a.daemon = v()?,
             "--image" => a.image = v()?,
             "--iterations" => a.iterations = v()?.parse()?,
+            "--faults" => a.faults = Fault::parse(&v()?)?,
             "--failpoints" => {
                 a.failpoints = match v()?.as_str() {
                     "all" => FAILPOINTS.iter().map(|s| s.to_string()).collect(),

@@ -23,6 +23,8 @@ mod args;
 mod checks;
 mod daemon;
 mod events;
+mod fault_reboot;
+mod faults;
 mod report;
 mod workload;
 
@@ -134,7 +136,12 @@ async fn run(args: Args) -> Result<()> {
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
 
-    let total = args.iterations + args.failpoints.len();
+    let kills = args.faults.contains(&faults::Fault::Kill);
+    let total = if kills {
+        args.iterations + args.failpoints.len()
+    } else {
+        0
+    };
     for iter in 0..total {
         let fp = args
             .failpoints
@@ -179,6 +186,31 @@ async fn run(args: Args) -> Result<()> {
         baseline = now;
         eprintln!("[torture] iteration {}/{} done", iter + 1, total);
     }
+    // After the kills: a reboot ends the long-lived workload too.
+    let reboots = if args.faults.contains(&faults::Fault::Reboot) {
+        args.iterations
+    } else {
+        0
+    };
+    for n in 0..reboots {
+        let r = fault_reboot::round(
+            &mut d,
+            &mut rs,
+            &shape,
+            &scope,
+            &mut report,
+            n,
+            &mut baseline,
+        )
+        .await;
+        if let Err(e) = r {
+            report.add("harness", format!("reboot {n}: {e:#}"));
+            d.kill9();
+            d.start(None).await?;
+            rs = d.client().await?;
+        }
+        eprintln!("[torture] reboot {}/{reboots} done", n + 1);
+    }
 
     // Teardown: every pod the harness made.
     let mut rs = d.client().await?;
@@ -214,7 +246,7 @@ async fn run(args: Args) -> Result<()> {
             workload::PULL_ERROR.lock().unwrap()
         );
     }
-    print_report(&report, total);
+    print_report(&report, total + reboots);
     if !report.violations.is_empty() {
         std::process::exit(1);
     }
