@@ -121,6 +121,22 @@ impl Faulty {
     }
 }
 
+/// Puts the faulty plugin under the bridge network of a configured (not yet started)
+/// berthd (`Builder::cni_bridge`): installed in a bin dir of its own, looked up before the
+/// real plugins, each plugin call bounded by `timeout_s` seconds (`cni.plugin_timeout`).
+pub fn use_in(d: &crate::berthd::Berthd, timeout_s: u64) -> Result<Faulty> {
+    let faulty = Faulty::install(&d.dir.path().join("cni-bin"))?;
+    route_through(&d.cni_dir)?;
+    // The fixture's config has its [cni] table: the keys go into it.
+    let text = std::fs::read_to_string(&d.config)?;
+    let keys = format!(
+        "[cni]\nplugin_timeout = {timeout_s}\nbin_dirs = [\"{}\", \"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+        faulty.dir.display()
+    );
+    std::fs::write(&d.config, text.replacen("[cni]\n", &keys, 1))?;
+    Ok(faulty)
+}
+
 /// Makes the bridge conflist `cni::bridge` wrote into `cni_dir` run through the faulty
 /// plugin instead of the bridge plugin itself.
 pub fn route_through(cni_dir: &Path) -> Result<()> {

@@ -34,6 +34,7 @@ pub mod image;
 pub mod leaks;
 pub mod pod;
 pub mod procs;
+pub mod reboot;
 pub mod registry;
 pub mod shim;
 pub mod slow_proxy;

@@ -17,19 +17,11 @@ use std::time::{Duration, Instant};
 /// The bound configured for each plugin call.
 const TIMEOUT_S: u64 = 2;
 
-/// A berthd whose pod network runs through the faulty plugin (in a bin dir of the test's
-/// own, looked up before the real plugins), each plugin call bounded by TIMEOUT_S.
+/// A berthd whose pod network runs through the faulty plugin, each plugin call bounded
+/// by TIMEOUT_S.
 fn faulty_berthd(slot: u32) -> Result<(Berthd, Faulty)> {
     let d = Berthd::builder().busybox().cni_bridge(slot).configure()?;
-    let faulty = Faulty::install(&d.dir.path().join("cni-bin"))?;
-    faulty_cni::route_through(&d.cni_dir)?;
-    // The fixture's config has its [cni] table: the keys go into it.
-    let text = std::fs::read_to_string(&d.config)?;
-    let keys = format!(
-        "[cni]\nplugin_timeout = {TIMEOUT_S}\nbin_dirs = [\"{}\", \"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
-        faulty.dir.display()
-    );
-    std::fs::write(&d.config, text.replacen("[cni]\n", &keys, 1))?;
+    let faulty = faulty_cni::use_in(&d, TIMEOUT_S)?;
     Ok((d.start()?, faulty))
 }
 

@@ -1,9 +1,8 @@
 //! `--faults reboot`: a simulated node reboot. Each round: pods with a running counter
-//! and a container created but never started; the daemon killed; every shim of the
-//! daemon and every process of its pods (the shims' descendants and the pods' cgroups)
-//! killed -9 by pid; what a reboot takes with it removed: the pods' cgroups, the
-//! runtime's state of their tasks, the shims' sockets, every mount under the state (and
-//! root) dir, the state dir's contents with the netns pins. Then the daemon starts (time
+//! and a container created but never started; the daemon killed; the reboot simulated
+//! by `berth_tests::reboot` (every shim and pod process killed -9 by pid; cgroups,
+//! runtime state, shim sockets, mounts and the state dir's contents with the netns pins
+//! removed, as a reboot removes them). Then the daemon starts (time
 //! to ready printed, with the number of pods), and the checks: every old pod NotReady,
 //! every old container exited with a reason, the old pods' IPs released without any
 //! stop (host-local files under `--ipam-dir`), kubelet's stop and removal of all of them,
@@ -12,7 +11,6 @@
 use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::checks::{leftovers, Scope};
@@ -24,8 +22,6 @@ use crate::workload::{self, Rs, Shape};
 const PODS: usize = 3;
 /// How long the old pods' IPs may take to be released after the restart.
 const RELEASE_WITHIN: Duration = Duration::from_secs(10);
-/// The runtime's namespace for its shims' sockets (berthd's).
-const NAMESPACE: &str = "berth";
 
 type Snapshot = BTreeMap<&'static str, Vec<String>>;
 
@@ -78,7 +74,19 @@ pub async fn round(
     workload(rs, shape, n).await?;
     let old = old_world(rs).await?;
     d.kill9();
-    simulate_reboot(scope, &old)?;
+    berth_tests::reboot::simulate(&berth_tests::reboot::Node {
+        socket: &scope.socket,
+        state: scope.state.as_deref(),
+        root: scope.root.as_deref(),
+        cgroup_parent: &scope.cgroup_parent,
+        runc_root: &scope.runc_root,
+        pods: &old
+            .pods
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>(),
+        containers: &old.containers,
+    })?;
     let ready = d.start(None).await?;
     println!(
         "reboot {n}: ready in {ready:?} with {} pods and {} containers from before the reboot",
@@ -161,67 +169,6 @@ async fn old_world(rs: &mut Rs) -> Result<Old> {
     Ok(Old { pods, containers })
 }
 
-/// What a reboot does to the daemon's pods, done by pid and by path (never by name).
-fn simulate_reboot(scope: &Scope, old: &Old) -> Result<()> {
-    let ids: Vec<&str> = old
-        .pods
-        .iter()
-        .map(|(id, _)| id.as_str())
-        .chain(old.containers.iter().map(String::as_str))
-        .collect();
-    let shims: Vec<i32> = berth_tests::procs::shims_of(&scope.socket)
-        .iter()
-        .map(|p| p.pid)
-        .collect();
-    // The shims' children first found, then everything in the pods' cgroups.
-    let mut pids = berth_tests::procs::descendants(&shims);
-    for id in &ids {
-        for dir in cgroup_dirs(&scope.cgroup_parent, id) {
-            pids.extend(cgroup_procs(&dir));
-        }
-    }
-    for pid in shims.iter().chain(&pids) {
-        let _ = berth_tests::procs::signal(*pid, libc::SIGKILL);
-    }
-    let all: Vec<i32> = shims.iter().chain(&pids).copied().collect();
-    berth_tests::procs::poll(Duration::from_secs(10), "killed processes to die", || {
-        all.iter()
-            .all(|p| !berth_tests::procs::alive(*p))
-            .then_some(())
-    })?;
-    // A reboot leaves no cgroup, no runtime state in /run, no shim socket.
-    for id in &ids {
-        for dir in cgroup_dirs(&scope.cgroup_parent, id) {
-            remove_cgroup(&dir);
-        }
-        let _ = std::fs::remove_dir_all(scope.runc_root.join(id));
-    }
-    for (pod, _) in &old.pods {
-        for s in berth_tests::leaks::shim_sockets(&scope.socket, NAMESPACE, pod) {
-            let _ = std::fs::remove_file(s);
-        }
-    }
-    // Every mount (rootfs overlays, netns pins), then the state dir's contents.
-    for dir in [&scope.state, &scope.root].into_iter().flatten() {
-        for m in berth_tests::leaks::mounts_under(dir) {
-            umount_detach(&m);
-        }
-    }
-    if let Some(state) = &scope.state {
-        for e in std::fs::read_dir(state)?.flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&p)
-                    .with_context(|| format!("empty the state dir: {}", p.display()))?;
-            } else {
-                std::fs::remove_file(&p)
-                    .with_context(|| format!("empty the state dir: {}", p.display()))?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Every old pod NotReady, every old container exited with a reason.
 async fn check_settled(rs: &mut Rs, old: &Old, report: &mut Report, n: usize) -> Result<()> {
     for (id, _) in &old.pods {
@@ -289,64 +236,5 @@ async fn check_released(scope: &Scope, old: &Old, report: &mut Report, n: usize)
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The task's cgroup in every hierarchy (each v1 controller, or the v2 tree).
-fn cgroup_dirs(parent: &str, id: &str) -> Vec<PathBuf> {
-    let rel = Path::new(parent.trim_start_matches('/')).join(id);
-    let base = Path::new("/sys/fs/cgroup");
-    if base.join("cgroup.controllers").exists() {
-        return vec![base.join(rel)];
-    }
-    let mut seen = Vec::new();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
-        // cpu and cpuacct are links to cpu,cpuacct: each hierarchy once.
-        let Ok(real) = std::fs::canonicalize(e.path()) else {
-            continue;
-        };
-        if seen.contains(&real) {
-            continue;
-        }
-        seen.push(real.clone());
-        let d = real.join(&rel);
-        if d.is_dir() {
-            out.push(d);
-        }
-    }
-    out
-}
-
-fn cgroup_procs(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// rmdir of an emptied cgroup (and its children), retried while the kernel lets go.
-fn remove_cgroup(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup(&e.path());
-        }
-    }
-    for _ in 0..100 {
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn umount_detach(p: &Path) {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: a valid NUL-terminated path; MNT_DETACH never blocks.
-    unsafe {
-        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
     }
 }
