@@ -68,6 +68,8 @@ impl CgroupDriver {
 pub struct Cni {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
+    /// Seconds one CNI plugin call (ADD or DEL) may take before it is killed.
+    pub plugin_timeout: u64,
     /// The built-in network used while `conf_dir` holds no config.
     pub default: DefaultNetwork,
 }
@@ -254,6 +256,9 @@ impl Config {
             }
         }
         validate_default_network(&self.cni.default)?;
+        if self.cni.plugin_timeout == 0 {
+            return Err(Error::Config("cni.plugin_timeout must be above 0".into()));
+        }
         for (host, endpoints) in &self.registry.mirrors {
             for e in endpoints {
                 let rest = e
@@ -321,6 +326,7 @@ mod tests {
         assert_eq!(c.paths.root, PathBuf::from("/var/lib/berth"));
         assert_eq!(c.runtime.binary, "runc");
         assert_eq!(c.cni.bin_dirs[0], PathBuf::from("/usr/lib/cni"));
+        assert_eq!(c.cni.plugin_timeout, 60);
         assert_eq!(c.streaming.stream_creation_timeout, 30);
         assert_eq!(c.streaming.stream_idle_timeout, 4 * 3600);
     }
@@ -333,6 +339,10 @@ mod tests {
         assert_eq!(c.runtime.cgroup_driver, CgroupDriver::Cgroupfs);
         assert_eq!(c.cni.conf_dir, PathBuf::from("/x"));
         assert_eq!(c.cni.bin_dirs.len(), 2);
+        let t = Config::from_toml("[cni]\nplugin_timeout = 5\n").unwrap();
+        assert_eq!(t.cni.plugin_timeout, 5);
+        let e = Config::from_toml("[cni]\nplugin_timeout = 0\n").unwrap_err();
+        assert!(e.to_string().contains("cni.plugin_timeout"), "{e}");
     }
 
     #[test]

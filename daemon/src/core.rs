@@ -109,6 +109,7 @@ impl Core {
             crate::network::builtin::load(&config.cni.default, &config.paths.state, builtin_on)?;
         let cni = Arc::new(
             Cni::new(config.cni.conf_dir.clone(), config.cni.bin_dirs.clone())
+                .with_timeout(std::time::Duration::from_secs(config.cni.plugin_timeout))
                 .with_builtin(builtin, builtin_on),
         );
         let puller = Arc::new(Puller::new(config.registry.clone(), metrics.pull.clone()));

@@ -72,6 +72,29 @@ impl Containers {
         Ok(())
     }
 
+    /// Marks a Created or Running container Exited with `code` and `reason` when its
+    /// process is known to be gone but its exit is not (a reboot ended it), once.
+    pub fn record_lost(&self, id: &str, code: u32, at: i64, reason: &str) -> Result<()> {
+        let updated = self
+            .store
+            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                if !matches!(r.state, CtrState::Created | CtrState::Running) {
+                    return false;
+                }
+                r.state = CtrState::Exited;
+                r.exit_code = code as i32;
+                r.finished_at = at;
+                r.pid = 0;
+                r.reason = reason.to_string();
+                true
+            })?;
+        if let Some(r) = updated {
+            self.events.emit(Kind::Stopped, id, &r.pod_id, at);
+            tracing::info!(container_id = %id, exit_code = code, reason, "container lost");
+        }
+        Ok(())
+    }
+
     /// Completed, Error, or OOMKilled when the kernel's OOM killer fired in the
     /// container's memory cgroup (read while the task, and so its cgroup, still exists).
     pub fn exit_reason(&self, rec: &ContainerRecord, code: u32) -> String {

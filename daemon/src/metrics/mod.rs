@@ -78,6 +78,8 @@ pub enum PodOutcome {
     Reconnected,
     ShimGone,
     NotReady,
+    /// A reboot ended it (`recovery::reboot`).
+    Rebooted,
 }
 
 /// How an operation a crash cut was resolved at startup.
@@ -97,6 +99,7 @@ impl RecoveryMetrics {
             PodOutcome::Reconnected => "reconnected",
             PodOutcome::ShimGone => "shim_gone",
             PodOutcome::NotReady => "not_ready",
+            PodOutcome::Rebooted => "rebooted",
         };
         self.pods.get_or_create(&vec![("outcome", o)]).inc();
     }

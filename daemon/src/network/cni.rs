@@ -40,6 +40,12 @@ impl Cni {
         }
     }
 
+    /// Bounds each plugin call by `timeout` instead of PLUGIN_TIMEOUT.
+    pub fn with_timeout(mut self, timeout: Duration) -> Cni {
+        self.timeout = timeout;
+        self
+    }
+
     /// Adds the built-in network, used for new pods only when `enabled`.
     pub fn with_builtin(mut self, list: NetworkConfigList, enabled: bool) -> Cni {
         self.builtin = Some(list);

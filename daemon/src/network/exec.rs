@@ -70,6 +70,8 @@ pub(super) async fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a plugin that is a script (or forks) is killed whole.
+        .process_group(0)
         // On timeout (or a cancelled request) the future is dropped: kill the plugin
         // rather than leave it running unobserved; tokio reaps it in the background.
         .kill_on_drop(true)
@@ -84,13 +86,23 @@ pub(super) async fn run(
         let _ = stdin.write_all(conf).await;
         drop(stdin);
     };
-    let output = tokio::time::timeout(call.timeout, async {
+    let group = child.id().map(|pid| pid as i32);
+    let output = async {
         let ((), out) = tokio::join!(feed, child.wait_with_output());
         out
-    })
-    .await
-    .map_err(|_| Error::Network(format!("{what} timed out after {:?}", call.timeout)))?
-    .map_err(|e| Error::Network(format!("{what}: wait: {e}")))?;
+    };
+    tokio::pin!(output);
+    // Declared after `output`, so dropped before it: the group is killed while its leader
+    // is not yet reaped (its pid, the group's id, cannot have been reused).
+    let mut killer = GroupKiller(group);
+    let output = tokio::time::timeout(call.timeout, &mut output).await;
+    if output.is_ok() {
+        // Ended by itself: the group's id may be free again, so nothing is sent to it.
+        killer.0 = None;
+    }
+    let output = output
+        .map_err(|_| Error::Network(format!("{what} timed out after {:?}", call.timeout)))?
+        .map_err(|e| Error::Network(format!("{what}: wait: {e}")))?;
     if output.status.success() {
         return Ok(output.stdout);
     }
@@ -117,6 +129,20 @@ pub(super) async fn run(
         }
     };
     Err(Error::Network(format!("{what} failed: {why}")))
+}
+
+/// SIGKILLs a plugin's process group when dropped armed (a timeout, a cancelled call).
+struct GroupKiller(Option<i32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.filter(|p| *p > 1) {
+            // SAFETY: kill(2) on the process group this call created; no memory touched.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 fn join_paths(dirs: &[PathBuf]) -> String {
@@ -232,5 +258,43 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("timed out"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_hung_script_is_killed_with_its_children() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        // The shell waits on a child (no exec): killing the shell alone would leave it.
+        script(
+            d.path(),
+            "hang",
+            &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+        );
+        let dirs = vec![d.path().to_path_buf()];
+        let e = run(
+            &call(&dirs, Duration::from_millis(500)),
+            "hang",
+            &d.path().join("hang"),
+            b"{}",
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("timed out"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The child was SIGKILLed with its group; once reaped (by init) it is gone.
+        let mut alive = true;
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            alive = !stat.is_empty() && !stat.contains(") Z ");
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive, "the plugin's child {pid} outlived the timeout");
     }
 }

@@ -92,8 +92,9 @@ impl Undo {
         }
         if let Some((list, args)) = self.cni {
             let netns = self.netns.as_ref().map(|n| n.path.clone());
-            if let Err(e) = cni.del(&list, netns.as_deref(), &args).await {
-                tracing::warn!(error = %e, "rollback: CNI DEL");
+            if let Err(e) = super::teardown::del_retried(cni, &list, netns.as_deref(), &args).await
+            {
+                tracing::warn!(error = %e, "rollback: CNI DEL failed; the plugin may keep the IP");
             }
         }
         if let Some(n) = self.netns {

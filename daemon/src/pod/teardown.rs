@@ -1,12 +1,15 @@
 //! StopPodSandbox and RemovePodSandbox: the infra task, the network and the pod's
 //! directories go, also for a pod a crash cut half-made or whose shim died.
 
+use std::path::Path;
+use std::time::Duration;
+
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::intent::Op;
-use crate::network::NetNs;
+use crate::network::{Cni, NetNs, NetworkConfigList, PodNetArgs};
 use crate::records::{PodRecord, PodState, Records};
 use crate::shim_client::forget_task;
 use crate::store::PODS;
@@ -46,7 +49,7 @@ impl Pods {
             // The infra process goes while CNI unwires its netns: independent steps.
             let (infra, network) = tokio::join!(self.stop_infra(&rec), self.unwire(&rec));
             infra?;
-            network?;
+            let released = network?;
             crate::failpoint!("pod.stop.after_infra");
             // Written through `update`: a removal may have marked the record meanwhile.
             let mut was_ready = false;
@@ -58,7 +61,11 @@ impl Pods {
                 }
                 stopped_at = r.stopped_at;
                 r.pid = 0;
-                r.netns = None;
+                // A network whose DEL kept failing stays named (its pin is gone): the
+                // next stop, or the removal, tries DEL again, without a netns.
+                if released {
+                    r.netns = None;
+                }
                 if r.op == Some(Op::Stop) {
                     r.op = None;
                 }
@@ -126,18 +133,36 @@ impl Pods {
         Ok(())
     }
 
-    /// CNI DEL and the netns pin's removal.
-    async fn unwire(&self, rec: &PodRecord) -> Result<()> {
-        if let Some(ns) = rec.netns.clone() {
-            if let Some(list) = self.cni.load_for(&rec.network)? {
+    /// CNI DEL (retried) and the netns pin's removal; whether the network was released.
+    /// A DEL that keeps failing is logged and the pin removed anyway (the namespace and
+    /// its interfaces go with it): kubelet must always be able to stop and remove a pod,
+    /// and what a broken plugin may keep is its own IPAM allocation (docs/berthd.md).
+    async fn unwire(&self, rec: &PodRecord) -> Result<bool> {
+        let Some(ns) = rec.netns.clone() else {
+            return Ok(true);
+        };
+        let released = match self.cni.load_for(&rec.network) {
+            Ok(Some(list)) => {
                 let args = net_args(&rec.id, &rec.config, self.node.pod_cidr());
                 // A pin without its namespace (a crash) is DEL'd without one: IPAM only.
                 let present = NetNs::is_pinned(&ns).then_some(ns.as_path());
-                self.cni.del(&list, present, &args).await?;
+                del_retried(&self.cni, &list, present, &args).await.is_ok()
             }
-            NetNs { path: ns }.remove()?;
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(pod_id = %rec.id, error = %e, "no CNI config to unwire the pod with");
+                false
+            }
+        };
+        if !released {
+            tracing::warn!(
+                pod_id = %rec.id,
+                network = %rec.network,
+                "CNI DEL keeps failing: the netns goes, the network is released again at the next stop or removal"
+            );
         }
-        Ok(())
+        NetNs { path: ns }.remove()?;
+        Ok(released)
     }
 
     /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.
@@ -172,9 +197,49 @@ impl Pods {
                 }
             }
         }
+        if let Some(r) = self
+            .store
+            .get::<PodRecord>(PODS, id)?
+            .filter(|r| r.netns.is_some())
+        {
+            // The last chance to release it went by (logged by `unwire`): kubelet removes.
+            tracing::error!(pod_id = %id, network = %r.network, ips = ?r.ips, "pod removed with its CNI DEL failing: the plugin may keep its IP allocation");
+        }
         let at = self.store.remove(PODS, id, &rec.name_key)?;
         self.events.emit(Kind::Deleted, id, id, at);
         tracing::info!(pod_id = %id, "pod removed");
         Ok(())
+    }
+}
+
+/// How many times one stop (or rollback) tries a failing CNI DEL, and the pause before
+/// each retry (doubled every time).
+const DEL_ATTEMPTS: u32 = 3;
+const DEL_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// CNI DEL, tried DEL_ATTEMPTS times (each plugin call bounded by the configured
+/// plugin timeout); the last error when every attempt failed.
+pub(super) async fn del_retried(
+    cni: &Cni,
+    list: &NetworkConfigList,
+    netns: Option<&Path>,
+    args: &PodNetArgs,
+) -> Result<()> {
+    let mut pause = DEL_RETRY_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match cni.del(list, netns, args).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= DEL_ATTEMPTS => {
+                tracing::warn!(pod_id = %args.sandbox_id, error = %e, attempts = attempt, "CNI DEL failed");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(pod_id = %args.sandbox_id, error = %e, attempt, "CNI DEL failed; retrying");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+        attempt += 1;
     }
 }

@@ -3,11 +3,13 @@
 //! operations a crash cut finished or undone (`intents`), leftovers no record owns
 //! removed (`orphans`). While pods run: each pod's infra process and event journal are
 //! followed (`watch`, `journal`), and a shim that died is settled (`shim_death`). Every
-//! exit found here is recorded through the containers service's one exit path.
+//! exit found here is recorded through the containers service's one exit path. Pods a
+//! node's reboot ended are settled at startup without their shims (`reboot`).
 
 mod intents;
 mod journal;
 mod orphans;
+mod reboot;
 mod shim_death;
 mod startup;
 mod watch;

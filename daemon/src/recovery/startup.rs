@@ -29,6 +29,16 @@ impl Recovery {
     async fn recover_all(self: &Arc<Self>) -> Result<()> {
         let pods: Vec<PodRecord> = self.store.list(PODS)?;
         self.restore_events(&pods)?;
+        // A reboot ended some pods (or all): settled without waiting on their shims.
+        let boot = super::reboot::current_boot();
+        let new_boot = super::reboot::booted_since(&self.config.paths.root, boot.as_deref());
+        if new_boot {
+            tracing::warn!("the node rebooted since berthd last ran: settling every pod");
+        }
+        let (lost, pods): (Vec<PodRecord>, Vec<PodRecord>) = pods
+            .into_iter()
+            .partition(|p| self.lost_to_reboot(p, new_boot));
+        let wired = self.settle_rebooted(&lost).await?;
         let mut tasks = Vec::new();
         for rec in &pods {
             if rec.bundle.join("log").exists() {
@@ -111,6 +121,8 @@ impl Recovery {
         self.resolve_intents().await?;
         self.recover_containers().await?;
         self.remove_orphans().await?;
+        self.release_networks(wired);
+        super::reboot::remember_boot(&self.config.paths.root, boot.as_deref())?;
         Ok(())
     }
 

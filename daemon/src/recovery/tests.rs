@@ -124,3 +124,72 @@ async fn running_containers_of_an_unreachable_shim_are_settled_once() {
     );
     assert_eq!(k.events(), [(Kind::Stopped, "c1".to_string())]);
 }
+
+#[tokio::test]
+async fn pods_a_reboot_ended_are_settled_at_startup_without_their_shims() {
+    let k = kit();
+    // p1: its shim is gone and its bundle with it (the state dir was emptied).
+    let (p1, _) = k.ready_pod("p1");
+    k.launcher
+        .dead
+        .lock()
+        .unwrap()
+        .insert(p1.shim_address.clone());
+    k.container("runs", "p1", CtrState::Running);
+    k.container("made", "p1", CtrState::Created);
+    let mut done = k.container("done", "p1", CtrState::Exited);
+    done.exit_code = 3;
+    done.reason = "Error".into();
+    k.put_container(&done);
+    // p2: its shim answers; it survived.
+    let (p2, _) = k.ready_pod("p2");
+    std::fs::create_dir_all(&p2.bundle).unwrap();
+    k.container("kept", "p2", CtrState::Running);
+    k.core.recovery.recover().await.unwrap();
+    let get = |id: &str| k.core.store().container(id).unwrap();
+    for id in ["runs", "made"] {
+        let c = get(id);
+        assert_eq!(
+            (c.state, c.exit_code, c.reason.as_str()),
+            (CtrState::Exited, 255, "NodeRebooted"),
+            "{id}"
+        );
+    }
+    let done = get("done");
+    assert_eq!((done.exit_code, done.reason.as_str()), (3, "Error"));
+    assert_eq!(get("kept").state, CtrState::Running);
+    let pod = |id: &str| k.core.store().pod(id).unwrap().state;
+    assert_eq!(pod("p1"), crate::records::PodState::NotReady);
+    // p2 is reconnected, not settled (a fake shim's Wait may end its infra at once, so
+    // its pod's state is not asserted): its container runs on, only p1 is counted.
+    let text = k.core.metrics.encode(false);
+    let line = r#"berth_recovery_pods_total{outcome="rebooted"} 1"#;
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} missing in:\n{text}"
+    );
+    // This boot is remembered: the next start compares with it.
+    let stored = std::fs::read_to_string(k.dir.path().join("root/boot_id")).unwrap();
+    let now = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(stored.trim(), now.trim());
+}
+
+#[tokio::test]
+async fn after_a_new_boot_every_pod_is_settled_even_with_its_bundle_left() {
+    let k = kit();
+    let (p1, _) = k.ready_pod("p1");
+    std::fs::create_dir_all(&p1.bundle).unwrap();
+    k.container("c1", "p1", CtrState::Running);
+    // The records were settled in another boot than this one.
+    std::fs::write(k.dir.path().join("root/boot_id"), "an-earlier-boot").unwrap();
+    k.core.recovery.recover().await.unwrap();
+    let c = k.core.store().container("c1").unwrap();
+    assert_eq!(
+        (c.state, c.exit_code, c.reason.as_str()),
+        (CtrState::Exited, 255, "NodeRebooted")
+    );
+    assert_eq!(
+        k.core.store().pod("p1").unwrap().state,
+        crate::records::PodState::NotReady
+    );
+}

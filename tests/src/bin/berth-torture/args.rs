@@ -1,12 +1,13 @@
 //! berth-torture's command line: the options, their defaults, the usage line and
 //! `--help`.
 
+use crate::faults::Fault;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
-[--iterations N] [--faults kill,store] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--iterations N] [--faults kill,store,reboot] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
 [--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
 Try 'berth-torture --help' for what each option does.";
 
@@ -36,11 +37,17 @@ REQUIRED:
                           already has (it is not pulled), e.g. docker.io/library/busybox.
 
 OPTIONS:
-    --iterations N        Kill-restart-check rounds with a random kill moment [20].
-    --faults LIST         What each round does besides the kill, the rounds taking the
-                          list's faults in turn: kill (nothing more), store (the daemon's
+    --iterations N        Kill-restart-check rounds with a random kill moment [20]; also
+                          the number of rounds of a phase fault (reboot).
+    --faults LIST         The faults, separated by commas [kill]. Round faults share the
+                          kill rounds in turn: kill (nothing more), store (the daemon's
                           state store <root>/berth.redb is deleted, truncated or garbled,
-                          in turn, while it is down; needs --root) [kill].
+                          in turn, while it is down; needs --root). Phase faults run their
+                          own rounds after them: reboot (a simulated node reboot: every
+                          shim and container killed -9, the state dir unmounted and
+                          emptied, netns pins gone; checks that old pods are NotReady,
+                          their containers exited with a reason, their IPs released,
+                          everything removable, nothing left, new pods run).
     --failpoints LIST     Also make the daemon (or new pods' shims) die at failpoints, each
                           once: all, none, or names separated by commas. Berth only: armed
                           through BERTH_FAILPOINTS / BERTH_SHIM_FAILPOINTS [none].
@@ -95,7 +102,7 @@ pub struct Args {
     pub daemon: String,
     pub image: String,
     pub iterations: usize,
-    pub faults: Vec<crate::faults::Fault>,
+    pub faults: Vec<Fault>,
     pub failpoints: Vec<String>,
     pub pod_network: bool,
     pub root: Option<PathBuf>,
@@ -115,7 +122,7 @@ pub fn parse() -> Result<Args> {
         daemon: String::new(),
         image: String::new(),
         iterations: 20,
-        faults: vec![crate::faults::Fault::Kill],
+        faults: vec![Fault::Kill],
         failpoints: Vec::new(),
         pod_network: false,
         root: None,
@@ -141,7 +148,7 @@ pub fn parse() -> Result<Args> {
             "--daemon" => a.daemon = v()?,
             "--image" => a.image = v()?,
             "--iterations" => a.iterations = v()?.parse()?,
-            "--faults" => a.faults = crate::faults::Fault::parse(&v()?)?,
+            "--faults" => a.faults = Fault::parse(&v()?)?,
             "--failpoints" => {
                 a.failpoints = match v()?.as_str() {
                     "all" => FAILPOINTS.iter().map(|s| s.to_string()).collect(),

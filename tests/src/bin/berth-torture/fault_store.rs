@@ -9,7 +9,7 @@
 //! it (docs/crash-recovery.md): they are counted here, not reported as violations.
 
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

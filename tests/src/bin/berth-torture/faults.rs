@@ -1,5 +1,7 @@
-//! The faults the harness injects (`--faults LIST`): each iteration takes the next one of
-//! the list. Every fault's injection and its own checks live in a `fault_<name>.rs`.
+//! The faults berth-torture injects (`--faults LIST`): each a variant here, its injection
+//! and its own checks in a `fault_<name>.rs` of its own. Round faults (kill, store) share
+//! the `--iterations` kill rounds in turn; a phase fault (reboot) runs its own rounds after
+//! them.
 
 use anyhow::{bail, Result};
 
@@ -10,23 +12,35 @@ pub enum Fault {
     /// SIGKILL, then the daemon's state store deleted, truncated or garbled (in turn)
     /// before the restart (`fault_store`).
     Store,
+    /// A simulated node reboot (`fault_reboot`): every shim and container killed, the
+    /// state dir emptied, the netns pins gone, then the daemon started.
+    Reboot,
 }
 
 impl Fault {
-    /// A comma-separated list of fault names.
+    /// A comma-separated list ("kill,store,reboot"); each fault once, in the order given.
     pub fn parse(list: &str) -> Result<Vec<Fault>> {
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            out.push(match name {
+            let f = match name {
                 "kill" => Fault::Kill,
                 "store" => Fault::Store,
-                other => bail!("unknown fault {other:?} (known: kill, store)"),
-            });
+                "reboot" => Fault::Reboot,
+                other => bail!("unknown fault {other:?} (known: kill, store, reboot)"),
+            };
+            if !out.contains(&f) {
+                out.push(f);
+            }
         }
         if out.is_empty() {
             bail!("--faults needs at least one fault");
         }
         Ok(out)
+    }
+
+    /// A fault of the kill rounds (taken in turn by them), not a phase of its own.
+    pub fn per_round(self) -> bool {
+        matches!(self, Fault::Kill | Fault::Store)
     }
 }
 
@@ -36,12 +50,13 @@ mod tests {
 
     #[test]
     fn lists() {
-        assert_eq!(Fault::parse("kill").unwrap(), [Fault::Kill]);
+        assert_eq!(Fault::parse("kill").unwrap(), vec![Fault::Kill]);
         assert_eq!(
-            Fault::parse("kill,store").unwrap(),
-            [Fault::Kill, Fault::Store]
+            Fault::parse("reboot, kill,store,reboot").unwrap(),
+            vec![Fault::Reboot, Fault::Kill, Fault::Store]
         );
-        assert!(Fault::parse("kill,flood").is_err());
         assert!(Fault::parse("").is_err());
+        assert!(Fault::parse("kill,nap").is_err());
+        assert!(Fault::Store.per_round() && !Fault::Reboot.per_round());
     }
 }

@@ -23,6 +23,7 @@ mod args;
 mod checks;
 mod daemon;
 mod events;
+mod fault_reboot;
 mod fault_store;
 mod faults;
 mod report;
@@ -145,7 +146,18 @@ async fn run(args: Args) -> Result<()> {
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
 
-    let total = args.iterations + args.failpoints.len();
+    // The kill rounds take the round faults in turn (none: no kill rounds).
+    let rounds: Vec<faults::Fault> = args
+        .faults
+        .iter()
+        .copied()
+        .filter(|f| f.per_round())
+        .collect();
+    let total = if rounds.is_empty() {
+        0
+    } else {
+        args.iterations + args.failpoints.len()
+    };
     for iter in 0..total {
         let fp = args
             .failpoints
@@ -154,7 +166,7 @@ async fn run(args: Args) -> Result<()> {
         let fp = if iter >= args.iterations { fp } else { None };
         // Random-kill rounds take the faults in turn; failpoint rounds only kill.
         let fault = match fp {
-            None => args.faults[iter % args.faults.len()],
+            None => rounds[iter % rounds.len()],
             Some(_) => faults::Fault::Kill,
         };
         let store = store_fault
@@ -199,6 +211,31 @@ async fn run(args: Args) -> Result<()> {
         baseline = now;
         eprintln!("[torture] iteration {}/{} done", iter + 1, total);
     }
+    // After the kills: a reboot ends the long-lived workload too.
+    let reboots = if args.faults.contains(&faults::Fault::Reboot) {
+        args.iterations
+    } else {
+        0
+    };
+    for n in 0..reboots {
+        let r = fault_reboot::round(
+            &mut d,
+            &mut rs,
+            &shape,
+            &scope,
+            &mut report,
+            n,
+            &mut baseline,
+        )
+        .await;
+        if let Err(e) = r {
+            report.add("harness", format!("reboot {n}: {e:#}"));
+            d.kill9();
+            d.start(None).await?;
+            rs = d.client().await?;
+        }
+        eprintln!("[torture] reboot {}/{reboots} done", n + 1);
+    }
 
     // Teardown: every pod the harness made.
     let mut rs = d.client().await?;
@@ -238,7 +275,7 @@ async fn run(args: Args) -> Result<()> {
             workload::PULL_ERROR.lock().unwrap()
         );
     }
-    print_report(&report, total);
+    print_report(&report, total + reboots);
     if !report.violations.is_empty() {
         std::process::exit(1);
     }
