@@ -35,11 +35,18 @@ pub fn cri_runtime_table(version: Containerd, name: &str) -> String {
     }
 }
 
-/// containerd 1.6: config version 2, CRI in one plugin (`io.containerd.grpc.v1.cri`).
-fn render_v2(dir: &Path, address: &str, runtime: Runtime, cri: bool) -> String {
+/// What both versions' configs begin with: private root, state and socket, a debug log, no
+/// metrics listener, containerd's opt dir (table `opt`, quoted as each version writes it);
+/// the CRI service off unless `cri`.
+fn header(version: u32, dir: &Path, address: &str, cri: bool, opt: &str) -> String {
     let d = dir.display();
-    let mut s = format!(
-        r#"version = 2
+    let disabled = if cri {
+        ""
+    } else {
+        r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+    };
+    format!(
+        r#"version = {version}
 root = "{d}/root"
 state = "{d}/state"
 {disabled}
@@ -53,15 +60,17 @@ state = "{d}/state"
 [metrics]
   address = ""
 
-[plugins."io.containerd.internal.v1.opt"]
+[{opt}]
   path = "{d}/opt"
-"#,
-        disabled = if cri {
-            ""
-        } else {
-            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
-        },
-    );
+"#
+    )
+}
+
+/// containerd 1.6: config version 2, CRI in one plugin (`io.containerd.grpc.v1.cri`).
+fn render_v2(dir: &Path, address: &str, runtime: Runtime, cri: bool) -> String {
+    let d = dir.display();
+    let opt = r#"plugins."io.containerd.internal.v1.opt""#;
+    let mut s = header(2, dir, address, cri, opt);
     if cri {
         s.push_str(&format!(
             r#"
@@ -93,32 +102,18 @@ state = "{d}/state"
 /// mounts go to `<root>/tmpmounts`.
 fn render_v3(dir: &Path, address: &str, runtime: Runtime, cri: bool) -> String {
     let d = dir.display();
-    let mut s = format!(
-        r#"version = 3
-root = "{d}/root"
-state = "{d}/state"
-{disabled}
-
-[grpc]
-  address = "{address}"
-
-[debug]
-  level = "debug"
-
-[metrics]
-  address = ""
-
-[plugins.'io.containerd.internal.v1.opt']
-  path = "{d}/opt"
-
+    let mut s = header(
+        3,
+        dir,
+        address,
+        cri,
+        "plugins.'io.containerd.internal.v1.opt'",
+    );
+    s.push_str(
+        r#"
 [plugins.'io.containerd.nri.v1.nri']
   disable = true
 "#,
-        disabled = if cri {
-            ""
-        } else {
-            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
-        },
     );
     if cri {
         s.push_str(&format!(

@@ -7,10 +7,10 @@
 //! And a garbled store with no pods: berthd starts, serves and says what it did.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{binary, Berthd};
 use berth_tests::cri::block_on;
 use berth_tests::image;
-use k8s_cri::v1 as cri;
 use std::os::unix::fs::PermissionsExt as _;
 
 #[test]

@@ -7,13 +7,13 @@
 //! fails, leaves it to StopPodSandbox; stop and removal leave nothing.
 
 use anyhow::{ensure, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthd::{reserved_ips, Berthd};
 use berth_tests::cri::{block_on, container_config, pod_network};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::faulty_cni::{self, Faulty};
 use berth_tests::pod::Pod;
 use berth_tests::{image, leaks, procs, reboot};
-use k8s_cri::v1 as cri;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
