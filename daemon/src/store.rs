@@ -2,13 +2,15 @@
 //! Every change is one committed write transaction before it is acknowledged, so a
 //! kill -9 leaves either the old or the new state, never half of it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{is_no_space, Error, Result};
 
 /// id → JSON record.
 pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
@@ -31,7 +33,12 @@ pub const TOMBSTONES: TableDefinition<&str, i64> = TableDefinition::new("tombsto
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    /// None only while being reopened.
+    db: RwLock<Option<Arc<Database>>>,
+    /// An I/O error (a full disk) failed the handle: redb then refuses every later
+    /// operation until the database is closed and opened again, which the next call does.
+    failed: AtomicBool,
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -40,6 +47,15 @@ fn err(e: impl std::fmt::Display) -> Error {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        let db = Self::open_db(path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    fn open_db(path: &Path) -> Result<Database> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
@@ -66,7 +82,65 @@ impl Store {
         tx.open_table(TOMBSTONES).map_err(err)?;
         tx.open_table(META).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Store { db })
+        Ok(db)
+    }
+
+    /// The open database, reopened first when an I/O error failed the last handle (the
+    /// disk was full: once space is freed the store works again without a restart). A
+    /// commit that failed left the previous one intact; redb guarantees that. Callers
+    /// hold the handle while their transaction lives, so a reopen never closes under one.
+    fn db(&self) -> Result<Arc<Database>> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        g.clone()
+            .ok_or_else(|| Error::Store("the state store could not be reopened".into()))
+    }
+
+    fn reopen(&self) -> Result<()> {
+        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(db) = g.take() {
+            // Only the last handle closes the file (and its lock); a call still using the
+            // failed one finishes (with an error) first, and a later call tries again.
+            match Arc::try_unwrap(db) {
+                Ok(db) => drop(db),
+                Err(db) => {
+                    *g = Some(db);
+                    return Err(Error::Store(
+                        "the state store is reopening after an I/O error; try again".into(),
+                    ));
+                }
+            }
+        }
+        let db = Self::open_db(&self.path)?;
+        *g = Some(Arc::new(db));
+        self.failed.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "state store reopened after an I/O error");
+        Ok(())
+    }
+
+    /// A redb error as berthd's: an I/O error marks the handle failed (see `db`), and a
+    /// full disk is [`Error::NoSpace`] with the space left next to the store.
+    fn fail(&self, e: impl Into<redb::Error>) -> Error {
+        match e.into() {
+            redb::Error::Io(io) => {
+                self.failed.store(true, Ordering::Release);
+                if is_no_space(&io) {
+                    Error::no_space(&self.path)
+                } else {
+                    Error::Store(io.to_string())
+                }
+            }
+            redb::Error::PreviousIo => {
+                self.failed.store(true, Ordering::Release);
+                Error::Store("an earlier I/O error failed the state store".into())
+            }
+            e => Error::Store(e.to_string()),
+        }
     }
 
     /// Inserts a new record under a name that must be free, both in one transaction.
@@ -79,23 +153,24 @@ impl Store {
         rec: &T,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(rec).map_err(err)?;
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut names = tx.open_table(NAMES).map_err(err)?;
-            if let Some(owner) = names.get(name).map_err(err)? {
+            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+            if let Some(owner) = names.get(name).map_err(|e| self.fail(e))? {
                 return Err(Error::AlreadyExists(format!(
                     "name {name:?} is reserved for {:?}",
                     owner.value()
                 )));
             }
-            names.insert(name, id).map_err(err)?;
-            let mut t = tx.open_table(table).map_err(err)?;
-            if t.get(id).map_err(err)?.is_some() {
+            names.insert(name, id).map_err(|e| self.fail(e))?;
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            if t.get(id).map_err(|e| self.fail(e))?.is_some() {
                 return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
             }
-            t.insert(id, bytes.as_slice()).map_err(err)?;
+            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Replaces an existing record.
@@ -106,12 +181,13 @@ impl Store {
         rec: &T,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(rec).map_err(err)?;
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         tx.open_table(table)
-            .map_err(err)?
+            .map_err(|e| self.fail(e))?
             .insert(id, bytes.as_slice())
-            .map_err(err)?;
-        tx.commit().map_err(err)
+            .map_err(|e| self.fail(e))?;
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Read-modify-write of one record in one write transaction. Write transactions are
@@ -123,10 +199,11 @@ impl Store {
         id: &str,
         f: impl FnOnce(&mut T) -> bool,
     ) -> Result<Option<T>> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         let out = {
-            let mut t = tx.open_table(table).map_err(err)?;
-            let current: Option<T> = match t.get(id).map_err(err)? {
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
                 Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
                 None => None,
             };
@@ -134,7 +211,7 @@ impl Store {
                 Some(mut rec) => {
                     if f(&mut rec) {
                         let bytes = serde_json::to_vec(&rec).map_err(err)?;
-                        t.insert(id, bytes.as_slice()).map_err(err)?;
+                        t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
                         Some(rec)
                     } else {
                         None
@@ -143,7 +220,7 @@ impl Store {
                 None => None,
             }
         };
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         Ok(out)
     }
 
@@ -152,9 +229,10 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         id: &str,
     ) -> Result<Option<T>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
-        match t.get(id).map_err(err)? {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
+        match t.get(id).map_err(|e| self.fail(e))? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
             None => Ok(None),
         }
@@ -163,16 +241,21 @@ impl Store {
     /// How many records `table` holds.
     pub fn count(&self, table: TableDefinition<&str, &[u8]>) -> Result<u64> {
         use redb::ReadableTableMetadata as _;
-        let tx = self.db.begin_read().map_err(err)?;
-        tx.open_table(table).map_err(err)?.len().map_err(err)
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        tx.open_table(table)
+            .map_err(|e| self.fail(e))?
+            .len()
+            .map_err(|e| self.fail(e))
     }
 
     pub fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for item in t.iter().map_err(err)? {
-            let (_, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (_, v) = item.map_err(|e| self.fail(e))?;
             out.push(serde_json::from_slice(v.value()).map_err(err)?);
         }
         Ok(out)
@@ -184,11 +267,12 @@ impl Store {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<(Vec<T>, Vec<String>)> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
         let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
             match serde_json::from_slice(v.value()) {
                 Ok(r) => out.push(r),
                 Err(_) => bad.push(k.value().to_string()),
@@ -202,11 +286,12 @@ impl Store {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<(String, T)>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
             out.push((
                 k.value().to_string(),
                 serde_json::from_slice(v.value()).map_err(err)?,
@@ -223,18 +308,19 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut t = tx.open_table(table).map_err(err)?;
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
             for (id, rec) in puts {
                 let bytes = serde_json::to_vec(rec).map_err(err)?;
-                t.insert(*id, bytes.as_slice()).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
             for id in deletes {
-                t.remove(*id).map_err(err)?;
+                t.remove(*id).map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Removes a record and releases its name, atomically, and returns when (ns). An event
@@ -244,40 +330,47 @@ impl Store {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            tx.open_table(table).map_err(err)?.remove(id).map_err(err)?;
+            tx.open_table(table)
+                .map_err(|e| self.fail(e))?
+                .remove(id)
+                .map_err(|e| self.fail(e))?;
             if tx
                 .open_table(DELIVERED)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .get(id)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .is_some()
             {
                 tx.open_table(TOMBSTONES)
-                    .map_err(err)?
+                    .map_err(|e| self.fail(e))?
                     .insert(id, at)
-                    .map_err(err)?;
+                    .map_err(|e| self.fail(e))?;
             }
-            let mut names = tx.open_table(NAMES).map_err(err)?;
+            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
             let owned = names
                 .get(name)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .map(|o| o.value() == id)
                 .unwrap_or(false);
             if owned {
-                names.remove(name).map_err(err)?;
+                names.remove(name).map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         Ok(at)
     }
 
     /// The version of the record format the store holds (1 before versions were kept).
     pub fn format(&self) -> Result<u64> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(META).map_err(err)?;
-        Ok(t.get("format").map_err(err)?.map_or(1, |v| v.value()))
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(META).map_err(|e| self.fail(e))?;
+        Ok(t.get("format")
+            .map_err(|e| self.fail(e))?
+            .map_or(1, |v| v.value()))
     }
 
     /// Rewrites every record of `tables` through `f` (given the table's name) and sets the
@@ -289,37 +382,40 @@ impl Store {
         to: u64,
         f: impl Fn(&str, &[u8]) -> Result<Vec<u8>>,
     ) -> Result<usize> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         let mut n = 0;
         {
             for table in tables {
-                let mut t = tx.open_table(*table).map_err(err)?;
+                let mut t = tx.open_table(*table).map_err(|e| self.fail(e))?;
                 let mut rewritten = Vec::new();
-                for item in t.iter().map_err(err)? {
-                    let (k, v) = item.map_err(err)?;
+                for item in t.iter().map_err(|e| self.fail(e))? {
+                    let (k, v) = item.map_err(|e| self.fail(e))?;
                     rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
                 }
                 for (k, v) in &rewritten {
-                    t.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                    t.insert(k.as_str(), v.as_slice())
+                        .map_err(|e| self.fail(e))?;
                 }
                 n += rewritten.len();
             }
             tx.open_table(META)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .insert("format", to)
-                .map_err(err)?;
+                .map_err(|e| self.fail(e))?;
         }
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         Ok(n)
     }
 
     /// Tombstone times by id.
     pub fn tombstones(&self) -> Result<std::collections::HashMap<String, i64>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(TOMBSTONES).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
         let mut out = std::collections::HashMap::new();
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
             out.insert(k.value().to_string(), v.value());
         }
         Ok(out)
@@ -332,20 +428,21 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut t = tx.open_table(DELIVERED).map_err(err)?;
+            let mut t = tx.open_table(DELIVERED).map_err(|e| self.fail(e))?;
             for (id, rec) in puts {
                 let bytes = serde_json::to_vec(rec).map_err(err)?;
-                t.insert(*id, bytes.as_slice()).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
-            let mut tomb = tx.open_table(TOMBSTONES).map_err(err)?;
+            let mut tomb = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
             for id in deletes {
-                t.remove(*id).map_err(err)?;
-                tomb.remove(*id).map_err(err)?;
+                t.remove(*id).map_err(|e| self.fail(e))?;
+                tomb.remove(*id).map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 }
 

@@ -216,7 +216,7 @@ impl Containers {
         let work = rec.dir.join("work");
         for d in [&rec.bundle, &upper, &work] {
             std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
         prepare_host_paths(&rec.config.mounts)?;
         let lowers = self.images.lower_dirs(image)?;

@@ -176,7 +176,7 @@ impl Pods {
         crate::failpoint!("pod.run.after_record");
         for d in [&rec.bundle, &rec.files] {
             std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
             undo.dirs.push(d.clone());
         }
         let host_network = rec.host_network();
@@ -317,7 +317,7 @@ impl Pods {
         let (upper, work) = (rec.files.join("upper"), rec.files.join("work"));
         for d in [&upper, &work] {
             std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
         let mount = RootfsMount::overlay(vec![
             format!("lowerdir={}", lowers.join(":")),

@@ -141,7 +141,9 @@ impl ImageStore {
         let began = std::time::Instant::now();
         let res = {
             let _turn = gate.lock().await;
-            self.pull_endpoints(puller, &r, creds).await
+            // Unpacking and recording write under the root too: a full disk there is
+            // reported with the space left.
+            (self.pull_endpoints(puller, &r, creds).await).map_err(|e| e.on_full_fs(&self.root))
         };
         self.release_gate(&key, gate);
         let failed = res
@@ -334,7 +336,9 @@ impl ImageStore {
     async fn download(&self, src: &Source<'_>, d: &Descriptor) -> Result<()> {
         let what = format!("blob {}", d.digest);
         let (tmp, guard) = self.content.new_ingest();
-        let io = |e: std::io::Error| Error::io(format!("write {what}"), e);
+        // A full disk is reported with the space left where the blob was being written.
+        let dir = tmp.parent().unwrap_or(&tmp).to_path_buf();
+        let io = |e: std::io::Error| Error::io_at(format!("write {what}"), &dir, e);
         let too_long = || {
             Error::InvalidArgument(format!(
                 "{what} from {} is larger than its descriptor's {} bytes",
