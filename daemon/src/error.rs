@@ -146,7 +146,7 @@ impl Error {
         let free = path
             .ancestors()
             .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(0);
         Error::NoSpace {
             path: path.display().to_string(),
