@@ -25,6 +25,7 @@ pub mod ctr;
 pub mod direct;
 pub mod direct_steps;
 pub mod events;
+pub mod fault_proxy;
 pub mod fifo;
 pub mod host;
 pub mod hostile_registry;
