@@ -363,6 +363,39 @@ impl Store {
         Ok(at)
     }
 
+    /// `remove` for a rollback: the record of an operation that failed, and its name. On a
+    /// full disk the removal fails too (a commit needs free pages), and the record, with
+    /// its intent and its reserved name, would stay until a restart's recovery rolled it
+    /// back: kubelet's retry of the same pod or container would be refused AlreadyExists.
+    /// So a failed removal is retried every second in the background until it succeeds,
+    /// which it does once space is freed. Needs a tokio runtime.
+    pub fn remove_eventually(
+        self: &Arc<Self>,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        id: &str,
+        name: &str,
+    ) {
+        let Err(e) = self.remove(table, id, name) else {
+            return;
+        };
+        tracing::warn!(id, error = %e, "removing the record of a failed call; retrying until it can be");
+        let (store, id, name) = (self.clone(), id.to_string(), name.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let (s, i, n) = (store.clone(), id.clone(), name.clone());
+                let done = tokio::task::spawn_blocking(move || s.remove(table, &i, &n))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false);
+                if done {
+                    tracing::info!(id, "the record of a failed call is removed");
+                    return;
+                }
+            }
+        });
+    }
+
     /// The version of the record format the store holds (1 before versions were kept).
     pub fn format(&self) -> Result<u64> {
         let db = self.db()?;

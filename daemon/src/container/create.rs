@@ -198,7 +198,7 @@ impl Containers {
                 let _ = std::fs::remove_dir_all(bundle);
                 let _ =
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
-                let _ = self.store.remove(CONTAINERS, &id, &name_key);
+                self.store.remove_eventually(CONTAINERS, &id, &name_key);
                 let _ = self.images.release(&id);
                 Err(e)
             }

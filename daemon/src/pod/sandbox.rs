@@ -159,7 +159,7 @@ impl Pods {
                 Err(e) => {
                     tracing::warn!(error = %e, "RunPodSandbox failed; rolling back");
                     undo.run(&self.cni).await;
-                    let _ = self.store.remove(PODS, &id, &name_key);
+                    self.store.remove_eventually(PODS, &id, &name_key);
                     Err(e)
                 }
             }
