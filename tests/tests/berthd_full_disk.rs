@@ -8,6 +8,7 @@
 use anyhow::{ensure, Context, Result};
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::cri::container_config;
+use berth_tests::cri_calls::CriCalls;
 use berth_tests::cri_images::{content_files, pull_err, pull_ok, status};
 use berth_tests::image::{with_own_layer, BUSYBOX_IMAGE};
 use berth_tests::pod::Pod;
@@ -161,8 +162,39 @@ fn a_create_on_a_full_root_or_state_is_resource_exhausted_and_leaves_nothing() -
                     let left = names(&d.dir.path().join(sub));
                     ensure!(left.is_empty(), "{sub} after the failed create: {left:?}");
                 }
+                // A second pod fails the same way and leaves only the first one's dirs.
+                let s = pod
+                    .rs
+                    .run_pod(&d.pod_config(&format!("p{n}")))
+                    .await
+                    .err()
+                    .with_context(|| format!("RunPodSandbox succeeded on a full {fs}"))?;
+                check_no_space(&s, &format!("RunPodSandbox (full {fs})"))?;
+                for sub in ["root/pods", "state/pods"] {
+                    let left = names(&d.dir.path().join(sub));
+                    ensure!(
+                        left.iter().all(|p| *p == pod.id),
+                        "{sub} after the failed RunPodSandbox: {left:?}"
+                    );
+                }
                 // Space is back: the same berthd creates and runs it.
                 std::fs::remove_file(&filler)?;
+                // The failed pod's record (whose removal may have failed on the full disk
+                // too) goes, and its name is free for kubelet's retry.
+                let t0 = Instant::now();
+                loop {
+                    let pods = pod.rs.list_pods(None).await?;
+                    if pods.len() == 1 {
+                        break;
+                    }
+                    ensure!(
+                        t0.elapsed() < Duration::from_secs(20),
+                        "the failed pod's record stays: {pods:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let again = pod.rs.run_pod(&d.pod_config(&format!("p{n}"))).await?;
+                pod.rs.stop_and_remove_pod(&again).await?;
                 let e = pod.run_and_remove(cfg).await?;
                 if fs == "root" {
                     ensure!(
