@@ -22,6 +22,10 @@ pub enum Error {
     Config(String),
     #[error("state store: {0}")]
     Store(String),
+    /// A filesystem berthd writes to is full (ENOSPC, or a quota's EDQUOT): `path` is
+    /// where the write failed, `free` what its filesystem has left for berthd.
+    #[error("no space left on device: {path}, {free} bytes free")]
+    NoSpace { path: String, free: u64 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -122,6 +126,48 @@ impl Error {
             source,
         }
     }
+
+    /// `io`, for a write under `path`: a full filesystem becomes [`Error::NoSpace`] with
+    /// the space left there, so the caller learns which disk to free.
+    pub fn io_at(
+        context: impl Into<String>,
+        path: &std::path::Path,
+        source: std::io::Error,
+    ) -> Self {
+        if is_no_space(&source) {
+            return Error::no_space(path);
+        }
+        Error::io(context, source)
+    }
+
+    /// [`Error::NoSpace`] for `path` (or its nearest existing ancestor), with the bytes
+    /// its filesystem has free for an unprivileged writer.
+    pub fn no_space(path: &std::path::Path) -> Self {
+        let free = path
+            .ancestors()
+            .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
+            .map(|s| s.blocks_available() * s.fragment_size())
+            .unwrap_or(0);
+        Error::NoSpace {
+            path: path.display().to_string(),
+            free,
+        }
+    }
+
+    /// Turns an I/O error that was a full filesystem into [`Error::NoSpace`] at `path`:
+    /// for callers that know which filesystem a whole operation wrote to.
+    pub fn on_full_fs(self, path: &std::path::Path) -> Self {
+        match &self {
+            Error::Io { source, .. } if is_no_space(source) => Error::no_space(path),
+            _ => self,
+        }
+    }
+}
+
+/// ENOSPC, or EDQUOT (a quota is a full disk for whoever hit it).
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 impl Error {
@@ -137,6 +183,9 @@ impl Error {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            // A full disk: the call can succeed once space is freed (kubelet retries).
+            Error::NoSpace { .. } => Code::ResourceExhausted,
+            Error::Io { source, .. } if is_no_space(source) => Code::ResourceExhausted,
             Error::Registry(_) => Code::Unknown,
             // The registry sent more than anything of its kind may be.
             Error::RegistryLimit(RegistryLimit::TooLarge { .. }) => Code::InvalidArgument,
@@ -256,6 +305,32 @@ mod tests {
             stalled(7).message(),
             "registry reg:5000 sent blob sha256:ab too slowly: 7 bytes in 30 s"
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_with_the_space_left() {
+        let d = tempfile::tempdir().unwrap();
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = Error::io_at("write blob", &d.path().join("not/yet"), enospc());
+        let Error::NoSpace { path, free } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(path.ends_with("not/yet"), "{path}");
+        assert!(*free > 0, "statvfs of the existing ancestor");
+        let s = tonic::Status::from(e);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().starts_with("no space left on device: ")
+                && s.message().ends_with(" bytes free"),
+            "{}",
+            s.message()
+        );
+        // Without a known path the code is still right; a known one adds the space.
+        let plain = Error::io("write x", enospc());
+        assert_eq!(plain.code(), Code::ResourceExhausted);
+        assert!(matches!(plain.on_full_fs(d.path()), Error::NoSpace { .. }));
+        let other = Error::io("write x", std::io::Error::other("y")).on_full_fs(d.path());
+        assert_eq!(other.code(), Code::Internal);
     }
 
     #[test]

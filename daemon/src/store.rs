@@ -2,13 +2,15 @@
 //! Every change is one committed write transaction before it is acknowledged, so a
 //! kill -9 leaves either the old or the new state, never half of it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{is_no_space, Error, Result};
 
 /// id → JSON record.
 pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
@@ -31,7 +33,12 @@ pub const TOMBSTONES: TableDefinition<&str, i64> = TableDefinition::new("tombsto
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    /// None only while being reopened.
+    db: RwLock<Option<Arc<Database>>>,
+    /// An I/O error (a full disk) failed the handle: redb then refuses every later
+    /// operation until the database is closed and opened again, which the next call does.
+    failed: AtomicBool,
     /// Keeps a copy of each pod and container record outside the store (`records::copies`).
     copies: Option<std::sync::Arc<dyn Copies>>,
 }
@@ -64,6 +71,16 @@ fn err(e: impl std::fmt::Display) -> Error {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        let db = Self::open_db(path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+            failed: AtomicBool::new(false),
+            copies: None,
+        })
+    }
+
+    fn open_db(path: &Path) -> Result<Database> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
@@ -90,7 +107,7 @@ impl Store {
         tx.open_table(TOMBSTONES).map_err(err)?;
         tx.open_table(META).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Store { db, copies: None })
+        Ok(db)
     }
 
     /// From now on, every pod and container record is also kept by `copies`.
@@ -113,20 +130,80 @@ impl Store {
     /// Writes raw rows (`table`, key, value) and name reservations into the store in
     /// one transaction: a store rebuilt from copies is all there or not at all.
     pub fn restore(&self, rows: &[Row], names: &[(String, String)]) -> Result<()> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
             for (table, k, v) in rows {
                 tx.open_table(*table)
-                    .map_err(err)?
+                    .map_err(|e| self.fail(e))?
                     .insert(k.as_str(), v.as_slice())
-                    .map_err(err)?;
+                    .map_err(|e| self.fail(e))?;
             }
-            let mut t = tx.open_table(NAMES).map_err(err)?;
+            let mut t = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
             for (name, id) in names {
-                t.insert(name.as_str(), id.as_str()).map_err(err)?;
+                t.insert(name.as_str(), id.as_str())
+                    .map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// The open database, reopened first when an I/O error failed the last handle (the
+    /// disk was full: once space is freed the store works again without a restart). A
+    /// commit that failed left the previous one intact; redb guarantees that. Callers
+    /// hold the handle while their transaction lives, so a reopen never closes under one.
+    fn db(&self) -> Result<Arc<Database>> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        g.clone()
+            .ok_or_else(|| Error::Store("the state store could not be reopened".into()))
+    }
+
+    fn reopen(&self) -> Result<()> {
+        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(db) = g.take() {
+            // Only the last handle closes the file (and its lock); a call still using the
+            // failed one finishes (with an error) first, and a later call tries again.
+            match Arc::try_unwrap(db) {
+                Ok(db) => drop(db),
+                Err(db) => {
+                    *g = Some(db);
+                    return Err(Error::Store(
+                        "the state store is reopening after an I/O error; try again".into(),
+                    ));
+                }
+            }
+        }
+        let db = Self::open_db(&self.path)?;
+        *g = Some(Arc::new(db));
+        self.failed.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "state store reopened after an I/O error");
+        Ok(())
+    }
+
+    /// A redb error as berthd's: an I/O error marks the handle failed (see `db`), and a
+    /// full disk is [`Error::NoSpace`] with the space left next to the store.
+    fn fail(&self, e: impl Into<redb::Error>) -> Error {
+        match e.into() {
+            redb::Error::Io(io) => {
+                self.failed.store(true, Ordering::Release);
+                if is_no_space(&io) {
+                    Error::no_space(&self.path)
+                } else {
+                    Error::Store(io.to_string())
+                }
+            }
+            redb::Error::PreviousIo => {
+                self.failed.store(true, Ordering::Release);
+                Error::Store("an earlier I/O error failed the state store".into())
+            }
+            e => Error::Store(e.to_string()),
+        }
     }
 
     /// Inserts a new record under a name that must be free, both in one transaction.
@@ -139,24 +216,25 @@ impl Store {
         rec: &T,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(rec).map_err(err)?;
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut names = tx.open_table(NAMES).map_err(err)?;
-            if let Some(owner) = names.get(name).map_err(err)? {
+            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+            if let Some(owner) = names.get(name).map_err(|e| self.fail(e))? {
                 return Err(Error::AlreadyExists(format!(
                     "name {name:?} is reserved for {:?}",
                     owner.value()
                 )));
             }
-            names.insert(name, id).map_err(err)?;
-            let mut t = tx.open_table(table).map_err(err)?;
-            if t.get(id).map_err(err)?.is_some() {
+            names.insert(name, id).map_err(|e| self.fail(e))?;
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            if t.get(id).map_err(|e| self.fail(e))?.is_some() {
                 return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
             }
-            t.insert(id, bytes.as_slice()).map_err(err)?;
+            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
         }
         self.copy_written(table, id, &bytes);
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Replaces an existing record.
@@ -167,13 +245,14 @@ impl Store {
         rec: &T,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(rec).map_err(err)?;
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         tx.open_table(table)
-            .map_err(err)?
+            .map_err(|e| self.fail(e))?
             .insert(id, bytes.as_slice())
-            .map_err(err)?;
+            .map_err(|e| self.fail(e))?;
         self.copy_written(table, id, &bytes);
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Read-modify-write of one record in one write transaction. Write transactions are
@@ -185,10 +264,11 @@ impl Store {
         id: &str,
         f: impl FnOnce(&mut T) -> bool,
     ) -> Result<Option<T>> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         let out = {
-            let mut t = tx.open_table(table).map_err(err)?;
-            let current: Option<T> = match t.get(id).map_err(err)? {
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
                 Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
                 None => None,
             };
@@ -196,7 +276,7 @@ impl Store {
                 Some(mut rec) => {
                     if f(&mut rec) {
                         let bytes = serde_json::to_vec(&rec).map_err(err)?;
-                        t.insert(id, bytes.as_slice()).map_err(err)?;
+                        t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
                         self.copy_written(table, id, &bytes);
                         Some(rec)
                     } else {
@@ -206,7 +286,7 @@ impl Store {
                 None => None,
             }
         };
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         Ok(out)
     }
 
@@ -215,9 +295,10 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         id: &str,
     ) -> Result<Option<T>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
-        match t.get(id).map_err(err)? {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
+        match t.get(id).map_err(|e| self.fail(e))? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
             None => Ok(None),
         }
@@ -226,16 +307,21 @@ impl Store {
     /// How many records `table` holds.
     pub fn count(&self, table: TableDefinition<&str, &[u8]>) -> Result<u64> {
         use redb::ReadableTableMetadata as _;
-        let tx = self.db.begin_read().map_err(err)?;
-        tx.open_table(table).map_err(err)?.len().map_err(err)
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        tx.open_table(table)
+            .map_err(|e| self.fail(e))?
+            .len()
+            .map_err(|e| self.fail(e))
     }
 
     pub fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for item in t.iter().map_err(err)? {
-            let (_, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (_, v) = item.map_err(|e| self.fail(e))?;
             out.push(serde_json::from_slice(v.value()).map_err(err)?);
         }
         Ok(out)
@@ -247,11 +333,12 @@ impl Store {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<(Vec<T>, Vec<String>)> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
         let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
             match serde_json::from_slice(v.value()) {
                 Ok(r) => out.push(r),
                 Err(_) => bad.push(k.value().to_string()),
@@ -265,11 +352,12 @@ impl Store {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<(String, T)>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(table).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
             out.push((
                 k.value().to_string(),
                 serde_json::from_slice(v.value()).map_err(err)?,
@@ -286,20 +374,21 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut t = tx.open_table(table).map_err(err)?;
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
             for (id, rec) in puts {
                 let bytes = serde_json::to_vec(rec).map_err(err)?;
-                t.insert(*id, bytes.as_slice()).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
                 self.copy_written(table, id, &bytes);
             }
             for id in deletes {
-                t.remove(*id).map_err(err)?;
+                t.remove(*id).map_err(|e| self.fail(e))?;
                 self.copy_removed(table, id);
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Removes a record and releases its name, atomically, and returns when (ns). An event
@@ -312,40 +401,80 @@ impl Store {
         // The copy goes first: a crash in between leaves a record without a copy (written
         // again at the next start), never a copy that would bring a removed record back.
         self.copy_removed(table, id);
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            tx.open_table(table).map_err(err)?.remove(id).map_err(err)?;
+            tx.open_table(table)
+                .map_err(|e| self.fail(e))?
+                .remove(id)
+                .map_err(|e| self.fail(e))?;
             if tx
                 .open_table(DELIVERED)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .get(id)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .is_some()
             {
                 tx.open_table(TOMBSTONES)
-                    .map_err(err)?
+                    .map_err(|e| self.fail(e))?
                     .insert(id, at)
-                    .map_err(err)?;
+                    .map_err(|e| self.fail(e))?;
             }
-            let mut names = tx.open_table(NAMES).map_err(err)?;
+            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
             let owned = names
                 .get(name)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .map(|o| o.value() == id)
                 .unwrap_or(false);
             if owned {
-                names.remove(name).map_err(err)?;
+                names.remove(name).map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         Ok(at)
+    }
+
+    /// `remove` for a rollback: the record of an operation that failed, and its name. On a
+    /// full disk the removal fails too (a commit needs free pages), and the record, with
+    /// its intent and its reserved name, would stay until a restart's recovery rolled it
+    /// back: kubelet's retry of the same pod or container would be refused AlreadyExists.
+    /// So a failed removal is retried every second in the background until it succeeds,
+    /// which it does once space is freed. Needs a tokio runtime.
+    pub fn remove_eventually(
+        self: &Arc<Self>,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        id: &str,
+        name: &str,
+    ) {
+        let Err(e) = self.remove(table, id, name) else {
+            return;
+        };
+        tracing::warn!(id, error = %e, "removing the record of a failed call; retrying until it can be");
+        let (store, id, name) = (self.clone(), id.to_string(), name.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let (s, i, n) = (store.clone(), id.clone(), name.clone());
+                let done = tokio::task::spawn_blocking(move || s.remove(table, &i, &n))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false);
+                if done {
+                    tracing::info!(id, "the record of a failed call is removed");
+                    return;
+                }
+            }
+        });
     }
 
     /// The version of the record format the store holds (1 before versions were kept).
     pub fn format(&self) -> Result<u64> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(META).map_err(err)?;
-        Ok(t.get("format").map_err(err)?.map_or(1, |v| v.value()))
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(META).map_err(|e| self.fail(e))?;
+        Ok(t.get("format")
+            .map_err(|e| self.fail(e))?
+            .map_or(1, |v| v.value()))
     }
 
     /// Rewrites every record of `tables` through `f` (given the table's name) and sets the
@@ -357,37 +486,40 @@ impl Store {
         to: u64,
         f: impl Fn(&str, &[u8]) -> Result<Vec<u8>>,
     ) -> Result<usize> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         let mut n = 0;
         {
             for table in tables {
-                let mut t = tx.open_table(*table).map_err(err)?;
+                let mut t = tx.open_table(*table).map_err(|e| self.fail(e))?;
                 let mut rewritten = Vec::new();
-                for item in t.iter().map_err(err)? {
-                    let (k, v) = item.map_err(err)?;
+                for item in t.iter().map_err(|e| self.fail(e))? {
+                    let (k, v) = item.map_err(|e| self.fail(e))?;
                     rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
                 }
                 for (k, v) in &rewritten {
-                    t.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                    t.insert(k.as_str(), v.as_slice())
+                        .map_err(|e| self.fail(e))?;
                 }
                 n += rewritten.len();
             }
             tx.open_table(META)
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .insert("format", to)
-                .map_err(err)?;
+                .map_err(|e| self.fail(e))?;
         }
-        tx.commit().map_err(err)?;
+        tx.commit().map_err(|e| self.fail(e))?;
         Ok(n)
     }
 
     /// Tombstone times by id.
     pub fn tombstones(&self) -> Result<std::collections::HashMap<String, i64>> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let t = tx.open_table(TOMBSTONES).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
         let mut out = std::collections::HashMap::new();
-        for item in t.iter().map_err(err)? {
-            let (k, v) = item.map_err(err)?;
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
             out.insert(k.value().to_string(), v.value());
         }
         Ok(out)
@@ -400,20 +532,21 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut t = tx.open_table(DELIVERED).map_err(err)?;
+            let mut t = tx.open_table(DELIVERED).map_err(|e| self.fail(e))?;
             for (id, rec) in puts {
                 let bytes = serde_json::to_vec(rec).map_err(err)?;
-                t.insert(*id, bytes.as_slice()).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
-            let mut tomb = tx.open_table(TOMBSTONES).map_err(err)?;
+            let mut tomb = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
             for id in deletes {
-                t.remove(*id).map_err(err)?;
-                tomb.remove(*id).map_err(err)?;
+                t.remove(*id).map_err(|e| self.fail(e))?;
+                tomb.remove(*id).map_err(|e| self.fail(e))?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(|e| self.fail(e))
     }
 }
 

@@ -53,6 +53,9 @@ pub struct Builder {
     bridge: Option<u32>,
     default_network: Option<u32>,
     binary: Option<PathBuf>,
+    /// Size-limited filesystems to mount before anything is written: (dir under the
+    /// test's dir, size in bytes).
+    tmpfs: Vec<(String, u64)>,
 }
 
 impl Builder {
@@ -95,6 +98,14 @@ impl Builder {
         self
     }
 
+    /// Mounts a tmpfs of `size` bytes at `rel` under the test's dir (e.g. "root",
+    /// "state", "logs/web") before any image is imported: a disk that can be filled. The
+    /// guard unmounts it after its leak check, which does not count it.
+    pub fn tmpfs(mut self, rel: &str, size: u64) -> Builder {
+        self.tmpfs.push((rel.to_string(), size));
+        self
+    }
+
     /// Writes the config and imports the images, without starting berthd.
     pub fn configure(mut self) -> Result<Berthd> {
         let mut default_bridge = None;
@@ -106,6 +117,19 @@ impl Builder {
         let mut d = Berthd::configure(&self.config)?;
         d.default_bridge = default_bridge;
         d.binary = self.binary;
+        for (rel, size) in &self.tmpfs {
+            let at = d.dir.path().join(rel);
+            std::fs::create_dir_all(&at)?;
+            cmd::run(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+                    .arg("tmpfs")
+                    .arg(&at),
+                Duration::from_secs(10),
+            )?
+            .ok("mount tmpfs")?;
+            d.own_mounts.push(at);
+        }
         if self.busybox {
             d.import(&image::busybox(d.dir.path())?)?;
         }
@@ -155,6 +179,8 @@ pub struct Berthd {
     default_bridge: Option<Bridge>,
     /// The berthd binary (None: [`binary`]).
     binary: Option<PathBuf>,
+    /// The filesystems the test mounted (`Builder::tmpfs`): not leaks.
+    pub own_mounts: Vec<PathBuf>,
     finished: bool,
 }
 
@@ -205,6 +231,7 @@ impl Berthd {
             bridge: None,
             default_bridge: None,
             binary: None,
+            own_mounts: Vec::new(),
             finished: false,
         })
     }
@@ -429,6 +456,9 @@ impl Berthd {
             leaks.push(format!("shim pid {} still running: {:?}", p.pid, p.argv));
         }
         for m in leaks::mounts_under(self.dir.path()) {
+            if self.own_mounts.contains(&m) {
+                continue;
+            }
             leaks.push(format!("mount {} left", m.display()));
         }
         for pin in leaks::leftover_entries(&self.dir.path().join("state/netns")) {

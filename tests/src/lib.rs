@@ -25,6 +25,7 @@ pub mod ctr;
 pub mod direct;
 pub mod direct_steps;
 pub mod events;
+pub mod fault_proxy;
 pub mod faulty_cni;
 pub mod fifo;
 pub mod host;

@@ -202,7 +202,7 @@ impl Containers {
                 let _ = std::fs::remove_dir_all(bundle);
                 let _ =
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
-                let _ = self.store.remove(CONTAINERS, &id, &name_key);
+                self.store.remove_eventually(CONTAINERS, &id, &name_key);
                 let _ = self.images.release(&id);
                 Err(e)
             }
@@ -220,7 +220,7 @@ impl Containers {
         let work = rec.dir.join("work");
         for d in [&rec.bundle, &upper, &work] {
             std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
         prepare_host_paths(&rec.config.mounts)?;
         let lowers = self.images.lower_dirs(image)?;

@@ -115,17 +115,18 @@ impl ContentStore {
         }
         let tmp = self.ingest.join(unique_name("blob"));
         let guard = RemoveOnDrop::file(tmp.clone());
-        let mut f = File::create(&tmp).map_err(ioe(format!("create {}", tmp.display())))?;
+        let full = |e| Error::io_at(format!("write blob {digest}"), &self.ingest, e);
+        let mut f = File::create(&tmp).map_err(full)?;
         let mut r = HashingReader::new(src);
-        io::copy(&mut r, &mut f).map_err(ioe(format!("write blob {digest}")))?;
+        io::copy(&mut r, &mut f).map_err(full)?;
         let (got, _) = r.finish();
         if got != digest {
             return Err(Error::InvalidArgument(format!(
                 "digest mismatch for blob {digest}: content hashes to {got}"
             )));
         }
-        f.flush().map_err(ioe("flush blob"))?;
-        f.sync_all().map_err(ioe(format!("fsync blob {digest}")))?;
+        f.flush().map_err(full)?;
+        f.sync_all().map_err(full)?;
         drop(f);
         fs::rename(&tmp, &dst).map_err(ioe(format!("commit blob {digest}")))?;
         guard.disarm();

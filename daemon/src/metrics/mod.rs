@@ -135,6 +135,8 @@ pub struct EventMetrics {
 pub struct PullMetrics {
     /// Bytes of blobs received from registries (also of pulls that failed later).
     pub bytes: Counter,
+    /// Blob downloads resumed after the connection cut them.
+    pub resumes: Counter,
     duration: HistogramFamily,
     errors: Family<Labels, Counter>,
 }
@@ -309,6 +311,7 @@ impl Metrics {
         );
         let pull = PullMetrics {
             bytes: Counter::default(),
+            resumes: Counter::default(),
             duration: Family::new_with_constructor(pull_histogram),
             errors: Family::default(),
         };
@@ -316,6 +319,11 @@ impl Metrics {
             "berth_image_pull_bytes",
             "Blob bytes received from registries",
             pull.bytes.clone(),
+        );
+        r.register(
+            "berth_image_pull_resumes",
+            "Blob downloads resumed (Range request) after the connection cut them",
+            pull.resumes.clone(),
         );
         r.register(
             "berth_image_pull_duration_seconds",

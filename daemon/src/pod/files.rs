@@ -8,7 +8,8 @@ use crate::workload::PodSpec;
 use crate::error::{Error, Result};
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
-    std::fs::write(dir.join(name), text).map_err(|e| Error::io(format!("write {name}"), e))
+    std::fs::write(dir.join(name), text)
+        .map_err(|e| Error::io_at(format!("write {name}"), &dir.join(name), e))
 }
 
 /// The hostname a pod gets: its configured hostname, else the host's for host-network pods.

@@ -160,7 +160,7 @@ impl Pods {
                 Err(e) => {
                     tracing::warn!(error = %e, "RunPodSandbox failed; rolling back");
                     undo.run(&self.cni).await;
-                    let _ = self.store.remove(PODS, &id, &name_key);
+                    self.store.remove_eventually(PODS, &id, &name_key);
                     Err(e)
                 }
             }
@@ -177,7 +177,7 @@ impl Pods {
         crate::failpoint!("pod.run.after_record");
         for d in [&rec.bundle, &rec.files] {
             std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
             undo.dirs.push(d.clone());
         }
         let host_network = rec.host_network();
@@ -318,7 +318,7 @@ impl Pods {
         let (upper, work) = (rec.files.join("upper"), rec.files.join("work"));
         for d in [&upper, &work] {
             std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("mkdir {}", d.display()), e))?;
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
         let mount = RootfsMount::overlay(vec![
             format!("lowerdir={}", lowers.join(":")),

@@ -30,7 +30,8 @@ pub fn private_file(path: &Path) -> Result<()> {
 
 /// Creates `dir` (and its parents) and makes it root's alone.
 pub fn private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io_at(format!("mkdir {}", dir.display()), dir, e))?;
     chmod(dir, PRIVATE_DIR)
 }
 
@@ -44,12 +45,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .truncate(true)
         .mode(PRIVATE_FILE)
         .open(path)
-        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        .map_err(|e| Error::io_at(format!("create {}", path.display()), path, e))?;
     // An existing file keeps its mode through open: set it.
     f.set_permissions(Permissions::from_mode(PRIVATE_FILE))
         .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
     f.write_all(bytes)
-        .map_err(|e| Error::io(format!("write {}", path.display()), e))
+        .map_err(|e| Error::io_at(format!("write {}", path.display()), path, e))
 }
 
 /// At startup: `top` becomes 0711 and each of `dirs` exists as a private dir, which

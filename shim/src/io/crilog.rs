@@ -5,6 +5,10 @@
 //! A Berth extension: containerd never sends this scheme. `cri-log://` without a path
 //! keeps no log (the container's CRI config has no log path); either way the output is
 //! also handed to attachers (`fanout`).
+//!
+//! A log that cannot be written (its filesystem full) never holds the container up: the
+//! line is dropped whole (a partly written one is cut off again), counted, and once a
+//! write succeeds a line saying how many lines and bytes were lost goes in first.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -27,6 +31,14 @@ pub struct LogFile {
     path: PathBuf,
     file: std::fs::File,
     ino: u64,
+    /// Lines and bytes dropped since the last successful write, and why the first was.
+    dropped: Option<Dropped>,
+}
+
+struct Dropped {
+    lines: u64,
+    bytes: u64,
+    why: String,
 }
 
 impl LogFile {
@@ -50,12 +62,14 @@ impl LogFile {
             path: path.to_path_buf(),
             file,
             ino,
+            dropped: None,
         })))
     }
 
-    /// Writes one record. If the file at the path is no longer ours (kubelet rotated it
-    /// away, or deleted it), a new one is opened there first: rotation needs no RPC.
-    fn write_line(&mut self, line: &[u8]) {
+    /// Writes one record (of `content` bytes of output). If the file at the path is no
+    /// longer ours (kubelet rotated it away, or deleted it), a new one is opened there
+    /// first: rotation needs no RPC.
+    fn write_line(&mut self, line: &[u8], content: usize) {
         // symlink_metadata: a symlink put at the path is not ours either.
         let current = std::fs::symlink_metadata(&self.path).map(|m| m.ino()).ok();
         if current != Some(self.ino) {
@@ -64,7 +78,62 @@ impl LogFile {
                 self.ino = ino;
             }
         }
-        let _ = self.file.write_all(line);
+        if let Some(d) = &self.dropped {
+            let (lines, bytes) = (d.lines, d.bytes);
+            let note = format!(
+                "berth: {lines} log lines ({bytes} bytes) were dropped: {}",
+                d.why
+            );
+            if self
+                .append_whole(&record(SystemTime::now(), "stderr", false, note.as_bytes()))
+                .is_ok()
+            {
+                tracing::warn!(path = %self.path.display(), lines, bytes, "container log writable again; the dropped output is noted in it");
+                self.dropped = None;
+            }
+        }
+        let res = match self.dropped {
+            // Still failing: the note did not fit, so neither does this line.
+            Some(_) => Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            None => self.append_whole(line),
+        };
+        if let Err(e) = res {
+            let d = self.dropped.get_or_insert_with(|| {
+                tracing::warn!(path = %self.path.display(), error = %e, "container log not writable; dropping its output (counted) until it is");
+                Dropped {
+                    lines: 0,
+                    bytes: 0,
+                    why: e.to_string(),
+                }
+            });
+            d.lines += 1;
+            d.bytes += content as u64;
+        }
+    }
+
+    /// Appends `buf` whole or not at all: a write cut short (the disk filled up in the
+    /// middle) is truncated away again, so the next line does not start mid-line. Only the
+    /// shim appends to the file, so its end is this line's end.
+    fn append_whole(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let mut written = 0;
+        while written < buf.len() {
+            let e = match self.file.write(&buf[written..]) {
+                Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    written += n;
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            if written > 0 {
+                if let Ok(md) = self.file.metadata() {
+                    let _ = self.file.set_len(md.len().saturating_sub(written as u64));
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -174,7 +243,7 @@ pub fn copy(
                 if !recs.is_empty() {
                     let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
                     for (partial, content) in recs {
-                        f.write_line(&record(at, stream, partial, &content));
+                        f.write_line(&record(at, stream, partial, &content), content.len());
                     }
                 }
             }
@@ -265,6 +334,44 @@ mod tests {
         assert_eq!(new.lines().count(), 1);
     }
 
+    #[test]
+    fn a_full_log_drops_whole_lines_counts_them_and_notes_them_once_writable() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("0.log");
+        let log = LogFile::open(&path).unwrap();
+        let mut f = log.lock().unwrap();
+        f.write_line(b"before\n", 6);
+        // /dev/full answers every write with ENOSPC: the log's filesystem is full.
+        let real = std::mem::replace(
+            &mut f.file,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        f.write_line(b"lost 1\n", 6);
+        f.write_line(b"lost two\n", 8);
+        let d2 = f.dropped.as_ref().unwrap();
+        assert_eq!(
+            (d2.lines, d2.bytes),
+            (2, 14),
+            "output bytes, not record bytes"
+        );
+        // Space is back.
+        f.file = real;
+        f.write_line(b"after\n", 5);
+        assert!(f.dropped.is_none());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "before");
+        assert!(
+            lines[1].ends_with(" stderr F berth: 2 log lines (14 bytes) were dropped: No space left on device (os error 28)"),
+            "{text}"
+        );
+        assert_eq!(lines[2], "after");
+        assert_eq!(lines.len(), 3, "{text}");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_symlink_or_fifo_at_the_log_path_is_never_written_through() {
         let d = tempfile::tempdir().unwrap();
@@ -284,10 +391,10 @@ mod tests {
         // After a rotation: a symlink put in the log's place is not followed.
         let path = d.path().join("c/0.log");
         let log = LogFile::open(&path).unwrap();
-        log.lock().unwrap().write_line(b"one\n");
+        log.lock().unwrap().write_line(b"one\n", 3);
         std::fs::rename(&path, d.path().join("c/0.log.1")).unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        log.lock().unwrap().write_line(b"two\n");
+        log.lock().unwrap().write_line(b"two\n", 3);
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
     }
 }

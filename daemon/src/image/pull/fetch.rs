@@ -100,12 +100,15 @@ impl Conn {
         // Counted outside the future, which the deadline drops, for the message.
         let got = AtomicU64::new(0);
         let exchange = async {
-            let mut resp = req.send().await.map_err(|e| send_err(host, what, e))?;
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| send_err(host, what, self.timeout, e))?;
             let status = resp.status();
             let body = if status.is_success() {
                 read_capped(&mut resp, limit, &got)
                     .await
-                    .map_err(|e| send_err(host, what, e))?
+                    .map_err(|e| send_err(host, what, self.timeout, e))?
                     .ok_or_else(|| RegistryLimit::TooLarge {
                         host: host.to_string(),
                         what: what.to_string(),
@@ -153,19 +156,32 @@ impl Conn {
 
     /// A blob's response, its status checked, once its headers came (within
     /// `registry.timeout`); the caller reads the body under `MIN_PROGRESS`.
-    pub async fn blob(&self, repo: &str, digest: &str, what: &str) -> Result<Response> {
+    ///
+    /// From `offset` on when it is not 0 (resuming a body the connection cut): the answer
+    /// is then 206 with the rest, or 200 with the whole blob from a registry that ignores
+    /// the range (the caller starts over).
+    pub async fn blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        what: &str,
+        offset: u64,
+    ) -> Result<Response> {
         let authz = self.authorize(repo).await?;
-        let req = with_authz(
-            self.http.get(self.url(&format!("{repo}/blobs/{digest}"))),
-            &authz,
-        );
+        let mut req = self.http.get(self.url(&format!("{repo}/blobs/{digest}")));
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let req = with_authz(req, &authz);
         let got = AtomicU64::new(0);
         let exchange = async {
             let mut resp = req
                 .send()
                 .await
-                .map_err(|e| send_err(&self.host, what, e))?;
-            if resp.status() != StatusCode::OK {
+                .map_err(|e| send_err(&self.host, what, self.timeout, e))?;
+            let ok = resp.status() == StatusCode::OK
+                || (offset > 0 && resp.status() == StatusCode::PARTIAL_CONTENT);
+            if !ok {
                 let body = read_prefix(&mut resp, MAX_ERROR_BODY, &got).await;
                 return Err(status_error(&self.host, what, resp.status(), &body));
             }
@@ -206,7 +222,7 @@ impl Conn {
                 got: 0,
                 after: self.timeout,
             })?
-            .map_err(|e| send_err(&self.host, what, e))?;
+            .map_err(|e| send_err(&self.host, what, self.timeout, e))?;
         let challenge = resp
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -360,7 +376,19 @@ async fn read_prefix(resp: &mut Response, limit: u64, got: &AtomicU64) -> Vec<u8
     body
 }
 
-fn send_err(host: &str, what: &str, e: reqwest::Error) -> Error {
+/// A failed exchange. reqwest's own `read_timeout` (the same `registry.timeout`) may fire
+/// before the deadline around the exchange does: that is the registry going silent too,
+/// and is reported as such (DeadlineExceeded), not as an unknown error.
+fn send_err(host: &str, what: &str, after: Duration, e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        return RegistryLimit::Stalled {
+            host: host.to_string(),
+            what: what.to_string(),
+            got: 0,
+            after,
+        }
+        .into();
+    }
     Error::Registry(format!("{what} from {host}: {}", chain(&e)))
 }
 

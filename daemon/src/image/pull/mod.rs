@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use registry::Credentials;
 use registry::{chain, Endpoint};
@@ -40,6 +40,10 @@ const ACCEPT: [&str; 4] = [
 
 /// Layer blobs fetched at once by one pull.
 const PARALLEL_FETCHES: usize = 3;
+
+/// Times a cut blob body is resumed in a row without a byte of progress (containerd's
+/// `maxRetry` for the same).
+const MAX_RESUMES: u32 = 3;
 
 /// Registry access for pulls: the configured endpoints and their clients.
 pub struct Puller {
@@ -141,7 +145,9 @@ impl ImageStore {
         let began = std::time::Instant::now();
         let res = {
             let _turn = gate.lock().await;
-            self.pull_endpoints(puller, &r, creds).await
+            // Unpacking and recording write under the root too: a full disk there is
+            // reported with the space left.
+            (self.pull_endpoints(puller, &r, creds).await).map_err(|e| e.on_full_fs(&self.root))
         };
         self.release_gate(&key, gate);
         let failed = res
@@ -330,18 +336,24 @@ impl ImageStore {
     /// Streams one blob to an ingest file, hashing it. It may not be longer than its
     /// descriptor says, and each `registry.timeout` must bring `MIN_PROGRESS` of it (or
     /// its end): a registry that stalls or trickles fails the pull instead of holding it.
-    /// Any early return drops the ingest guard, which removes the partial file.
+    /// A body the connection cuts (a reset, an early close) is resumed where it broke
+    /// with a Range request, as containerd does, up to `MAX_RESUMES` times in a row
+    /// without a byte of progress; a registry that answers the range with the whole blob
+    /// is read again from its start. Any early return drops the ingest guard, which
+    /// removes the partial file.
     async fn download(&self, src: &Source<'_>, d: &Descriptor) -> Result<()> {
         let what = format!("blob {}", d.digest);
         let (tmp, guard) = self.content.new_ingest();
-        let io = |e: std::io::Error| Error::io(format!("write {what}"), e);
+        // A full disk is reported with the space left where the blob was being written.
+        let dir = tmp.parent().unwrap_or(&tmp).to_path_buf();
+        let io = |e: std::io::Error| Error::io_at(format!("write {what}"), &dir, e);
         let too_long = || {
             Error::InvalidArgument(format!(
                 "{what} from {} is larger than its descriptor's {} bytes",
                 src.host, d.size
             ))
         };
-        let mut resp = src.conn.blob(src.path, &d.digest, &what).await?;
+        let mut resp = src.conn.blob(src.path, &d.digest, &what, 0).await?;
         if resp.content_length().is_some_and(|n| n > d.size) {
             return Err(too_long());
         }
@@ -349,6 +361,8 @@ impl ImageStore {
         let timeout = src.conn.timeout;
         let mut h = Sha256::new();
         let mut n: u64 = 0;
+        // Resumes since the last byte that arrived.
+        let mut resumes = 0;
         // The current progress window: when it began and what it has brought.
         let (mut since, mut window) = (tokio::time::Instant::now(), 0u64);
         loop {
@@ -362,16 +376,51 @@ impl ImageStore {
                     }
                     .into())
                 }
+                // reqwest's read_timeout (the same length) beat the deadline: a stall.
+                Ok(Err(e)) if e.is_timeout() => {
+                    return Err(RegistryLimit::Stalled {
+                        host: src.host.to_string(),
+                        what: what.clone(),
+                        got: window,
+                        after: timeout,
+                    }
+                    .into())
+                }
+                Ok(Err(e)) if resumes < MAX_RESUMES && n < d.size => {
+                    resumes += 1;
+                    tracing::info!(digest = %d.digest, host = %src.host, at = n, error = %chain(&e), "blob download cut; resuming");
+                    src.metrics.resumes.inc();
+                    resp = src.conn.blob(src.path, &d.digest, &what, n).await?;
+                    if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+                        // The whole blob again: start over.
+                        f.flush().await.map_err(io)?;
+                        f.set_len(0).await.map_err(io)?;
+                        f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                        (h, n) = (Sha256::new(), 0);
+                    }
+                    if resp.content_length().is_some_and(|c| n + c > d.size) {
+                        return Err(too_long());
+                    }
+                    continue;
+                }
                 Ok(Err(e)) => {
                     return Err(Error::Registry(format!(
-                        "{what} from {}: {}",
+                        "{what} from {}: {}{}",
                         src.host,
-                        chain(&e)
+                        chain(&e),
+                        if resumes > 0 {
+                            format!(" (after {resumes} resumes without progress)")
+                        } else {
+                            String::new()
+                        }
                     )))
                 }
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
+            if !chunk.is_empty() {
+                resumes = 0;
+            }
             n += chunk.len() as u64;
             src.metrics.bytes.inc_by(chunk.len() as u64);
             if n > d.size {
