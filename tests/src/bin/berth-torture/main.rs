@@ -19,21 +19,28 @@
 //! to a host dir), everything churn made removable, and no leftover beyond the baseline.
 //! Prints violations by kind; exits 1 on any.
 
+mod accounting;
 mod args;
 mod checks;
+mod churner;
 mod daemon;
 mod events;
+mod fault_shim_kill;
+mod faults;
+mod plot;
 mod report;
+mod sampler;
 mod workload;
 
 use anyhow::Result;
 use args::{parse, Args};
+use faults::Fault;
 use k8s_cri::v1 as cri;
 use report::{print_report, Report};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use workload::{Rs, Shape};
 
 static VICTIM_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -53,6 +60,20 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The load and the faults of a run beyond the daemon kill (--churners, --faults,
+/// --pull, --duration), and the error accounting they share.
+struct Load {
+    faults: Vec<Fault>,
+    churners: usize,
+    /// The pull loop's image, then the churners' own.
+    pull: Vec<String>,
+    /// --duration given: longer iterations (the kill 1-10 s in).
+    soak: bool,
+    seed: u64,
+    errors: accounting::Errors,
+    killable: fault_shim_kill::Killable,
 }
 
 struct Counter {
@@ -88,14 +109,38 @@ async fn run(args: Args) -> Result<()> {
         run: format!("{}", args.seed % 1_000_000),
     };
     let mut d = daemon::Daemon::new(&args.daemon, &args.socket, work.join("daemon.log"))?;
+    let load = Load {
+        faults: args.faults.clone(),
+        churners: args.churners,
+        pull: args.pull.clone(),
+        soak: args.duration.is_some(),
+        seed: args.seed,
+        errors: Default::default(),
+        killable: Default::default(),
+    };
     let mut rng = Rng(args.seed | 1);
     let mut report = Report::default();
     println!(
-        "berth-torture: {} iterations, failpoints {:?}, seed {}",
-        args.iterations, args.failpoints, args.seed
+        "berth-torture: {}, failpoints {:?}, faults {:?}, {} churners, seed {}",
+        args.duration
+            .map_or(format!("{} iterations", args.iterations), |t| format!(
+                "{t:?}"
+            )),
+        args.failpoints,
+        args.faults,
+        args.churners,
+        args.seed
     );
     let first = d.start(None).await?;
     println!("daemon ready in {first:?}");
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampling = sampler::spawn(
+        d.pid_cell(),
+        args.socket.clone(),
+        args.sample_every,
+        work.join("samples.csv"),
+        samples.clone(),
+    );
     let mut rs = d.client().await?;
     let (watcher, watching) = events::Watcher::start(args.socket.clone());
     // Containers known to have run their whole life: every transition must be announced.
@@ -134,13 +179,26 @@ async fn run(args: Args) -> Result<()> {
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
 
-    let total = args.iterations + args.failpoints.len();
-    for iter in 0..total {
-        let fp = args
-            .failpoints
-            .get(iter.wrapping_sub(args.iterations))
-            .cloned();
-        let fp = if iter >= args.iterations { fp } else { None };
+    // Random iterations (--iterations of them, or until --duration is over), then each
+    // failpoint once.
+    let deadline = args.duration.map(|t| Instant::now() + t);
+    let mut randoms = 0;
+    let mut total = 0;
+    for iter in 0.. {
+        let random = match deadline {
+            Some(dl) => Instant::now() < dl,
+            None => iter < args.iterations,
+        };
+        let fp = if random {
+            randoms += 1;
+            None
+        } else {
+            match args.failpoints.get(iter - randoms) {
+                Some(f) => Some(f.clone()),
+                None => break,
+            }
+        };
+        total += 1;
         let r = iteration(
             &mut d,
             &mut rs,
@@ -152,11 +210,13 @@ async fn run(args: Args) -> Result<()> {
             &mut rng,
             &mut report,
             &mut lived,
-            args.pull.as_deref(),
+            &load,
         )
         .await;
         if let Err(e) = r {
             report.add("harness", format!("iteration {iter}: {e:#}"));
+            // What the churners saw is not accounted for in a broken iteration.
+            load.errors.take();
             // Start over from a running daemon.
             d.kill9();
             d.start(None).await?;
@@ -177,8 +237,18 @@ async fn run(args: Args) -> Result<()> {
         }
         // A leak is reported once, in the iteration that made it.
         baseline = now;
-        eprintln!("[torture] iteration {}/{} done", iter + 1, total);
+        match deadline {
+            Some(_) => eprintln!("[torture] iteration {} done", iter + 1),
+            None => eprintln!(
+                "[torture] iteration {}/{} done",
+                iter + 1,
+                args.iterations + args.failpoints.len()
+            ),
+        }
     }
+    sampling.abort();
+    let samples = samples.lock().unwrap().clone();
+    resources(&samples, &work, &load, &mut report);
 
     // Teardown: every pod the harness made.
     let mut rs = d.client().await?;
@@ -207,7 +277,7 @@ async fn run(args: Args) -> Result<()> {
     report.event_ids = ids;
     report.redelivered = redelivered;
     d.stop();
-    if let Some(image) = &args.pull {
+    if let Some(image) = args.pull.first() {
         println!(
             "pulls of {image} completed: {} (first cut one: {:?})",
             workload::PULLS.load(Ordering::Relaxed),
@@ -233,7 +303,7 @@ async fn iteration(
     rng: &mut Rng,
     report: &mut Report,
     lived: &mut Vec<String>,
-    pull: Option<&str>,
+    load: &Load,
 ) -> Result<()> {
     // Unique per run: a victim's log file is named after it, and a repeated name would
     // append to an earlier victim's log.
@@ -250,21 +320,54 @@ async fn iteration(
         *rs = d.client().await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut churn: Vec<_> = (0..2)
-        .map(|n| workload::churn(d_socket(d), shape.clone(), stop.clone(), n))
+    let ctx = churner::Ctx {
+        socket: d_socket(d),
+        shape: shape.clone(),
+        stop: stop.clone(),
+        errors: load.errors.clone(),
+        killable: load.killable.clone(),
+        seed: load.seed ^ ((tag as u64) << 20),
+        hold_ms: if load.soak { 1000 } else { 200 },
+    };
+    let mut churn: Vec<_> = (0..load.churners)
+        .map(|n| churner::spawn(ctx.clone(), n, load.pull.get(n + 1).cloned()))
         .collect();
-    if let Some(image) = pull {
+    if let Some(image) = load.pull.first() {
         churn.push(workload::pull_churn(
             d_socket(d),
             image.to_string(),
             stop.clone(),
+            load.errors.clone(),
         ));
     }
+    let daemon_kill = load.faults.contains(&Fault::Kill);
+    let mut kill_at = None;
     match failpoint {
         None => {
-            tokio::time::sleep(Duration::from_millis(50 + rng.below(400))).await;
-            d.kill9();
-            report.kills += 1;
+            let delay = if load.soak {
+                1000 + rng.below(9000)
+            } else {
+                50 + rng.below(400)
+            };
+            // shim-kill: one churn pod's shim at a random moment before the daemon's.
+            let shim_kill = load.faults.contains(&Fault::ShimKill).then(|| {
+                let (at, pick) = (rng.below(delay), rng.below(1 << 32));
+                let (k, socket) = (load.killable.clone(), d_socket(d));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(at)).await;
+                    k.inject(socket, pick, Duration::from_millis(delay - at))
+                        .await
+                })
+            });
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if let Some(t) = shim_kill {
+                t.abort();
+            }
+            if daemon_kill {
+                kill_at = Some(now_ns());
+                d.kill9();
+                report.kills += 1;
+            }
         }
         Some(f) if f.starts_with("shim.") => {
             // A shim dies there (its log reaches the daemon's); then the daemon is killed
@@ -277,6 +380,7 @@ async fn iteration(
                 report.failpoints_missed.push(f.to_string());
                 report.add("failpoint", format!("{f}: no shim died there"));
             }
+            kill_at = Some(now_ns());
             d.kill9();
         }
         Some(f) => {
@@ -290,6 +394,7 @@ async fn iteration(
                 report.add("failpoint", format!("{f}: berthd did not abort there"));
                 d.kill9();
             }
+            kill_at = Some(now_ns());
         }
     }
     let down_at = now_ns();
@@ -305,16 +410,21 @@ async fn iteration(
     for c in churn {
         c.abort();
     }
+    load.killable.reset_running();
+    account(load, kill_at, failpoint, report);
     let up_at = now_ns();
-    let ready = d.start(None).await?;
-    eprintln!(
-        "[torture] ready again in {ready:?}{}",
-        failpoint
-            .map(|f| format!(" (after {f})"))
-            .unwrap_or_default()
-    );
-    report.ready.push(ready);
-    *rs = d.client().await?;
+    if kill_at.is_some() {
+        let ready = d.start(None).await?;
+        eprintln!(
+            "[torture] ready again in {ready:?}{}",
+            failpoint
+                .map(|f| format!(" (after {f})"))
+                .unwrap_or_default()
+        );
+        report.ready.push(ready);
+        *rs = d.client().await?;
+    }
+    let shim_killed = load.killable.killed();
 
     // Nothing unknown.
     let all = rs
@@ -344,7 +454,7 @@ async fn iteration(
         // ShimDied is the truth when the harness made shims die (shim failpoints).
         let shims_died = failpoint.is_some_and(|f| f.starts_with("shim."));
         if matches!(reason.as_str(), "StartInterrupted" | "ShimUnreachable")
-            || (reason == "ShimDied" && !shims_died)
+            || (reason == "ShimDied" && !shims_died && !shim_killed.contains_key(&c.pod_sandbox_id))
         {
             report.add("unknown", format!("container {}: reason {reason}", c.id));
         }
@@ -379,7 +489,7 @@ async fn iteration(
         if let Some(b) = checks::first_break(&lines) {
             report.add("log", format!("counter {}: {b}", c.id));
         }
-        if !lines.iter().any(|(ts, _)| *ts > down_at && *ts < up_at) {
+        if kill_at.is_some() && !lines.iter().any(|(ts, _)| *ts > down_at && *ts < up_at) {
             report.add(
                 "log",
                 format!(
@@ -450,15 +560,16 @@ async fn iteration(
             }
         }
     }
-    // Everything churn made can be removed (the pulled image too); the victims go too.
-    if let Some(image) = pull {
-        if let Err(e) = workload::remove_image(d.socket(), image).await {
-            report.add("removable", format!("image {image}: {e:#}"));
-        }
-    }
+    // Everything churn made can be removed (then the pulled images too, which the
+    // churners' containers used); the victims go too.
     for p in workload::pods_with(rs, "churn").await? {
         if let Err(e) = workload::remove_pod(rs, &p.id).await {
             report.add("removable", format!("churn pod {}: {e:#}", p.id));
+        }
+    }
+    for image in &load.pull {
+        if let Err(e) = workload::remove_image(d.socket(), image).await {
+            report.add("removable", format!("image {image}: {e:#}"));
         }
     }
     for v in &victims {
@@ -479,4 +590,79 @@ async fn iteration(
 
 fn d_socket(d: &daemon::Daemon) -> String {
     d.socket().to_string()
+}
+
+/// Classifies what the churners and the pull loop saw in this iteration: explained by an
+/// injected fault (counted by cause) or a violation of its own kind.
+fn account(load: &Load, kill_at: Option<i64>, failpoint: Option<&str>, report: &mut Report) {
+    let w = accounting::Injected {
+        kill_at,
+        daemon_failpoint: failpoint.is_some_and(|f| !f.starts_with("shim.")),
+        shim_failpoint: failpoint.is_some_and(|f| f.starts_with("shim.")),
+        shim_killed: load.killable.killed(),
+    };
+    let (seen, direct) = load.errors.take();
+    for e in seen {
+        match w.explain(&e) {
+            Some(cause) => *report.injected.entry(cause.to_string()).or_default() += 1,
+            None => report.add(
+                &accounting::kind(&e),
+                format!("pod {}: {} ({:?})", e.pod, e.msg, e.code),
+            ),
+        }
+    }
+    for (kind, detail) in direct {
+        report.add(&kind, detail);
+    }
+}
+
+/// The resource figures: flat after warm-up (sampler::judge), the CSV and the chart.
+fn resources(
+    samples: &[sampler::Sample],
+    work: &std::path::Path,
+    load: &Load,
+    report: &mut Report,
+) {
+    let (shim_kills, checked, missed) = load.killable.counts();
+    report.extra.push(format!(
+        "churners: {} cycles completed, {} calls answered; shim kills {shim_kills}, \
+         {checked} of them checked to the end ({missed} moments with no churn pod running)",
+        churner::CYCLES.load(Ordering::Relaxed),
+        churner::CALLS.load(Ordering::Relaxed),
+    ));
+    let chart = work.join("samples.svg");
+    if let Err(e) = plot::svg(samples, &chart, "berth-torture: berthd and its shims") {
+        report.add("harness", format!("{e:#}"));
+    }
+    let Some(f) = sampler::judge(samples) else {
+        report.extra.push(format!(
+            "resources: {} samples, too few after the warm-up for a verdict",
+            samples.len()
+        ));
+        return;
+    };
+    let pct = |(a, b): (u64, u64)| (b as f64 - a as f64) * 100.0 / (a.max(1) as f64);
+    report.extra.push(format!(
+        "resources after a {:.0} s warm-up ({} samples, {} berthd processes; medians of the \
+         first and last thirds): berthd RSS {:.1} → {:.1} MiB ({:+.1}%), open fds {} → {} \
+         ({:+.1}%), PSS per shim {:.2} → {:.2} MiB ({:+.1}%); {}; samples in {}, chart in {}",
+        f.warmup_s,
+        f.samples,
+        f.series,
+        f.rss_kb.0 as f64 / 1024.0,
+        f.rss_kb.1 as f64 / 1024.0,
+        pct(f.rss_kb),
+        f.fds.0,
+        f.fds.1,
+        pct(f.fds),
+        f.pss_per_shim_kb.0 as f64 / 1024.0,
+        f.pss_per_shim_kb.1 as f64 / 1024.0,
+        pct(f.pss_per_shim_kb),
+        if f.grows.is_empty() { "flat" } else { "GROWS" },
+        work.join("samples.csv").display(),
+        chart.display(),
+    ));
+    for (kind, detail) in f.grows {
+        report.add(&kind, detail);
+    }
 }
