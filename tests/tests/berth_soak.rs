@@ -21,7 +21,14 @@ fn env_or(name: &str, default: &str) -> String {
 #[test]
 fn churners_with_berthd_and_shim_kills_see_only_injected_errors_and_stay_flat() -> Result<()> {
     // Configured only: the torture binary starts (and kills) berthd itself.
-    let d = Berthd::builder().cni_bridge(7).busybox().configure()?;
+    // A pod cgroup parent of its own: other berthds on the node (tests side by side)
+    // share the runtime's state dir and /berth, and their pods are not this run's leaks.
+    let parent = format!("berth-soak-{}", std::process::id());
+    let d = Berthd::builder()
+        .cni_bridge(7)
+        .busybox()
+        .config(&format!("[runtime]\ncgroup_parent = \"/{parent}\"\n"))
+        .configure()?;
     let work = d.dir.path().join("soak");
     std::fs::create_dir_all(&work)?;
     // BERTH_SOAK_CHURNERS, BERTH_SOAK_DURATION, BERTH_SOAK_FAULTS, BERTH_SOAK_SEED:
@@ -60,6 +67,7 @@ fn churners_with_berthd_and_shim_kills_see_only_injected_errors_and_stay_flat() 
         .args(["--duration", &duration, "--faults", &faults])
         .args(["--sample-every", &every])
         .args(["--failpoints", "none", "--pod-network"])
+        .args(["--cgroup-parent", &format!("/{parent}")])
         .arg("--root")
         .arg(d.dir.path().join("root"))
         .arg("--state")
@@ -71,7 +79,13 @@ fn churners_with_berthd_and_shim_kills_see_only_injected_errors_and_stay_flat() 
     if let Ok(seed) = std::env::var("BERTH_SOAK_SEED") {
         cmd.args(["--seed", &seed]);
     }
-    let out = cmd.output()?;
+    let out = cmd.output();
+    // The parent cgroup itself (empty once every pod is gone) in each hierarchy.
+    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let _ = std::fs::remove_dir(h.path().join(&parent));
+    }
+    let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(&parent));
+    let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -108,6 +108,36 @@ pub fn kind(e: &Seen) -> String {
     }
 }
 
+/// Classifies what the churners and the pull loop saw in this iteration: explained by an
+/// injected fault (counted by cause) or a violation of its own kind.
+pub fn account(
+    errors: &Errors,
+    killable: &crate::fault_shim_kill::Killable,
+    kill_at: Option<i64>,
+    failpoint: Option<&str>,
+    report: &mut crate::report::Report,
+) {
+    let w = Injected {
+        kill_at,
+        daemon_failpoint: failpoint.is_some_and(|f| !f.starts_with("shim.")),
+        shim_failpoint: failpoint.is_some_and(|f| f.starts_with("shim.")),
+        shim_killed: killable.killed(),
+    };
+    let (seen, direct) = errors.take();
+    for e in seen {
+        match w.explain(&e) {
+            Some(cause) => *report.injected.entry(cause.to_string()).or_default() += 1,
+            None => report.add(
+                &kind(&e),
+                format!("pod {}: {} ({:?})", e.pod, e.msg, e.code),
+            ),
+        }
+    }
+    for (kind, detail) in direct {
+        report.add(&kind, detail);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

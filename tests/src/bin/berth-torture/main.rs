@@ -7,11 +7,13 @@
 //! berth-torture --socket /run/berth/berth.sock --daemon "berthd --config /etc/berth/config.toml"
 //!     --image busybox [--iterations 20] [--failpoints all|none|a,b] [--pod-network]
 //!     [--root DIR --state DIR] [--cgroup-parent /berth] [--ipam-dir DIR] [--runc-root DIR] [--seed N]
+//!     [--faults kill,shim-kill] [--churners N] [--duration D] [--sample-every S]
 //! ```
 //!
-//! Each iteration: two fresh victims start; churn runs (pods and containers made and
-//! removed in two loops); the daemon is killed with SIGKILL after a random delay (or dies
-//! at its armed failpoint); while it is down the victims get SIGTERM (exit 42) and SIGKILL
+//! Each iteration: two fresh victims start; churn runs (--churners loops of pods and
+//! containers made, used and removed, churner.rs; with shim-kill one churn pod's shim is
+//! killed, fault_shim_kill.rs); the daemon is killed with SIGKILL after a random delay (or
+//! dies at its armed failpoint); what the churners saw is accounted (accounting.rs); while it is down the victims get SIGTERM (exit 42) and SIGKILL
 //! (137); the daemon restarts (time to ready measured); then the checks: no container in
 //! an unknown state, the long-lived counters running with their pids and every line
 //! (numbered, no gap, stamped when produced, also while the daemon was down), the victims'
@@ -248,7 +250,7 @@ async fn run(args: Args) -> Result<()> {
     }
     sampling.abort();
     let samples = samples.lock().unwrap().clone();
-    resources(&samples, &work, &load, &mut report);
+    sampler::resources(&samples, &work, &load.killable, &mut report);
 
     // Teardown: every pod the harness made.
     let mut rs = d.client().await?;
@@ -411,7 +413,7 @@ async fn iteration(
         c.abort();
     }
     load.killable.reset_running();
-    account(load, kill_at, failpoint, report);
+    accounting::account(&load.errors, &load.killable, kill_at, failpoint, report);
     let up_at = now_ns();
     if kill_at.is_some() {
         let ready = d.start(None).await?;
@@ -590,79 +592,4 @@ async fn iteration(
 
 fn d_socket(d: &daemon::Daemon) -> String {
     d.socket().to_string()
-}
-
-/// Classifies what the churners and the pull loop saw in this iteration: explained by an
-/// injected fault (counted by cause) or a violation of its own kind.
-fn account(load: &Load, kill_at: Option<i64>, failpoint: Option<&str>, report: &mut Report) {
-    let w = accounting::Injected {
-        kill_at,
-        daemon_failpoint: failpoint.is_some_and(|f| !f.starts_with("shim.")),
-        shim_failpoint: failpoint.is_some_and(|f| f.starts_with("shim.")),
-        shim_killed: load.killable.killed(),
-    };
-    let (seen, direct) = load.errors.take();
-    for e in seen {
-        match w.explain(&e) {
-            Some(cause) => *report.injected.entry(cause.to_string()).or_default() += 1,
-            None => report.add(
-                &accounting::kind(&e),
-                format!("pod {}: {} ({:?})", e.pod, e.msg, e.code),
-            ),
-        }
-    }
-    for (kind, detail) in direct {
-        report.add(&kind, detail);
-    }
-}
-
-/// The resource figures: flat after warm-up (sampler::judge), the CSV and the chart.
-fn resources(
-    samples: &[sampler::Sample],
-    work: &std::path::Path,
-    load: &Load,
-    report: &mut Report,
-) {
-    let (shim_kills, checked, missed) = load.killable.counts();
-    report.extra.push(format!(
-        "churners: {} cycles completed, {} calls answered; shim kills {shim_kills}, \
-         {checked} of them checked to the end ({missed} moments with no churn pod running)",
-        churner::CYCLES.load(Ordering::Relaxed),
-        churner::CALLS.load(Ordering::Relaxed),
-    ));
-    let chart = work.join("samples.svg");
-    if let Err(e) = plot::svg(samples, &chart, "berth-torture: berthd and its shims") {
-        report.add("harness", format!("{e:#}"));
-    }
-    let Some(f) = sampler::judge(samples) else {
-        report.extra.push(format!(
-            "resources: {} samples, too few after the warm-up for a verdict",
-            samples.len()
-        ));
-        return;
-    };
-    let pct = |(a, b): (u64, u64)| (b as f64 - a as f64) * 100.0 / (a.max(1) as f64);
-    report.extra.push(format!(
-        "resources after a {:.0} s warm-up ({} samples, {} berthd processes; medians of the \
-         first and last thirds): berthd RSS {:.1} → {:.1} MiB ({:+.1}%), open fds {} → {} \
-         ({:+.1}%), PSS per shim {:.2} → {:.2} MiB ({:+.1}%); {}; samples in {}, chart in {}",
-        f.warmup_s,
-        f.samples,
-        f.series,
-        f.rss_kb.0 as f64 / 1024.0,
-        f.rss_kb.1 as f64 / 1024.0,
-        pct(f.rss_kb),
-        f.fds.0,
-        f.fds.1,
-        pct(f.fds),
-        f.pss_per_shim_kb.0 as f64 / 1024.0,
-        f.pss_per_shim_kb.1 as f64 / 1024.0,
-        pct(f.pss_per_shim_kb),
-        if f.grows.is_empty() { "flat" } else { "GROWS" },
-        work.join("samples.csv").display(),
-        chart.display(),
-    ));
-    for (kind, detail) in f.grows {
-        report.add(&kind, detail);
-    }
 }

@@ -1,6 +1,7 @@
 //! Resource sampling during a run: every few seconds berthd's RSS (VmRSS) and open fd
 //! count, the number of its shims and their total PSS, appended to `samples.csv` in
-//! --work; at the end, whether berthd stayed flat after warm-up (`judge`).
+//! --work; at the end, whether berthd stayed flat after warm-up (`judge`), reported with
+//! the chart (`resources`).
 //!
 //! "Flat" across restarts: each berthd (a pid) is a series of its own, and a fresh one
 //! starts small and grows while it recovers and serves. A kill every few seconds means no
@@ -164,6 +165,58 @@ pub fn judge(samples: &[Sample]) -> Option<Flat> {
         pss_per_shim_kb,
         grows: out,
     })
+}
+
+/// The resource figures (and the load's counts) for the report: flat after warm-up
+/// (`judge`), the chart next to the CSV.
+pub fn resources(
+    samples: &[Sample],
+    work: &std::path::Path,
+    killable: &crate::fault_shim_kill::Killable,
+    report: &mut crate::report::Report,
+) {
+    let (shim_kills, checked, missed) = killable.counts();
+    report.extra.push(format!(
+        "churners: {} cycles completed, {} calls answered; shim kills {shim_kills}, \
+         {checked} of them checked to the end ({missed} moments with no churn pod running)",
+        crate::churner::CYCLES.load(Ordering::Relaxed),
+        crate::churner::CALLS.load(Ordering::Relaxed),
+    ));
+    let chart = work.join("samples.svg");
+    if let Err(e) = crate::plot::svg(samples, &chart, "berth-torture: berthd and its shims") {
+        report.add("harness", format!("{e:#}"));
+    }
+    let Some(f) = judge(samples) else {
+        report.extra.push(format!(
+            "resources: {} samples, too few after the warm-up for a verdict",
+            samples.len()
+        ));
+        return;
+    };
+    let pct = |(a, b): (u64, u64)| (b as f64 - a as f64) * 100.0 / (a.max(1) as f64);
+    report.extra.push(format!(
+        "resources after a {:.0} s warm-up ({} samples, {} berthd processes; medians of the \
+         first and last thirds): berthd RSS {:.1} → {:.1} MiB ({:+.1}%), open fds {} → {} \
+         ({:+.1}%), PSS per shim {:.2} → {:.2} MiB ({:+.1}%); {}; samples in {}, chart in {}",
+        f.warmup_s,
+        f.samples,
+        f.series,
+        f.rss_kb.0 as f64 / 1024.0,
+        f.rss_kb.1 as f64 / 1024.0,
+        pct(f.rss_kb),
+        f.fds.0,
+        f.fds.1,
+        pct(f.fds),
+        f.pss_per_shim_kb.0 as f64 / 1024.0,
+        f.pss_per_shim_kb.1 as f64 / 1024.0,
+        pct(f.pss_per_shim_kb),
+        if f.grows.is_empty() { "flat" } else { "GROWS" },
+        work.join("samples.csv").display(),
+        chart.display(),
+    ));
+    for (kind, detail) in f.grows {
+        report.add(&kind, detail);
+    }
 }
 
 #[cfg(test)]
