@@ -50,7 +50,8 @@ OPTIONS:
     --cgroup-parent PATH  The pods' parent cgroup, checked for leftover cgroups [/berth].
     --ipam-dir DIR        The CNI host-local data dir, checked for leaked IPs.
     --runc-root DIR       The OCI runtime's state root, checked for leftover containers
-                          [/run/containerd/runc/berth].
+                          whose cgroup is under --cgroup-parent (other daemons on the
+                          node share it) [/run/containerd/runc/berth].
     --pull IMAGE[,IMAGE...]
                           A loop pulls and removes the first IMAGE (an image of its own:
                           removing it must not touch --image); churner i pulls the
