@@ -100,6 +100,18 @@ impl Shims {
         if self.gone(address) {
             return true;
         }
+        // The connection broke under the call: the shim is most likely dying (a crash
+        // closes its connections a moment before its listener is gone). Given a bounded
+        // moment to finish; a shim that still listens after it keeps its tasks.
+        if lost_connection(err) {
+            for _ in 0..20 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if self.gone(address) {
+                    return true;
+                }
+            }
+            return false;
+        }
         if !matches!(err, Error::DeadlineExceeded(_)) {
             return false;
         }
@@ -124,5 +136,36 @@ impl Shims {
         let gone = m.remove(pod_id);
         self.alive.set(m.len() as i64);
         gone
+    }
+}
+
+/// Whether `err` is a shim call whose connection broke (as opposed to an answer): what the
+/// ttrpc client says when the peer closed or reset the connection.
+fn lost_connection(err: &Error) -> bool {
+    let Error::Internal(m) = err else {
+        return false;
+    };
+    ["channel closed", "socket err", "stream closed", ": eof"]
+        .iter()
+        .any(|s| m.contains(s))
+}
+
+#[cfg(test)]
+mod lost_connection_tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_told_from_an_answer() {
+        let closed = Error::Internal(
+            "task state: ttrpc err: reserve channel capacity failed: channel closed".into(),
+        );
+        assert!(lost_connection(&closed));
+        assert!(lost_connection(&Error::Internal(
+            "task kill: socket err: EPIPE".into()
+        )));
+        assert!(!lost_connection(&Error::Internal(
+            "task kill: runc failed".into()
+        )));
+        assert!(!lost_connection(&Error::NotFound("channel closed".into())));
     }
 }

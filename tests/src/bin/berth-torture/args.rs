@@ -4,11 +4,12 @@
 use crate::faults::Fault;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
-[--iterations N] [--faults kill,store,reboot] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--iterations N] [--faults kill,store,shim-kill,reboot] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
 [--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
+[--churners N] [--duration D] [--sample-every S]
 Try 'berth-torture --help' for what each option does.";
 
 /// `--help`: what the harness does to the node, each option, and how it ends.
@@ -40,10 +41,13 @@ OPTIONS:
     --iterations N        Kill-restart-check rounds with a random kill moment [20]; also
                           the number of rounds of a phase fault (reboot).
     --faults LIST         The faults, separated by commas [kill]. Round faults share the
-                          kill rounds in turn: kill (nothing more), store (the daemon's
-                          state store <root>/berth.redb is deleted, truncated or garbled,
-                          in turn, while it is down; needs --root). Phase faults run their
-                          own rounds after them: reboot (a simulated node reboot: every
+                          daemon-kill rounds in turn: kill (SIGKILL of the daemon at a
+                          random moment), store (the same, then the daemon's state store
+                          <root>/berth.redb is deleted, truncated or garbled, in turn,
+                          while it is down; needs --root). shim-kill joins every round:
+                          SIGKILL of a running churn pod's shim at a random moment (its
+                          container must end with a reason and the pod become NotReady).
+                          Phase faults run their own rounds after them: reboot (a simulated node reboot: every
                           shim and container killed -9, the state dir unmounted and
                           emptied, netns pins gone; checks that old pods are NotReady,
                           their containers exited with a reason, their IPs released,
@@ -59,9 +63,20 @@ OPTIONS:
     --cgroup-parent PATH  The pods' parent cgroup, checked for leftover cgroups [/berth].
     --ipam-dir DIR        The CNI host-local data dir, checked for leaked IPs.
     --runc-root DIR       The OCI runtime's state root, checked for leftover containers
-                          [/run/containerd/runc/berth].
-    --pull IMAGE          A third loop pulls and removes IMAGE (an image of its own:
-                          removing it must not touch --image).
+                          whose cgroup is under --cgroup-parent (other daemons on the
+                          node share it) [/run/containerd/runc/berth].
+    --pull IMAGE[,IMAGE...]
+                          A loop pulls and removes the first IMAGE (an image of its own:
+                          removing it must not touch --image); churner i pulls the
+                          (i+2)-th, runs its container from it and removes it each cycle.
+    --churners N          Parallel churn loops, each making a pod, running a container,
+                          ExecSync, reading its log, ContainerStats, PodSandboxStats,
+                          ListContainerStats, then removing everything [2]. Every error
+                          they see is explained by an injected fault or a violation.
+    --duration D          Run random iterations for this long (90s, 30m, 1h) instead of
+                          --iterations; the kill moment is then 1-10 s into each one.
+    --sample-every S      Seconds between samples of the daemon's RSS and fds, and its
+                          shims' count and PSS (samples.csv and samples.svg in --work) [5].
     --counters N          Long-lived counter containers whose every line is checked [3].
     --seed N              Seed of the kill moments, to replay a run [the time].
     --work DIR            Where logs and the daemon's output go [a new temp dir].
@@ -110,10 +125,29 @@ pub struct Args {
     pub cgroup_parent: String,
     pub ipam_dir: Option<PathBuf>,
     pub runc_root: PathBuf,
-    pub pull: Option<String>,
+    /// `--pull`: the pull loop's image, then the churners' own images.
+    pub pull: Vec<String>,
     pub counters: usize,
     pub seed: u64,
     pub work: Option<PathBuf>,
+    pub churners: usize,
+    pub duration: Option<Duration>,
+    pub sample_every: Duration,
+}
+
+/// `90s`, `30m`, `1h` or plain seconds.
+fn duration(v: &str) -> Result<Duration> {
+    let (n, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((v, ""), |i| v.split_at(i));
+    let n: u64 = n.parse().with_context(|| format!("bad duration {v:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("bad duration {v:?} (e.g. 90s, 30m, 1h)"),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 pub fn parse() -> Result<Args> {
@@ -130,12 +164,15 @@ pub fn parse() -> Result<Args> {
         cgroup_parent: "/berth".into(),
         ipam_dir: None,
         runc_root: "/run/containerd/runc/berth".into(),
-        pull: None,
+        pull: Vec::new(),
         counters: 3,
         seed: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
         work: None,
+        churners: 2,
+        duration: None,
+        sample_every: Duration::from_secs(5),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -162,10 +199,13 @@ pub fn parse() -> Result<Args> {
             "--cgroup-parent" => a.cgroup_parent = v()?,
             "--ipam-dir" => a.ipam_dir = Some(v()?.into()),
             "--runc-root" => a.runc_root = v()?.into(),
-            "--pull" => a.pull = Some(v()?),
+            "--pull" => a.pull = v()?.split(',').map(String::from).collect(),
             "--counters" => a.counters = v()?.parse()?,
             "--seed" => a.seed = v()?.parse()?,
             "--work" => a.work = Some(v()?.into()),
+            "--churners" => a.churners = v()?.parse()?,
+            "--duration" => a.duration = Some(duration(&v()?)?),
+            "--sample-every" => a.sample_every = duration(&v()?)?.max(Duration::from_secs(1)),
             "-h" | "--help" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -173,11 +213,25 @@ pub fn parse() -> Result<Args> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
-    if a.pull.is_none() {
+    if a.pull.is_empty() {
         a.failpoints.retain(|f| !f.starts_with("image.pull."));
     }
     if a.socket.is_empty() || a.daemon.is_empty() || a.image.is_empty() {
         bail!("--socket, --daemon and --image are required\n{USAGE}");
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(super::duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(super::duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(super::duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(super::duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(super::duration("1d").is_err());
+        assert!(super::duration("m").is_err());
+    }
 }

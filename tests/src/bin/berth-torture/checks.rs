@@ -85,6 +85,22 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The OCI runtime's state entries of this run: the namespace's state dir is shared by
+/// every daemon instance on the node (tests side by side), so an entry whose runc
+/// `state.json` puts its cgroup outside `parent` belongs to another one. An entry without
+/// a readable state.json (half made) counts.
+fn runc_entries(root: &Path, parent: &str) -> Vec<String> {
+    let ours = format!("\"/{parent}/");
+    entries(root)
+        .into_iter()
+        .filter(|e| {
+            parent.is_empty()
+                || std::fs::read_to_string(Path::new(e).join("state.json"))
+                    .map_or(true, |t| t.contains(&ours))
+        })
+        .collect()
+}
+
 fn cgroups_under(dir: &Path, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -140,7 +156,7 @@ impl Scope {
             cgroups_under(&base.join(parent), &mut cg);
         }
         m.insert("cgroup", cg);
-        m.insert("runc state", entries(&self.runc_root));
+        m.insert("runc state", runc_entries(&self.runc_root, parent));
         if let Some(ipam) = &self.ipam_dir {
             let ips = entries(ipam)
                 .into_iter()
@@ -184,6 +200,35 @@ mod tests {
             parse_ts("2000-02-29T00:00:00+00:00"),
             Some(951_782_400_000_000_000)
         );
+    }
+
+    #[test]
+    fn runc_state_of_this_run_only() {
+        let root = tempfile::tempdir().unwrap();
+        for (id, state) in [
+            (
+                "ours",
+                Some(r#"{"config":{"cgroups":{"path":"/berth/ours"}}}"#),
+            ),
+            (
+                "theirs",
+                Some(r#"{"config":{"cgroups":{"path":"/berth-soak-1/theirs"}}}"#),
+            ),
+            ("half", None),
+        ] {
+            let d = root.path().join(id);
+            std::fs::create_dir(&d).unwrap();
+            if let Some(t) = state {
+                std::fs::write(d.join("state.json"), t).unwrap();
+            }
+        }
+        let mut got: Vec<String> = runc_entries(root.path(), "berth")
+            .into_iter()
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["half", "ours"]);
+        assert_eq!(runc_entries(root.path(), "").len(), 3);
     }
 
     #[test]

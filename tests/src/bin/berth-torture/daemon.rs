@@ -6,6 +6,8 @@ use anyhow::{bail, Context, Result};
 use berth_cri::v1 as cri;
 use berth_tests::cri::{connect, RuntimeServiceClient};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -14,6 +16,8 @@ pub struct Daemon {
     socket: String,
     log: std::path::PathBuf,
     child: Option<Child>,
+    /// The running daemon's pid (0 while none runs), shared with the sampler.
+    pid: Arc<AtomicI32>,
 }
 
 impl Daemon {
@@ -27,6 +31,7 @@ impl Daemon {
             socket: socket.to_string(),
             log,
             child: None,
+            pid: Arc::default(),
         })
     }
 
@@ -61,10 +66,11 @@ impl Daemon {
             None => {}
         }
         let t0 = Instant::now();
-        self.child = Some(
-            cmd.spawn()
-                .with_context(|| format!("start {:?}", self.argv))?,
-        );
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {:?}", self.argv))?;
+        self.pid.store(child.id() as i32, Ordering::Relaxed);
+        self.child = Some(child);
         loop {
             if let Ok(mut rs) = self.client().await {
                 let st = rs
@@ -109,6 +115,11 @@ impl Daemon {
         false
     }
 
+    /// The running daemon's pid as it changes (0 while none runs).
+    pub fn pid_cell(&self) -> Arc<AtomicI32> {
+        self.pid.clone()
+    }
+
     pub fn socket(&self) -> &str {
         &self.socket
     }
@@ -119,6 +130,7 @@ impl Daemon {
 
     /// SIGKILL, and reaped.
     pub fn kill9(&mut self) {
+        self.pid.store(0, Ordering::Relaxed);
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -131,6 +143,7 @@ impl Daemon {
         while t0.elapsed() < limit {
             if let Some(c) = &mut self.child {
                 if let Ok(Some(_)) = c.try_wait() {
+                    self.pid.store(0, Ordering::Relaxed);
                     self.child = None;
                     return true;
                 }
@@ -144,6 +157,7 @@ impl Daemon {
 
     /// SIGTERM, bounded wait, then SIGKILL.
     pub fn stop(&mut self) {
+        self.pid.store(0, Ordering::Relaxed);
         if let Some(mut c) = self.child.take() {
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGTERM);

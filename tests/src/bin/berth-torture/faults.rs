@@ -1,7 +1,7 @@
 //! The faults berth-torture injects (`--faults LIST`): each a variant here, its injection
 //! and its own checks in a `fault_<name>.rs` of its own. Round faults (kill, store) share
-//! the `--iterations` kill rounds in turn; a phase fault (reboot) runs its own rounds after
-//! them.
+//! the daemon-kill rounds in turn; shim-kill joins every round; a phase fault (reboot) runs
+//! its own rounds after them.
 
 use anyhow::{bail, Result};
 
@@ -15,10 +15,13 @@ pub enum Fault {
     /// A simulated node reboot (`fault_reboot`): every shim and container killed, the
     /// state dir emptied, the netns pins gone, then the daemon started.
     Reboot,
+    /// kill -9 of a running churn pod's shim at a random moment of each round
+    /// (`fault_shim_kill`).
+    ShimKill,
 }
 
 impl Fault {
-    /// A comma-separated list ("kill,store,reboot"); each fault once, in the order given.
+    /// A comma-separated list ("kill,store,shim-kill,reboot"); each fault once, in order.
     pub fn parse(list: &str) -> Result<Vec<Fault>> {
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -26,7 +29,10 @@ impl Fault {
                 "kill" => Fault::Kill,
                 "store" => Fault::Store,
                 "reboot" => Fault::Reboot,
-                other => bail!("unknown fault {other:?} (known: kill, store, reboot)"),
+                "shim-kill" => Fault::ShimKill,
+                other => {
+                    bail!("unknown fault {other:?} (known: kill, store, reboot, shim-kill)")
+                }
             };
             if !out.contains(&f) {
                 out.push(f);
@@ -38,7 +44,7 @@ impl Fault {
         Ok(out)
     }
 
-    /// A fault of the kill rounds (taken in turn by them), not a phase of its own.
+    /// A fault of the daemon-kill rounds (taken in turn by them).
     pub fn per_round(self) -> bool {
         matches!(self, Fault::Kill | Fault::Store)
     }
@@ -52,11 +58,12 @@ mod tests {
     fn lists() {
         assert_eq!(Fault::parse("kill").unwrap(), vec![Fault::Kill]);
         assert_eq!(
-            Fault::parse("reboot, kill,store,reboot").unwrap(),
-            vec![Fault::Reboot, Fault::Kill, Fault::Store]
+            Fault::parse("reboot, kill,store,shim-kill,reboot").unwrap(),
+            vec![Fault::Reboot, Fault::Kill, Fault::Store, Fault::ShimKill]
         );
         assert!(Fault::parse("").is_err());
         assert!(Fault::parse("kill,nap").is_err());
         assert!(Fault::Store.per_round() && !Fault::Reboot.per_round());
+        assert!(!Fault::ShimKill.per_round());
     }
 }

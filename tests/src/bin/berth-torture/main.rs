@@ -7,11 +7,13 @@
 //! berth-torture --socket /run/berth/berth.sock --daemon "berthd --config /etc/berth/config.toml"
 //!     --image busybox [--iterations 20] [--failpoints all|none|a,b] [--pod-network]
 //!     [--root DIR --state DIR] [--cgroup-parent /berth] [--ipam-dir DIR] [--runc-root DIR] [--seed N]
+//!     [--faults kill,shim-kill] [--churners N] [--duration D] [--sample-every S]
 //! ```
 //!
-//! Each iteration: two fresh victims start; churn runs (pods and containers made and
-//! removed in two loops); the daemon is killed with SIGKILL after a random delay (or dies
-//! at its armed failpoint); while it is down the victims get SIGTERM (exit 42) and SIGKILL
+//! Each iteration: two fresh victims start; churn runs (--churners loops of pods and
+//! containers made, used and removed, churner.rs; with shim-kill one churn pod's shim is
+//! killed, fault_shim_kill.rs); the daemon is killed with SIGKILL after a random delay (or
+//! dies at its armed failpoint); what the churners saw is accounted (accounting.rs); while it is down the victims get SIGTERM (exit 42) and SIGKILL
 //! (137); the daemon restarts (time to ready measured); then the checks: no container in
 //! an unknown state, the long-lived counters running with their pids and every line
 //! (numbered, no gap, stamped when produced, also while the daemon was down), the victims'
@@ -19,24 +21,30 @@
 //! to a host dir), everything churn made removable, and no leftover beyond the baseline.
 //! Prints violations by kind; exits 1 on any.
 
+mod accounting;
 mod args;
 mod checks;
+mod churner;
 mod daemon;
 mod events;
 mod fault_reboot;
+mod fault_shim_kill;
 mod fault_store;
 mod faults;
+mod plot;
 mod report;
+mod sampler;
 mod workload;
 
 use anyhow::Result;
 use args::{parse, Args};
 use berth_cri::v1 as cri;
+use faults::Fault;
 use report::{print_report, Report};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use workload::{Rs, Shape};
 
 static VICTIM_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -56,6 +64,20 @@ fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The load and the faults of a run beyond the daemon kill (--churners, --faults,
+/// --pull, --duration), and the error accounting they share.
+struct Load {
+    faults: Vec<Fault>,
+    churners: usize,
+    /// The pull loop's image, then the churners' own.
+    pull: Vec<String>,
+    /// --duration given: longer iterations (the kill 1-10 s in).
+    soak: bool,
+    seed: u64,
+    errors: accounting::Errors,
+    killable: fault_shim_kill::Killable,
 }
 
 struct Counter {
@@ -91,14 +113,38 @@ async fn run(args: Args) -> Result<()> {
         run: format!("{}", args.seed % 1_000_000),
     };
     let mut d = daemon::Daemon::new(&args.daemon, &args.socket, work.join("daemon.log"))?;
+    let load = Load {
+        faults: args.faults.clone(),
+        churners: args.churners,
+        pull: args.pull.clone(),
+        soak: args.duration.is_some(),
+        seed: args.seed,
+        errors: Default::default(),
+        killable: Default::default(),
+    };
     let mut rng = Rng(args.seed | 1);
     let mut report = Report::default();
     println!(
-        "berth-torture: {} iterations, failpoints {:?}, seed {}",
-        args.iterations, args.failpoints, args.seed
+        "berth-torture: {}, failpoints {:?}, faults {:?}, {} churners, seed {}",
+        args.duration
+            .map_or(format!("{} iterations", args.iterations), |t| format!(
+                "{t:?}"
+            )),
+        args.failpoints,
+        args.faults,
+        args.churners,
+        args.seed
     );
     let first = d.start(None).await?;
     println!("daemon ready in {first:?}");
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampling = sampler::spawn(
+        d.pid_cell(),
+        args.socket.clone(),
+        args.sample_every,
+        work.join("samples.csv"),
+        samples.clone(),
+    );
     let mut rs = d.client().await?;
     let (watcher, watching) = events::Watcher::start(args.socket.clone());
     // Containers known to have run their whole life: every transition must be announced.
@@ -135,7 +181,7 @@ async fn run(args: Args) -> Result<()> {
         runc_root: args.runc_root.clone(),
     };
     let mut store_fault = None;
-    if args.faults.contains(&faults::Fault::Store) {
+    if args.faults.contains(&Fault::Store) {
         let log = work.join("daemon.log");
         store_fault = Some(fault_store::StoreFault::new(
             args.root.as_deref(),
@@ -146,32 +192,45 @@ async fn run(args: Args) -> Result<()> {
     // Counters' and the victims' pod's own resources are the baseline.
     let mut baseline = scope.snapshot();
 
-    // The kill rounds take the round faults in turn (none: no kill rounds).
-    let rounds: Vec<faults::Fault> = args
+    // The daemon-kill rounds take the round faults (kill, store) in turn; shim-kill joins
+    // every round; with neither (a phase fault alone) there are no rounds.
+    let rounds: Vec<Fault> = args
         .faults
         .iter()
         .copied()
         .filter(|f| f.per_round())
         .collect();
-    let total = if rounds.is_empty() {
-        0
-    } else {
-        args.iterations + args.failpoints.len()
-    };
-    for iter in 0..total {
-        let fp = args
-            .failpoints
-            .get(iter.wrapping_sub(args.iterations))
-            .cloned();
-        let fp = if iter >= args.iterations { fp } else { None };
-        // Random-kill rounds take the faults in turn; failpoint rounds only kill.
-        let fault = match fp {
-            None => rounds[iter % rounds.len()],
-            Some(_) => faults::Fault::Kill,
+    let iterating = !rounds.is_empty() || args.faults.contains(&Fault::ShimKill);
+    // Random iterations (--iterations of them, or until --duration is over), then each
+    // failpoint once.
+    let deadline = args.duration.map(|t| Instant::now() + t);
+    let mut randoms = 0;
+    let mut total = 0;
+    for iter in 0.. {
+        if !iterating {
+            break;
+        }
+        let random = match deadline {
+            Some(dl) => Instant::now() < dl,
+            None => iter < args.iterations,
         };
-        let store = store_fault
-            .as_mut()
-            .filter(|_| fault == faults::Fault::Store);
+        let fp = if random {
+            randoms += 1;
+            None
+        } else {
+            match args.failpoints.get(iter - randoms) {
+                Some(f) => Some(f.clone()),
+                None => break,
+            }
+        };
+        total += 1;
+        // A failpoint round only kills; a random round takes the next round fault.
+        let fault = match fp {
+            Some(_) => Some(Fault::Kill),
+            None if rounds.is_empty() => None,
+            None => Some(rounds[iter % rounds.len()]),
+        };
+        let store = store_fault.as_mut().filter(|_| fault == Some(Fault::Store));
         let r = iteration(
             &mut d,
             &mut rs,
@@ -183,12 +242,15 @@ async fn run(args: Args) -> Result<()> {
             &mut rng,
             &mut report,
             &mut lived,
-            args.pull.as_deref(),
+            &load,
             store,
+            fault.is_some(),
         )
         .await;
         if let Err(e) = r {
             report.add("harness", format!("iteration {iter}: {e:#}"));
+            // What the churners saw is not accounted for in a broken iteration.
+            load.errors.take();
             // Start over from a running daemon.
             d.kill9();
             d.start(None).await?;
@@ -209,10 +271,17 @@ async fn run(args: Args) -> Result<()> {
         }
         // A leak is reported once, in the iteration that made it.
         baseline = now;
-        eprintln!("[torture] iteration {}/{} done", iter + 1, total);
+        match deadline {
+            Some(_) => eprintln!("[torture] iteration {} done", iter + 1),
+            None => eprintln!(
+                "[torture] iteration {}/{} done",
+                iter + 1,
+                args.iterations + args.failpoints.len()
+            ),
+        }
     }
     // After the kills: a reboot ends the long-lived workload too.
-    let reboots = if args.faults.contains(&faults::Fault::Reboot) {
+    let reboots = if args.faults.contains(&Fault::Reboot) {
         args.iterations
     } else {
         0
@@ -236,6 +305,9 @@ async fn run(args: Args) -> Result<()> {
         }
         eprintln!("[torture] reboot {}/{reboots} done", n + 1);
     }
+    sampling.abort();
+    let samples = samples.lock().unwrap().clone();
+    sampler::resources(&samples, &work, &load.killable, &mut report);
 
     // Teardown: every pod the harness made.
     let mut rs = d.client().await?;
@@ -268,7 +340,7 @@ async fn run(args: Args) -> Result<()> {
     report.event_ids = ids;
     report.redelivered = redelivered;
     d.stop();
-    if let Some(image) = &args.pull {
+    if let Some(image) = args.pull.first() {
         println!(
             "pulls of {image} completed: {} (first cut one: {:?})",
             workload::PULLS.load(Ordering::Relaxed),
@@ -294,8 +366,9 @@ async fn iteration(
     rng: &mut Rng,
     report: &mut Report,
     lived: &mut Vec<String>,
-    pull: Option<&str>,
+    load: &Load,
     mut store: Option<&mut fault_store::StoreFault>,
+    daemon_kill: bool,
 ) -> Result<()> {
     // Unique per run: a victim's log file is named after it, and a repeated name would
     // append to an earlier victim's log.
@@ -316,21 +389,53 @@ async fn iteration(
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut churn: Vec<_> = (0..2)
-        .map(|n| workload::churn(d_socket(d), shape.clone(), stop.clone(), n))
+    let ctx = churner::Ctx {
+        socket: d_socket(d),
+        shape: shape.clone(),
+        stop: stop.clone(),
+        errors: load.errors.clone(),
+        killable: load.killable.clone(),
+        seed: load.seed ^ ((tag as u64) << 20),
+        hold_ms: if load.soak { 1000 } else { 200 },
+    };
+    let mut churn: Vec<_> = (0..load.churners)
+        .map(|n| churner::spawn(ctx.clone(), n, load.pull.get(n + 1).cloned()))
         .collect();
-    if let Some(image) = pull {
+    if let Some(image) = load.pull.first() {
         churn.push(workload::pull_churn(
             d_socket(d),
             image.to_string(),
             stop.clone(),
+            load.errors.clone(),
         ));
     }
+    let mut kill_at = None;
     match failpoint {
         None => {
-            tokio::time::sleep(Duration::from_millis(50 + rng.below(400))).await;
-            d.kill9();
-            report.kills += 1;
+            let delay = if load.soak {
+                1000 + rng.below(9000)
+            } else {
+                50 + rng.below(400)
+            };
+            // shim-kill: one churn pod's shim at a random moment before the daemon's.
+            let shim_kill = load.faults.contains(&Fault::ShimKill).then(|| {
+                let (at, pick) = (rng.below(delay), rng.below(1 << 32));
+                let (k, socket) = (load.killable.clone(), d_socket(d));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(at)).await;
+                    k.inject(socket, pick, Duration::from_millis(delay - at))
+                        .await
+                })
+            });
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if let Some(t) = shim_kill {
+                t.abort();
+            }
+            if daemon_kill {
+                kill_at = Some(now_ns());
+                d.kill9();
+                report.kills += 1;
+            }
         }
         Some(f) if f.starts_with("shim.") => {
             // A shim dies there (its log reaches the daemon's); then the daemon is killed
@@ -343,6 +448,7 @@ async fn iteration(
                 report.failpoints_missed.push(f.to_string());
                 report.add("failpoint", format!("{f}: no shim died there"));
             }
+            kill_at = Some(now_ns());
             d.kill9();
         }
         Some(f) => {
@@ -356,6 +462,7 @@ async fn iteration(
                 report.add("failpoint", format!("{f}: berthd did not abort there"));
                 d.kill9();
             }
+            kill_at = Some(now_ns());
         }
     }
     let down_at = now_ns();
@@ -374,16 +481,21 @@ async fn iteration(
     if let Some(sf) = store.as_deref_mut() {
         sf.damage()?;
     }
+    load.killable.reset_running();
+    accounting::account(&load.errors, &load.killable, kill_at, failpoint, report);
     let up_at = now_ns();
-    let ready = d.start(None).await?;
-    eprintln!(
-        "[torture] ready again in {ready:?}{}",
-        failpoint
-            .map(|f| format!(" (after {f})"))
-            .unwrap_or_default()
-    );
-    report.ready.push(ready);
-    *rs = d.client().await?;
+    if kill_at.is_some() {
+        let ready = d.start(None).await?;
+        eprintln!(
+            "[torture] ready again in {ready:?}{}",
+            failpoint
+                .map(|f| format!(" (after {f})"))
+                .unwrap_or_default()
+        );
+        report.ready.push(ready);
+        *rs = d.client().await?;
+    }
+    let shim_killed = load.killable.killed();
 
     // Nothing unknown.
     let all = rs
@@ -413,7 +525,7 @@ async fn iteration(
         // ShimDied is the truth when the harness made shims die (shim failpoints).
         let shims_died = failpoint.is_some_and(|f| f.starts_with("shim."));
         if matches!(reason.as_str(), "StartInterrupted" | "ShimUnreachable")
-            || (reason == "ShimDied" && !shims_died)
+            || (reason == "ShimDied" && !shims_died && !shim_killed.contains_key(&c.pod_sandbox_id))
         {
             report.add("unknown", format!("container {}: reason {reason}", c.id));
         }
@@ -448,7 +560,7 @@ async fn iteration(
         if let Some(b) = checks::first_break(&lines) {
             report.add("log", format!("counter {}: {b}", c.id));
         }
-        if !lines.iter().any(|(ts, _)| *ts > down_at && *ts < up_at) {
+        if kill_at.is_some() && !lines.iter().any(|(ts, _)| *ts > down_at && *ts < up_at) {
             report.add(
                 "log",
                 format!(
@@ -522,15 +634,16 @@ async fn iteration(
     if let (Some(sf), Some(k)) = (store, known) {
         sf.after(rs, k, report).await?;
     }
-    // Everything churn made can be removed (the pulled image too); the victims go too.
-    if let Some(image) = pull {
-        if let Err(e) = workload::remove_image(d.socket(), image).await {
-            report.add("removable", format!("image {image}: {e:#}"));
-        }
-    }
+    // Everything churn made can be removed (then the pulled images too, which the
+    // churners' containers used); the victims go too.
     for p in workload::pods_with(rs, "churn").await? {
         if let Err(e) = workload::remove_pod(rs, &p.id).await {
             report.add("removable", format!("churn pod {}: {e:#}", p.id));
+        }
+    }
+    for image in &load.pull {
+        if let Err(e) = workload::remove_image(d.socket(), image).await {
+            report.add("removable", format!("image {image}: {e:#}"));
         }
     }
     for v in &victims {

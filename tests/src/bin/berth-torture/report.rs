@@ -15,6 +15,10 @@ pub struct Report {
     pub events: usize,
     pub event_ids: usize,
     pub redelivered: usize,
+    /// Errors the churners and pull loop saw that an injected fault explains, by cause.
+    pub injected: BTreeMap<String, usize>,
+    /// Further figure lines printed before the table (load, resources).
+    pub extra: Vec<String>,
 }
 
 impl Report {
@@ -52,6 +56,21 @@ pub fn print_report(r: &Report, iterations: usize) {
          redeliveries of events in flight at a kill",
         r.events, r.event_ids, r.redelivered
     );
+    println!(
+        "errors explained by injected faults: {}",
+        if r.injected.is_empty() {
+            "none".to_string()
+        } else {
+            r.injected
+                .iter()
+                .map(|(k, n)| format!("{n} by {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    for l in &r.extra {
+        println!("{l}");
+    }
     println!();
     println!("| violation | count | first |");
     println!("|---|---|---|");

@@ -1,7 +1,7 @@
 //! What the harness runs on the runtime: long-lived counter containers (never touched:
 //! they must keep running with the same pid and lose no line), victims (killed while the
 //! daemon is down: their exit codes, times and every line they printed must survive), and
-//! churn (pods and containers made and removed in a loop, cut by the kills).
+//! a loop pulling and removing an image (the churners are in churner.rs).
 
 use anyhow::{bail, Context, Result};
 use berth_cri::v1 as cri;
@@ -160,50 +160,6 @@ pub async fn start_victim(
     bail!("victim {name} did not start printing")
 }
 
-/// Two loops of pod and container churn until `stop`: every call may fail (the daemon
-/// gets killed under them); what they made is found again by label.
-pub fn churn(
-    socket: String,
-    shape: Shape,
-    stop: Arc<AtomicBool>,
-    n: usize,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut k = 0;
-        while !stop.load(Ordering::Relaxed) {
-            k += 1;
-            let Ok((mut rs, _)) = berth_tests::cri::connect(&socket).await else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            let name = format!("churn{n}-{k}");
-            let _ = churn_once(&mut rs, &shape, &name).await;
-        }
-    })
-}
-
-async fn churn_once(rs: &mut Rs, shape: &Shape, name: &str) -> Result<()> {
-    let cfg = shape.pod(name, "churn")?;
-    let pod = run_pod(rs, &cfg).await?;
-    let c = start(rs, &pod, &cfg, shape.container("c", "sleep 3600")).await?;
-    rs.stop_container(cri::StopContainerRequest {
-        container_id: c.clone(),
-        timeout: 0,
-    })
-    .await?;
-    rs.remove_container(cri::RemoveContainerRequest { container_id: c })
-        .await?;
-    rs.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    rs.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await?;
-    Ok(())
-}
-
 /// Pulls that completed, and the first error of one that did not (a kill cuts most).
 pub static PULLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 pub static PULL_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
@@ -213,10 +169,17 @@ pub fn pull_churn(
     socket: String,
     image: String,
     stop: Arc<AtomicBool>,
+    errors: crate::accounting::Errors,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let Ok((_, mut is)) = berth_tests::cri::connect(&socket).await else {
+                errors.push(
+                    "connect",
+                    "",
+                    Some(tonic::Code::Unavailable),
+                    "connect".into(),
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
@@ -234,13 +197,19 @@ pub fn pull_churn(
                     PULLS.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
+                    errors.status("PullImage", "", &e);
                     let mut first = PULL_ERROR.lock().unwrap();
                     if first.is_empty() {
                         *first = e.to_string();
                     }
                 }
             }
-            let _ = remove_image(&socket, &image).await;
+            if let Err(e) = remove_image(&socket, &image).await {
+                let code = e
+                    .downcast_ref::<tonic::Status>()
+                    .map_or(tonic::Code::Unavailable, |s| s.code());
+                errors.push("RemoveImage", "", Some(code), format!("{e:#}"));
+            }
         }
     })
 }
