@@ -43,6 +43,7 @@ pub mod spdy;
 pub mod streaming;
 pub mod task_api;
 pub mod task_reqs;
+pub mod torture;
 pub mod ws;
 
 pub use containerd::{Instance, Setup};

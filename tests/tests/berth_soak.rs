@@ -10,9 +10,10 @@
 //! BERTH_SOAK_DURATION=30m (docs/berth-torture.md).
 
 use anyhow::{ensure, Result};
-use berth_tests::berthd::{binary, Berthd};
+use berth_tests::berthd::Berthd;
 use berth_tests::image;
 use berth_tests::registry::Registry;
+use berth_tests::torture::{cgroup_parent_config, own_cgroup_parent, Torture};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.into())
@@ -23,14 +24,12 @@ fn churners_with_berthd_and_shim_kills_see_only_injected_errors_and_stay_flat() 
     // Configured only: the torture binary starts (and kills) berthd itself.
     // A pod cgroup parent of its own: other berthds on the node (tests side by side)
     // share the runtime's state dir and /berth, and their pods are not this run's leaks.
-    let parent = format!("berth-soak-{}", std::process::id());
+    let parent = own_cgroup_parent("soak");
     let d = Berthd::builder()
         .cni_bridge(7)
         .busybox()
-        .config(&format!("[runtime]\ncgroup_parent = \"/{parent}\"\n"))
+        .config(&cgroup_parent_config(&parent))
         .configure()?;
-    let work = d.dir.path().join("soak");
-    std::fs::create_dir_all(&work)?;
     // BERTH_SOAK_CHURNERS, BERTH_SOAK_DURATION, BERTH_SOAK_FAULTS, BERTH_SOAK_SEED:
     // the long soak's settings instead of CI's.
     let churners: usize = env_or("BERTH_SOAK_CHURNERS", "4").parse()?;
@@ -53,47 +52,23 @@ fn churners_with_berthd_and_shim_kills_see_only_injected_errors_and_stay_flat() 
         reg.push(&img.path, &format!("soak/pull{i}:1"))?;
         pulls.push(reg.image(&format!("soak/pull{i}:1")));
     }
-    let daemon = format!("{} --config {}", binary()?.display(), d.config.display());
     // BERTH_TORTURE_BIN: a copy of the harness (a long soak keeps running while the
     // tree is rebuilt); BERTHD likewise for berthd, whose shim is found next to it.
     let torture = std::env::var("BERTH_TORTURE_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_berth-torture").into());
-    let mut cmd = std::process::Command::new(torture);
-    cmd.args(["--socket", &d.socket.display().to_string()])
-        .args(["--daemon", &daemon])
-        .args(["--image", image::BUSYBOX_IMAGE])
+    let mut t = Torture::new(&d, &torture, "soak")?
         .args(["--pull", &pulls.join(",")])
         .args(["--churners", &churners.to_string()])
         .args(["--duration", &duration, "--faults", &faults])
         .args(["--sample-every", &every])
-        .args(["--failpoints", "none", "--pod-network"])
-        .args(["--cgroup-parent", &format!("/{parent}")])
-        .arg("--root")
-        .arg(d.dir.path().join("root"))
-        .arg("--state")
-        .arg(d.dir.path().join("state"))
-        .arg("--ipam-dir")
-        .arg(d.dir.path().join("ipam").join("berth-feat"))
-        .arg("--work")
-        .arg(&work);
+        .args(["--failpoints", "none"])
+        .cgroup_parent(&parent);
     if let Ok(seed) = std::env::var("BERTH_SOAK_SEED") {
-        cmd.args(["--seed", &seed]);
+        t = t.args(["--seed", &seed]);
     }
-    let out = cmd.output();
-    // The parent cgroup itself (empty once every pod is gone) in each hierarchy.
-    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        let _ = std::fs::remove_dir(h.path().join(&parent));
-    }
-    let _ = std::fs::remove_dir(std::path::Path::new("/sys/fs/cgroup").join(&parent));
-    let out = out?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    for l in stderr.lines() {
-        if l.contains("VIOLATION") || l.contains("shim-kill") {
-            println!("{l}");
-        }
-    }
+    let work = t.work.clone();
+    let run = t.run(&["shim-kill"])?;
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
     // BERTH_SOAK_KEEP=DIR: keep the samples, the chart and the report.
     if let Ok(keep) = std::env::var("BERTH_SOAK_KEEP") {
         std::fs::create_dir_all(&keep)?;
@@ -109,12 +84,7 @@ fn churners_with_berthd_and_shim_kills_see_only_injected_errors_and_stay_flat() 
             stderr.as_bytes(),
         )?;
     }
-    ensure!(
-        out.status.success(),
-        "berth-torture found violations ({}):\n{stdout}",
-        out.status
-    );
-    ensure!(stdout.contains("| (none) | 0 |"), "{stdout}");
+    run.ensure_clean()?;
     // The load really ran: pods went through whole cycles, shims were killed, and the
     // resource verdict was reached.
     ensure!(!stdout.contains(" 0 cycles completed"), "{stdout}");

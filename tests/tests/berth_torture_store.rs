@@ -8,75 +8,44 @@
 
 use anyhow::{ensure, Context, Result};
 use berth_cri::v1 as cri;
-use berth_tests::berthd::{binary, Berthd};
+use berth_tests::berthd::Berthd;
 use berth_tests::cri::block_on;
-use berth_tests::image;
+use berth_tests::torture::{cgroup_parent_config, own_cgroup_parent, Torture};
 use std::os::unix::fs::PermissionsExt as _;
 
 #[test]
 fn rounds_of_a_lost_or_damaged_store_lose_no_pod_and_leak_nothing() -> Result<()> {
     // A cgroup parent of its own: the leftover check counts the cgroups under it.
-    let parent = format!("/berth-store-{}", std::process::id());
+    let parent = own_cgroup_parent("store");
     let d = Berthd::builder()
         .cni_bridge(8)
         .busybox()
-        .config(&format!("[runtime]\ncgroup_parent = \"{parent}\"\n"))
+        .config(&cgroup_parent_config(&parent))
         .configure()?;
-    let work = d.dir.path().join("torture");
-    std::fs::create_dir_all(&work)?;
     // BERTH_TORTURE_STORE_ITERATIONS: more rounds than CI's 6 (two of each damage).
     let iterations = std::env::var("BERTH_TORTURE_STORE_ITERATIONS").unwrap_or_else(|_| "6".into());
-    let daemon = format!("{} --config {}", binary()?.display(), d.config.display());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-torture"))
-        .args(["--socket", &d.socket.display().to_string()])
-        .args(["--daemon", &daemon])
-        .args(["--image", image::BUSYBOX_IMAGE])
-        .args(["--iterations", &iterations, "--faults", "store"])
-        .args(["--failpoints", "none", "--pod-network"])
-        .args(["--cgroup-parent", &parent])
-        .arg("--root")
-        .arg(d.dir.path().join("root"))
-        .arg("--state")
-        .arg(d.dir.path().join("state"))
-        .arg("--ipam-dir")
-        .arg(d.dir.path().join("ipam").join("berth-feat"))
-        .arg("--work")
-        .arg(&work)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    for l in String::from_utf8_lossy(&out.stderr).lines() {
-        if l.contains("ready again") || l.contains("VIOLATION") || l.contains("store ") {
-            println!("{l}");
-        }
-    }
-    let log = std::fs::read_to_string(work.join("daemon.log")).unwrap_or_default();
-    if let Ok(keep) = std::env::var("BERTH_TORTURE_KEEP_LOG") {
-        std::fs::write(keep, &log)?;
-    }
-    // The (empty) parent cgroup goes, in every hierarchy.
-    let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{parent}"));
-    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        let _ = std::fs::remove_dir(h.path().join(parent.trim_start_matches('/')));
-    }
+    let run = Torture::new(&d, env!("CARGO_BIN_EXE_berth-torture"), "torture")?
+        .args([
+            "--iterations",
+            &iterations,
+            "--faults",
+            "store",
+            "--failpoints",
+            "none",
+        ])
+        .cgroup_parent(&parent)
+        .run(&["ready again", "store "])?;
+    run.ensure_clean()?;
     ensure!(
-        out.status.success() && stdout.contains("| (none) | 0 |"),
-        "berth-torture found violations ({}):\n{stdout}\nberthd log tail:\n{}",
-        out.status,
-        log.lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        run.stdout.contains(&format!("store damages: {iterations}")),
+        "{}",
+        run.stdout
     );
     ensure!(
-        stdout.contains(&format!("store damages: {iterations}")),
-        "{stdout}"
+        !run.log.contains("panicked"),
+        "berthd panicked:\n{}",
+        run.log
     );
-    ensure!(!log.contains("panicked"), "berthd panicked:\n{log}");
     d.finish()
 }
 

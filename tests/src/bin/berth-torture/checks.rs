@@ -88,17 +88,37 @@ fn entries(dir: &Path) -> Vec<String> {
 /// The OCI runtime's state entries of this run: the namespace's state dir is shared by
 /// every daemon instance on the node (tests side by side), so an entry whose runc
 /// `state.json` puts its cgroup outside `parent` belongs to another one. An entry without
-/// a readable state.json (half made) counts.
+/// a readable state.json (half made) counts if it is still so a moment later: another
+/// daemon's container caught in its create has its state.json (or is gone) by then.
 fn runc_entries(root: &Path, parent: &str) -> Vec<String> {
     let ours = format!("\"/{parent}/");
-    entries(root)
-        .into_iter()
-        .filter(|e| {
-            parent.is_empty()
-                || std::fs::read_to_string(Path::new(e).join("state.json"))
-                    .map_or(true, |t| t.contains(&ours))
-        })
-        .collect()
+    // Some(true): ours; Some(false): another daemon's; None: no state.json (yet).
+    let owner = |e: &str| -> Option<bool> {
+        std::fs::read_to_string(Path::new(e).join("state.json"))
+            .ok()
+            .map(|t| t.contains(&ours))
+    };
+    if parent.is_empty() {
+        return entries(root);
+    }
+    let (mut out, mut unsure) = (Vec::new(), Vec::new());
+    for e in entries(root) {
+        match owner(&e) {
+            Some(true) => out.push(e),
+            Some(false) => {}
+            None => unsure.push(e),
+        }
+    }
+    if !unsure.is_empty() {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        out.extend(
+            unsure
+                .into_iter()
+                .filter(|e| Path::new(e).exists() && owner(e) != Some(false)),
+        );
+        out.sort();
+    }
+    out
 }
 
 fn cgroups_under(dir: &Path, out: &mut Vec<String>) {
@@ -229,6 +249,18 @@ mod tests {
         got.sort();
         assert_eq!(got, ["half", "ours"]);
         assert_eq!(runc_entries(root.path(), "").len(), 3);
+        // Another daemon's container caught in its create: its state.json comes a moment
+        // later, and it is not this run's.
+        let late = root.path().join("late");
+        std::fs::create_dir(&late).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let t = r#"{"config":{"cgroups":{"path":"/berth-other/late"}}}"#;
+            std::fs::write(late.join("state.json"), t).unwrap();
+        });
+        let got = runc_entries(root.path(), "berth");
+        writer.join().unwrap();
+        assert!(!got.iter().any(|p| p.ends_with("/late")), "{got:?}");
     }
 
     #[test]
