@@ -366,26 +366,16 @@ impl ImageStore {
         // The current progress window: when it began and what it has brought.
         let (mut since, mut window) = (tokio::time::Instant::now(), 0u64);
         loop {
+            let stalled = |got| RegistryLimit::Stalled {
+                host: src.host.to_string(),
+                what: what.clone(),
+                got,
+                after: timeout,
+            };
             let chunk = match tokio::time::timeout_at(since + timeout, resp.chunk()).await {
-                Err(_) => {
-                    return Err(RegistryLimit::Stalled {
-                        host: src.host.to_string(),
-                        what: what.clone(),
-                        got: window,
-                        after: timeout,
-                    }
-                    .into())
-                }
+                Err(_) => return Err(stalled(window).into()),
                 // reqwest's read_timeout (the same length) beat the deadline: a stall.
-                Ok(Err(e)) if e.is_timeout() => {
-                    return Err(RegistryLimit::Stalled {
-                        host: src.host.to_string(),
-                        what: what.clone(),
-                        got: window,
-                        after: timeout,
-                    }
-                    .into())
-                }
+                Ok(Err(e)) if e.is_timeout() => return Err(stalled(window).into()),
                 Ok(Err(e)) if resumes < MAX_RESUMES && n < d.size => {
                     resumes += 1;
                     tracing::info!(digest = %d.digest, host = %src.host, at = n, error = %chain(&e), "blob download cut; resuming");
