@@ -22,7 +22,8 @@ const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// The container's process spec with `cmd` as its args (same env, cwd, user, caps); a
 /// terminal gets `console` as its size before the process runs (OCI `consoleSize`, which
-/// the runtime sets on the pty it makes).
+/// the runtime sets on the pty it makes). Reads the bundle's config.json: call it off the
+/// async workers.
 fn exec_spec(
     bundle: &Path,
     cmd: &[String],
@@ -101,7 +102,10 @@ impl Containers {
         require_command(cmd)?;
         let rec = self.running(id)?;
         let shim = self.shim_of(&self.store.pod(&rec.pod_id)?).await?;
-        let spec = exec_spec(&rec.bundle, cmd, io.tty, console)?;
+        let (bundle, args, tty) = (rec.bundle.clone(), cmd.to_vec(), io.tty);
+        let spec = tokio::task::spawn_blocking(move || exec_spec(&bundle, &args, tty, console))
+            .await
+            .map_err(|e| Error::Internal(format!("exec spec: {e}")))??;
         ProcessSession::exec(shim, id, &self.exec_root(), spec, io)
     }
 

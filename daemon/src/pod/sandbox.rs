@@ -191,7 +191,11 @@ impl Pods {
                 ))
             })?;
             rec.network = list.name.clone();
-            let ns = NetNs::create(&self.config.paths.state.join("netns"), &rec.id)?;
+            // A thread spawn, unshare and a mount: off the async workers.
+            let (dir, id) = (self.config.paths.state.join("netns"), rec.id.clone());
+            let ns = tokio::task::spawn_blocking(move || NetNs::create(&dir, &id))
+                .await
+                .map_err(|e| Error::Internal(format!("netns: {e}")))??;
             rec.netns = Some(ns.path.clone());
             let nsp = ns.path.clone();
             undo.netns = Some(ns);

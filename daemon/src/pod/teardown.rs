@@ -161,7 +161,10 @@ impl Pods {
                 "CNI DEL keeps failing: the netns goes, the network is released again at the next stop or removal"
             );
         }
-        NetNs { path: ns }.remove()?;
+        // A lazy unmount and an unlink: off the async workers.
+        tokio::task::spawn_blocking(move || NetNs { path: ns }.remove())
+            .await
+            .map_err(|e| Error::Internal(format!("netns: {e}")))??;
         Ok(released)
     }
 

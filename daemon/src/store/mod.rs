@@ -65,6 +65,20 @@ fn copied(table: &str) -> bool {
     table == PODS.name() || table == CONTAINERS.name()
 }
 
+/// Runs a write transaction where it may block: it waits for any other writer (redb has
+/// one at a time), then fsyncs the store and the record copies. On a worker of the
+/// multi-thread runtime it goes through `block_in_place`, which hands the worker's other
+/// tasks (status reads, lists, every other pod's calls) to another thread meanwhile: with
+/// two workers, two writes in a row would otherwise stall every call of the daemon.
+/// Elsewhere (a blocking thread, a current-thread runtime in tests, no runtime) it just runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
 }
@@ -130,22 +144,24 @@ impl Store {
     /// Writes raw rows (`table`, key, value) and name reservations into the store in
     /// one transaction: a store rebuilt from copies is all there or not at all.
     pub fn restore(&self, rows: &[Row], names: &[(String, String)]) -> Result<()> {
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        {
-            for (table, k, v) in rows {
-                tx.open_table(*table)
-                    .map_err(|e| self.fail(e))?
-                    .insert(k.as_str(), v.as_slice())
-                    .map_err(|e| self.fail(e))?;
+        blocking(|| {
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            {
+                for (table, k, v) in rows {
+                    tx.open_table(*table)
+                        .map_err(|e| self.fail(e))?
+                        .insert(k.as_str(), v.as_slice())
+                        .map_err(|e| self.fail(e))?;
+                }
+                let mut t = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+                for (name, id) in names {
+                    t.insert(name.as_str(), id.as_str())
+                        .map_err(|e| self.fail(e))?;
+                }
             }
-            let mut t = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
-            for (name, id) in names {
-                t.insert(name.as_str(), id.as_str())
-                    .map_err(|e| self.fail(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.fail(e))
+            tx.commit().map_err(|e| self.fail(e))
+        })
     }
 
     /// The open database, reopened first when an I/O error failed the last handle (the
@@ -215,26 +231,28 @@ impl Store {
         name: &str,
         rec: &T,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(rec).map_err(err)?;
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        {
-            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
-            if let Some(owner) = names.get(name).map_err(|e| self.fail(e))? {
-                return Err(Error::AlreadyExists(format!(
-                    "name {name:?} is reserved for {:?}",
-                    owner.value()
-                )));
+        blocking(|| {
+            let bytes = serde_json::to_vec(rec).map_err(err)?;
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            {
+                let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+                if let Some(owner) = names.get(name).map_err(|e| self.fail(e))? {
+                    return Err(Error::AlreadyExists(format!(
+                        "name {name:?} is reserved for {:?}",
+                        owner.value()
+                    )));
+                }
+                names.insert(name, id).map_err(|e| self.fail(e))?;
+                let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+                if t.get(id).map_err(|e| self.fail(e))?.is_some() {
+                    return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
+                }
+                t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
-            names.insert(name, id).map_err(|e| self.fail(e))?;
-            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-            if t.get(id).map_err(|e| self.fail(e))?.is_some() {
-                return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
-            }
-            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-        }
-        self.copy_written(table, id, &bytes);
-        tx.commit().map_err(|e| self.fail(e))
+            self.copy_written(table, id, &bytes);
+            tx.commit().map_err(|e| self.fail(e))
+        })
     }
 
     /// Replaces an existing record.
@@ -244,15 +262,17 @@ impl Store {
         id: &str,
         rec: &T,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(rec).map_err(err)?;
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        tx.open_table(table)
-            .map_err(|e| self.fail(e))?
-            .insert(id, bytes.as_slice())
-            .map_err(|e| self.fail(e))?;
-        self.copy_written(table, id, &bytes);
-        tx.commit().map_err(|e| self.fail(e))
+        blocking(|| {
+            let bytes = serde_json::to_vec(rec).map_err(err)?;
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            tx.open_table(table)
+                .map_err(|e| self.fail(e))?
+                .insert(id, bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
+            self.copy_written(table, id, &bytes);
+            tx.commit().map_err(|e| self.fail(e))
+        })
     }
 
     /// Read-modify-write of one record in one write transaction. Write transactions are
@@ -264,30 +284,32 @@ impl Store {
         id: &str,
         f: impl FnOnce(&mut T) -> bool,
     ) -> Result<Option<T>> {
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        let out = {
-            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-            let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
-                None => None,
-            };
-            match current {
-                Some(mut rec) => {
-                    if f(&mut rec) {
-                        let bytes = serde_json::to_vec(&rec).map_err(err)?;
-                        t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                        self.copy_written(table, id, &bytes);
-                        Some(rec)
-                    } else {
-                        None
+        blocking(|| {
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            let out = {
+                let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+                let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
+                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+                    None => None,
+                };
+                match current {
+                    Some(mut rec) => {
+                        if f(&mut rec) {
+                            let bytes = serde_json::to_vec(&rec).map_err(err)?;
+                            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                            self.copy_written(table, id, &bytes);
+                            Some(rec)
+                        } else {
+                            None
+                        }
                     }
+                    None => None,
                 }
-                None => None,
-            }
-        };
-        tx.commit().map_err(|e| self.fail(e))?;
-        Ok(out)
+            };
+            tx.commit().map_err(|e| self.fail(e))?;
+            Ok(out)
+        })
     }
 
     pub fn get<T: DeserializeOwned>(
@@ -374,64 +396,68 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        {
-            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-            for (id, rec) in puts {
-                let bytes = serde_json::to_vec(rec).map_err(err)?;
-                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                self.copy_written(table, id, &bytes);
+        blocking(|| {
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            {
+                let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+                for (id, rec) in puts {
+                    let bytes = serde_json::to_vec(rec).map_err(err)?;
+                    t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                    self.copy_written(table, id, &bytes);
+                }
+                for id in deletes {
+                    t.remove(*id).map_err(|e| self.fail(e))?;
+                    self.copy_removed(table, id);
+                }
             }
-            for id in deletes {
-                t.remove(*id).map_err(|e| self.fail(e))?;
-                self.copy_removed(table, id);
-            }
-        }
-        tx.commit().map_err(|e| self.fail(e))
+            tx.commit().map_err(|e| self.fail(e))
+        })
     }
 
     /// Removes a record and releases its name, atomically, and returns when (ns). An event
     /// client that knew the id gets a tombstone with that time in the same transaction.
     /// Missing is not an error.
     pub fn remove(&self, table: TableDefinition<&str, &[u8]>, id: &str, name: &str) -> Result<i64> {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
-        // The copy goes first: a crash in between leaves a record without a copy (written
-        // again at the next start), never a copy that would bring a removed record back.
-        self.copy_removed(table, id);
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        {
-            tx.open_table(table)
-                .map_err(|e| self.fail(e))?
-                .remove(id)
-                .map_err(|e| self.fail(e))?;
-            if tx
-                .open_table(DELIVERED)
-                .map_err(|e| self.fail(e))?
-                .get(id)
-                .map_err(|e| self.fail(e))?
-                .is_some()
+        blocking(|| {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            // The copy goes first: a crash in between leaves a record without a copy (written
+            // again at the next start), never a copy that would bring a removed record back.
+            self.copy_removed(table, id);
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
             {
-                tx.open_table(TOMBSTONES)
+                tx.open_table(table)
                     .map_err(|e| self.fail(e))?
-                    .insert(id, at)
+                    .remove(id)
                     .map_err(|e| self.fail(e))?;
+                if tx
+                    .open_table(DELIVERED)
+                    .map_err(|e| self.fail(e))?
+                    .get(id)
+                    .map_err(|e| self.fail(e))?
+                    .is_some()
+                {
+                    tx.open_table(TOMBSTONES)
+                        .map_err(|e| self.fail(e))?
+                        .insert(id, at)
+                        .map_err(|e| self.fail(e))?;
+                }
+                let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+                let owned = names
+                    .get(name)
+                    .map_err(|e| self.fail(e))?
+                    .map(|o| o.value() == id)
+                    .unwrap_or(false);
+                if owned {
+                    names.remove(name).map_err(|e| self.fail(e))?;
+                }
             }
-            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
-            let owned = names
-                .get(name)
-                .map_err(|e| self.fail(e))?
-                .map(|o| o.value() == id)
-                .unwrap_or(false);
-            if owned {
-                names.remove(name).map_err(|e| self.fail(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.fail(e))?;
-        Ok(at)
+            tx.commit().map_err(|e| self.fail(e))?;
+            Ok(at)
+        })
     }
 
     /// `remove` for a rollback: the record of an operation that failed, and its name. On a
@@ -486,30 +512,32 @@ impl Store {
         to: u64,
         f: impl Fn(&str, &[u8]) -> Result<Vec<u8>>,
     ) -> Result<usize> {
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        let mut n = 0;
-        {
-            for table in tables {
-                let mut t = tx.open_table(*table).map_err(|e| self.fail(e))?;
-                let mut rewritten = Vec::new();
-                for item in t.iter().map_err(|e| self.fail(e))? {
-                    let (k, v) = item.map_err(|e| self.fail(e))?;
-                    rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
+        blocking(|| {
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            let mut n = 0;
+            {
+                for table in tables {
+                    let mut t = tx.open_table(*table).map_err(|e| self.fail(e))?;
+                    let mut rewritten = Vec::new();
+                    for item in t.iter().map_err(|e| self.fail(e))? {
+                        let (k, v) = item.map_err(|e| self.fail(e))?;
+                        rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
+                    }
+                    for (k, v) in &rewritten {
+                        t.insert(k.as_str(), v.as_slice())
+                            .map_err(|e| self.fail(e))?;
+                    }
+                    n += rewritten.len();
                 }
-                for (k, v) in &rewritten {
-                    t.insert(k.as_str(), v.as_slice())
-                        .map_err(|e| self.fail(e))?;
-                }
-                n += rewritten.len();
+                tx.open_table(META)
+                    .map_err(|e| self.fail(e))?
+                    .insert("format", to)
+                    .map_err(|e| self.fail(e))?;
             }
-            tx.open_table(META)
-                .map_err(|e| self.fail(e))?
-                .insert("format", to)
-                .map_err(|e| self.fail(e))?;
-        }
-        tx.commit().map_err(|e| self.fail(e))?;
-        Ok(n)
+            tx.commit().map_err(|e| self.fail(e))?;
+            Ok(n)
+        })
     }
 
     /// Tombstone times by id.
@@ -532,108 +560,25 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        let db = self.db()?;
-        let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        {
-            let mut t = tx.open_table(DELIVERED).map_err(|e| self.fail(e))?;
-            for (id, rec) in puts {
-                let bytes = serde_json::to_vec(rec).map_err(err)?;
-                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+        blocking(|| {
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+            {
+                let mut t = tx.open_table(DELIVERED).map_err(|e| self.fail(e))?;
+                for (id, rec) in puts {
+                    let bytes = serde_json::to_vec(rec).map_err(err)?;
+                    t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                }
+                let mut tomb = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
+                for id in deletes {
+                    t.remove(*id).map_err(|e| self.fail(e))?;
+                    tomb.remove(*id).map_err(|e| self.fail(e))?;
+                }
             }
-            let mut tomb = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
-            for id in deletes {
-                t.remove(*id).map_err(|e| self.fail(e))?;
-                tomb.remove(*id).map_err(|e| self.fail(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.fail(e))
+            tx.commit().map_err(|e| self.fail(e))
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde::Deserialize;
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Rec {
-        id: String,
-        n: u32,
-    }
-
-    #[test]
-    fn create_get_list_remove() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("s.redb")).unwrap();
-        let a = Rec {
-            id: "a".into(),
-            n: 1,
-        };
-        s.create(PODS, "a", "pod_a", &a).unwrap();
-        assert_eq!(s.get::<Rec>(PODS, "a").unwrap(), Some(a));
-        assert!(matches!(
-            s.create(
-                PODS,
-                "b",
-                "pod_a",
-                &Rec {
-                    id: "b".into(),
-                    n: 2
-                }
-            ),
-            Err(Error::AlreadyExists(_))
-        ));
-        // A refused create left nothing behind.
-        assert_eq!(s.get::<Rec>(PODS, "b").unwrap(), None);
-        s.put(
-            PODS,
-            "a",
-            &Rec {
-                id: "a".into(),
-                n: 3,
-            },
-        )
-        .unwrap();
-        assert_eq!(s.list::<Rec>(PODS).unwrap().len(), 1);
-        s.remove(PODS, "a", "pod_a").unwrap();
-        assert!(s.list::<Rec>(PODS).unwrap().is_empty());
-        // The name is free again.
-        s.create(
-            PODS,
-            "c",
-            "pod_a",
-            &Rec {
-                id: "c".into(),
-                n: 4,
-            },
-        )
-        .unwrap();
-        s.remove(PODS, "missing", "nobody").unwrap();
-    }
-
-    #[test]
-    fn state_survives_reopen() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("s.redb");
-        {
-            let s = Store::open(&p).unwrap();
-            s.create(
-                CONTAINERS,
-                "x",
-                "ctr_x",
-                &Rec {
-                    id: "x".into(),
-                    n: 9,
-                },
-            )
-            .unwrap();
-        }
-        // A store left world-readable (an older berthd) is root's alone once opened.
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let s = Store::open(&p).unwrap();
-        assert_eq!(s.get::<Rec>(CONTAINERS, "x").unwrap().unwrap().n, 9);
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-}
+mod tests;
