@@ -259,13 +259,23 @@ impl ImageStore {
             .flat_map(|i| i.chain_ids.iter().map(String::as_str))
             .chain(leased.iter().map(String::as_str))
             .collect();
-        let leased = self
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         for d in self.content.list()? {
-            if !blobs.contains(d.as_str()) && !leased.contains_key(&d) {
+            if blobs.contains(d.as_str()) {
+                continue;
+            }
+            // Looked up and deleted under the pull leases' lock, one blob at a time: a
+            // pull leases a blob before it looks whether the blob is there (`pull::Lease`),
+            // so it either holds the blob before this looks, or finds it gone and fetches
+            // it. (A copy of the leases taken once could miss a lease taken between the
+            // copy and the delete, and a pull that found the blob present would lose it.)
+            #[cfg(test)]
+            tests::SWEEP_RACE.with(|h| {
+                if let Some(f) = h.borrow_mut().as_mut() {
+                    f(&d, &self.leases)
+                }
+            });
+            let leased = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            if !leased.contains_key(&d) {
                 self.content.delete(&d)?;
             }
         }

@@ -72,6 +72,18 @@ impl Env {
     }
 }
 
+/// The pull's leases as the sweep sees them.
+type Leases = std::sync::Mutex<std::collections::HashMap<String, usize>>;
+/// What races a sweep: given each unreferenced blob and the leases.
+type Racer = Box<dyn FnMut(&str, &Leases)>;
+
+thread_local! {
+    /// Test seam in `sweep`: runs before each blob no image references is looked up and
+    /// deleted, as a pull racing the sweep would.
+    pub(super) static SWEEP_RACE: std::cell::RefCell<Option<Racer>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 const BUSYBOX1: &[(&str, &str)] = &[("org.opencontainers.image.ref.name", "busybox:1")];
 
 fn bottom_layer() -> Vec<u8> {
@@ -458,5 +470,30 @@ fn export_then_import_elsewhere_gives_the_same_image() {
     assert_eq!(
         fs::read_to_string(lowers[0].join("opq/new")).expect("opq/new"),
         "new"
+    );
+}
+
+#[test]
+fn a_blob_a_pull_leases_while_a_removal_sweeps_is_kept() {
+    let e = env();
+    let rec = import_named(&e, &image(&[bottom_layer()], true, false), "busybox:1");
+    let layer = rec.blobs.last().expect("a layer blob").clone();
+    // A pull of another image with the same layer, while busybox:1 is removed: it leases
+    // the layer and finds it present (`pull::Lease`, `fetch_leased`) after the sweep began.
+    let content = e.root.join("content/blobs/sha256");
+    let racing = layer.clone();
+    SWEEP_RACE.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move |d, leases| {
+            if d == racing {
+                *leases.lock().unwrap().entry(d.to_string()).or_default() += 1;
+                assert!(content.join(&d["sha256:".len()..]).exists());
+            }
+        }))
+    });
+    e.images.remove("busybox:1").expect("remove");
+    SWEEP_RACE.with(|h| *h.borrow_mut() = None);
+    assert!(
+        e.images.content.contains(&layer).expect("contains"),
+        "the sweep deleted a blob a pull holds"
     );
 }
