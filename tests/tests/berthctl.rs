@@ -4,11 +4,12 @@
 //! `exec` runs commands (exit codes, stdin, and a terminal that has the window's size
 //! from the start and follows a resize); `attach -it` reaches a container's shell and
 //! detaches; `inspect` is JSON; `stats` lists it; `events` shows a container started
-//! meanwhile; `stop`, `rm` and `rmp` clean up; an unknown id fails with the CRI code;
+//! meanwhile, and watching takes no event from kubelet; `stop`, `rm` and `rmp` clean up; an unknown id fails with the CRI code;
 //! `pull` shows its progress on a terminal, `images` and `rmi` follow. `--endpoint`
 //! reaches containerd's CRI socket too.
 
 use anyhow::{ensure, Context, Result};
+use berth_cri::v1 as cri;
 use berth_tests::berthctl::{Ctl, Pty};
 use berth_tests::berthd::{berthd_test, Berthd};
 use berth_tests::image::BUSYBOX_IMAGE;
@@ -282,6 +283,63 @@ fn events_show_a_container_started_meanwhile() -> Result<()> {
         let line = json_events.wait_line(WITHIN, |l| l.contains("CONTAINER_DELETED_EVENT"))?;
         let e = json(&line)?;
         ensure!(e["containerId"] == cid.trim(), "{e}");
+        Ok(())
+    })
+}
+
+#[test]
+fn events_watched_with_berthctl_still_reach_kubelet_also_after_a_crash() -> Result<()> {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let ctl = Ctl::new(&d.socket);
+        let log_root = d.dir.path().join("podlogs").display().to_string();
+        // Nobody subscribed (kubelet is away): the container's events wait for a subscriber.
+        let cid = ctl.ok(&[
+            "run",
+            "--host-network",
+            "--name",
+            "kept",
+            "--log-root",
+            &log_root,
+            BUSYBOX_IMAGE,
+            "--",
+            "true",
+        ])?;
+        let cid = cid.trim().to_string();
+        let short = &cid[..13];
+        // The operator watches them go by...
+        let events = ctl.spawn(&["events"])?;
+        for kind in ["CONTAINER_CREATED_EVENT", "CONTAINER_STOPPED_EVENT"] {
+            events.wait_line(WITHIN, |l| l.contains(kind) && l.contains(short))?;
+        }
+        drop(events);
+        // ...and kubelet, subscribing after a crash of berthd, still gets every one of them.
+        d.kill9()?;
+        d.restart()?;
+        let (rs, _) = d.client().await?;
+        let mut stream = rs
+            .clone()
+            .get_container_events(cri::GetEventsRequest {})
+            .await?
+            .into_inner();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let e = tokio::time::timeout(WITHIN, stream.message())
+                .await
+                .with_context(|| format!("no more events for the container after {got:?}"))??
+                .context("the event stream ended")?;
+            if e.container_id == cid {
+                got.push(cri::ContainerEventType::try_from(e.container_event_type)?);
+            }
+        }
+        use cri::ContainerEventType as T;
+        ensure!(
+            got == [
+                T::ContainerCreatedEvent,
+                T::ContainerStartedEvent,
+                T::ContainerStoppedEvent
+            ],
+            "kubelet got {got:?}"
+        );
         Ok(())
     })
 }

@@ -42,12 +42,24 @@ fn response(core: &Core, e: &Event) -> ContainerEventResponse {
 /// Marks are written in batches of at most this many events.
 const MARK_BATCH: usize = 64;
 
-/// Starts feeding one subscriber; the returned receiver ends when berthd stops.
-pub fn subscribe(core: Arc<Core>) -> mpsc::Receiver<Result<ContainerEventResponse, Status>> {
+/// gRPC metadata key of a GetContainerEvents call that only watches (`berthctl events`):
+/// see [`crate::events::EventHub::observe`].
+pub const OBSERVER: &str = "berth-observer";
+
+/// Starts feeding one subscriber; the returned receiver ends when berthd stops. An
+/// `observer` takes nothing from the next subscriber: no marks, no requeue.
+pub fn subscribe(
+    core: Arc<Core>,
+    observer: bool,
+) -> mpsc::Receiver<Result<ContainerEventResponse, Status>> {
     // One slot: room again means tonic took the event for the wire, and only then is it
     // marked delivered (a restart redelivers what was not taken).
     let (tx, rx) = mpsc::channel(1);
-    let (backlog, mut live) = core.events.subscribe();
+    let (backlog, mut live) = if observer {
+        core.events.observe()
+    } else {
+        core.events.subscribe()
+    };
     tokio::spawn(async move {
         let mut backlog = backlog.into_iter();
         let mut taken: Vec<Event> = Vec::new();
@@ -59,7 +71,7 @@ pub fn subscribe(core: Arc<Core>) -> mpsc::Receiver<Result<ContainerEventRespons
                     Ok(e) => Ok(e),
                     Err(broadcast::error::TryRecvError::Empty) => {
                         // Idle: what was taken is marked before waiting.
-                        if !taken.is_empty() {
+                        if !taken.is_empty() && !observer {
                             core.events.delivered(&std::mem::take(&mut taken));
                         }
                         // Ending at once when the client hangs up drops our receiver, so
@@ -96,10 +108,16 @@ pub fn subscribe(core: Arc<Core>) -> mpsc::Receiver<Result<ContainerEventRespons
                     break;
                 }
             }
+            if observer {
+                continue;
+            }
             taken.push(e);
             if taken.len() >= MARK_BATCH {
                 core.events.delivered(&std::mem::take(&mut taken));
             }
+        }
+        if observer {
+            return;
         }
         if !taken.is_empty() {
             core.events.delivered(&taken);

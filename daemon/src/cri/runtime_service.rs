@@ -343,9 +343,10 @@ impl RuntimeService for Service {
 
     async fn get_container_events(
         &self,
-        _: Request<GetEventsRequest>,
+        req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        let rx = super::events::subscribe(self.core.clone());
+        let observer = req.metadata().contains_key(super::events::OBSERVER);
+        let rx = super::events::subscribe(self.core.clone(), observer);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -183,6 +183,15 @@ impl EventHub {
         (pending.drain(..).collect(), rx)
     }
 
+    /// An observer's subscription (`berthctl events`): a copy of the backlog, which stays
+    /// for the next real subscriber (kubelet), and live events. What an observer takes is
+    /// never marked delivered, so it takes nothing from kubelet, also across a restart.
+    pub fn observe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.tx.subscribe();
+        (pending.iter().cloned().collect(), rx)
+    }
+
     /// Events dropped from the full backlog since the last subscription.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)

@@ -1,8 +1,9 @@
 //! `events`: GetContainerEvents followed until interrupted or the runtime ends the
 //! stream, one line an event (time, type, container, pod), or one JSON object a line.
 //!
-//! berthd first sends the events no subscriber has received yet (kubelet's evented PLEG
-//! is the subscriber it keeps them for), then live ones.
+//! berthd first sends a copy of the events no subscriber has received yet (kept for
+//! kubelet's evented PLEG, which still gets them: berthctl subscribes as an observer and
+//! takes nothing from it), then live ones.
 
 use anyhow::{Context, Result};
 use berth_cri::v1 as cri;
@@ -13,7 +14,13 @@ use crate::show::{self, Format, States};
 use crate::Outcome;
 
 pub async fn follow(ctx: &Ctx) -> Result<Outcome> {
-    let req = cri::GetEventsRequest::default();
+    // As an observer: berthd keeps undelivered events for kubelet and marks nothing
+    // delivered to us (berthd's cri/events.rs).
+    let mut req = tonic::Request::new(cri::GetEventsRequest::default());
+    req.metadata_mut().insert(
+        "berth-observer",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     let mut stream = ctx
         .call(
             "GetContainerEvents",
