@@ -5,7 +5,9 @@
 //! StopPodSandbox+RemovePodSandbox medians (one pod-network pod with one busybox
 //! `sleep 3600` per round), daemon VmRSS idle and with 50 pods running, and restart to
 //! ready (kill -9, start again, time from exec until Status says RuntimeReady and
-//! ListPodSandbox lists every pod READY) with 5 and with 100 pods. Then the pull phase
+//! ListPodSandbox lists every pod READY) with 5 and with 100 pods. The parallel phase
+//! (`load.rs`): 50 pods made 10 at a time while status calls and relists probe, medians and
+//! p99s. Then the pull phase
 //! (`pull.rs`): PullImage of a ~1 MB busybox image (median of 20) and of a 200 MiB image in
 //! 20 layers (median of 3, with the daemon's peak VmRSS during the pull), both built here
 //! and pushed once to the reference env's registry at 127.0.0.1:5000. The streaming phase
@@ -15,7 +17,8 @@
 //! ```text
 //! cargo build --release -p berthd && cargo shim-release
 //! cargo run --release -p berth-tests --bin berthd-bench -- [--quick] [--berthd-only]
-//!     [--pull-only | --no-pull] [--stream-only | --no-stream] [--runtime runc|crun]
+//!     [--pull-only | --no-pull] [--stream-only | --no-stream] [--load-only | --no-load]
+//!     [--inflight N] [--runtime runc|crun]
 //! ```
 //!
 //! berthd: `target/release/berthd` (or `$BERTHD`) with the shim beside it, on a private
@@ -30,6 +33,7 @@
 //! images pushed to the registry stay there, under `berth-bench/`).
 
 mod daemon;
+mod load;
 mod phases;
 mod pull;
 mod ready;
@@ -76,18 +80,22 @@ pub(crate) struct Plan {
     /// PullImage of the small image, and of the big one.
     pub(crate) pulls: usize,
     pub(crate) big_pulls: usize,
+    /// The parallel phase: calls in flight, pods made.
+    pub(crate) inflight: usize,
+    pub(crate) load_pods: usize,
     /// ExecSync and streaming exec round trips; port-forward downloads.
     pub(crate) execs: usize,
     pub(crate) downloads: usize,
     /// Run the pod phases, the streaming phase, the pull phase.
     pub(crate) pods: bool,
+    pub(crate) load: bool,
     pub(crate) stream: bool,
     pub(crate) pull: bool,
     berthd_only: bool,
 }
 
 const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only | --no-pull] \
-  [--stream-only | --no-stream] [--runtime runc|crun]\n\
+  [--stream-only | --no-stream] [--load-only | --no-load] [--inflight N] [--runtime runc|crun]\n\
   --quick        5 rounds, 5 pods for the 30-pod restart, 10 for the 50- and 100-pod figures,\n\
                  5 + 1 pulls, 20 execs\n\
   --berthd-only  leave the reference containerd alone\n\
@@ -95,6 +103,9 @@ const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only 
   --no-pull      no pull phase\n\
   --stream-only  only the streaming phase (exec latency, port-forward throughput)\n\
   --no-stream    no streaming phase\n\
+  --load-only    only the parallel phase (pods made N at a time while status calls probe)\n\
+  --no-load      no parallel phase\n\
+  --inflight N   calls in flight in the parallel phase (default 10)\n\
   --runtime R    the OCI runtime berthd's shims run (berthd's runtime.binary; default runc)";
 
 fn parse_args() -> Result<Plan> {
@@ -106,9 +117,12 @@ fn parse_args() -> Result<Plan> {
         big: 100,
         pulls: 20,
         big_pulls: 3,
+        inflight: 10,
+        load_pods: 50,
         execs: 100,
         downloads: 5,
         pods: true,
+        load: true,
         stream: true,
         pull: true,
         berthd_only: false,
@@ -126,11 +140,17 @@ fn parse_args() -> Result<Plan> {
             }
             "--quick" => {
                 (p.rounds, p.small, p.many, p.big, p.pulls, p.big_pulls) = (5, 5, 10, 10, 5, 1);
-                (p.execs, p.downloads) = (20, 2);
+                (p.execs, p.downloads, p.load_pods) = (20, 2, 20);
             }
-            "--pull-only" => (p.pods, p.stream) = (false, false),
+            "--pull-only" => (p.pods, p.load, p.stream) = (false, false, false),
             "--no-pull" => p.pull = false,
-            "--stream-only" => (p.pods, p.pull) = (false, false),
+            "--stream-only" => (p.pods, p.load, p.pull) = (false, false, false),
+            "--load-only" => (p.pods, p.stream, p.pull) = (false, false, false),
+            "--no-load" => p.load = false,
+            "--inflight" => {
+                p.inflight = args.next().unwrap_or_default().parse().unwrap_or(0);
+                ensure!(p.inflight > 0, "--inflight N (N > 0)\n{USAGE}");
+            }
             "--no-stream" => p.stream = false,
             "--berthd-only" => p.berthd_only = true,
             "-h" | "--help" => {
@@ -141,7 +161,7 @@ fn parse_args() -> Result<Plan> {
         }
     }
     ensure!(
-        p.pods || p.pull || p.stream,
+        p.pods || p.load || p.pull || p.stream,
         "those flags leave nothing to run"
     );
     Ok(p)
@@ -196,6 +216,13 @@ fn main() -> Result<()> {
         println!(
             "plan:       {} rounds; RSS idle and with {} pods; restarts with {} and {} pods",
             plan.rounds, plan.many, plan.small, plan.big
+        );
+    }
+    if plan.load {
+        println!(
+            "parallel:   {} pods (RunPodSandbox + CreateContainer + StartContainer), {} in \
+             flight, while PodSandboxStatus, ContainerStatus and a relist probe every 10 ms",
+            plan.load_pods, plan.inflight
         );
     }
     if plan.stream {
@@ -281,6 +308,9 @@ fn main() -> Result<()> {
 
     if plan.pods {
         rt.block_on(phases::measure(&mut sides, &plan));
+    }
+    if plan.load {
+        rt.block_on(load::measure(&mut sides, &plan));
     }
     if plan.stream {
         rt.block_on(stream::measure(&mut sides, &plan));

@@ -8,7 +8,7 @@ pub(crate) fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// Linear-interpolated quantile of `v` (None when empty).
-fn quantile(v: &[f64], q: f64) -> Option<f64> {
+pub(crate) fn quantile(v: &[f64], q: f64) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
@@ -26,6 +26,11 @@ fn dur(ms: f64) -> String {
     } else {
         format!("{ms:.1} ms")
     }
+}
+
+/// "median / p99" of `v`.
+fn spread(v: &[f64]) -> Option<String> {
+    Some(format!("{} / {}", dur(median(v)?), dur(quantile(v, 0.99)?)))
 }
 
 fn rss(kb: u64) -> String {
@@ -134,6 +139,54 @@ pub(crate) fn print_table(cols: &[Col; 2], plan: &Plan) {
             (
                 format!("restart to ready, {} pods", plan.big),
                 &|f| f.restart_big.map(|r| dur(r.all_ready.as_secs_f64() * 1e3)),
+                "",
+            ),
+        ]);
+    }
+    if plan.load {
+        let k = plan.inflight;
+        rows.extend::<[(String, CellFn, &str); 8]>([
+            (
+                format!(
+                    "{k} in flight: pods made per second (RunPodSandbox + create + start), {} pods",
+                    plan.load_pods
+                ),
+                &|f| f.load.pods_per_s.map(|r| format!("{r:.1}/s")),
+                "≥ 2.5× containerd",
+            ),
+            (
+                format!("{k} in flight: RunPodSandbox, median / p99"),
+                &|f| spread(&f.load.run_pod),
+                "",
+            ),
+            (
+                format!("{k} in flight: CreateContainer, median / p99"),
+                &|f| spread(&f.load.create),
+                "",
+            ),
+            (
+                format!("{k} in flight: StartContainer, median / p99"),
+                &|f| spread(&f.load.start),
+                "",
+            ),
+            (
+                format!("PodSandboxStatus while {k} run, median / p99"),
+                &|f| spread(&f.load.pod_status),
+                "≤ 1 ms median",
+            ),
+            (
+                format!("ContainerStatus while {k} run, median / p99"),
+                &|f| spread(&f.load.ctr_status),
+                "≤ 1 ms median",
+            ),
+            (
+                format!("relist (ListPodSandbox + ListContainers) while {k} run, median / p99"),
+                &|f| spread(&f.load.relist),
+                "",
+            ),
+            (
+                format!("{k} in flight: StopPodSandbox + RemovePodSandbox, median / p99"),
+                &|f| spread(&f.load.stop_remove),
                 "",
             ),
         ]);

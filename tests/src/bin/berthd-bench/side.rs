@@ -28,6 +28,8 @@ pub(crate) struct Figures {
     pub(crate) exec_sync: Vec<f64>,
     pub(crate) exec_stream: Vec<f64>,
     pub(crate) pf_mbps: Vec<f64>,
+    /// The parallel phase (load.rs).
+    pub(crate) load: load::LoadFigures,
 }
 
 /// One runtime: a CRI client on its socket, the daemon behind it and its pods.
@@ -49,7 +51,7 @@ pub(crate) struct Side {
     seq: usize,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -109,11 +111,17 @@ impl Side {
         Ok(cfg)
     }
 
-    /// RunPodSandbox, timed; the id is tracked for teardown at once.
-    pub(crate) async fn run_pod(&mut self) -> Result<(String, cri::PodSandboxConfig, Duration)> {
+    /// The next pod's name and config (its log dir made).
+    pub(crate) fn next_pod(&mut self) -> Result<(String, cri::PodSandboxConfig)> {
         self.seq += 1;
         let name = format!("bb{}-{}", self.run, self.seq);
         let cfg = self.pod_cfg(&name)?;
+        Ok((name, cfg))
+    }
+
+    /// RunPodSandbox, timed; the id is tracked for teardown at once.
+    pub(crate) async fn run_pod(&mut self) -> Result<(String, cri::PodSandboxConfig, Duration)> {
+        let (name, cfg) = self.next_pod()?;
         let t0 = Instant::now();
         let id = self
             .rs
