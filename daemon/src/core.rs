@@ -85,7 +85,9 @@ impl Core {
             )
         };
         match &userns {
-            None => tracing::info!("user namespaces: available (idmapped overlay rootfs)"),
+            None => {
+                tracing::info!("user namespaces: available (overlay rootfs on idmapped layers)")
+            }
             Some(why) => tracing::info!(reason = %why, "user namespaces: not available"),
         }
         let core = Core::with_parts(config, launcher, pause_rootfs)?;

@@ -1,7 +1,7 @@
-//! Idmapped mounts: the rootfs mount option with which berthd asks the shim for one, and
-//! the three syscalls that make it (`open_tree`, `mount_setattr`, `move_mount`). The shim
-//! uses them to idmap a user-namespaced container's rootfs; berthd uses them to probe,
-//! once at startup, whether the kernel can idmap an overlay mount at all.
+//! Idmapped mounts: the rootfs mount option with which berthd asks the shim for them, and
+//! the three syscalls that make one (`open_tree`, `mount_setattr`, `move_mount`). The shim
+//! uses them on the lower dirs of a user-namespaced container's overlay; berthd uses them
+//! to probe, once at startup, whether the kernel can mount an overlay on idmapped layers.
 //!
 //! Hand-written over `libc::syscall`: libc has the syscall numbers but keeps
 //! `struct mount_attr` crate-private, and neither nix nor rustix wraps `mount_setattr`.
@@ -12,9 +12,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// A rootfs `Mount` option: after mounting, the shim idmaps the mount with the user
-/// namespace at this path (`/proc/<pid>/ns/user` of the pod's infra process). Stripped
-/// before mount(2); the `X-` prefix is libmount's mark for options the kernel never sees.
+/// An overlay rootfs `Mount` option: the shim mounts the overlay on idmapped copies of its
+/// lower dirs, mapped through the user namespace at this path (`/proc/<pid>/ns/user` of
+/// the pod's infra process). Stripped before mount(2); the `X-` prefix is libmount's mark
+/// for options the kernel never sees.
 pub const USERNS_OPTION: &str = "X-berth.idmap-userns=";
 
 // <linux/mount.h>; stable kernel ABI.

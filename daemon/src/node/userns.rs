@@ -1,8 +1,8 @@
 //! Whether this node can run user-namespaced pods, probed once at startup: the kernel
-//! has user namespaces, and an overlay mount (what a container's rootfs is) can be
-//! idmapped (`mount_setattr(MOUNT_ATTR_IDMAP)`; overlayfs allows it from Linux 5.19). The
-//! OCI runtime only has to put the pod in a user namespace with the given mappings, which
-//! runc and crun have long done; the idmapped rootfs is the shim's, not the runtime's.
+//! has user namespaces, and an overlay (what a container's rootfs is) can be mounted on
+//! idmapped layers (`mount_setattr(MOUNT_ATTR_IDMAP)`, Linux 5.12; overlayfs takes them
+//! from 5.19). The OCI runtime only has to put the pod in a user namespace with the given
+//! mappings, which runc and crun have long done; the idmapped layers are the shim's.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
