@@ -106,8 +106,8 @@ impl Core {
         crate::util::modes::secure_top(&config.paths.root, ROOT_DIRS)?;
         crate::util::modes::secure_top(&config.paths.state, STATE_DIRS)?;
         // A user-namespaced pod's root walks to its rootfs: the infra's under pause/, a
-        // container's in its bundle under containers/ (such a bundle is made traversable
-        // too). Traversable, never listable.
+        // container's in its bundle under containers/. Traversable, never listable; each
+        // bundle is 0700 unless its pod has a user namespace (then 0711).
         crate::util::modes::traversable_dir(&config.paths.root.join("pause"))?;
         crate::util::modes::traversable_dir(&config.paths.state.join("containers"))?;
         let config = Arc::new(config);

@@ -222,6 +222,9 @@ impl Containers {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
+        // Root's alone: `containers/` above it is traversable (for user-namespaced pods,
+        // whose bundles are opened a little further below), so each bundle closes itself.
+        crate::util::modes::private_dir(&rec.bundle)?;
         prepare_host_paths(&rec.config.mounts)?;
         let lowers = self.images.lower_dirs(image)?;
         // The spec sees image volumes as read-only binds of the images mounted here.
