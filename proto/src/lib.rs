@@ -5,7 +5,8 @@
 //! package name, so it is served by registering the same handlers twice
 //! ([`task_services`]). `runtimeoptions.v1.Options` is generated here at build time.
 //! What the shim and berthd share beyond containerd's API is defined here once: Berth's
-//! extension services (`berth_shim`), the exit record (`exit`) and the SPDY framing.
+//! extension services (`berth_shim`), the exit record (`exit`), idmapped mounts (`idmap`)
+//! and the SPDY framing.
 
 pub use containerd_shim_protos::{
     api, bootstrap_api, cgroups, cgroups_v2, events, protobuf, shim, shim_async, topics, ttrpc,
@@ -56,6 +57,7 @@ pub mod berth_shim {
 }
 
 pub mod exit;
+pub mod idmap;
 pub mod spdy;
 
 use std::collections::HashMap;

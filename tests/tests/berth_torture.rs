@@ -3,7 +3,8 @@
 //! (berthd aborts exactly there), each followed by the harness's checks (nothing unknown,
 //! untouched counters, victims' exit codes and every line they printed, everything
 //! removable, no leftovers). A third churn loop pulls and removes an image of its own
-//! from a local registry. Zero violations expected; the harness's table is printed.
+//! from a local registry. Half the churn pods have a user namespace of their own. Zero
+//! violations expected; the harness's table is printed.
 //! The long soak is the same binary with more iterations (README).
 
 use anyhow::Result;
@@ -28,6 +29,8 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
     let pull = reg.image("torture/pull:1");
     let run = Torture::new(&d, env!("CARGO_BIN_EXE_berth-torture"), "torture")?
         .args(["--pull", &pull])
+        // Half the churn pods user-namespaced (idmapped rootfs, joined user namespace).
+        .args(["--userns"])
         .args(["--iterations", &iterations, "--failpoints", &failpoints])
         .run(&["ready again"])?;
     run.ensure_clean()?;

@@ -96,6 +96,9 @@ fn another_local_user_can_read_nothing_of_berthds_state() -> Result<()> {
             let r = as_nobody(&["cat", &s(file)]);
             ensure!(r.is_err(), "nobody reads {}", file.display());
         }
+        let rootfs = state.join("containers").join(&id).join("rootfs");
+        let r = as_nobody(&["ls", &s(&rootfs)]);
+        ensure!(r.is_err(), "nobody lists a container's rootfs: {r:?}");
         let r = as_nobody(&[&s(&upper_suid), "id", "-u"]);
         ensure!(r.is_err(), "nobody runs the setuid binary: {r:?}");
         // The control: nobody can run things in general, and the test dir is open.
@@ -112,7 +115,10 @@ fn another_local_user_can_read_nothing_of_berthds_state() -> Result<()> {
             (&root.join("snapshots"), 0o700),
             (&root.join("content"), 0o700),
             (&root.join("containers"), 0o700),
-            (&state.join("containers"), 0o700),
+            // Traversable for user-namespaced pods' rootfs; each bundle closes itself.
+            (&state.join("containers"), 0o711),
+            (&state.join("containers").join(&id), 0o700),
+            (&root.join("pause"), 0o711),
             (&spec, 0o600),
             (&copy, 0o600),
         ] {

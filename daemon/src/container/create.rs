@@ -222,6 +222,9 @@ impl Containers {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
+        // Root's alone: `containers/` above it is traversable (for user-namespaced pods,
+        // whose bundles are opened a little further below), so each bundle closes itself.
+        crate::util::modes::private_dir(&rec.bundle)?;
         prepare_host_paths(&rec.config.mounts)?;
         let lowers = self.images.lower_dirs(image)?;
         // The spec sees image volumes as read-only binds of the images mounted here.
@@ -282,12 +285,35 @@ impl Containers {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
-        let mount = RootfsMount::overlay(vec![
+        let mut options = vec![
             "index=off".into(),
             format!("workdir={}", work.display()),
             format!("upperdir={}", upper.display()),
             format!("lowerdir={lowerdir}"),
-        ]);
+        ];
+        if let Some(u) = pod.config.security.namespaces.pod_userns() {
+            // The pod's root is a mapped id: the shim idmaps the overlay's lower dirs
+            // through the pod's user namespace, so the image's files show owned by root
+            // inside; the upper dir (the rootfs' own root dir) is the mapped root's, and
+            // what the container writes is stored with its host ids. The container's
+            // root walks to the rootfs: its bundle must be traversable.
+            let (Some(uid), Some(gid)) = (u.uids.first(), u.gids.first()) else {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod {} has a user namespace without id mappings",
+                    pod.id
+                )));
+            };
+            let (uid, gid) = (uid.host_id, gid.host_id);
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
+                .map_err(|e| Error::io(format!("chown {}", upper.display()), e))?;
+            options.push(format!(
+                "{}/proc/{}/ns/user",
+                berth_proto::idmap::USERNS_OPTION,
+                pod.pid
+            ));
+            crate::util::modes::traversable_dir(&rec.bundle)?;
+        }
+        let mount = RootfsMount::overlay(options);
         let task = NewTask {
             id: rec.id.clone(),
             bundle: rec.bundle.clone(),

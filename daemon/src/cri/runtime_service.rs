@@ -66,7 +66,7 @@ impl RuntimeService for Service {
         ];
         let features = RuntimeHandlerFeatures {
             recursive_read_only_mounts: self.core.node.rro_supported(),
-            user_namespaces: false,
+            user_namespaces: self.core.node.userns_unavailable().is_none(),
         };
         // The default handler ("") and its name: both run the configured OCI runtime.
         let runtime_handlers = ["", RUNTIME_NAME]
@@ -81,7 +81,8 @@ impl RuntimeService for Service {
             runtime_handlers,
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
-                // No user namespaces yet, with or without the host's network.
+                // A user-namespaced pod needs its own network namespace (see
+                // Namespaces::check_pod_userns).
                 user_namespaces_host_network: false,
             }),
             ..Default::default()

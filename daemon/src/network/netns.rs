@@ -21,6 +21,49 @@ impl NetNs {
     /// thread spawn, unshare and one mount). Only `lo` exists inside, still down: bringing it
     /// up is the loopback plugin's job.
     pub fn create(dir: &Path, name: &str) -> Result<NetNs> {
+        let ns = NetNs::reserve(dir, name)?;
+        let target = ns.path.clone();
+        // Why a dedicated, short-lived thread: unshare(CLONE_NEWNET) moves only the calling
+        // thread into the new namespace. On a tokio worker every later task scheduled on
+        // that thread would run inside the pod's network. This thread exits right after the
+        // bind mount and its reference to the namespace goes with it; the mount alone keeps
+        // the namespace alive. The join is bounded by two syscalls.
+        let pinned = std::thread::Builder::new()
+            .name("berth-netns".into())
+            .spawn(move || pin_new_netns(&target))
+            .map_err(|e| Error::io("spawn netns thread", e))
+            .and_then(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("netns thread panicked".into())))
+            });
+        if let Err(e) = pinned {
+            let _ = std::fs::remove_file(&ns.path);
+            return Err(e);
+        }
+        Ok(ns)
+    }
+
+    /// Pins the network namespace process `pid` made (a user-namespaced pod's infra, whose
+    /// network namespace must belong to the pod's user namespace) on a pin file from
+    /// [`NetNs::reserve`]. One mount; [`NetNs::remove`] undoes it.
+    pub fn pin_from(&self, pid: u32) -> Result<()> {
+        mount(
+            Some(format!("/proc/{pid}/ns/net").as_str()),
+            &self.path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("bind the netns of pid {pid} onto {}", self.path.display()),
+                e.into(),
+            )
+        })
+    }
+
+    /// Makes the pin file `dir/name` without a namespace on it yet.
+    pub fn reserve(dir: &Path, name: &str) -> Result<NetNs> {
         validate_name(name)?;
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
@@ -38,24 +81,6 @@ impl NetNs {
                 }
                 _ => Error::io(format!("create {}", path.display()), e),
             })?;
-        let target = path.clone();
-        // Why a dedicated, short-lived thread: unshare(CLONE_NEWNET) moves only the calling
-        // thread into the new namespace. On a tokio worker every later task scheduled on
-        // that thread would run inside the pod's network. This thread exits right after the
-        // bind mount and its reference to the namespace goes with it; the mount alone keeps
-        // the namespace alive. The join is bounded by two syscalls.
-        let pinned = std::thread::Builder::new()
-            .name("berth-netns".into())
-            .spawn(move || pin_new_netns(&target))
-            .map_err(|e| Error::io("spawn netns thread", e))
-            .and_then(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Internal("netns thread panicked".into())))
-            });
-        if let Err(e) = pinned {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
         Ok(NetNs { path })
     }
 

@@ -143,15 +143,19 @@ pub fn container_spec(
             "no privileged container allowed in a non-privileged sandbox",
         ));
     }
-    if sc
-        .namespaces
-        .userns
-        .as_ref()
-        .is_some_and(|u| u.mode != NamespaceMode::Node)
-    {
-        return Err(Error::Unimplemented(
-            "user namespaces are not supported".into(),
-        ));
+    // A container lives in its pod's user namespace: it may repeat the pod's request (kubelet
+    // and critest do) or say nothing, but not ask for another.
+    let pod_userns = pod.security.namespaces.pod_userns();
+    if let Some(u) = &sc.namespaces.userns {
+        let same = match pod_userns {
+            Some(p) => p == u,
+            None => u.mode == NamespaceMode::Node,
+        };
+        if !same {
+            return Err(invalid(
+                "a container's user namespace must be its pod's (mode POD with the pod's mappings, or NODE in a pod without one)",
+            ));
+        }
     }
 
     // Process.
@@ -240,6 +244,14 @@ pub fn container_spec(
     if o.cgroupns && !privileged {
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
+    let userns = match pod_userns {
+        Some(u) => {
+            let u = super::userns::userns_spec(u, proc_ns(sp, "user"))?;
+            namespaces.insert(0, u.namespace.clone());
+            Some(u)
+        }
+        None => None,
+    };
 
     // Mounts, with the pod's files unless the container mounts over them.
     let ro = sc.readonly_rootfs;
@@ -257,7 +269,10 @@ pub fn container_spec(
     .into_iter()
     .filter_map(|(dst, src, ro)| src.map(|s| Bind::private(dst, s, ro)))
     .collect();
-    let (mounts, rootfs_propagation) = container_mounts(&c.mounts, files, privileged)?;
+    let (mut mounts, rootfs_propagation) = container_mounts(&c.mounts, files, privileged)?;
+    if userns.is_some() {
+        super::userns::adjust_mounts(&mut mounts)?;
+    }
 
     // Devices and resources.
     let (mut nodes, mut rules) = devices::cri_devices(&c.devices, o.device_lookup)?;
@@ -286,6 +301,9 @@ pub fn container_spec(
     }
     if let Some(p) = rootfs_propagation {
         lb = lb.rootfs_propagation(p);
+    }
+    if let Some(u) = userns {
+        lb = lb.uid_mappings(u.uid_mappings).gid_mappings(u.gid_mappings);
     }
 
     let ann = super::string_map(&[

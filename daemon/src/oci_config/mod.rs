@@ -12,6 +12,7 @@ mod sandbox;
 mod seccomp;
 mod security;
 mod user;
+mod userns;
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};

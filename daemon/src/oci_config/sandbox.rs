@@ -141,11 +141,26 @@ pub fn sandbox_spec(cfg: &PodSpec, o: &SandboxOpts) -> Result<Spec> {
     }
     namespaces.push(namespace(LinuxNamespaceType::Mount, None)?);
     if !host_network {
-        namespaces.push(namespace(
-            LinuxNamespaceType::Network,
-            o.netns_path.clone(),
-        )?);
+        // A user-namespaced pod's infra makes its network namespace, which then belongs to
+        // the pod's user namespace; berthd pins it at `netns_path` once the infra runs.
+        let path = match nso.pod_userns() {
+            Some(_) => None,
+            None => o.netns_path.clone(),
+        };
+        namespaces.push(namespace(LinuxNamespaceType::Network, path)?);
     }
+
+    // A user-namespaced pod: the infra makes the namespace (runc creates it first, so the
+    // PID, IPC, UTS and mount namespaces above belong to it); containers join it.
+    let userns = match nso.pod_userns() {
+        Some(u) => {
+            let u = super::userns::userns_spec(u, None)?;
+            namespaces.insert(0, u.namespace.clone());
+            super::userns::adjust_mounts(&mut mounts)?;
+            Some(u)
+        }
+        None => None,
+    };
 
     let resources = oci(LinuxResourcesBuilder::default()
         .devices(vec![devices::deny_all()?])
@@ -167,6 +182,9 @@ pub fn sandbox_spec(cfg: &PodSpec, o: &SandboxOpts) -> Result<Spec> {
     }
     if let Some(s) = seccomp {
         lb = lb.seccomp(s);
+    }
+    if let Some(u) = userns {
+        lb = lb.uid_mappings(u.uid_mappings).gid_mappings(u.gid_mappings);
     }
 
     let mut ann = super::string_map(&[

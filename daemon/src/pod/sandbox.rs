@@ -30,6 +30,15 @@ pub fn pause_rootfs(root: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(rootfs.join(d))
             .map_err(|e| Error::io(format!("mkdir pause rootfs {d}"), e))?;
     }
+    // The mount points of the pod files, made here: a user-namespaced pod's root cannot
+    // create them in this root-owned rootfs.
+    for f in ["etc/hosts", "etc/resolv.conf", "etc/hostname"] {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(rootfs.join(f))
+            .map_err(|e| Error::io(format!("create pause rootfs {f}"), e))?;
+    }
     let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", e))?;
     let src = exe.with_file_name("berth-pause");
     let dst = rootfs.join("pause");
@@ -116,6 +125,18 @@ impl Pods {
         validate_name("sandbox name", &md.name)?;
         validate_name("sandbox namespace", &md.namespace)?;
         validate_name("sandbox uid", &md.uid)?;
+        // Before anything is made: a bad user namespace leaves nothing behind.
+        md.security
+            .namespaces
+            .check_pod_userns()
+            .map_err(Error::InvalidArgument)?;
+        if md.security.namespaces.pod_userns().is_some() {
+            if let Some(why) = self.node.userns_unavailable() {
+                return Err(Error::FailedPrecondition(format!(
+                    "user namespaces are not available on this node: {why}"
+                )));
+            }
+        }
         if !handler.is_empty() && handler != "berth" {
             return Err(Error::NotFound(format!(
                 "no runtime handler {handler:?} is configured"
@@ -181,6 +202,7 @@ impl Pods {
             undo.dirs.push(d.clone());
         }
         let host_network = rec.host_network();
+        let own_netns = rec.config.security.namespaces.pod_userns().is_some();
         files::write_all(&rec.files, &rec.config, host_network)?;
         let mut cni_job = None;
         if !host_network {
@@ -191,18 +213,29 @@ impl Pods {
                 ))
             })?;
             rec.network = list.name.clone();
-            // A thread spawn, unshare and a mount: off the async workers.
             let (dir, id) = (self.config.paths.state.join("netns"), rec.id.clone());
-            let ns = tokio::task::spawn_blocking(move || NetNs::create(&dir, &id))
-                .await
-                .map_err(|e| Error::Internal(format!("netns: {e}")))??;
+            // A user-namespaced pod's infra makes its own network namespace (it must belong
+            // to the pod's user namespace: the containers, already in that one, could not
+            // join one of the host's); only the pin file is made now. Otherwise a thread
+            // spawn, unshare and a mount: off the async workers either way.
+            let ns = tokio::task::spawn_blocking(move || {
+                if own_netns {
+                    NetNs::reserve(&dir, &id)
+                } else {
+                    NetNs::create(&dir, &id)
+                }
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("netns: {e}")))??;
             rec.netns = Some(ns.path.clone());
             let nsp = ns.path.clone();
             undo.netns = Some(ns);
             crate::failpoint!("pod.run.after_netns");
             let args = net_args(&rec.id, &rec.config, self.node.pod_cidr());
             // Registered before the ADD: a half-done ADD is undone too (DEL is idempotent).
-            undo.cni = Some((list.clone(), args.clone()));
+            if !own_netns {
+                undo.cni = Some((list.clone(), args.clone()));
+            }
             cni_job = Some((list, nsp, args));
         }
         let localhost_profile =
@@ -260,7 +293,23 @@ impl Pods {
             .await;
             Ok::<_, Error>((shim, pid))
         };
-        let (net, started) = tokio::join!(network, infra);
+        let (net, started) = if own_netns {
+            // The infra first: CNI needs the network namespace it makes, pinned.
+            let started = infra.await;
+            let net = match (&started, &cni_job, &undo.netns) {
+                (Ok((_, Ok(pid))), Some((list, nsp, args)), Some(ns)) => match ns.pin_from(*pid) {
+                    Ok(()) => {
+                        undo.cni = Some((list.clone(), args.clone()));
+                        self.cni.add(list, nsp, args).await.map(Some)
+                    }
+                    Err(e) => Err(e),
+                },
+                _ => Ok(None),
+            };
+            (net, started)
+        } else {
+            tokio::join!(network, infra)
+        };
         let (shim, pid) = match started {
             Ok(s) => s,
             Err(e) => return Err(e),

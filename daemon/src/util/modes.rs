@@ -28,6 +28,12 @@ pub fn private_file(path: &Path) -> Result<()> {
     chmod(path, PRIVATE_FILE)
 }
 
+/// Makes an existing dir traversable but not listable (0711): a dir on the way to a
+/// user-namespaced pod's rootfs, which that pod's root (not the host's) walks through.
+pub fn traversable_dir(dir: &Path) -> Result<()> {
+    chmod(dir, TOP_DIR)
+}
+
 /// Creates `dir` (and its parents) and makes it root's alone.
 pub fn private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)

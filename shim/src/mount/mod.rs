@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::reaper::Reaper;
 
 mod helper;
+mod idmap;
 mod loopdev;
 
 /// Mounts every entry, in order, onto `rootfs`, or onto `rootfs/<target>` when the entry
@@ -32,11 +33,18 @@ pub async fn mount_rootfs(mounts: &[Mount], rootfs: &Path, reaper: &Arc<Reaper>)
     let root = std::path::absolute(rootfs).map_err(|e| Error::io("resolve rootfs path", e))?;
     let mut done: Vec<PathBuf> = Vec::new();
     for m in mounts {
+        let (m, userns) = idmap::split(m)?;
         let result = match mount_point(&root, &m.target) {
             Ok(point) => if helper::helper_for(&m.type_).is_some() {
-                helper::mount(m, &point.path, reaper).await
+                helper::mount(&m, &point.path, reaper).await
+            } else if let Some(userns) = &userns {
+                // Beside the rootfs, so it goes with the bundle; unmounted once the
+                // overlay holds the layers (or failed).
+                let scratch = root.with_file_name("idmapped-lowers");
+                idmap::Lowers::attach(&m, userns, &scratch)
+                    .and_then(|(m, _lowers)| mount_one(&m, &point.path))
             } else {
-                mount_one(m, &point.path)
+                mount_one(&m, &point.path)
             }
             .map(|()| point.path),
             Err(e) => Err(e),

@@ -358,3 +358,91 @@ fn failure_unmounts_earlier_layers() {
     assert!(e.to_string().contains("/nonexistent/x.img"), "{e}");
     assert!(!mounted(&rootfs));
 }
+
+/// A `sleep` in a user namespace of its own mapping 0..65536 to 100000..; killed on drop.
+struct UsernsHolder(std::process::Child);
+impl UsernsHolder {
+    fn start() -> UsernsHolder {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("60");
+        // SAFETY: unshare is async-signal-safe; the child is single-threaded after fork.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(std::io::Error::from)
+            });
+        }
+        let h = UsernsHolder(cmd.spawn().expect("spawn sleep"));
+        for f in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{}/{f}", h.0.id()), "0 100000 65536\n").expect(f);
+        }
+        h
+    }
+    fn ns(&self) -> String {
+        format!("/proc/{}/ns/user", self.0.id())
+    }
+}
+impl Drop for UsernsHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn overlay_on_idmapped_lowers_shows_files_through_the_mapping() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let low = layer(t.path(), "low", &[("root-owned", "r"), ("user-owned", "u")]);
+    std::os::unix::fs::chown(Path::new(&low).join("user-owned"), Some(1000), Some(1000))
+        .expect("chown");
+    let (up, work) = (layer(t.path(), "up", &[]), layer(t.path(), "work", &[]));
+    let rootfs = t.path().join("rootfs");
+    let _c = Cleanup(rootfs.clone());
+    let holder = UsernsHolder::start();
+    let idmap = format!("{}{}", berth_proto::idmap::USERNS_OPTION, holder.ns());
+    let o = [
+        format!("workdir={work}"),
+        format!("upperdir={up}"),
+        format!("lowerdir={low}"),
+        idmap.clone(),
+    ];
+    let o: Vec<&str> = o.iter().map(String::as_str).collect();
+    mount_sync(&[mnt("overlay", "overlay", &o)], &rootfs).expect("idmapped overlay");
+    let m = fs::metadata(rootfs.join("root-owned")).expect("stat");
+    assert_eq!((m.uid(), m.gid()), (100_000, 100_000));
+    let m = fs::metadata(rootfs.join("user-owned")).expect("stat");
+    assert_eq!((m.uid(), m.gid()), (101_000, 101_000));
+    // The idmapped lower dirs came off once the overlay held them.
+    let scratch = t.path().join("idmapped-lowers");
+    assert!(!scratch.exists());
+    assert!(!mounted(&scratch.join("0")));
+    unmount_all(&rootfs).expect("unmount_all");
+    assert!(!mounted(&rootfs));
+    // The layer itself is untouched.
+    let m = fs::metadata(Path::new(&low).join("root-owned")).expect("stat");
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+
+    // A user namespace that is not there: an error, and nothing left mounted.
+    let o = [
+        format!("workdir={work}"),
+        format!("upperdir={up}"),
+        format!("lowerdir={low}"),
+        format!("{}/proc/0/ns/user", berth_proto::idmap::USERNS_OPTION),
+    ];
+    let o: Vec<&str> = o.iter().map(String::as_str).collect();
+    assert!(mount_sync(&[mnt("overlay", "overlay", &o)], &rootfs).is_err());
+    assert!(!mounted(&rootfs));
+    assert!(!scratch.exists());
+    assert!(Path::new(&low).join("root-owned").exists());
+    let o = [
+        format!("lowerdir={low}"),
+        format!("{}relative", berth_proto::idmap::USERNS_OPTION),
+    ];
+    let o: Vec<&str> = o.iter().map(String::as_str).collect();
+    assert!(mount_sync(&[mnt("overlay", "overlay", &o)], &rootfs).is_err());
+    assert!(!mounted(&rootfs));
+}

@@ -209,3 +209,99 @@ fn privileged_vs_unprivileged() {
         (Some(10), Some(229), Some("r"))
     );
 }
+
+fn pod_userns() -> crate::workload::UserNamespace {
+    let m = vec![crate::workload::IdMapping {
+        host_id: 65536,
+        container_id: 0,
+        length: 65536,
+    }];
+    crate::workload::UserNamespace {
+        mode: NamespaceMode::Pod,
+        uids: m.clone(),
+        gids: m,
+    }
+}
+
+#[test]
+fn a_user_namespaced_pod_makes_its_namespaces_and_containers_join_them() {
+    let mut p = pod(false);
+    p.security.namespaces.userns = Some(pod_userns());
+    let so = SandboxOpts {
+        id: "sb1".into(),
+        netns_path: Some("/run/berth/netns/sb1".into()),
+        rootfs: "/var/lib/berth/pause/rootfs".into(),
+        args: vec!["/pause".into()],
+        hosts: Some("/var/lib/berth/pods/sb1/hosts".into()),
+        ..Default::default()
+    };
+    let s = sandbox_spec(&p, &so).unwrap();
+    let got = ns(&s);
+    // The user namespace first and new; the network namespace new too (owned by it),
+    // pinned by berthd afterwards.
+    assert_eq!(got[0], (LinuxNamespaceType::User, None));
+    assert!(
+        got.contains(&(LinuxNamespaceType::Network, None)),
+        "{got:?}"
+    );
+    let linux = s.linux().as_ref().unwrap();
+    assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 65536);
+    assert_eq!(linux.gid_mappings().as_ref().unwrap()[0].size(), 65536);
+    let hosts = s
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.destination() == Path::new("/etc/hosts"))
+        .unwrap();
+    assert!(hosts.options().as_ref().unwrap().contains(&"nodev".into()));
+
+    // A container says nothing or repeats the pod's request: it joins by path.
+    for asked in [None, Some(pod_userns())] {
+        let c = ctr(ContainerSecurity {
+            namespaces: Namespaces {
+                userns: asked,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let s = container_spec(&c, &p, &image(), &opts()).unwrap();
+        let got = ns(&s);
+        assert_eq!(
+            got[0],
+            (LinuxNamespaceType::User, Some("/proc/4242/ns/user".into()))
+        );
+        let linux = s.linux().as_ref().unwrap();
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 65536);
+    }
+    // Another user namespace than the pod's is refused.
+    let mut other = pod_userns();
+    other.uids[0].host_id = 131072;
+    let c = ctr(ContainerSecurity {
+        namespaces: Namespaces {
+            userns: Some(other.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    assert!(is_invalid(container_spec(&c, &p, &image(), &opts())));
+    // So is a POD request in a pod without a user namespace; NODE there is fine.
+    assert!(is_invalid(container_spec(
+        &c,
+        &pod(false),
+        &image(),
+        &opts()
+    )));
+    other.mode = NamespaceMode::Node;
+    other.uids.clear();
+    other.gids.clear();
+    let c = ctr(ContainerSecurity {
+        namespaces: Namespaces {
+            userns: Some(other),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let s = container_spec(&c, &pod(false), &image(), &opts()).unwrap();
+    assert!(!ns(&s).iter().any(|(t, _)| *t == LinuxNamespaceType::User));
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "usage: berth-torture --socket PATH --daemon CMDLINE --image IMAGE \
-[--iterations N] [--faults kill,store,shim-kill,reboot] [--failpoints all|none|NAME,...] [--pod-network] [--root DIR] [--state DIR] \
+[--iterations N] [--faults kill,store,shim-kill,reboot] [--failpoints all|none|NAME,...] [--pod-network] [--userns] [--root DIR] [--state DIR] \
 [--cgroup-parent PATH] [--ipam-dir DIR] [--runc-root DIR] [--pull IMAGE] [--counters N] [--seed N] [--work DIR]
 [--churners N] [--duration D] [--sample-every S]
 Try 'berth-torture --help' for what each option does.";
@@ -56,6 +56,9 @@ OPTIONS:
                           once: all, none, or names separated by commas. Berth only: armed
                           through BERTH_FAILPOINTS / BERTH_SHIM_FAILPOINTS [none].
     --pod-network         Pods get the runtime's pod network (CNI) instead of the host's.
+    --userns              Every other churn pod gets a user namespace of its own (CRI
+                          userns_options mode POD, ids 0-65535 mapped to 589824-655359,
+                          as kubelet's hostUsers: false); needs --pod-network.
     --root DIR            The daemon's persistent root (paths.root), checked for leftover
                           pod and container dirs, snapshots, blobs and downloads.
     --state DIR           The daemon's state dir (paths.state), checked for leftover
@@ -120,6 +123,8 @@ pub struct Args {
     pub faults: Vec<Fault>,
     pub failpoints: Vec<String>,
     pub pod_network: bool,
+    /// `--userns`: every other churn pod is user-namespaced.
+    pub userns: bool,
     pub root: Option<PathBuf>,
     pub state: Option<PathBuf>,
     pub cgroup_parent: String,
@@ -159,6 +164,7 @@ pub fn parse() -> Result<Args> {
         faults: vec![Fault::Kill],
         failpoints: Vec::new(),
         pod_network: false,
+        userns: false,
         root: None,
         state: None,
         cgroup_parent: "/berth".into(),
@@ -194,6 +200,7 @@ pub fn parse() -> Result<Args> {
                 }
             }
             "--pod-network" => a.pod_network = true,
+            "--userns" => a.userns = true,
             "--root" => a.root = Some(v()?.into()),
             "--state" => a.state = Some(v()?.into()),
             "--cgroup-parent" => a.cgroup_parent = v()?,
@@ -218,6 +225,9 @@ pub fn parse() -> Result<Args> {
     }
     if a.socket.is_empty() || a.daemon.is_empty() || a.image.is_empty() {
         bail!("--socket, --daemon and --image are required\n{USAGE}");
+    }
+    if a.userns && !a.pod_network {
+        bail!("--userns needs --pod-network (a user-namespaced pod has its own network)");
     }
     Ok(a)
 }

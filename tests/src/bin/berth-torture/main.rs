@@ -109,6 +109,7 @@ async fn run(args: Args) -> Result<()> {
     let shape = Shape {
         image: args.image.clone(),
         pod_network: args.pod_network,
+        userns: args.userns,
         logs: work.join("logs"),
         run: format!("{}", args.seed % 1_000_000),
     };

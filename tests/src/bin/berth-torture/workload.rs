@@ -22,6 +22,8 @@ pub const LABEL: &str = "berth-torture";
 pub struct Shape {
     pub image: String,
     pub pod_network: bool,
+    /// Every other churn pod (by the parity of its name's digits) is user-namespaced.
+    pub userns: bool,
     pub logs: PathBuf,
     pub run: String,
 }
@@ -40,6 +42,18 @@ impl Shape {
             cfg.hostname = name.into();
             let ns = berth_tests::cri::ns_options(&mut cfg);
             ns.network = cri::NamespaceMode::Pod as i32;
+            if self.userns && role == "churn" && userns_turn(name) {
+                let m = vec![cri::IdMapping {
+                    host_id: USERNS_HOST_ID,
+                    container_id: 0,
+                    length: 65536,
+                }];
+                ns.userns_options = Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: m.clone(),
+                    gids: m,
+                });
+            }
         }
         Ok(cfg)
     }
@@ -49,6 +63,20 @@ impl Shape {
         c.labels.insert(LABEL.into(), name.into());
         c
     }
+}
+
+/// The host ids a user-namespaced churn pod's 0-65535 map to.
+const USERNS_HOST_ID: u32 = 9 * 65536;
+
+/// Whether a churn pod is user-namespaced: half of them, by the parity of the digits in
+/// its name (churner index and cycle), so both kinds churn side by side.
+fn userns_turn(name: &str) -> bool {
+    name.bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| u32::from(b - b'0'))
+        .sum::<u32>()
+        % 2
+        == 0
 }
 
 /// A numbered line every 20 ms, forever.

@@ -1,6 +1,8 @@
 //! What berthd reports about the node and keeps for it: its version, whether the pod
-//! network is configured (NetworkReady), whether recursive read-only mounts work (probed
-//! once), and the pod CIDR kubelet last set.
+//! network is configured (NetworkReady), whether recursive read-only mounts and user
+//! namespaces work (probed once), and the pod CIDR kubelet last set.
+
+pub mod userns;
 
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -27,6 +29,8 @@ pub struct Node {
     runtime_binary: String,
     /// Whether recursive read-only mounts work (kernel and OCI runtime), probed once.
     rro: std::sync::OnceLock<bool>,
+    /// Why user-namespaced pods cannot run here (None: they can), set once at startup.
+    userns: std::sync::OnceLock<Option<String>>,
     /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
     pod_cidr: RwLock<String>,
 }
@@ -38,6 +42,7 @@ impl Node {
             builtin_network,
             runtime_binary,
             rro: Default::default(),
+            userns: Default::default(),
             pod_cidr: RwLock::new(String::new()),
         }
     }
@@ -95,6 +100,20 @@ impl Node {
                 .and_then(|v| v["mountOptions"].as_array().cloned())
                 .is_some_and(|opts| opts.iter().any(|o| o == "rro"))
         })
+    }
+
+    /// Records the startup probe's answer ([`userns::probe`]); later calls are ignored.
+    pub fn set_userns(&self, unavailable: Option<String>) {
+        let _ = self.userns.set(unavailable);
+    }
+
+    /// Why a pod cannot have its own user namespace here; None when it can. Unprobed
+    /// (unit tests' cores) means not available.
+    pub fn userns_unavailable(&self) -> Option<String> {
+        match self.userns.get() {
+            Some(r) => r.clone(),
+            None => Some("user namespace support was not probed".into()),
+        }
     }
 
     pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
