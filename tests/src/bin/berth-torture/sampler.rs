@@ -113,6 +113,10 @@ pub struct Flat {
     pub grows: Vec<(String, String)>,
 }
 
+/// One figure the check follows: its violation kind, its name in the report, the absolute
+/// growth that counts, and how it is read from a sample.
+type Figure<'a> = (&'a str, &'a str, u64, &'a dyn Fn(&Sample) -> u64);
+
 /// Lower quartile, median, upper quartile.
 fn quartiles(mut v: Vec<u64>) -> [u64; 3] {
     v.sort_unstable();
@@ -142,7 +146,7 @@ pub fn judge(samples: &[Sample]) -> Option<Flat> {
         quartiles(part.iter().map(|s| f(s)).collect())
     };
     let pss = |s: &Sample| s.shims_pss_kb / s.shims.max(1);
-    let figures: [(&str, &str, u64, &dyn Fn(&Sample) -> u64); 3] = [
+    let figures: [Figure; 3] = [
         ("rss", "berthd RSS (KiB)", 4096, &|s| s.rss_kb),
         ("fds", "berthd open fds", 10, &|s| s.fds),
         ("shim pss", "PSS per shim (KiB)", 1024, &pss),
