@@ -19,7 +19,8 @@ use crate::mux::{Mux, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 /// dropping it) closes the trunk.
 pub struct Connection {
     pub mux: Mux,
-    _server: Server,
+    /// Kept for as long as the connection (a ttrpc server is not `Sync`: behind a lock).
+    _server: std::sync::Mutex<Server>,
 }
 
 impl Connection {
@@ -55,7 +56,7 @@ pub async fn runtime_side(
     Ok((
         Connection {
             mux,
-            _server: server,
+            _server: std::sync::Mutex::new(server),
         },
         client,
     ))
@@ -74,7 +75,7 @@ pub async fn plugin_side(
     Ok((
         Connection {
             mux,
-            _server: server,
+            _server: std::sync::Mutex::new(server),
         },
         client,
     ))
