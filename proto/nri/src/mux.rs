@@ -41,6 +41,7 @@ const PIPE_BUFFER: usize = 256 << 10;
 /// A multiplexed trunk. Dropping it does not close the trunk; [`Mux::close`] does.
 pub struct Mux {
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    closed_tx: Arc<watch::Sender<bool>>,
     closed: watch::Receiver<bool>,
 }
 
@@ -52,6 +53,8 @@ impl Mux {
         let write = Arc::new(tokio::sync::Mutex::new(write));
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let (closed_tx, closed) = watch::channel(false);
+        let closed_tx = Arc::new(closed_tx);
+        let reader_closed = closed_tx.clone();
         let mut ends = Vec::with_capacity(ids.len());
         let mut inbound: HashMap<u32, WriteHalf<DuplexStream>> = HashMap::new();
         let mut handles = Vec::new();
@@ -73,11 +76,18 @@ impl Mux {
             for t in all.lock().unwrap().drain(..) {
                 t.abort();
             }
-            let _ = closed_tx.send(true);
+            reader_closed.send_replace(true);
         });
         handles.push(reader.abort_handle());
         tasks.lock().unwrap().extend(handles);
-        (Mux { tasks, closed }, ends)
+        (
+            Mux {
+                tasks,
+                closed_tx,
+                closed,
+            },
+            ends,
+        )
     }
 
     /// Closes the trunk and every logical connection.
@@ -85,6 +95,7 @@ impl Mux {
         for t in self.tasks.lock().unwrap().drain(..) {
             t.abort();
         }
+        self.closed_tx.send_replace(true);
     }
 
     /// Whether the trunk has ended (the peer closed it, or it failed).
