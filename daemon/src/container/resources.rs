@@ -124,6 +124,22 @@ impl Containers {
     }
 }
 
+/// What NRI plugins ask of the containers service outside an event.
+#[async_trait::async_trait]
+impl crate::nri::Host for Containers {
+    async fn update_container(&self, id: &str, r: &berth_nri::api::LinuxResources) -> Result<()> {
+        let rec = self.store.container(id)?;
+        let base = rec.config.resources.clone().unwrap_or_default();
+        self.apply_resources(id, &crate::nri::convert::merge_resources(&base, r))
+            .await
+    }
+
+    async fn evict_container(&self, id: &str, reason: &str) -> Result<()> {
+        tracing::warn!(container_id = %id, reason, "evicted by an NRI plugin: stopping it");
+        self.stop(id, 0).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,21 +160,5 @@ mod tests {
         assert_eq!(v["cpu"]["cpus"], "0");
         assert_eq!(v["memory"]["limit"], 64 << 20);
         assert!(v.get("hugepageLimits").is_none());
-    }
-}
-
-/// What NRI plugins ask of the containers service outside an event.
-#[async_trait::async_trait]
-impl crate::nri::Host for Containers {
-    async fn update_container(&self, id: &str, r: &berth_nri::api::LinuxResources) -> Result<()> {
-        let rec = self.store.container(id)?;
-        let base = rec.config.resources.clone().unwrap_or_default();
-        self.apply_resources(id, &crate::nri::convert::merge_resources(&base, r))
-            .await
-    }
-
-    async fn evict_container(&self, id: &str, reason: &str) -> Result<()> {
-        tracing::warn!(container_id = %id, reason, "evicted by an NRI plugin: stopping it");
-        self.stop(id, 0).await
     }
 }
