@@ -516,7 +516,7 @@ mod tests {
 
     fn spec() -> Value {
         json!({
-            "process": { "args": ["sh"], "env": ["PATH=/bin", "A=1"] },
+            "process": { "args": ["sh"], "env": ["PATH=/bin", "A=1"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
             "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
             "linux": { "resources": {} },
         })
