@@ -45,6 +45,9 @@ pub struct Behavior {
     pub on_create: Fault,
     /// Its events subscription (0: all).
     pub events: i32,
+    /// Adds to every container the env its configuration names (`KEY=VALUE` lines, as
+    /// a pre-installed plugin's `.conf` holds).
+    pub env_from_config: bool,
 }
 
 /// One event as the plugin received it.
@@ -66,6 +69,7 @@ struct State {
     synced: Notify,
     synced_ids: Mutex<Option<(Vec<String>, Vec<String>)>>,
     conn: OnceLock<Arc<Connection>>,
+    config: Mutex<String>,
 }
 
 impl State {
@@ -106,8 +110,9 @@ impl Plugin for Service {
     async fn configure(
         &self,
         _: &TtrpcContext,
-        _: api::ConfigureRequest,
+        req: api::ConfigureRequest,
     ) -> ttrpc::Result<api::ConfigureResponse> {
+        *self.0.config.lock().unwrap() = req.config;
         Ok(api::ConfigureResponse {
             events: self.0.behavior.events,
             ..Default::default()
@@ -163,8 +168,21 @@ impl Plugin for Service {
         self.0
             .record("CreateContainer", &req.pod, req.container.as_ref());
         self.0.fault(&self.0.behavior.on_create).await?;
+        let mut adjust = self.0.behavior.adjust.clone();
+        if self.0.behavior.env_from_config {
+            let a = adjust.get_or_insert_with(api::ContainerAdjustment::new);
+            for line in self.0.config.lock().unwrap().lines() {
+                if let Some((k, v)) = line.trim().split_once('=') {
+                    a.env.push(api::KeyValue {
+                        key: k.into(),
+                        value: v.into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         Ok(api::CreateContainerResponse {
-            adjust: self.0.behavior.adjust.clone().into(),
+            adjust: adjust.into(),
             ..Default::default()
         })
     }
@@ -246,12 +264,23 @@ impl TestPlugin {
         let trunk = tokio::net::UnixStream::connect(socket)
             .await
             .with_context(|| format!("connect to {}", socket.display()))?;
+        TestPlugin::over(trunk, name, idx, b).await
+    }
+
+    /// The same over an already-connected socket (a pre-installed plugin's fd 3).
+    pub async fn over(
+        trunk: tokio::net::UnixStream,
+        name: &str,
+        idx: &str,
+        b: Behavior,
+    ) -> Result<TestPlugin> {
         let state = Arc::new(State {
             behavior: b,
             events: Mutex::default(),
             synced: Notify::new(),
             synced_ids: Mutex::default(),
             conn: OnceLock::new(),
+            config: Mutex::default(),
         });
         let (conn, runtime) =
             berth_nri::conn::plugin_side(trunk, Arc::new(Service(state.clone()))).await?;
@@ -313,6 +342,11 @@ impl TestPlugin {
     /// Whether its connection is gone (closed by the runtime, or by a Crash).
     pub fn is_closed(&self) -> bool {
         self.conn.mux.is_closed()
+    }
+
+    /// Resolves once its connection is gone.
+    pub async fn closed(&self) {
+        self.conn.mux.closed().await
     }
 
     /// Disconnects it.

@@ -370,3 +370,132 @@ fn a_hanging_or_crashing_plugin_fails_the_call_within_the_timeout() -> Result<()
         Ok(())
     })
 }
+
+/// The test crate's pre-installed plugin (`berth-nri-plugin`), next to the test binary.
+fn preinstalled_plugin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("no <target>/<profile> dir")?
+        .join("berth-nri-plugin");
+    ensure!(
+        p.is_file(),
+        "{} not built (cargo build --workspace)",
+        p.display()
+    );
+    Ok(p)
+}
+
+#[test]
+fn a_preinstalled_plugin_is_started_with_its_configuration() -> Result<()> {
+    let (builder, dir, _sock) = nri_berthd(2000)?;
+    let plugins = dir.path().join("plugins");
+    let conf = dir.path().join("conf.d");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::create_dir_all(&conf)?;
+    std::fs::copy(preinstalled_plugin()?, plugins.join("05-preset"))?;
+    std::fs::write(conf.join("05-preset.conf"), "PRESET_ENV=from-config\n")?;
+    berthd_test(builder, async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("preset", &logs.join("preset"))).await?;
+        let e = pod
+            .run_to_exit(container_config(
+                "env",
+                image::BUSYBOX_IMAGE,
+                &["sh", "-c", "echo preset=$PRESET_ENV"],
+            ))
+            .await?;
+        ensure!(
+            e.var("preset") == Some("from-config"),
+            "the pre-installed plugin's env: {:?}",
+            e.log
+        );
+        pod.remove().await?;
+        Ok(())
+    })
+}
+
+#[test]
+fn a_plugin_updates_and_evicts_running_containers() -> Result<()> {
+    let (builder, _dir, sock) = nri_berthd(2000)?;
+    berthd_test(builder, async |d| {
+        let p = TestPlugin::connect(&sock, "updater", "10", Behavior::default()).await?;
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("upd", &logs.join("upd"))).await?;
+        let id = pod
+            .start(container_config(
+                "sleeper",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "3600"],
+            ))
+            .await?;
+        let mut mem = api::LinuxMemory::new();
+        mem.limit = opt_i64(40 << 20);
+        let update = |id: &str| api::ContainerUpdate {
+            container_id: id.into(),
+            linux: protobuf::MessageField::some(api::LinuxContainerUpdate {
+                resources: protobuf::MessageField::some(api::LinuxResources {
+                    memory: protobuf::MessageField::some(mem.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ctx = || ttrpc::context::with_duration(Duration::from_secs(10));
+        let rpl = p
+            .runtime
+            .update_containers(
+                ctx(),
+                &api::UpdateContainersRequest {
+                    update: vec![update(&id), update("no-such-container")],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let failed: Vec<&str> = rpl.failed.iter().map(|u| u.container_id.as_str()).collect();
+        ensure!(
+            failed == ["no-such-container"],
+            "failed updates: {failed:?}"
+        );
+        let out = pod
+            .exec(
+                &id,
+                &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"],
+            )
+            .await?;
+        let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ensure!(
+            seen == (40u64 << 20).to_string(),
+            "memory limit inside: {seen:?}"
+        );
+        // Evicted: the container is stopped, and plugins hear of it.
+        p.runtime
+            .update_containers(
+                ctx(),
+                &api::UpdateContainersRequest {
+                    evict: vec![api::ContainerEviction {
+                        container_id: id.clone(),
+                        reason: "test eviction".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        pod.rs
+            .wait_ctr_state(
+                &id,
+                berth_cri::v1::ContainerState::ContainerExited,
+                Duration::from_secs(10),
+            )
+            .await?;
+        wait_for(Duration::from_secs(5), "StopContainer", || async {
+            p.event("StopContainer", &id).map(drop)
+        })
+        .await?;
+        pod.remove().await?;
+        Ok(())
+    })
+}
