@@ -266,6 +266,18 @@ fn a_failing_plugin_fails_the_call_and_leaves_nothing() -> Result<()> {
             pod.list_all().await?.is_empty(),
             "a refused container is listed"
         );
+        // The plugins told of the container hear that it is gone.
+        let refused = refuser
+            .events()
+            .iter()
+            .find(|e| e.kind == "CreateContainer")
+            .map(|e| e.container_id.clone())
+            .context("no CreateContainer")?;
+        ensure!(
+            refuser.kinds_of(&refused) == ["CreateContainer", "RemoveContainer"],
+            "the refused container's events: {:?}",
+            refuser.kinds_of(&refused)
+        );
         refuser.close();
         let id = wait_for(Duration::from_secs(5), "CreateContainer", || async {
             pod.create(c.clone()).await.ok()

@@ -193,6 +193,7 @@ impl Containers {
             let _ = self.images.release(&id);
             return Err(e);
         }
+        let undo_rec = rec.clone();
         match self.create_steps(&pod, rec, &image).await {
             Ok(rec) => {
                 drop(hidden);
@@ -216,6 +217,9 @@ impl Containers {
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
                 self.store.remove_eventually(CONTAINERS, &id, &name_key);
                 let _ = self.images.release(&id);
+                drop(hidden);
+                drop(sync);
+                self.nri.undo_create_container(&pod, &undo_rec).await;
                 Err(e)
             }
         }

@@ -58,6 +58,8 @@ pub struct Nri {
     hidden: Mutex<HashSet<String>>,
     /// StopContainer notifications under way, by container id (done = true).
     stops: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Containers plugins were told of in CreateContainer whose creation is not over.
+    announced: Mutex<HashSet<String>>,
     host: OnceLock<Weak<dyn Host>>,
 }
 
@@ -87,6 +89,7 @@ impl Nri {
             sync: RwLock::new(()),
             hidden: Mutex::default(),
             stops: Mutex::default(),
+            announced: Mutex::default(),
             host: OnceLock::new(),
         })
     }
@@ -521,6 +524,10 @@ impl Nri {
             if !p.subscribed(api::Event::CREATE_CONTAINER) {
                 continue;
             }
+            self.announced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rec.id.clone());
             let req = api::CreateContainerRequest {
                 pod: protobuf::MessageField::some(pod_msg.clone()),
                 container: protobuf::MessageField::some(convert::container(rec, Some(&json))),
@@ -563,6 +570,19 @@ impl Nri {
         Ok(())
     }
 
+    /// A creation that failed after plugins were told of it (by CreateContainer): they
+    /// hear RemoveContainer, so what they set aside for it can go (containerd's undo).
+    pub async fn undo_create_container(&self, pod: &PodRecord, rec: &ContainerRecord) {
+        let told = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.id);
+        if told {
+            self.remove_container(Some(pod), rec).await;
+        }
+    }
+
     fn ctr_req(&self, pod: &PodRecord, rec: &ContainerRecord) -> (api::PodSandbox, api::Container) {
         (self.pod(pod), convert::container(rec, None))
     }
@@ -571,6 +591,10 @@ impl Nri {
         if !self.cfg.enable {
             return;
         }
+        self.announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.id);
         let (pod, ctr) = self.ctr_req(pod, rec);
         let req = api::PostCreateContainerRequest {
             pod: protobuf::MessageField::some(pod),
