@@ -242,6 +242,12 @@ impl Nri {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
         }
+        // A socket another runtime serves is left to it (NRI plugins of that runtime keep
+        // working); a stale one is replaced.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            tracing::error!(socket = %path.display(), "NRI socket is served by another process: external NRI plugins cannot connect to berthd");
+            return Ok(());
+        }
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)
             .map_err(|e| Error::io(format!("bind NRI socket {}", path.display()), e))?;
@@ -253,8 +259,14 @@ impl Nri {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
+                let conn = match listener.accept().await {
+                    Ok((conn, _)) => conn,
+                    Err(e) => {
+                        // Out of fds, say: not a reason to spin.
+                        tracing::warn!(error = %e, "NRI socket: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 let Some(nri) = me.upgrade() else { return };
                 // Plugins register one at a time, as containerd's NRI does.
