@@ -22,6 +22,7 @@ pub struct Config {
     pub streaming: Streaming,
     pub metrics: Metrics,
     pub log: Log,
+    pub nri: Nri,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -132,6 +133,26 @@ pub struct Streaming {
 pub struct Metrics {
     /// `ip:port` serving `GET /metrics` (port 0: any free port); "" = off.
     pub address: String,
+}
+
+/// The Node Resource Interface (`nri`, docs/nri.md): plugins hooked into the pod and
+/// container lifecycle.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Nri {
+    /// false: no NRI at all (no socket, no plugins started, no calls).
+    pub enable: bool,
+    /// The unix socket external plugins connect to; "" accepts none.
+    pub socket_path: PathBuf,
+    /// Pre-installed plugins (`IDX-NAME` executables) berthd starts at startup.
+    pub plugin_path: PathBuf,
+    /// Their configuration: `IDX-NAME.conf`, else `NAME.conf`.
+    pub plugin_config_path: PathBuf,
+    /// Milliseconds a plugin has to register (and to take its Synchronize) after it
+    /// connects or is started.
+    pub registration_timeout_ms: u64,
+    /// Milliseconds a plugin has to answer one request.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -297,6 +318,29 @@ impl Config {
                 "metrics.address {m:?} is not ip:port (e.g. \"127.0.0.1:9323\"), or \"\" for off"
             )));
         }
+        for (what, p) in [
+            ("nri.socket_path", &self.nri.socket_path),
+            ("nri.plugin_path", &self.nri.plugin_path),
+            ("nri.plugin_config_path", &self.nri.plugin_config_path),
+        ] {
+            let empty_ok = what == "nri.socket_path";
+            if (p.as_os_str().is_empty() && !empty_ok)
+                || (!p.as_os_str().is_empty() && !p.is_absolute())
+            {
+                return Err(Error::Config(format!(
+                    "{what} must be an absolute path: {}",
+                    p.display()
+                )));
+            }
+        }
+        for (what, v) in [
+            ("registration_timeout_ms", self.nri.registration_timeout_ms),
+            ("request_timeout_ms", self.nri.request_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(Error::Config(format!("nri.{what} must be above 0")));
+            }
+        }
         if !matches!(
             self.log.level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"
@@ -357,6 +401,28 @@ mod tests {
         assert!(Config::from_toml("[log]\nformat = \"xml\"\n").is_err());
         assert!(Config::from_toml("[metrics]\naddress = \"localhost\"\n").is_err());
         assert!(Config::from_toml("[metrics]\naddress = \"127.0.0.1\"\n").is_err());
+    }
+
+    #[test]
+    fn nri_defaults_are_containerds() {
+        let n = Config::from_toml("").unwrap().nri;
+        assert!(n.enable);
+        assert_eq!(n.socket_path, PathBuf::from("/var/run/nri/nri.sock"));
+        assert_eq!(n.plugin_path, PathBuf::from("/opt/nri/plugins"));
+        assert_eq!(n.plugin_config_path, PathBuf::from("/etc/nri/conf.d"));
+        assert_eq!(
+            (n.registration_timeout_ms, n.request_timeout_ms),
+            (5000, 2000)
+        );
+        assert!(
+            !Config::from_toml("[nri]\nenable = false\n")
+                .unwrap()
+                .nri
+                .enable
+        );
+        assert!(Config::from_toml("[nri]\nsocket_path = \"\"\n").is_ok());
+        assert!(Config::from_toml("[nri]\nsocket_path = \"nri.sock\"\n").is_err());
+        assert!(Config::from_toml("[nri]\nrequest_timeout_ms = 0\n").is_err());
     }
 
     #[test]

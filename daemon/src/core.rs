@@ -13,6 +13,7 @@ use crate::image::{ImageStore, Puller};
 use crate::metrics::{Census, Metrics};
 use crate::network::Cni;
 use crate::node::Node;
+use crate::nri::Nri;
 use crate::pod::{Pods, PodsDeps};
 use crate::records::{CtrState, PodState, Records};
 use crate::recovery::{Recovery, RecoveryDeps};
@@ -40,6 +41,8 @@ pub struct Core {
     pub recovery: Arc<Recovery>,
     /// The metrics every service records into (served when `[metrics] address` is set).
     pub metrics: Arc<Metrics>,
+    /// NRI plugins (`[nri]`), started by [`Nri::start`] once recovery is done.
+    pub nri: Arc<Nri>,
 }
 
 /// Pods and containers by state, from the records (for the metrics' census).
@@ -152,6 +155,11 @@ impl Core {
             metrics.shims_alive.clone(),
         ));
         let events = Arc::new(EventHub::new(store.clone(), metrics.events.clone()));
+        let nri = Nri::new(
+            config.nri.clone(),
+            store.clone(),
+            config.runtime.cgroup_parent.clone(),
+        );
         let containers = Arc::new(Containers::new(
             config.clone(),
             store.clone(),
@@ -159,7 +167,10 @@ impl Core {
             shims.clone(),
             events.clone(),
             node.clone(),
+            nri.clone(),
         ));
+        let host: Arc<dyn crate::nri::Host> = containers.clone();
+        nri.set_host(Arc::downgrade(&host));
         let pods = Arc::new(Pods::new(PodsDeps {
             config: config.clone(),
             store: store.clone(),
@@ -171,6 +182,7 @@ impl Core {
             events: events.clone(),
             containers: containers.clone(),
             pause_rootfs,
+            nri: nri.clone(),
         }));
         let recovery = Recovery::new(RecoveryDeps {
             config: config.clone(),
@@ -195,6 +207,7 @@ impl Core {
             pods,
             recovery,
             metrics,
+            nri,
         }))
     }
 

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod nri;
 pub mod oci_config;
 pub mod pod;
 pub mod records;

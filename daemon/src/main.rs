@@ -207,6 +207,9 @@ fn main() {
             });
         }
         core.recovery.recover().await?;
+        // NRI plugins are started and accepted once the pods and containers are
+        // recovered (they are synchronized with them).
+        core.nri.start().await?;
         let stream_metrics = core.metrics.streaming.clone();
         let backend: std::sync::Arc<dyn stream::Backend> = core.clone();
         let tokens = streaming.clone();

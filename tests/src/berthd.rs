@@ -214,8 +214,15 @@ impl Berthd {
         } else {
             "[cni.default]\nenabled = false\n"
         };
+        // NRI would listen on the node's /var/run/nri/nri.sock (and start what
+        // /opt/nri/plugins holds): off unless the test sets its own keys.
+        let nri = if extra.contains("[nri]") {
+            ""
+        } else {
+            "[nri]\nenable = false\n"
+        };
         let text = format!(
-            "[server]\nsocket = \"{}\"\n[paths]\nroot = \"{}/root\"\nstate = \"{}/state\"\n[cni]\nconf_dir = \"{}\"\n{builtin}{streaming}{extra}",
+            "[server]\nsocket = \"{}\"\n[paths]\nroot = \"{}/root\"\nstate = \"{}/state\"\n[cni]\nconf_dir = \"{}\"\n{builtin}{streaming}{nri}{extra}",
             socket.display(),
             root.display(),
             root.display(),

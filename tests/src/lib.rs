@@ -33,6 +33,7 @@ pub mod hostile_registry;
 pub mod http;
 pub mod image;
 pub mod leaks;
+pub mod nri_plugin;
 pub mod pod;
 pub mod procs;
 pub mod reboot;

@@ -120,6 +120,9 @@ async fn image_user_files(lowers: &[PathBuf]) -> Result<(Option<String>, Option<
 
 impl Containers {
     pub async fn create(&self, pod_id: &str, cfg: ContainerSpec) -> Result<String> {
+        if self.nri.is_hidden(pod_id) {
+            return Err(Error::NotFound(format!("pod sandbox {pod_id:?} not found")));
+        }
         let pod: PodRecord = self.store.pod(pod_id)?;
         if pod.state != PodState::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -182,12 +185,22 @@ impl Containers {
             user: None,
             op: Some(Op::Create),
         };
+        // No NRI plugin synchronizes while a container is made (it sees it there, or
+        // gets its CreateContainer); the container is not shown while its hook runs.
+        let sync = self.nri.block_sync().await;
+        let hidden = self.nri.hide(&id);
         if let Err(e) = self.store.create(CONTAINERS, &id, &name_key, &rec) {
             let _ = self.images.release(&id);
             return Err(e);
         }
+        let undo_rec = rec.clone();
         match self.create_steps(&pod, rec, &image).await {
-            Ok(()) => Ok(id),
+            Ok(rec) => {
+                drop(hidden);
+                drop(sync);
+                self.nri.post_create_container(&pod, &rec).await;
+                Ok(id)
+            }
             Err(e) => {
                 tracing::warn!(container_id = %id, error = %e, "CreateContainer failed; rolling back");
                 // The shim finishes a create its caller gave up on (a timeout): the task goes
@@ -204,6 +217,9 @@ impl Containers {
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
                 self.store.remove_eventually(CONTAINERS, &id, &name_key);
                 let _ = self.images.release(&id);
+                drop(hidden);
+                drop(sync);
+                self.nri.undo_create_container(&pod, &undo_rec).await;
                 Err(e)
             }
         }
@@ -214,7 +230,7 @@ impl Containers {
         pod: &PodRecord,
         mut rec: ContainerRecord,
         image: &crate::image::ImageRecord,
-    ) -> Result<()> {
+    ) -> Result<ContainerRecord> {
         crate::failpoint!("ctr.create.after_record");
         let upper = rec.dir.join("upper");
         let work = rec.dir.join("work");
@@ -238,7 +254,7 @@ impl Containers {
         let localhost_profile = load_localhost_profile(rec.config.security.seccomp.as_ref())?;
         let (passwd, group) = image_user_files(&lowers).await?;
         let ic = &image.config;
-        let spec = crate::oci_config::container_spec(
+        let mut spec = crate::oci_config::container_spec(
             &spec_cfg,
             &pod.config,
             &crate::oci_config::ImageConfig {
@@ -271,6 +287,8 @@ impl Containers {
                 ..Default::default()
             },
         )?;
+        // The NRI plugins' CreateContainer: their adjustments go into the spec.
+        self.nri.create_container(pod, &rec, &mut spec).await?;
         rec.user = spec.process().as_ref().map(|p| ProcessUser {
             uid: p.user().uid(),
             gid: p.user().gid(),
@@ -330,6 +348,6 @@ impl Containers {
         self.events
             .emit(Kind::Created, &rec.id, &pod.id, rec.created_at);
         tracing::info!(container_id = %rec.id, pod_id = %pod.id, "container created");
-        Ok(())
+        Ok(rec)
     }
 }

@@ -68,6 +68,7 @@ impl Containers {
         if let Some(r) = updated {
             self.events.emit(Kind::Stopped, id, &r.pod_id, at);
             tracing::info!(container_id = %id, exit_code = code, reason, "container exited");
+            self.nri.container_stopped(id);
         }
         Ok(())
     }
@@ -91,6 +92,7 @@ impl Containers {
         if let Some(r) = updated {
             self.events.emit(Kind::Stopped, id, &r.pod_id, at);
             tracing::info!(container_id = %id, exit_code = code, reason, "container lost");
+            self.nri.container_stopped(id);
         }
         Ok(())
     }

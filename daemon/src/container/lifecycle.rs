@@ -39,6 +39,8 @@ impl Containers {
         }
         let pod = self.store.pod(&rec.pod_id)?;
         let shim = self.shim_of(&pod).await?;
+        // The NRI plugins' StartContainer: one that fails it leaves the container Created.
+        self.nri.start_container(&pod, &rec).await?;
         // Stamped before the start: a fast process can exit (and be timed by the shim)
         // before the start call even returns. Recorded with the intent, so a start a
         // crash cuts is completed with this time.
@@ -88,6 +90,9 @@ impl Containers {
         // Its exit comes through the pod shim's journal (`pod::journal`), maybe already.
         self.became_running(id)?;
         tracing::info!(container_id = %id, pid, "container started");
+        if let Ok(rec) = self.store.container(id) {
+            self.nri.post_start_container(&pod, &rec).await;
+        }
         Ok(())
     }
 
@@ -138,6 +143,8 @@ impl Containers {
                 }
                 ours
             })?;
+        // The NRI plugins have heard of the stop when StopContainer returns.
+        self.nri.stopped(id).await;
         stopped
     }
 
@@ -195,9 +202,10 @@ impl Containers {
             return Ok(());
         };
         self.stop(id, 0).await?;
-        let shim = match self.store.pod(&rec.pod_id) {
-            Ok(pod) => self.shim_of(&pod).await.ok().map(|s| (s, pod)),
-            Err(_) => None,
+        let pod_rec = self.store.pod(&rec.pod_id).ok();
+        let shim = match &pod_rec {
+            Some(pod) => self.shim_of(pod).await.ok().map(|s| (s, pod.clone())),
+            None => None,
         };
         match shim {
             Some((shim, pod)) => match shim.delete(id, None).await {
@@ -231,6 +239,7 @@ impl Containers {
         if let Err(e) = self.images.release(id) {
             tracing::warn!(container_id = %id, error = %e, "releasing the container's snapshots");
         }
+        self.nri.remove_container(pod_rec.as_ref(), &rec).await;
         self.events.emit(Kind::Deleted, id, &rec.pod_id, at);
         tracing::info!(container_id = %id, "container removed");
         Ok(())

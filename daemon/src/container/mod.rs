@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::image::ImageStore;
 use crate::node::Node;
+use crate::nri::Nri;
 use crate::records::{ContainerRecord, PodRecord, Records};
 use crate::shim_client::{ShimHandle, Shims};
 use crate::store::Store;
@@ -41,6 +42,7 @@ pub struct Containers {
     /// Exits a shim's journal delivered before StartContainer recorded the container
     /// Running, by container id (`exits`).
     early_exits: Mutex<HashMap<String, crate::shim_client::Exit>>,
+    nri: Arc<Nri>,
 }
 
 impl Containers {
@@ -51,6 +53,7 @@ impl Containers {
         shims: Arc<Shims>,
         events: Arc<EventHub>,
         node: Arc<Node>,
+        nri: Arc<Nri>,
     ) -> Containers {
         Containers {
             config,
@@ -60,18 +63,26 @@ impl Containers {
             events,
             node,
             early_exits: Mutex::default(),
+            nri,
         }
     }
 
-    /// The container's record.
+    /// The container's record (not one whose CreateContainer hook is under way).
     pub fn get(&self, id: &str) -> crate::error::Result<ContainerRecord> {
+        if self.nri.is_hidden(id) {
+            return Err(crate::error::Error::NotFound(format!(
+                "container {id:?} not found"
+            )));
+        }
         self.store.container(id)
     }
 
     /// Every container for a List call (a record that cannot be read is logged and left
-    /// out).
+    /// out, as is a container whose NRI CreateContainer hook is under way).
     pub fn list(&self) -> crate::error::Result<Vec<ContainerRecord>> {
-        self.store.listed_containers()
+        let mut ctrs = self.store.listed_containers()?;
+        ctrs.retain(|c| !self.nri.is_hidden(&c.id));
+        Ok(ctrs)
     }
 
     /// Every container of a pod.

@@ -52,6 +52,25 @@ impl Containers {
             )));
         }
         let pod = self.store.pod(&rec.pod_id)?;
+        // The NRI plugins' UpdateContainer may change what is applied.
+        let r = self.nri.update_container(&pod, &rec, r).await?;
+        self.apply_resources(id, &r).await?;
+        if let Ok(rec) = self.store.container(id) {
+            self.nri.post_update_container(&pod, &rec).await;
+        }
+        Ok(())
+    }
+
+    /// Applies resources to a created or running container (no NRI hook: also what an
+    /// NRI plugin's own update comes through).
+    async fn apply_resources(&self, id: &str, r: &Resources) -> Result<()> {
+        let rec = self.store.container(id)?;
+        if rec.state == CtrState::Exited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} has exited"
+            )));
+        }
+        let pod = self.store.pod(&rec.pod_id)?;
         let json =
             serde_json::to_vec(&oci_resources(r)).map_err(|e| Error::Internal(e.to_string()))?;
         self.shim_of(&pod).await?.update(id, json).await?;
@@ -102,6 +121,22 @@ impl Containers {
             }
         }
         Ok(())
+    }
+}
+
+/// What NRI plugins ask of the containers service outside an event.
+#[async_trait::async_trait]
+impl crate::nri::Host for Containers {
+    async fn update_container(&self, id: &str, r: &berth_nri::api::LinuxResources) -> Result<()> {
+        let rec = self.store.container(id)?;
+        let base = rec.config.resources.clone().unwrap_or_default();
+        self.apply_resources(id, &crate::nri::convert::merge_resources(&base, r))
+            .await
+    }
+
+    async fn evict_container(&self, id: &str, reason: &str) -> Result<()> {
+        tracing::warn!(container_id = %id, reason, "evicted by an NRI plugin: stopping it");
+        self.stop(id, 0).await
     }
 }
 

@@ -20,6 +20,7 @@ use crate::events::EventHub;
 use crate::image::{ImageStore, Puller};
 use crate::network::Cni;
 use crate::node::Node;
+use crate::nri::Nri;
 use crate::records::{PodRecord, Records};
 use crate::shim_client::{ShimHandle, Shims};
 use crate::store::Store;
@@ -38,6 +39,7 @@ pub struct Pods {
     containers: Arc<Containers>,
     /// The read-only rootfs of every sandbox's berth-pause.
     pause_rootfs: PathBuf,
+    nri: Arc<Nri>,
 }
 
 /// What the pods service is made of.
@@ -52,6 +54,7 @@ pub struct PodsDeps {
     pub events: Arc<EventHub>,
     pub containers: Arc<Containers>,
     pub pause_rootfs: PathBuf,
+    pub nri: Arc<Nri>,
 }
 
 impl Pods {
@@ -67,17 +70,32 @@ impl Pods {
             events: d.events,
             containers: d.containers,
             pause_rootfs: d.pause_rootfs,
+            nri: d.nri,
         }
     }
 
-    /// The pod's record.
+    /// The pod's record (not one whose RunPodSandbox hook is under way).
     pub fn get(&self, id: &str) -> Result<PodRecord> {
+        self.visible(id)?;
         self.store.pod(id)
     }
 
-    /// Every pod for a List call (a record that cannot be read is logged and left out).
+    /// NotFound for a pod whose NRI RunPodSandbox hook is under way.
+    fn visible(&self, id: &str) -> Result<()> {
+        if self.nri.is_hidden(id) {
+            return Err(crate::error::Error::NotFound(format!(
+                "pod sandbox {id:?} not found"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every pod for a List call (a record that cannot be read is logged and left out,
+    /// as is a pod whose NRI RunPodSandbox hook is under way).
     pub fn list(&self) -> Result<Vec<PodRecord>> {
-        self.store.listed_pods()
+        let mut pods = self.store.listed_pods()?;
+        pods.retain(|p| !self.nri.is_hidden(&p.id));
+        Ok(pods)
     }
 
     /// The pod's shim client, reconnecting from the stored address after a restart.

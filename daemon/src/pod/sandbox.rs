@@ -164,6 +164,8 @@ impl Pods {
                 stopped_at: 0,
                 journal_seq: 0,
             };
+            // Not shown while its NRI hook runs (and its RunPodSandbox until then).
+            let _hidden = self.nri.hide(&id);
             // The name is reserved first (with the intent): a duplicate fails here with
             // nothing made; a crash from here on is rolled back at startup.
             self.store.create(PODS, &id, &name_key, &rec)?;
@@ -321,6 +323,10 @@ impl Pods {
         }
         crate::failpoint!("pod.run.after_infra");
         rec.shim_address = shim.address().to_string();
+        // The NRI plugins' RunPodSandbox: the pod runs, it is not Ready (nor shown) yet; a
+        // plugin that fails it undoes the pod. No plugin synchronizes until it is Ready.
+        let _sync = self.nri.block_sync().await;
+        self.nri.run_pod_sandbox(&rec).await?;
         rec.state = PodState::Ready;
         rec.op = None;
         self.store.put(PODS, &rec.id, &rec)?;
@@ -384,6 +390,7 @@ impl Pods {
     /// The pod's record with its state checked against the shim: a Ready pod whose
     /// infra process has exited (or whose shim is gone) is NotReady from then on.
     pub async fn live(&self, id: &str) -> Result<PodRecord> {
+        self.visible(id)?;
         let mut rec = self.store.pod(id)?;
         if rec.state != PodState::Ready {
             return Ok(rec);

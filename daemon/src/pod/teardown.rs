@@ -29,6 +29,8 @@ impl Pods {
         let Some(mut rec) = marked else {
             return Ok(());
         };
+        // NRI plugins hear of a pod's stop once: a running pod's.
+        let announce = crate::nri::convert::pod_running(&rec);
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
         let res = async {
             // Containers are killed side by side, not one after another.
@@ -41,6 +43,10 @@ impl Pods {
                 r?;
             }
             crate::failpoint!("pod.stop.after_containers");
+            // Its containers are stopped, its infra is still there.
+            if announce {
+                self.nri.stop_pod_sandbox(&rec).await;
+            }
             // The pin's path is fixed by the pod id, so a cut run's netns is found too.
             let pinned = self.config.paths.state.join("netns").join(id);
             if rec.netns.is_none() && pinned.exists() {
@@ -209,6 +215,7 @@ impl Pods {
             tracing::error!(pod_id = %id, network = %r.network, ips = ?r.ips, "pod removed with its CNI DEL failing: the plugin may keep its IP allocation");
         }
         let at = self.store.remove(PODS, id, &rec.name_key)?;
+        self.nri.remove_pod_sandbox(&rec).await;
         self.events.emit(Kind::Deleted, id, id, at);
         tracing::info!(pod_id = %id, "pod removed");
         Ok(())
