@@ -1,0 +1,114 @@
+//! Unit tests of the adjustments: what plugins ask applied to a spec, and conflicts.
+
+use super::*;
+
+fn spec() -> Value {
+    json!({
+        "process": { "args": ["sh"], "env": ["PATH=/bin", "A=1"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+        "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
+        "linux": { "resources": {} },
+    })
+}
+
+#[test]
+fn env_annotations_mounts_rlimits_resources() {
+    let mut s = spec();
+    let mut o = Owners::default();
+    let mut a = api::ContainerAdjustment::new();
+    a.env.push(api::KeyValue {
+        key: "A".into(),
+        value: "2".into(),
+        ..Default::default()
+    });
+    a.env.push(api::KeyValue {
+        key: "B".into(),
+        value: "x".into(),
+        ..Default::default()
+    });
+    a.annotations.insert("k".into(), "v".into());
+    a.mounts.push(api::Mount {
+        destination: "/data".into(),
+        type_: "bind".into(),
+        source: "/tmp".into(),
+        options: vec!["rbind".into(), "ro".into()],
+        ..Default::default()
+    });
+    a.rlimits.push(api::POSIXRlimit {
+        type_: "RLIMIT_NOFILE".into(),
+        hard: 512,
+        soft: 256,
+        ..Default::default()
+    });
+    let mut l = api::LinuxContainerAdjustment::new();
+    let mut r = api::LinuxResources::new();
+    let mut m = api::LinuxMemory::new();
+    m.limit = protobuf::MessageField::some(api::OptionalInt64 {
+        value: 64 << 20,
+        ..Default::default()
+    });
+    r.memory = protobuf::MessageField::some(m);
+    r.pids = protobuf::MessageField::some(api::LinuxPids {
+        limit: 42,
+        ..Default::default()
+    });
+    l.resources = protobuf::MessageField::some(r);
+    l.oom_score_adj = protobuf::MessageField::some(api::OptionalInt {
+        value: 500,
+        ..Default::default()
+    });
+    a.linux = protobuf::MessageField::some(l);
+    apply(&mut s, &a, "00-a", &mut o).unwrap();
+    assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2", "B=x"]));
+    assert_eq!(s["annotations"]["k"], "v");
+    assert_eq!(s["mounts"][1]["destination"], "/data");
+    assert_eq!(s["process"]["rlimits"][0]["soft"], 256);
+    assert_eq!(s["linux"]["resources"]["memory"]["limit"], 64 << 20);
+    assert_eq!(s["linux"]["resources"]["pids"]["limit"], 42);
+    assert_eq!(s["process"]["oomScoreAdj"], 500);
+    // The spec stays a valid OCI spec.
+    let _: oci_spec::runtime::Spec = serde_json::from_value(json!({
+        "ociVersion": "1.0.2",
+        "process": s["process"],
+        "mounts": s["mounts"],
+        "linux": s["linux"],
+        "annotations": s["annotations"],
+    }))
+    .unwrap();
+
+    // A second plugin setting the same env name conflicts, naming both.
+    let mut b = api::ContainerAdjustment::new();
+    b.env.push(api::KeyValue {
+        key: "B".into(),
+        value: "y".into(),
+        ..Default::default()
+    });
+    let e = apply(&mut s, &b, "10-b", &mut o).unwrap_err().to_string();
+    assert!(
+        e.contains("00-a") && e.contains("10-b") && e.contains("env"),
+        "{e}"
+    );
+    // ...unless it removes it first.
+    let mut c = api::ContainerAdjustment::new();
+    c.env.push(api::KeyValue {
+        key: "-B".into(),
+        ..Default::default()
+    });
+    apply(&mut s, &c, "10-b", &mut o).unwrap();
+    assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2"]));
+    apply(&mut s, &b, "10-b", &mut o).unwrap();
+    assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2", "B=y"]));
+}
+
+#[test]
+fn unsupported_adjustments_fail() {
+    let mut s = spec();
+    let mut a = api::ContainerAdjustment::new();
+    a.CDI_devices.push(api::CDIDevice {
+        name: "vendor.com/gpu=0".into(),
+        ..Default::default()
+    });
+    let e = apply(&mut s, &a, "00-a", &mut Owners::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CDI"), "{e}");
+}
