@@ -49,7 +49,18 @@ impl RuntimeService for Service {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let net = self.core.node.network_condition();
+        // A read of the CNI config dir, and the first time a `runc features` run: off the
+        // async workers (kubelet asks every few seconds).
+        let node = self.core.node.clone();
+        let (net, rro, userns) = tokio::task::spawn_blocking(move || {
+            (
+                node.network_condition(),
+                node.rro_supported(),
+                node.userns_unavailable().is_none(),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("status: {e}")))?;
         let conditions = vec![
             RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -65,8 +76,8 @@ impl RuntimeService for Service {
             },
         ];
         let features = RuntimeHandlerFeatures {
-            recursive_read_only_mounts: self.core.node.rro_supported(),
-            user_namespaces: self.core.node.userns_unavailable().is_none(),
+            recursive_read_only_mounts: rro,
+            user_namespaces: userns,
         };
         // The default handler ("") and its name: both run the configured OCI runtime.
         let runtime_handlers = ["", RUNTIME_NAME]
