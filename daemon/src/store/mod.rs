@@ -65,19 +65,10 @@ fn copied(table: &str) -> bool {
     table == PODS.name() || table == CONTAINERS.name()
 }
 
-/// Runs a write transaction where it may block: it waits for any other writer (redb has
-/// one at a time), then fsyncs the store and the record copies. On a worker of the
-/// multi-thread runtime it goes through `block_in_place`, which hands the worker's other
-/// tasks (status reads, lists, every other pod's calls) to another thread meanwhile: with
-/// two workers, two writes in a row would otherwise stall every call of the daemon.
-/// Elsewhere (a blocking thread, a current-thread runtime in tests, no runtime) it just runs.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
+// A write transaction may block: it waits for any other writer (redb has one at a
+// time), then fsyncs the store and the record copies. With two runtime workers, two
+// writes in a row would otherwise stall every call of the daemon (`util::blocking`).
+use crate::util::blocking;
 
 fn err(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
