@@ -11,12 +11,19 @@ use anyhow::Result;
 use berth_tests::berthd::Berthd;
 use berth_tests::image;
 use berth_tests::registry::Registry;
-use berth_tests::torture::Torture;
+use berth_tests::torture::{cgroup_parent_config, own_cgroup_parent, Torture};
 
 #[test]
 fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Result<()> {
-    // Configured only: the torture binary starts (and kills) berthd itself.
-    let d = Berthd::builder().cni_bridge(9).busybox().configure()?;
+    // Configured only: the torture binary starts (and kills) berthd itself. A pod cgroup
+    // parent of its own: other berthds on the node (tests side by side) share /berth and
+    // the runtime's state dir, and their containers are not this run's leftovers.
+    let parent = own_cgroup_parent("torture");
+    let d = Berthd::builder()
+        .cni_bridge(9)
+        .busybox()
+        .config(&cgroup_parent_config(&parent))
+        .configure()?;
     // BERTH_TORTURE_ITERATIONS: more (or fewer) random kills than CI's 20.
     let iterations = std::env::var("BERTH_TORTURE_ITERATIONS").unwrap_or_else(|_| "20".into());
     // BERTH_TORTURE_FAILPOINTS: a comma-separated subset instead of every failpoint.
@@ -32,6 +39,7 @@ fn twenty_random_kills_and_every_failpoint_leave_nothing_lost_or_leaked() -> Res
         // Half the churn pods user-namespaced (idmapped rootfs, joined user namespace).
         .args(["--userns"])
         .args(["--iterations", &iterations, "--failpoints", &failpoints])
+        .cgroup_parent(&parent)
         .run(&["ready again"])?;
     run.ensure_clean()?;
     d.finish()
