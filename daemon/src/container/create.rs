@@ -234,20 +234,15 @@ impl Containers {
         crate::failpoint!("ctr.create.after_record");
         let upper = rec.dir.join("upper");
         let work = rec.dir.join("work");
-        // Directories, host paths and the image's layers: file system work, where
-        // blocking is allowed.
-        let lowers = crate::util::blocking(|| -> Result<_> {
-            for d in [&rec.bundle, &upper, &work] {
-                std::fs::create_dir_all(d)
-                    .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
-            }
-            // Root's alone: `containers/` above it is traversable (for user-namespaced
-            // pods, whose bundles are opened a little further below), so each bundle
-            // closes itself.
-            crate::util::modes::private_dir(&rec.bundle)?;
-            prepare_host_paths(&rec.config.mounts)?;
-            self.images.lower_dirs(image)
-        })?;
+        for d in [&rec.bundle, &upper, &work] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
+        }
+        // Root's alone: `containers/` above it is traversable (for user-namespaced pods,
+        // whose bundles are opened a little further below), so each bundle closes itself.
+        crate::util::modes::private_dir(&rec.bundle)?;
+        prepare_host_paths(&rec.config.mounts)?;
+        let lowers = self.images.lower_dirs(image)?;
         // The spec sees image volumes as read-only binds of the images mounted here.
         let mut spec_cfg = rec.config.clone();
         spec_cfg.mounts = self.mount_image_volumes(&rec.id, &rec.bundle, &mut rec.config.mounts)?;

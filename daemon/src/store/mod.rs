@@ -65,11 +65,6 @@ fn copied(table: &str) -> bool {
     table == PODS.name() || table == CONTAINERS.name()
 }
 
-// A write transaction may block: it waits for any other writer (redb has one at a
-// time), then fsyncs the store and the record copies. With two runtime workers, two
-// writes in a row would otherwise stall every call of the daemon (`util::blocking`).
-use crate::util::blocking;
-
 fn err(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
 }
@@ -135,24 +130,22 @@ impl Store {
     /// Writes raw rows (`table`, key, value) and name reservations into the store in
     /// one transaction: a store rebuilt from copies is all there or not at all.
     pub fn restore(&self, rows: &[Row], names: &[(String, String)]) -> Result<()> {
-        blocking(|| {
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            {
-                for (table, k, v) in rows {
-                    tx.open_table(*table)
-                        .map_err(|e| self.fail(e))?
-                        .insert(k.as_str(), v.as_slice())
-                        .map_err(|e| self.fail(e))?;
-                }
-                let mut t = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
-                for (name, id) in names {
-                    t.insert(name.as_str(), id.as_str())
-                        .map_err(|e| self.fail(e))?;
-                }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            for (table, k, v) in rows {
+                tx.open_table(*table)
+                    .map_err(|e| self.fail(e))?
+                    .insert(k.as_str(), v.as_slice())
+                    .map_err(|e| self.fail(e))?;
             }
-            tx.commit().map_err(|e| self.fail(e))
-        })
+            let mut t = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+            for (name, id) in names {
+                t.insert(name.as_str(), id.as_str())
+                    .map_err(|e| self.fail(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// The open database, reopened first when an I/O error failed the last handle (the
@@ -222,28 +215,26 @@ impl Store {
         name: &str,
         rec: &T,
     ) -> Result<()> {
-        blocking(|| {
-            let bytes = serde_json::to_vec(rec).map_err(err)?;
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            {
-                let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
-                if let Some(owner) = names.get(name).map_err(|e| self.fail(e))? {
-                    return Err(Error::AlreadyExists(format!(
-                        "name {name:?} is reserved for {:?}",
-                        owner.value()
-                    )));
-                }
-                names.insert(name, id).map_err(|e| self.fail(e))?;
-                let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-                if t.get(id).map_err(|e| self.fail(e))?.is_some() {
-                    return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
-                }
-                t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+        let bytes = serde_json::to_vec(rec).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+            if let Some(owner) = names.get(name).map_err(|e| self.fail(e))? {
+                return Err(Error::AlreadyExists(format!(
+                    "name {name:?} is reserved for {:?}",
+                    owner.value()
+                )));
             }
-            self.copy_written(table, id, &bytes);
-            tx.commit().map_err(|e| self.fail(e))
-        })
+            names.insert(name, id).map_err(|e| self.fail(e))?;
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            if t.get(id).map_err(|e| self.fail(e))?.is_some() {
+                return Err(Error::AlreadyExists(format!("id {id:?} already exists")));
+            }
+            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+        }
+        self.copy_written(table, id, &bytes);
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Replaces an existing record.
@@ -253,17 +244,15 @@ impl Store {
         id: &str,
         rec: &T,
     ) -> Result<()> {
-        blocking(|| {
-            let bytes = serde_json::to_vec(rec).map_err(err)?;
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            tx.open_table(table)
-                .map_err(|e| self.fail(e))?
-                .insert(id, bytes.as_slice())
-                .map_err(|e| self.fail(e))?;
-            self.copy_written(table, id, &bytes);
-            tx.commit().map_err(|e| self.fail(e))
-        })
+        let bytes = serde_json::to_vec(rec).map_err(err)?;
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        tx.open_table(table)
+            .map_err(|e| self.fail(e))?
+            .insert(id, bytes.as_slice())
+            .map_err(|e| self.fail(e))?;
+        self.copy_written(table, id, &bytes);
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Read-modify-write of one record in one write transaction. Write transactions are
@@ -275,32 +264,30 @@ impl Store {
         id: &str,
         f: impl FnOnce(&mut T) -> bool,
     ) -> Result<Option<T>> {
-        blocking(|| {
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            let out = {
-                let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-                let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
-                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
-                    None => None,
-                };
-                match current {
-                    Some(mut rec) => {
-                        if f(&mut rec) {
-                            let bytes = serde_json::to_vec(&rec).map_err(err)?;
-                            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                            self.copy_written(table, id, &bytes);
-                            Some(rec)
-                        } else {
-                            None
-                        }
-                    }
-                    None => None,
-                }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        let out = {
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
+                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+                None => None,
             };
-            tx.commit().map_err(|e| self.fail(e))?;
-            Ok(out)
-        })
+            match current {
+                Some(mut rec) => {
+                    if f(&mut rec) {
+                        let bytes = serde_json::to_vec(&rec).map_err(err)?;
+                        t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                        self.copy_written(table, id, &bytes);
+                        Some(rec)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(out)
     }
 
     pub fn get<T: DeserializeOwned>(
@@ -387,68 +374,64 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        blocking(|| {
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            {
-                let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-                for (id, rec) in puts {
-                    let bytes = serde_json::to_vec(rec).map_err(err)?;
-                    t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                    self.copy_written(table, id, &bytes);
-                }
-                for id in deletes {
-                    t.remove(*id).map_err(|e| self.fail(e))?;
-                    self.copy_removed(table, id);
-                }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
+            for (id, rec) in puts {
+                let bytes = serde_json::to_vec(rec).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                self.copy_written(table, id, &bytes);
             }
-            tx.commit().map_err(|e| self.fail(e))
-        })
+            for id in deletes {
+                t.remove(*id).map_err(|e| self.fail(e))?;
+                self.copy_removed(table, id);
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Removes a record and releases its name, atomically, and returns when (ns). An event
     /// client that knew the id gets a tombstone with that time in the same transaction.
     /// Missing is not an error.
     pub fn remove(&self, table: TableDefinition<&str, &[u8]>, id: &str, name: &str) -> Result<i64> {
-        blocking(|| {
-            let at = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
-            // The copy goes first: a crash in between leaves a record without a copy (written
-            // again at the next start), never a copy that would bring a removed record back.
-            self.copy_removed(table, id);
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        // The copy goes first: a crash in between leaves a record without a copy (written
+        // again at the next start), never a copy that would bring a removed record back.
+        self.copy_removed(table, id);
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            tx.open_table(table)
+                .map_err(|e| self.fail(e))?
+                .remove(id)
+                .map_err(|e| self.fail(e))?;
+            if tx
+                .open_table(DELIVERED)
+                .map_err(|e| self.fail(e))?
+                .get(id)
+                .map_err(|e| self.fail(e))?
+                .is_some()
             {
-                tx.open_table(table)
+                tx.open_table(TOMBSTONES)
                     .map_err(|e| self.fail(e))?
-                    .remove(id)
+                    .insert(id, at)
                     .map_err(|e| self.fail(e))?;
-                if tx
-                    .open_table(DELIVERED)
-                    .map_err(|e| self.fail(e))?
-                    .get(id)
-                    .map_err(|e| self.fail(e))?
-                    .is_some()
-                {
-                    tx.open_table(TOMBSTONES)
-                        .map_err(|e| self.fail(e))?
-                        .insert(id, at)
-                        .map_err(|e| self.fail(e))?;
-                }
-                let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
-                let owned = names
-                    .get(name)
-                    .map_err(|e| self.fail(e))?
-                    .map(|o| o.value() == id)
-                    .unwrap_or(false);
-                if owned {
-                    names.remove(name).map_err(|e| self.fail(e))?;
-                }
             }
-            tx.commit().map_err(|e| self.fail(e))?;
-            Ok(at)
-        })
+            let mut names = tx.open_table(NAMES).map_err(|e| self.fail(e))?;
+            let owned = names
+                .get(name)
+                .map_err(|e| self.fail(e))?
+                .map(|o| o.value() == id)
+                .unwrap_or(false);
+            if owned {
+                names.remove(name).map_err(|e| self.fail(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(at)
     }
 
     /// `remove` for a rollback: the record of an operation that failed, and its name. On a
@@ -503,32 +486,30 @@ impl Store {
         to: u64,
         f: impl Fn(&str, &[u8]) -> Result<Vec<u8>>,
     ) -> Result<usize> {
-        blocking(|| {
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            let mut n = 0;
-            {
-                for table in tables {
-                    let mut t = tx.open_table(*table).map_err(|e| self.fail(e))?;
-                    let mut rewritten = Vec::new();
-                    for item in t.iter().map_err(|e| self.fail(e))? {
-                        let (k, v) = item.map_err(|e| self.fail(e))?;
-                        rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
-                    }
-                    for (k, v) in &rewritten {
-                        t.insert(k.as_str(), v.as_slice())
-                            .map_err(|e| self.fail(e))?;
-                    }
-                    n += rewritten.len();
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        let mut n = 0;
+        {
+            for table in tables {
+                let mut t = tx.open_table(*table).map_err(|e| self.fail(e))?;
+                let mut rewritten = Vec::new();
+                for item in t.iter().map_err(|e| self.fail(e))? {
+                    let (k, v) = item.map_err(|e| self.fail(e))?;
+                    rewritten.push((k.value().to_string(), f(table.name(), v.value())?));
                 }
-                tx.open_table(META)
-                    .map_err(|e| self.fail(e))?
-                    .insert("format", to)
-                    .map_err(|e| self.fail(e))?;
+                for (k, v) in &rewritten {
+                    t.insert(k.as_str(), v.as_slice())
+                        .map_err(|e| self.fail(e))?;
+                }
+                n += rewritten.len();
             }
-            tx.commit().map_err(|e| self.fail(e))?;
-            Ok(n)
-        })
+            tx.open_table(META)
+                .map_err(|e| self.fail(e))?
+                .insert("format", to)
+                .map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        Ok(n)
     }
 
     /// Tombstone times by id.
@@ -551,23 +532,21 @@ impl Store {
         puts: &[(&str, &T)],
         deletes: &[&str],
     ) -> Result<()> {
-        blocking(|| {
-            let db = self.db()?;
-            let tx = db.begin_write().map_err(|e| self.fail(e))?;
-            {
-                let mut t = tx.open_table(DELIVERED).map_err(|e| self.fail(e))?;
-                for (id, rec) in puts {
-                    let bytes = serde_json::to_vec(rec).map_err(err)?;
-                    t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                }
-                let mut tomb = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
-                for id in deletes {
-                    t.remove(*id).map_err(|e| self.fail(e))?;
-                    tomb.remove(*id).map_err(|e| self.fail(e))?;
-                }
+        let db = self.db()?;
+        let tx = db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut t = tx.open_table(DELIVERED).map_err(|e| self.fail(e))?;
+            for (id, rec) in puts {
+                let bytes = serde_json::to_vec(rec).map_err(err)?;
+                t.insert(*id, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
-            tx.commit().map_err(|e| self.fail(e))
-        })
+            let mut tomb = tx.open_table(TOMBSTONES).map_err(|e| self.fail(e))?;
+            for id in deletes {
+                t.remove(*id).map_err(|e| self.fail(e))?;
+                tomb.remove(*id).map_err(|e| self.fail(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))
     }
 }
 
