@@ -135,32 +135,18 @@ fn tree(top: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// One dir for the whole run: the canary at a fixed absolute path (so generated
-/// absolute targets point at it), each case's layer dir beside it.
-fn root() -> &'static Path {
-    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| {
-        let t = tempfile::Builder::new()
-            .prefix("berth-fuzz-")
-            .tempdir()
-            .unwrap();
-        std::fs::create_dir_all(t.path().join("canary")).unwrap();
-        t
-    })
-    .path()
-}
-
 fn run(
+    root: &Path,
     entries: Vec<Entry>,
     edits: Vec<(prop::sample::Index, u8)>,
     gzip: bool,
 ) -> Result<(), TestCaseError> {
-    let canary = root().join("canary");
+    let canary = root.join("canary");
     std::fs::write(canary.join("secret"), b"secret").unwrap();
-    let t = tempfile::tempdir_in(root()).unwrap();
+    let t = tempfile::tempdir_in(root).unwrap();
     let dest = t.path().join("x/y/dest");
     std::fs::create_dir_all(&dest).unwrap();
-    let before = tree(root());
+    let before = tree(root);
 
     let mut bytes = archive(&entries);
     for (i, v) in edits {
@@ -177,7 +163,7 @@ fn run(
     }
     let _ = unpack_layer(bytes.as_slice(), LayerKind::Tar, &dest);
 
-    let outside: Vec<_> = tree(root())
+    let outside: Vec<_> = tree(root)
         .into_iter()
         .filter(|p| !p.starts_with(&dest) && !before.contains(p))
         .collect();
@@ -194,14 +180,10 @@ fn run(
     Ok(())
 }
 
-fn canary_for_strategy() -> PathBuf {
-    root().join("canary")
-}
-
 /// Half the archives start by laying traps: symlinks out of the layer dir, which later
 /// entries (`link/escaped`, `abs/escaped`, hard links) try to write through.
-fn traps() -> impl Strategy<Value = Vec<Entry>> {
-    let abs = canary_for_strategy().display().to_string();
+fn traps(canary: &Path) -> impl Strategy<Value = Vec<Entry>> {
+    let abs = canary.display().to_string();
     prop_oneof![
         Just(vec![]),
         Just(vec![
@@ -211,17 +193,34 @@ fn traps() -> impl Strategy<Value = Vec<Entry>> {
     ]
 }
 
-proptest! {
-    #![proptest_config(super::costly(20_000))]
-
-    #[test]
-    fn generated_and_mutated_layers_never_write_outside_their_dir(
-        traps in traps(),
-        entries in proptest::collection::vec(entry(&canary_for_strategy()), 0..12),
-        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
-        gzip in any::<bool>(),
-    ) {
-        run(traps.into_iter().chain(entries).collect(), edits, gzip)?;
+/// Written with a runner of its own rather than `proptest!`: the canary's dir must exist
+/// before the strategies are made (absolute targets name it) and be removed after the
+/// last case, which a `static` (never dropped) could not do.
+#[test]
+fn generated_and_mutated_layers_never_write_outside_their_dir() {
+    let root = tempfile::Builder::new()
+        .prefix("berth-fuzz-")
+        .tempdir()
+        .unwrap();
+    let canary = root.path().join("canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    let strategy = (
+        traps(&canary),
+        proptest::collection::vec(entry(&canary), 0..12),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        any::<bool>(),
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(super::costly(20_000));
+    let result = runner.run(&strategy, |(traps, entries, edits, gzip)| {
+        run(
+            root.path(),
+            traps.into_iter().chain(entries).collect(),
+            edits,
+            gzip,
+        )
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
