@@ -47,6 +47,17 @@ pub struct Runtime {
     pub cgroup_driver: CgroupDriver,
     pub cgroup_parent: String,
     pub sandbox_image: String,
+    pub pod_infra: PodInfra,
+}
+
+/// When a pod gets an infra process.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PodInfra {
+    /// Only where one is needed: a pod sharing its PID namespace, a user-namespaced pod.
+    Auto,
+    /// Every pod (Berth before 2026-12).
+    Always,
 }
 
 /// How the OCI runtime names and creates cgroups: paths under cgroupfs, or systemd

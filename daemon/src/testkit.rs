@@ -55,6 +55,7 @@ impl Kit {
             op: None,
             stopped_at: 0,
             journal_seq: 0,
+            pins: None,
         };
         self.core
             .store()

@@ -471,6 +471,9 @@ impl Berthd {
         for pin in leaks::leftover_entries(&self.dir.path().join("state/netns")) {
             leaks.push(format!("netns pin {} left", pin.display()));
         }
+        for pin in leaks::leftover_entries(&self.dir.path().join("state/podns")) {
+            leaks.push(format!("pod namespace pins {} left", pin.display()));
+        }
         for id in leaks::runc_states_under(self.dir.path()) {
             leaks.push(format!("runc state {id} left"));
         }

@@ -24,9 +24,11 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
         log_directory: log_dir.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
+                // As kubelet sends it for a pod that does not share its process namespace
+                // (the default): such a pod runs without an infra process.
                 namespace_options: Some(cri::NamespaceOption {
                     network: cri::NamespaceMode::Node as i32,
-                    pid: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
                     ipc: cri::NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
@@ -41,6 +43,12 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
 /// Makes `cfg` a pod-network (CNI) pod.
 pub fn pod_network(cfg: &mut cri::PodSandboxConfig) {
     ns_options(cfg).network = cri::NamespaceMode::Pod as i32;
+}
+
+/// Makes `cfg` a pod whose containers share one PID namespace (kubelet's
+/// `shareProcessNamespace`): such a pod runs an infra process as its PID 1.
+pub fn share_pid(cfg: &mut cri::PodSandboxConfig) {
+    ns_options(cfg).pid = cri::NamespaceMode::Pod as i32;
 }
 
 /// Makes `cfg` a privileged pod.

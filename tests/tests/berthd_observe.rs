@@ -377,7 +377,10 @@ fn pod_stats_and_metrics_follow_the_pod() -> Result<()> {
             .and_then(|p| p.process_count.as_ref()));
         ensure!(cpu > 1_000_000, "pod cpu {cpu} ns");
         ensure!(mem > 0, "pod working set {mem}");
-        ensure!(procs >= 3, "pod processes {procs} (pause, sh, sleep)");
+        ensure!(
+            procs >= 2,
+            "pod processes {procs} (sh, sleep; the pod has no infra process)"
+        );
         let net = linux.network.context("no network stats")?;
         let eth0 = net.default_interface.context("no default interface")?;
         ensure!(eth0.name == "eth0", "default interface {}", eth0.name);

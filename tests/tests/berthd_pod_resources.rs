@@ -101,6 +101,8 @@ fn containers_live_under_the_pods_cgroup_parent() -> Result<()> {
     block_on(async {
         let mut cfg = pod_config("cgparent", &logs.join("cgparent"));
         cfg.linux.as_mut().unwrap().cgroup_parent = parent.0.clone();
+        // The infra's cgroup is checked too.
+        berth_tests::cri::share_pid(&mut cfg);
         let pod = Pod::run(&d, cfg).await?;
         let checked = async {
             let infra = pod.infra_pid().await?;

@@ -5,7 +5,7 @@
 use anyhow::{ensure, Context, Result};
 use berth_cri::v1 as cri;
 use berth_tests::berthd::{berthd_test, Berthd};
-use berth_tests::cri::{block_on, pod_config, pod_network};
+use berth_tests::cri::{block_on, pod_config, pod_network, share_pid};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::pod::Pod;
 use berth_tests::procs;
@@ -25,6 +25,7 @@ fn host_network_pod_lifecycle() -> Result<()> {
         let (rs, _) = d.client().await?;
         let mut cfg = pod_config("web", &logs);
         cfg.labels.insert("app".into(), "web".into());
+        share_pid(&mut cfg);
         let id = rs
             .run_pod(&cfg)
             .await
@@ -234,7 +235,9 @@ fn pods_survive_a_berthd_kill9_and_orphans_are_cleaned() -> Result<()> {
     let logs = d.dir.path().join("logs");
     let sock = d.socket.display().to_string();
     let (id, pid) = block_on(async {
-        let pod = Pod::run(&d, pod_config("survivor", &logs)).await?;
+        let mut cfg = pod_config("survivor", &logs);
+        share_pid(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
         Ok::<_, anyhow::Error>((pod.id.clone(), pod.infra_pid().await?))
     })??;
     d.kill9()?;
@@ -280,7 +283,9 @@ fn a_pod_whose_infra_died_while_berthd_was_down_is_not_ready() -> Result<()> {
     let mut d = Berthd::builder().start()?;
     let logs = d.dir.path().join("logs");
     let id = block_on(async {
-        Ok::<_, anyhow::Error>(Pod::run(&d, pod_config("victim", &logs)).await?.id)
+        let mut cfg = pod_config("victim", &logs);
+        share_pid(&mut cfg);
+        Ok::<_, anyhow::Error>(Pod::run(&d, cfg).await?.id)
     })??;
     d.kill9()?;
     procs::poll(std::time::Duration::from_secs(5), "infra pid", || {

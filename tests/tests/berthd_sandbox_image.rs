@@ -22,7 +22,10 @@ fn a_configured_sandbox_image_is_pulled_run_as_infra_and_pinned() -> Result<()> 
     reg.push(&img.path, "berth/pause:1")?;
     let sandbox = reg.image("berth/pause:1");
     let d = Berthd::builder()
-        .config(&format!("[runtime]\nsandbox_image = \"{sandbox}\"\n"))
+        // `always`: this pod does not share its PID namespace, and gets an infra anyway.
+        .config(&format!(
+            "[runtime]\nsandbox_image = \"{sandbox}\"\npod_infra = \"always\"\n"
+        ))
         .busybox()
         .start()?;
     let logs = d.dir.path().join("logs");

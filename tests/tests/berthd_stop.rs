@@ -21,7 +21,9 @@ use berth_tests::{image, procs};
 fn sigterm_ends_open_calls_and_leaves_pods_running() -> Result<()> {
     berthd_test(Berthd::builder().busybox(), async |d| {
         let (rs, _) = d.client().await?;
-        let pod = Pod::run(d, pod_config("stop", &d.dir.path().join("logs"))).await?;
+        let mut cfg = pod_config("stop", &d.dir.path().join("logs"));
+        berth_tests::cri::share_pid(&mut cfg);
+        let pod = Pod::run(d, cfg).await?;
         let id = pod
             .start(container_config(
                 "stop",

@@ -269,6 +269,11 @@ impl Containers {
                 id: rec.id.clone(),
                 sandbox_id: pod.id.clone(),
                 sandbox_pid: pod.pid,
+                pinned: pod.pins.as_ref().map(|p| crate::oci_config::PinnedNs {
+                    net: pod.netns.clone(),
+                    ipc: p.ipc.clone(),
+                    uts: p.uts.clone(),
+                }),
                 rootfs: rec.bundle.join("rootfs"),
                 cgroup_parent: pod.cgroup_parent(&self.config.runtime.cgroup_parent),
                 systemd_cgroup: self.config.runtime.cgroup_driver.is_systemd(),

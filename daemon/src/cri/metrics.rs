@@ -423,6 +423,7 @@ mod tests {
             op: None,
             stopped_at: 0,
             journal_seq: 0,
+            pins: None,
         };
         let rec = ContainerRecord {
             id: "c1".into(),

@@ -484,7 +484,7 @@ impl RuntimeService for Service {
                 };
                 containers.push(super::metrics::container_metrics(&p, &v, now));
             }
-            let ifaces = crate::pod::stats::pod_ifaces(&p);
+            let ifaces = crate::pod::stats::pod_ifaces(&p).await;
             pod_metrics.push(super::metrics::pod_metrics(&p, &ifaces, containers, now));
         }
         Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))

@@ -19,12 +19,19 @@ pub fn pod(rec: &PodRecord, default_cgroup_parent: &str) -> api::PodSandbox {
     if let Some(r) = &c.resources {
         linux.pod_resources = protobuf::MessageField::some(resources(r));
     }
-    if let Some(ns) = &rec.netns {
-        linux.namespaces.push(api::LinuxNamespace {
-            type_: "network".into(),
-            path: ns.display().to_string(),
-            ..Default::default()
-        });
+    let pins = rec.pins.clone().unwrap_or_default();
+    for (kind, path) in [
+        ("network", &rec.netns),
+        ("ipc", &pins.ipc),
+        ("uts", &pins.uts),
+    ] {
+        if let Some(ns) = path {
+            linux.namespaces.push(api::LinuxNamespace {
+                type_: kind.into(),
+                path: ns.display().to_string(),
+                ..Default::default()
+            });
+        }
     }
     api::PodSandbox {
         id: rec.id.clone(),

@@ -39,6 +39,8 @@ pub struct ContainerOpts {
     pub sandbox_id: String,
     /// The infra process; the container joins its namespaces.
     pub sandbox_pid: u32,
+    /// A pod without an infra process: its pinned namespaces, joined by path instead.
+    pub pinned: Option<PinnedNs>,
     /// The target container's init pid for the TARGET pid namespace mode.
     pub target_pid: Option<u32>,
     pub rootfs: PathBuf,
@@ -74,6 +76,7 @@ impl Default for ContainerOpts {
             id: String::new(),
             sandbox_id: String::new(),
             sandbox_pid: 0,
+            pinned: None,
             target_pid: None,
             rootfs: PathBuf::new(),
             cgroup_parent: String::new(),
@@ -94,6 +97,15 @@ impl Default for ContainerOpts {
             device_lookup: devices::device_from_path,
         }
     }
+}
+
+/// The namespaces of a pod without an infra process, by their pin files (None: the
+/// host's).
+#[derive(Debug, Clone, Default)]
+pub struct PinnedNs {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
 }
 
 /// Kubernetes' rules: `command` replaces the entrypoint and drops the image cmd; `args`
@@ -129,7 +141,7 @@ pub fn container_spec(
     if o.id.is_empty() || o.sandbox_id.is_empty() {
         return Err(invalid("container or sandbox id is empty"));
     }
-    if o.sandbox_pid == 0 {
+    if o.sandbox_pid == 0 && o.pinned.is_none() {
         return Err(Error::FailedPrecondition(format!(
             "sandbox {} has no running infra process",
             o.sandbox_id
@@ -219,28 +231,47 @@ pub fn container_spec(
     let nso = &sc.namespaces;
     let proc_ns = |pid: u32, ns: &str| Some(PathBuf::from(format!("/proc/{pid}/ns/{ns}")));
     let sp = o.sandbox_pid;
-    let mut namespaces = vec![
-        namespace(LinuxNamespaceType::Pid, None)?,
-        namespace(LinuxNamespaceType::Ipc, proc_ns(sp, "ipc"))?,
-        namespace(LinuxNamespaceType::Uts, proc_ns(sp, "uts"))?,
-        namespace(LinuxNamespaceType::Mount, None)?,
-        namespace(LinuxNamespaceType::Network, proc_ns(sp, "net"))?,
-    ];
-    let pid_path = match nso.pid {
-        NamespaceMode::Container => None,
-        // NODE: the sandbox itself lives in the host PID namespace.
-        NamespaceMode::Pod | NamespaceMode::Node => proc_ns(sp, "pid"),
-        NamespaceMode::Target => {
+    let pid_path = match (nso.pid, &o.pinned) {
+        // POD in a pod that shares no PID namespace (and so has no infra): the pod has no
+        // PID namespace of its own to join, the container gets one (as CRI-O does).
+        (NamespaceMode::Container, _) | (NamespaceMode::Pod, Some(_)) => Some(None),
+        // NODE: the host's, which is also where the infra (if any) lives.
+        (NamespaceMode::Node, Some(_)) => None,
+        (NamespaceMode::Pod | NamespaceMode::Node, None) => Some(proc_ns(sp, "pid")),
+        (NamespaceMode::Target, _) => {
             let t = o.target_pid.ok_or_else(|| {
                 invalid(format!(
                     "TARGET pid namespace {:?} is not running",
                     nso.target_id
                 ))
             })?;
-            proc_ns(t, "pid")
+            Some(proc_ns(t, "pid"))
         }
     };
-    namespaces[0] = namespace(LinuxNamespaceType::Pid, pid_path)?;
+    let mut namespaces = Vec::new();
+    if let Some(p) = pid_path {
+        namespaces.push(namespace(LinuxNamespaceType::Pid, p)?);
+    }
+    namespaces.push(namespace(LinuxNamespaceType::Mount, None)?);
+    match &o.pinned {
+        None => {
+            namespaces.push(namespace(LinuxNamespaceType::Ipc, proc_ns(sp, "ipc"))?);
+            namespaces.push(namespace(LinuxNamespaceType::Uts, proc_ns(sp, "uts"))?);
+            namespaces.push(namespace(LinuxNamespaceType::Network, proc_ns(sp, "net"))?);
+        }
+        // No entry for what the pod shares with the host: the runtime's own is kept.
+        Some(p) => {
+            for (ty, path) in [
+                (LinuxNamespaceType::Ipc, &p.ipc),
+                (LinuxNamespaceType::Uts, &p.uts),
+                (LinuxNamespaceType::Network, &p.net),
+            ] {
+                if let Some(path) = path {
+                    namespaces.push(namespace(ty, Some(path.clone()))?);
+                }
+            }
+        }
+    }
     if o.cgroupns && !privileged {
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }

@@ -25,7 +25,7 @@ use oci_spec::runtime::{
 use crate::error::{Error, Result};
 
 pub use caps::DEFAULT_CAPABILITIES;
-pub use container::{container_spec, ContainerOpts, ImageConfig};
+pub use container::{container_spec, ContainerOpts, ImageConfig, PinnedNs};
 pub use devices::{device_from_path, host_devices, DeviceLookup};
 pub use sandbox::{sandbox_spec, SandboxOpts};
 pub use seccomp::{default_seccomp, default_seccomp_for};

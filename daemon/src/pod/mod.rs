@@ -1,10 +1,13 @@
 //! The pods service: RunPodSandbox (`sandbox`), StopPodSandbox and RemovePodSandbox
-//! (`teardown`), a pod's live state and stats. Each pod runs in one shim; its infra
-//! process (berth-pause, or the configured sandbox image) holds the pod's namespaces.
+//! (`teardown`), a pod's live state and stats. Each pod runs in one shim. A pod that
+//! shares its PID namespace (or is user-namespaced) has an infra process (berth-pause, or
+//! the configured sandbox image) holding its namespaces; any other pod has none, its
+//! namespaces are pinned by berthd (`pins`).
 //! Stopping or removing a pod stops and removes its containers through the containers
 //! service; watching a running pod is the recovery service's.
 
 mod files;
+pub mod pins;
 mod sandbox;
 pub mod shim_log;
 pub mod stats;

@@ -87,6 +87,8 @@ struct Undo {
     dirs: Vec<PathBuf>,
     /// The shim, the infra's id and bundle.
     shim: Option<(ShimHandle, String, PathBuf)>,
+    /// The state dir and pod id of pinned IPC/UTS namespaces.
+    pins: Option<(PathBuf, String)>,
 }
 
 impl Undo {
@@ -105,6 +107,9 @@ impl Undo {
             {
                 tracing::warn!(error = %e, "rollback: CNI DEL failed; the plugin may keep the IP");
             }
+        }
+        if let Some((state, id)) = self.pins {
+            let _ = tokio::task::spawn_blocking(move || super::pins::remove(&state, &id)).await;
         }
         if let Some(n) = self.netns {
             let _ = n.remove();
@@ -163,6 +168,7 @@ impl Pods {
                 op: Some(Op::Run),
                 stopped_at: 0,
                 journal_seq: 0,
+                pins: None,
             };
             // Not shown while its NRI hook runs (and its RunPodSandbox until then).
             let _hidden = self.nri.hide(&id);
@@ -204,7 +210,14 @@ impl Pods {
             undo.dirs.push(d.clone());
         }
         let host_network = rec.host_network();
-        let own_netns = rec.config.security.namespaces.pod_userns().is_some();
+        let nso = &rec.config.security.namespaces;
+        let own_netns = nso.pod_userns().is_some();
+        // Without a process to hold them, a pod's namespaces are pinned by berthd: not
+        // for a pod that shares its PID namespace (the infra is its PID 1) nor for a
+        // user-namespaced one (its namespaces must be made inside its user namespace).
+        let infra_less = self.config.runtime.pod_infra == crate::config::PodInfra::Auto
+            && nso.pid != crate::workload::NamespaceMode::Pod
+            && !own_netns;
         files::write_all(&rec.files, &rec.config, host_network)?;
         let mut cni_job = None;
         if !host_network {
@@ -240,9 +253,36 @@ impl Pods {
             }
             cni_job = Some((list, nsp, args));
         }
+        if infra_less {
+            let nso = &rec.config.security.namespaces;
+            let req = super::pins::PinRequest {
+                ipc: nso.ipc != crate::workload::NamespaceMode::Node,
+                hostname: (!host_network).then(|| files::hostname(&rec.config, false)),
+                netns: rec.netns.clone(),
+                sysctls: rec
+                    .config
+                    .sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            let (state, id) = (self.config.paths.state.clone(), rec.id.clone());
+            undo.pins = Some((state.clone(), id.clone()));
+            let pins = tokio::task::spawn_blocking(move || super::pins::create(&state, &id, &req))
+                .await
+                .map_err(|e| Error::Internal(format!("pod namespaces: {e}")))??;
+            rec.pins = Some(pins);
+            crate::failpoint!("pod.run.after_pins");
+        }
         let localhost_profile =
             crate::container::load_localhost_profile(rec.config.security.seccomp.as_ref())?;
-        let (rootfs, args, rootfs_mounts) = self.infra_root(&rec).await?;
+        // A pod without an infra process still has its sandbox spec made: the checks of
+        // what kubelet asked for are the same either way.
+        let (rootfs, args, rootfs_mounts) = if infra_less {
+            (self.pause_rootfs.clone(), vec!["/pause".into()], Vec::new())
+        } else {
+            self.infra_root(&rec).await?
+        };
         let spec = crate::oci_config::sandbox_spec(
             &rec.config,
             &crate::oci_config::SandboxOpts {
@@ -269,7 +309,9 @@ impl Pods {
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
         // The spec holds the container's env (Secret values): root's alone.
-        crate::util::modes::write_private(&rec.bundle.join("config.json"), &json)?;
+        if !infra_less {
+            crate::util::modes::write_private(&rec.bundle.join("config.json"), &json)?;
+        }
         // CNI wires the pinned netns while the shim starts the infra process in it: the
         // two only share the netns path, and a pod's start takes the longer of the two.
         let network = async {
@@ -281,6 +323,9 @@ impl Pods {
         let infra = async {
             super::shim_log::follow(&rec.bundle, &rec.id);
             let shim = self.shims.start(&rec.bundle, &rec.id).await?;
+            if infra_less {
+                return Ok::<_, Error>((shim, Ok(0)));
+            }
             let pid = async {
                 let task = NewTask {
                     id: rec.id.clone(),
@@ -398,6 +443,8 @@ impl Pods {
         let running = match self.shim_of(&rec).await {
             Ok(shim) => match tokio::time::timeout(LIVE_PROBE, shim.state(id)).await {
                 Ok(Ok(s)) => s.status == TaskStatus::Running,
+                // No infra task: the shim's answer is the pod's liveness.
+                Ok(Err(Error::NotFound(_))) if rec.infra_less() => true,
                 // A shim that does not answer (stopped, wedged) says nothing about the
                 // infra: the pod stays as recorded, and the status call does not wait on it.
                 Err(_) | Ok(Err(Error::DeadlineExceeded(_))) => {

@@ -1,4 +1,4 @@
-//! Pod statistics: the pod's cpu, memory and process count (its infra process plus every
+//! Pod statistics: the pod's cpu, memory and process count (its infra process, if any, plus every
 //! running container, each sampled from its cgroup through the pod's shim), the network
 //! counters of the pod's namespace, and each container's own stats.
 
@@ -48,14 +48,24 @@ pub fn parse_net_dev(text: &str) -> Vec<IfaceCounters> {
         .collect()
 }
 
-/// The pod's interfaces. The infra process lives in the pod's network namespace: its
-/// view of net/dev is the pod's. Host-network and stopped pods report none (a
-/// host-network pod's traffic is the node's).
-pub fn pod_ifaces(rec: &PodRecord) -> Vec<IfaceCounters> {
-    if rec.host_network() || rec.state != PodState::Ready || rec.pid == 0 {
+/// The pod's interfaces: net/dev as the infra process sees it, or read from inside the
+/// pinned network namespace of a pod without one. Host-network and stopped pods report
+/// none (a host-network pod's traffic is the node's).
+pub async fn pod_ifaces(rec: &PodRecord) -> Vec<IfaceCounters> {
+    if rec.host_network() || rec.state != PodState::Ready {
         return Vec::new();
     }
-    std::fs::read_to_string(format!("/proc/{}/net/dev", rec.pid))
+    let (pid, netns) = (rec.pid, rec.netns.clone());
+    let read = move || match (pid, netns) {
+        (0, Some(ns)) => super::pins::read_net_dev(&ns).ok(),
+        (0, None) => None,
+        (pid, _) => std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok(),
+    };
+    // File reads (and a thread for setns): off the async workers.
+    tokio::task::spawn_blocking(read)
+        .await
+        .ok()
+        .flatten()
         .map(|t| parse_net_dev(&t))
         .unwrap_or_default()
 }
@@ -77,7 +87,7 @@ impl Pods {
             let usage = self.containers.usage(&c).await?;
             containers.push((c, usage));
         }
-        if rec.state != PodState::Ready || rec.pid == 0 {
+        if rec.state != PodState::Ready || (rec.pid == 0 && !rec.infra_less()) {
             return Ok(PodSample {
                 at,
                 total: None,
@@ -85,11 +95,16 @@ impl Pods {
                 containers,
             });
         }
-        let mut total = self.shim_of(rec).await?.stats(&rec.id).await?;
+        // A pod without an infra process is the sum of its containers.
+        let mut total = if rec.infra_less() {
+            Default::default()
+        } else {
+            self.shim_of(rec).await?.stats(&rec.id).await?
+        };
         for s in containers.iter().filter_map(|(_, u)| u.sample.as_ref()) {
             total.add(s);
         }
-        let ifaces = pod_ifaces(rec);
+        let ifaces = pod_ifaces(rec).await;
         Ok(PodSample {
             at,
             total: Some(total),

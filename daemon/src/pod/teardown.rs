@@ -1,5 +1,5 @@
-//! StopPodSandbox and RemovePodSandbox: the infra task, the network and the pod's
-//! directories go, also for a pod a crash cut half-made or whose shim died.
+//! StopPodSandbox and RemovePodSandbox: the infra task (or the pinned namespaces), the
+//! network and the pod's directories go, also for a pod a crash cut half-made or whose shim died.
 
 use std::path::Path;
 use std::time::Duration;
@@ -103,11 +103,27 @@ impl Pods {
     /// bundle's address.
     async fn stop_infra(&self, rec: &PodRecord) -> Result<()> {
         let id = rec.id.as_str();
+        // Pinned namespaces (a pod without an infra process) go; the pin dir is named by
+        // the pod id, so a cut run's is found too. Unmounts: off the async workers.
+        let (state, pod) = (self.config.paths.state.clone(), rec.id.clone());
+        tokio::task::spawn_blocking(move || super::pins::remove(&state, &pod))
+            .await
+            .map_err(|e| Error::Internal(format!("pod namespaces: {e}")))??;
         let shim = if rec.pid != 0 || !rec.shim_address.is_empty() {
             self.shim_of(rec).await.ok()
         } else {
             self.shims.leftover(&rec.bundle).await
         };
+        if rec.infra_less() {
+            // No infra task; the shim goes once no container is recorded (else at the
+            // removal, `remove`).
+            if let Some(shim) = shim {
+                shim.shutdown(self.store.containers_of(id)?.is_empty())
+                    .await;
+            }
+            self.shims.forget(id).await;
+            return Ok(());
+        }
         if let Some(shim) = shim {
             match shim.kill(id, None, libc::SIGKILL as u32, true).await {
                 Ok(()) | Err(Error::NotFound(_)) => {}

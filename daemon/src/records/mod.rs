@@ -54,9 +54,27 @@ pub struct PodRecord {
     /// The number of the last entry of the shim's event journal applied (`journal`).
     #[serde(default)]
     pub journal_seq: u64,
+    /// Some: the pod runs without an infra process; its IPC and UTS namespaces are pinned
+    /// by berthd (`pod::pins`), the network's is `netns`. None: an infra process (`pid`)
+    /// holds the pod's namespaces (a pod sharing its PID namespace, a user-namespaced
+    /// pod, `runtime.pod_infra = "always"`, or a record of an older berthd).
+    #[serde(default)]
+    pub pins: Option<PodPins>,
+}
+
+/// The pinned namespaces of a pod without an infra process; None is the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPins {
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
 }
 
 impl PodRecord {
+    /// Whether the pod runs without an infra process.
+    pub fn infra_less(&self) -> bool {
+        self.pins.is_some()
+    }
+
     /// Ready → NotReady, timed.
     pub fn set_not_ready(&mut self) {
         self.state = PodState::NotReady;

@@ -147,6 +147,16 @@ impl Recovery {
             let _ = std::fs::remove_dir_all(&d);
         }
         self.remove_orphan_netns(&pods).await;
+        // Pinned IPC/UTS namespaces of pods no record names.
+        for id in crate::pod::pins::pinned_ids(state) {
+            if !pods.contains_key(&id) {
+                tracing::warn!(pod_id = %id, "removing pod namespaces no pod owns");
+                self.metrics.orphans_removed.inc();
+                if let Err(e) = crate::pod::pins::remove(state, &id) {
+                    tracing::warn!(pod_id = %id, error = %e, "removing orphan pod namespaces");
+                }
+            }
+        }
         for owner in self.images.lease_owners()? {
             if !ctrs.contains(&owner) {
                 tracing::warn!(owner = %owner, "releasing snapshots no container holds");

@@ -70,6 +70,8 @@ impl Recovery {
                                 rt.watch(rec.id.clone(), shim);
                                 return;
                             }
+                            // No infra task: the shim's answer is the pod's liveness.
+                            Ok(Err(Error::NotFound(_))) if rec.infra_less() => Ok(Ok((shim, true))),
                             Ok(st) => Ok(st.map(|st| (shim, st.status == TaskStatus::Running))),
                         }
                     }

@@ -38,6 +38,11 @@ impl Shape {
             md.uid = format!("{}-{name}", self.run);
         }
         cfg.labels.insert(LABEL.into(), role.into());
+        // Most pods run without an infra process (kubelet's default); a share of the churn
+        // pods share their PID namespace and so run one, to churn both kinds.
+        if role == "churn" && digit_sum(name) % 3 == 1 {
+            berth_tests::cri::ns_options(&mut cfg).pid = cri::NamespaceMode::Pod as i32;
+        }
         if self.pod_network {
             cfg.hostname = name.into();
             let ns = berth_tests::cri::ns_options(&mut cfg);
@@ -71,12 +76,14 @@ const USERNS_HOST_ID: u32 = 9 * 65536;
 /// Whether a churn pod is user-namespaced: half of them, by the parity of the digits in
 /// its name (churner index and cycle), so both kinds churn side by side.
 fn userns_turn(name: &str) -> bool {
+    digit_sum(name) % 2 == 0
+}
+
+fn digit_sum(name: &str) -> u32 {
     name.bytes()
         .filter(u8::is_ascii_digit)
         .map(|b| u32::from(b - b'0'))
-        .sum::<u32>()
-        % 2
-        == 0
+        .sum()
 }
 
 /// A numbered line every 20 ms, forever.
