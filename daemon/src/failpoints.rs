@@ -22,6 +22,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "the pod's netns pinned; no CNI ADD, no shim yet",
     ),
     (
+        "pod.run.after_pins",
+        "a pod without an infra process: its IPC/UTS namespaces pinned beside the netns; no CNI ADD, no shim yet",
+    ),
+    (
         "pod.run.after_infra",
         "shim and infra process started, CNI ADD done; pod not yet Ready",
     ),

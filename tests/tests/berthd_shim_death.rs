@@ -125,8 +125,19 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
         let sleeper_pid = pid_of(&pod, &sleeper).await?;
         let shim = d.shim_of_pod(&pod.id)?;
         d.kill9()?;
-        // The quitter exits (recorded by its shim), then the shim dies.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The quitter exits and the hog is OOM-killed (both recorded by their shim), then
+        // the shim dies. Waited for by their records, not a fixed time: a loaded machine
+        // takes longer to fill the hog's 16 MiB.
+        let record = |id: &str| {
+            d.dir
+                .path()
+                .join("state/containers")
+                .join(id)
+                .join("berth-exit.json")
+        };
+        procs::poll(Duration::from_secs(20), "the quitter's and hog's exits", || {
+            (record(&quitter).exists() && record(&hog).exists()).then_some(())
+        })?;
         let quit_by = berth_tests_now_ns();
         // The shim's exit record (what berthd reads once the shim is gone) carries the
         // OOM kill: the cgroup that would tell goes with the dead shim's task.

@@ -95,6 +95,7 @@ EXIT STATUS:
 const FAILPOINTS: &[&str] = &[
     "pod.run.after_record",
     "pod.run.after_netns",
+    "pod.run.after_pins",
     "pod.run.after_infra",
     "ctr.create.after_record",
     "ctr.create.after_bundle",
