@@ -135,9 +135,11 @@ fn a_shim_killed_while_berthd_is_down_keeps_recorded_exits_and_kills_the_rest() 
                 .join(id)
                 .join("berth-exit.json")
         };
-        procs::poll(Duration::from_secs(20), "the quitter's and hog's exits", || {
-            (record(&quitter).exists() && record(&hog).exists()).then_some(())
-        })?;
+        procs::poll(
+            Duration::from_secs(20),
+            "the quitter's and hog's exits",
+            || (record(&quitter).exists() && record(&hog).exists()).then_some(()),
+        )?;
         let quit_by = berth_tests_now_ns();
         // The shim's exit record (what berthd reads once the shim is gone) carries the
         // OOM kill: the cgroup that would tell goes with the dead shim's task.

@@ -189,7 +189,11 @@ impl Containers {
         // gets its CreateContainer); the container is not shown while its hook runs.
         let sync = self.nri.block_sync().await;
         let hidden = self.nri.hide(&id);
-        if let Err(e) = self.store.create(CONTAINERS, &id, &name_key, &rec) {
+        if let Err(e) = self
+            .store
+            .create_async(CONTAINERS, &id, &name_key, &rec)
+            .await
+        {
             let _ = self.images.release(&id);
             return Err(e);
         }
@@ -349,7 +353,7 @@ impl Containers {
         rec.pid = shim.create(&task).await?;
         crate::failpoint!("ctr.create.after_task");
         rec.op = None;
-        self.store.put(CONTAINERS, &rec.id, &rec)?;
+        self.store.put_async(CONTAINERS, &rec.id, &rec).await?;
         self.events
             .emit(Kind::Created, &rec.id, &pod.id, rec.created_at);
         tracing::info!(container_id = %rec.id, pod_id = %pod.id, "container created");

@@ -47,14 +47,15 @@ impl Containers {
         let started = now_ns();
         let marked = self
             .store
-            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+            .update_async(CONTAINERS, id, |r: &mut ContainerRecord| {
                 if r.state != CtrState::Created || r.op.is_some() {
                     return false;
                 }
                 r.op = Some(Op::Start);
                 r.started_at = started;
                 true
-            })?;
+            })
+            .await?;
         if marked.is_none() {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is being started or changed"
@@ -71,21 +72,23 @@ impl Containers {
             Ok(pid) => pid,
             Err(e) => {
                 self.store
-                    .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+                    .update_async(CONTAINERS, id, |r: &mut ContainerRecord| {
                         r.op = None;
                         r.started_at = 0;
                         true
-                    })?;
+                    })
+                    .await?;
                 return Err(e);
             }
         };
         self.store
-            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+            .update_async(CONTAINERS, id, |r: &mut ContainerRecord| {
                 r.pid = pid;
                 r.state = CtrState::Running;
                 r.op = None;
                 true
-            })?;
+            })
+            .await?;
         self.events.emit(Kind::Started, id, &rec.pod_id, started);
         // Its exit comes through the pod shim's journal (`pod::journal`), maybe already.
         self.became_running(id)?;
@@ -108,10 +111,11 @@ impl Containers {
         let pod = self.store.pod(&rec.pod_id)?;
         // The intent, unless a removal's is there already; cleared on every way out below.
         self.store
-            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+            .update_async(CONTAINERS, id, |r: &mut ContainerRecord| {
                 r.op.get_or_insert(Op::Stop);
                 true
-            })?;
+            })
+            .await?;
         let stopped = match self.shim_of(&pod).await {
             Ok(shim) => self.signal_and_wait(&rec, &shim, timeout).await,
             Err(e) => Err(e),
@@ -136,13 +140,14 @@ impl Containers {
             other => other,
         };
         self.store
-            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+            .update_async(CONTAINERS, id, |r: &mut ContainerRecord| {
                 let ours = r.op == Some(Op::Stop);
                 if ours {
                     r.op = None;
                 }
                 ours
-            })?;
+            })
+            .await?;
         // The NRI plugins have heard of the stop when StopContainer returns.
         self.nri.stopped(id).await;
         stopped
@@ -194,10 +199,11 @@ impl Containers {
     pub async fn remove(&self, id: &str) -> Result<()> {
         let marked = self
             .store
-            .update(CONTAINERS, id, |r: &mut ContainerRecord| {
+            .update_async(CONTAINERS, id, |r: &mut ContainerRecord| {
                 r.op = Some(Op::Remove);
                 true
-            })?;
+            })
+            .await?;
         let Some(rec) = marked else {
             return Ok(());
         };

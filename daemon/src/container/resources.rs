@@ -76,10 +76,11 @@ impl Containers {
         self.shim_of(&pod).await?.update(id, json).await?;
         // ContainerStatus reports the resources in force (kubelet's in-place resize).
         self.store
-            .update(CONTAINERS, id, |c: &mut ContainerRecord| {
+            .update_async(CONTAINERS, id, |c: &mut ContainerRecord| {
                 c.config.resources = Some(r.clone());
                 true
-            })?;
+            })
+            .await?;
         Ok(())
     }
 

@@ -174,7 +174,7 @@ impl Pods {
             let _hidden = self.nri.hide(&id);
             // The name is reserved first (with the intent): a duplicate fails here with
             // nothing made; a crash from here on is rolled back at startup.
-            self.store.create(PODS, &id, &name_key, &rec)?;
+            self.store.create_async(PODS, &id, &name_key, &rec).await?;
             let mut undo = Undo::default();
             match self.run_steps(rec, &mut undo).await {
                 Ok((rec, shim)) => {
@@ -374,7 +374,7 @@ impl Pods {
         self.nri.run_pod_sandbox(&rec).await?;
         rec.state = PodState::Ready;
         rec.op = None;
-        self.store.put(PODS, &rec.id, &rec)?;
+        self.store.put_async(PODS, &rec.id, &rec).await?;
         self.shims.insert(&rec.id, shim.clone()).await;
         Ok((rec, shim))
     }
@@ -437,14 +437,14 @@ impl Pods {
     pub async fn live(&self, id: &str) -> Result<PodRecord> {
         self.visible(id)?;
         let mut rec = self.store.pod(id)?;
-        if rec.state != PodState::Ready {
+        // A pod without an infra process has nothing to ask its shim about: its shim's
+        // death is learnt from the shim's journal (`recovery::journal`) and settles it.
+        if rec.state != PodState::Ready || rec.infra_less() {
             return Ok(rec);
         }
         let running = match self.shim_of(&rec).await {
             Ok(shim) => match tokio::time::timeout(LIVE_PROBE, shim.state(id)).await {
                 Ok(Ok(s)) => s.status == TaskStatus::Running,
-                // No infra task: the shim's answer is the pod's liveness.
-                Ok(Err(Error::NotFound(_))) if rec.infra_less() => true,
                 // A shim that does not answer (stopped, wedged) says nothing about the
                 // infra: the pod stays as recorded, and the status call does not wait on it.
                 Err(_) | Ok(Err(Error::DeadlineExceeded(_))) => {

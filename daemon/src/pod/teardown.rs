@@ -22,10 +22,13 @@ impl Pods {
     /// unknown id succeeds (kubelet retries stops of pods it no longer knows).
     pub async fn stop(&self, id: &str) -> Result<()> {
         // The intent first (a removal's or a cut run's stays: it is the stronger one).
-        let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
-            r.op.get_or_insert(Op::Stop);
-            true
-        })?;
+        let marked = self
+            .store
+            .update_async(PODS, id, |r: &mut PodRecord| {
+                r.op.get_or_insert(Op::Stop);
+                true
+            })
+            .await?;
         let Some(mut rec) = marked else {
             return Ok(());
         };
@@ -60,23 +63,25 @@ impl Pods {
             // Written through `update`: a removal may have marked the record meanwhile.
             let mut was_ready = false;
             let mut stopped_at = 0;
-            self.store.update(PODS, id, |r: &mut PodRecord| {
-                was_ready = r.state == PodState::Ready;
-                if was_ready {
-                    r.set_not_ready();
-                }
-                stopped_at = r.stopped_at;
-                r.pid = 0;
-                // A network whose DEL kept failing stays named (its pin is gone): the
-                // next stop, or the removal, tries DEL again, without a netns.
-                if released {
-                    r.netns = None;
-                }
-                if r.op == Some(Op::Stop) {
-                    r.op = None;
-                }
-                true
-            })?;
+            self.store
+                .update_async(PODS, id, |r: &mut PodRecord| {
+                    was_ready = r.state == PodState::Ready;
+                    if was_ready {
+                        r.set_not_ready();
+                    }
+                    stopped_at = r.stopped_at;
+                    r.pid = 0;
+                    // A network whose DEL kept failing stays named (its pin is gone): the
+                    // next stop, or the removal, tries DEL again, without a netns.
+                    if released {
+                        r.netns = None;
+                    }
+                    if r.op == Some(Op::Stop) {
+                        r.op = None;
+                    }
+                    true
+                })
+                .await?;
             if was_ready {
                 self.events.emit(Kind::Stopped, id, id, stopped_at);
             }
@@ -87,13 +92,16 @@ impl Pods {
         .await;
         if res.is_err() {
             // A failed stop is retried by kubelet; its mark must not outlive it.
-            let _ = self.store.update(PODS, id, |r: &mut PodRecord| {
-                let ours = r.op == Some(Op::Stop);
-                if ours {
-                    r.op = None;
-                }
-                ours
-            });
+            let _ = self
+                .store
+                .update_async(PODS, id, |r: &mut PodRecord| {
+                    let ours = r.op == Some(Op::Stop);
+                    if ours {
+                        r.op = None;
+                    }
+                    ours
+                })
+                .await;
         }
         res
     }
@@ -192,10 +200,13 @@ impl Pods {
 
     /// Removes the pod (stopping it first). Idempotent; an unknown id succeeds.
     pub async fn remove(&self, id: &str) -> Result<()> {
-        let marked = self.store.update(PODS, id, |r: &mut PodRecord| {
-            r.op = Some(Op::Remove);
-            true
-        })?;
+        let marked = self
+            .store
+            .update_async(PODS, id, |r: &mut PodRecord| {
+                r.op = Some(Op::Remove);
+                true
+            })
+            .await?;
         let Some(rec) = marked else {
             return Ok(());
         };

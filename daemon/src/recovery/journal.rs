@@ -84,13 +84,16 @@ impl Recovery {
                     }
                 }
                 after = last;
-                let kept = rt.store.update(PODS, &pod_id, |r: &mut PodRecord| {
-                    let newer = last > r.journal_seq;
-                    if newer {
-                        r.journal_seq = last;
-                    }
-                    newer
-                });
+                let kept = rt
+                    .store
+                    .update_async(PODS, &pod_id, |r: &mut PodRecord| {
+                        let newer = last > r.journal_seq;
+                        if newer {
+                            r.journal_seq = last;
+                        }
+                        newer
+                    })
+                    .await;
                 if let Ok(None) = rt.store.get::<PodRecord>(PODS, &pod_id) {
                     return; // the pod is gone
                 }

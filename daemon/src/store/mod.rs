@@ -41,6 +41,8 @@ pub struct Store {
     failed: AtomicBool,
     /// Keeps a copy of each pod and container record outside the store (`records::copies`).
     copies: Option<std::sync::Arc<dyn Copies>>,
+    /// Async writers wait here for their turn (`*_async`): see [`Store::update_async`].
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// A durable copy of every pod and container record outside the store, from which a lost
@@ -77,6 +79,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
             failed: AtomicBool::new(false),
             copies: None,
+            turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -288,6 +291,44 @@ impl Store {
         };
         tx.commit().map_err(|e| self.fail(e))?;
         Ok(out)
+    }
+
+    /// [`Store::update`] for async callers. Why: redb serializes write transactions by
+    /// blocking the thread that waits for one, and a commit takes its fsyncs; on berthd's
+    /// few runtime workers, writers queued inside redb would hold every worker and stall
+    /// the cheap calls (status reads, relists) behind one commit. Async writers queue here
+    /// instead, without a thread: one of them at a time holds a worker for its commit.
+    pub async fn update_async<T: Serialize + DeserializeOwned>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        id: &str,
+        f: impl FnOnce(&mut T) -> bool,
+    ) -> Result<Option<T>> {
+        let _turn = self.turn.lock().await;
+        self.update(table, id, f)
+    }
+
+    /// [`Store::put`] for async callers (see [`Store::update_async`]).
+    pub async fn put_async<T: Serialize>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        id: &str,
+        rec: &T,
+    ) -> Result<()> {
+        let _turn = self.turn.lock().await;
+        self.put(table, id, rec)
+    }
+
+    /// [`Store::create`] for async callers (see [`Store::update_async`]).
+    pub async fn create_async<T: Serialize>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        id: &str,
+        name: &str,
+        rec: &T,
+    ) -> Result<()> {
+        let _turn = self.turn.lock().await;
+        self.create(table, id, name, rec)
     }
 
     pub fn get<T: DeserializeOwned>(
