@@ -159,6 +159,7 @@ impl Core {
             config.nri.clone(),
             store.clone(),
             config.runtime.cgroup_parent.clone(),
+            config.runtime.binary.clone(),
         );
         let containers = Arc::new(Containers::new(
             config.clone(),
