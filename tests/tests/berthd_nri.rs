@@ -9,35 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use berth_nri::api;
-use berth_tests::berthd::{berthd_test, Berthd, Builder};
+use berth_tests::berthd::berthd_test;
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
-use berth_tests::nri_plugin::{Behavior, Fault, TestPlugin};
+use berth_tests::nri_plugin::{nri_berthd, opt_i64, wait_for, Behavior, Fault, TestPlugin};
 use berth_tests::pod::Pod;
-
-/// A berthd with NRI on a socket of its own (request timeout `timeout_ms`) and no
-/// pre-installed plugins; the socket's path.
-fn nri_berthd(timeout_ms: u64) -> Result<(Builder, tempfile::TempDir, PathBuf)> {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-nri-")
-        .tempdir_in("/tmp")?;
-    let sock = dir.path().join("nri.sock");
-    let toml = format!(
-        "[nri]\nenable = true\nsocket_path = \"{}\"\nplugin_path = \"{}\"\nplugin_config_path = \"{}\"\nrequest_timeout_ms = {timeout_ms}\n",
-        sock.display(),
-        dir.path().join("plugins").display(),
-        dir.path().join("conf.d").display(),
-    );
-    Ok((Berthd::builder().busybox().config(&toml), dir, sock))
-}
-
-fn opt_i64(v: i64) -> protobuf::MessageField<api::OptionalInt64> {
-    protobuf::MessageField::some(api::OptionalInt64 {
-        value: v,
-        ..Default::default()
-    })
-}
 
 /// Every adjustment the test plugin makes: env, annotation, a bind mount, an rlimit,
 /// memory and pids limits, the OOM score.
@@ -82,22 +59,6 @@ fn adjustment(host_dir: &std::path::Path) -> api::ContainerAdjustment {
         ..Default::default()
     });
     a
-}
-
-/// Polls `f` every 50 ms until it gives a value, for `within` at most.
-async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const PROBE: &str = "echo env=$NRI_ENV; echo file=$(cat /nri-data/hello); \
@@ -507,6 +468,202 @@ fn a_plugin_updates_and_evicts_running_containers() -> Result<()> {
             p.event("StopContainer", &id).map(drop)
         })
         .await?;
+        pod.remove().await?;
+        Ok(())
+    })
+}
+
+/// The memory limit in the container's cgroup, read from inside.
+async fn memory_limit(pod: &Pod, id: &str) -> Result<String> {
+    let out = pod
+        .exec(
+            id,
+            &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"],
+        )
+        .await?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn asked_memory(e: &berth_tests::nri_plugin::Event) -> Option<i64> {
+    Some(e.resources.as_ref()?.memory.as_ref()?.limit.as_ref()?.value)
+}
+
+#[test]
+fn update_container_resources_goes_through_the_plugins() -> Result<()> {
+    let (builder, _dir, sock) = nri_berthd(2000)?;
+    berthd_test(builder, async |d| {
+        let mut mem = api::LinuxMemory::new();
+        mem.limit = opt_i64(56 << 20);
+        let resizer = TestPlugin::connect(
+            &sock,
+            "resizer",
+            "10",
+            Behavior {
+                update: Some(api::LinuxResources {
+                    memory: protobuf::MessageField::some(mem),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("updc", &logs.join("updc"))).await?;
+        let id = pod
+            .start(container_config(
+                "sleeper",
+                image::BUSYBOX_IMAGE,
+                &["sleep", "3600"],
+            ))
+            .await?;
+        // The plugin is asked with the CRI's 64 MiB, answers 56 MiB: that is applied.
+        pod.rs.update_memory_limit(&id, 64 << 20).await?;
+        let asked = resizer
+            .event("UpdateContainer", &id)
+            .context("no UpdateContainer")?;
+        ensure!(
+            asked_memory(&asked) == Some(64 << 20),
+            "UpdateContainer's resources: {:?}",
+            asked.resources
+        );
+        let seen = memory_limit(&pod, &id).await?;
+        ensure!(
+            seen == (56u64 << 20).to_string(),
+            "memory limit inside after the plugin's adjustment: {seen:?}"
+        );
+        wait_for(Duration::from_secs(5), "PostUpdateContainer", || async {
+            resizer.event("PostUpdateContainer", &id).map(drop)
+        })
+        .await?;
+        resizer.close();
+
+        // A plugin failing UpdateContainer fails the call; the old limit stays.
+        let refuser = TestPlugin::connect(
+            &sock,
+            "refuser",
+            "10",
+            Behavior {
+                on_update: Fault::Fail("no memory to give".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let err = pod
+            .rs
+            .update_memory_limit(&id, 80 << 20)
+            .await
+            .expect_err("UpdateContainerResources passed");
+        ensure!(
+            err.message()
+                .contains("NRI plugin 10-refuser failed UpdateContainer: no memory to give"),
+            "UpdateContainerResources' error: {err:?}"
+        );
+        let seen = memory_limit(&pod, &id).await?;
+        ensure!(
+            seen == (56u64 << 20).to_string(),
+            "memory limit inside after a refused update: {seen:?}"
+        );
+        let status = pod.rs.ctr_status(&id).await?;
+        let reported = status
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes);
+        ensure!(
+            reported == Some(56 << 20),
+            "ContainerStatus' memory limit after a refused update: {reported:?}"
+        );
+        ensure!(
+            refuser.event("PostUpdateContainer", &id).is_none(),
+            "PostUpdateContainer after a refused update"
+        );
+        pod.remove().await?;
+        Ok(())
+    })
+}
+
+#[test]
+fn update_pod_sandbox_resources_goes_through_the_plugins() -> Result<()> {
+    let (builder, _dir, sock) = nri_berthd(2000)?;
+    berthd_test(builder, async |d| {
+        let p = TestPlugin::connect(&sock, "podwatch", "10", Behavior::default()).await?;
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("updp", &logs.join("updp"))).await?;
+        let req = |bytes: i64| berth_cri::v1::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.id.clone(),
+            resources: Some(berth_cri::v1::LinuxContainerResources {
+                memory_limit_in_bytes: bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        pod.rs
+            .clone()
+            .update_pod_sandbox_resources(req(128 << 20))
+            .await?;
+        let kinds: Vec<_> = p
+            .events()
+            .into_iter()
+            .filter(|e| e.kind.contains("UpdatePodSandbox") && e.pod_id == pod.id)
+            .collect();
+        ensure!(
+            kinds.iter().map(|e| e.kind).collect::<Vec<_>>()
+                == ["UpdatePodSandbox", "PostUpdatePodSandbox"],
+            "pod update events: {kinds:?}"
+        );
+        ensure!(
+            kinds.iter().all(|e| asked_memory(e) == Some(128 << 20)),
+            "the pod's resources as plugins saw them: {kinds:?}"
+        );
+        p.close();
+
+        let refuser = TestPlugin::connect(
+            &sock,
+            "refuser",
+            "10",
+            Behavior {
+                on_update_pod: Fault::Fail("pod too big".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let err = pod
+            .rs
+            .clone()
+            .update_pod_sandbox_resources(req(256 << 20))
+            .await
+            .expect_err("UpdatePodSandboxResources passed");
+        ensure!(
+            err.message()
+                .contains("NRI plugin 10-refuser failed UpdatePodSandbox: pod too big"),
+            "UpdatePodSandboxResources' error: {err:?}"
+        );
+        ensure!(
+            !refuser
+                .events()
+                .iter()
+                .any(|e| e.kind == "PostUpdatePodSandbox"),
+            "PostUpdatePodSandbox after a refused update"
+        );
+        // The pod still has the resources of the last update that passed.
+        refuser.close();
+        let late = TestPlugin::connect(&sock, "late", "10", Behavior::default()).await?;
+        pod.rs
+            .clone()
+            .update_pod_sandbox_resources(berth_cri::v1::UpdatePodSandboxResourcesRequest {
+                pod_sandbox_id: pod.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        let post = late
+            .events()
+            .into_iter()
+            .find(|e| e.kind == "PostUpdatePodSandbox")
+            .context("no PostUpdatePodSandbox")?;
+        ensure!(
+            asked_memory(&post) == Some(128 << 20),
+            "the pod's recorded resources after a refused update: {:?}",
+            post.resources
+        );
         pod.remove().await?;
         Ok(())
     })
