@@ -23,6 +23,14 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub nri: Nri,
+    pub cdi: Cdi,
+}
+
+/// CDI (docs/nri.md#cdi): where the device spec files are, a later dir taking precedence.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cdi {
+    pub spec_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

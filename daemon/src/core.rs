@@ -160,6 +160,7 @@ impl Core {
             store.clone(),
             config.runtime.cgroup_parent.clone(),
             config.runtime.binary.clone(),
+            Arc::new(crate::cdi::Registry::new(config.cdi.spec_dirs.clone())),
         );
         let containers = Arc::new(Containers::new(
             config.clone(),

@@ -417,3 +417,96 @@ fn the_default_validator_refuses_hooks_and_missing_plugins() -> Result<()> {
         Ok(())
     })
 }
+
+const CDI_SPEC: &str = r#"
+cdiVersion: "0.6.0"
+kind: "vendor.example/test"
+containerEdits:
+  env: ["CDI_VENDOR=example"]
+devices:
+  - name: "fuse"
+    containerEdits:
+      env: ["CDI_DEV=fuse"]
+      deviceNodes:
+        - path: "/dev/cdi-fuse"
+          hostPath: "/dev/fuse"
+      mounts:
+        - hostPath: "DATA"
+          containerPath: "/cdi-data"
+          options: ["rbind", "ro"]
+"#;
+
+const CDI_PROBE: &str = "echo env=$CDI_VENDOR/$CDI_DEV; echo data=$(cat /cdi-data/hello); \
+    echo dev=$( (exec 3<>/dev/cdi-fuse && echo open) 2>&1)";
+
+#[test]
+fn cdi_devices_from_cri_and_from_a_plugin() -> Result<()> {
+    let (builder, dir, sock) = nri_berthd(2000)?;
+    let specs = dir.path().join("cdi");
+    let data = dir.path().join("cdi-data");
+    std::fs::create_dir_all(&specs)?;
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("hello"), "cdi")?;
+    std::fs::write(
+        specs.join("test.yaml"),
+        CDI_SPEC.replace("DATA", &data.display().to_string()),
+    )?;
+    let builder = builder.config(&format!("[cdi]\nspec_dirs = [\"{}\"]\n", specs.display()));
+    berthd_test(builder, async |d| {
+        let logs = d.dir.path().join("logs");
+        let pod = Pod::run(d, pod_config("cdi", &logs.join("cdi"))).await?;
+        let check = |e: &berth_tests::pod::Exited| -> Result<()> {
+            for (k, want) in [("env", "example/fuse"), ("data", "cdi"), ("dev", "open")] {
+                ensure!(
+                    e.var(k) == Some(want),
+                    "{k}: {:?}; log:\n{}",
+                    e.var(k),
+                    e.log
+                );
+            }
+            Ok(())
+        };
+        // CRI's cdi_devices.
+        let mut c = container_config("cri", image::BUSYBOX_IMAGE, &["sh", "-c", CDI_PROBE]);
+        c.cdi_devices = vec![berth_cri::v1::CdiDevice {
+            name: "vendor.example/test=fuse".into(),
+        }];
+        check(&pod.run_to_exit(c).await?)?;
+        // An unknown device: a clear error, nothing made.
+        let mut c = container_config("unknown", image::BUSYBOX_IMAGE, &["true"]);
+        c.cdi_devices = vec![berth_cri::v1::CdiDevice {
+            name: "vendor.example/test=nope".into(),
+        }];
+        let before = pod.list_all().await?.len();
+        let err = pod.create(c).await.expect_err("CreateContainer passed");
+        ensure!(
+            err.code() == tonic::Code::NotFound
+                && err.message().contains("vendor.example/test=nope"),
+            "an unknown CDI device: {err:?}"
+        );
+        ensure!(
+            pod.list_all().await?.len() == before,
+            "a container with an unknown CDI device is listed"
+        );
+        // An NRI plugin's CDI device adjustment.
+        let mut a = api::ContainerAdjustment::new();
+        a.CDI_devices.push(api::CDIDevice {
+            name: "vendor.example/test=fuse".into(),
+            ..Default::default()
+        });
+        let _p = TestPlugin::connect(
+            &sock,
+            "cdi",
+            "10",
+            Behavior {
+                adjust: Some(a),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let c = container_config("nri", image::BUSYBOX_IMAGE, &["sh", "-c", CDI_PROBE]);
+        check(&pod.run_to_exit(c).await?)?;
+        pod.remove().await?;
+        Ok(())
+    })
+}

@@ -174,6 +174,7 @@ impl Nri {
         let mut merged = api::ContainerAdjustment::new();
         let mut adjusted = false;
         let caps = self.runtime_caps().await;
+        let mut cdi = Vec::new();
         for p in &plugins {
             validation.plugins.push(api::PluginInstance {
                 name: p.base.clone(),
@@ -200,6 +201,7 @@ impl Nri {
             if let Some(a) = rpl.adjust.as_ref() {
                 adjust::apply(&mut json, a, &p.name(), &mut owners, caps)?;
                 adjust::merge(&mut merged, a);
+                cdi.extend(a.CDI_devices.iter().map(|d| d.name.clone()));
                 adjusted = true;
             }
             validation.update.extend(rpl.update.iter().cloned());
@@ -210,6 +212,14 @@ impl Nri {
             validation.adjust = protobuf::MessageField::some(merged);
             validation.owners = protobuf::MessageField::some(owners.to_proto(&rec.id));
             self.validate(validation, &owners).await?;
+        }
+        if !cdi.is_empty() {
+            // The CDI spec dirs are read: off the async workers.
+            let reg = self.cdi.clone();
+            json = tokio::task::spawn_blocking(move || reg.inject(&cdi, &mut json).map(|()| json))
+                .await
+                .map_err(|e| Error::Internal(format!("CDI: {e}")))?
+                .map_err(|e| Error::FailedPrecondition(format!("NRI plugins' CDI devices: {e}")))?;
         }
         if adjusted {
             *spec = serde_json::from_value(json).map_err(|e| {

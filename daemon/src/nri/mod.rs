@@ -82,6 +82,8 @@ pub struct Nri {
     /// (`process.ioPriority`), asked once (`runc features`).
     runtime_binary: String,
     spec_1_2: OnceLock<bool>,
+    /// Where the CDI devices plugins ask for are resolved.
+    cdi: Arc<crate::cdi::Registry>,
     /// Registered plugins, in index (then name) order.
     plugins: Mutex<Vec<Arc<Plugin>>>,
     /// Held for writing while a plugin synchronizes, for reading by creations.
@@ -117,12 +119,14 @@ impl Nri {
         store: Arc<Store>,
         default_cgroup_parent: String,
         runtime_binary: String,
+        cdi: Arc<crate::cdi::Registry>,
     ) -> Arc<Nri> {
         Arc::new(Nri {
             cfg,
             store,
             default_cgroup_parent,
             runtime_binary,
+            cdi,
             spec_1_2: OnceLock::new(),
             plugins: Mutex::default(),
             sync: RwLock::new(()),

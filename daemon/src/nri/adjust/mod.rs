@@ -107,8 +107,9 @@ pub fn apply(
         }
     }
     rlimits(spec, a, plugin, owners)?;
-    if !a.CDI_devices.is_empty() {
-        return Err(unsupported(plugin, "CDI devices"));
+    // Resolved (from the CDI spec dirs) once every plugin has answered.
+    for d in &a.CDI_devices {
+        owners.claim(Field::CdiDevices, &d.name, plugin)?;
     }
     if let Some(l) = a.linux.as_ref() {
         linux(spec, l, plugin, owners, caps)?;

@@ -105,14 +105,26 @@ fn env_annotations_mounts_rlimits_resources() {
 fn unsupported_adjustments_fail() {
     let mut s = spec();
     let mut a = api::ContainerAdjustment::new();
-    a.CDI_devices.push(api::CDIDevice {
-        name: "vendor.com/gpu=0".into(),
+    a.linux = protobuf::MessageField::some(api::LinuxContainerAdjustment {
+        scheduler: protobuf::MessageField::some(api::LinuxScheduler::new()),
         ..Default::default()
     });
     let e = apply(&mut s, &a, "00-a", &mut Owners::default(), Caps::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("CDI"), "{e}");
+    assert!(e.contains("00-a") && e.contains("scheduling policy"), "{e}");
+    // Two plugins asking for one CDI device conflict (it is resolved later).
+    let mut o = Owners::default();
+    let mut c = api::ContainerAdjustment::new();
+    c.CDI_devices.push(api::CDIDevice {
+        name: "vendor.com/gpu=0".into(),
+        ..Default::default()
+    });
+    apply(&mut s, &c, "00-a", &mut o, Caps::default()).unwrap();
+    let e = apply(&mut s, &c, "10-b", &mut o, Caps::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("CDI device"), "{e}");
 }
 
 #[test]
