@@ -70,6 +70,8 @@ impl Nri {
         overhead: Option<&Resources>,
         resources: Option<&Resources>,
     ) -> Result<()> {
+        // As creations: a plugin synchronizing now is asked too, once it is added.
+        let _sync = self.block_sync().await;
         let some = |r: Option<&Resources>| match r {
             Some(r) => protobuf::MessageField::some(convert::resources(r)),
             None => protobuf::MessageField::none(),
@@ -343,7 +345,13 @@ impl Nri {
         rec: &ContainerRecord,
         asked: &Resources,
     ) -> Result<Resources> {
-        if !self.cfg.enable || self.active().is_empty() {
+        if !self.cfg.enable {
+            return Ok(asked.clone());
+        }
+        // As creations: a plugin synchronizing now is asked too, once it is added (a
+        // plugin that has seen the container in its Synchronize must see its update).
+        let _sync = self.block_sync().await;
+        if self.active().is_empty() {
             return Ok(asked.clone());
         }
         let (pod_msg, ctr) = self.ctr_req(pod, rec);
