@@ -23,6 +23,14 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub nri: Nri,
+    pub cdi: Cdi,
+}
+
+/// CDI (docs/nri.md#cdi): where the device spec files are, a later dir taking precedence.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cdi {
+    pub spec_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -164,6 +172,33 @@ pub struct Nri {
     pub registration_timeout_ms: u64,
     /// Milliseconds a plugin has to answer one request.
     pub request_timeout_ms: u64,
+    /// NRI's builtin default validator (docs/nri.md), off unless enabled.
+    pub default_validator: DefaultValidator,
+}
+
+/// NRI's default validator: what it refuses of the plugins' adjustments of a container
+/// (the keys of containerd's `[plugins."io.containerd.nri.v1.nri".default_validator]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultValidator {
+    pub enable: bool,
+    /// Refuses OCI hooks added by plugins.
+    pub reject_oci_hook_adjustment: bool,
+    /// Refuses a seccomp policy set by a plugin for a container whose profile is the
+    /// runtime default, unconfined (or none), or a custom (localhost) one.
+    pub reject_runtime_default_seccomp_adjustment: bool,
+    pub reject_unconfined_seccomp_adjustment: bool,
+    pub reject_custom_seccomp_adjustment: bool,
+    /// Refuses namespaces adjusted by plugins.
+    pub reject_namespace_adjustment: bool,
+    /// Refuses sysctls adjusted by plugins.
+    pub reject_sysctl_adjustment: bool,
+    /// Plugins (`NAME` or `IDX-NAME`) that must be connected for any container to be
+    /// created (pods add theirs with the `required-plugins.noderesource.dev` annotation).
+    pub required_plugins: Vec<String>,
+    /// A pod annotation ("" = none) that, "true", lets its containers be created without
+    /// the required plugins.
+    pub tolerate_missing_plugins_annotation: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

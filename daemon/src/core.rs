@@ -159,6 +159,8 @@ impl Core {
             config.nri.clone(),
             store.clone(),
             config.runtime.cgroup_parent.clone(),
+            config.runtime.binary.clone(),
+            Arc::new(crate::cdi::Registry::new(config.cdi.spec_dirs.clone())),
         );
         let containers = Arc::new(Containers::new(
             config.clone(),

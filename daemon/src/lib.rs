@@ -1,6 +1,7 @@
 //! berthd, Berth's CRI manager daemon, as a library: `main.rs` only parses the command
 //! line and wires these modules together. docs/architecture.md maps the rooms.
 
+pub mod cdi;
 pub mod config;
 pub mod container;
 pub mod core;

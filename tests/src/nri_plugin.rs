@@ -1,7 +1,8 @@
 //! A small NRI plugin for the tests (the plugin side of `berth-nri`): it connects to a
 //! runtime's NRI socket, registers under a name and index, records every event it is
-//! sent, and answers CreateContainer with a given adjustment, or fails, hangs or drops
-//! its connection on one event, as a test asks.
+//! sent, and answers CreateContainer with a given adjustment and UpdateContainer with a
+//! given update, validates (or refuses) adjustments, or fails, hangs or drops its
+//! connection on one event, as a test asks.
 //!
 //! ```ignore
 //! let p = TestPlugin::connect(&sock, "adjust", "10", Behavior { adjust: Some(a), ..Default::default() }).await?;
@@ -10,14 +11,17 @@
 //! ```
 
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use berth_nri::api;
 use berth_nri::api_ttrpc::Plugin;
 use berth_nri::conn::Connection;
 use tokio::sync::Notify;
+
+use crate::berthd::{Berthd, Builder};
 use ttrpc::r#async::TtrpcContext;
 
 /// What the plugin does on one event.
@@ -43,6 +47,13 @@ pub struct Behavior {
     pub on_run_pod: Fault,
     /// Its answer to CreateContainer.
     pub on_create: Fault,
+    /// Its answer to UpdateContainer and UpdatePodSandbox.
+    pub on_update: Fault,
+    pub on_update_pod: Fault,
+    /// The resources it answers UpdateContainer with (an update of that container).
+    pub update: Option<api::LinuxResources>,
+    /// As a validator: the reason it rejects every container's adjustments with.
+    pub reject: Option<String>,
     /// Its events subscription (0: all).
     pub events: i32,
     /// Adds to every container the env its configuration names (`KEY=VALUE` lines, as
@@ -61,6 +72,8 @@ pub struct Event {
     /// adjusted).
     pub annotations: std::collections::HashMap<String, String>,
     pub env: Vec<String>,
+    /// The resources UpdateContainer and UpdatePodSandbox asked for.
+    pub resources: Option<api::LinuxResources>,
 }
 
 struct State {
@@ -70,10 +83,21 @@ struct State {
     synced_ids: Mutex<Option<(Vec<String>, Vec<String>)>>,
     conn: OnceLock<Arc<Connection>>,
     config: Mutex<String>,
+    validations: Mutex<Vec<api::ValidateContainerAdjustmentRequest>>,
 }
 
 impl State {
     fn record(&self, kind: &'static str, pod: &api::PodSandbox, c: Option<&api::Container>) {
+        self.record_with(kind, pod, c, None)
+    }
+
+    fn record_with(
+        &self,
+        kind: &'static str,
+        pod: &api::PodSandbox,
+        c: Option<&api::Container>,
+        resources: Option<&api::LinuxResources>,
+    ) {
         let c = c.cloned().unwrap_or_default();
         self.events.lock().unwrap().push(Event {
             kind,
@@ -82,6 +106,7 @@ impl State {
             container_name: c.name.clone(),
             annotations: c.annotations.clone(),
             env: c.env.clone(),
+            resources: resources.cloned(),
         });
     }
 
@@ -222,9 +247,81 @@ impl Plugin for Service {
         _: &TtrpcContext,
         req: api::UpdateContainerRequest,
     ) -> ttrpc::Result<api::UpdateContainerResponse> {
+        self.0.record_with(
+            "UpdateContainer",
+            &req.pod,
+            req.container.as_ref(),
+            req.linux_resources.as_ref(),
+        );
+        self.0.fault(&self.0.behavior.on_update).await?;
+        let mut rpl = api::UpdateContainerResponse::new();
+        if let Some(r) = &self.0.behavior.update {
+            rpl.update.push(api::ContainerUpdate {
+                container_id: req.container.id.clone(),
+                linux: protobuf::MessageField::some(api::LinuxContainerUpdate {
+                    resources: protobuf::MessageField::some(r.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(rpl)
+    }
+
+    async fn post_update_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::PostUpdateContainerRequest,
+    ) -> ttrpc::Result<api::PostUpdateContainerResponse> {
         self.0
-            .record("UpdateContainer", &req.pod, req.container.as_ref());
-        Ok(api::UpdateContainerResponse::new())
+            .record("PostUpdateContainer", &req.pod, req.container.as_ref());
+        Ok(api::PostUpdateContainerResponse::new())
+    }
+
+    async fn update_pod_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdatePodSandboxRequest,
+    ) -> ttrpc::Result<api::UpdatePodSandboxResponse> {
+        self.0.record_with(
+            "UpdatePodSandbox",
+            &req.pod,
+            None,
+            req.linux_resources.as_ref(),
+        );
+        self.0.fault(&self.0.behavior.on_update_pod).await?;
+        Ok(api::UpdatePodSandboxResponse::new())
+    }
+
+    async fn post_update_pod_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: api::PostUpdatePodSandboxRequest,
+    ) -> ttrpc::Result<api::PostUpdatePodSandboxResponse> {
+        let r = req
+            .pod
+            .linux
+            .as_ref()
+            .and_then(|l| l.pod_resources.as_ref());
+        self.0
+            .record_with("PostUpdatePodSandbox", &req.pod, None, r);
+        Ok(api::PostUpdatePodSandboxResponse::new())
+    }
+
+    async fn validate_container_adjustment(
+        &self,
+        _: &TtrpcContext,
+        req: api::ValidateContainerAdjustmentRequest,
+    ) -> ttrpc::Result<api::ValidateContainerAdjustmentResponse> {
+        self.0.validations.lock().unwrap().push(req);
+        Ok(match &self.0.behavior.reject {
+            Some(reason) => api::ValidateContainerAdjustmentResponse {
+                reject: true,
+                reason: reason.clone(),
+                ..Default::default()
+            },
+            None => api::ValidateContainerAdjustmentResponse::new(),
+        })
     }
 
     async fn stop_container(
@@ -281,6 +378,7 @@ impl TestPlugin {
             synced_ids: Mutex::default(),
             conn: OnceLock::new(),
             config: Mutex::default(),
+            validations: Mutex::default(),
         });
         let (conn, runtime) =
             berth_nri::conn::plugin_side(trunk, Arc::new(Service(state.clone()))).await?;
@@ -315,6 +413,11 @@ impl TestPlugin {
     /// Every event received so far.
     pub fn events(&self) -> Vec<Event> {
         self.state.events.lock().unwrap().clone()
+    }
+
+    /// The ValidateContainerAdjustment requests it was sent.
+    pub fn validations(&self) -> Vec<api::ValidateContainerAdjustmentRequest> {
+        self.state.validations.lock().unwrap().clone()
     }
 
     /// The kinds of the events about `id` (a pod's or a container's), in order.
@@ -358,5 +461,44 @@ impl TestPlugin {
 impl Drop for TestPlugin {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// A berthd with NRI on a socket of its own (request timeout `timeout_ms`) and no
+/// pre-installed plugins; the socket's path.
+pub fn nri_berthd(timeout_ms: u64) -> Result<(Builder, tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-nri-")
+        .tempdir_in("/tmp")?;
+    let sock = dir.path().join("nri.sock");
+    let toml = format!(
+        "[nri]\nenable = true\nsocket_path = \"{}\"\nplugin_path = \"{}\"\nplugin_config_path = \"{}\"\nrequest_timeout_ms = {timeout_ms}\n",
+        sock.display(),
+        dir.path().join("plugins").display(),
+        dir.path().join("conf.d").display(),
+    );
+    Ok((Berthd::builder().busybox().config(&toml), dir, sock))
+}
+
+pub fn opt_i64(v: i64) -> protobuf::MessageField<api::OptionalInt64> {
+    protobuf::MessageField::some(api::OptionalInt64 {
+        value: v,
+        ..Default::default()
+    })
+}
+
+/// Polls `f` every 50 ms until it gives a value, for `within` at most.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

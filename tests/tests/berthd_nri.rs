@@ -9,35 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use berth_nri::api;
-use berth_tests::berthd::{berthd_test, Berthd, Builder};
+use berth_tests::berthd::berthd_test;
 use berth_tests::cri::{container_config, pod_config};
 use berth_tests::cri_calls::CriCalls;
 use berth_tests::image;
-use berth_tests::nri_plugin::{Behavior, Fault, TestPlugin};
+use berth_tests::nri_plugin::{nri_berthd, opt_i64, wait_for, Behavior, Fault, TestPlugin};
 use berth_tests::pod::Pod;
-
-/// A berthd with NRI on a socket of its own (request timeout `timeout_ms`) and no
-/// pre-installed plugins; the socket's path.
-fn nri_berthd(timeout_ms: u64) -> Result<(Builder, tempfile::TempDir, PathBuf)> {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-nri-")
-        .tempdir_in("/tmp")?;
-    let sock = dir.path().join("nri.sock");
-    let toml = format!(
-        "[nri]\nenable = true\nsocket_path = \"{}\"\nplugin_path = \"{}\"\nplugin_config_path = \"{}\"\nrequest_timeout_ms = {timeout_ms}\n",
-        sock.display(),
-        dir.path().join("plugins").display(),
-        dir.path().join("conf.d").display(),
-    );
-    Ok((Berthd::builder().busybox().config(&toml), dir, sock))
-}
-
-fn opt_i64(v: i64) -> protobuf::MessageField<api::OptionalInt64> {
-    protobuf::MessageField::some(api::OptionalInt64 {
-        value: v,
-        ..Default::default()
-    })
-}
 
 /// Every adjustment the test plugin makes: env, annotation, a bind mount, an rlimit,
 /// memory and pids limits, the OOM score.
@@ -82,22 +59,6 @@ fn adjustment(host_dir: &std::path::Path) -> api::ContainerAdjustment {
         ..Default::default()
     });
     a
-}
-
-/// Polls `f` every 50 ms until it gives a value, for `within` at most.
-async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const PROBE: &str = "echo env=$NRI_ENV; echo file=$(cat /nri-data/hello); \
@@ -423,90 +384,6 @@ fn a_preinstalled_plugin_is_started_with_its_configuration() -> Result<()> {
             "the pre-installed plugin's env: {:?}",
             e.log
         );
-        pod.remove().await?;
-        Ok(())
-    })
-}
-
-#[test]
-fn a_plugin_updates_and_evicts_running_containers() -> Result<()> {
-    let (builder, _dir, sock) = nri_berthd(2000)?;
-    berthd_test(builder, async |d| {
-        let p = TestPlugin::connect(&sock, "updater", "10", Behavior::default()).await?;
-        let logs = d.dir.path().join("logs");
-        let pod = Pod::run(d, pod_config("upd", &logs.join("upd"))).await?;
-        let id = pod
-            .start(container_config(
-                "sleeper",
-                image::BUSYBOX_IMAGE,
-                &["sleep", "3600"],
-            ))
-            .await?;
-        let mut mem = api::LinuxMemory::new();
-        mem.limit = opt_i64(40 << 20);
-        let update = |id: &str| api::ContainerUpdate {
-            container_id: id.into(),
-            linux: protobuf::MessageField::some(api::LinuxContainerUpdate {
-                resources: protobuf::MessageField::some(api::LinuxResources {
-                    memory: protobuf::MessageField::some(mem.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let ctx = || ttrpc::context::with_duration(Duration::from_secs(10));
-        let rpl = p
-            .runtime
-            .update_containers(
-                ctx(),
-                &api::UpdateContainersRequest {
-                    update: vec![update(&id), update("no-such-container")],
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let failed: Vec<&str> = rpl.failed.iter().map(|u| u.container_id.as_str()).collect();
-        ensure!(
-            failed == ["no-such-container"],
-            "failed updates: {failed:?}"
-        );
-        let out = pod
-            .exec(
-                &id,
-                &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"],
-            )
-            .await?;
-        let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        ensure!(
-            seen == (40u64 << 20).to_string(),
-            "memory limit inside: {seen:?}"
-        );
-        // Evicted: the container is stopped, and plugins hear of it.
-        p.runtime
-            .update_containers(
-                ctx(),
-                &api::UpdateContainersRequest {
-                    evict: vec![api::ContainerEviction {
-                        container_id: id.clone(),
-                        reason: "test eviction".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                },
-            )
-            .await?;
-        pod.rs
-            .wait_ctr_state(
-                &id,
-                berth_cri::v1::ContainerState::ContainerExited,
-                Duration::from_secs(10),
-            )
-            .await?;
-        wait_for(Duration::from_secs(5), "StopContainer", || async {
-            p.event("StopContainer", &id).map(drop)
-        })
-        .await?;
         pod.remove().await?;
         Ok(())
     })

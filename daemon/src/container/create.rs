@@ -296,6 +296,10 @@ impl Containers {
                 ..Default::default()
             },
         )?;
+        // CDI devices asked for by CRI (before the NRI plugins, which see them).
+        if !rec.config.cdi_devices.is_empty() {
+            spec = inject_cdi(&self.config, &rec.config.cdi_devices, spec).await?;
+        }
         // The NRI plugins' CreateContainer: their adjustments go into the spec.
         self.nri.create_container(pod, &rec, &mut spec).await?;
         rec.user = spec.process().as_ref().map(|p| ProcessUser {
@@ -359,4 +363,24 @@ impl Containers {
         tracing::info!(container_id = %rec.id, pod_id = %pod.id, "container created");
         Ok(rec)
     }
+}
+
+/// Applies the edits of CDI devices to `spec`; reading the spec dirs is blocking I/O.
+async fn inject_cdi(
+    config: &crate::config::Config,
+    names: &[String],
+    spec: oci_spec::runtime::Spec,
+) -> Result<oci_spec::runtime::Spec> {
+    let reg = crate::cdi::Registry::new(config.cdi.spec_dirs.clone());
+    let names = names.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut json =
+            serde_json::to_value(&spec).map_err(|e| Error::Internal(format!("spec: {e}")))?;
+        reg.inject(&names, &mut json)?;
+        serde_json::from_value(json).map_err(|e| {
+            Error::InvalidArgument(format!("CDI devices make an invalid OCI spec: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("CDI: {e}")))?
 }

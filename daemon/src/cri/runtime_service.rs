@@ -556,14 +556,20 @@ impl RuntimeService for Service {
     }
 
     /// kubelet tells the runtime the pod-level resources it has just set on the pod's
-    /// cgroup (best effort, kubelet goes on whatever the answer). berthd has nothing to
-    /// apply (the cgroup is kubelet's doing; no NRI plugin to tell yet): the pod must exist.
+    /// cgroup (best effort, kubelet goes on whatever the answer). The cgroup is
+    /// kubelet's doing; berthd records them and passes them to the NRI plugins
+    /// (UpdatePodSandbox, whose refusal fails the call, then PostUpdatePodSandbox).
     async fn update_pod_sandbox_resources(
         &self,
         req: Request<UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
         let r = req.into_inner();
-        self.core.pods.get(&r.pod_sandbox_id)?;
+        let conv =
+            |r: Option<LinuxContainerResources>| r.map(|r| super::convert::resources_from_cri(&r));
+        self.core
+            .pods
+            .update_resources(&r.pod_sandbox_id, conv(r.overhead), conv(r.resources))
+            .await?;
         tracing::debug!(pod_id = %r.pod_sandbox_id, "pod-level resources updated by kubelet");
         Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
     }

@@ -107,6 +107,21 @@ pub fn container(rec: &ContainerRecord, spec: Option<&Value>) -> api::Container 
                 .collect();
         }
     }
+    if let Some(p) = &rec.config.security.seccomp {
+        use crate::workload::Profile;
+        use api::security_profile::ProfileType;
+        let (t, r) = match p {
+            Profile::Unconfined => (ProfileType::UNCONFINED, ""),
+            Profile::RuntimeDefault => (ProfileType::RUNTIME_DEFAULT, ""),
+            Profile::Localhost(r) => (ProfileType::LOCALHOST, r.as_str()),
+        };
+        c.linux.mut_or_insert_default().seccomp_profile =
+            protobuf::MessageField::some(api::SecurityProfile {
+                profile_type: t.into(),
+                localhost_ref: r.to_string(),
+                ..Default::default()
+            });
+    }
     if let Some(u) = &rec.user {
         c.user = protobuf::MessageField::some(api::User {
             uid: u.uid,

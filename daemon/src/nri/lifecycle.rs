@@ -62,6 +62,56 @@ impl Nri {
         .map(drop)
     }
 
+    /// UpdatePodSandboxResources' hook, before the pod's new resources are recorded:
+    /// an error fails the call.
+    pub async fn update_pod_sandbox(
+        &self,
+        rec: &PodRecord,
+        overhead: Option<&Resources>,
+        resources: Option<&Resources>,
+    ) -> Result<()> {
+        // As creations: a plugin synchronizing now is asked too, once it is added.
+        let _sync = self.block_sync().await;
+        let some = |r: Option<&Resources>| match r {
+            Some(r) => protobuf::MessageField::some(convert::resources(r)),
+            None => protobuf::MessageField::none(),
+        };
+        let req = api::UpdatePodSandboxRequest {
+            pod: protobuf::MessageField::some(self.pod(rec)),
+            overhead_linux_resources: some(overhead),
+            linux_resources: some(resources),
+            ..Default::default()
+        };
+        self.fan_out(
+            api::Event::UPDATE_POD_SANDBOX,
+            "UpdatePodSandbox",
+            |p, ctx| {
+                let req = req.clone();
+                async move { p.client.update_pod_sandbox(ctx, &req).await }
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The pod's new resources are recorded.
+    pub async fn post_update_pod_sandbox(&self, rec: &PodRecord) {
+        let req = api::PostUpdatePodSandboxRequest {
+            pod: protobuf::MessageField::some(self.pod(rec)),
+            ..Default::default()
+        };
+        self.notify(
+            api::Event::POST_UPDATE_POD_SANDBOX,
+            "PostUpdatePodSandbox",
+            &rec.id,
+            |p, ctx| {
+                let req = req.clone();
+                async move { p.client.post_update_pod_sandbox(ctx, &req).await }
+            },
+        )
+        .await
+    }
+
     /// StopPodSandbox's: its containers are stopped, its infra still there.
     pub async fn stop_pod_sandbox(&self, rec: &PodRecord) {
         let req = api::StopPodSandboxRequest {
@@ -106,7 +156,7 @@ impl Nri {
         rec: &ContainerRecord,
         spec: &mut oci_spec::runtime::Spec,
     ) -> Result<()> {
-        if !self.cfg.enable || self.active().is_empty() {
+        if !self.cfg.enable || (self.active().is_empty() && !self.validating()) {
             return Ok(());
         }
         let mut json: Value =
@@ -115,8 +165,24 @@ impl Nri {
         let mut updates = Vec::new();
         let mut evictions = Vec::new();
         let pod_msg = self.pod(pod);
+        let plugins = self.active();
+        // What validators are shown: the container as asked for, every plugin consulted,
+        // all adjustments merged (NRI's merged CreateContainerResponse).
+        let mut validation = api::ValidateContainerAdjustmentRequest {
+            pod: protobuf::MessageField::some(pod_msg.clone()),
+            container: protobuf::MessageField::some(convert::container(rec, Some(&json))),
+            ..Default::default()
+        };
+        let mut merged = api::ContainerAdjustment::new();
         let mut adjusted = false;
-        for p in self.active() {
+        let caps = self.runtime_caps().await;
+        let mut cdi = Vec::new();
+        for p in &plugins {
+            validation.plugins.push(api::PluginInstance {
+                name: p.base.clone(),
+                index: p.idx.clone(),
+                ..Default::default()
+            });
             if !p.subscribed(api::Event::CREATE_CONTAINER) {
                 continue;
             }
@@ -130,16 +196,32 @@ impl Nri {
                 ..Default::default()
             };
             let rpl = self
-                .invoke(&p, "CreateContainer", self.request_timeout(), |ctx| {
+                .invoke(p, "CreateContainer", self.request_timeout(), |ctx| {
                     p.client.create_container(ctx, &req)
                 })
                 .await?;
             if let Some(a) = rpl.adjust.as_ref() {
-                adjust::apply(&mut json, a, &p.name(), &mut owners)?;
+                adjust::apply(&mut json, a, &p.name(), &mut owners, caps)?;
+                adjust::merge(&mut merged, a);
+                cdi.extend(a.CDI_devices.iter().map(|d| d.name.clone()));
                 adjusted = true;
             }
+            validation.update.extend(rpl.update.iter().cloned());
             updates.extend(rpl.update.into_iter().map(|u| (p.name(), u)));
             evictions.extend(rpl.evict.into_iter().map(|e| (p.name(), e)));
+        }
+        if self.validating() {
+            validation.adjust = protobuf::MessageField::some(merged);
+            validation.owners = protobuf::MessageField::some(owners.to_proto(&rec.id));
+            self.validate(validation, &owners).await?;
+        }
+        if !cdi.is_empty() {
+            // The CDI spec dirs are read: off the async workers.
+            let reg = self.cdi.clone();
+            json = tokio::task::spawn_blocking(move || reg.inject(&cdi, &mut json).map(|()| json))
+                .await
+                .map_err(|e| Error::Internal(format!("CDI: {e}")))?
+                .map_err(|e| Error::FailedPrecondition(format!("NRI plugins' CDI devices: {e}")))?;
         }
         if adjusted {
             *spec = serde_json::from_value(json).map_err(|e| {
@@ -263,7 +345,13 @@ impl Nri {
         rec: &ContainerRecord,
         asked: &Resources,
     ) -> Result<Resources> {
-        if !self.cfg.enable || self.active().is_empty() {
+        if !self.cfg.enable {
+            return Ok(asked.clone());
+        }
+        // As creations: a plugin synchronizing now is asked too, once it is added (a
+        // plugin that has seen the container in its Synchronize must see its update).
+        let _sync = self.block_sync().await;
+        if self.active().is_empty() {
             return Ok(asked.clone());
         }
         let (pod_msg, ctr) = self.ctr_req(pod, rec);

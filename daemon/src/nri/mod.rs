@@ -10,7 +10,10 @@
 //!   that fails, hangs past the timeout or dies fails the call, which then undoes what it
 //!   made. A plugin that hangs or dies is disconnected.
 //! * CreateContainer applies the adjustments plugins return to the container's OCI spec
-//!   (`adjust`); their updates to other containers and evictions are carried out.
+//!   (`adjust`) once the default validator and the validator plugins accept them all
+//!   (`validate`); their updates to other containers and evictions are carried out.
+//! * UpdateContainerResources and UpdatePodSandboxResources ask the plugins first; a
+//!   refusal fails the call before anything changes.
 //! * Stop and remove events are notifications: a failing plugin is logged, never stops
 //!   a pod or a container from going.
 //! * A plugin's registration takes the sync lock for writing; pod and container
@@ -22,6 +25,7 @@ pub mod convert;
 mod lifecycle;
 mod plugin;
 mod registration;
+mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -40,6 +44,28 @@ use crate::workload::Resources;
 
 pub use plugin::Plugin;
 
+/// The newest OCI runtime-spec version `binary` implements (its `features`'
+/// `ociVersionMax`; (0, 0, 0) if it cannot tell, as runc before 1.1 cannot).
+fn spec_version_max(binary: &str) -> (u32, u32, u32) {
+    let v = std::process::Command::new(binary)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+        .and_then(|v| v["ociVersionMax"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut n = v
+        .split(['.', '-', '+'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    (
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+    )
+}
+
 /// What the plugins may ask of berthd outside an event: updating a container's
 /// resources, evicting (stopping) a container.
 #[async_trait::async_trait]
@@ -52,6 +78,12 @@ pub struct Nri {
     cfg: config::Nri,
     store: Arc<Store>,
     default_cgroup_parent: String,
+    /// The OCI runtime binary, and whether it honours what runtime-spec 1.2 added
+    /// (`process.ioPriority`), asked once (`runc features`).
+    runtime_binary: String,
+    spec_1_2: OnceLock<bool>,
+    /// Where the CDI devices plugins ask for are resolved.
+    cdi: Arc<crate::cdi::Registry>,
     /// Registered plugins, in index (then name) order.
     plugins: Mutex<Vec<Arc<Plugin>>>,
     /// Held for writing while a plugin synchronizes, for reading by creations.
@@ -82,11 +114,20 @@ impl Drop for Hidden<'_> {
 }
 
 impl Nri {
-    pub fn new(cfg: config::Nri, store: Arc<Store>, default_cgroup_parent: String) -> Arc<Nri> {
+    pub fn new(
+        cfg: config::Nri,
+        store: Arc<Store>,
+        default_cgroup_parent: String,
+        runtime_binary: String,
+        cdi: Arc<crate::cdi::Registry>,
+    ) -> Arc<Nri> {
         Arc::new(Nri {
             cfg,
             store,
             default_cgroup_parent,
+            runtime_binary,
+            cdi,
+            spec_1_2: OnceLock::new(),
             plugins: Mutex::default(),
             sync: RwLock::new(()),
             hidden: Mutex::default(),
@@ -111,6 +152,20 @@ impl Nri {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    /// What the OCI runtime can honour of the adjustments (asked once, off the async
+    /// workers: `runc features` is a process to wait for).
+    pub(super) async fn runtime_caps(&self) -> adjust::Caps {
+        if let Some(v) = self.spec_1_2.get() {
+            return adjust::Caps { io_priority: *v };
+        }
+        let bin = self.runtime_binary.clone();
+        let v = tokio::task::spawn_blocking(move || spec_version_max(&bin) >= (1, 2, 0))
+            .await
+            .unwrap_or(false);
+        let _ = self.spec_1_2.set(v);
+        adjust::Caps { io_priority: v }
     }
 
     /// Whether `id`'s creation hook is under way (List and Status leave it out).

@@ -26,7 +26,8 @@ use crate::node::Node;
 use crate::nri::Nri;
 use crate::records::{PodRecord, Records};
 use crate::shim_client::{ShimHandle, Shims};
-use crate::store::Store;
+use crate::store::{Store, PODS};
+use crate::workload::Resources;
 
 pub use sandbox::{net_args, pause_rootfs};
 
@@ -99,6 +100,35 @@ impl Pods {
         let mut pods = self.store.listed_pods()?;
         pods.retain(|p| !self.nri.is_hidden(&p.id));
         Ok(pods)
+    }
+
+    /// UpdatePodSandboxResources: kubelet has set the pod-level resources on the pod's
+    /// cgroup (its own doing); berthd tells the NRI plugins (their UpdatePodSandbox may
+    /// refuse it: the call fails, nothing changes), records the new overhead and
+    /// resources (what plugins and PodSandboxStatus see of the pod), and tells them
+    /// it is done (PostUpdatePodSandbox).
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        overhead: Option<Resources>,
+        resources: Option<Resources>,
+    ) -> Result<()> {
+        let rec = self.get(id)?;
+        self.nri
+            .update_pod_sandbox(&rec, overhead.as_ref(), resources.as_ref())
+            .await?;
+        self.store.update(PODS, id, |r: &mut PodRecord| {
+            if overhead.is_some() {
+                r.config.overhead = overhead.clone();
+            }
+            if resources.is_some() {
+                r.config.resources = resources.clone();
+            }
+            overhead.is_some() || resources.is_some()
+        })?;
+        let rec = self.store.pod(id)?;
+        self.nri.post_update_pod_sandbox(&rec).await;
+        Ok(())
     }
 
     /// The pod's shim client, reconnecting from the stored address after a restart.

@@ -33,6 +33,8 @@ pub struct ContainerSpec {
     pub stop_signal: Option<String>,
     pub resources: Option<Resources>,
     pub security: ContainerSecurity,
+    /// CDI devices by qualified name (`vendor.com/class=name`).
+    pub cdi_devices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

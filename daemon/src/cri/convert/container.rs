@@ -129,6 +129,7 @@ pub fn container_from_cri(c: &cri::ContainerConfig) -> Result<ContainerSpec> {
         envs: c.envs.iter().map(env_from_cri).collect::<Result<_>>()?,
         mounts: c.mounts.iter().map(mount_from_cri).collect::<Result<_>>()?,
         stop_signal: stop_signal_from_cri(c.stop_signal)?,
+        cdi_devices: c.cdi_devices.iter().map(|d| d.name.clone()).collect(),
         devices: c
             .devices
             .iter()
@@ -208,6 +209,11 @@ pub fn container_to_cri(c: &ContainerSpec) -> cri::ContainerConfig {
                 host_path: d.host_path.clone(),
                 permissions: d.permissions.clone(),
             })
+            .collect(),
+        cdi_devices: c
+            .cdi_devices
+            .iter()
+            .map(|name| cri::CdiDevice { name: name.clone() })
             .collect(),
         labels: c.labels.clone(),
         annotations: c.annotations.clone(),

@@ -1,7 +1,7 @@
 //! CRI messages ↔ Berth's own types (`workload`): the one place where a CRI config
 //! becomes a [`PodSpec`]/[`ContainerSpec`] and back. Unknown enum numbers are
 //! InvalidArgument here, so nothing below the adapter sees a raw protobuf value; fields
-//! Berth does not act on (Windows, SELinux labels, CDI devices) are dropped.
+//! Berth does not act on (Windows, SELinux labels) are dropped.
 
 mod auth;
 mod container;

@@ -2,41 +2,21 @@
 //! plugin order, and NRI's conflict rule: one field (an annotation key, a mount
 //! destination, an env name, a device path, an rlimit type, a resource, ...) is set by
 //! one plugin at most; a second plugin setting it fails the creation, naming both. A
-//! removal (the key marked with a leading '-') frees the field.
+//! removal (the key marked with a leading '-') frees the field. Who set what is
+//! `owners`' (also shown to validators); the cgroup resources are `resources`'.
 //!
-//! Adjustments berthd does not apply (see docs/nri.md) fail the creation rather than be
-//! dropped: a plugin that asks for them relies on them.
+//! Adjustments berthd or its OCI runtime does not apply (see docs/nri.md) fail the
+//! creation rather than be dropped: a plugin that asks for them relies on them.
 
-use std::collections::HashMap;
+mod owners;
+mod resources;
 
-use berth_nri::api;
+use berth_nri::api::{self, Field};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 
-/// Who set what, for one container's creation.
-#[derive(Default)]
-pub struct Owners {
-    fields: HashMap<String, String>,
-}
-
-impl Owners {
-    fn claim(&mut self, field: String, plugin: &str) -> Result<()> {
-        match self.fields.get(&field) {
-            Some(other) if other != plugin => Err(Error::FailedPrecondition(format!(
-                "NRI plugins {other} and {plugin} both adjust {field}"
-            ))),
-            _ => {
-                self.fields.insert(field, plugin.to_string());
-                Ok(())
-            }
-        }
-    }
-
-    fn clear(&mut self, field: &str) {
-        self.fields.remove(field);
-    }
-}
+pub use owners::Owners;
 
 fn removal(key: &str) -> Option<&str> {
     key.strip_prefix('-')
@@ -76,12 +56,31 @@ fn hook(h: &api::Hook) -> Value {
     v
 }
 
+/// What the OCI runtime honours of the adjustments beyond runtime-spec 1.0 (runc
+/// 1.1.5, Debian 12's, implements 1.0.2 and drops what it does not know).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caps {
+    /// `process.ioPriority` (runtime-spec 1.2, runc 1.2).
+    pub io_priority: bool,
+}
+
+/// Adds one plugin's adjustment to the merged adjustment of all plugins (what
+/// validators are shown): protobuf's merge, lists appended, maps and values overlaid.
+pub fn merge(merged: &mut api::ContainerAdjustment, a: &api::ContainerAdjustment) {
+    use protobuf::Message;
+    if let Ok(bytes) = a.write_to_bytes() {
+        // The bytes were just written from a message of this type.
+        let _ = merged.merge_from_bytes(&bytes);
+    }
+}
+
 /// Applies one plugin's adjustment to `spec` (an OCI runtime spec as JSON).
 pub fn apply(
     spec: &mut Value,
     a: &api::ContainerAdjustment,
     plugin: &str,
     owners: &mut Owners,
+    caps: Caps,
 ) -> Result<()> {
     annotations(spec, a, plugin, owners)?;
     mounts(spec, a, plugin, owners)?;
@@ -100,6 +99,7 @@ pub fn apply(
             if list.is_empty() {
                 continue;
             }
+            owners.accumulate(Field::OciHooks, plugin);
             let v = hooks.entry(name).or_insert_with(|| json!([]));
             if let Some(a) = v.as_array_mut() {
                 a.extend(list.iter().map(hook));
@@ -107,11 +107,12 @@ pub fn apply(
         }
     }
     rlimits(spec, a, plugin, owners)?;
-    if !a.CDI_devices.is_empty() {
-        return Err(unsupported(plugin, "CDI devices"));
+    // Resolved (from the CDI spec dirs) once every plugin has answered.
+    for d in &a.CDI_devices {
+        owners.claim(Field::CdiDevices, &d.name, plugin)?;
     }
     if let Some(l) = a.linux.as_ref() {
-        linux(spec, l, plugin, owners)?;
+        linux(spec, l, plugin, owners, caps)?;
     }
     Ok(())
 }
@@ -129,12 +130,11 @@ fn annotations(
     // Removals first: "-k" and "k" in one adjustment mean "replace k".
     keys.sort_by_key(|k| (!k.starts_with('-'), k.to_string()));
     for k in keys {
-        let field = |k: &str| format!("annotation {k:?}");
         if let Some(k) = removal(k) {
-            owners.clear(&field(k));
+            owners.clear(Field::Annotations, k);
             obj(spec, "annotations").remove(k);
         } else {
-            owners.claim(field(k), plugin)?;
+            owners.claim(Field::Annotations, k, plugin)?;
             obj(spec, "annotations").insert(k.clone(), json!(a.annotations[k]));
         }
     }
@@ -148,10 +148,9 @@ fn mounts(
     owners: &mut Owners,
 ) -> Result<()> {
     for m in &a.mounts {
-        let field = |d: &str| format!("mount {d:?}");
         let list = arr(spec, "mounts");
         if let Some(dest) = removal(&m.destination) {
-            owners.clear(&field(dest));
+            owners.clear(Field::Mounts, dest);
             list.retain(|x| x["destination"] != dest);
             continue;
         }
@@ -161,7 +160,7 @@ fn mounts(
                 m.destination
             )));
         }
-        owners.claim(field(&m.destination), plugin)?;
+        owners.claim(Field::Mounts, &m.destination, plugin)?;
         list.retain(|x| x["destination"] != m.destination.as_str());
         let mut v = json!({
             "destination": m.destination,
@@ -183,7 +182,6 @@ fn env(
     owners: &mut Owners,
 ) -> Result<()> {
     for kv in &a.env {
-        let field = |k: &str| format!("env {k:?}");
         let env = arr(obj_value(spec, "process"), "env");
         let name_of = |v: &Value| -> String {
             v.as_str()
@@ -193,7 +191,7 @@ fn env(
                 .unwrap_or_else(|| v.as_str().unwrap_or_default().to_string())
         };
         if let Some(k) = removal(&kv.key) {
-            owners.clear(&field(k));
+            owners.clear(Field::Env, k);
             env.retain(|v| name_of(v) != k);
             continue;
         }
@@ -203,7 +201,7 @@ fn env(
                 kv.key
             )));
         }
-        owners.claim(field(&kv.key), plugin)?;
+        owners.claim(Field::Env, &kv.key, plugin)?;
         let entry = json!(format!("{}={}", kv.key, kv.value));
         match env.iter_mut().find(|v| name_of(v) == kv.key) {
             Some(v) => *v = entry,
@@ -229,7 +227,7 @@ fn args(
             "NRI plugin {plugin}: empty args"
         )));
     }
-    owners.claim("args".into(), plugin)?;
+    owners.claim(Field::Args, "", plugin)?;
     obj(spec, "process").insert("args".into(), json!(args));
     Ok(())
 }
@@ -247,7 +245,7 @@ fn rlimits(
                 r.type_
             )));
         }
-        owners.claim(format!("rlimit {}", r.type_), plugin)?;
+        owners.claim(Field::Rlimits, &r.type_, plugin)?;
         let process = obj(spec, "process");
         let list = process.entry("rlimits").or_insert(json!([]));
         let list = list.as_array_mut().expect("rlimits is an array");
@@ -262,15 +260,15 @@ fn linux(
     l: &api::LinuxContainerAdjustment,
     plugin: &str,
     owners: &mut Owners,
+    caps: Caps,
 ) -> Result<()> {
     for d in &l.devices {
-        let field = |p: &str| format!("device {p:?}");
         if let Some(p) = removal(&d.path) {
-            owners.clear(&field(p));
+            owners.clear(Field::Devices, p);
             arr(obj_value(spec, "linux"), "devices").retain(|x| x["path"] != p);
             continue;
         }
-        owners.claim(field(&d.path), plugin)?;
+        owners.claim(Field::Devices, &d.path, plugin)?;
         let mut dev = json!({
             "path": d.path, "type": d.type_, "major": d.major, "minor": d.minor,
         });
@@ -303,18 +301,24 @@ fn linux(
         }
     }
     if let Some(r) = l.resources.as_ref() {
-        resources(spec, r, plugin, owners)?;
+        resources::apply(spec, r, plugin, owners)?;
     }
     if !l.cgroups_path.is_empty() {
-        owners.claim("cgroups path".into(), plugin)?;
+        owners.claim(Field::CgroupsPath, "", plugin)?;
         obj(spec, "linux").insert("cgroupsPath".into(), json!(l.cgroups_path));
     }
     if let Some(o) = l.oom_score_adj.as_ref() {
-        owners.claim("OOM score adjustment".into(), plugin)?;
+        owners.claim(Field::OomScoreAdj, "", plugin)?;
         obj(spec, "process").insert("oomScoreAdj".into(), json!(o.value));
     }
     if let Some(p) = l.io_priority.as_ref() {
-        owners.claim("I/O priority".into(), plugin)?;
+        if !caps.io_priority {
+            return Err(Error::FailedPrecondition(format!(
+                "NRI plugin {plugin} adjusts the I/O priority, which the OCI runtime does \
+                 not apply (it implements no runtime-spec 1.2)"
+            )));
+        }
+        owners.claim(Field::IoPriority, "", plugin)?;
         let class = match p.class.enum_value_or_default() {
             api::IOPrioClass::IOPRIO_CLASS_RT => "IOPRIO_CLASS_RT",
             api::IOPrioClass::IOPRIO_CLASS_BE => "IOPRIO_CLASS_BE",
@@ -332,18 +336,17 @@ fn linux(
         }
     }
     for n in &l.namespaces {
-        let field = |t: &str| format!("namespace {t:?}");
         let linux = obj(spec, "linux");
         let list = linux.entry("namespaces").or_insert(json!([]));
         let Some(list) = list.as_array_mut() else {
             continue;
         };
         if let Some(t) = removal(&n.type_) {
-            owners.clear(&field(t));
+            owners.clear(Field::Namespace, t);
             list.retain(|x| x["type"] != t);
             continue;
         }
-        owners.claim(field(&n.type_), plugin)?;
+        owners.claim(Field::Namespace, &n.type_, plugin)?;
         list.retain(|x| x["type"] != n.type_.as_str());
         let mut v = json!({ "type": n.type_ });
         if !n.path.is_empty() {
@@ -354,18 +357,18 @@ fn linux(
     let mut keys: Vec<&String> = l.sysctl.keys().collect();
     keys.sort_by_key(|k| (!k.starts_with('-'), k.to_string()));
     for k in keys {
-        let field = |k: &str| format!("sysctl {k:?}");
         let sysctl = obj(obj_value(spec, "linux"), "sysctl");
         if let Some(k) = removal(k) {
-            owners.clear(&field(k));
+            owners.clear(Field::Sysctl, k);
             sysctl.remove(k);
         } else {
-            owners.claim(field(k), plugin)?;
+            owners.claim(Field::Sysctl, k, plugin)?;
             sysctl.insert(k.clone(), json!(l.sysctl[k]));
         }
     }
-    if l.seccomp_policy.is_some() {
-        return Err(unsupported(plugin, "the seccomp policy"));
+    if let Some(p) = l.seccomp_policy.as_ref() {
+        owners.claim(Field::SeccompPolicy, "", plugin)?;
+        obj(spec, "linux").insert("seccomp".into(), seccomp(p));
     }
     if !l.net_devices.is_empty() {
         return Err(unsupported(plugin, "network devices"));
@@ -382,132 +385,54 @@ fn linux(
     Ok(())
 }
 
+/// NRI's `LinuxSeccomp` as the OCI spec's `linux.seccomp` (NRI's `ToOCILinuxSeccomp`):
+/// the whole policy is replaced.
+fn seccomp(p: &api::LinuxSeccomp) -> Value {
+    let mut v = json!({ "defaultAction": p.default_action });
+    if let Some(e) = p.default_errno.as_ref() {
+        v["defaultErrnoRet"] = json!(e.value);
+    }
+    if !p.architectures.is_empty() {
+        v["architectures"] = json!(p.architectures);
+    }
+    if !p.flags.is_empty() {
+        v["flags"] = json!(p.flags);
+    }
+    if !p.listener_path.is_empty() {
+        v["listenerPath"] = json!(p.listener_path);
+    }
+    if !p.listener_metadata.is_empty() {
+        v["listenerMetadata"] = json!(p.listener_metadata);
+    }
+    let syscalls: Vec<Value> = p
+        .syscalls
+        .iter()
+        .map(|s| {
+            let mut c = json!({ "names": s.names, "action": s.action });
+            if let Some(e) = s.errno_ret.as_ref() {
+                c["errnoRet"] = json!(e.value);
+            }
+            if !s.args.is_empty() {
+                c["args"] = s
+                    .args
+                    .iter()
+                    .map(|a| {
+                        json!({ "index": a.index, "value": a.value, "valueTwo": a.value_two, "op": a.op })
+                    })
+                    .collect();
+            }
+            c
+        })
+        .collect();
+    if !syscalls.is_empty() {
+        v["syscalls"] = json!(syscalls);
+    }
+    v
+}
+
 fn obj_value<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
     obj(v, key);
     &mut v[key]
-}
-
-fn resources(
-    spec: &mut Value,
-    r: &api::LinuxResources,
-    plugin: &str,
-    owners: &mut Owners,
-) -> Result<()> {
-    let res = obj_value(obj_value(spec, "linux"), "resources");
-    let mut set = |section: &str, key: &str, what: &str, v: Value| -> Result<()> {
-        owners.claim(what.to_string(), plugin)?;
-        obj(res, section).insert(key.into(), v);
-        Ok(())
-    };
-    if let Some(m) = r.memory.as_ref() {
-        if let Some(v) = m.limit.as_ref() {
-            set("memory", "limit", "memory limit", json!(v.value))?;
-        }
-        if let Some(v) = m.reservation.as_ref() {
-            set(
-                "memory",
-                "reservation",
-                "memory reservation",
-                json!(v.value),
-            )?;
-        }
-        if let Some(v) = m.swap.as_ref() {
-            set("memory", "swap", "memory swap limit", json!(v.value))?;
-        }
-        if let Some(v) = m.swappiness.as_ref() {
-            set("memory", "swappiness", "memory swappiness", json!(v.value))?;
-        }
-        if let Some(v) = m.disable_oom_killer.as_ref() {
-            set(
-                "memory",
-                "disableOOMKiller",
-                "memory OOM killer",
-                json!(v.value),
-            )?;
-        }
-        if m.kernel.is_some() || m.kernel_tcp.is_some() {
-            return Err(unsupported(plugin, "kernel memory limits"));
-        }
-    }
-    if let Some(c) = r.cpu.as_ref() {
-        if let Some(v) = c.shares.as_ref() {
-            set("cpu", "shares", "CPU shares", json!(v.value))?;
-        }
-        if let Some(v) = c.quota.as_ref() {
-            set("cpu", "quota", "CPU quota", json!(v.value))?;
-        }
-        if let Some(v) = c.period.as_ref() {
-            set("cpu", "period", "CPU period", json!(v.value))?;
-        }
-        if let Some(v) = c.realtime_runtime.as_ref() {
-            set(
-                "cpu",
-                "realtimeRuntime",
-                "CPU realtime runtime",
-                json!(v.value),
-            )?;
-        }
-        if let Some(v) = c.realtime_period.as_ref() {
-            set(
-                "cpu",
-                "realtimePeriod",
-                "CPU realtime period",
-                json!(v.value),
-            )?;
-        }
-        if !c.cpus.is_empty() {
-            set("cpu", "cpus", "cpuset CPUs", json!(c.cpus))?;
-        }
-        if !c.mems.is_empty() {
-            set("cpu", "mems", "cpuset memory nodes", json!(c.mems))?;
-        }
-    }
-    if let Some(p) = r.pids.as_ref() {
-        set("pids", "limit", "pids limit", json!(p.limit))?;
-    }
-    for h in &r.hugepage_limits {
-        owners.claim(format!("hugepage limit {:?}", h.page_size), plugin)?;
-        let list = res
-            .as_object_mut()
-            .expect("resources is an object")
-            .entry("hugepageLimits")
-            .or_insert(json!([]));
-        if let Some(list) = list.as_array_mut() {
-            list.retain(|x| x["pageSize"] != h.page_size.as_str());
-            list.push(json!({ "pageSize": h.page_size, "limit": h.limit }));
-        }
-    }
-    for (k, v) in &r.unified {
-        owners.claim(format!("cgroup v2 {k:?}"), plugin)?;
-        obj(res, "unified").insert(k.clone(), json!(v));
-    }
-    for d in &r.devices {
-        let mut rule = json!({ "allow": d.allow, "access": d.access });
-        if !d.type_.is_empty() {
-            rule["type"] = json!(d.type_);
-        }
-        if let Some(m) = d.major.as_ref() {
-            rule["major"] = json!(m.value);
-        }
-        if let Some(m) = d.minor.as_ref() {
-            rule["minor"] = json!(m.value);
-        }
-        let rules = res
-            .as_object_mut()
-            .expect("resources is an object")
-            .entry("devices")
-            .or_insert(json!([]));
-        if let Some(rules) = rules.as_array_mut() {
-            rules.push(rule);
-        }
-    }
-    if r.blockio_class.is_some() {
-        return Err(unsupported(plugin, "the block I/O class"));
-    }
-    if r.rdt_class.is_some() {
-        return Err(unsupported(plugin, "the RDT class"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ fn env_annotations_mounts_rlimits_resources() {
         ..Default::default()
     });
     a.linux = protobuf::MessageField::some(l);
-    apply(&mut s, &a, "00-a", &mut o).unwrap();
+    apply(&mut s, &a, "00-a", &mut o, Caps::default()).unwrap();
     assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2", "B=x"]));
     assert_eq!(s["annotations"]["k"], "v");
     assert_eq!(s["mounts"][1]["destination"], "/data");
@@ -82,7 +82,9 @@ fn env_annotations_mounts_rlimits_resources() {
         value: "y".into(),
         ..Default::default()
     });
-    let e = apply(&mut s, &b, "10-b", &mut o).unwrap_err().to_string();
+    let e = apply(&mut s, &b, "10-b", &mut o, Caps::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("00-a") && e.contains("10-b") && e.contains("env"),
         "{e}"
@@ -93,9 +95,9 @@ fn env_annotations_mounts_rlimits_resources() {
         key: "-B".into(),
         ..Default::default()
     });
-    apply(&mut s, &c, "10-b", &mut o).unwrap();
+    apply(&mut s, &c, "10-b", &mut o, Caps::default()).unwrap();
     assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2"]));
-    apply(&mut s, &b, "10-b", &mut o).unwrap();
+    apply(&mut s, &b, "10-b", &mut o, Caps::default()).unwrap();
     assert_eq!(s["process"]["env"], json!(["PATH=/bin", "A=2", "B=y"]));
 }
 
@@ -103,12 +105,110 @@ fn env_annotations_mounts_rlimits_resources() {
 fn unsupported_adjustments_fail() {
     let mut s = spec();
     let mut a = api::ContainerAdjustment::new();
-    a.CDI_devices.push(api::CDIDevice {
+    a.linux = protobuf::MessageField::some(api::LinuxContainerAdjustment {
+        scheduler: protobuf::MessageField::some(api::LinuxScheduler::new()),
+        ..Default::default()
+    });
+    let e = apply(&mut s, &a, "00-a", &mut Owners::default(), Caps::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("00-a") && e.contains("scheduling policy"), "{e}");
+    // Two plugins asking for one CDI device conflict (it is resolved later).
+    let mut o = Owners::default();
+    let mut c = api::ContainerAdjustment::new();
+    c.CDI_devices.push(api::CDIDevice {
         name: "vendor.com/gpu=0".into(),
         ..Default::default()
     });
-    let e = apply(&mut s, &a, "00-a", &mut Owners::default())
+    apply(&mut s, &c, "00-a", &mut o, Caps::default()).unwrap();
+    let e = apply(&mut s, &c, "10-b", &mut o, Caps::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("CDI"), "{e}");
+    assert!(e.contains("CDI device"), "{e}");
+}
+
+#[test]
+fn seccomp_hooks_and_resource_conflicts() {
+    let mut s = spec();
+    let mut o = Owners::default();
+    let mut a = api::ContainerAdjustment::new();
+    a.hooks = protobuf::MessageField::some(api::Hooks {
+        prestart: vec![api::Hook {
+            path: "/bin/true".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut l = api::LinuxContainerAdjustment::new();
+    l.seccomp_policy = protobuf::MessageField::some(api::LinuxSeccomp {
+        default_action: "SCMP_ACT_ALLOW".into(),
+        syscalls: vec![api::LinuxSyscall {
+            names: vec!["mkdir".into()],
+            action: "SCMP_ACT_ERRNO".into(),
+            errno_ret: protobuf::MessageField::some(api::OptionalUInt32 {
+                value: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut r = api::LinuxResources::new();
+    r.cpu = protobuf::MessageField::some(api::LinuxCPU {
+        shares: protobuf::MessageField::some(api::OptionalUInt64 {
+            value: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    l.resources = protobuf::MessageField::some(r.clone());
+    a.linux = protobuf::MessageField::some(l);
+    apply(&mut s, &a, "00-a", &mut o, Caps::default()).unwrap();
+    assert_eq!(s["hooks"]["prestart"][0]["path"], "/bin/true");
+    assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+    assert_eq!(s["linux"]["seccomp"]["syscalls"][0]["errnoRet"], 1);
+    assert_eq!(s["linux"]["resources"]["cpu"]["shares"], 512);
+    let _: oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(s["linux"]["seccomp"].clone()).unwrap();
+
+    // Hooks accumulate; a second seccomp policy or CPU shares conflict.
+    let mut b = api::ContainerAdjustment::new();
+    b.hooks = a.hooks.clone();
+    apply(&mut s, &b, "10-b", &mut o, Caps::default()).unwrap();
+    assert_eq!(o.owner(api::Field::OciHooks, ""), Some("00-a,10-b"));
+    let mut c = api::ContainerAdjustment::new();
+    c.linux = protobuf::MessageField::some(api::LinuxContainerAdjustment {
+        resources: protobuf::MessageField::some(r),
+        ..Default::default()
+    });
+    let e = apply(&mut s, &c, "10-b", &mut o, Caps::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("00-a and 10-b both adjust CPU shares"), "{e}");
+    let owners = o.to_proto("ctr");
+    assert_eq!(
+        owners.owners["ctr"].simple[&(api::Field::SeccompPolicy as i32)],
+        "00-a"
+    );
+}
+
+#[test]
+fn io_priority_needs_a_runtime_spec_1_2_runtime() {
+    let mut a = api::ContainerAdjustment::new();
+    a.linux = protobuf::MessageField::some(api::LinuxContainerAdjustment {
+        io_priority: protobuf::MessageField::some(api::LinuxIOPriority {
+            class: api::IOPrioClass::IOPRIO_CLASS_BE.into(),
+            priority: 4,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut s = spec();
+    let e = apply(&mut s, &a, "00-a", &mut Owners::default(), Caps::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("00-a") && e.contains("I/O priority"), "{e}");
+    let caps = Caps { io_priority: true };
+    apply(&mut s, &a, "00-a", &mut Owners::default(), caps).unwrap();
+    assert_eq!(s["process"]["ioPriority"]["class"], "IOPRIO_CLASS_BE");
 }
