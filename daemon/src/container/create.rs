@@ -75,6 +75,43 @@ pub(crate) fn load_localhost_profile(profile: Option<&Profile>) -> Result<Option
     }
 }
 
+/// How long reading the flags of a user-namespaced container's bind sources may take.
+const SOURCE_FLAGS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The options each bind (by container path) must repeat because its source mount locks
+/// them in a user namespace (`oci_config::locked_options` of the source's statvfs). On
+/// the blocking pool, under a deadline: a host path on a hung network filesystem stalls
+/// statvfs. A source that cannot be read is left to runc, which reports it.
+async fn locked_bind_options(
+    mounts: &[Mount],
+) -> Result<std::collections::HashMap<PathBuf, Vec<String>>> {
+    let sources: Vec<(PathBuf, PathBuf)> = mounts
+        .iter()
+        .map(|m| {
+            (
+                PathBuf::from(&m.container_path),
+                PathBuf::from(&m.host_path),
+            )
+        })
+        .collect();
+    let read = tokio::task::spawn_blocking(move || {
+        sources
+            .into_iter()
+            .filter_map(|(dst, src)| {
+                let flags = nix::sys::statvfs::statvfs(&src).ok()?.flags();
+                Some((dst, crate::oci_config::locked_options(flags)))
+            })
+            .collect()
+    });
+    match tokio::time::timeout(SOURCE_FLAGS_DEADLINE, read).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(Error::Internal(format!("read bind source flags: {e}"))),
+        Err(_) => Err(Error::DeadlineExceeded(format!(
+            "reading the mount flags of the bind sources took over {SOURCE_FLAGS_DEADLINE:?}"
+        ))),
+    }
+}
+
 /// How long reading the image's /etc/passwd and /etc/group may take in all.
 const USER_FILES_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -140,6 +177,11 @@ impl Containers {
                 self.config.runtime.binary
             )));
         }
+        // Idmapped volumes need the pod's own mappings: refused before anything is made.
+        crate::oci_config::check_mount_mappings(
+            &cfg.mounts,
+            pod.config.security.namespaces.pod_userns(),
+        )?;
         let log_rel = cfg.log_path.clone();
         let pod_log_dir = pod.config.log_directory.clone();
         let log_path = if log_rel.is_empty() || pod_log_dir.is_empty() {
@@ -251,6 +293,10 @@ impl Containers {
         } else {
             None
         };
+        let locked_options = match pod.config.security.namespaces.pod_userns() {
+            Some(_) => locked_bind_options(&spec_cfg.mounts).await?,
+            None => Default::default(),
+        };
         let localhost_profile = load_localhost_profile(rec.config.security.seccomp.as_ref())?;
         let (passwd, group) = image_user_files(&lowers).await?;
         let ic = &image.config;
@@ -284,6 +330,7 @@ impl Containers {
                 image_name: rec.image_name.clone(),
                 host_devices,
                 localhost_profile,
+                locked_options,
                 ..Default::default()
             },
         )?;
@@ -331,11 +378,18 @@ impl Containers {
             ));
             crate::util::modes::traversable_dir(&rec.bundle)?;
         }
-        let mount = RootfsMount::overlay(options);
+        let mut rootfs = vec![RootfsMount::overlay(options)];
+        // Idmapped volumes ride along: the shim attaches each one's idmapped clone where
+        // the spec's bind of it looks (`oci_config::userns::point_idmapped`).
+        for (n, m) in spec_cfg.mounts.iter().enumerate() {
+            if crate::oci_config::idmapped(m) {
+                rootfs.push(RootfsMount::idmapped_volume(&m.host_path, pod.pid, n));
+            }
+        }
         let task = NewTask {
             id: rec.id.clone(),
             bundle: rec.bundle.clone(),
-            rootfs: vec![mount],
+            rootfs,
             io: self.container_io(&rec)?,
             options: self.shims.options().clone(),
         };
