@@ -23,6 +23,26 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub nri: Nri,
+    pub userns: Userns,
+}
+
+/// User-namespaced pods (docs/userns.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Userns {
+    pub rootfs: UsernsRootfs,
+}
+
+/// How a user-namespaced container's rootfs shows the image's files owned by the pod's
+/// root: an overlay on idmapped layers, or on remapped copies of them.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UsernsRootfs {
+    /// idmap when the startup probe says it works here, else copy.
+    #[default]
+    Auto,
+    Idmap,
+    Copy,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
