@@ -156,6 +156,16 @@ async fn image_user_files(lowers: &[PathBuf]) -> Result<(Option<String>, Option<
 }
 
 impl Containers {
+    /// The container uses no remapped copy of a layer any more (those without another
+    /// user go); on the blocking pool, since a copy's removal walks its tree.
+    pub(super) async fn release_copies(&self, id: &str) {
+        let copies = crate::image::remap::Copies::new(&self.config.paths.root);
+        let id = id.to_string();
+        if let Err(e) = tokio::task::spawn_blocking(move || copies.release(&id)).await {
+            tracing::warn!(error = %e, "releasing remapped copies");
+        }
+    }
+
     pub async fn create(&self, pod_id: &str, cfg: ContainerSpec) -> Result<String> {
         if self.nri.is_hidden(pod_id) {
             return Err(Error::NotFound(format!("pod sandbox {pod_id:?} not found")));
@@ -259,6 +269,7 @@ impl Containers {
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
                 self.store.remove_eventually(CONTAINERS, &id, &name_key);
                 let _ = self.images.release(&id);
+                self.release_copies(&id).await;
                 drop(hidden);
                 drop(sync);
                 self.nri.undo_create_container(&pod, &undo_rec).await;
@@ -345,6 +356,38 @@ impl Containers {
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
         // The spec holds the container's env (Secret values): root's alone.
         crate::util::modes::write_private(&rec.bundle.join("config.json"), &json)?;
+        // The pod's root is a mapped id: the overlay's lower dirs must show the image's
+        // files owned by it, through idmapped layers (the shim's) or remapped copies.
+        let mut lowers = lowers;
+        let mut idmap_option = None;
+        if let Some(u) = pod.config.security.namespaces.pod_userns() {
+            match self.node.userns_rootfs() {
+                Some(crate::node::userns::RootfsWay::Idmap) => {
+                    // The shim idmaps the overlay's lower dirs through the pod's user
+                    // namespace.
+                    idmap_option = Some(format!(
+                        "{}/proc/{}/ns/user",
+                        berth_proto::idmap::USERNS_OPTION,
+                        pod.pid
+                    ));
+                }
+                Some(crate::node::userns::RootfsWay::Copy) => {
+                    let copies = crate::image::remap::Copies::new(&self.config.paths.root);
+                    let (id, uids, gids) = (rec.id.clone(), u.uids.clone(), u.gids.clone());
+                    lowers = tokio::task::spawn_blocking(move || {
+                        copies.acquire(&id, &lowers, &uids, &gids)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("remapped copies: {e}")))??;
+                }
+                None => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "pod {} has a user namespace, which this node cannot give a rootfs",
+                        pod.id
+                    )))
+                }
+            }
+        }
         let lowerdir = lowers
             .iter()
             .map(|p| p.display().to_string())
@@ -357,11 +400,9 @@ impl Containers {
             format!("lowerdir={lowerdir}"),
         ];
         if let Some(u) = pod.config.security.namespaces.pod_userns() {
-            // The pod's root is a mapped id: the shim idmaps the overlay's lower dirs
-            // through the pod's user namespace, so the image's files show owned by root
-            // inside; the upper dir (the rootfs' own root dir) is the mapped root's, and
-            // what the container writes is stored with its host ids. The container's
-            // root walks to the rootfs: its bundle must be traversable.
+            // The upper dir (the rootfs' own root dir) is the mapped root's, and what the
+            // container writes is stored with its host ids. The container's root walks to
+            // the rootfs: its bundle must be traversable.
             let (Some(uid), Some(gid)) = (u.uids.first(), u.gids.first()) else {
                 return Err(Error::FailedPrecondition(format!(
                     "pod {} has a user namespace without id mappings",
@@ -371,11 +412,7 @@ impl Containers {
             let (uid, gid) = (uid.host_id, gid.host_id);
             std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
                 .map_err(|e| Error::io(format!("chown {}", upper.display()), e))?;
-            options.push(format!(
-                "{}/proc/{}/ns/user",
-                berth_proto::idmap::USERNS_OPTION,
-                pod.pid
-            ));
+            options.extend(idmap_option);
             crate::util::modes::traversable_dir(&rec.bundle)?;
         }
         let mut rootfs = vec![RootfsMount::overlay(options)];
