@@ -453,7 +453,7 @@ impl Berthd {
     }
 
     /// What berthd left behind: its socket, shims, mounts (rootfs, netns pins, ...),
-    /// netns pin files and runc state.
+    /// netns pin files, runc state and remapped layer copies.
     pub fn leaks(&self) -> Vec<String> {
         let mut leaks = Vec::new();
         if self.socket.exists() {
@@ -473,6 +473,10 @@ impl Berthd {
         }
         for id in leaks::runc_states_under(self.dir.path()) {
             leaks.push(format!("runc state {id} left"));
+        }
+        // Remapped layer copies of user-namespaced pods go with their last container.
+        for copy in leaks::leftover_entries(&self.dir.path().join("root/userns-copies")) {
+            leaks.push(format!("remapped layer copy {} left", copy.display()));
         }
         for ip in reserved_ips(&self.dir.path().join("state/cni/ipam")) {
             leaks.push(format!("built-in network: IP {ip} still reserved"));

@@ -494,3 +494,119 @@ fn bad_idmapped_volumes_make_nothing() -> Result<()> {
     })?;
     d.finish()
 }
+
+/// The remapped copies under berthd's root (`<root>/userns-copies/<key>/fs`).
+fn copies(d: &Berthd) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = leftover_entries(&d.dir.path().join("root/userns-copies"))
+        .into_iter()
+        .map(|p| p.join("fs"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `[userns] rootfs = "copy"`: the rootfs is an overlay on copies of the image's layers
+/// chowned through the pod's mapping. Inside, the image's files are root's; on the host,
+/// the copies' files belong to the mapped ids while the snapshots stay root's; two pods
+/// with the same mapping share the copies, which go with the last container using them.
+#[test]
+fn rootfs_on_remapped_copies() -> Result<()> {
+    let mut d = Berthd::builder()
+        .busybox()
+        .cni_bridge(7)
+        .config("[userns]\nrootfs = \"copy\"\n")
+        .start()?;
+    ensure!(
+        d.log().contains("remapped copies"),
+        "the configured way is logged:\n{}",
+        d.log()
+    );
+    let u = userns(
+        cri::NamespaceMode::Pod,
+        mapping(HOST_UID),
+        mapping(HOST_GID),
+    );
+    let script = "echo id=$(id -u):$(id -g); \
+        echo passwd=$(stat -c %u:%g /etc/passwd); \
+        echo bin=$(stat -c %u:%g /bin); \
+        echo new > /new && echo new=$(stat -c %u:%g /new)";
+    berth_tests::cri::block_on(async {
+        let a = berth_tests::pod::Pod::run(&d, pod_with(&d, "copy-a", u.clone())).await?;
+        let e = a
+            .run_to_exit(berth_tests::cri::container_config(
+                "inside",
+                BUSYBOX_IMAGE,
+                &["sh", "-c", script],
+            ))
+            .await?;
+        ensure!(e.code == 0, "{e:?}");
+        for (k, v) in [
+            ("id", "0:0"),
+            ("passwd", "0:0"),
+            ("bin", "0:0"),
+            ("new", "0:0"),
+        ] {
+            ensure!(e.var(k) == Some(v), "{k}:\n{}", e.log);
+        }
+        let made = copies(&d);
+        ensure!(!made.is_empty(), "no remapped copy under the root");
+        let passwd = made
+            .iter()
+            .map(|c| c.join("etc/passwd"))
+            .find(|p| p.exists())
+            .context("no copy holds etc/passwd")?;
+        let m = std::fs::metadata(&passwd)?;
+        ensure!(
+            (m.uid(), m.gid()) == (HOST_UID, HOST_GID),
+            "{}: {}:{}",
+            passwd.display(),
+            m.uid(),
+            m.gid()
+        );
+        // A second pod with the same mapping uses the same copies.
+        let b = berth_tests::pod::Pod::run(&d, pod_with(&d, "copy-b", u.clone())).await?;
+        let id_b = b
+            .start(berth_tests::cri::container_config(
+                "sleeper",
+                BUSYBOX_IMAGE,
+                &["sleep", "600"],
+            ))
+            .await?;
+        ensure!(copies(&d) == made, "{:?} != {made:?}", copies(&d));
+        let out = b
+            .exec(&id_b, &["sh", "-c", "stat -c %u:%g /etc/passwd"])
+            .await?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).trim() == "0:0",
+            "{out:?}"
+        );
+        // The first pod's container goes: the second still uses the copies.
+        a.rs.remove_ctr(&e.id).await?;
+        a.remove().await?;
+        ensure!(copies(&d) == made);
+        b.rs.stop_ctr(&id_b, 0).await?;
+        b.rs.remove_ctr(&id_b).await?;
+        ensure!(copies(&d).is_empty(), "left: {:?}", copies(&d));
+        b.remove().await
+    })??;
+
+    // After a crash: a copy whose only user is no recorded container (berthd died
+    // between the container's removal and the copy's) goes at startup.
+    d.kill9()?;
+    let orphan = d.dir.path().join("root/userns-copies/0123abcd");
+    std::fs::create_dir_all(orphan.join("users"))?;
+    std::fs::create_dir_all(orphan.join("fs/etc"))?;
+    std::fs::write(orphan.join("users").join("f".repeat(64)), "")?;
+    d.restart()?;
+    // Startup recovery may finish just after the socket serves.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while orphan.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ensure!(
+        !orphan.exists(),
+        "the orphan copy is still there:\n{}",
+        d.log()
+    );
+    d.finish()
+}
