@@ -286,8 +286,24 @@ impl Berthd {
         Ok(self)
     }
 
+    /// `start` with berthd's command changed by `adjust` first (e.g. an environment
+    /// variable such as BERTH_SHIM_FAILPOINTS, which the shims inherit).
+    pub fn start_adjusted(mut self, adjust: impl FnOnce(&mut Command)) -> Result<Berthd> {
+        let args = [
+            std::ffi::OsString::from("--config"),
+            self.config.clone().into(),
+        ];
+        self.spawn_with(&args, adjust)?;
+        self.wait_up()?;
+        Ok(self)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         self.spawn_nowait()?;
+        self.wait_up()
+    }
+
+    fn wait_up(&mut self) -> Result<()> {
         let sock = self.socket.display().to_string();
         // The socket is bound (and accepts) before berthd has opened its stores and run
         // its startup recovery: up means a Version call is answered.

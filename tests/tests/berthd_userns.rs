@@ -610,3 +610,57 @@ fn rootfs_on_remapped_copies() -> Result<()> {
     );
     d.finish()
 }
+
+/// The shim dies (a failpoint: kill -9 there) right after `runc create`, while the
+/// container's idmapped volume is still attached under its bundle: CreateContainer
+/// fails, and berthd's rollback and the pod's removal leave nothing mounted (the guard's
+/// leak check counts every mount under the test's dir).
+#[test]
+fn a_shim_dying_with_an_idmapped_volume_attached_leaks_nothing() -> Result<()> {
+    let d = Berthd::builder()
+        .busybox()
+        .cni_bridge(8)
+        .configure()?
+        // The pod's own infra is the first create: the second one dies.
+        .start_adjusted(|c| {
+            c.env(
+                "BERTH_SHIM_FAILPOINTS",
+                "shim.create.after_runtime=1*off->panic",
+            );
+        })?;
+    let vol = d.dir.path().join("vol");
+    std::fs::create_dir(&vol)?;
+    let u = userns(
+        cri::NamespaceMode::Pod,
+        mapping(HOST_UID),
+        mapping(HOST_GID),
+    );
+    d.in_pod(pod_with(&d, "idvol-death", u), async |pod| {
+        let mut c = berth_tests::cri::container_config("v", BUSYBOX_IMAGE, &["true"]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/v".into(),
+            host_path: vol.display().to_string(),
+            uid_mappings: mapping(HOST_UID),
+            gid_mappings: mapping(HOST_GID),
+            ..Default::default()
+        }];
+        let err = pod
+            .create(c)
+            .await
+            .err()
+            .context("the create survived its shim")?;
+        // The shim's death ends the Create call ("early eof" on its socket).
+        ensure!(
+            err.code() == tonic::Code::Internal && err.message().contains("create task"),
+            "{err:?}"
+        );
+        ensure!(
+            !any_mount_named("idmapped-volumes"),
+            "an idmapped volume outlived its shim's death"
+        );
+        let left = leftover_entries(&d.dir.path().join("state/containers"));
+        ensure!(left.is_empty(), "{left:?}");
+        Ok(())
+    })?;
+    d.finish()
+}
