@@ -224,7 +224,8 @@ fn remove_if_unused(d: &Path) -> bool {
 /// mappings. Regular files, dirs, symlinks (copied as links, never followed), hard links
 /// (kept as links), FIFOs and device nodes (overlay's whiteouts are char devices 0:0) are
 /// copied with their mode and extended attributes (overlay's `trusted.overlay.opaque`
-/// among them); a socket, or a walk that would leave the layer's filesystem, is refused.
+/// among them; file capabilities made namespaced, [`namespaced_caps`]); a socket, or a
+/// walk that would leave the layer's filesystem, is refused.
 fn copy_tree(src: &Path, dst: &Path, uids: &[IdMapping], gids: &[IdMapping]) -> Result<()> {
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     for entry in WalkDir::new(src).follow_links(false).same_file_system(true) {
@@ -287,12 +288,39 @@ fn copy_tree(src: &Path, dst: &Path, uids: &[IdMapping], gids: &[IdMapping]) -> 
                 .map_err(|e| io(what(), e))?;
         }
         for name in xattr::list(from)? {
-            if let Some(v) = xattr::get(from, &name)? {
+            if let Some(mut v) = xattr::get(from, &name)? {
+                if name == "security.capability" {
+                    v = namespaced_caps(&v, map_id(0, uids));
+                }
                 xattr::set(&to, &name, &v)?;
             }
         }
     }
     Ok(())
+}
+
+/// A file capability as the pod's root can use it: a v2 `security.capability` (which the
+/// kernel honours only in the initial user namespace) becomes v3 with the pod's mapped
+/// root as its root id (namespaced file capabilities, Linux 4.14), as an idmapped layer
+/// would show it. Anything else is kept as it is.
+fn namespaced_caps(v: &[u8], rootid: u32) -> Vec<u8> {
+    const V2: u32 = 0x0200_0000;
+    const V3: u32 = 0x0300_0000;
+    const VERSION_MASK: u32 = 0xFF00_0000;
+    let Some(magic) = v
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    else {
+        return v.to_vec();
+    };
+    if v.len() != 20 || magic & VERSION_MASK != V2 {
+        return v.to_vec();
+    }
+    let mut out = Vec::with_capacity(24);
+    out.extend_from_slice(&((magic & !VERSION_MASK) | V3).to_le_bytes());
+    out.extend_from_slice(&v[4..20]);
+    out.extend_from_slice(&rootid.to_le_bytes());
+    out
 }
 
 #[cfg(test)]

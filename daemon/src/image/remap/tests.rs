@@ -59,6 +59,28 @@ fn layer(d: &Path) {
         nix::sys::stat::Mode::from_bits_truncate(0o644),
     )
     .unwrap();
+    fs::write(d.join("ping"), "p").unwrap();
+    fs::set_permissions(d.join("ping"), fs::Permissions::from_mode(0o755)).unwrap();
+    xattr::set(&d.join("ping"), "security.capability", &V2_NET_RAW).unwrap();
+}
+
+/// `vfs_cap_data` v2 with CAP_NET_RAW (13) permitted and the effective bit.
+const V2_NET_RAW: [u8; 20] = [
+    1, 0, 0, 2, // magic: v2 | effective
+    0, 0x20, 0, 0, // permitted[0]: 1 << 13
+    0, 0, 0, 0, // inheritable[0]
+    0, 0, 0, 0, // permitted[1]
+    0, 0, 0, 0, // inheritable[1]
+];
+
+#[test]
+fn only_v2_capabilities_are_rewritten() {
+    assert_eq!(namespaced_caps(b"junk", 7), b"junk");
+    let mut v3 = V2_NET_RAW.to_vec();
+    v3[3] = 3;
+    v3.extend_from_slice(&5u32.to_le_bytes());
+    assert_eq!(namespaced_caps(&v3, 7), v3);
+    assert_eq!(namespaced_caps(&V2_NET_RAW, 7)[20..], 7u32.to_le_bytes());
 }
 
 #[test]
@@ -112,8 +134,22 @@ fn a_copy_keeps_the_layer_with_its_ids_shifted() {
         .unwrap()
         .file_type()
         .is_fifo());
+    // A v2 file capability (cap_net_raw, effective) becomes v3 owned by the mapped root.
+    let caps = fs::symlink_metadata(dst.join("ping")).unwrap();
+    assert_eq!(caps.mode() & 0o7777, 0o755);
+    let v3 = xattr::get(&dst.join("ping"), "security.capability")
+        .unwrap()
+        .expect("the capability is kept");
+    assert_eq!(v3.len(), 24);
+    assert_eq!(v3[..4], [1, 0, 0, 3], "v3, effective");
+    assert_eq!(v3[4..20], V2_NET_RAW[4..20]);
+    assert_eq!(v3[20..], 196608u32.to_le_bytes());
     // The layer itself is untouched.
     assert_eq!(fs::metadata(src.join("etc/passwd")).unwrap().uid(), 0);
+    assert_eq!(
+        xattr::get(&src.join("ping"), "security.capability").unwrap(),
+        Some(V2_NET_RAW.to_vec())
+    );
 
     // A socket is refused.
     let bad = t.path().join("bad");
