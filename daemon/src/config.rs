@@ -24,6 +24,7 @@ pub struct Config {
     pub log: Log,
     pub nri: Nri,
     pub cdi: Cdi,
+    pub userns: Userns,
 }
 
 /// CDI (docs/nri.md#cdi): where the device spec files are, a later dir taking precedence.
@@ -31,6 +32,25 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Cdi {
     pub spec_dirs: Vec<PathBuf>,
+}
+
+/// User-namespaced pods (docs/userns.md).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Userns {
+    pub rootfs: UsernsRootfs,
+}
+
+/// How a user-namespaced container's rootfs shows the image's files owned by the pod's
+/// root: an overlay on idmapped layers, or on remapped copies of them.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UsernsRootfs {
+    /// idmap when the startup probe says it works here, else copy.
+    #[default]
+    Auto,
+    Idmap,
+    Copy,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

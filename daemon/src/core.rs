@@ -78,20 +78,26 @@ impl Core {
         let userns = if !config.runtime.sandbox_image.is_empty() {
             // The infra's rootfs would be an image's overlay, which the pod's root could
             // not write its mount points into: only Berth's own pause rootfs is ready.
-            Some("runtime.sandbox_image is set".to_string())
+            Err("runtime.sandbox_image is set".to_string())
         } else {
             // Startup, before the server serves: blocking here stalls no call.
             crate::node::userns::probe(
                 &config.paths.root.join("userns-probe"),
                 &pause_rootfs.join("pause"),
                 &[],
+                config.userns.rootfs,
             )
         };
         match &userns {
-            None => {
+            Ok(crate::node::userns::RootfsWay::Idmap) => {
                 tracing::info!("user namespaces: available (overlay rootfs on idmapped layers)")
             }
-            Some(why) => tracing::info!(reason = %why, "user namespaces: not available"),
+            Ok(crate::node::userns::RootfsWay::Copy) => {
+                tracing::info!(
+                    "user namespaces: available (overlay rootfs on remapped copies of the layers)"
+                )
+            }
+            Err(why) => tracing::info!(reason = %why, "user namespaces: not available"),
         }
         let core = Core::with_parts(config, launcher, pause_rootfs)?;
         core.node.set_userns(userns);

@@ -1,7 +1,8 @@
-//! Idmapped mounts: the rootfs mount option with which berthd asks the shim for them, and
+//! Idmapped mounts: the rootfs mount options with which berthd asks the shim for them, and
 //! the three syscalls that make one (`open_tree`, `mount_setattr`, `move_mount`). The shim
-//! uses them on the lower dirs of a user-namespaced container's overlay; berthd uses them
-//! to probe, once at startup, whether the kernel can mount an overlay on idmapped layers.
+//! uses them on the lower dirs of a user-namespaced container's overlay and on its
+//! idmapped volumes; berthd uses them to probe, once at startup, whether the kernel can
+//! mount an overlay on idmapped layers.
 //!
 //! Hand-written over `libc::syscall`: libc has the syscall numbers but keeps
 //! `struct mount_attr` crate-private, and neither nix nor rustix wraps `mount_setattr`.
@@ -18,8 +19,23 @@ use std::path::Path;
 /// for options the kernel never sees.
 pub const USERNS_OPTION: &str = "X-berth.idmap-userns=";
 
+/// A rootfs `Mount` option on a `bind` entry: not a layer of the rootfs but a volume (CRI
+/// `Mount.uid_mappings`) the shim attaches, idmapped through [`USERNS_OPTION`]'s user
+/// namespace, at [`volume_point`]`(bundle, n)`, where the spec's bind mount finds it.
+pub const VOLUME_OPTION: &str = "X-berth.idmap-volume=";
+
+/// The dir under a bundle where idmapped volumes are attached.
+pub const VOLUMES_DIR: &str = "idmapped-volumes";
+
+/// Where the shim attaches the container's idmapped volume number `n` (berthd names it
+/// as the source of the volume's bind in the spec).
+pub fn volume_point(bundle: &Path, n: usize) -> std::path::PathBuf {
+    bundle.join(VOLUMES_DIR).join(n.to_string())
+}
+
 // <linux/mount.h>; stable kernel ABI.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
@@ -38,8 +54,16 @@ fn cpath(p: &Path) -> io::Result<CString> {
 
 /// A detached copy of the mount at `path` (not of its submounts), closed with the fd.
 pub fn clone_mount(path: &Path) -> io::Result<OwnedFd> {
+    open_tree(path, false)
+}
+
+/// A detached copy of the mount at `path`, with its submounts when `recursive`.
+fn open_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     let p = cpath(path)?;
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
     // SAFETY: `p` is a valid NUL-terminated string for the call; the result is a new fd
     // that nothing else owns.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) };
@@ -54,6 +78,15 @@ pub fn clone_mount(path: &Path) -> io::Result<OwnedFd> {
 /// owned by id N on disk shows as the host id N maps to (container root's files appear
 /// owned by the mapped root), and writes map back. Only a detached mount can get one.
 pub fn set_idmap(tree: &OwnedFd, userns: BorrowedFd<'_>) -> io::Result<()> {
+    setattr_idmap(tree, userns, false)
+}
+
+/// [`set_idmap`], on every mount of the tree when `recursive`.
+fn setattr_idmap(tree: &OwnedFd, userns: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP,
         attr_clr: 0,
@@ -67,7 +100,7 @@ pub fn set_idmap(tree: &OwnedFd, userns: BorrowedFd<'_>) -> io::Result<()> {
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -105,5 +138,15 @@ pub fn idmapped_copy(target: &Path, userns: &Path) -> io::Result<OwnedFd> {
     let ns = std::fs::File::open(userns)?;
     let tree = clone_mount(target)?;
     set_idmap(&tree, std::os::fd::AsFd::as_fd(&ns))?;
+    Ok(tree)
+}
+
+/// An idmapped, detached copy of the tree at `path` (the mount it is on from `path` down,
+/// with every submount: what an `rbind` of it would show), mapped through `userns`. Every
+/// mount in the tree must allow idmapping, or this is EINVAL.
+pub fn idmapped_tree(path: &Path, userns: &Path) -> io::Result<OwnedFd> {
+    let ns = std::fs::File::open(userns)?;
+    let tree = open_tree(path, true)?;
+    setattr_idmap(&tree, std::os::fd::AsFd::as_fd(&ns), true)?;
     Ok(tree)
 }

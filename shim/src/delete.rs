@@ -66,6 +66,7 @@ pub fn run(args: &Args) -> Result<Vec<u8>> {
     if let Err(e) = crate::mount::unmount_all(&bundle.join("rootfs")) {
         eprintln!("warning: unmount rootfs: {e}");
     }
+    crate::mount::detach_volumes(&bundle);
     let pid = std::fs::read_to_string(bundle.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())

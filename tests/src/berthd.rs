@@ -286,8 +286,24 @@ impl Berthd {
         Ok(self)
     }
 
+    /// `start` with berthd's command changed by `adjust` first (e.g. an environment
+    /// variable such as BERTH_SHIM_FAILPOINTS, which the shims inherit).
+    pub fn start_adjusted(mut self, adjust: impl FnOnce(&mut Command)) -> Result<Berthd> {
+        let args = [
+            std::ffi::OsString::from("--config"),
+            self.config.clone().into(),
+        ];
+        self.spawn_with(&args, adjust)?;
+        self.wait_up()?;
+        Ok(self)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         self.spawn_nowait()?;
+        self.wait_up()
+    }
+
+    fn wait_up(&mut self) -> Result<()> {
         let sock = self.socket.display().to_string();
         // The socket is bound (and accepts) before berthd has opened its stores and run
         // its startup recovery: up means a Version call is answered.
@@ -453,7 +469,7 @@ impl Berthd {
     }
 
     /// What berthd left behind: its socket, shims, mounts (rootfs, netns pins, ...),
-    /// netns pin files and runc state.
+    /// netns pin files, runc state and remapped layer copies.
     pub fn leaks(&self) -> Vec<String> {
         let mut leaks = Vec::new();
         if self.socket.exists() {
@@ -476,6 +492,10 @@ impl Berthd {
         }
         for id in leaks::runc_states_under(self.dir.path()) {
             leaks.push(format!("runc state {id} left"));
+        }
+        // Remapped layer copies of user-namespaced pods go with their last container.
+        for copy in leaks::leftover_entries(&self.dir.path().join("root/userns-copies")) {
+            leaks.push(format!("remapped layer copy {} left", copy.display()));
         }
         for ip in reserved_ips(&self.dir.path().join("state/cni/ipam")) {
             leaks.push(format!("built-in network: IP {ip} still reserved"));

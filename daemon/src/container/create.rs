@@ -75,6 +75,43 @@ pub(crate) fn load_localhost_profile(profile: Option<&Profile>) -> Result<Option
     }
 }
 
+/// How long reading the flags of a user-namespaced container's bind sources may take.
+const SOURCE_FLAGS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The options each bind (by container path) must repeat because its source mount locks
+/// them in a user namespace (`oci_config::locked_options` of the source's statvfs). On
+/// the blocking pool, under a deadline: a host path on a hung network filesystem stalls
+/// statvfs. A source that cannot be read is left to runc, which reports it.
+async fn locked_bind_options(
+    mounts: &[Mount],
+) -> Result<std::collections::HashMap<PathBuf, Vec<String>>> {
+    let sources: Vec<(PathBuf, PathBuf)> = mounts
+        .iter()
+        .map(|m| {
+            (
+                PathBuf::from(&m.container_path),
+                PathBuf::from(&m.host_path),
+            )
+        })
+        .collect();
+    let read = tokio::task::spawn_blocking(move || {
+        sources
+            .into_iter()
+            .filter_map(|(dst, src)| {
+                let flags = nix::sys::statvfs::statvfs(&src).ok()?.flags();
+                Some((dst, crate::oci_config::locked_options(flags)))
+            })
+            .collect()
+    });
+    match tokio::time::timeout(SOURCE_FLAGS_DEADLINE, read).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(Error::Internal(format!("read bind source flags: {e}"))),
+        Err(_) => Err(Error::DeadlineExceeded(format!(
+            "reading the mount flags of the bind sources took over {SOURCE_FLAGS_DEADLINE:?}"
+        ))),
+    }
+}
+
 /// How long reading the image's /etc/passwd and /etc/group may take in all.
 const USER_FILES_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -119,6 +156,16 @@ async fn image_user_files(lowers: &[PathBuf]) -> Result<(Option<String>, Option<
 }
 
 impl Containers {
+    /// The container uses no remapped copy of a layer any more (those without another
+    /// user go); on the blocking pool, since a copy's removal walks its tree.
+    pub(super) async fn release_copies(&self, id: &str) {
+        let copies = crate::image::remap::Copies::new(&self.config.paths.root);
+        let id = id.to_string();
+        if let Err(e) = tokio::task::spawn_blocking(move || copies.release(&id)).await {
+            tracing::warn!(error = %e, "releasing remapped copies");
+        }
+    }
+
     pub async fn create(&self, pod_id: &str, cfg: ContainerSpec) -> Result<String> {
         if self.nri.is_hidden(pod_id) {
             return Err(Error::NotFound(format!("pod sandbox {pod_id:?} not found")));
@@ -140,6 +187,11 @@ impl Containers {
                 self.config.runtime.binary
             )));
         }
+        // Idmapped volumes need the pod's own mappings: refused before anything is made.
+        crate::oci_config::check_mount_mappings(
+            &cfg.mounts,
+            pod.config.security.namespaces.pod_userns(),
+        )?;
         let log_rel = cfg.log_path.clone();
         let pod_log_dir = pod.config.log_directory.clone();
         let log_path = if log_rel.is_empty() || pod_log_dir.is_empty() {
@@ -221,6 +273,7 @@ impl Containers {
                     std::fs::remove_dir_all(self.config.paths.root.join("containers").join(&id));
                 self.store.remove_eventually(CONTAINERS, &id, &name_key);
                 let _ = self.images.release(&id);
+                self.release_copies(&id).await;
                 drop(hidden);
                 drop(sync);
                 self.nri.undo_create_container(&pod, &undo_rec).await;
@@ -254,6 +307,10 @@ impl Containers {
             Some(crate::oci_config::host_devices()?)
         } else {
             None
+        };
+        let locked_options = match pod.config.security.namespaces.pod_userns() {
+            Some(_) => locked_bind_options(&spec_cfg.mounts).await?,
+            None => Default::default(),
         };
         let localhost_profile = load_localhost_profile(rec.config.security.seccomp.as_ref())?;
         let (passwd, group) = image_user_files(&lowers).await?;
@@ -293,6 +350,7 @@ impl Containers {
                 image_name: rec.image_name.clone(),
                 host_devices,
                 localhost_profile,
+                locked_options,
                 ..Default::default()
             },
         )?;
@@ -311,6 +369,38 @@ impl Containers {
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
         // The spec holds the container's env (Secret values): root's alone.
         crate::util::modes::write_private(&rec.bundle.join("config.json"), &json)?;
+        // The pod's root is a mapped id: the overlay's lower dirs must show the image's
+        // files owned by it, through idmapped layers (the shim's) or remapped copies.
+        let mut lowers = lowers;
+        let mut idmap_option = None;
+        if let Some(u) = pod.config.security.namespaces.pod_userns() {
+            match self.node.userns_rootfs() {
+                Some(crate::node::userns::RootfsWay::Idmap) => {
+                    // The shim idmaps the overlay's lower dirs through the pod's user
+                    // namespace.
+                    idmap_option = Some(format!(
+                        "{}/proc/{}/ns/user",
+                        berth_proto::idmap::USERNS_OPTION,
+                        pod.pid
+                    ));
+                }
+                Some(crate::node::userns::RootfsWay::Copy) => {
+                    let copies = crate::image::remap::Copies::new(&self.config.paths.root);
+                    let (id, uids, gids) = (rec.id.clone(), u.uids.clone(), u.gids.clone());
+                    lowers = tokio::task::spawn_blocking(move || {
+                        copies.acquire(&id, &lowers, &uids, &gids)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("remapped copies: {e}")))??;
+                }
+                None => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "pod {} has a user namespace, which this node cannot give a rootfs",
+                        pod.id
+                    )))
+                }
+            }
+        }
         let lowerdir = lowers
             .iter()
             .map(|p| p.display().to_string())
@@ -323,11 +413,9 @@ impl Containers {
             format!("lowerdir={lowerdir}"),
         ];
         if let Some(u) = pod.config.security.namespaces.pod_userns() {
-            // The pod's root is a mapped id: the shim idmaps the overlay's lower dirs
-            // through the pod's user namespace, so the image's files show owned by root
-            // inside; the upper dir (the rootfs' own root dir) is the mapped root's, and
-            // what the container writes is stored with its host ids. The container's
-            // root walks to the rootfs: its bundle must be traversable.
+            // The upper dir (the rootfs' own root dir) is the mapped root's, and what the
+            // container writes is stored with its host ids. The container's root walks to
+            // the rootfs: its bundle must be traversable.
             let (Some(uid), Some(gid)) = (u.uids.first(), u.gids.first()) else {
                 return Err(Error::FailedPrecondition(format!(
                     "pod {} has a user namespace without id mappings",
@@ -337,18 +425,21 @@ impl Containers {
             let (uid, gid) = (uid.host_id, gid.host_id);
             std::os::unix::fs::chown(&upper, Some(uid), Some(gid))
                 .map_err(|e| Error::io(format!("chown {}", upper.display()), e))?;
-            options.push(format!(
-                "{}/proc/{}/ns/user",
-                berth_proto::idmap::USERNS_OPTION,
-                pod.pid
-            ));
+            options.extend(idmap_option);
             crate::util::modes::traversable_dir(&rec.bundle)?;
         }
-        let mount = RootfsMount::overlay(options);
+        let mut rootfs = vec![RootfsMount::overlay(options)];
+        // Idmapped volumes ride along: the shim attaches each one's idmapped clone where
+        // the spec's bind of it looks (`oci_config::userns::point_idmapped`).
+        for (n, m) in spec_cfg.mounts.iter().enumerate() {
+            if crate::oci_config::idmapped(m) {
+                rootfs.push(RootfsMount::idmapped_volume(&m.host_path, pod.pid, n));
+            }
+        }
         let task = NewTask {
             id: rec.id.clone(),
             bundle: rec.bundle.clone(),
-            rootfs: vec![mount],
+            rootfs,
             io: self.container_io(&rec)?,
             options: self.shims.options().clone(),
         };

@@ -245,6 +245,7 @@ impl Containers {
         if let Err(e) = self.images.release(id) {
             tracing::warn!(container_id = %id, error = %e, "releasing the container's snapshots");
         }
+        self.release_copies(id).await;
         self.nri.remove_container(pod_rec.as_ref(), &rec).await;
         self.events.emit(Kind::Deleted, id, &rec.pod_id, at);
         tracing::info!(container_id = %id, "container removed");

@@ -10,6 +10,7 @@ mod lease;
 pub(crate) mod oci;
 mod pull;
 pub mod reference;
+pub mod remap;
 pub use pull::{Credentials, Puller};
 mod snapshot;
 mod streams;

@@ -64,8 +64,7 @@ pub fn fget(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<Opti
     Ok(Some(buf))
 }
 
-/// lgetxattr(2); None when the attribute is absent (the tests read what unpack wrote).
-#[cfg(test)]
+/// lgetxattr(2) of at most 64 KiB (the kernel's limit); None when the attribute is absent.
 pub fn get(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let p = cstr("path", path.as_os_str().as_bytes())?;
     let n = cstr("xattr name", name.as_bytes())?;
@@ -85,4 +84,26 @@ pub fn get(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     }
     buf.truncate(rc as usize);
     Ok(Some(buf))
+}
+
+/// llistxattr(2): the names of `path`'s own attributes (of a symlink itself, not its
+/// target). At most 64 KiB of names, the kernel's limit for one list.
+pub fn list(path: &Path) -> Result<Vec<String>> {
+    let p = cstr("path", path.as_os_str().as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: p is a valid NUL-terminated string; buf is writable for buf.len() bytes and
+    // the kernel writes at most that many.
+    let rc = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(Error::io(
+            format!("list xattrs of {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    buf.truncate(rc as usize);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
 }

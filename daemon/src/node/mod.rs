@@ -29,8 +29,9 @@ pub struct Node {
     runtime_binary: String,
     /// Whether recursive read-only mounts work (kernel and OCI runtime), probed once.
     rro: std::sync::OnceLock<bool>,
-    /// Why user-namespaced pods cannot run here (None: they can), set once at startup.
-    userns: std::sync::OnceLock<Option<String>>,
+    /// How user-namespaced pods get their rootfs here, or why they cannot run here; set
+    /// once at startup.
+    userns: std::sync::OnceLock<Result<userns::RootfsWay, String>>,
     /// The pod CIDR kubelet last set through UpdateRuntimeConfig (handed to CNI).
     pod_cidr: RwLock<String>,
 }
@@ -103,17 +104,22 @@ impl Node {
     }
 
     /// Records the startup probe's answer ([`userns::probe`]); later calls are ignored.
-    pub fn set_userns(&self, unavailable: Option<String>) {
-        let _ = self.userns.set(unavailable);
+    pub fn set_userns(&self, way: Result<userns::RootfsWay, String>) {
+        let _ = self.userns.set(way);
     }
 
     /// Why a pod cannot have its own user namespace here; None when it can. Unprobed
     /// (unit tests' cores) means not available.
     pub fn userns_unavailable(&self) -> Option<String> {
         match self.userns.get() {
-            Some(r) => r.clone(),
+            Some(r) => r.clone().err(),
             None => Some("user namespace support was not probed".into()),
         }
+    }
+
+    /// How a user-namespaced container's rootfs is made here (None: it cannot be).
+    pub fn userns_rootfs(&self) -> Option<userns::RootfsWay> {
+        self.userns.get().and_then(|r| r.clone().ok())
     }
 
     pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Whether this node can run user-namespaced pods, probed once at startup: the kernel
 //! has user namespaces, and an overlay (what a container's rootfs is) can be mounted on
 //! idmapped layers (`mount_setattr(MOUNT_ATTR_IDMAP)`, Linux 5.12; overlayfs takes them
-//! from 5.19). The OCI runtime only has to put the pod in a user namespace with the given
+//! from 5.19), or else (`[userns] rootfs`) on remapped copies of the layers. The OCI runtime only has to put the pod in a user namespace with the given
 //! mappings, which runc and crun have long done; the idmapped layers are the shim's.
 
 use std::os::unix::process::CommandExt;
@@ -11,30 +11,57 @@ use std::process::{Child, Command, Stdio};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+use crate::config::UsernsRootfs;
+
 /// The mapping the probe's namespace gets (any mapping would do).
 const PROBE_MAP: &str = "0 100000 65536\n";
 
-/// Why user namespaces cannot be used here, or None when they can. `scratch`: a private
-/// dir under berthd's root, made and removed here; `pause` and `args`: a program that
-/// waits for a signal (berth-pause), run in the probe's new user namespace.
-pub fn probe(scratch: &Path, pause: &Path, args: &[&str]) -> Option<String> {
+/// How a user-namespaced container's rootfs is made here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsWay {
+    /// An overlay on idmapped lower dirs (the shim's `X-berth.idmap-userns`).
+    Idmap,
+    /// An overlay on remapped copies of the layers (`image::remap`).
+    Copy,
+}
+
+/// How user-namespaced pods get their rootfs here under the configured `mode`, or why
+/// they cannot run here. `scratch`: a private dir under berthd's root, made and removed
+/// here; `pause` and `args`: a program that waits for a signal (berth-pause), run in the
+/// probe's new user namespace. Copies need only the user namespace; idmapped layers also
+/// need the kernel to mount an overlay on them, which the probe tries.
+pub fn probe(
+    scratch: &Path,
+    pause: &Path,
+    args: &[&str],
+    mode: UsernsRootfs,
+) -> Result<RootfsWay, String> {
     if !Path::new("/proc/self/ns/user").exists() {
-        return Some("the kernel has no user namespaces".into());
+        return Err("the kernel has no user namespaces".into());
     }
     let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
     if max.trim() == "0" {
-        return Some("user.max_user_namespaces is 0".into());
+        return Err("user.max_user_namespaces is 0".into());
     }
-    let mut child = match spawn_in_userns(pause, args) {
-        Ok(c) => c,
-        Err(e) => return Some(format!("cannot make a user namespace: {e}")),
+    let mut child =
+        spawn_in_userns(pause, args).map_err(|e| format!("cannot make a user namespace: {e}"))?;
+    let result = match mode {
+        UsernsRootfs::Copy => Ok(()),
+        UsernsRootfs::Idmap | UsernsRootfs::Auto => idmap_overlay(scratch, child.id()),
     };
-    let result = idmap_overlay(scratch, child.id());
     // Ours, by pid: berth-pause would exit on SIGTERM, KILL needs no cooperation.
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(scratch);
-    result.err()
+    match (mode, result) {
+        (UsernsRootfs::Copy, _) => Ok(RootfsWay::Copy),
+        (_, Ok(())) => Ok(RootfsWay::Idmap),
+        (UsernsRootfs::Idmap, Err(why)) => Err(why),
+        (_, Err(why)) => {
+            tracing::info!(reason = %why, "idmapped layers do not work here: user-namespaced rootfs on remapped copies");
+            Ok(RootfsWay::Copy)
+        }
+    }
 }
 
 fn spawn_in_userns(pause: &Path, args: &[&str]) -> std::io::Result<Child> {
@@ -107,13 +134,21 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let scratch = d.path().join("probe");
-        assert_eq!(probe(&scratch, Path::new("/bin/sleep"), &["60"]), None);
-        assert!(!scratch.exists());
+        let sleep = Path::new("/bin/sleep");
+        for (mode, way) in [
+            (UsernsRootfs::Auto, RootfsWay::Idmap),
+            (UsernsRootfs::Idmap, RootfsWay::Idmap),
+            (UsernsRootfs::Copy, RootfsWay::Copy),
+        ] {
+            assert_eq!(probe(&scratch, sleep, &["60"], mode), Ok(way), "{mode:?}");
+            assert!(!scratch.exists());
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(d.path().to_str().unwrap()));
-        // A namespace that is gone before it is used: a clean "no", nothing left.
-        let r = probe(&scratch, Path::new("/bin/true"), &[]);
-        assert!(r.is_some() || !scratch.exists());
+        // A namespace that is gone before it is used: idmap says no, auto falls back to
+        // copies; nothing is left.
+        let r = probe(&scratch, Path::new("/bin/true"), &[], UsernsRootfs::Idmap);
+        assert!(r.is_err() || !scratch.exists());
         assert!(!scratch.exists());
     }
 }

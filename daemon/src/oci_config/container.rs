@@ -68,6 +68,9 @@ pub struct ContainerOpts {
     pub host_devices: Option<Vec<LinuxDevice>>,
     /// Resolves CRI device host paths.
     pub device_lookup: DeviceLookup,
+    /// In a user-namespaced pod: the options each bind (by container path) must repeat
+    /// because its source mount locks them ([`super::userns::locked_options`]).
+    pub locked_options: std::collections::HashMap<PathBuf, Vec<String>>,
 }
 
 impl Default for ContainerOpts {
@@ -95,6 +98,7 @@ impl Default for ContainerOpts {
             localhost_profile: None,
             host_devices: None,
             device_lookup: devices::device_from_path,
+            locked_options: Default::default(),
         }
     }
 }
@@ -300,9 +304,15 @@ pub fn container_spec(
     .into_iter()
     .filter_map(|(dst, src, ro)| src.map(|s| Bind::private(dst, s, ro)))
     .collect();
-    let (mut mounts, rootfs_propagation) = container_mounts(&c.mounts, files, privileged)?;
+    // Idmapped volumes: bound from where the shim attaches their idmapped clones.
+    super::userns::check_mount_mappings(&c.mounts, pod_userns)?;
+    let asked = match o.rootfs.parent() {
+        Some(bundle) if pod_userns.is_some() => super::userns::point_idmapped(&c.mounts, bundle),
+        _ => c.mounts.clone(),
+    };
+    let (mut mounts, rootfs_propagation) = container_mounts(&asked, files, privileged)?;
     if userns.is_some() {
-        super::userns::adjust_mounts(&mut mounts)?;
+        super::userns::adjust_mounts(&mut mounts, &o.locked_options)?;
     }
 
     // Devices and resources.

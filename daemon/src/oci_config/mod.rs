@@ -30,6 +30,7 @@ pub use devices::{device_from_path, host_devices, DeviceLookup};
 pub use sandbox::{sandbox_spec, SandboxOpts};
 pub use seccomp::{default_seccomp, default_seccomp_for};
 pub use security::{seccomp_localhost_path, APPARMOR_DEFAULT_PROFILE};
+pub(crate) use userns::{check_mount_mappings, idmapped, locked_options};
 
 /// The runtime-spec version containerd 1.6 writes.
 pub const OCI_VERSION: &str = "1.0.2-dev";

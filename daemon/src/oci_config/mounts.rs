@@ -109,8 +109,9 @@ impl Bind {
             )));
         }
         if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(Error::Unimplemented(format!(
-                "mount {:?}: id-mapped mounts are not supported",
+            // `userns::point_idmapped` turns them into binds of the shim's idmapped clones.
+            return Err(Error::Internal(format!(
+                "mount {:?}: an id-mapped mount reached spec generation unresolved",
                 m.container_path
             )));
         }

@@ -156,7 +156,7 @@ pub fn sandbox_spec(cfg: &PodSpec, o: &SandboxOpts) -> Result<Spec> {
         Some(u) => {
             let u = super::userns::userns_spec(u, None)?;
             namespaces.insert(0, u.namespace.clone());
-            super::userns::adjust_mounts(&mut mounts)?;
+            super::userns::adjust_mounts(&mut mounts, &Default::default())?;
             Some(u)
         }
         None => None,

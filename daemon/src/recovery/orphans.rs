@@ -163,6 +163,21 @@ impl Recovery {
                 self.images.release(&owner)?;
             }
         }
+        // Remapped layer copies whose users are gone (a crash between a container's
+        // removal and their release, or in the middle of a copy).
+        let copies = crate::image::remap::Copies::new(root);
+        let live = ctrs.clone();
+        match tokio::task::spawn_blocking(move || copies.sweep(&live)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    copies = n,
+                    "removed remapped layer copies no container uses"
+                );
+                self.metrics.orphans_removed.inc_by(n as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "sweeping remapped layer copies"),
+        }
         Ok(())
     }
 

@@ -90,6 +90,22 @@ impl RootfsMount {
             options,
         }
     }
+
+    /// An idmapped volume (not a rootfs layer): the shim attaches an idmapped clone of
+    /// `source`, mapped through the user namespace of the pod's infra `pid`, at
+    /// `berth_proto::idmap::volume_point(bundle, n)`.
+    pub fn idmapped_volume(source: &str, pid: u32, n: usize) -> RootfsMount {
+        use berth_proto::idmap::{USERNS_OPTION, VOLUME_OPTION};
+        RootfsMount {
+            fstype: "bind".into(),
+            source: source.into(),
+            options: vec![
+                "rbind".into(),
+                format!("{USERNS_OPTION}/proc/{pid}/ns/user"),
+                format!("{VOLUME_OPTION}{n}"),
+            ],
+        }
+    }
 }
 
 /// A task to create: its id, bundle, rootfs mounts (none: the bundle's rootfs is used

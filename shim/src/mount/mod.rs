@@ -16,6 +16,8 @@ use crate::reaper::Reaper;
 
 mod helper;
 mod idmap;
+
+pub use idmap::{attach_volumes, detach_volumes, split_volumes};
 mod loopdev;
 
 /// Mounts every entry, in order, onto `rootfs`, or onto `rootfs/<target>` when the entry

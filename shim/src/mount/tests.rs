@@ -446,3 +446,119 @@ fn overlay_on_idmapped_lowers_shows_files_through_the_mapping() {
     assert!(mount_sync(&[mnt("overlay", "overlay", &o)], &rootfs).is_err());
     assert!(!mounted(&rootfs));
 }
+
+fn volume_entry(source: &str, words: &[String]) -> Mount {
+    let mut m = mnt("bind", source, &["rbind"]);
+    m.options.extend(words.iter().cloned());
+    m
+}
+
+#[test]
+fn volume_entries_are_split_from_the_rootfs_and_checked() {
+    use berth_proto::idmap::{USERNS_OPTION, VOLUME_OPTION};
+    let ns = format!("{USERNS_OPTION}/proc/7/ns/user");
+    let overlay = mnt("overlay", "overlay", &["lowerdir=/a"]);
+    let v = volume_entry("/srv/v", &[ns.clone(), format!("{VOLUME_OPTION}3")]);
+    let (rootfs, volumes) = idmap::split_volumes(&[overlay.clone(), v]).expect("split");
+    assert_eq!(rootfs, vec![overlay]);
+    assert_eq!(
+        volumes,
+        vec![idmap::Volume {
+            source: "/srv/v".into(),
+            userns: "/proc/7/ns/user".into(),
+            n: 3
+        }]
+    );
+    let bad = [
+        volume_entry("/srv/v", &[ns.clone(), format!("{VOLUME_OPTION}../x")]),
+        volume_entry("/srv/v", &[ns.clone(), format!("{VOLUME_OPTION}12345")]),
+        volume_entry("/srv/v", &[ns.clone(), VOLUME_OPTION.to_string()]),
+        volume_entry("/srv/v", &[format!("{VOLUME_OPTION}1")]),
+        volume_entry(
+            "/srv/v",
+            &[format!("{USERNS_OPTION}rel"), format!("{VOLUME_OPTION}1")],
+        ),
+        volume_entry("relative", &[ns.clone(), format!("{VOLUME_OPTION}1")]),
+        {
+            let mut m = volume_entry("/srv/v", &[ns.clone(), format!("{VOLUME_OPTION}1")]);
+            m.type_ = "overlay".into();
+            m
+        },
+    ];
+    for b in bad {
+        let e = idmap::split_volumes(std::slice::from_ref(&b)).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{b:?}: {e}");
+    }
+    let twice = volume_entry("/srv/v", &[ns.clone(), format!("{VOLUME_OPTION}1")]);
+    assert!(idmap::split_volumes(&[twice.clone(), twice]).is_err());
+}
+
+#[test]
+fn idmapped_volumes_show_disk_ids_through_the_mapping_and_come_off() {
+    use berth_proto::idmap::{volume_point, USERNS_OPTION, VOLUME_OPTION};
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().expect("tempdir");
+    let vol = layer(t.path(), "vol", &[("root-owned", "r"), ("user-owned", "u")]);
+    std::os::unix::fs::chown(Path::new(&vol).join("user-owned"), Some(1000), Some(1000))
+        .expect("chown");
+    // A submount inside the volume comes along (rbind), idmapped too.
+    let sub = Path::new(&vol).join("sub");
+    fs::create_dir(&sub).expect("mkdir sub");
+    mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("tmpfs");
+    let _sub = Cleanup(sub.clone());
+    fs::write(sub.join("in-sub"), "s").expect("write");
+    let file = layer(t.path(), "files", &[("one", "1")]);
+    let file = format!("{file}/one");
+    let bundle = t.path().join("bundle");
+    fs::create_dir(&bundle).expect("bundle");
+    let holder = UsernsHolder::start();
+    let ns = format!("{USERNS_OPTION}{}", holder.ns());
+    let entries = [
+        volume_entry(&vol, &[ns.clone(), format!("{VOLUME_OPTION}0")]),
+        volume_entry(&file, &[ns.clone(), format!("{VOLUME_OPTION}2")]),
+    ];
+    let (_, volumes) = idmap::split_volumes(&entries).expect("split");
+    let (p0, p2) = (volume_point(&bundle, 0), volume_point(&bundle, 2));
+    let _c0 = Cleanup(p0.clone());
+    let _c2 = Cleanup(p2.clone());
+    idmap::attach_volumes(&volumes, &bundle).expect("attach");
+    let ids = |p: &Path| {
+        let m = fs::metadata(p).expect("stat");
+        (m.uid(), m.gid())
+    };
+    assert_eq!(ids(&p0.join("root-owned")), (100_000, 100_000));
+    assert_eq!(ids(&p0.join("user-owned")), (101_000, 101_000));
+    assert_eq!(ids(&p0.join("sub/in-sub")), (100_000, 100_000));
+    assert_eq!(ids(&p2), (100_000, 100_000));
+    assert_eq!(fs::read_to_string(&p2).expect("read"), "1");
+    // Ids set through it are stored unmapped on disk (host root, unmapped there, could
+    // not create a file through it: the kernel refuses ids the idmap cannot store).
+    fs::write(Path::new(&vol).join("new"), "n").expect("write");
+    std::os::unix::fs::chown(p0.join("new"), Some(100_005), Some(100_006)).expect("chown");
+    assert_eq!(ids(&Path::new(&vol).join("new")), (5, 6));
+    idmap::detach_volumes(&bundle);
+    assert!(!mounted(&p0) && !mounted(&p2));
+    assert!(!bundle.join("idmapped-volumes").exists());
+    assert!(Path::new(&vol).join("root-owned").exists());
+    idmap::detach_volumes(&bundle); // again: nothing to do
+
+    // One that cannot be made leaves none of the others mounted.
+    let entries = [
+        volume_entry(&vol, &[ns.clone(), format!("{VOLUME_OPTION}0")]),
+        volume_entry("/nonexistent/berth", &[ns, format!("{VOLUME_OPTION}1")]),
+    ];
+    let (_, volumes) = idmap::split_volumes(&entries).expect("split");
+    assert!(idmap::attach_volumes(&volumes, &bundle).is_err());
+    assert!(!mounted(&p0));
+    assert!(!bundle.join("idmapped-volumes").exists());
+}

@@ -45,9 +45,16 @@ impl Service {
         let opts = RuncOptions::from_any(req.options.as_ref())?;
         opts.persist(&bundle)?;
         let rootfs = bundle.join("rootfs");
-        let mounts: Vec<_> = req.rootfs.to_vec();
+        // berthd's idmapped volumes travel with the rootfs entries; they are not layers.
+        let (mounts, volumes) = crate::mount::split_volumes(&req.rootfs)?;
         if !mounts.is_empty() {
             crate::mount::mount_rootfs(&mounts, &rootfs, &self.reaper).await?;
+        }
+        if let Err(e) = crate::mount::attach_volumes(&volumes, &bundle) {
+            if !mounts.is_empty() {
+                let _ = crate::mount::unmount_all(&rootfs);
+            }
+            return Err(e);
         }
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
@@ -57,6 +64,11 @@ impl Service {
         };
         self.lock()?.in_flight += 1;
         let res = self.create_inner(&req, &bundle, &opts, &stdio).await;
+        // runc made the container's binds of the idmapped volumes (or failed): the host's
+        // attachments can go. A restore binds at Start: its volumes stay until Delete.
+        if res.is_err() || req.checkpoint.is_empty() {
+            crate::mount::detach_volumes(&bundle);
+        }
         let mut t = self.lock()?;
         let (runc, io, pid, cgroup) = match res {
             Ok(v) => v,
@@ -494,6 +506,7 @@ impl Service {
                 tracing::warn!(container_id = %req.id, error = %e, "unmount rootfs");
             }
         }
+        crate::mount::detach_volumes(&c.bundle);
         let (status, at) = c.init.exit.unwrap_or((0, SystemTime::now()));
         let mut resp = DeleteResponse::new();
         resp.pid = c.init.pid as u32;
