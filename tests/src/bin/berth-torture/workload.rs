@@ -76,7 +76,7 @@ const USERNS_HOST_ID: u32 = 9 * 65536;
 /// Whether a churn pod is user-namespaced: half of them, by the parity of the digits in
 /// its name (churner index and cycle), so both kinds churn side by side.
 fn userns_turn(name: &str) -> bool {
-    digit_sum(name) % 2 == 0
+    digit_sum(name).is_multiple_of(2)
 }
 
 fn digit_sum(name: &str) -> u32 {
