@@ -75,19 +75,13 @@ impl Core {
         let shim_binary = crate::shim_client::locate(&config.runtime.shim)?;
         let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
         let launcher = ShimLauncher::new(shim_binary, config.server.socket.clone());
-        let userns = if !config.runtime.sandbox_image.is_empty() {
-            // The infra's rootfs would be an image's overlay, which the pod's root could
-            // not write its mount points into: only Berth's own pause rootfs is ready.
-            Err("runtime.sandbox_image is set".to_string())
-        } else {
-            // Startup, before the server serves: blocking here stalls no call.
-            crate::node::userns::probe(
-                &config.paths.root.join("userns-probe"),
-                &pause_rootfs.join("pause"),
-                &[],
-                config.userns.rootfs,
-            )
-        };
+        // Startup, before the server serves: blocking here stalls no call.
+        let userns = crate::node::userns::probe(
+            &config.paths.root.join("userns-probe"),
+            &pause_rootfs.join("pause"),
+            &[],
+            config.userns.rootfs,
+        );
         match &userns {
             Ok(crate::node::userns::RootfsWay::Idmap) => {
                 tracing::info!("user namespaces: available (overlay rootfs on idmapped layers)")
@@ -114,11 +108,13 @@ impl Core {
         // Root's alone below the top dirs; corrects a tree made with default modes.
         crate::util::modes::secure_top(&config.paths.root, ROOT_DIRS)?;
         crate::util::modes::secure_top(&config.paths.state, STATE_DIRS)?;
-        // A user-namespaced pod's root walks to its rootfs: the infra's under pause/, a
-        // container's in its bundle under containers/. Traversable, never listable; each
-        // bundle is 0700 unless its pod has a user namespace (then 0711).
+        // A user-namespaced pod's root walks to its rootfs: the infra's under pause/ (or,
+        // from a sandbox image, in its bundle under pods/), a container's in its bundle
+        // under containers/. Traversable, never listable; each bundle is 0700 unless its
+        // pod has a user namespace (then 0711).
         crate::util::modes::traversable_dir(&config.paths.root.join("pause"))?;
         crate::util::modes::traversable_dir(&config.paths.state.join("containers"))?;
+        crate::util::modes::traversable_dir(&config.paths.state.join("pods"))?;
         let config = Arc::new(config);
         let mut store = Store::open(&config.store_path())?;
         crate::records::migrate::ensure_current(&store)?;

@@ -72,3 +72,70 @@ fn a_configured_sandbox_image_is_pulled_run_as_infra_and_pinned() -> Result<()> 
     })??;
     d.finish()
 }
+
+/// A user-namespaced pod's infra runs the sandbox image too: its rootfs is an overlay on
+/// copies of the image's layers owned by the pod's mapped ids (the pod's user namespace
+/// does not exist yet to idmap them through). The infra and the pod's container run as
+/// the mapped root on the host; the copies go with the pod.
+#[test]
+fn a_user_namespaced_pod_runs_the_sandbox_image_on_remapped_copies() -> Result<()> {
+    const HOST_ID: u32 = 5 * 65536;
+    let reg = Registry::start()?;
+    let cfg = json!({"Entrypoint": ["/bin/sleep"], "Cmd": ["2147483645"]});
+    let img = busybox_layout(reg.dir.path(), "pause", cfg)?;
+    reg.push(&img.path, "berth/pause:userns")?;
+    let sandbox = reg.image("berth/pause:userns");
+    let d = Berthd::builder()
+        .config(&format!("[runtime]\nsandbox_image = \"{sandbox}\"\n"))
+        .busybox()
+        .cni_bridge(7)
+        .start()?;
+    let copies = d.dir.path().join("root/userns-copies");
+    block_on(async {
+        let mut pod_cfg = d.pod_config("sbx-userns");
+        berth_tests::cri::pod_network(&mut pod_cfg);
+        let m = vec![berth_cri::v1::IdMapping {
+            host_id: HOST_ID,
+            container_id: 0,
+            length: 65536,
+        }];
+        berth_tests::cri::ns_options(&mut pod_cfg).userns_options =
+            Some(berth_cri::v1::UserNamespace {
+                mode: berth_cri::v1::NamespaceMode::Pod as i32,
+                uids: m.clone(),
+                gids: m,
+            });
+        let pod = Pod::run(&d, pod_cfg).await?;
+        let infra = procs::poll(Duration::from_secs(5), "the sandbox image's infra", || {
+            berth_tests::host::container_pid(&d, &["/bin/sleep", "2147483645"])
+        })?;
+        let status = std::fs::read_to_string(format!("/proc/{infra}/status"))?;
+        ensure!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains(&HOST_ID.to_string())),
+            "the infra does not run as the mapped root {HOST_ID}:\n{status}"
+        );
+        ensure!(
+            !leaks::leftover_entries(&copies).is_empty(),
+            "no remapped copy of the sandbox image"
+        );
+        let e = pod
+            .run_to_exit(container_config(
+                "probe",
+                image::BUSYBOX_IMAGE,
+                &["sh", "-c", "id -u; head -1 /proc/self/uid_map"],
+            ))
+            .await?;
+        ensure!(
+            e.code == 0 && e.stdout.starts_with("0\n") && e.stdout.contains(&HOST_ID.to_string()),
+            "{e:?}"
+        );
+        pod.remove().await?;
+        let left = leaks::leftover_entries(&copies);
+        ensure!(left.is_empty(), "copies left after the pod: {left:?}");
+        ensure!(!procs::alive(infra), "infra {infra} survived its pod");
+        Ok(())
+    })??;
+    d.finish()
+}

@@ -89,6 +89,8 @@ struct Undo {
     shim: Option<(ShimHandle, String, PathBuf)>,
     /// The state dir and pod id of pinned IPC/UTS namespaces.
     pins: Option<(PathBuf, String)>,
+    /// The root dir and pod id holding remapped copies of a sandbox image's layers.
+    copies: Option<(PathBuf, String)>,
 }
 
 impl Undo {
@@ -107,6 +109,10 @@ impl Undo {
             {
                 tracing::warn!(error = %e, "rollback: CNI DEL failed; the plugin may keep the IP");
             }
+        }
+        if let Some((root, id)) = self.copies {
+            let copies = crate::image::remap::Copies::new(&root);
+            let _ = tokio::task::spawn_blocking(move || copies.release(&id)).await;
         }
         if let Some((state, id)) = self.pins {
             let _ = tokio::task::spawn_blocking(move || super::pins::remove(&state, &id)).await;
@@ -281,7 +287,7 @@ impl Pods {
         let (rootfs, args, rootfs_mounts) = if infra_less {
             (self.pause_rootfs.clone(), vec!["/pause".into()], Vec::new())
         } else {
-            self.infra_root(&rec).await?
+            self.infra_root(&rec, undo).await?
         };
         let spec = crate::oci_config::sandbox_spec(
             &rec.config,
@@ -385,6 +391,7 @@ impl Pods {
     async fn infra_root(
         &self,
         rec: &PodRecord,
+        undo: &mut Undo,
     ) -> Result<(PathBuf, Vec<String>, Vec<RootfsMount>)> {
         let name = &self.config.runtime.sandbox_image;
         if name.is_empty() {
@@ -411,12 +418,7 @@ impl Pods {
                 "sandbox image {name} has neither entrypoint nor cmd"
             )));
         }
-        let lowers: Vec<String> = self
-            .images
-            .lower_dirs(&image)?
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        let mut lowers = self.images.lower_dirs(&image)?;
         // A private upper layer lets the OCI runtime create the mount points of the
         // pod's hosts/resolv.conf files; the root is read-only for the process itself.
         let (upper, work) = (rec.files.join("upper"), rec.files.join("work"));
@@ -424,6 +426,32 @@ impl Pods {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io_at(format!("mkdir {}", d.display()), d, e))?;
         }
+        if let Some(u) = rec.config.security.namespaces.pod_userns() {
+            // The infra makes the pod's user namespace, so none exists yet to idmap the
+            // image's layers through: the infra's rootfs is an overlay on copies of them
+            // owned by the pod's mapped ids (`image::remap`, used by the pod's id and
+            // released with the pod), its upper and work dirs the mapped root's, and the
+            // bundle traversable by it (runc mounts the rootfs from inside).
+            let root = self.config.paths.root.clone();
+            undo.copies = Some((root.clone(), rec.id.clone()));
+            let copies = crate::image::remap::Copies::new(&root);
+            let (id, uids, gids) = (rec.id.clone(), u.uids.clone(), u.gids.clone());
+            lowers =
+                tokio::task::spawn_blocking(move || copies.acquire(&id, &lowers, &uids, &gids))
+                    .await
+                    .map_err(|e| Error::Internal(format!("remapped copies: {e}")))??;
+            let (Some(uid), Some(gid)) = (u.uids.first(), u.gids.first()) else {
+                return Err(Error::InvalidArgument(
+                    "a user namespace without id mappings".into(),
+                ));
+            };
+            for d in [&upper, &work] {
+                std::os::unix::fs::chown(d, Some(uid.host_id), Some(gid.host_id))
+                    .map_err(|e| Error::io(format!("chown {}", d.display()), e))?;
+            }
+            crate::util::modes::traversable_dir(&rec.bundle)?;
+        }
+        let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         let mount = RootfsMount::overlay(vec![
             format!("lowerdir={}", lowers.join(":")),
             format!("upperdir={}", upper.display()),

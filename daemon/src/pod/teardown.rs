@@ -224,8 +224,12 @@ impl Pods {
             shim.shutdown(true).await;
         }
         self.shims.forget(id).await;
-        // A sandbox image's rootfs the shim did not get to unmount goes first.
+        // A sandbox image's rootfs the shim did not get to unmount goes first, then the
+        // remapped copies of its layers a user-namespaced pod's infra used.
         let _ = crate::util::unmount_under(&rec.bundle);
+        let copies = crate::image::remap::Copies::new(&self.config.paths.root);
+        let owner = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || copies.release(&owner)).await;
         for d in [&rec.bundle, &rec.files] {
             if let Err(e) = std::fs::remove_dir_all(d) {
                 if e.kind() != std::io::ErrorKind::NotFound {

@@ -166,7 +166,8 @@ impl Recovery {
         // Remapped layer copies whose users are gone (a crash between a container's
         // removal and their release, or in the middle of a copy).
         let copies = crate::image::remap::Copies::new(root);
-        let live = ctrs.clone();
+        // Their users are containers, and pods whose infra runs a sandbox image.
+        let live: HashSet<String> = ctrs.iter().cloned().chain(pods.keys().cloned()).collect();
         match tokio::task::spawn_blocking(move || copies.sweep(&live)).await {
             Ok(0) => {}
             Ok(n) => {
