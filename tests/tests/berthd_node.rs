@@ -183,7 +183,10 @@ fn the_configured_oci_runtime_runs_pods_and_containers() -> Result<()> {
         .start()?;
     let logs = d.dir.path().join("logs");
     block_on(async {
-        let pod = Pod::run(&d, pod_config("crun", &logs.join("crun"))).await?;
+        // A pod with an infra process (it shares its PID namespace): crun runs both.
+        let mut cfg = pod_config("crun", &logs.join("crun"));
+        berth_tests::cri::share_pid(&mut cfg);
+        let pod = Pod::run(&d, cfg).await?;
         let c = container_config("hello", berth_tests::image::BUSYBOX_IMAGE, &["echo", "hi"]);
         let e = pod.run_to_exit(c).await?;
         ensure!(e.status.exit_code == 0 && e.stdout == "hi\n", "{e:?}");

@@ -72,6 +72,11 @@ impl Launcher for ShimLauncher {
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
+            // The shim's first write is its address file in the bundle: a full state
+            // disk shows there (a pod without an infra writes nothing there before).
+            if err.contains("(os error 28)") {
+                return Err(Error::no_space(bundle));
+            }
             return Err(Error::Internal(format!(
                 "shim start for {id} failed: {} {}",
                 text,
