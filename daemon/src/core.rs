@@ -93,6 +93,7 @@ impl Core {
             }
             Err(why) => tracing::info!(reason = %why, "user namespaces: not available"),
         }
+        crate::node::note_crun(&config.runtime.binary);
         let core = Core::with_parts(config, launcher, pause_rootfs)?;
         core.node.set_userns(userns);
         Ok(core)

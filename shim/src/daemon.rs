@@ -97,6 +97,7 @@ async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
         .await
         .map_err(|e| Error::Runtime(format!("ttrpc server: {e}")))?;
     tracing::info!(pid = std::process::id(), namespace = %args.namespace, "shim serving");
+    let trim = tokio::spawn(crate::trim::run());
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
     let shutdown = service.shutdown.clone();
@@ -113,6 +114,7 @@ async fn serve(args: &Args, listener: UnixListener) -> Result<()> {
     // Clients (containerd, berthd) close their connections after Shutdown; don't wait long.
     let _ = tokio::time::timeout(Duration::from_millis(500), server.shutdown()).await;
     exit_loop.abort();
+    trim.abort();
     events.close();
     drop(service);
     drop(events);

@@ -24,6 +24,7 @@ mod spec;
 mod start;
 mod task;
 mod transport;
+mod trim;
 
 #[cfg(test)]
 mod fuzz;

@@ -4,7 +4,7 @@
 
 pub mod userns;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
@@ -19,6 +19,30 @@ pub struct Condition {
     pub ready: bool,
     pub reason: String,
     pub message: String,
+}
+
+/// At startup, with runc configured: says so when crun is installed and answers, and
+/// what choosing it would change (docs/berthd.md#runc-or-crun). Blocking (one short
+/// command), before the server serves.
+pub fn note_crun(binary: &str) {
+    if Path::new(binary).file_name().and_then(|n| n.to_str()) != Some("runc") {
+        return;
+    }
+    let version = std::process::Command::new("crun")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string));
+    if let Some(v) = version {
+        tracing::info!(
+            crun = %v,
+            "crun is installed: runtime.binary = \"crun\" starts containers faster \
+             (about 10 ms instead of 30 per create + start here) but is not the tested \
+             default; see docs/berthd.md#runc-or-crun"
+        );
+    }
 }
 
 pub struct Node {

@@ -35,10 +35,12 @@
 mod daemon;
 mod load;
 mod phases;
+mod plot;
 mod pull;
 mod ready;
 mod reference;
 mod report;
+mod scale;
 mod side;
 mod stream;
 
@@ -92,11 +94,13 @@ pub(crate) struct Plan {
     pub(crate) stream: bool,
     pub(crate) pull: bool,
     berthd_only: bool,
+    /// Where the latency charts go (`plot`), if anywhere.
+    svg: Option<std::path::PathBuf>,
 }
 
 const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only | --no-pull] \
   [--stream-only | --no-stream] [--load-only | --no-load] [--inflight N] [--runtime runc|crun]\n\
-  --quick        5 rounds, 5 pods for the 30-pod restart, 10 for the 50- and 100-pod figures,\n\
+  --quick        5 rounds, 5 pods for the 30-pod restart, 10 for the 50- and 200-pod figures,\n\
                  5 + 1 pulls, 20 execs\n\
   --berthd-only  leave the reference containerd alone\n\
   --pull-only    only the pull phase (busybox and the 200 MiB image)\n\
@@ -106,7 +110,9 @@ const USAGE: &str = "usage: berthd-bench [--quick] [--berthd-only] [--pull-only 
   --load-only    only the parallel phase (pods made N at a time while status calls probe)\n\
   --no-load      no parallel phase\n\
   --inflight N   calls in flight in the parallel phase (default 10)\n\
-  --runtime R    the OCI runtime berthd's shims run (berthd's runtime.binary; default runc)";
+  --runtime R    the OCI runtime berthd's shims run (berthd's runtime.binary; default runc)\n\
+  --svg DIR      write the latency distributions (CDF per operation, both runtimes) as\n\
+                 DIR/latency-serial.svg and DIR/latency-load.svg";
 
 fn parse_args() -> Result<Plan> {
     let mut p = Plan {
@@ -114,7 +120,7 @@ fn parse_args() -> Result<Plan> {
         // Issue 6's restart target is set with 30 pods.
         small: 30,
         many: 50,
-        big: 100,
+        big: 200,
         pulls: 20,
         big_pulls: 3,
         inflight: 10,
@@ -126,6 +132,7 @@ fn parse_args() -> Result<Plan> {
         stream: true,
         pull: true,
         berthd_only: false,
+        svg: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -153,6 +160,10 @@ fn parse_args() -> Result<Plan> {
             }
             "--no-stream" => p.stream = false,
             "--berthd-only" => p.berthd_only = true,
+            "--svg" => {
+                let dir = args.next().context(format!("--svg DIR\n{USAGE}"))?;
+                p.svg = Some(dir.into());
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -352,6 +363,16 @@ fn main() -> Result<()> {
     });
     report::print_table(&cols, &plan);
     report::print_details(&cols);
+    if let Some(dir) = &plan.svg {
+        match plot::write(&cols, dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("chart: {}", f.display());
+                }
+            }
+            Err(e) => eprintln!("[bench] charts not written: {e:#}"),
+        }
+    }
     println!(
         "\ntotal bench time: {:.1}s",
         t_start.elapsed().as_secs_f64()

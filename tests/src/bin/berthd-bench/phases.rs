@@ -85,5 +85,6 @@ pub(crate) async fn measure(sides: &mut [Side], plan: &Plan) {
     restart_all(sides, |f| &mut f.restart_small).await;
     eprintln!("[bench] {} pods each", plan.big);
     resize(sides, plan.big).await;
+    scale::measure(sides).await;
     restart_all(sides, |f| &mut f.restart_big).await;
 }

@@ -30,6 +30,8 @@ pub(crate) struct Figures {
     pub(crate) pf_mbps: Vec<f64>,
     /// The parallel phase (load.rs).
     pub(crate) load: load::LoadFigures,
+    /// At `plan.big` pods (scale.rs).
+    pub(crate) scale: scale::ScaleFigures,
 }
 
 /// One runtime: a CRI client on its socket, the daemon behind it and its pods.
