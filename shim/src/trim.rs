@@ -74,7 +74,7 @@ fn parse_smaps(text: &str) -> Vec<Mapping> {
 /// The mappings that may be dropped: the executable's, read-only (never writable, so
 /// never changed after it was mapped) and with no private (copied-on-write) page, so the
 /// page cache holds exactly what they show.
-fn trimmable<'a>(maps: &'a [Mapping], exe: &str) -> impl Iterator<Item = &'a Mapping> {
+fn trimmable<'a>(maps: &'a [Mapping], exe: &'a str) -> impl Iterator<Item = &'a Mapping> {
     maps.iter().filter(move |m| {
         m.path == exe && (m.perms == "r-xp" || m.perms == "r--p") && m.anonymous_kb == 0
     })
