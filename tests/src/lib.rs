@@ -45,6 +45,7 @@ pub mod streaming;
 pub mod task_api;
 pub mod task_reqs;
 pub mod torture;
+pub mod userns;
 pub mod ws;
 
 pub use containerd::{Instance, Setup};
