@@ -40,7 +40,7 @@ impl Containers {
         let pod = self.store.pod(&rec.pod_id)?;
         let shim = self.shim_of(&pod).await?;
         // The NRI plugins' StartContainer: one that fails it leaves the container Created.
-        self.nri.start_container(&pod, &rec).await?;
+        let _starting = self.nri.start_container(&pod, &rec).await?;
         // Stamped before the start: a fast process can exit (and be timed by the shim)
         // before the start call even returns. Recorded with the intent, so a start a
         // crash cuts is completed with this time.

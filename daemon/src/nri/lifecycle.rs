@@ -297,10 +297,27 @@ impl Nri {
 
     /// StartContainer's hook, before the process starts: an error fails the start (the
     /// container stays Created).
-    pub async fn start_container(&self, pod: &PodRecord, rec: &ContainerRecord) -> Result<()> {
+    /// The plugins' StartContainer; the guard returned is held until PostStartContainer
+    /// was sent (or the start failed), and the container's StopContainer waits for it.
+    pub async fn start_container(
+        &self,
+        pod: &PodRecord,
+        rec: &ContainerRecord,
+    ) -> Result<super::Starting<'_>> {
+        let mut starting = super::Starting {
+            nri: self,
+            id: rec.id.clone(),
+            done: None,
+        };
         if !self.cfg.enable {
-            return Ok(());
+            return Ok(starting);
         }
+        let (tx, rx) = watch::channel(false);
+        self.starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), rx);
+        starting.done = Some(tx);
         let (pod, ctr) = self.ctr_req(pod, rec);
         let req = api::StartContainerRequest {
             pod: protobuf::MessageField::some(pod),
@@ -312,7 +329,7 @@ impl Nri {
             async move { p.client.start_container(ctx, &req).await }
         })
         .await
-        .map(drop)
+        .map(|_| starting)
     }
 
     pub async fn post_start_container(&self, pod: &PodRecord, rec: &ContainerRecord) {
@@ -421,7 +438,19 @@ impl Nri {
             .insert(id.to_string(), rx);
         let me = self.clone();
         let id = id.to_string();
+        let starting = me
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
         rt.spawn(async move {
+            // A container that exits as it starts: its PostStartContainer goes first
+            // (bounded: a plugin answers within its timeout or is disconnected).
+            if let Some(mut rx) = starting {
+                let bound = std::time::Duration::from_millis(me.cfg.request_timeout_ms * 2 + 1000);
+                let _ = tokio::time::timeout(bound, rx.wait_for(|d| *d)).await;
+            }
             me.stop_container(&id).await;
             let _ = tx.send(true);
             me.stops

@@ -92,6 +92,9 @@ pub struct Nri {
     hidden: Mutex<HashSet<String>>,
     /// StopContainer notifications under way, by container id (done = true).
     stops: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Containers being started whose PostStartContainer is not sent yet (done = true): a
+    /// fast container's StopContainer waits for it, so plugins hear them in order.
+    starting: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// Containers plugins were told of in CreateContainer whose creation is not over.
     announced: Mutex<HashSet<String>>,
     host: OnceLock<Weak<dyn Host>>,
@@ -110,6 +113,28 @@ impl Drop for Hidden<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
+    }
+}
+
+/// A container's start under way (from its StartContainer hook until its
+/// PostStartContainer was sent, or the start failed): dropped, it lets the container's
+/// StopContainer notification go.
+pub struct Starting<'a> {
+    nri: &'a Nri,
+    id: String,
+    done: Option<watch::Sender<bool>>,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            self.nri
+                .starting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.id);
+            let _ = tx.send(true);
+        }
     }
 }
 
@@ -132,6 +157,7 @@ impl Nri {
             sync: RwLock::new(()),
             hidden: Mutex::default(),
             stops: Mutex::default(),
+            starting: Mutex::default(),
             announced: Mutex::default(),
             host: OnceLock::new(),
         })
