@@ -79,7 +79,7 @@ impl Containers {
 
     /// Every container for a List call (a record that cannot be read is logged and left
     /// out, as is a container whose NRI CreateContainer hook is under way).
-    pub fn list(&self) -> crate::error::Result<Vec<ContainerRecord>> {
+    pub fn list(&self) -> crate::error::Result<Vec<std::sync::Arc<ContainerRecord>>> {
         let mut ctrs = self.store.listed_containers()?;
         ctrs.retain(|c| !self.nri.is_hidden(&c.id));
         Ok(ctrs)

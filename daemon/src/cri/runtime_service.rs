@@ -196,7 +196,7 @@ impl RuntimeService for Service {
             .list()?
             .iter()
             .filter(|p| super::pod::matches(p, filter.as_ref()))
-            .map(super::pod::summary)
+            .map(|p| super::pod::summary(p))
             .collect();
         Ok(Response::new(ListPodSandboxResponse { items }))
     }
@@ -263,7 +263,7 @@ impl RuntimeService for Service {
             .list()?
             .iter()
             .filter(|c| super::container::matches(c, filter.as_ref()))
-            .map(super::container::summary)
+            .map(|c| super::container::summary(c))
             .collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }

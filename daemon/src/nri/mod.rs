@@ -230,6 +230,17 @@ impl Nri {
         list.clone()
     }
 
+    /// Whether a connected plugin subscribes to the pod-stop notification: a pod's stop
+    /// then tears its network down only after the plugins heard of the stop (containerd's
+    /// order); else the teardown runs beside the containers' kill (`pod::teardown`).
+    pub fn hears_pod_stops(&self) -> bool {
+        self.cfg.enable
+            && self
+                .active()
+                .iter()
+                .any(|p| p.subscribed(api::Event::STOP_POD_SANDBOX))
+    }
+
     /// The connected plugins' names, in call order.
     pub fn plugin_names(&self) -> Vec<String> {
         self.active().iter().map(|p| p.name()).collect()

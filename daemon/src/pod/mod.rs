@@ -96,7 +96,7 @@ impl Pods {
 
     /// Every pod for a List call (a record that cannot be read is logged and left out,
     /// as is a pod whose NRI RunPodSandbox hook is under way).
-    pub fn list(&self) -> Result<Vec<PodRecord>> {
+    pub fn list(&self) -> Result<Vec<std::sync::Arc<PodRecord>>> {
         let mut pods = self.store.listed_pods()?;
         pods.retain(|p| !self.nri.is_hidden(&p.id));
         Ok(pods)

@@ -36,27 +36,44 @@ impl Pods {
         let announce = crate::nri::convert::pod_running(&rec);
         let span = tracing::info_span!("stop_pod_sandbox", pod_id = %id);
         let res = async {
-            // Containers are killed side by side, not one after another.
-            let stops = self
-                .store
-                .containers_of(id)?
-                .into_iter()
-                .map(|c| async move { self.containers.stop(&c.id, 0).await });
-            for r in futures_util::future::join_all(stops).await {
-                r?;
-            }
-            crate::failpoint!("pod.stop.after_containers");
-            // Its containers are stopped, its infra is still there.
-            if announce {
-                self.nri.stop_pod_sandbox(&rec).await;
-            }
             // The pin's path is fixed by the pod id, so a cut run's netns is found too.
             let pinned = self.config.paths.state.join("netns").join(id);
             if rec.netns.is_none() && pinned.exists() {
                 rec.netns = Some(pinned);
             }
-            // The infra process goes while CNI unwires its netns: independent steps.
-            let (infra, network) = tokio::join!(self.stop_infra(&rec), self.unwire(&rec));
+            // Containers are killed side by side, not one after another (a pod's stop
+            // kills without a grace period: kubelet has given its containers theirs).
+            let containers = async {
+                let stops = self
+                    .store
+                    .containers_of(id)?
+                    .into_iter()
+                    .map(|c| async move { self.containers.stop(&c.id, 0).await });
+                for r in futures_util::future::join_all(stops).await {
+                    r?;
+                }
+                crate::failpoint!("pod.stop.after_containers");
+                // Its containers are stopped, its infra is still there.
+                if announce {
+                    self.nri.stop_pod_sandbox(&rec).await;
+                }
+                Ok::<(), Error>(())
+            };
+            let (infra, network) = if announce && self.nri.hears_pod_stops() {
+                // NRI plugins hear of the stop before the network goes (containerd's
+                // order): the infra process goes while CNI unwires its netns.
+                containers.await?;
+                tokio::join!(self.stop_infra(&rec), self.unwire(&rec))
+            } else {
+                // CNI DEL (the bridge plugin's veth teardown: most of a stop) runs while
+                // the containers die: they are being killed, and the plugin releases the
+                // IP only once the interface is gone.
+                let infra = async {
+                    containers.await?;
+                    self.stop_infra(&rec).await
+                };
+                tokio::join!(infra, self.unwire(&rec))
+            };
             infra?;
             let released = network?;
             crate::failpoint!("pod.stop.after_infra");
@@ -210,8 +227,14 @@ impl Pods {
         let Some(rec) = marked else {
             return Ok(());
         };
-        for c in self.store.containers_of(id)? {
-            self.containers.remove(&c.id).await?;
+        // Side by side: each is its own `runc delete` through the shim.
+        let removals = self
+            .store
+            .containers_of(id)?
+            .into_iter()
+            .map(|c| async move { self.containers.remove(&c.id).await });
+        for r in futures_util::future::join_all(removals).await {
+            r?;
         }
         self.stop(id).await?;
         crate::failpoint!("pod.remove.after_stop");
@@ -226,17 +249,23 @@ impl Pods {
         self.shims.forget(id).await;
         // A sandbox image's rootfs the shim did not get to unmount goes first, then the
         // remapped copies of its layers a user-namespaced pod's infra used.
-        let _ = crate::util::unmount_under(&rec.bundle);
+        // Unmounts and directory walks: off the async workers.
         let copies = crate::image::remap::Copies::new(&self.config.paths.root);
-        let owner = id.to_string();
-        let _ = tokio::task::spawn_blocking(move || copies.release(&owner)).await;
-        for d in [&rec.bundle, &rec.files] {
-            if let Err(e) = std::fs::remove_dir_all(d) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::io(format!("remove {}", d.display()), e));
+        let (owner, bundle, files) = (id.to_string(), rec.bundle.clone(), rec.files.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = crate::util::unmount_under(&bundle);
+            copies.release(&owner);
+            for d in [&bundle, &files] {
+                if let Err(e) = std::fs::remove_dir_all(d) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(Error::io(format!("remove {}", d.display()), e));
+                    }
                 }
             }
-        }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("pod directories: {e}")))??;
         if let Some(r) = self
             .store
             .get::<PodRecord>(PODS, id)?

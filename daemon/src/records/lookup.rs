@@ -1,6 +1,8 @@
 //! Typed reads of pod and container records: one place that knows which table holds
 //! what and how a missing record is reported.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::store::{Store, CONTAINERS, PODS};
 
@@ -14,22 +16,44 @@ pub trait Records {
     fn container(&self, id: &str) -> Result<ContainerRecord>;
     fn containers(&self) -> Result<Vec<ContainerRecord>>;
     /// Every pod whose record decodes, for a List call; undecodable ones are logged.
-    fn listed_pods(&self) -> Result<Vec<PodRecord>>;
+    fn listed_pods(&self) -> Result<Vec<Arc<PodRecord>>>;
     /// Every container whose record decodes, for a List call; undecodable ones are logged.
-    fn listed_containers(&self) -> Result<Vec<ContainerRecord>>;
+    fn listed_containers(&self) -> Result<Vec<Arc<ContainerRecord>>>;
     /// Every container of a pod.
     fn containers_of(&self, pod_id: &str) -> Result<Vec<ContainerRecord>>;
 }
 
-fn readable<T: serde::de::DeserializeOwned>(
+type Table = redb::TableDefinition<'static, &'static str, &'static [u8]>;
+
+fn readable<T: serde::de::DeserializeOwned + Send + Sync + 'static>(
     store: &Store,
-    table: redb::TableDefinition<&str, &[u8]>,
-) -> Result<Vec<T>> {
-    let (records, bad) = store.list_readable(table)?;
+    table: Table,
+) -> Result<Vec<Arc<T>>> {
+    let (records, bad) = store.list_shared(table)?;
     for key in bad {
         tracing::error!(%table, key = %key, "undecodable record left out of the list");
     }
     Ok(records)
+}
+
+/// Every record of `table`, owned; an undecodable one fails the call (the callers act on
+/// every record: recovery, teardown).
+fn every<T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static>(
+    store: &Store,
+    table: Table,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>> {
+    let (records, bad) = store.list_shared::<T>(table)?;
+    if let Some(key) = bad.first() {
+        return Err(Error::Store(format!(
+            "undecodable record {key:?} in table {table}"
+        )));
+    }
+    Ok(records
+        .iter()
+        .filter(|r| keep(r))
+        .map(|r| T::clone(r))
+        .collect())
 }
 
 impl Records for Store {
@@ -39,7 +63,7 @@ impl Records for Store {
     }
 
     fn pods(&self) -> Result<Vec<PodRecord>> {
-        self.list(PODS)
+        every(self, PODS, |_| true)
     }
 
     fn container(&self, id: &str) -> Result<ContainerRecord> {
@@ -48,22 +72,18 @@ impl Records for Store {
     }
 
     fn containers(&self) -> Result<Vec<ContainerRecord>> {
-        self.list(CONTAINERS)
+        every(self, CONTAINERS, |_| true)
     }
 
-    fn listed_pods(&self) -> Result<Vec<PodRecord>> {
+    fn listed_pods(&self) -> Result<Vec<Arc<PodRecord>>> {
         readable(self, PODS)
     }
 
-    fn listed_containers(&self) -> Result<Vec<ContainerRecord>> {
+    fn listed_containers(&self) -> Result<Vec<Arc<ContainerRecord>>> {
         readable(self, CONTAINERS)
     }
 
     fn containers_of(&self, pod_id: &str) -> Result<Vec<ContainerRecord>> {
-        Ok(self
-            .containers()?
-            .into_iter()
-            .filter(|c| c.pod_id == pod_id)
-            .collect())
+        every(self, CONTAINERS, |c: &ContainerRecord| c.pod_id == pod_id)
     }
 }

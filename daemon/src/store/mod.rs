@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use crate::error::{is_no_space, Error, Result};
 
+mod decoded;
+
 /// id → JSON record.
 pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 pub const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
@@ -43,6 +45,8 @@ pub struct Store {
     copies: Option<std::sync::Arc<dyn Copies>>,
     /// Async writers wait here for their turn (`*_async`): see [`Store::update_async`].
     turn: tokio::sync::Mutex<()>,
+    /// The records lists decoded last (`decoded`): a relist decodes only what changed.
+    decoded: decoded::Decoded,
 }
 
 /// A durable copy of every pod and container record outside the store, from which a lost
@@ -80,6 +84,7 @@ impl Store {
             failed: AtomicBool::new(false),
             copies: None,
             turn: tokio::sync::Mutex::new(()),
+            decoded: Default::default(),
         })
     }
 
@@ -381,6 +386,27 @@ impl Store {
         for item in t.iter().map_err(|e| self.fail(e))? {
             let (k, v) = item.map_err(|e| self.fail(e))?;
             match serde_json::from_slice(v.value()) {
+                Ok(r) => out.push(r),
+                Err(_) => bad.push(k.value().to_string()),
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Every record that decodes, shared (decoded once per version: `decoded`), and the
+    /// keys of those that do not.
+    pub fn list_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<(Vec<Arc<T>>, Vec<String>)> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| self.fail(e))?;
+        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
+        let mut pass = self.decoded.pass(table.name());
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
+        for item in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = item.map_err(|e| self.fail(e))?;
+            match pass.value(k.value(), v.value()) {
                 Ok(r) => out.push(r),
                 Err(_) => bad.push(k.value().to_string()),
             }
