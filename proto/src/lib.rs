@@ -54,6 +54,12 @@ pub mod berth_shim {
 
     /// The service name the shim registers.
     pub const ATTACH: &str = "berth.shim.v1.Attach";
+
+    /// ttrpc metadata on a task Stats call: with the value [`STATS_CRI`], the shim reads
+    /// only what CRI's ContainerStats carries (CPU time, memory usage, `memory.stat`)
+    /// instead of every figure of the Metrics type. Absent (containerd): every figure.
+    pub const STATS_DETAIL: &str = "berth-stats-detail";
+    pub const STATS_CRI: &str = "cri";
 }
 
 pub mod exit;

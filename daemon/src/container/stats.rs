@@ -1,12 +1,14 @@
 //! Container statistics: a task's cgroup sample (through the pod's shim), the writable
 //! layer's usage, the container's processes and open files.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::Containers;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-use crate::records::{ContainerRecord, CtrState, Records};
+use crate::records::{ContainerRecord, CtrState, PodRecord, Records};
 use crate::shim_client::Sample;
 
 /// A container's usage at one moment: its writable layer and, while it runs, its cgroup
@@ -51,6 +53,75 @@ impl Containers {
             writable_inodes,
             sample,
         })
+    }
+}
+
+/// How many shims a batch of samples ([`Containers::usages`]) asks at once: each is a
+/// round trip, mostly waiting; the bound keeps a node of many pods from holding a call
+/// open to every shim at once.
+const ASKED_AT_ONCE: usize = 32;
+
+impl Containers {
+    /// The usage of many containers (ListContainerStats), in their order: their writable
+    /// layers are walked on one blocking thread while their shims are asked for their
+    /// samples, [`ASKED_AT_ONCE`] at a time. One that cannot be sampled is its Err.
+    pub async fn usages(
+        &self,
+        recs: &[Arc<ContainerRecord>],
+    ) -> Result<Vec<Result<ContainerUsage>>> {
+        use futures_util::{stream, StreamExt};
+        let at = crate::util::now_ns();
+        let layers: Vec<PathBuf> = recs.iter().map(|r| r.dir.join("upper")).collect();
+        let walked = layers.clone();
+        // Walks of the containers' files: blocking, off the async workers, one thread.
+        let walks = tokio::task::spawn_blocking(move || {
+            walked
+                .iter()
+                .map(|l| crate::util::reported_usage(l))
+                .collect::<Vec<_>>()
+        });
+        // The pods' records once (their shims' addresses), not once per container.
+        let pods: HashMap<String, Arc<PodRecord>> = self
+            .store
+            .listed_pods()?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
+        let asks: Vec<_> = recs
+            .iter()
+            .map(|r| (r.clone(), pods.get(&r.pod_id).cloned()))
+            .collect();
+        let samples: Vec<Result<Option<Sample>>> = stream::iter(asks)
+            .map(|(rec, pod)| async move {
+                if rec.state != CtrState::Running {
+                    return Ok(None);
+                }
+                let pod = pod.ok_or_else(|| {
+                    Error::NotFound(format!("pod sandbox {:?} not found", rec.pod_id))
+                })?;
+                Ok(Some(
+                    self.shim_of(&pod).await?.stats_for_cri(&rec.id).await?,
+                ))
+            })
+            .buffered(ASKED_AT_ONCE)
+            .collect()
+            .await;
+        let walks = walks.await.unwrap_or_default();
+        Ok(samples
+            .into_iter()
+            .zip(layers)
+            .enumerate()
+            .map(|(i, (sample, writable_layer))| {
+                let (writable_bytes, writable_inodes) = walks.get(i).copied().unwrap_or_default();
+                Ok(ContainerUsage {
+                    at,
+                    writable_layer,
+                    writable_bytes,
+                    writable_inodes,
+                    sample: sample?,
+                })
+            })
+            .collect())
     }
 }
 

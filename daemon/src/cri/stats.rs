@@ -111,10 +111,9 @@ pub fn pod_stats(rec: &PodRecord, s: &PodSample) -> PodSandboxStats {
     }
 }
 
-/// How many containers (or pods) are sampled at once by a List*Stats call: each sample
-/// is a round trip to a shim plus a walk of a writable layer, mostly waiting, so in
-/// sequence 200 containers took 80 ms; a bound keeps a node of many pods from opening
-/// a connection's worth of work per pod at once.
+/// How many pods are sampled at once by ListPodSandboxStats: each sample is a round
+/// trip to a shim plus walks of writable layers, mostly waiting (in sequence, 200 took
+/// 80 ms); a bound keeps a node of many pods from asking every shim at once.
 const SAMPLED_AT_ONCE: usize = 32;
 
 /// ListContainerStats: the containers `keep` selects. A container whose shim does not
@@ -123,21 +122,24 @@ pub async fn list_container_stats(
     core: &Core,
     keep: impl Fn(&ContainerRecord) -> bool,
 ) -> Result<Vec<ContainerStats>> {
-    let picked = core.containers.list()?.into_iter().filter(|c| keep(c));
-    Ok(stream::iter(picked)
-        .map(|c| async move {
-            match core.containers.usage(&c).await {
-                Ok(u) => Some(container_stats(&c, &u)),
-                Err(e) => {
-                    tracing::warn!(container_id = %c.id, error = %e, "no stats: left out of the list");
-                    None
-                }
+    let picked: Vec<_> = core
+        .containers
+        .list()?
+        .into_iter()
+        .filter(|c| keep(c))
+        .collect();
+    let usages = core.containers.usages(&picked).await?;
+    Ok(picked
+        .iter()
+        .zip(usages)
+        .filter_map(|(c, u)| match u {
+            Ok(u) => Some(container_stats(c, &u)),
+            Err(e) => {
+                tracing::warn!(container_id = %c.id, error = %e, "no stats: left out of the list");
+                None
             }
         })
-        .buffered(SAMPLED_AT_ONCE)
-        .filter_map(std::future::ready)
-        .collect()
-        .await)
+        .collect())
 }
 
 /// ListPodSandboxStats: the pods `keep` selects; a pod that cannot be sampled is left

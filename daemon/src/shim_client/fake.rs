@@ -134,6 +134,9 @@ impl TaskShim for FakeShim {
         self.call("stats", id.into())?;
         Ok(Sample::default())
     }
+    async fn stats_for_cri(&self, id: &str) -> Result<Sample> {
+        self.stats(id).await
+    }
     async fn update(&self, id: &str, _resources_json: Vec<u8>) -> Result<()> {
         self.call("update", id.into())
     }

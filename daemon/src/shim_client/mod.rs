@@ -172,6 +172,9 @@ pub trait TaskShim: Send + Sync {
     async fn attach(&self, id: &str, exec: Option<&str>, stdout: &str, stderr: &str) -> Result<()>;
     /// The task's cgroup sample.
     async fn stats(&self, id: &str) -> Result<Sample>;
+    /// The task's CPU time and memory figures only, what CRI's ContainerStats carries
+    /// (the shim reads 3 cgroup files instead of every one: ListContainerStats).
+    async fn stats_for_cri(&self, id: &str) -> Result<Sample>;
     /// Applies new resources (OCI LinuxResources JSON) to a running task.
     async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()>;
     /// The journal entries after `after` (waiting up to `wait` for one).

@@ -147,6 +147,24 @@ fn journal_entry(e: &berth_proto::berth_shim::Entry) -> JournalEntry {
 }
 
 impl Shim {
+    /// A Stats call with `ctx` (its metadata may ask for less), decoded.
+    async fn sample(&self, id: &str, ctx: context::Context) -> Result<Sample> {
+        let req = api::StatsRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let r = self
+            .client
+            .stats(ctx, &req)
+            .await
+            .map_err(|e| rpc("stats", e))?;
+        let any = r
+            .stats
+            .into_option()
+            .ok_or_else(|| Error::Internal("shim returned no stats".into()))?;
+        Sample::decode(&any.type_url, &any.value)
+    }
+
     pub async fn connect(address: &str) -> Result<Shim> {
         let c = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(address))
             .await
@@ -349,20 +367,14 @@ impl TaskShim for Shim {
     }
 
     async fn stats(&self, id: &str) -> Result<Sample> {
-        let req = api::StatsRequest {
-            id: id.to_string(),
-            ..Default::default()
-        };
-        let r = self
-            .client
-            .stats(quick(), &req)
-            .await
-            .map_err(|e| rpc("stats", e))?;
-        let any = r
-            .stats
-            .into_option()
-            .ok_or_else(|| Error::Internal("shim returned no stats".into()))?;
-        Sample::decode(&any.type_url, &any.value)
+        self.sample(id, quick()).await
+    }
+
+    async fn stats_for_cri(&self, id: &str) -> Result<Sample> {
+        use berth_proto::berth_shim::{STATS_CRI, STATS_DETAIL};
+        let mut ctx = quick();
+        ctx.add(STATS_DETAIL.to_string(), STATS_CRI.to_string());
+        self.sample(id, ctx).await
     }
 
     async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {

@@ -18,6 +18,17 @@ pub(crate) use v2::parse_memory_events;
 pub const V1_METRICS_URL: &str = "io.containerd.cgroups.v1.Metrics";
 pub const V2_METRICS_URL: &str = "io.containerd.cgroups.v2.Metrics";
 
+/// How much a Stats call reads. containerd (and any other caller) gets every figure its
+/// Metrics type has (30-80 files under cgroup v1); berthd's ListContainerStats, asked
+/// every few seconds for every container of the node, needs only what CRI's
+/// ContainerStats carries: CPU time, memory usage and `memory.stat` (3 files), which it
+/// asks for in the call's metadata (`berth_proto::berth_shim::STATS_DETAIL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    Cri,
+}
+
 /// Where a container's cgroup lives, as seen from the shim's mount namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cgroup {
@@ -76,13 +87,13 @@ impl Cgroup {
 
     /// Current metrics as the Any containerd's Metrics API expects. Missing files are
     /// skipped; a vanished cgroup is NotFound.
-    pub fn metrics(&self) -> Result<Any> {
+    pub fn metrics(&self, detail: Detail) -> Result<Any> {
         if !self.exists() {
             return Err(Error::NotFound("cgroup does not exist".into()));
         }
         let (type_url, value) = match self {
-            Cgroup::V1 { paths } => (V1_METRICS_URL, v1::metrics(paths)?.write_to_bytes()),
-            Cgroup::V2 { path } => (V2_METRICS_URL, v2::metrics(path)?.write_to_bytes()),
+            Cgroup::V1 { paths } => (V1_METRICS_URL, v1::metrics(paths, detail)?.write_to_bytes()),
+            Cgroup::V2 { path } => (V2_METRICS_URL, v2::metrics(path, detail)?.write_to_bytes()),
         };
         let value = value.map_err(|e| Error::proto("encode cgroup metrics", e))?;
         Ok(Any {
@@ -322,7 +333,7 @@ mod tests {
     fn own_cgroup_metrics() {
         let cg = Cgroup::for_pid(std::process::id() as i32).expect("for_pid");
         assert!(cg.exists());
-        let any = cg.metrics().expect("metrics");
+        let any = cg.metrics(Detail::Full).expect("metrics");
         match &cg {
             Cgroup::V1 { .. } => {
                 assert_eq!(any.type_url, V1_METRICS_URL);
@@ -330,6 +341,14 @@ mod tests {
                     .expect("decode");
                 assert!(m.memory.usage.usage > 0, "{:?}", m.memory);
                 assert!(m.cpu.usage.total > 0, "{:?}", m.cpu);
+                // CRI's figures only: CPU time and memory, the rest left out.
+                let any = cg.metrics(Detail::Cri).expect("brief metrics");
+                let b = berth_proto::cgroups::metrics::Metrics::parse_from_bytes(&any.value)
+                    .expect("decode");
+                assert!(b.memory.usage.usage > 0 && b.cpu.usage.total > 0, "{b:?}");
+                assert!(b.memory.total_rss > 0 || b.memory.total_cache > 0, "{b:?}");
+                assert!(b.pids.is_none() && b.blkio.is_none() && b.hugetlb.is_empty());
+                assert!(b.memory.kernel.is_none() && b.memory_oom_control.is_none());
             }
             Cgroup::V2 { .. } => {
                 assert_eq!(any.type_url, V2_METRICS_URL);

@@ -9,7 +9,7 @@ use berth_proto::cgroups::metrics::{
 };
 use berth_proto::protobuf::MessageField;
 
-use super::{list_dir, parse_kv, read_opt, read_value};
+use super::{list_dir, parse_kv, read_opt, read_value, Detail};
 use crate::error::Result;
 
 /// cpuacct.stat counts in USER_HZ ticks; USER_HZ is 100 in Linux's userspace ABI on every
@@ -17,8 +17,29 @@ use crate::error::Result;
 const USER_HZ: u64 = 100;
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-pub(super) fn metrics(paths: &HashMap<String, PathBuf>) -> Result<Metrics> {
+pub(super) fn metrics(paths: &HashMap<String, PathBuf>, detail: Detail) -> Result<Metrics> {
     let mut m = Metrics::new();
+    if detail == Detail::Cri {
+        // CPU time, memory usage and its breakdown: what CRI's ContainerStats carries.
+        if let Some(dir) = paths.get("cpuacct") {
+            let mut u = CPUUsage::new();
+            u.total = read_value(&dir.join("cpuacct.usage"))?.unwrap_or(0);
+            let mut c = CPUStat::new();
+            c.usage = MessageField::some(u);
+            m.cpu = MessageField::some(c);
+        }
+        if let Some(dir) = paths.get("memory") {
+            let mut mem = MemoryStat::new();
+            if let Some(stat) = read_opt(&dir.join("memory.stat"))? {
+                apply_memory_stat(&stat, &mut mem);
+            }
+            let mut usage = MemoryEntry::new();
+            usage.usage = read_value(&dir.join("memory.usage_in_bytes"))?.unwrap_or(0);
+            mem.usage = MessageField::some(usage);
+            m.memory = MessageField::some(mem);
+        }
+        return Ok(m);
+    }
     if let Some(dir) = paths.get("pids") {
         m.pids = pids(dir)?;
     }

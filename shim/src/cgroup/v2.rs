@@ -8,12 +8,26 @@ use berth_proto::cgroups_v2::metrics::{
 };
 use berth_proto::protobuf::MessageField;
 
-use super::{list_dir, parse_kv, read_opt, read_value};
+use super::{list_dir, parse_kv, read_opt, read_value, Detail};
 use crate::error::Result;
 
-pub(super) fn metrics(dir: &Path) -> Result<Metrics> {
+pub(super) fn metrics(dir: &Path, detail: Detail) -> Result<Metrics> {
     let file = |n: &str| dir.join(n);
     let mut m = Metrics::new();
+    if detail == Detail::Cri {
+        // CPU time, memory usage and its breakdown: what CRI's ContainerStats carries.
+        if let Some(stat) = read_opt(&file("cpu.stat"))? {
+            m.cpu = MessageField::some(parse_cpu_stat(&stat));
+        }
+        let mut mem = MemoryStat::new();
+        apply_memory_stat(
+            &read_opt(&file("memory.stat"))?.unwrap_or_default(),
+            &mut mem,
+        );
+        mem.usage = read_value(&file("memory.current"))?.unwrap_or(0);
+        m.memory = MessageField::some(mem);
+        return Ok(m);
+    }
     if let Some(current) = read_value(&file("pids.current"))? {
         let mut p = PidsStat::new();
         p.current = current;
@@ -273,7 +287,7 @@ mod tests {
         let any = Cgroup::V2 {
             path: dir.path().into(),
         }
-        .metrics()
+        .metrics(Detail::Full)
         .expect("metrics");
         assert_eq!(any.type_url, V2_METRICS_URL);
         let m = Metrics::parse_from_bytes(&any.value).expect("decode");
@@ -297,6 +311,22 @@ mod tests {
             (h.pagesize.as_str(), h.current, h.max, h.failcnt),
             ("2MB", 2097152, u64::MAX, 6)
         );
+        // berthd's ListContainerStats asks for CRI's figures only: the same CPU time and
+        // memory, none of the others read.
+        let any = Cgroup::V2 {
+            path: dir.path().into(),
+        }
+        .metrics(Detail::Cri)
+        .expect("brief metrics");
+        let b = Metrics::parse_from_bytes(&any.value).expect("decode");
+        assert_eq!(b.cpu.usage_usec, 900);
+        assert_eq!(
+            (b.memory.usage, b.memory.file, b.memory.pgfault),
+            (1048576, 8192, 3)
+        );
+        assert!(b.pids.is_none() && b.io.is_none() && b.memory_events.is_none());
+        assert!(b.hugetlb.is_empty());
+        assert_eq!(b.memory.usage_limit, 0, "memory.max is not read");
     }
 
     #[test]
@@ -306,6 +336,9 @@ mod tests {
             path: dir.path().join("gone"),
         };
         assert!(!cg.exists());
-        assert!(matches!(cg.metrics().unwrap_err(), Error::NotFound(_)));
+        assert!(matches!(
+            cg.metrics(Detail::Full).unwrap_err(),
+            Error::NotFound(_)
+        ));
     }
 }

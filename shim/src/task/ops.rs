@@ -9,6 +9,7 @@ use berth_proto::protobuf::Message;
 use berth_proto::shim::oci::{CheckpointOptions, ProcessDetails};
 use berth_proto::topics::{TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC};
 
+use crate::cgroup::Detail;
 use crate::error::{Error, Result};
 use crate::events::{pack, timestamp};
 
@@ -213,11 +214,11 @@ impl Service {
         Ok(r)
     }
 
-    pub fn stats(&self, req: StatsRequest) -> Result<StatsResponse> {
+    pub fn stats(&self, req: StatsRequest, detail: Detail) -> Result<StatsResponse> {
         let cg = self.lock()?.get(&req.id)?.cgroup.clone();
         let cg = cg.ok_or_else(|| Error::NotFound("cgroup does not exist".into()))?;
         let mut r = StatsResponse::new();
-        r.stats = Some(cg.metrics()?).into();
+        r.stats = Some(cg.metrics(detail)?).into();
         Ok(r)
     }
 

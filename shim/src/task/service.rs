@@ -124,9 +124,18 @@ impl Task for Service {
         Ok(self.wait(req).instrument(span).await?)
     }
 
-    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> TResult<StatsResponse> {
+    async fn stats(&self, ctx: &TtrpcContext, req: StatsRequest) -> TResult<StatsResponse> {
         let _g = span!("stats", req).entered();
-        Ok(self.stats(req)?)
+        use berth_proto::berth_shim::{STATS_CRI, STATS_DETAIL};
+        let brief = ctx
+            .metadata
+            .get(STATS_DETAIL)
+            .is_some_and(|v| v.iter().any(|v| v == STATS_CRI));
+        let detail = match brief {
+            true => crate::cgroup::Detail::Cri,
+            false => crate::cgroup::Detail::Full,
+        };
+        Ok(self.stats(req, detail)?)
     }
 
     async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> TResult<ConnectResponse> {

@@ -143,7 +143,7 @@ pub(crate) fn print_table(cols: &[Col; 2], plan: &Plan) {
             ),
         ]);
         let b = plan.big;
-        rows.extend::<[(String, CellFn, &str); 4]>([
+        rows.extend::<[(String, CellFn, &str); 5]>([
             (
                 format!("{b} pods: relist (ListPodSandbox + ListContainers), median / p99"),
                 &|f| spread(&f.scale.relist),
@@ -153,6 +153,15 @@ pub(crate) fn print_table(cols: &[Col; 2], plan: &Plan) {
                 format!("{b} pods: ListContainerStats, median / p99"),
                 &|f| spread(&f.scale.stats),
                 "≤ 20 ms",
+            ),
+            (
+                format!("{b} pods: CPU per ListContainerStats, daemon / shims"),
+                &|f| {
+                    f.scale
+                        .stats_cpu
+                        .map(|(d, s)| format!("{d:.1} / {s:.1} ms"))
+                },
+                "",
             ),
             (
                 format!("{b} pods: daemon RSS"),
