@@ -232,14 +232,21 @@ impl Containers {
             None => forget_task(&rec.bundle, id).await,
         }
         crate::failpoint!("ctr.remove.after_delete");
-        let _ = crate::util::unmount_under(&rec.bundle);
-        for d in [&rec.bundle, &rec.dir] {
-            if let Err(e) = std::fs::remove_dir_all(d) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::io(format!("remove {}", d.display()), e));
+        // Unmounts and a walk of the writable layer (any size): off the async workers.
+        let (bundle, dir) = (rec.bundle.clone(), rec.dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = crate::util::unmount_under(&bundle);
+            for d in [&bundle, &dir] {
+                if let Err(e) = std::fs::remove_dir_all(d) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(Error::io(format!("remove {}", d.display()), e));
+                    }
                 }
             }
-        }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("container directories: {e}")))??;
         let at = self.store.remove(CONTAINERS, id, &rec.name_key)?;
         // Snapshots of images removed while this container used them go now.
         if let Err(e) = self.images.release(id) {

@@ -59,18 +59,25 @@ impl Pods {
                 }
                 Ok::<(), Error>(())
             };
+            // The stopped containers' tasks are deleted (`runc delete`) as containerd
+            // deletes a task once it exits, then the infra goes: all while CNI unwires
+            // the netns, so the removal has no runtime call left to wait for.
+            let tasks_and_infra = async {
+                self.delete_tasks(&rec).await;
+                self.stop_infra(&rec).await
+            };
             let (infra, network) = if announce && self.nri.hears_pod_stops() {
                 // NRI plugins hear of the stop before the network goes (containerd's
-                // order): the infra process goes while CNI unwires its netns.
+                // order).
                 containers.await?;
-                tokio::join!(self.stop_infra(&rec), self.unwire(&rec))
+                tokio::join!(tasks_and_infra, self.unwire(&rec))
             } else {
                 // CNI DEL (the bridge plugin's veth teardown: most of a stop) runs while
                 // the containers die: they are being killed, and the plugin releases the
                 // IP only once the interface is gone.
                 let infra = async {
                     containers.await?;
-                    self.stop_infra(&rec).await
+                    tasks_and_infra.await
                 };
                 tokio::join!(infra, self.unwire(&rec))
             };
@@ -121,6 +128,30 @@ impl Pods {
                 .await;
         }
         res
+    }
+
+    /// Deletes the tasks of the pod's exited containers in its shim, side by side (their
+    /// records stay until RemoveContainer, whose delete then finds none). A failure is
+    /// logged: the removal deletes again.
+    async fn delete_tasks(&self, rec: &PodRecord) {
+        let Ok(shim) = self.shim_of(rec).await else {
+            return;
+        };
+        let Ok(ctrs) = self.store.containers_of(&rec.id) else {
+            return;
+        };
+        let deletes = ctrs
+            .iter()
+            .filter(|c| c.state == crate::records::CtrState::Exited)
+            .map(|c| {
+                let shim = shim.clone();
+                async move {
+                    if let Err(e) = shim.delete(&c.id, None).await {
+                        tracing::warn!(container_id = %c.id, error = %e, "deleting a stopped container's task; its removal tries again");
+                    }
+                }
+            });
+        futures_util::future::join_all(deletes).await;
     }
 
     /// Kills and deletes the infra task. A RunPodSandbox cut by a crash may have started

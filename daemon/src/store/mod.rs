@@ -265,7 +265,10 @@ impl Store {
 
     /// Read-modify-write of one record in one write transaction. Write transactions are
     /// serialized, so of two racing updaters only one sees the old value. `f` says whether
-    /// to write; the written record is returned (None: no record, or `f` declined).
+    /// to write; the written record is returned (None: no record, or `f` declined). A
+    /// record `f` left as it was is returned without a commit: a commit costs its fsyncs
+    /// (and the record copy's), and idempotent steps (a removal's stop of a stopped pod)
+    /// mark records that already say so.
     pub fn update<T: Serialize + DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
@@ -274,27 +277,40 @@ impl Store {
     ) -> Result<Option<T>> {
         let db = self.db()?;
         let tx = db.begin_write().map_err(|e| self.fail(e))?;
-        let out = {
+        let (out, changed) = {
             let mut t = tx.open_table(table).map_err(|e| self.fail(e))?;
-            let current: Option<T> = match t.get(id).map_err(|e| self.fail(e))? {
-                Some(v) => Some(serde_json::from_slice(v.value()).map_err(err)?),
+            let current: Option<(T, Vec<u8>)> = match t.get(id).map_err(|e| self.fail(e))? {
+                Some(v) => Some((
+                    serde_json::from_slice(v.value()).map_err(err)?,
+                    v.value().to_vec(),
+                )),
                 None => None,
             };
             match current {
-                Some(mut rec) => {
+                Some((mut rec, old)) => {
                     if f(&mut rec) {
                         let bytes = serde_json::to_vec(&rec).map_err(err)?;
-                        t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
-                        self.copy_written(table, id, &bytes);
-                        Some(rec)
+                        // Compared as JSON values: maps (labels) serialize in any order.
+                        let changed = bytes != old
+                            && serde_json::from_slice::<serde_json::Value>(&bytes).ok()
+                                != serde_json::from_slice::<serde_json::Value>(&old).ok();
+                        if changed {
+                            t.insert(id, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                            self.copy_written(table, id, &bytes);
+                        }
+                        (Some(rec), changed)
                     } else {
-                        None
+                        (None, false)
                     }
                 }
-                None => None,
+                None => (None, false),
             }
         };
-        tx.commit().map_err(|e| self.fail(e))?;
+        if changed {
+            tx.commit().map_err(|e| self.fail(e))?;
+        } else {
+            tx.abort().map_err(|e| self.fail(e))?;
+        }
         Ok(out)
     }
 
