@@ -54,6 +54,15 @@ pub fn run(args: &Args) -> Result<()> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| Error::sys("close-on-exec on the listening socket", e))?;
+    // One malloc arena for every thread: the shim serves from one thread, and each short
+    // blocking thread (file reads, runc waits) would otherwise get an arena of its own
+    // whose pages stay resident in every shim of the node.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator tunable; no allocation is in flight here
+    // that another thread could race with (the runtime is not built yet).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

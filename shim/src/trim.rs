@@ -4,7 +4,8 @@
 //! start and then every minute, the read-only mappings of the shim's own executable that
 //! hold no private page are dropped from its page tables (`madvise(MADV_DONTNEED)`): the
 //! pages stay in the page cache, shared with every other shim, and whatever runs next
-//! faults its pages back in.
+//! faults its pages back in. The allocator's free heap pages are handed back at the same
+//! times (`malloc_trim`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -85,6 +86,13 @@ fn trim_once() -> std::io::Result<usize> {
     let exe = exe.to_string_lossy();
     let maps = parse_smaps(&std::fs::read_to_string(Path::new("/proc/self/smaps"))?);
     let mut bytes = 0;
+    // Freed heap pages go back to the kernel too: glibc keeps the free chunks between
+    // live ones (start-up's parsing, a stats call's buffers) resident until trimmed.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     for m in trimmable(&maps, &exe) {
         // SAFETY: a read-only private file mapping without private pages: dropping its
         // page table entries loses nothing, the next access maps the same file page

@@ -364,6 +364,20 @@ impl TestPlugin {
         TestPlugin::over(trunk, name, idx, b).await
     }
 
+    /// A plugin that only adjusts every container it is asked to create with `a`.
+    pub async fn adjusting(
+        socket: &Path,
+        name: &str,
+        idx: &str,
+        a: api::ContainerAdjustment,
+    ) -> Result<TestPlugin> {
+        let b = Behavior {
+            adjust: Some(a),
+            ..Default::default()
+        };
+        TestPlugin::connect(socket, name, idx, b).await
+    }
+
     /// The same over an already-connected socket (a pre-installed plugin's fd 3).
     pub async fn over(
         trunk: tokio::net::UnixStream,

@@ -73,16 +73,7 @@ fn hooks_and_devices_reach_the_container() -> Result<()> {
             ],
             ..Default::default()
         });
-        let p = TestPlugin::connect(
-            &sock,
-            "devices",
-            "10",
-            Behavior {
-                adjust: Some(a),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let p = TestPlugin::adjusting(&sock, "devices", "10", a).await?;
         let logs = d.dir.path().join("logs");
         let pod = Pod::run(d, pod_config("hooks", &logs.join("hooks"))).await?;
         let probe = "echo zero=$(head -c 3 /dev/nri-zero | wc -c); \
@@ -128,16 +119,7 @@ fn hooks_and_devices_reach_the_container() -> Result<()> {
             }),
             ..Default::default()
         });
-        let _deny = TestPlugin::connect(
-            &sock,
-            "deny",
-            "10",
-            Behavior {
-                adjust: Some(a),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let _deny = TestPlugin::adjusting(&sock, "deny", "10", a).await?;
         let e = pod
             .run_to_exit(container_config(
                 "denied",
@@ -187,16 +169,7 @@ fn a_seccomp_policy_is_enforced_an_io_priority_refused_on_runc_1_1() -> Result<(
             }),
             ..Default::default()
         });
-        let _p = TestPlugin::connect(
-            &sock,
-            "seccomp",
-            "10",
-            Behavior {
-                adjust: Some(a),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let _p = TestPlugin::adjusting(&sock, "seccomp", "10", a).await?;
         let logs = d.dir.path().join("logs");
         let pod = Pod::run(d, pod_config("seccomp", &logs.join("seccomp"))).await?;
         let e = pod
@@ -230,16 +203,7 @@ fn a_seccomp_policy_is_enforced_an_io_priority_refused_on_runc_1_1() -> Result<(
                 }),
                 ..Default::default()
             });
-            let _io = TestPlugin::connect(
-                &sock,
-                "ioprio",
-                "10",
-                Behavior {
-                    adjust: Some(a),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            let _io = TestPlugin::adjusting(&sock, "ioprio", "10", a).await?;
             let c = container_config("io", image::BUSYBOX_IMAGE, &["true"]);
             let err = pod.create(c).await.expect_err("CreateContainer passed");
             ensure!(
@@ -384,16 +348,7 @@ fn the_default_validator_refuses_hooks_and_missing_plugins() -> Result<()> {
             prestart: vec![hook("true")],
             ..Default::default()
         });
-        let hooker = TestPlugin::connect(
-            &sock,
-            "hooker",
-            "20",
-            Behavior {
-                adjust: Some(a),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let hooker = TestPlugin::adjusting(&sock, "hooker", "20", a).await?;
         let err = pod
             .create(c.clone())
             .await
@@ -494,16 +449,7 @@ fn cdi_devices_from_cri_and_from_a_plugin() -> Result<()> {
             name: "vendor.example/test=fuse".into(),
             ..Default::default()
         });
-        let _p = TestPlugin::connect(
-            &sock,
-            "cdi",
-            "10",
-            Behavior {
-                adjust: Some(a),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let _p = TestPlugin::adjusting(&sock, "cdi", "10", a).await?;
         let c = container_config("nri", image::BUSYBOX_IMAGE, &["sh", "-c", CDI_PROBE]);
         check(&pod.run_to_exit(c).await?)?;
         pod.remove().await?;

@@ -63,8 +63,8 @@ impl Pods {
             // deletes a task once it exits, then the infra goes: all while CNI unwires
             // the netns, so the removal has no runtime call left to wait for.
             let tasks_and_infra = async {
-                self.delete_tasks(&rec).await;
-                self.stop_infra(&rec).await
+                let deleted = self.delete_tasks(&rec).await;
+                self.stop_infra(&rec, deleted).await
             };
             let (infra, network) = if announce && self.nri.hears_pod_stops() {
                 // NRI plugins hear of the stop before the network goes (containerd's
@@ -131,33 +131,47 @@ impl Pods {
     }
 
     /// Deletes the tasks of the pod's exited containers in its shim, side by side (their
-    /// records stay until RemoveContainer, whose delete then finds none). A failure is
-    /// logged: the removal deletes again.
-    async fn delete_tasks(&self, rec: &PodRecord) {
-        let Ok(shim) = self.shim_of(rec).await else {
-            return;
-        };
+    /// records stay until RemoveContainer, whose delete then finds none). Whether every
+    /// container's task is gone; a failure is logged (the removal deletes again).
+    async fn delete_tasks(&self, rec: &PodRecord) -> bool {
         let Ok(ctrs) = self.store.containers_of(&rec.id) else {
-            return;
+            return false;
         };
-        let deletes = ctrs
-            .iter()
-            .filter(|c| c.state == crate::records::CtrState::Exited)
-            .map(|c| {
-                let shim = shim.clone();
-                async move {
-                    if let Err(e) = shim.delete(&c.id, None).await {
+        if ctrs.is_empty() {
+            return true;
+        }
+        let Ok(shim) = self.shim_of(rec).await else {
+            return false;
+        };
+        let deletes = ctrs.iter().map(|c| {
+            let shim = shim.clone();
+            async move {
+                if c.state != crate::records::CtrState::Exited {
+                    return false;
+                }
+                match shim.delete(&c.id, None).await {
+                    Ok(()) => true,
+                    Err(e) => {
                         tracing::warn!(container_id = %c.id, error = %e, "deleting a stopped container's task; its removal tries again");
+                        false
                     }
                 }
-            });
-        futures_util::future::join_all(deletes).await;
+            }
+        });
+        futures_util::future::join_all(deletes)
+            .await
+            .into_iter()
+            .all(|d| d)
     }
 
     /// Kills and deletes the infra task. A RunPodSandbox cut by a crash may have started
     /// the shim and the infra process without recording them: they are found through the
     /// bundle's address.
-    async fn stop_infra(&self, rec: &PodRecord) -> Result<()> {
+    ///
+    /// `tasks_gone`: no container task is left in the shim, so once the infra goes the
+    /// shim exits, and the stop waits for that (bounded): a shim left exiting on its own
+    /// would take the next call's connection and drop it (the removal's).
+    async fn stop_infra(&self, rec: &PodRecord, tasks_gone: bool) -> Result<()> {
         let id = rec.id.as_str();
         // Pinned namespaces (a pod without an infra process) go; the pin dir is named by
         // the pod id, so a cut run's is found too. Unmounts: off the async workers.
@@ -171,10 +185,10 @@ impl Pods {
             self.shims.leftover(&rec.bundle).await
         };
         if rec.infra_less() {
-            // No infra task; the shim goes once no container is recorded (else at the
+            // No infra task; the shim goes once it holds no container task (else at the
             // removal, `remove`).
             if let Some(shim) = shim {
-                shim.shutdown(self.store.containers_of(id)?.is_empty())
+                shim.shutdown(tasks_gone || self.store.containers_of(id)?.is_empty())
                     .await;
             }
             self.shims.forget(id).await;
@@ -200,7 +214,7 @@ impl Pods {
             let _ = shim.wait(id, None, STOP_WAIT).await;
             shim.delete(id, None).await?;
             self.shims.forget(id).await;
-            shim.shutdown(self.store.containers_of(id)?.is_empty())
+            shim.shutdown(tasks_gone || self.store.containers_of(id)?.is_empty())
                 .await;
         } else {
             // No shim answers (it died, maybe inside the infra's create or start): what

@@ -136,7 +136,7 @@ fn an_undecodable_record_is_left_out_of_the_lists_not_failing_them() {
         .list()
         .unwrap()
         .into_iter()
-        .map(|p| p.id)
+        .map(|p| p.id.clone())
         .collect();
     assert_eq!(pods, ["p1"]);
     let ctrs: Vec<_> = k
@@ -145,7 +145,7 @@ fn an_undecodable_record_is_left_out_of_the_lists_not_failing_them() {
         .list()
         .unwrap()
         .into_iter()
-        .map(|c| c.id)
+        .map(|c| c.id.clone())
         .collect();
     assert_eq!(ctrs, ["c1"]);
 }

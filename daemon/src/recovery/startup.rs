@@ -27,8 +27,10 @@ impl Recovery {
     }
 
     async fn recover_all(self: &Arc<Self>) -> Result<()> {
+        let t0 = std::time::Instant::now();
         let pods: Vec<PodRecord> = self.store.list(PODS)?;
         self.restore_events(&pods)?;
+        let read = t0.elapsed();
         // A reboot ended some pods (or all): settled without waiting on their shims.
         let boot = super::reboot::current_boot();
         let new_boot = super::reboot::booted_since(&self.config.paths.root, boot.as_deref());
@@ -117,14 +119,28 @@ impl Recovery {
                 }
             }));
         }
+        let count = tasks.len();
         for t in tasks {
             let _ = t.await;
         }
+        let reconnected = t0.elapsed();
         self.resolve_intents().await?;
         self.recover_containers().await?;
+        let settled = t0.elapsed();
         self.remove_orphans().await?;
         self.release_networks(wired);
         super::reboot::remember_boot(&self.config.paths.root, boot.as_deref())?;
+        // Where a slow restart's time went (records read, shims reconnected, cut
+        // operations and containers settled, leftovers swept), each since the start.
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        tracing::info!(
+            pods = count,
+            records_ms = %ms(read),
+            reconnected_ms = %ms(reconnected),
+            settled_ms = %ms(settled),
+            total_ms = %ms(t0.elapsed()),
+            "recovered"
+        );
         Ok(())
     }
 

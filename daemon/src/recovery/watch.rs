@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::records::Records;
 use crate::shim_client::ShimHandle;
 
 use super::Recovery;
@@ -22,6 +23,11 @@ impl Recovery {
         self.follow_journal(id.clone(), shim.clone(), recovering);
         let rec = self.clone();
         tokio::spawn(async move {
+            // A pod without an infra process has no task to wait on: its shim's death
+            // reaches it through the journal's follower.
+            if rec.store.pod(&id).is_ok_and(|p| p.infra_less()) {
+                return;
+            }
             match shim
                 .wait(&id, None, Duration::from_secs(365 * 24 * 3600))
                 .await

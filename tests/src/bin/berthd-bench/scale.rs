@@ -58,8 +58,12 @@ async fn stats(rs: &mut Rt) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
+/// How long after the last pod the figures are taken: Berth's shims trim their resident
+/// set 3 s after they start (then every minute), so at 4 s every shim is as it stays.
+const SETTLE: Duration = Duration::from_secs(4);
+
 pub(crate) async fn measure(sides: &mut [Side]) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     for s in sides.iter_mut().filter(|s| s.ok()) {
         eprintln!(
             "[bench] {}: {} pods: relists, stats, memory",
