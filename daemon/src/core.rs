@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::container::Containers;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::EventHub;
 use crate::image::{ImageStore, Puller};
 use crate::metrics::{Census, Metrics};
@@ -69,19 +69,50 @@ fn census(store: &Store) -> Option<Census> {
         .ok()
 }
 
-impl Core {
-    pub fn open(config: Config) -> Result<Arc<Core>> {
+/// What berthd learns of the node before it serves, started first thing: the user-
+/// namespace probe (a process in a new user namespace, an idmapped overlay mounted and
+/// unmounted: about 30 ms) runs on a thread of its own while the store is checked,
+/// opened and its record copies synced, instead of before them.
+pub struct NodeProbes {
+    shim_binary: PathBuf,
+    pause_rootfs: PathBuf,
+    userns: std::thread::JoinHandle<std::result::Result<crate::node::userns::RootfsWay, String>>,
+}
+
+impl NodeProbes {
+    pub fn start(config: &Config) -> Result<NodeProbes> {
         // The root and state dirs are made by `pause_rootfs` and `with_parts`.
         let shim_binary = crate::shim_client::locate(&config.runtime.shim)?;
         let pause_rootfs = crate::pod::pause_rootfs(&config.paths.root)?;
-        let launcher = ShimLauncher::new(shim_binary, config.server.socket.clone());
-        // Startup, before the server serves: blocking here stalls no call.
-        let userns = crate::node::userns::probe(
-            &config.paths.root.join("userns-probe"),
-            &pause_rootfs.join("pause"),
-            &[],
-            config.userns.rootfs,
+        let (scratch, pause) = (
+            config.paths.root.join("userns-probe"),
+            pause_rootfs.join("pause"),
         );
+        let (mode, runtime) = (config.userns.rootfs, config.runtime.binary.clone());
+        // Startup, before the server serves: blocking here stalls no call.
+        let userns = std::thread::Builder::new()
+            .name("berth-probe".into())
+            .spawn(move || {
+                crate::node::note_crun(&runtime);
+                crate::node::userns::probe(&scratch, &pause, &[], mode)
+            })
+            .map_err(|e| Error::io("spawn the user-namespace probe", e))?;
+        Ok(NodeProbes {
+            shim_binary,
+            pause_rootfs,
+            userns,
+        })
+    }
+}
+
+impl Core {
+    pub fn open(config: Config, probes: NodeProbes) -> Result<Arc<Core>> {
+        let launcher = ShimLauncher::new(probes.shim_binary, config.server.socket.clone());
+        let core = Core::with_parts(config, launcher, probes.pause_rootfs)?;
+        let userns = probes
+            .userns
+            .join()
+            .unwrap_or_else(|_| Err("the user-namespace probe panicked".into()));
         match &userns {
             Ok(crate::node::userns::RootfsWay::Idmap) => {
                 tracing::info!("user namespaces: available (overlay rootfs on idmapped layers)")
@@ -93,8 +124,6 @@ impl Core {
             }
             Err(why) => tracing::info!(reason = %why, "user namespaces: not available"),
         }
-        crate::node::note_crun(&config.runtime.binary);
-        let core = Core::with_parts(config, launcher, pause_rootfs)?;
         core.node.set_userns(userns);
         Ok(core)
     }
@@ -124,9 +153,13 @@ impl Core {
         let copies = Arc::new(crate::records::copies::RecordCopies::new(
             &config.paths.root,
         ));
+        let began = std::time::Instant::now();
         match copies.sync(&store) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(written = n, "record copies brought up to date"),
+            Ok(n) => tracing::info!(
+                written = n,
+                ms = %format!("{:.1}", began.elapsed().as_secs_f64() * 1e3),
+                "record copies checked"
+            ),
             Err(e) => tracing::warn!(error = %e, "record copies not brought up to date"),
         }
         store.set_copies(copies);

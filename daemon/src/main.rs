@@ -88,6 +88,7 @@ enum ConfigCommand {
 }
 
 fn main() {
+    let began = std::time::Instant::now();
     let cli = Cli::parse();
     if let Some(Command::Config {
         what: ConfigCommand::Default,
@@ -192,9 +193,10 @@ fn main() {
             // A store that is gone or cannot be read is rebuilt from the record copies
             // before anything reads it (the socket above keeps a second berthd out).
             let exe = std::env::current_exe().map_err(|e| error::Error::io("current_exe", e))?;
+            let probes = core::NodeProbes::start(&cfg)?;
             salvage::prepare(&cfg, &exe)?;
             cri::store_upgrade::upgrade(&cfg.store_path())?;
-            Ok((s, ep, core::Core::open(cfg)?))
+            Ok((s, ep, core::Core::open(cfg, probes)?))
         });
         let (streaming, metrics_ep, core) = match opened {
             Ok((s, ep, r)) => (std::sync::Arc::new(s), ep, r),
@@ -211,10 +213,15 @@ fn main() {
                 }
             });
         }
+        let opened = began.elapsed();
         core.recovery.recover().await?;
         // NRI plugins are started and accepted once the pods and containers are
         // recovered (they are synchronized with them).
         core.nri.start().await?;
+        // Where a start's time went: the store checked and opened with the node's state
+        // (`opened`), then the recovery (its own line says more).
+        let ms = |d: std::time::Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        tracing::info!(opened_ms = %ms(opened), ready_ms = %ms(began.elapsed()), "started");
         let stream_metrics = core.metrics.streaming.clone();
         let backend: std::sync::Arc<dyn stream::Backend> = core.clone();
         let tokens = streaming.clone();

@@ -48,6 +48,31 @@ pub struct RecordCopy {
     pub image: Option<Value>,
 }
 
+/// Image and snapshot records as read during one composition pass (many containers of
+/// a node share an image and its layers).
+#[derive(Default)]
+struct Shared {
+    /// "table/key" → the record (None: there is none).
+    read: std::collections::HashMap<String, Option<Value>>,
+}
+
+impl Shared {
+    fn read(
+        &mut self,
+        store: &Store,
+        table: redb::TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<Option<Value>> {
+        let slot = format!("{}/{key}", table.name());
+        if let Some(v) = self.read.get(&slot) {
+            return Ok(v.clone());
+        }
+        let v = store.get::<Value>(table, key)?;
+        self.read.insert(slot, v.clone());
+        Ok(v)
+    }
+}
+
 /// Where the copies live, and their writer (installed on the store by the core).
 pub struct RecordCopies {
     root: PathBuf,
@@ -79,6 +104,18 @@ impl RecordCopies {
     pub fn compose(&self, store: &Store, table: &str, bytes: &[u8]) -> Result<RecordCopy> {
         let record: Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::Internal(format!("record copy: {e}")))?;
+        self.compose_with(store, table, record, &mut Shared::default())
+    }
+
+    /// [`Self::compose`] of a decoded record, reading image and snapshot records through
+    /// `shared` (a sync reads each once, not once per container that uses it).
+    fn compose_with(
+        &self,
+        store: &Store,
+        table: &str,
+        record: Value,
+        shared: &mut Shared,
+    ) -> Result<RecordCopy> {
         let mut copy = RecordCopy {
             copy_format: COPY_FORMAT,
             record_format: super::migrate::FORMAT,
@@ -92,14 +129,14 @@ impl RecordCopies {
             let id = copy.record["id"].as_str().unwrap_or_default();
             let lease: Option<Vec<String>> = store.get(LEASES, id)?;
             for chain in lease.iter().flatten() {
-                if let Some(s) = store.get::<Value>(SNAPSHOTS, chain)? {
+                if let Some(s) = shared.read(store, SNAPSHOTS, chain)? {
                     copy.snapshots.insert(chain.clone(), s);
                 }
             }
             copy.lease = lease.map(Value::from);
             let image = copy.record["image_id"].as_str().unwrap_or_default();
             if !image.is_empty() {
-                copy.image = store.get::<Value>(IMAGES, image)?;
+                copy.image = shared.read(store, IMAGES, image)?;
             }
         }
         Ok(copy)
@@ -108,10 +145,23 @@ impl RecordCopies {
     /// Writes the copy of a record if its directory exists and the copy there differs.
     /// Returns whether it wrote one.
     pub fn write(&self, store: &Store, table: &str, id: &str, bytes: &[u8]) -> Result<bool> {
+        let record: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Internal(format!("record copy: {e}")))?;
+        self.write_with(store, table, id, record, &mut Shared::default())
+    }
+
+    fn write_with(
+        &self,
+        store: &Store,
+        table: &str,
+        id: &str,
+        record: Value,
+        shared: &mut Shared,
+    ) -> Result<bool> {
         let Some(dir) = self.dir(table, id).filter(|d| d.is_dir()) else {
             return Ok(false);
         };
-        let copy = self.compose(store, table, bytes)?;
+        let copy = self.compose_with(store, table, record, shared)?;
         let json =
             serde_json::to_vec(&copy).map_err(|e| Error::Internal(format!("record copy: {e}")))?;
         let path = dir.join(FILE);
@@ -128,10 +178,10 @@ impl RecordCopies {
     /// many were written.
     pub fn sync(&self, store: &Store) -> Result<usize> {
         let mut n = 0;
+        let mut shared = Shared::default();
         for table in [PODS, CONTAINERS] {
             for (id, v) in store.entries::<Value>(table)? {
-                let bytes = serde_json::to_vec(&v).map_err(|e| Error::Internal(e.to_string()))?;
-                n += usize::from(self.write(store, table.name(), &id, &bytes)?);
+                n += usize::from(self.write_with(store, table.name(), &id, v, &mut shared)?);
             }
         }
         Ok(n)

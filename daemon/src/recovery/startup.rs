@@ -64,6 +64,10 @@ impl Recovery {
                     Err(_) => Err(Error::DeadlineExceeded("connect".into())),
                 };
                 let res = match shim {
+                    // No infra task to ask about: the shim took the connection, and its
+                    // journal's follower (started below) reads it next; a hung shim is
+                    // noticed there and followed until it answers, as below.
+                    Ok(shim) if rec.infra_less() => Ok(Ok((shim, true))),
                     Ok(shim) => {
                         match tokio::time::timeout(RECONNECT_TIMEOUT, shim.state(&rec.id)).await {
                             Err(_) | Ok(Err(Error::DeadlineExceeded(_))) => {
@@ -72,8 +76,6 @@ impl Recovery {
                                 rt.watch(rec.id.clone(), shim);
                                 return;
                             }
-                            // No infra task: the shim's answer is the pod's liveness.
-                            Ok(Err(Error::NotFound(_))) if rec.infra_less() => Ok(Ok((shim, true))),
                             Ok(st) => Ok(st.map(|st| (shim, st.status == TaskStatus::Running))),
                         }
                     }

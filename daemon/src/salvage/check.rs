@@ -7,7 +7,7 @@
 use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle as _};
 
@@ -71,19 +71,24 @@ pub fn examine(path: &Path, exe: &Path) -> Found {
         }
         String::from_utf8_lossy(&out).trim().to_string()
     });
-    let began = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if began.elapsed() > CHECK_LIMIT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => break None,
+    // Waited for on a thread of its own, so the answer is taken the moment the check ends
+    // (a poll with sleeps added up to 5 ms to every start). Why the kill by pid is safe:
+    // the waiter owns the child and reaps it only after it ended, so until the waiter
+    // answers, the pid is this check's.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(CHECK_LIMIT) {
+        Ok(st) => st.ok(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = rx.recv();
+            None
         }
     };
+    let _ = waiter.join();
     let said = reader.join().unwrap_or_default();
     // `berthd store check` names the file; the caller's log does already.
     let said = said

@@ -39,6 +39,19 @@ impl Daemon {
         }
     }
 
+    /// The last line of berthd's log holding `what` (None for containerd).
+    pub(crate) fn last_log_line(&self, what: &str) -> Option<String> {
+        match self {
+            Daemon::Berthd(d) => d
+                .log()
+                .lines()
+                .rev()
+                .find(|l| l.contains(what))
+                .map(|l| l.trim().to_string()),
+            _ => None,
+        }
+    }
+
     /// The last lines of the daemon's log, for error reports.
     pub(crate) fn log_tail(&self) -> String {
         let text = match self {

@@ -50,10 +50,11 @@ async fn restart_all(sides: &mut [Side], slot: fn(&mut Figures) -> &mut Option<R
         let r = s.restart().await;
         if let Some(r) = s.note("restart", r) {
             eprintln!("[bench]   ready after {:?}", r.all_ready);
-            // berthd logs where its recovery's time went.
-            let tail = s.daemon.log_tail();
-            if let Some(line) = tail.lines().rev().find(|l| l.contains("recovered")) {
-                eprintln!("[bench]   {}", line.trim());
+            // berthd logs where its start's time went.
+            for what in ["record copies checked", "recovered", "started"] {
+                if let Some(line) = s.daemon.last_log_line(what) {
+                    eprintln!("[bench]   {line}");
+                }
             }
             *slot(&mut s.fig) = Some(r);
         }
