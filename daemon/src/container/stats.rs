@@ -9,7 +9,7 @@ use super::Containers;
 use crate::error::{Error, Result};
 
 use crate::records::{ContainerRecord, CtrState, PodRecord, Records};
-use crate::shim_client::Sample;
+use crate::shim_client::{Detail, Sample};
 
 /// A container's usage at one moment: its writable layer and, while it runs, its cgroup
 /// sample. The CRI adapter turns it into ContainerStats.
@@ -29,30 +29,17 @@ impl Containers {
     /// The cgroup sample of a task in a pod's shim (a container, or the pod's infra).
     pub async fn sample(&self, pod_id: &str, task_id: &str) -> Result<Sample> {
         let pod = self.store.pod(pod_id)?;
-        self.shim_of(&pod).await?.stats(task_id).await
+        self.shim_of(&pod).await?.stats(task_id, Detail::Full).await
     }
 
+    /// One container's usage, with every figure of its cgroup (ContainerStats, pod
+    /// stats).
     pub async fn usage(&self, rec: &ContainerRecord) -> Result<ContainerUsage> {
-        let at = crate::util::now_ns();
-        let writable_layer = rec.dir.join("upper");
-        // A walk of the container's files: blocking, off the async workers.
-        let walk = writable_layer.clone();
-        let (writable_bytes, writable_inodes) =
-            tokio::task::spawn_blocking(move || crate::util::reported_usage(&walk))
-                .await
-                .unwrap_or_default();
-        let sample = if rec.state == CtrState::Running {
-            Some(self.sample(&rec.pod_id, &rec.id).await?)
-        } else {
-            None
-        };
-        Ok(ContainerUsage {
-            at,
-            writable_layer,
-            writable_bytes,
-            writable_inodes,
-            sample,
-        })
+        let one = [Arc::new(rec.clone())];
+        self.usages(&one, Detail::Full)
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("no usage sampled".into())))
     }
 }
 
@@ -64,10 +51,12 @@ const ASKED_AT_ONCE: usize = 32;
 impl Containers {
     /// The usage of many containers (ListContainerStats), in their order: their writable
     /// layers are walked on one blocking thread while their shims are asked for their
-    /// samples, [`ASKED_AT_ONCE`] at a time. One that cannot be sampled is its Err.
+    /// samples (`detail`), [`ASKED_AT_ONCE`] at a time. One that cannot be sampled is its
+    /// Err.
     pub async fn usages(
         &self,
         recs: &[Arc<ContainerRecord>],
+        detail: Detail,
     ) -> Result<Vec<Result<ContainerUsage>>> {
         use futures_util::{stream, StreamExt};
         let at = crate::util::now_ns();
@@ -80,13 +69,22 @@ impl Containers {
                 .map(|l| crate::util::reported_usage(l))
                 .collect::<Vec<_>>()
         });
-        // The pods' records once (their shims' addresses), not once per container.
-        let pods: HashMap<String, Arc<PodRecord>> = self
-            .store
-            .listed_pods()?
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
-            .collect();
+        // The pods' records (their shims' addresses): all of them once for many
+        // containers, the one pod's for one.
+        let pods: HashMap<String, Arc<PodRecord>> = match recs {
+            [one] => self
+                .store
+                .get::<PodRecord>(crate::store::PODS, &one.pod_id)?
+                .map(|p| (p.id.clone(), Arc::new(p)))
+                .into_iter()
+                .collect(),
+            _ => self
+                .store
+                .listed_pods()?
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+        };
         let asks: Vec<_> = recs
             .iter()
             .map(|r| (r.clone(), pods.get(&r.pod_id).cloned()))
@@ -100,7 +98,7 @@ impl Containers {
                     Error::NotFound(format!("pod sandbox {:?} not found", rec.pod_id))
                 })?;
                 Ok(Some(
-                    self.shim_of(&pod).await?.stats_for_cri(&rec.id).await?,
+                    self.shim_of(&pod).await?.stats(&rec.id, detail).await?,
                 ))
             })
             .buffered(ASKED_AT_ONCE)

@@ -128,7 +128,10 @@ pub async fn list_container_stats(
         .into_iter()
         .filter(|c| keep(c))
         .collect();
-    let usages = core.containers.usages(&picked).await?;
+    let usages = core
+        .containers
+        .usages(&picked, crate::shim_client::Detail::Cri)
+        .await?;
     Ok(picked
         .iter()
         .zip(usages)

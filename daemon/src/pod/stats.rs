@@ -3,7 +3,7 @@
 //! counters of the pod's namespace, and each container's own stats.
 
 use crate::error::Result;
-use crate::shim_client::Sample;
+use crate::shim_client::{Detail, Sample};
 
 use super::Pods;
 use crate::container::ContainerUsage;
@@ -99,7 +99,10 @@ impl Pods {
         let mut total = if rec.infra_less() {
             Default::default()
         } else {
-            self.shim_of(rec).await?.stats(&rec.id).await?
+            self.shim_of(rec)
+                .await?
+                .stats(&rec.id, Detail::Full)
+                .await?
         };
         for s in containers.iter().filter_map(|(_, u)| u.sample.as_ref()) {
             total.add(s);

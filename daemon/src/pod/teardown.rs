@@ -186,12 +186,13 @@ impl Pods {
         };
         if rec.infra_less() {
             // No infra task; the shim goes once it holds no container task (else at the
-            // removal, `remove`).
+            // removal, `remove`). Forgotten first: the journal's follower sees the shim
+            // go, and a shim still cached would look dead to it and be settled as one.
+            self.shims.forget(id).await;
             if let Some(shim) = shim {
                 shim.shutdown(tasks_gone || self.store.containers_of(id)?.is_empty())
                     .await;
             }
-            self.shims.forget(id).await;
             return Ok(());
         }
         if let Some(shim) = shim {

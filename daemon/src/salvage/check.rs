@@ -73,22 +73,22 @@ pub fn examine(path: &Path, exe: &Path) -> Found {
     });
     // Waited for on a thread of its own, so the answer is taken the moment the check ends
     // (a poll with sleeps added up to 5 ms to every start). Why the kill by pid is safe:
-    // the waiter owns the child and reaps it only after it ended, so until the waiter
-    // answers, the pid is this check's.
+    // the waiter only waits for the exit without reaping it (WNOWAIT), so the pid stays
+    // this check's until `child.wait()` below, after the kill.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let _ = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        let _ = tx.send(());
     });
-    let status = match rx.recv_timeout(CHECK_LIMIT) {
-        Ok(st) => st.ok(),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = rx.recv();
-            None
-        }
-    };
+    let killed = rx.recv_timeout(CHECK_LIMIT).is_err();
+    if killed {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = rx.recv();
+    }
     let _ = waiter.join();
+    let status = child.wait().ok().filter(|_| !killed);
     let said = reader.join().unwrap_or_default();
     // `berthd store check` names the file; the caller's log does already.
     let said = said

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 use super::{
-    ExecIo, Exit, JournalRead, Launcher, NewTask, Sample, ShimHandle, TaskShim, TaskState,
+    Detail, ExecIo, Exit, JournalRead, Launcher, NewTask, Sample, ShimHandle, TaskShim, TaskState,
     TaskStatus,
 };
 
@@ -130,12 +130,9 @@ impl TaskShim for FakeShim {
     async fn attach(&self, id: &str, exec: Option<&str>, _o: &str, _e: &str) -> Result<()> {
         self.call("attach", format!("{id} {exec:?}"))
     }
-    async fn stats(&self, id: &str) -> Result<Sample> {
+    async fn stats(&self, id: &str, _detail: Detail) -> Result<Sample> {
         self.call("stats", id.into())?;
         Ok(Sample::default())
-    }
-    async fn stats_for_cri(&self, id: &str) -> Result<Sample> {
-        self.stats(id).await
     }
     async fn update(&self, id: &str, _resources_json: Vec<u8>) -> Result<()> {
         self.call("update", id.into())

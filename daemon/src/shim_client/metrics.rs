@@ -44,6 +44,17 @@ fn op_sum(entries: &[berth_proto::cgroups::metrics::BlkIOEntry], op: &str) -> u6
         .sum()
 }
 
+/// How much of a task's cgroup a Stats call reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every figure (the metrics endpoint, pod stats: processes, I/O, throttling).
+    Full,
+    /// CPU time and memory only, what CRI's ContainerStats carries: the shim reads 3
+    /// cgroup files instead of up to 80 (ListContainerStats, every few seconds for every
+    /// container of the node).
+    Cri,
+}
+
 impl Sample {
     /// Decodes the `Any` a shim's Stats call returns.
     pub fn decode(type_url: &str, bytes: &[u8]) -> Result<Sample> {

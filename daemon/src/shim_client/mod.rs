@@ -20,7 +20,7 @@ use crate::error::Result;
 
 pub use launch::{locate, Launcher, ShimLauncher, NAMESPACE};
 pub use leftovers::{forget_task, kill_cgroup, kill_task_cgroup, runc_delete};
-pub use metrics::Sample;
+pub use metrics::{Detail, Sample};
 pub use registry::Shims;
 pub use ttrpc::Shim;
 
@@ -170,11 +170,8 @@ pub trait TaskShim: Send + Sync {
     /// Adds FIFOs (read ends open, "" = none) that get a copy of a running process's
     /// output from now on (Berth's `berth.shim.v1.Attach`).
     async fn attach(&self, id: &str, exec: Option<&str>, stdout: &str, stderr: &str) -> Result<()>;
-    /// The task's cgroup sample.
-    async fn stats(&self, id: &str) -> Result<Sample>;
-    /// The task's CPU time and memory figures only, what CRI's ContainerStats carries
-    /// (the shim reads 3 cgroup files instead of every one: ListContainerStats).
-    async fn stats_for_cri(&self, id: &str) -> Result<Sample>;
+    /// The task's cgroup sample, with every figure or only CRI's ([`Detail`]).
+    async fn stats(&self, id: &str, detail: Detail) -> Result<Sample>;
     /// Applies new resources (OCI LinuxResources JSON) to a running task.
     async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<()>;
     /// The journal entries after `after` (waiting up to `wait` for one).

@@ -17,8 +17,8 @@ use berth_proto::ttrpc::context;
 use crate::error::{Error, Result};
 
 use super::{
-    ExecIo, Exit, JournalEntry, JournalRead, NewTask, ProcessExit, Sample, TaskOptions, TaskShim,
-    TaskState, TaskStatus,
+    Detail, ExecIo, Exit, JournalEntry, JournalRead, NewTask, ProcessExit, Sample, TaskOptions,
+    TaskShim, TaskState, TaskStatus,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -366,14 +366,12 @@ impl TaskShim for Shim {
             .map_err(|e| rpc("attach", e))
     }
 
-    async fn stats(&self, id: &str) -> Result<Sample> {
-        self.sample(id, quick()).await
-    }
-
-    async fn stats_for_cri(&self, id: &str) -> Result<Sample> {
+    async fn stats(&self, id: &str, detail: Detail) -> Result<Sample> {
         use berth_proto::berth_shim::{STATS_CRI, STATS_DETAIL};
         let mut ctx = quick();
-        ctx.add(STATS_DETAIL.to_string(), STATS_CRI.to_string());
+        if detail == Detail::Cri {
+            ctx.add(STATS_DETAIL.to_string(), STATS_CRI.to_string());
+        }
         self.sample(id, ctx).await
     }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::error::{is_no_space, Error, Result};
 
 mod decoded;
+mod reads;
 
 /// id → JSON record.
 pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
@@ -350,103 +351,6 @@ impl Store {
     ) -> Result<()> {
         let _turn = self.turn.lock().await;
         self.create(table, id, name, rec)
-    }
-
-    pub fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        id: &str,
-    ) -> Result<Option<T>> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
-        match t.get(id).map_err(|e| self.fail(e))? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(err)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// How many records `table` holds.
-    pub fn count(&self, table: TableDefinition<&str, &[u8]>) -> Result<u64> {
-        use redb::ReadableTableMetadata as _;
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        tx.open_table(table)
-            .map_err(|e| self.fail(e))?
-            .len()
-            .map_err(|e| self.fail(e))
-    }
-
-    pub fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| self.fail(e))? {
-            let (_, v) = item.map_err(|e| self.fail(e))?;
-            out.push(serde_json::from_slice(v.value()).map_err(err)?);
-        }
-        Ok(out)
-    }
-
-    /// Every record that decodes, and the keys of those that do not (an undecodable
-    /// record must not hide every other one from a List call).
-    pub fn list_readable<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<(Vec<T>, Vec<String>)> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
-        let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for item in t.iter().map_err(|e| self.fail(e))? {
-            let (k, v) = item.map_err(|e| self.fail(e))?;
-            match serde_json::from_slice(v.value()) {
-                Ok(r) => out.push(r),
-                Err(_) => bad.push(k.value().to_string()),
-            }
-        }
-        Ok((out, bad))
-    }
-
-    /// Every record that decodes, shared (decoded once per version: `decoded`), and the
-    /// keys of those that do not.
-    pub fn list_shared<T: DeserializeOwned + Send + Sync + 'static>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<(Vec<Arc<T>>, Vec<String>)> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
-        let mut pass = self.decoded.pass(table.name());
-        let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for item in t.iter().map_err(|e| self.fail(e))? {
-            let (k, v) = item.map_err(|e| self.fail(e))?;
-            match pass.value(k.value(), v.value()) {
-                Ok(r) => out.push(r),
-                Err(_) => bad.push(k.value().to_string()),
-            }
-        }
-        Ok((out, bad))
-    }
-
-    /// Every record with its key.
-    pub fn entries<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<(String, T)>> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| self.fail(e))? {
-            let (k, v) = item.map_err(|e| self.fail(e))?;
-            out.push((
-                k.value().to_string(),
-                serde_json::from_slice(v.value()).map_err(err)?,
-            ));
-        }
-        Ok(out)
     }
 
     /// Writes and deletes several records of one table in one transaction, so that a
