@@ -422,9 +422,11 @@ impl TaskShim for Shim {
                 .unwrap_or(&self.address),
         );
         // The shim removes its socket as it exits; callers wait for that so no shim
-        // outlives the pod's removal. Fine-grained: an idle shim goes in a few ms.
+        // outlives the pod's removal. Fine-grained: an idle shim goes in a few ms. A shim
+        // that nobody listens for any more (killed: its socket stays) is not waited for
+        // (a stop racing a shim's death waited the whole bound here).
         for _ in 0..1500 {
-            if !path.exists() {
+            if !path.exists() || tokio::net::UnixStream::connect(&path).await.is_err() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
