@@ -186,13 +186,15 @@ impl Pods {
         };
         if rec.infra_less() {
             // No infra task; the shim goes once it holds no container task (else at the
-            // removal, `remove`). Forgotten first: the journal's follower sees the shim
-            // go, and a shim still cached would look dead to it and be settled as one.
-            self.shims.forget(id).await;
+            // removal, `remove`). Forgotten after: a client forgotten first would keep the
+            // journal's follower from settling a pod whose shim really died meanwhile (it
+            // settles only a cached shim); the follower may take this exit for a death and
+            // settle the pod too, which only marks it NotReady as this stop does.
             if let Some(shim) = shim {
                 shim.shutdown(tasks_gone || self.store.containers_of(id)?.is_empty())
                     .await;
             }
+            self.shims.forget(id).await;
             return Ok(());
         }
         if let Some(shim) = shim {
