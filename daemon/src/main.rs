@@ -87,8 +87,48 @@ enum ConfigCommand {
     Check,
 }
 
+/// Marks every descriptor berthd inherited beyond stdio close-on-exec. Why: whatever
+/// started berthd (a shell, a test harness, a service manager) may leave descriptors open
+/// without the flag, and every shim berthd starts would inherit them and hold them for
+/// the pod's life (a pipe whose reader waits for its end would never see it). Before any
+/// thread exists, so no descriptor berthd opens itself is touched by anything but this.
+fn cloexec_inherited() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 4;
+    // SAFETY: close_range only sets a flag on descriptors; no memory is involved.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.11: one descriptor at a time.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; a descriptor closed meanwhile (the dir's own) fails harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn main() {
     let began = std::time::Instant::now();
+    cloexec_inherited();
     let cli = Cli::parse();
     if let Some(Command::Config {
         what: ConfigCommand::Default,

@@ -3,8 +3,9 @@
 //! the settings pods depend on; berthd started the way the unit starts it (its ExecStart
 //! arguments, NOTIFY_SOCKET bound by the test, LimitNOFILE) tells READY=1 only once CRI
 //! answers, and a SIGTERM to berthd alone (KillMode=process) stops it with STOPPING=1
-//! while the pod's shim and container keep running; the restarted berthd tells READY=1
-//! again and has the pod back.
+//! while the pod's shim and container keep running, holding nothing berthd inherited (a
+//! pipe left open into berthd ends with it); the restarted berthd tells READY=1 again and
+//! has the pod back.
 //!
 //! Not reproduced here: OOMScoreAdjust=-999 (lowering a score needs CAP_SYS_RESOURCE,
 //! which systemd has and this test machine does not), cgroup delegation (systemd is not
@@ -112,7 +113,14 @@ fn next_notification(sock: &UnixDatagram, d: &Berthd) -> Result<String> {
 
 /// Starts `d` as the unit's ExecStart does (with `d`'s own config), NOTIFY_SOCKET set to
 /// `notify` and the unit's LimitNOFILE (as far as this machine's hard limit allows).
-fn start_as_unit(d: &mut Berthd, notify: &Path, nofile: u64) -> Result<()> {
+/// `inherit`: a descriptor left open into berthd without close-on-exec, as a shell or a
+/// service manager may leave one.
+fn start_as_unit(
+    d: &mut Berthd,
+    notify: &Path,
+    nofile: u64,
+    inherit: Option<std::os::fd::RawFd>,
+) -> Result<()> {
     let text = std::fs::read_to_string(unit_path())?;
     let unit = parse_unit(&text);
     let exec = one(&unit, "Service.ExecStart")?;
@@ -137,10 +145,32 @@ fn start_as_unit(d: &mut Berthd, notify: &Path, nofile: u64) -> Result<()> {
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(fd) = inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
     })
+}
+
+/// Whether reading `r` sees the end of the pipe within `limit` (every writer closed).
+fn ends_within(r: &mut std::io::PipeReader, limit: Duration) -> Result<bool> {
+    use std::io::Read;
+    let mut fds = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(r),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, limit.as_millis() as libc::c_int) };
+    if n <= 0 {
+        return Ok(false);
+    }
+    let mut buf = [0u8; 64];
+    Ok(r.read(&mut buf)? == 0)
 }
 
 /// The soft RLIMIT_NOFILE of `pid`.
@@ -181,7 +211,16 @@ fn started_as_the_unit_it_notifies_and_a_stop_leaves_pods_running() -> Result<()
     ensure!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) } == 0);
     let nofile = want_nofile.min(hard.rlim_max);
 
-    start_as_unit(&mut d, &notify, nofile)?;
+    // A pipe berthd inherits: its reader must see the end once berthd is gone, so the
+    // shims berthd starts must not hold it (they outlive berthd).
+    let (mut inherited_rd, inherited_wr) = std::io::pipe()?;
+    start_as_unit(
+        &mut d,
+        &notify,
+        nofile,
+        Some(std::os::fd::AsRawFd::as_raw_fd(&inherited_wr)),
+    )?;
+    drop(inherited_wr);
     let ready = next_notification(&sock, &d)?;
     ensure!(
         ready.lines().any(|l| l == "READY=1"),
@@ -234,9 +273,13 @@ fn started_as_the_unit_it_notifies_and_a_stop_leaves_pods_running() -> Result<()
     );
     ensure!(procs::alive(shim), "the shim died with berthd");
     ensure!(procs::alive(sleeper), "the container died with berthd");
+    ensure!(
+        ends_within(&mut inherited_rd, Duration::from_secs(10))?,
+        "a pipe berthd inherited is still open after berthd exited: its shim or container holds it"
+    );
 
     // Restart=always: the next berthd is ready again and has the pod.
-    start_as_unit(&mut d, &notify, nofile)?;
+    start_as_unit(&mut d, &notify, nofile, None)?;
     let again = next_notification(&sock, &d)?;
     ensure!(
         again.lines().any(|l| l == "READY=1"),
