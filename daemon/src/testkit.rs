@@ -104,7 +104,8 @@ impl Kit {
 
     /// The events nobody has received yet, as (kind, id).
     pub fn events(&self) -> Vec<(Kind, String)> {
-        let (backlog, _rx) = self.core.events.subscribe();
+        let (backlog, rx) = self.core.events.subscribe();
+        self.core.events.leave(rx, Vec::new());
         backlog
             .into_iter()
             .map(|Event { kind, id, .. }| (kind, id))

@@ -72,7 +72,7 @@ pub fn subscribe(
                     Err(broadcast::error::TryRecvError::Empty) => {
                         // Idle: what was taken is marked before waiting.
                         if !taken.is_empty() && !observer {
-                            core.events.delivered(&std::mem::take(&mut taken));
+                            mark(&core, std::mem::take(&mut taken)).await;
                         }
                         // Ending at once when the client hangs up drops our receiver, so
                         // events after that go to the backlog for the next subscriber.
@@ -113,22 +113,26 @@ pub fn subscribe(
             }
             taken.push(e);
             if taken.len() >= MARK_BATCH {
-                core.events.delivered(&std::mem::take(&mut taken));
+                mark(&core, std::mem::take(&mut taken)).await;
             }
         }
         if observer {
             return;
         }
         if !taken.is_empty() {
-            core.events.delivered(&taken);
+            mark(&core, taken).await;
         }
         // What this client did not take goes to the next subscriber.
         unsent.extend(backlog);
-        while let Ok(e) = live.try_recv() {
-            unsent.push(e);
-        }
-        drop(live);
-        core.events.requeue(unsent);
+        core.events.leave(live, unsent);
     });
     rx
+}
+
+/// Marks events delivered: a store write (fsync), so off the async workers.
+async fn mark(core: &Arc<Core>, taken: Vec<Event>) {
+    let core = core.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || core.events.delivered(&taken)).await {
+        tracing::warn!(error = %e, "marking events delivered did not finish");
+    }
 }

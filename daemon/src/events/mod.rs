@@ -40,9 +40,13 @@ pub struct Event {
 
 pub struct EventHub {
     tx: broadcast::Sender<Event>,
-    /// Events nobody has received yet; guarded together with the subscribe step so an
-    /// event is either in here or sent to a live receiver, never lost in between.
+    /// Events nobody has received yet; guarded together with the subscribe and leave
+    /// steps so an event is either in here or sent to a subscriber's receiver, never lost
+    /// in between.
     pending: Mutex<VecDeque<Event>>,
+    /// Subscribers that take events (observers do not count): changed only while
+    /// `pending` is locked. With none, events are kept for the next one.
+    subscribers: std::sync::atomic::AtomicUsize,
     /// Where received events are marked (None: not kept, in unit tests).
     store: Option<Arc<crate::store::Store>>,
     /// Serializes marking (a read-modify-write of the ledger).
@@ -61,6 +65,7 @@ impl Default for EventHub {
         EventHub {
             tx: broadcast::channel(BACKLOG).0,
             pending: Mutex::new(VecDeque::new()),
+            subscribers: Default::default(),
             store: None,
             marking: Mutex::new(()),
             unannounced: Default::default(),
@@ -108,14 +113,29 @@ impl EventHub {
         Ok(())
     }
 
-    /// Events a subscriber that went away did not deliver: first in line for the next.
-    pub fn requeue(&self, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
-        self.metrics.redelivered.inc_by(events.len() as u64);
+    /// A subscriber's end: its receiver comes back with what it did not deliver, under
+    /// the lock `emit` takes, so an event sent to it after its last look is drained here
+    /// instead of dropped with the receiver. All of it goes first in line for the next.
+    pub fn leave(&self, mut live: broadcast::Receiver<Event>, mut unsent: Vec<Event>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for e in events.into_iter().rev() {
+        loop {
+            match live.try_recv() {
+                Ok(e) => unsent.push(e),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        drop(live);
+        self.subscribers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if !unsent.is_empty() {
+            tracing::info!(
+                events = unsent.len(),
+                "an event subscriber left: its undelivered events are kept for the next"
+            );
+            self.metrics.redelivered.inc_by(unsent.len() as u64);
+        }
+        for e in unsent.into_iter().rev() {
             pending.push_front(e);
         }
         pending.truncate(BACKLOG);
@@ -152,9 +172,13 @@ impl EventHub {
         tracing::debug!(container_id = %id, pod_id = %pod_id, kind = ?kind, "event");
         self.metrics.emitted.inc();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if self.tx.receiver_count() > 0 {
+        if self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             let _ = self.tx.send(e);
             return;
+        }
+        // Nobody takes it now: kept for the next subscriber, and shown to observers.
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(e.clone());
         }
         if pending.len() >= BACKLOG {
             pending.pop_front();
@@ -173,13 +197,20 @@ impl EventHub {
     }
 
     /// A new subscription: the events nobody received yet, then everything from now on.
+    /// The receiver goes back through [`EventHub::leave`] when the subscriber ends.
     pub fn subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
+        let others = self
+            .subscribers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dropped = self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::info!(dropped, "a subscriber: events dropped while there was none");
-        }
+        tracing::info!(
+            backlog = pending.len(),
+            dropped,
+            others,
+            "an event subscriber"
+        );
         (pending.drain(..).collect(), rx)
     }
 
@@ -247,9 +278,50 @@ mod tests {
     fn events_after_the_last_subscriber_left_are_kept() {
         let hub = EventHub::default();
         let (_, rx) = hub.subscribe();
-        drop(rx);
+        hub.leave(rx, Vec::new());
         hub.emit(Kind::Stopped, "c", "p", 7);
         let (backlog, _rx) = hub.subscribe();
         assert_eq!(backlog.len(), 1);
+    }
+
+    #[test]
+    fn an_event_sent_to_a_leaving_subscriber_after_its_last_look_is_kept() {
+        let hub = EventHub::default();
+        let (_, rx) = hub.subscribe();
+        // Sent to the subscriber's receiver, which it never reads again.
+        hub.emit(Kind::Created, "c1", "p", 1);
+        hub.leave(
+            rx,
+            vec![Event {
+                kind: Kind::Created,
+                id: "c0".into(),
+                pod_id: "p".into(),
+                at: 0,
+            }],
+        );
+        hub.emit(Kind::Started, "c1", "p", 2);
+        let (backlog, _rx) = hub.subscribe();
+        assert_eq!(
+            backlog
+                .iter()
+                .map(|e| (e.id.as_str(), e.at))
+                .collect::<Vec<_>>(),
+            [("c0", 0), ("c1", 1), ("c1", 2)],
+            "what it did not take, then what came while none listened, in order"
+        );
+    }
+
+    #[test]
+    fn an_observer_takes_nothing_from_the_next_subscriber() {
+        let hub = EventHub::default();
+        let (_, mut watching) = hub.observe();
+        hub.emit(Kind::Created, "c1", "p", 1);
+        assert_eq!(
+            watching.try_recv().unwrap().id,
+            "c1",
+            "the observer sees it live"
+        );
+        let (backlog, _rx) = hub.subscribe();
+        assert_eq!(backlog.len(), 1, "and the next subscriber still gets it");
     }
 }

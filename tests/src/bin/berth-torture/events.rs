@@ -24,6 +24,8 @@ struct Received {
 #[derive(Clone, Default)]
 pub struct Watcher {
     got: Arc<Mutex<Vec<Received>>>,
+    /// What the watcher is doing now (told with violations).
+    doing: Arc<Mutex<String>>,
 }
 
 impl Watcher {
@@ -31,30 +33,67 @@ impl Watcher {
     pub fn start(socket: String) -> (Watcher, tokio::task::JoinHandle<()>) {
         let w = Watcher::default();
         let got = w.got.clone();
+        let doing = w.doing.clone();
         let task = tokio::spawn(async move {
             let mut session = 0;
+            let t0 = std::time::Instant::now();
             loop {
                 let Ok((mut rs, _)) = berth_tests::cri::connect(&socket).await else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 };
-                let Ok(stream) = rs.get_container_events(cri::GetEventsRequest {}).await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+                let asked = t0.elapsed();
+                *doing.lock().unwrap() = format!("subscribing since {asked:?}");
+                let stream = match rs.get_container_events(cri::GetEventsRequest {}).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Said when it took long: a subscription that waited for its
+                        // answer missed everything meanwhile.
+                        if t0.elapsed() - asked > Duration::from_secs(1) {
+                            eprintln!(
+                                "[torture] events: subscribing at {asked:?} failed after {:?}: {}",
+                                t0.elapsed() - asked,
+                                e.message()
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                 };
                 session += 1;
+                *doing.lock().unwrap() = format!(
+                    "in session {session} since {asked:?} (answered at {:?})",
+                    t0.elapsed()
+                );
                 let mut stream = stream.into_inner();
-                while let Ok(Some(e)) = stream.message().await {
-                    got.lock().unwrap().push(Received {
-                        id: e.container_id,
-                        kind: e.container_event_type,
-                        at: e.created_at,
-                        session,
-                    });
-                }
+                let mut n = 0;
+                let end = loop {
+                    match stream.message().await {
+                        Ok(Some(e)) => {
+                            n += 1;
+                            got.lock().unwrap().push(Received {
+                                id: e.container_id,
+                                kind: e.container_event_type,
+                                at: e.created_at,
+                                session,
+                            });
+                        }
+                        Ok(None) => break "ended".to_string(),
+                        Err(e) => break e.message().to_string(),
+                    }
+                };
+                eprintln!(
+                    "[torture] events: session {session} ({asked:?} to {:?}): {n} events, {end}",
+                    t0.elapsed()
+                );
             }
         });
         (w, task)
+    }
+
+    /// What the watcher is doing now: subscribing, or in which session since when.
+    pub fn doing(&self) -> String {
+        self.doing.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {

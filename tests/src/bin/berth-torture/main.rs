@@ -330,6 +330,12 @@ async fn run(args: Args) -> Result<()> {
     }
     watching.abort();
     let (mut bad, redelivered, ids) = watcher.check(&lived);
+    if !bad.is_empty() {
+        eprintln!(
+            "[torture] events: at the end the watcher was {}",
+            watcher.doing()
+        );
+    }
     if let Some(sf) = store_fault.as_mut() {
         bad = sf.sort_events(bad, &lived);
         println!("{}", sf.summary());
