@@ -345,6 +345,66 @@ fn events_watched_with_berthctl_still_reach_kubelet_also_after_a_crash() -> Resu
 }
 
 #[test]
+fn events_only_berthctl_watched_live_still_reach_kubelet() -> Result<()> {
+    berthd_test(Berthd::builder().busybox(), async |d| {
+        let ctl = Ctl::new(&d.socket);
+        let log_root = d.dir.path().join("podlogs").display().to_string();
+        let cid = ctl.ok(&[
+            "run",
+            "--host-network",
+            "--name",
+            "watched",
+            "--log-root",
+            &log_root,
+            BUSYBOX_IMAGE,
+            "--",
+            "true",
+        ])?;
+        let cid = cid.trim().to_string();
+        let short = &cid[..13];
+        // Only the operator watches while the container is removed: the DELETED event is
+        // emitted with an observer as berthd's only subscriber.
+        let events = ctl.spawn(&["events"])?;
+        events.wait_line(WITHIN, |l| {
+            l.contains("CONTAINER_STOPPED_EVENT") && l.contains(short)
+        })?;
+        ctl.ok(&["rm", &cid])?;
+        events.wait_line(WITHIN, |l| {
+            l.contains("CONTAINER_DELETED_EVENT") && l.contains(short)
+        })?;
+        drop(events);
+        // kubelet, subscribing next (no crash in between), gets the whole life.
+        let (rs, _) = d.client().await?;
+        let mut stream = rs
+            .clone()
+            .get_container_events(cri::GetEventsRequest {})
+            .await?
+            .into_inner();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let e = tokio::time::timeout(WITHIN, stream.message())
+                .await
+                .with_context(|| format!("no more events for the container after {got:?}"))??
+                .context("the event stream ended")?;
+            if e.container_id == cid {
+                got.push(cri::ContainerEventType::try_from(e.container_event_type)?);
+            }
+        }
+        use cri::ContainerEventType as T;
+        ensure!(
+            got == [
+                T::ContainerCreatedEvent,
+                T::ContainerStartedEvent,
+                T::ContainerStoppedEvent,
+                T::ContainerDeletedEvent
+            ],
+            "kubelet got {got:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
 fn pull_shows_its_progress_on_a_terminal_then_images_and_rmi() -> Result<()> {
     let (reg, _) = Registry::with_busybox("library/busybox:1")?;
     // The layer (about 1 MB) at 256 KiB/s: the pull lasts seconds, a progress line shows.

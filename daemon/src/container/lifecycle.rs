@@ -236,14 +236,7 @@ impl Containers {
         let (bundle, dir) = (rec.bundle.clone(), rec.dir.clone());
         tokio::task::spawn_blocking(move || {
             let _ = crate::util::unmount_under(&bundle);
-            for d in [&bundle, &dir] {
-                if let Err(e) = std::fs::remove_dir_all(d) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(Error::io(format!("remove {}", d.display()), e));
-                    }
-                }
-            }
-            Ok(())
+            crate::util::remove_dirs(&[&bundle, &dir])
         })
         .await
         .map_err(|e| Error::Internal(format!("container directories: {e}")))??;

@@ -303,14 +303,7 @@ impl Pods {
         tokio::task::spawn_blocking(move || {
             let _ = crate::util::unmount_under(&bundle);
             copies.release(&owner);
-            for d in [&bundle, &files] {
-                if let Err(e) = std::fs::remove_dir_all(d) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(Error::io(format!("remove {}", d.display()), e));
-                    }
-                }
-            }
-            Ok(())
+            crate::util::remove_dirs(&[&bundle, &files])
         })
         .await
         .map_err(|e| Error::Internal(format!("pod directories: {e}")))??;

@@ -60,6 +60,19 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Removes each directory tree; one already gone is fine. Blocking (a walk of any
+/// size): call it off the async workers.
+pub fn remove_dirs(dirs: &[&Path]) -> Result<()> {
+    for d in dirs {
+        if let Err(e) = fs::remove_dir_all(d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::io(format!("remove {}", d.display()), e));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Makes a rename in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
