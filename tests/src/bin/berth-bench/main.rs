@@ -83,8 +83,9 @@ fn go_handler_toml(version: Containerd, go_shim: &Path) -> String {
 
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Time given to shims to settle (Go GC, lazy page faults) before memory is read.
-const SETTLE: Duration = Duration::from_secs(2);
+/// Time given to shims to settle (Go GC, lazy page faults) before memory is read: past
+/// Berth's shim's first trim (3 s after it starts; then one a minute), as it stays.
+const SETTLE: Duration = Duration::from_secs(4);
 /// Execs run before the "warm" reading (first-use page faults, allocator pools).
 const WARMUP_EXECS: usize = 20;
 
