@@ -56,6 +56,7 @@ impl Kit {
             stopped_at: 0,
             journal_seq: 0,
             pins: None,
+            shm: None,
         };
         self.core
             .store()

@@ -1,7 +1,7 @@
 //! Pods without an infra process (those that do not share a PID namespace, kubelet's
 //! default): no process runs for the pod itself; its IPC and UTS namespaces are pinned by
-//! berthd with the hostname and sysctls set, its containers share them and the pod's
-//! network; the pins go with StopPodSandbox; a berthd restart keeps the pod Ready and its
+//! berthd with the hostname and sysctls set, its containers share them, the pod's
+//! network and its /dev/shm; the pins and the /dev/shm tmpfs go with StopPodSandbox; a berthd restart keeps the pod Ready and its
 //! shim's death makes it NotReady. Bad sysctls leave nothing made.
 
 use std::os::unix::fs::MetadataExt;
@@ -115,6 +115,42 @@ fn a_pod_without_a_shared_pid_namespace_runs_no_infra_and_its_containers_share_i
             std::fs::read_to_string("/proc/sys/kernel/shmmni")? == host_shmmni,
             "the host's sysctl changed"
         );
+        // One /dev/shm for the pod: what one container leaves there, the next one reads
+        // (POSIX shared memory between a pod's containers), on a 64 MiB tmpfs.
+        let w = pod
+            .run_to_exit(sh("w", "echo from-w > /dev/shm/pod-note"))
+            .await?;
+        let r = pod
+            .run_to_exit(sh(
+                "r",
+                "cat /dev/shm/pod-note; df -k /dev/shm | tail -n 1; \
+                 grep ' /dev/shm ' /proc/self/mountinfo",
+            ))
+            .await?;
+        ensure!(w.code == 0 && r.code == 0, "{w:?} {r:?}");
+        let lines: Vec<&str> = r.stdout.lines().collect();
+        ensure!(
+            lines.first() == Some(&"from-w"),
+            "the pod's containers do not share /dev/shm:\n{}",
+            r.stdout
+        );
+        ensure!(
+            r.stdout.contains(" 65536 ")
+                && ["nosuid", "nodev", "noexec", "tmpfs"]
+                    .iter()
+                    .all(|o| r.stdout.contains(o)),
+            "/dev/shm is not a 64 MiB nosuid,nodev,noexec tmpfs:\n{}",
+            r.stdout
+        );
+        let shm = d.dir.path().join("root/pods").join(&pod.id).join("shm");
+        let mounted = || -> Result<bool> {
+            let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+            let at = shm.display().to_string();
+            Ok(table
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(at.as_str())))
+        };
+        ensure!(mounted()?, "no tmpfs at {}", shm.display());
         // The pod's IP serves, and the pod's stats carry its interface.
         ensure!(!pod.ip().await?.is_empty(), "no pod IP");
         let stats = pod
@@ -137,6 +173,10 @@ fn a_pod_without_a_shared_pid_namespace_runs_no_infra_and_its_containers_share_i
         );
 
         pod.rs.stop_pod(&pod.id).await?;
+        ensure!(
+            !mounted()?,
+            "the pod's /dev/shm is mounted after StopPodSandbox"
+        );
         ensure!(!pins.exists(), "pins left after StopPodSandbox");
         ensure!(!netns.exists(), "netns left after StopPodSandbox");
         pod.remove().await?;

@@ -347,6 +347,7 @@ impl Containers {
                 sandbox_hostname: Some(pod.files.join("hostname")),
                 sandbox_resolv: Some(pod.files.join("resolv.conf")),
                 sandbox_hosts: Some(pod.files.join("hosts")),
+                sandbox_shm: pod.shm.clone(),
                 image_name: rec.image_name.clone(),
                 host_devices,
                 localhost_profile,

@@ -424,6 +424,7 @@ mod tests {
             stopped_at: 0,
             journal_seq: 0,
             pins: None,
+            shm: None,
         };
         let rec = ContainerRecord {
             id: "c1".into(),

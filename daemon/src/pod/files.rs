@@ -1,7 +1,7 @@
 //! The per-pod files every container of the pod mounts: /etc/hostname, /etc/hosts and
-//! /etc/resolv.conf, generated from the PodSpec.
+//! /etc/resolv.conf, generated from the PodSpec, and the pod's /dev/shm tmpfs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::workload::PodSpec;
 
@@ -33,6 +33,42 @@ pub fn write_all(dir: &Path, cfg: &PodSpec, host_network: bool) -> Result<()> {
     };
     write(dir, "hosts", &hosts)?;
     write(dir, "resolv.conf", &resolv_conf(cfg)?)
+}
+
+/// The size of a pod's /dev/shm: 64 MiB, as containerd and Docker give one.
+const SHM_OPTIONS: &str = "mode=1777,size=65536k";
+
+/// Where a pod's /dev/shm tmpfs is mounted, in its files dir.
+pub fn shm_dir(files: &Path) -> PathBuf {
+    files.join("shm")
+}
+
+/// Mounts the pod's /dev/shm: one tmpfs every container of the pod binds, so POSIX
+/// shared memory (shm_open) works between them as SysV IPC does in their shared IPC
+/// namespace. nosuid,nodev,noexec as containerd mounts it (a user-namespaced container's
+/// bind keeps these locked flags). Blocking (a mount): off the async workers.
+pub fn mount_shm(files: &Path) -> Result<PathBuf> {
+    use nix::mount::{mount, MsFlags};
+    let dir = shm_dir(files);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io_at("mkdir shm", &dir, e))?;
+    mount(
+        Some("shm"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(SHM_OPTIONS),
+    )
+    .map_err(|e| Error::io_at("mount the pod's /dev/shm", &dir, e.into()))?;
+    Ok(dir)
+}
+
+/// Unmounts the pod's /dev/shm (its memory is freed); not mounted or gone is fine.
+pub fn unmount_shm(files: &Path) {
+    let dir = shm_dir(files);
+    match nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unmounting a pod's /dev/shm"),
+    }
 }
 
 /// resolv.conf from the pod's DNSConfig, or the host's when it has none.

@@ -91,6 +91,8 @@ struct Undo {
     pins: Option<(PathBuf, String)>,
     /// The root dir and pod id holding remapped copies of a sandbox image's layers.
     copies: Option<(PathBuf, String)>,
+    /// The files dir whose /dev/shm tmpfs was mounted.
+    shm: Option<PathBuf>,
 }
 
 impl Undo {
@@ -119,6 +121,9 @@ impl Undo {
         }
         if let Some(n) = self.netns {
             let _ = n.remove();
+        }
+        if let Some(f) = self.shm {
+            files::unmount_shm(&f);
         }
         for d in self.dirs {
             let _ = std::fs::remove_dir_all(d);
@@ -175,6 +180,7 @@ impl Pods {
                 stopped_at: 0,
                 journal_seq: 0,
                 pins: None,
+                shm: None,
             };
             // Not shown while its NRI hook runs (and its RunPodSandbox until then).
             let _hidden = self.nri.hide(&id);
@@ -225,6 +231,14 @@ impl Pods {
             && nso.pid != crate::workload::NamespaceMode::Pod
             && !own_netns;
         files::write_all(&rec.files, &rec.config, host_network)?;
+        if nso.ipc == crate::workload::NamespaceMode::Pod {
+            let dir = rec.files.clone();
+            undo.shm = Some(dir.clone());
+            let shm = tokio::task::spawn_blocking(move || files::mount_shm(&dir))
+                .await
+                .map_err(|e| Error::Internal(format!("pod /dev/shm: {e}")))??;
+            rec.shm = Some(shm);
+        }
         let mut cni_job = None;
         if !host_network {
             let list = self.cni.load()?.ok_or_else(|| {

@@ -82,6 +82,10 @@ impl Pods {
                 tokio::join!(infra, self.unwire(&rec))
             };
             infra?;
+            // The pod's /dev/shm goes with its processes (containerd unmounts it at the
+            // stop too): its memory is freed now, not when kubelet removes the pod. By
+            // its fixed path, so a cut run's is found too.
+            super::files::unmount_shm(&rec.files);
             let released = network?;
             crate::failpoint!("pod.stop.after_infra");
             // Written through `update`: a removal may have marked the record meanwhile.
@@ -302,6 +306,7 @@ impl Pods {
         let (owner, bundle, files) = (id.to_string(), rec.bundle.clone(), rec.files.clone());
         tokio::task::spawn_blocking(move || {
             let _ = crate::util::unmount_under(&bundle);
+            super::files::unmount_shm(&files);
             copies.release(&owner);
             crate::util::remove_dirs(&[&bundle, &files])
         })

@@ -60,6 +60,11 @@ pub struct PodRecord {
     /// pod, `runtime.pod_infra = "always"`, or a record of an older berthd).
     #[serde(default)]
     pub pins: Option<PodPins>,
+    /// The pod's /dev/shm tmpfs, which its containers bind (`pod::files::mount_shm`);
+    /// None: each container gets its own (a pod in the host's IPC namespace binds the
+    /// host's, and a record of an older berthd had none).
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
 }
 
 /// The pinned namespaces of a pod without an infra process; None is the host's.

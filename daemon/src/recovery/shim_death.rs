@@ -58,6 +58,22 @@ impl Recovery {
         let pod_id = pod.id.as_str();
         tracing::warn!(pod_id = %pod_id, "the pod's shim is gone; settling its tasks");
         self.metrics.shim_deaths.inc();
+        // The pod first: a client that finds a container settled must find the pod
+        // NotReady too, not in the while the runtime cleanup below takes.
+        let updated = self
+            .store
+            .update_async(PODS, pod_id, |r: &mut PodRecord| {
+                let was = r.state == PodState::Ready;
+                if was {
+                    r.set_not_ready();
+                }
+                was
+            })
+            .await?;
+        if let Some(r) = updated {
+            self.events
+                .emit(Kind::Stopped, pod_id, pod_id, r.stopped_at);
+        }
         for c in self.store.containers_of(pod_id)? {
             if c.state == CtrState::Running {
                 self.containers.settle_without_shim(&c).await?;
@@ -67,17 +83,6 @@ impl Recovery {
         kill_task_cgroup(&pod.bundle).await;
         // The dead shim cannot delete its tasks' runtime state.
         runc_delete(pod_id).await;
-        let updated = self.store.update(PODS, pod_id, |r: &mut PodRecord| {
-            let was = r.state == PodState::Ready;
-            if was {
-                r.set_not_ready();
-            }
-            was
-        })?;
-        if let Some(r) = updated {
-            self.events
-                .emit(Kind::Stopped, pod_id, pod_id, r.stopped_at);
-        }
         Ok(())
     }
 }
