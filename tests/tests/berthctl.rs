@@ -287,24 +287,50 @@ fn events_show_a_container_started_meanwhile() -> Result<()> {
     })
 }
 
+/// `berthctl run` of a host-network busybox `true` named `name`: its container id.
+fn run_true(ctl: &Ctl, d: &Berthd, name: &str) -> Result<String> {
+    let log_root = d.dir.path().join("podlogs").display().to_string();
+    let cid = ctl.ok(&[
+        "run",
+        "--host-network",
+        "--name",
+        name,
+        "--log-root",
+        &log_root,
+        BUSYBOX_IMAGE,
+        "--",
+        "true",
+    ])?;
+    Ok(cid.trim().to_string())
+}
+
+/// The first `n` events kubelet's next GetContainerEvents subscription gets for `cid`.
+async fn kubelet_events(d: &Berthd, cid: &str, n: usize) -> Result<Vec<cri::ContainerEventType>> {
+    let (rs, _) = d.client().await?;
+    let mut stream = rs
+        .clone()
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let e = tokio::time::timeout(WITHIN, stream.message())
+            .await
+            .with_context(|| format!("no more events for the container after {got:?}"))??
+            .context("the event stream ended")?;
+        if e.container_id == cid {
+            got.push(cri::ContainerEventType::try_from(e.container_event_type)?);
+        }
+    }
+    Ok(got)
+}
+
 #[test]
 fn events_watched_with_berthctl_still_reach_kubelet_also_after_a_crash() -> Result<()> {
     berthd_test(Berthd::builder().busybox(), async |d| {
         let ctl = Ctl::new(&d.socket);
-        let log_root = d.dir.path().join("podlogs").display().to_string();
         // Nobody subscribed (kubelet is away): the container's events wait for a subscriber.
-        let cid = ctl.ok(&[
-            "run",
-            "--host-network",
-            "--name",
-            "kept",
-            "--log-root",
-            &log_root,
-            BUSYBOX_IMAGE,
-            "--",
-            "true",
-        ])?;
-        let cid = cid.trim().to_string();
+        let cid = run_true(&ctl, d, "kept")?;
         let short = &cid[..13];
         // The operator watches them go by...
         let events = ctl.spawn(&["events"])?;
@@ -315,22 +341,7 @@ fn events_watched_with_berthctl_still_reach_kubelet_also_after_a_crash() -> Resu
         // ...and kubelet, subscribing after a crash of berthd, still gets every one of them.
         d.kill9()?;
         d.restart()?;
-        let (rs, _) = d.client().await?;
-        let mut stream = rs
-            .clone()
-            .get_container_events(cri::GetEventsRequest {})
-            .await?
-            .into_inner();
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            let e = tokio::time::timeout(WITHIN, stream.message())
-                .await
-                .with_context(|| format!("no more events for the container after {got:?}"))??
-                .context("the event stream ended")?;
-            if e.container_id == cid {
-                got.push(cri::ContainerEventType::try_from(e.container_event_type)?);
-            }
-        }
+        let got = kubelet_events(d, &cid, 3).await?;
         use cri::ContainerEventType as T;
         ensure!(
             got == [
@@ -348,19 +359,7 @@ fn events_watched_with_berthctl_still_reach_kubelet_also_after_a_crash() -> Resu
 fn events_only_berthctl_watched_live_still_reach_kubelet() -> Result<()> {
     berthd_test(Berthd::builder().busybox(), async |d| {
         let ctl = Ctl::new(&d.socket);
-        let log_root = d.dir.path().join("podlogs").display().to_string();
-        let cid = ctl.ok(&[
-            "run",
-            "--host-network",
-            "--name",
-            "watched",
-            "--log-root",
-            &log_root,
-            BUSYBOX_IMAGE,
-            "--",
-            "true",
-        ])?;
-        let cid = cid.trim().to_string();
+        let cid = run_true(&ctl, d, "watched")?;
         let short = &cid[..13];
         // Only the operator watches while the container is removed: the DELETED event is
         // emitted with an observer as berthd's only subscriber.
@@ -374,22 +373,7 @@ fn events_only_berthctl_watched_live_still_reach_kubelet() -> Result<()> {
         })?;
         drop(events);
         // kubelet, subscribing next (no crash in between), gets the whole life.
-        let (rs, _) = d.client().await?;
-        let mut stream = rs
-            .clone()
-            .get_container_events(cri::GetEventsRequest {})
-            .await?
-            .into_inner();
-        let mut got = Vec::new();
-        while got.len() < 4 {
-            let e = tokio::time::timeout(WITHIN, stream.message())
-                .await
-                .with_context(|| format!("no more events for the container after {got:?}"))??
-                .context("the event stream ended")?;
-            if e.container_id == cid {
-                got.push(cri::ContainerEventType::try_from(e.container_event_type)?);
-            }
-        }
+        let got = kubelet_events(d, &cid, 4).await?;
         use cri::ContainerEventType as T;
         ensure!(
             got == [

@@ -36,16 +36,9 @@ impl Store {
             .map_err(|e| self.fail(e))
     }
 
+    /// Every record ([`Store::entries`] without the keys).
     pub fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<T>> {
-        let db = self.db()?;
-        let tx = db.begin_read().map_err(|e| self.fail(e))?;
-        let t = tx.open_table(table).map_err(|e| self.fail(e))?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(|e| self.fail(e))? {
-            let (_, v) = item.map_err(|e| self.fail(e))?;
-            out.push(serde_json::from_slice(v.value()).map_err(err)?);
-        }
-        Ok(out)
+        Ok(self.entries(table)?.into_iter().map(|(_, v)| v).collect())
     }
 
     /// Every record that decodes, shared (decoded once per version: `decoded`), and the
